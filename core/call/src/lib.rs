@@ -1,0 +1,1 @@
+//! viska-call (being written).

@@ -1,0 +1,1 @@
+//! viska-e2ee (being written).

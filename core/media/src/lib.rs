@@ -1,0 +1,1 @@
+//! viska-media (being written).

@@ -1,0 +1,1 @@
+//! viska-netem (being written).

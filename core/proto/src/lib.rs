@@ -1,0 +1,1 @@
+//! viska-proto (being written).
