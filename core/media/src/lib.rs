@@ -1,1 +1,7 @@
-//! viska-media (being written).
+//! Viska media: Opus codec, adaptive jitter buffer and playout, audio devices (cpal, feature
+//! `device`), WAV and Ogg Opus files.
+//!
+//! Everything here works on 48 kHz mono 16-bit PCM in whole frames (10 or 20 ms). Devices and
+//! files at other rates and channel counts are converted at the edge.
+
+pub mod audio;
