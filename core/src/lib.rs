@@ -1,1 +1,20 @@
-//! Viska.
+//! Viska: an end-to-end encrypted softphone library.
+//!
+//! Only the people in a call can hear it: media is encrypted per frame with SFrame (RFC 9605)
+//! under keys from an end-to-end key exchange (a direct X25519 handshake for 1:1 calls), and
+//! carried over QUIC. Relays and networks see ciphertext only.
+//!
+//! The IO-free parts live in their own crates and are re-exported here: [`sframe`],
+//! [`identity`] and [`e2ee`], [`media`], [`proto`], [`call`], [`netem`]. This crate adds the
+//! drivers: [`transport`] (quinn) and the [`Phone`](phone::Phone) that runs calls on its own
+//! runtime.
+#![forbid(unsafe_code)]
+
+pub use viska_call as call;
+pub use viska_e2ee as e2ee;
+pub use viska_media as media;
+pub use viska_netem as netem;
+pub use viska_proto as proto;
+pub use viska_sframe as sframe;
+
+pub mod transport;

@@ -1,0 +1,340 @@
+//! The QUIC driver (quinn + rustls): endpoints, connections, signaling streams and media
+//! datagrams. Thin by design: protocol logic lives in the IO-free crates.
+//!
+//! Media travels in QUIC datagrams, signaling on one bidirectional stream per call. quinn's
+//! `send_datagram` silently drops the *oldest* queued datagram when its send buffer is full;
+//! [`PeerConnection::send_media`] checks the buffer space first and refuses (and counts) the new
+//! datagram instead, so no media is ever lost without a counter saying so.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+pub use tls::{ALPN, LocalCertificate, cert_fingerprint};
+
+/// Errors of the QUIC transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// TLS configuration or certificate problem.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Binding or using the UDP socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting to the peer failed.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer did not present exactly one certificate.
+    #[error("peer presented no usable certificate")]
+    NoPeerCertificate,
+    /// The peer does not support datagrams, or this one is larger than the path allows.
+    #[error("datagram of {len} bytes not sendable (max {max:?})")]
+    DatagramTooLarge {
+        /// Datagram length.
+        len: usize,
+        /// The largest datagram the connection takes now, if any.
+        max: Option<usize>,
+    },
+    /// The datagram send buffer is full: this datagram was dropped (and counted).
+    #[error("datagram send buffer full; datagram dropped")]
+    DatagramBufferFull,
+    /// Writing to or reading from the signaling stream failed.
+    #[error("signaling stream: {0}")]
+    Stream(String),
+}
+
+/// Timing and buffer settings of a QUIC endpoint.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Interval of QUIC keep-alive pings (keeps NAT bindings and detects a vanished peer).
+    pub keep_alive: Duration,
+    /// A connection with no packets from the peer for this long is dead.
+    pub idle_timeout: Duration,
+    /// Bytes of outgoing datagrams quinn may queue. At 32 kbit/s Opus a 20 ms packet is about
+    /// 100 bytes: 64 KiB is several seconds of media, so a full buffer means the path is stuck.
+    pub datagram_send_buffer: usize,
+    /// Bytes of received datagrams quinn holds until the call reads them.
+    pub datagram_receive_buffer: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            datagram_send_buffer: 64 * 1024,
+            datagram_receive_buffer: 64 * 1024,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn quinn(&self) -> Result<quinn::TransportConfig, TransportError> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|e| TransportError::Tls(format!("idle timeout: {e}")))?,
+        ));
+        t.datagram_send_buffer_size(self.datagram_send_buffer);
+        t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        // Two peers talk over one connection: a handful of streams is plenty.
+        t.max_concurrent_bidi_streams(8u32.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        Ok(t)
+    }
+}
+
+/// A QUIC endpoint that can both accept and place connections.
+#[derive(Debug, Clone)]
+pub struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    cert: Arc<LocalCertificate>,
+    client_config: quinn::ClientConfig,
+}
+
+impl QuicEndpoint {
+    /// Binds a UDP socket at `addr`.
+    pub fn bind(
+        addr: SocketAddr,
+        cert: Arc<LocalCertificate>,
+        config: &TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+        let socket = runtime.wrap_udp_socket(socket)?;
+        Self::with_socket(socket, cert, config)
+    }
+
+    /// Uses an existing socket abstraction (e.g. one that impairs traffic for tests).
+    pub fn with_socket(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        cert: Arc<LocalCertificate>,
+        config: &TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let transport = Arc::new(config.quinn()?);
+        let server_crypto = QuicServerConfig::try_from(tls::server_config(&cert)?)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_crypto = QuicClientConfig::try_from(tls::client_config(&cert)?)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )?;
+        Ok(Self {
+            endpoint,
+            cert,
+            client_config,
+        })
+    }
+
+    /// The local address the endpoint is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Fingerprint of this endpoint's TLS certificate.
+    pub fn cert_fingerprint(&self) -> [u8; 32] {
+        self.cert.fingerprint()
+    }
+
+    /// Connects to a listening peer (we are the QUIC client and the call's initiator).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerConnection, TransportError> {
+        let connecting =
+            self.endpoint
+                .connect_with(self.client_config.clone(), addr, "viska.invalid")?;
+        let conn = connecting.await?;
+        PeerConnection::new(conn, self.cert.fingerprint(), true)
+    }
+
+    /// Waits for the next incoming connection; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<Result<PeerConnection, TransportError>> {
+        let incoming = self.endpoint.accept().await?;
+        Some(async move {
+            let conn = incoming.await?;
+            PeerConnection::new(conn, self.cert.fingerprint(), false)
+        }.await)
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Counters of the datagram path of one connection.
+#[derive(Debug, Default)]
+pub struct DatagramCounters {
+    sent: AtomicU64,
+    dropped_buffer_full: AtomicU64,
+    dropped_too_large: AtomicU64,
+    received: AtomicU64,
+}
+
+/// A snapshot of [`DatagramCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramStats {
+    /// Datagrams handed to quinn.
+    pub sent: u64,
+    /// Datagrams refused because the send buffer was full.
+    pub dropped_buffer_full: u64,
+    /// Datagrams refused because they exceed the path's datagram size.
+    pub dropped_too_large: u64,
+    /// Datagrams received.
+    pub received: u64,
+}
+
+/// An established QUIC connection to a peer, with the certificate fingerprints both sides see.
+#[derive(Debug, Clone)]
+pub struct PeerConnection {
+    conn: quinn::Connection,
+    local_cert: [u8; 32],
+    peer_cert: [u8; 32],
+    initiator: bool,
+    counters: Arc<DatagramCounters>,
+}
+
+impl PeerConnection {
+    fn new(
+        conn: quinn::Connection,
+        local_cert: [u8; 32],
+        initiator: bool,
+    ) -> Result<Self, TransportError> {
+        let peer_cert = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().map(|c| cert_fingerprint(c)))
+            .ok_or(TransportError::NoPeerCertificate)?;
+        Ok(Self {
+            conn,
+            local_cert,
+            peer_cert,
+            initiator,
+            counters: Arc::default(),
+        })
+    }
+
+    /// True if we placed this connection (QUIC client, call initiator).
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// SHA-256 of the certificate we presented.
+    pub fn local_cert_fingerprint(&self) -> [u8; 32] {
+        self.local_cert
+    }
+
+    /// SHA-256 of the certificate the peer presented, as we saw it.
+    pub fn peer_cert_fingerprint(&self) -> [u8; 32] {
+        self.peer_cert
+    }
+
+    /// The certificate fingerprints ordered (initiator's, responder's), for the handshake binding.
+    pub fn binding_fingerprints(&self) -> ([u8; 32], [u8; 32]) {
+        if self.initiator {
+            (self.local_cert, self.peer_cert)
+        } else {
+            (self.peer_cert, self.local_cert)
+        }
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Current smoothed round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
+    /// Opens the call's signaling stream (initiator side).
+    pub async fn open_signaling(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        Ok(self.conn.open_bi().await?)
+    }
+
+    /// Accepts the call's signaling stream (responder side).
+    pub async fn accept_signaling(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        Ok(self.conn.accept_bi().await?)
+    }
+
+    /// Sends one media datagram. Never silently displaces queued media: when the send buffer
+    /// cannot take it, the datagram is refused and counted.
+    pub fn send_media(&self, datagram: &[u8]) -> Result<(), TransportError> {
+        let max = self.conn.max_datagram_size();
+        if max.is_none_or(|m| datagram.len() > m) {
+            self.counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::DatagramTooLarge {
+                len: datagram.len(),
+                max,
+            });
+        }
+        if self.conn.datagram_send_buffer_space() < datagram.len() {
+            self.counters
+                .dropped_buffer_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::DatagramBufferFull);
+        }
+        match self.conn.send_datagram(Bytes::copy_from_slice(datagram)) {
+            Ok(()) => {
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(e.into()),
+            Err(e) => {
+                self.counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+                Err(TransportError::Stream(e.to_string()))
+            }
+        }
+    }
+
+    /// Waits for the next media datagram.
+    pub async fn recv_media(&self) -> Result<Bytes, TransportError> {
+        let d = self.conn.read_datagram().await?;
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        Ok(d)
+    }
+
+    /// Datagram counters so far.
+    pub fn datagram_stats(&self) -> DatagramStats {
+        DatagramStats {
+            sent: self.counters.sent.load(Ordering::Relaxed),
+            dropped_buffer_full: self.counters.dropped_buffer_full.load(Ordering::Relaxed),
+            dropped_too_large: self.counters.dropped_too_large.load(Ordering::Relaxed),
+            received: self.counters.received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the connection with an application reason.
+    pub fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Resolves when the connection is closed, with the reason.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
+    }
+}
