@@ -5,3 +5,5 @@
 //! files at other rates and channel counts are converted at the edge.
 
 pub mod audio;
+pub mod codec;
+mod opus_ext;
