@@ -7,3 +7,5 @@
 pub mod audio;
 pub mod codec;
 mod opus_ext;
+pub mod ogg;
+pub mod wav;

@@ -1,0 +1,243 @@
+//! WAV files as audio end points: [`WavSource`] reads any PCM or float WAV and delivers 48 kHz
+//! mono frames; [`WavSink`] records 48 kHz mono 16-bit.
+//!
+//! A source file is read and converted whole when opened (speech clips and prompts are small),
+//! so `read_frame` is a copy and never blocks on the disk. Frames are paced by the caller.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Fft, FixedSync, Resampler};
+
+use crate::audio::{AudioIoError, AudioSink, AudioSource, SAMPLE_RATE, SourceStatus};
+
+/// Longest source file accepted, in seconds of audio: bounds the memory a hostile header can
+/// make us allocate.
+const MAX_SOURCE_SECONDS: u64 = 3_600;
+
+/// Errors specific to reading and writing WAV files (converted to [`AudioIoError::File`] at the
+/// [`AudioSource`]/[`AudioSink`] boundary).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WavError {
+    /// The file could not be opened, parsed or written.
+    #[error("wav: {0}")]
+    Wav(#[from] hound::Error),
+    /// The file uses a sample format this reader does not convert.
+    #[error("unsupported wav format: {bits}-bit {format}")]
+    Unsupported {
+        /// Bits per sample.
+        bits: u16,
+        /// "int" or "float".
+        format: &'static str,
+    },
+    /// The file is longer than [`WavSource`] accepts (one hour).
+    #[error("wav file too long")]
+    TooLong,
+    /// Resampling to 48 kHz failed.
+    #[error("resampling: {0}")]
+    Resample(String),
+    /// The sink was already finished.
+    #[error("wav sink already finished")]
+    Finished,
+}
+
+impl From<WavError> for AudioIoError {
+    fn from(e: WavError) -> Self {
+        AudioIoError::File(e.to_string())
+    }
+}
+
+/// A WAV file played as an [`AudioSource`]: 48 kHz mono, one frame per call.
+#[derive(Debug, Clone)]
+pub struct WavSource {
+    samples: Vec<i16>,
+    position: usize,
+    looping: bool,
+}
+
+impl WavSource {
+    /// Reads a whole WAV file (8/16/24/32-bit integer or 32-bit float PCM, any rate, any channel
+    /// count) and converts it to 48 kHz mono: channels are averaged, other rates resampled.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, AudioIoError> {
+        Ok(Self::read(path.as_ref())?)
+    }
+
+    /// Wraps samples that are already 48 kHz mono.
+    pub fn from_samples(samples: Vec<i16>) -> Self {
+        Self {
+            samples,
+            position: 0,
+            looping: false,
+        }
+    }
+
+    /// Whether the source restarts from the beginning at the end instead of ending.
+    pub fn looping(mut self, looping: bool) -> Self {
+        self.looping = looping;
+        self
+    }
+
+    /// The whole converted clip (48 kHz mono).
+    pub fn samples(&self) -> &[i16] {
+        &self.samples
+    }
+
+    fn read(path: &Path) -> Result<Self, WavError> {
+        let reader = hound::WavReader::open(path)?;
+        let spec = reader.spec();
+        let channels = usize::from(spec.channels.max(1));
+        let total = u64::from(reader.len());
+        let max = MAX_SOURCE_SECONDS * u64::from(spec.sample_rate) * channels as u64;
+        if total > max {
+            return Err(WavError::TooLong);
+        }
+        let interleaved = read_as_f32(reader, spec)?;
+        let mono: Vec<f32> = interleaved
+            .chunks(channels)
+            .map(|frame| frame.iter().sum::<f32>() / frame.len() as f32)
+            .collect();
+        let resampled = if spec.sample_rate == SAMPLE_RATE {
+            mono
+        } else {
+            resample(&mono, spec.sample_rate)?
+        };
+        let samples = resampled.iter().map(|&s| f32_to_i16(s)).collect();
+        Ok(Self::from_samples(samples))
+    }
+}
+
+fn read_as_f32(
+    mut reader: hound::WavReader<std::io::BufReader<File>>,
+    spec: hound::WavSpec,
+) -> Result<Vec<f32>, WavError> {
+    match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader
+            .samples::<f32>()
+            .map(|s| s.map_err(WavError::from))
+            .collect(),
+        (hound::SampleFormat::Int, bits @ 8..=32) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| Ok(s? as f32 * scale))
+                .collect()
+        }
+        (hound::SampleFormat::Float, bits) => Err(WavError::Unsupported {
+            bits,
+            format: "float",
+        }),
+        (hound::SampleFormat::Int, bits) => Err(WavError::Unsupported {
+            bits,
+            format: "int",
+        }),
+    }
+}
+
+fn resample(mono: &[f32], from_rate: u32) -> Result<Vec<f32>, WavError> {
+    let err = |e: &dyn std::fmt::Display| WavError::Resample(e.to_string());
+    let mut resampler = Fft::<f32>::new(
+        from_rate as usize,
+        SAMPLE_RATE as usize,
+        1024,
+        1,
+        FixedSync::Both,
+    )
+    .map_err(|e| err(&e))?;
+    let input = InterleavedSlice::new(mono, 1, mono.len()).map_err(|e| err(&e))?;
+    let output = resampler
+        .process_all(&input, mono.len(), None)
+        .map_err(|e| err(&e))?;
+    Ok(output.take_data())
+}
+
+fn f32_to_i16(sample: f32) -> i16 {
+    (sample * 32_768.0).round().clamp(-32_768.0, 32_767.0) as i16
+}
+
+impl AudioSource for WavSource {
+    fn read_frame(&mut self, out: &mut [i16]) -> Result<SourceStatus, AudioIoError> {
+        if out.is_empty() {
+            return Err(AudioIoError::FrameSize {
+                expected: 480,
+                got: 0,
+            });
+        }
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.position >= self.samples.len() {
+                if self.looping && !self.samples.is_empty() {
+                    self.position = 0;
+                } else {
+                    break;
+                }
+            }
+            let available = self.samples.get(self.position..).unwrap_or_default();
+            let rest = out.get_mut(filled..).unwrap_or_default();
+            let n = available.len().min(rest.len());
+            if let (Some(dst), Some(src)) = (rest.get_mut(..n), available.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            filled += n;
+            self.position += n;
+        }
+        if let Some(tail) = out.get_mut(filled..) {
+            tail.fill(0);
+        }
+        Ok(if filled == 0 {
+            SourceStatus::Ended
+        } else {
+            SourceStatus::Audio
+        })
+    }
+}
+
+/// Records 48 kHz mono 16-bit frames to a WAV file; [`AudioSink::finish`] writes the final
+/// header (dropping the sink unfinished also tries to).
+pub struct WavSink {
+    writer: Option<hound::WavWriter<BufWriter<File>>>,
+}
+
+impl std::fmt::Debug for WavSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WavSink")
+            .field("finished", &self.writer.is_none())
+            .finish()
+    }
+}
+
+impl WavSink {
+    /// Creates (or truncates) the file at `path`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self, AudioIoError> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: SAMPLE_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let writer = hound::WavWriter::create(path, spec).map_err(WavError::from)?;
+        Ok(Self {
+            writer: Some(writer),
+        })
+    }
+}
+
+impl AudioSink for WavSink {
+    fn write_frame(&mut self, pcm: &[i16]) -> Result<(), AudioIoError> {
+        let writer = self.writer.as_mut().ok_or(WavError::Finished)?;
+        for &sample in pcm {
+            writer.write_sample(sample).map_err(WavError::from)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), AudioIoError> {
+        match self.writer.take() {
+            Some(writer) => Ok(writer.finalize().map_err(WavError::from)?),
+            None => Ok(()),
+        }
+    }
+}
