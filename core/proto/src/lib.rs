@@ -1,1 +1,23 @@
-//! viska-proto (being written).
+//! Viska wire protocol, without IO.
+//!
+//! - [`signal`]: the signaling messages on the call's QUIC stream and the [`FrameDecoder`] that
+//!   reassembles them from arbitrary chunks.
+//! - [`control`]: end-to-end encrypted in-call messages (DTMF, CTI call data, hold, mute).
+//! - [`media`]: the payload inside each SFrame-protected media datagram, and its overhead.
+//! - [`ids`]: call and participant identifiers.
+//!
+//! The byte layouts are specified in `docs/protocol-wire.md` at the repository root.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod control;
+pub mod error;
+pub mod ids;
+pub mod media;
+pub mod signal;
+
+pub use control::{ControlMessage, DtmfEvent};
+pub use error::ProtoError;
+pub use ids::{CallId, ParticipantId};
+pub use media::{FrameDuration, MediaHeader, decode_media_payload, encode_media_payload};
+pub use signal::{Features, FrameDecoder, MediaParams, Message, Reason, SuiteId};
