@@ -296,6 +296,9 @@ fn bitrate_i32(bitrate_bps: u32) -> Result<i32, CodecError> {
     })
 }
 
+/// Samples one DRED latent vector covers (40 ms at 48 kHz).
+const DRED_LATENT_SAMPLES: i32 = 1_920;
+
 /// The DRED decoder plus a note of which packet it last parsed, so several lost frames
 /// recovered from the same later packet parse it once.
 #[derive(Debug)]
@@ -341,6 +344,9 @@ impl OpusDecoder {
             return Err(CodecError::EmptyPacket);
         }
         let needed = packet_samples(packet)?;
+        if needed == 0 {
+            return Err(CodecError::InvalidPacket);
+        }
         let got = out.len();
         let dest = out.get_mut(..needed).ok_or(CodecError::FrameSize {
             expected: needed,
@@ -417,14 +423,17 @@ impl OpusDecoder {
             return Err(CodecError::Internal);
         };
         if cache.packet.as_slice() != later_packet || cache.parsed_samples < offset {
-            // Parse as far back as the offset asks (libopus caps it at what the packet holds).
+            // Decode one DRED latent (40 ms) beyond the offset asked for: the newest
+            // redundancy starts a little before the packet (encoder delay), so parsing exactly
+            // `offset` back would fall just short of the lost frame's start.
+            let want = offset.saturating_add(DRED_LATENT_SAMPLES);
             let span = cache
                 .state
-                .parse(later_packet, offset)
+                .parse(later_packet, want)
                 .map_err(CodecError::from_opus)?;
             cache.packet.clear();
             cache.packet.extend_from_slice(later_packet);
-            cache.parsed_samples = offset;
+            cache.parsed_samples = want;
             cache.reach = span.reach;
         }
         if cache.reach < offset {
