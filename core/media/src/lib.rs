@@ -6,6 +6,7 @@
 
 pub mod audio;
 pub mod codec;
+pub mod jitter;
 mod opus_ext;
 pub mod ogg;
 pub mod wav;
