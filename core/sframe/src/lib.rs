@@ -1,40 +1,64 @@
 //! RFC 9605 SFrame for Viska: header encoding, cipher suites, key derivation, per-sender
-//! replay protection. No IO.
+//! replay protection. No IO, no clock, and no heap allocation per frame.
+//!
+//! A sender owns one key (one KID) and a strictly increasing frame counter; a receiver holds any
+//! number of keys and a replay window per KID:
+//!
+//! ```
+//! use viska_sframe::{BaseKey, CipherSuite, KeyId, ReplayConfig, SframeReceiver, SframeSender};
+//!
+//! # fn main() -> Result<(), viska_sframe::SframeError> {
+//! let suite = CipherSuite::ChaCha20Poly1305Sha256;
+//! let base_key = BaseKey::new(vec![7; 32]);
+//! let mut sender = SframeSender::new(suite, KeyId(3), &base_key)?;
+//! let mut receiver = SframeReceiver::new(suite, ReplayConfig::default())?;
+//! receiver.add_key(KeyId(3), &base_key)?;
+//!
+//! let mut frame = [0u8; 128];
+//! let frame_len = sender.protect(b"meta", b"opus bytes", &mut frame)?;
+//! let mut plain = [0u8; 128];
+//! let got = receiver.unprotect(b"meta", &frame[..frame_len], &mut plain)?;
+//! assert_eq!(&plain[..got.len], b"opus bytes");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The wire profile (header, suite ids, labels, nonce, AAD, replay rules) is specified in
+//! `docs/protocol-sframe.md` of the Viska repository.
 #![forbid(unsafe_code)]
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
+mod error;
+pub mod header;
+pub mod key;
+mod receiver;
+pub mod replay;
+mod sender;
+mod suite;
 
-/// The SFrame cipher suites Viska speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CipherSuite {
-    /// ChaCha20-Poly1305 with HKDF-SHA256 (Viska's default; private-use suite id 0xF001).
-    ChaCha20Poly1305Sha256,
-    /// AES_128_GCM_SHA256_128 (RFC 9605 suite 0x0004), for interoperability.
-    Aes128GcmSha256,
+pub use error::SframeError;
+pub use header::{HeaderError, SframeHeader};
+pub use key::{BaseKey, KeyId};
+pub use receiver::{ReceiverStats, SframeReceiver, Unprotected};
+pub use replay::{ReplayConfig, ReplayVerdict};
+pub use sender::SframeSender;
+pub use suite::CipherSuite;
+
+/// Bytes SFrame adds to a frame protected under `suite` with this KID and counter: the encoded
+/// header plus the AEAD tag. A protected frame is exactly `plaintext.len() + overhead(..)` long.
+pub fn overhead(suite: CipherSuite, kid: KeyId, ctr: u64) -> usize {
+    SframeHeader { kid, ctr }.encoded_len() + suite.tag_len()
 }
 
-/// An SFrame key identifier (KID).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub u64);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// An SFrame base key. Zeroized on drop; `Debug` prints no key bytes.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct BaseKey(Vec<u8>);
-
-impl BaseKey {
-    /// Wraps raw base key bytes (their length is the suite's Nk).
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-    /// The key bytes. Handle with care.
-    pub fn expose_secret(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for BaseKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BaseKey(***)")
+    #[test]
+    fn overhead_matches_header_and_tag() {
+        for suite in CipherSuite::ALL {
+            assert_eq!(overhead(suite, KeyId(0), 0), 1 + 16);
+            assert_eq!(overhead(suite, KeyId(8), 7), 2 + 16);
+            assert_eq!(overhead(suite, KeyId(u64::MAX), u64::MAX), 17 + 16);
+        }
     }
 }

@@ -1,0 +1,2 @@
+//! SFrame benchmarks (filled in below).
+fn main() {}

@@ -1,0 +1,186 @@
+//! The sending side: one KID, one derived key, a counter that only moves forward.
+
+use chacha20poly1305::aead::inout::InOutBuf;
+
+use crate::error::SframeError;
+use crate::header::{MAX_HEADER_LEN, SframeHeader};
+use crate::key::{BaseKey, KeyContext, KeyId};
+use crate::suite::{CipherSuite, TAG_LEN};
+
+/// One past the largest counter: the whole 64-bit counter space.
+const COUNTER_SPACE: u128 = 1 << 64;
+
+/// AAD up to this length (header + metadata) is assembled on the stack; longer metadata costs
+/// one heap allocation per frame.
+pub(crate) const STACK_AAD_LEN: usize = 512;
+
+/// Runs `f` with `header || metadata` as one contiguous slice, without allocating when it is
+/// short (or when there is no metadata, the common media case).
+pub(crate) fn with_aad<R>(header: &[u8], metadata: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    if metadata.is_empty() {
+        return f(header);
+    }
+    let len = header.len() + metadata.len();
+    let mut stack = [0u8; STACK_AAD_LEN];
+    if let Some(aad) = stack.get_mut(..len) {
+        let (head, tail) = aad.split_at_mut(header.len());
+        head.copy_from_slice(header);
+        tail.copy_from_slice(metadata);
+        f(aad)
+    } else {
+        let mut heap = Vec::with_capacity(len);
+        heap.extend_from_slice(header);
+        heap.extend_from_slice(metadata);
+        f(&heap)
+    }
+}
+
+/// Protects frames under one key. Counters start at 0 (or at the value given to
+/// [`Self::starting_at`]), grow by one per frame, may jump forward with [`Self::skip_to`], and
+/// are never reused: when they run out, [`Self::protect`] returns
+/// [`SframeError::RekeyRequired`].
+///
+/// `Debug` shows the suite, KID and counters, never the key.
+#[derive(Debug)]
+pub struct SframeSender {
+    suite: CipherSuite,
+    kid: KeyId,
+    key: KeyContext,
+    /// Counter of the next frame; `>= end` means exhausted. u128 so "past u64::MAX" is representable.
+    next: u128,
+    /// Exclusive upper bound on counters.
+    end: u128,
+}
+
+impl SframeSender {
+    /// A sender for `kid` whose first frame has counter 0. Derives and initialises the AEAD key
+    /// once, here.
+    ///
+    /// # Errors
+    /// [`SframeError::BaseKeyTooShort`] if the base key is too short.
+    pub fn new(suite: CipherSuite, kid: KeyId, base_key: &BaseKey) -> Result<Self, SframeError> {
+        Self::starting_at(suite, kid, base_key, 0)
+    }
+
+    /// A sender whose first frame has counter `first_ctr`: resume a restarted sender after its
+    /// persisted high-water mark (persist [`Self::next_counter`] before sending, then resume
+    /// from it) so no counter is used twice under this key.
+    ///
+    /// # Errors
+    /// [`SframeError::BaseKeyTooShort`] if the base key is too short.
+    pub fn starting_at(
+        suite: CipherSuite,
+        kid: KeyId,
+        base_key: &BaseKey,
+        first_ctr: u64,
+    ) -> Result<Self, SframeError> {
+        let key = KeyContext::new(suite, kid, base_key)?;
+        Ok(Self {
+            suite,
+            kid,
+            key,
+            next: u128::from(first_ctr),
+            end: COUNTER_SPACE,
+        })
+    }
+
+    /// Caps the counter: frames may use counters below `limit` only; from then on
+    /// [`Self::protect`] returns [`SframeError::RekeyRequired`]. Use it to rotate keys well
+    /// before the 2^64 space runs out, or to bound the frames sent under one key.
+    #[must_use]
+    pub fn with_counter_limit(mut self, limit: u64) -> Self {
+        self.end = u128::from(limit);
+        self
+    }
+
+    /// The suite this sender uses.
+    pub fn suite(&self) -> CipherSuite {
+        self.suite
+    }
+
+    /// The KID written into every header.
+    pub fn kid(&self) -> KeyId {
+        self.kid
+    }
+
+    /// The counter the next frame will carry, or `None` when the counter space is used up.
+    pub fn next_counter(&self) -> Option<u64> {
+        if self.next < self.end {
+            u64::try_from(self.next).ok()
+        } else {
+            None
+        }
+    }
+
+    /// Moves the counter forward to `ctr` (the media layer keeps CTR equal to the frame index,
+    /// skipping the counters of frames not sent during silence or hold). `ctr` equal to the
+    /// next counter is a no-op.
+    ///
+    /// # Errors
+    /// [`SframeError::CounterRegression`] if `ctr` is below the next counter (that would reuse a
+    /// nonce); [`SframeError::RekeyRequired`] if `ctr` is at or past the limit. The counter is
+    /// unchanged on error.
+    pub fn skip_to(&mut self, ctr: u64) -> Result<(), SframeError> {
+        let wanted = u128::from(ctr);
+        if wanted < self.next {
+            return Err(SframeError::CounterRegression {
+                next: u64::try_from(self.next).unwrap_or(u64::MAX),
+                requested: ctr,
+            });
+        }
+        if wanted >= self.end {
+            return Err(SframeError::RekeyRequired);
+        }
+        self.next = wanted;
+        Ok(())
+    }
+
+    /// Bytes a frame of `plaintext_len` bytes will take with the next counter (header, ciphertext
+    /// and tag); size `out` for [`Self::protect`] with it.
+    pub fn protected_len(&self, plaintext_len: usize) -> usize {
+        let ctr = self.next_counter().unwrap_or(u64::MAX);
+        SframeHeader { kid: self.kid, ctr }.encoded_len() + plaintext_len + TAG_LEN
+    }
+
+    /// Encrypts `plaintext` into `out` as `header || ciphertext || tag` and returns the bytes
+    /// written. `metadata` is authenticated (AAD = header || metadata) but not sent; the
+    /// receiver must pass the same bytes. Allocates nothing when `metadata` is at most
+    /// 495 bytes.
+    ///
+    /// # Errors
+    /// [`SframeError::RekeyRequired`] when the counter space is used up;
+    /// [`SframeError::BufferTooSmall`] if `out` is shorter than [`Self::protected_len`]. On
+    /// error no counter is consumed.
+    pub fn protect(
+        &mut self,
+        metadata: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, SframeError> {
+        let ctr = self.next_counter().ok_or(SframeError::RekeyRequired)?;
+        let header = SframeHeader { kid: self.kid, ctr };
+        let header_len = header.encoded_len();
+        let needed = header_len
+            .checked_add(plaintext.len())
+            .and_then(|n| n.checked_add(TAG_LEN))
+            .ok_or(SframeError::MessageTooLong)?;
+        let available = out.len();
+        let frame = out
+            .get_mut(..needed)
+            .ok_or(SframeError::BufferTooSmall { needed, available })?;
+        let (header_dst, body) = frame.split_at_mut(header_len);
+        header.encode(header_dst)?;
+        let (ciphertext, tag_dst) = body.split_at_mut(plaintext.len());
+        let inout = InOutBuf::new(plaintext, ciphertext)
+            .map_err(|_| SframeError::Internal("ciphertext slice length"))?;
+        let nonce = self.key.nonce(ctr);
+        let aead = &self.key.aead;
+        let tag = with_aad(header_dst, metadata, |aad| aead.seal(&nonce, aad, inout))
+            .map_err(|_| SframeError::MessageTooLong)?;
+        tag_dst.copy_from_slice(&tag);
+        self.next = u128::from(ctr) + 1;
+        Ok(needed)
+    }
+}
+
+const _: () = assert!(STACK_AAD_LEN > MAX_HEADER_LEN);
