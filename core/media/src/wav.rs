@@ -151,7 +151,13 @@ fn resample(mono: &[f32], from_rate: u32) -> Result<Vec<f32>, WavError> {
     let output = resampler
         .process_all(&input, mono.len(), None)
         .map_err(|e| err(&e))?;
-    Ok(output.take_data())
+    let mut samples = output.take_data();
+    // The resampler rounds its output length up from a floating-point ratio; keep the exact
+    // duration of the source instead.
+    let exact = (mono.len() as u64 * u64::from(SAMPLE_RATE) + u64::from(from_rate) / 2)
+        / u64::from(from_rate.max(1));
+    samples.truncate(usize::try_from(exact).unwrap_or(usize::MAX));
+    Ok(samples)
 }
 
 fn f32_to_i16(sample: f32) -> i16 {
