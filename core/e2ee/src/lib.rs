@@ -1,1 +1,16 @@
-//! viska-e2ee (being written).
+//! Viska identities and the direct (1:1) end-to-end key exchange. No IO.
+//!
+//! - [`identity`]: long-term Ed25519 identities, fingerprints and safety numbers.
+//! - [`direct`]: a three-message, sans-IO handshake between two identities that yields SFrame
+//!   base keys per direction and a short authentication string (SAS).
+//!
+//! The wire format and the key schedule are specified in `docs/protocol-handshake.md`.
+#![forbid(unsafe_code)]
+
+pub mod direct;
+pub mod identity;
+mod suite;
+
+/// The `rand_core` version whose `CryptoRng` this crate's constructors take.
+pub use rand_core;
+mod encoding;
