@@ -9,4 +9,5 @@ pub mod codec;
 pub mod jitter;
 mod opus_ext;
 pub mod ogg;
+pub mod playout;
 pub mod wav;

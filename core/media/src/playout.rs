@@ -1,0 +1,359 @@
+//! Playout: the jitter buffer and the Opus decoder together, one frame of PCM per period.
+//!
+//! The driver calls [`Playout::push`] for every packet and [`Playout::pull`] exactly once per
+//! frame period on its playout clock; `pull` always fills one frame.
+//!
+//! # Delay adaptation without audible artefacts
+//!
+//! The [`JitterBuffer`] says whether the delay should shrink or grow
+//! ([`JitterBuffer::delay_adjustment`]); this layer decides *when*, from the audio itself:
+//!
+//! * **shrink**: the frame at the head is decoded; if it is quiet (RMS below
+//!   [`PlayoutConfig::quiet_rms`], i.e. a pause between words or a DTX packet) and the next
+//!   frame is buffered, the quiet frame is dropped and the next one played in its place. The
+//!   decoder still sees every packet, so its state stays continuous;
+//! * **grow**: when the frame last played was quiet, a concealment frame (the decoder's own
+//!   continuation of the quiet signal) is inserted and the buffer is not popped;
+//! * only when the buffer is about to overflow or is beyond `max_delay` does a drop happen
+//!   mid-speech. Growing mid-speech happens only when the stream itself stalls (the buffer
+//!   waits, see the burst rule in [`crate::jitter`]), where concealment is unavoidable anyway.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use crate::codec::{self, CodecError, OpusConfig, OpusDecoder};
+use crate::jitter::{
+    DelayAdjustment, JitterBuffer, JitterConfig, JitterError, Next, PushMeta, PushOutcome,
+};
+
+/// Errors from building or driving a [`Playout`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlayoutError {
+    /// The jitter buffer settings are invalid.
+    #[error("jitter buffer config: {0}")]
+    Jitter(#[from] JitterError),
+    /// The Opus settings are invalid.
+    #[error("opus config: {0}")]
+    Codec(#[from] CodecError),
+    /// The jitter buffer frame, the Opus frame and the decoder's frame differ.
+    #[error("frame durations differ: jitter buffer {jitter:?}, opus {opus:?}")]
+    FrameMismatch {
+        /// The jitter buffer's frame.
+        jitter: Duration,
+        /// The codec's frame.
+        opus: Duration,
+    },
+    /// The output slice is not one frame long.
+    #[error("output of {got} samples, expected {expected}")]
+    FrameSize {
+        /// Samples in one frame.
+        expected: usize,
+        /// Samples given.
+        got: usize,
+    },
+}
+
+/// Settings of a [`Playout`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlayoutConfig {
+    /// The jitter buffer; its `frame` must match the Opus frame.
+    pub jitter: JitterConfig,
+    /// The stream's Opus settings.
+    pub opus: OpusConfig,
+    /// A decoded frame whose RMS is below this is quiet enough to drop or to insert next to
+    /// (328 is about -40 dBFS).
+    pub quiet_rms: u16,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        let opus = OpusConfig::default();
+        Self {
+            jitter: JitterConfig {
+                frame: Duration::from_millis(u64::from(opus.frame.millis())),
+                ..JitterConfig::default()
+            },
+            opus,
+            quiet_rms: 328,
+        }
+    }
+}
+
+/// What [`Playout::pull`] put in the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PullOutcome {
+    /// A received packet, decoded.
+    Decoded,
+    /// A lost frame rebuilt from the next packet's in-band FEC.
+    FecRecovered,
+    /// A lost frame concealed (PLC).
+    Concealed,
+    /// Nothing was buffered (loss, stall or transmission pause): concealment / comfort audio.
+    Gap,
+    /// A filler frame inserted to grow the delay (during a pause, or while the stream stalled).
+    Inserted,
+    /// A quiet frame was dropped to shrink the delay and the next one decoded instead.
+    Dropped,
+    /// Playout has not started: silence.
+    Silence,
+}
+
+/// Counters and delays of a [`Playout`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JitterStats {
+    /// Packets pushed.
+    pub received: u64,
+    /// Frames lost in transit (concealed or FEC-recovered; pauses excluded).
+    pub lost: u64,
+    /// Packets that came after their frame was played.
+    pub late: u64,
+    /// Duplicate packets.
+    pub duplicate: u64,
+    /// Lost frames filled by concealment.
+    pub concealed: u64,
+    /// Lost frames rebuilt from FEC.
+    pub fec_recovered: u64,
+    /// Frames dropped to shrink the delay (including silent frames skipped before a
+    /// talkspurt).
+    pub dropped_for_delay: u64,
+    /// Frames inserted to grow the delay.
+    pub inserted_for_delay: u64,
+    /// Frames of transmission pauses (DTX, hold), not counted as lost.
+    pub dtx_frames: u64,
+    /// Packets the decoder rejected (concealed instead; included in `concealed`, not `lost`).
+    pub decode_errors: u64,
+    /// Buffered packets discarded by overflow or resync.
+    pub overflow_dropped: u64,
+    /// Stream restarts.
+    pub resyncs: u64,
+    /// RFC 3550 interarrival jitter.
+    pub jitter: Duration,
+    /// Playout delay at the last pull.
+    pub current_delay: Duration,
+    /// Target delay at the last pull.
+    pub target_delay: Duration,
+}
+
+/// A jitter buffer feeding an Opus decoder; see the [module documentation](self).
+#[derive(Debug)]
+pub struct Playout {
+    buffer: JitterBuffer,
+    decoder: OpusDecoder,
+    frame_samples: usize,
+    quiet_rms: u16,
+    last_quiet: bool,
+    concealed: u64,
+    fec_recovered: u64,
+    dropped_for_delay: u64,
+    inserted_for_delay: u64,
+    decode_errors: u64,
+    current_delay: Duration,
+    target_delay: Duration,
+}
+
+impl Playout {
+    /// Combines a new jitter buffer with `decoder` (built from the same `config.opus`).
+    pub fn new(config: PlayoutConfig, decoder: OpusDecoder) -> Result<Self, PlayoutError> {
+        config.opus.validate()?;
+        let opus_frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
+        if config.jitter.frame != opus_frame || decoder.frame_samples() != config.opus.frame_samples()
+        {
+            return Err(PlayoutError::FrameMismatch {
+                jitter: config.jitter.frame,
+                opus: opus_frame,
+            });
+        }
+        let buffer = JitterBuffer::new(config.jitter)?;
+        Ok(Self {
+            buffer,
+            decoder,
+            frame_samples: config.opus.frame_samples(),
+            quiet_rms: config.quiet_rms,
+            last_quiet: true,
+            concealed: 0,
+            fec_recovered: 0,
+            dropped_for_delay: 0,
+            inserted_for_delay: 0,
+            decode_errors: 0,
+            current_delay: Duration::ZERO,
+            target_delay: Duration::ZERO,
+        })
+    }
+
+    /// Samples per frame (the length `pull` wants).
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// The jitter buffer (read-only: length, delays, its own counters).
+    pub fn buffer(&self) -> &JitterBuffer {
+        &self.buffer
+    }
+
+    /// Hands a received packet to the jitter buffer. `marker` flags the first packet of a
+    /// talkspurt (after DTX silence, hold or mute).
+    pub fn push(&mut self, now: Instant, seq: u64, payload: &[u8], marker: bool) -> PushOutcome {
+        self.buffer.push(now, seq, payload, PushMeta { marker })
+    }
+
+    /// Flushes the buffer and waits for a new stream (after a key change); the decoder keeps
+    /// its state, counters are kept.
+    pub fn reset(&mut self) {
+        self.buffer.reset();
+    }
+
+    /// Fills `out` (exactly one frame) with the audio for the period starting at `now`.
+    pub fn pull(&mut self, now: Instant, out: &mut [i16]) -> Result<PullOutcome, PlayoutError> {
+        if out.len() != self.frame_samples {
+            return Err(PlayoutError::FrameSize {
+                expected: self.frame_samples,
+                got: out.len(),
+            });
+        }
+        let adjustment = self.buffer.delay_adjustment(now);
+        let outcome = if adjustment == DelayAdjustment::Grow && self.last_quiet {
+            self.conceal(out);
+            self.inserted_for_delay += 1;
+            PullOutcome::Inserted
+        } else {
+            self.play_next(now, adjustment, out)
+        };
+        self.last_quiet = is_quiet(out, self.quiet_rms);
+        self.current_delay = self.buffer.current_delay(now);
+        self.target_delay = self.buffer.target_delay(now);
+        Ok(outcome)
+    }
+
+    fn play_next(
+        &mut self,
+        now: Instant,
+        adjustment: DelayAdjustment,
+        out: &mut [i16],
+    ) -> PullOutcome {
+        match self.buffer.pop(now) {
+            Next::Packet(packet) => {
+                let quiet_hint = packet.len() <= 2;
+                if !decode_into(&mut self.decoder, packet, out) {
+                    self.decode_errors += 1;
+                    self.concealed += 1;
+                    return PullOutcome::Concealed;
+                }
+                let droppable = match adjustment {
+                    DelayAdjustment::Shrink { urgent } => {
+                        urgent || quiet_hint || is_quiet(out, self.quiet_rms)
+                    }
+                    _ => false,
+                };
+                if droppable && self.buffer.head_ready() {
+                    if let Next::Packet(following) = self.buffer.pop(now) {
+                        self.dropped_for_delay += 1;
+                        if !decode_into(&mut self.decoder, following, out) {
+                            self.decode_errors += 1;
+                            self.concealed += 1;
+                        }
+                        return PullOutcome::Dropped;
+                    }
+                }
+                PullOutcome::Decoded
+            }
+            Next::RecoverFec { next } => {
+                if codec::packet_has_fec(next) {
+                    if let Ok(written) = self.decoder.decode_fec(next, out) {
+                        zero_tail(out, written);
+                        self.fec_recovered += 1;
+                        return PullOutcome::FecRecovered;
+                    }
+                }
+                self.conceal(out);
+                self.concealed += 1;
+                PullOutcome::Concealed
+            }
+            Next::Conceal => {
+                self.conceal(out);
+                self.concealed += 1;
+                PullOutcome::Concealed
+            }
+            Next::Gap => {
+                self.conceal(out);
+                PullOutcome::Gap
+            }
+            Next::Wait => {
+                self.conceal(out);
+                self.inserted_for_delay += 1;
+                PullOutcome::Inserted
+            }
+            Next::Empty => {
+                out.fill(0);
+                PullOutcome::Silence
+            }
+        }
+    }
+
+    fn conceal(&mut self, out: &mut [i16]) {
+        conceal_into(&mut self.decoder, out);
+    }
+
+    /// Counters so far, with the delays measured at the last pull.
+    pub fn stats(&self) -> JitterStats {
+        let buffer = self.buffer.stats();
+        JitterStats {
+            received: buffer.received,
+            lost: buffer.lost,
+            late: buffer.late,
+            duplicate: buffer.duplicate,
+            concealed: self.concealed + buffer.lost_in_gaps,
+            fec_recovered: self.fec_recovered,
+            dropped_for_delay: self.dropped_for_delay + buffer.skipped_silence,
+            inserted_for_delay: self.inserted_for_delay,
+            dtx_frames: buffer.dtx_frames,
+            decode_errors: self.decode_errors,
+            overflow_dropped: buffer.overflow_dropped,
+            resyncs: buffer.resyncs,
+            jitter: buffer.jitter,
+            current_delay: self.current_delay,
+            target_delay: self.target_delay,
+        }
+    }
+}
+
+/// Decodes one packet that must fill exactly the frame; false when the decoder rejects it.
+fn decode_into(decoder: &mut OpusDecoder, packet: &[u8], out: &mut [i16]) -> bool {
+    match decoder.decode(packet, out) {
+        Ok(written) if written == out.len() => true,
+        _ => {
+            conceal_into(decoder, out);
+            false
+        }
+    }
+}
+
+fn conceal_into(decoder: &mut OpusDecoder, out: &mut [i16]) {
+    match decoder.conceal(out) {
+        Ok(written) => zero_tail(out, written),
+        Err(_) => out.fill(0),
+    }
+}
+
+fn zero_tail(out: &mut [i16], written: usize) {
+    if let Some(tail) = out.get_mut(written..) {
+        tail.fill(0);
+    }
+}
+
+/// Whether the frame's RMS is below `threshold`.
+fn is_quiet(pcm: &[i16], threshold: u16) -> bool {
+    if pcm.is_empty() {
+        return true;
+    }
+    let energy: u64 = pcm
+        .iter()
+        .map(|&sample| {
+            let s = i64::from(sample);
+            (s * s) as u64
+        })
+        .sum();
+    let limit = u64::from(threshold) * u64::from(threshold);
+    energy / pcm.len() as u64 <= limit
+}
