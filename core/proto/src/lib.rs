@@ -19,5 +19,7 @@ pub mod signal;
 pub use control::{ControlMessage, DtmfEvent};
 pub use error::ProtoError;
 pub use ids::{CallId, ParticipantId};
-pub use media::{FrameDuration, MediaHeader, decode_media_payload, encode_media_payload};
+pub use media::{
+    FrameDuration, MediaHeader, decode_media_payload, encode_media_payload, media_overhead,
+};
 pub use signal::{Features, FrameDecoder, MediaParams, Message, Reason, SuiteId};

@@ -14,6 +14,8 @@
 //! (modulo 2^32), because the sender uses one counter value per frame. `T` is for a sender whose
 //! frames stopped being evenly spaced in counter space (duration change mid-call).
 
+use viska_sframe::{CipherSuite, KeyId};
+
 use crate::error::{ProtoError, Reader};
 
 /// Length of the flags byte.
@@ -144,6 +146,16 @@ impl MediaHeader {
 pub fn implied_timestamp(ctr: u64, duration: FrameDuration) -> u32 {
     // Truncation is the point: timestamps wrap at 2^32 like RTP timestamps.
     (ctr.wrapping_mul(u64::from(duration.samples())) & u64::from(u32::MAX)) as u32
+}
+
+/// Bytes a media datagram carries beyond the Opus packet, for a frame protected with this
+/// suite, KID and counter and no explicit timestamp: the SFrame header (config byte, KID bytes
+/// when `kid >= 8`, CTR bytes when `ctr >= 8`), the flags byte and the AEAD tag.
+///
+/// With KID below 8 and a counter below 65536 this is 1 + 2 + 1 + 16 = 20 bytes (18 while the
+/// counter is below 8, 19 below 256).
+pub fn media_overhead(suite: CipherSuite, kid: KeyId, ctr: u64) -> usize {
+    viska_sframe::overhead(suite, kid, ctr) + MEDIA_FLAGS_LEN
 }
 
 /// Writes `header || opus` into `out` and returns the number of bytes written.
@@ -328,6 +340,43 @@ mod tests {
         };
         assert_eq!(explicit.timestamp_for_counter(99), 7);
         assert_eq!(MediaHeader::default().timestamp_for_counter(2), 1920);
+    }
+
+    #[test]
+    fn overhead_numbers() {
+        for suite in CipherSuite::ALL {
+            assert_eq!(media_overhead(suite, KeyId(0), 0), 18);
+            assert_eq!(media_overhead(suite, KeyId(7), 7), 18);
+            assert_eq!(media_overhead(suite, KeyId(0), 8), 19);
+            assert_eq!(media_overhead(suite, KeyId(0), 255), 19);
+            assert_eq!(media_overhead(suite, KeyId(0), 256), 20);
+            assert_eq!(media_overhead(suite, KeyId(3), 65_535), 20);
+            assert_eq!(media_overhead(suite, KeyId(3), 65_536), 21);
+            assert_eq!(media_overhead(suite, KeyId(8), 1000), 21);
+            // After 65 536 frames (about 22 minutes of 20 ms frames) the counter takes 3 bytes.
+            assert_eq!(media_overhead(suite, KeyId(1), 3 * 60 * 60 * 50), 21);
+        }
+    }
+
+    #[test]
+    fn overhead_matches_a_real_protected_frame() {
+        use viska_sframe::{BaseKey, SframeSender};
+        let opus = [0x5au8; 60];
+        let header = MediaHeader::default();
+        let mut payload = [0u8; 100];
+        let payload_len = encode_media_payload(&header, &opus, &mut payload).unwrap();
+        for suite in CipherSuite::ALL {
+            let base_key = BaseKey::new(vec![9; suite.key_len()]);
+            for ctr in [0u64, 300, 70_000] {
+                let mut sender = SframeSender::new(suite, KeyId(2), &base_key).unwrap();
+                sender.skip_to(ctr).unwrap();
+                let mut frame = [0u8; 200];
+                let frame_len = sender
+                    .protect(&[], &payload[..payload_len], &mut frame)
+                    .unwrap();
+                assert_eq!(frame_len - opus.len(), media_overhead(suite, KeyId(2), ctr));
+            }
+        }
     }
 
     #[test]
