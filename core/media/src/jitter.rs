@@ -16,7 +16,9 @@
 //!
 //! The *target delay* follows a peak detector on relative delays: it jumps up to a new peak
 //! at once (a spike) and decays exponentially (time constant [`JitterConfig::spike_decay`])
-//! afterwards, plus a small safety margin, clamped to `[min_delay, max_delay]`. The RFC 3550
+//! afterwards, but not below the 97th percentile of the relative delays in the window (the
+//! last 256 packets, about five seconds); plus a small safety margin, clamped to
+//! `[min_delay, max_delay]`. The RFC 3550
 //! interarrival jitter is tracked too and reported in [`BufferStats::jitter`].
 //!
 //! The buffer changes its delay only in whole frames. It grows the delay by *waiting*
@@ -67,6 +69,8 @@ pub const MAX_DELAY_LIMIT: Duration = Duration::from_secs(10);
 
 /// Arrival offsets kept for the base (fastest path) estimate.
 const OFFSET_WINDOW: usize = 256;
+/// Quantile of the window's relative delays the target covers even after the peak decayed.
+const QUANTILE: f64 = 0.97;
 /// Safety margin added on top of the delay peak, microseconds.
 const SAFETY_MARGIN_US: f64 = 2_000.0;
 /// Loss-run average at or above which losses count as bursty.
@@ -296,6 +300,10 @@ struct DelayEstimator {
     next: usize,
     filled: usize,
     base: i128,
+    /// Scratch copy of `offsets` for the quantile (allocated once).
+    scratch: Box<[i128]>,
+    /// High quantile of the relative delays in the window.
+    quantile_us: f64,
     peak_us: f64,
     last_arrival: Option<i128>,
     last_offset: Option<i128>,
@@ -309,6 +317,8 @@ impl DelayEstimator {
             next: 0,
             filled: 0,
             base: 0,
+            scratch: vec![0; OFFSET_WINDOW].into_boxed_slice(),
+            quantile_us: 0.0,
             peak_us: 0.0,
             last_arrival: None,
             last_offset: None,
@@ -320,6 +330,7 @@ impl DelayEstimator {
         self.next = 0;
         self.filled = 0;
         self.base = 0;
+        self.quantile_us = 0.0;
         self.peak_us = 0.0;
         self.last_arrival = None;
         self.last_offset = None;
@@ -341,6 +352,18 @@ impl DelayEstimator {
             .get(..self.filled)
             .and_then(|window| window.iter().min().copied())
             .unwrap_or(offset);
+
+        if let (Some(window), Some(scratch)) = (
+            self.offsets.get(..self.filled),
+            self.scratch.get_mut(..self.filled),
+        ) {
+            scratch.copy_from_slice(window);
+            let rank = ((self.filled as f64 * QUANTILE).ceil() as usize)
+                .saturating_sub(1)
+                .min(self.filled.saturating_sub(1));
+            let (_, quantile, _) = scratch.select_nth_unstable(rank);
+            self.quantile_us = ((*quantile - self.base).max(0) as f64).min(peak_cap_us);
+        }
 
         if let Some(previous) = self.last_offset {
             let d = (offset - previous).unsigned_abs() as f64;
@@ -364,7 +387,7 @@ impl DelayEstimator {
         let elapsed = self
             .last_arrival
             .map_or(0.0, |last| (now - last).max(0) as f64);
-        self.peak_us * (-elapsed / decay_us).exp()
+        (self.peak_us * (-elapsed / decay_us).exp()).max(self.quantile_us)
     }
 }
 
@@ -390,8 +413,10 @@ pub struct JitterBuffer {
     estimator: DelayEstimator,
     /// Consecutive missing frames of the current loss run.
     loss_run: u64,
-    /// Moving average of loss-run lengths.
+    /// Moving average of loss-run lengths (the first run sets it).
     mean_loss_run: f64,
+    /// Loss runs seen so far.
+    loss_runs_seen: u64,
     /// Waits since a packet was last played.
     episode_waits: usize,
     stats: BufferStats,
@@ -425,6 +450,7 @@ impl JitterBuffer {
             estimator: DelayEstimator::new(),
             loss_run: 0,
             mean_loss_run: 0.0,
+            loss_runs_seen: 0,
             episode_waits: 0,
             stats: BufferStats::default(),
         })
@@ -604,8 +630,10 @@ impl JitterBuffer {
         let t = self.micros(now);
         if !self.started {
             let due = match self.first_arrival {
-                Some(first) => now.checked_duration_since(first).unwrap_or(Duration::ZERO)
-                    >= self.config.start_delay,
+                Some(first) => {
+                    now.checked_duration_since(first).unwrap_or(Duration::ZERO)
+                        >= self.config.start_delay
+                }
                 None => false,
             };
             if !due || self.count == 0 {
@@ -669,7 +697,13 @@ impl JitterBuffer {
         match self.slot(self.next_seq) {
             Some(index) => {
                 if self.loss_run > 0 {
-                    self.mean_loss_run += (self.loss_run as f64 - self.mean_loss_run) * RUN_WEIGHT;
+                    let run = self.loss_run as f64;
+                    self.mean_loss_run = if self.loss_runs_seen == 0 {
+                        run
+                    } else {
+                        self.mean_loss_run + (run - self.mean_loss_run) * RUN_WEIGHT
+                    };
+                    self.loss_runs_seen = self.loss_runs_seen.saturating_add(1);
                     self.loss_run = 0;
                 }
                 self.episode_waits = 0;
@@ -810,13 +844,15 @@ impl JitterBuffer {
         if self.count == 0 {
             return None;
         }
-        (self.next_seq..self.next_seq.saturating_add(self.config.capacity_frames as u64)).find_map(
-            |seq| {
+        (self.next_seq
+            ..self
+                .next_seq
+                .saturating_add(self.config.capacity_frames as u64))
+            .find_map(|seq| {
                 self.slot(seq)
                     .and_then(|index| self.slots.get(index))
                     .map(|slot| (seq, slot.marker))
-            },
-        )
+            })
     }
 
     fn discard_below(&mut self, seq: u64) -> usize {

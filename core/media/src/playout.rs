@@ -158,7 +158,8 @@ impl Playout {
     pub fn new(config: PlayoutConfig, decoder: OpusDecoder) -> Result<Self, PlayoutError> {
         config.opus.validate()?;
         let opus_frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
-        if config.jitter.frame != opus_frame || decoder.frame_samples() != config.opus.frame_samples()
+        if config.jitter.frame != opus_frame
+            || decoder.frame_samples() != config.opus.frame_samples()
         {
             return Err(PlayoutError::FrameMismatch {
                 jitter: config.jitter.frame,
