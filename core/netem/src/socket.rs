@@ -192,14 +192,16 @@ impl Drop for ImpairedSocket {
 
 /// Binds an impaired UDP socket for
 /// [`quinn::Endpoint::new_with_abstract_socket`] (with [`quinn::TokioRuntime`]).
-/// Keep an [`ImpairedSocket::bind`] handle instead to read its stats.
+/// Use [`ImpairedSocket::bind`] instead to keep a handle for stats and reconfiguration,
+/// and a typed error.
 ///
 /// # Errors
-/// As [`ImpairedSocket::bind`]; `SocketError` converts into [`io::Error`].
+/// The [`SocketError`] of [`ImpairedSocket::bind`] as an [`io::Error`]: an invalid
+/// configuration is [`io::ErrorKind::InvalidInput`] carrying the [`ConfigError`].
 pub fn bind_impaired(
     addr: SocketAddr,
     config: ImpairmentConfig,
-) -> Result<Arc<dyn AsyncUdpSocket>, SocketError> {
+) -> io::Result<Arc<dyn AsyncUdpSocket>> {
     let socket: Arc<dyn AsyncUdpSocket> = ImpairedSocket::bind(addr, config)?;
     Ok(socket)
 }

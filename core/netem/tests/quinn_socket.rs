@@ -231,11 +231,17 @@ async fn ping(pair: &Pair) -> Duration {
 async fn bind_refuses_invalid_configuration() {
     let invalid = lossy(1.5, 0);
     assert!(matches!(
-        bind_impaired(loopback(), invalid),
+        ImpairedSocket::bind(loopback(), invalid.clone()),
         Err(SocketError::Config(_))
     ));
-    let as_io: std::io::Error = SocketError::NoRuntime.into();
-    assert_eq!(as_io.kind(), std::io::ErrorKind::Other);
+    let as_io = bind_impaired(loopback(), invalid).expect_err("invalid");
+    assert_eq!(as_io.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        as_io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<viska_netem::ConfigError>())
+            .is_some()
+    );
 }
 
 #[test]
