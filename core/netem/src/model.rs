@@ -54,8 +54,11 @@ impl<A, B: WireLen> WireLen for (A, B) {
     }
 }
 
-/// Counters of what the model did. `submitted` packets end up `dropped`,
-/// `dropped_queue_full`, still queued, or `delivered` (duplicates add to `delivered`).
+/// Counters of what the model did.
+///
+/// Every packet is accounted for:
+/// `submitted + duplicated == dropped + dropped_queue_full + delivered + queued`
+/// (where `queued` is [`Impairment::queued`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ImpairmentStats {
@@ -63,7 +66,8 @@ pub struct ImpairmentStats {
     pub submitted: u64,
     /// Packets lost by the loss model.
     pub dropped: u64,
-    /// Packets (and duplicate copies) dropped because the queue was full.
+    /// Packets dropped because the queue was full (a duplicate copy that would not fit
+    /// is not made, and counted nowhere).
     pub dropped_queue_full: u64,
     /// Extra copies scheduled by duplication.
     pub duplicated: u64,
@@ -343,11 +347,7 @@ impl<T> Impairment<T> {
         at
     }
 
-    fn enqueue(&mut self, deliver_at: Instant, submission_index: u64, packet: T) -> bool {
-        if self.queue.len() >= self.config.queue_limit {
-            self.stats.dropped_queue_full += 1;
-            return false;
-        }
+    fn enqueue(&mut self, deliver_at: Instant, submission_index: u64, packet: T) {
         let schedule_order = self.next_schedule_order;
         self.next_schedule_order += 1;
         self.queue.push(Reverse(Scheduled {
@@ -356,7 +356,6 @@ impl<T> Impairment<T> {
             submission_index,
             packet,
         }));
-        true
     }
 }
 
@@ -388,11 +387,11 @@ impl<T: WireLen + Clone> Impairment<T> {
         let copy = duplicate.then(|| packet.clone());
         let at = self.delivery_time(departed);
         self.enqueue(at, submission_index, packet);
-        if let Some(copy) = copy {
+        // A copy that finds no room is simply not made.
+        if let Some(copy) = copy.filter(|_| self.queue.len() < self.config.queue_limit) {
             let at = self.delivery_time(departed);
-            if self.enqueue(at, submission_index, copy) {
-                self.stats.duplicated += 1;
-            }
+            self.enqueue(at, submission_index, copy);
+            self.stats.duplicated += 1;
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use viska_netem::{
     DeliveryOrder, Impairment, ImpairmentConfig, JitterDistribution, LossModel, RateLimit,
 };
@@ -493,4 +495,87 @@ fn invalid_configuration_is_refused() {
         ..ImpairmentConfig::default()
     });
     assert!(refused.is_err());
+}
+
+/// A random but valid configuration.
+fn random_config(rng: &mut StdRng) -> ImpairmentConfig {
+    let loss = match rng.random_range(0..3) {
+        0 => LossModel::None,
+        1 => LossModel::Random {
+            p: rng.random::<f64>(),
+        },
+        _ => LossModel::GilbertElliott {
+            p_good_to_bad: rng.random::<f64>(),
+            p_bad_to_good: rng.random_range(0.01..=1.0),
+            loss_in_good: rng.random::<f64>() * 0.1,
+            loss_in_bad: rng.random::<f64>(),
+        },
+    };
+    ImpairmentConfig {
+        loss,
+        delay: MS * rng.random_range(0..200),
+        jitter: MS * rng.random_range(0..100),
+        jitter_distribution: if rng.random() {
+            JitterDistribution::Uniform
+        } else {
+            JitterDistribution::Bell
+        },
+        order: if rng.random() {
+            DeliveryOrder::Fifo
+        } else {
+            DeliveryOrder::ByDeadline
+        },
+        reorder_pct: rng.random_range(0.0..30.0),
+        reorder_delay: MS * rng.random_range(1..50),
+        duplicate_pct: rng.random_range(0.0..30.0),
+        rate: rng.random_bool(0.3).then(|| RateLimit {
+            bits_per_second: rng.random_range(10_000..10_000_000),
+        }),
+        queue_limit: rng.random_range(1..200),
+        seed: rng.random(),
+    }
+}
+
+#[test]
+fn random_configurations_and_clocks_keep_every_packet_accounted_for() {
+    let mut rng = StdRng::seed_from_u64(2026);
+    for _ in 0..300 {
+        let config = random_config(&mut rng);
+        let mut link = link(config.clone());
+        let mut now = Instant::now() + Duration::from_secs(10);
+        let mut sequence = 0u64;
+        for _ in 0..400 {
+            match rng.random_range(0..4) {
+                0 | 1 => {
+                    link.submit(now, (sequence, vec![0; rng.random_range(0..1500)]));
+                    sequence += 1;
+                }
+                2 => {
+                    if link.next_deadline().is_some_and(|due| due > now) {
+                        assert_eq!(link.poll_deliver(now), None, "{config:?}");
+                    }
+                    while link.poll_deliver(now).is_some() {}
+                    assert!(link.next_deadline().is_none_or(|due| due > now));
+                }
+                _ => {
+                    // The clock mostly advances, sometimes stands still or steps back.
+                    let step = MS * rng.random_range(0..50);
+                    now = if rng.random_bool(0.1) {
+                        now - step
+                    } else {
+                        now + step
+                    };
+                }
+            }
+            let stats = link.stats();
+            let queued = u64::try_from(link.queued()).expect("small");
+            assert!(queued <= u64::try_from(config.queue_limit).expect("small"));
+            assert_eq!(
+                stats.submitted + stats.duplicated,
+                stats.dropped + stats.dropped_queue_full + stats.delivered + queued,
+                "{config:?}"
+            );
+            assert!(stats.reordered <= stats.delivered);
+        }
+    }
 }
