@@ -1,0 +1,96 @@
+//! What a call is set up with.
+
+use std::time::Duration;
+
+use viska_e2ee::direct::ChannelBinding;
+use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_proto::{Features, FrameDuration, MediaParams, SuiteId};
+use viska_sframe::CipherSuite;
+
+use crate::error::CallError;
+use crate::state::Role;
+
+/// Default time the callee may ring before the call ends unanswered.
+pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time from dialing (or from the first incoming message) to ringing.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default interval between liveness pings in an answered call (also yields the RTT).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Default Opus bitrate.
+pub const DEFAULT_BITRATE_BPS: u32 = 32_000;
+
+/// Everything one end of a call needs.
+#[derive(Debug)]
+pub struct CallConfig {
+    /// Caller or callee.
+    pub role: Role,
+    /// This end's long-term identity.
+    pub identity: IdentityKeyPair,
+    /// SFrame suites this end accepts, in order of preference.
+    pub suites: Vec<CipherSuite>,
+    /// The TLS certificates of the underlying connection, bound into the handshake.
+    pub binding: ChannelBinding,
+    /// The identity pinned for the peer, if any: decides [`crate::Trust`].
+    pub expected_peer: Option<PublicIdentity>,
+    /// Media parameters: proposed by a caller; a callee checks the caller's suite against
+    /// `suites` and adopts the caller's parameters.
+    pub media: MediaParams,
+    /// How long the callee may ring.
+    pub ring_timeout: Duration,
+    /// How long handshake and invitation may take.
+    pub setup_timeout: Duration,
+    /// Interval between pings in an answered call.
+    pub keepalive_interval: Duration,
+    /// Optional capabilities announced in `Hello`.
+    pub features: Features,
+}
+
+impl CallConfig {
+    /// A configuration with the default suites, media parameters and timers.
+    pub fn new(role: Role, identity: IdentityKeyPair, binding: ChannelBinding) -> Self {
+        let suites = CipherSuite::ALL.to_vec();
+        let suite = SuiteId(CipherSuite::ChaCha20Poly1305Sha256.id());
+        Self {
+            role,
+            identity,
+            suites,
+            binding,
+            expected_peer: None,
+            media: MediaParams {
+                frame: FrameDuration::Ms20,
+                bitrate_bps: DEFAULT_BITRATE_BPS,
+                suite,
+            },
+            ring_timeout: DEFAULT_RING_TIMEOUT,
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            features: Features::NONE,
+        }
+    }
+
+    /// Refuses configurations that cannot work.
+    pub fn validate(&self) -> Result<(), CallError> {
+        if self.suites.is_empty() {
+            return Err(CallError::InvalidConfig("no cipher suite"));
+        }
+        if self.role == Role::Caller && !self.accepts_suite(self.media.suite) {
+            return Err(CallError::InvalidConfig(
+                "media suite is not among the accepted suites",
+            ));
+        }
+        if self.ring_timeout.is_zero()
+            || self.setup_timeout.is_zero()
+            || self.keepalive_interval.is_zero()
+        {
+            return Err(CallError::InvalidConfig("timers must be longer than zero"));
+        }
+        if self.media.bitrate_bps == 0 {
+            return Err(CallError::InvalidConfig("bitrate must be positive"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn accepts_suite(&self, id: SuiteId) -> bool {
+        CipherSuite::from_id(id.0).is_some_and(|suite| self.suites.contains(&suite))
+    }
+}

@@ -1,0 +1,236 @@
+//! Call states, end reasons, events and the input/output enums of the state machine.
+
+use std::time::Instant;
+
+use viska_e2ee::direct::SessionKeys;
+use viska_e2ee::identity::{Fingerprint, PublicIdentity};
+use viska_proto::{CallId, DtmfEvent, MediaParams, Message, ProtoError, Reason};
+
+/// Which end of the call this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Places the call: sends `Hello`, the first handshake message and `Invite`.
+    Caller,
+    /// Receives the call.
+    Callee,
+}
+
+/// Which side did something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// This end (the application's command or a local timer).
+    Local,
+    /// The peer.
+    Remote,
+}
+
+/// Why a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// An answered call was hung up.
+    Hangup {
+        /// Who hung up.
+        by: Side,
+        /// The reason given.
+        reason: Reason,
+    },
+    /// The callee refused the call.
+    Rejected {
+        /// Who refused (local: this end is the callee).
+        by: Side,
+        /// The reason given.
+        reason: Reason,
+    },
+    /// The callee was busy.
+    Busy {
+        /// Who was busy.
+        by: Side,
+    },
+    /// The caller gave up before an answer.
+    Cancelled {
+        /// Who gave up.
+        by: Side,
+    },
+    /// Nobody answered within the ring timeout.
+    NoAnswer,
+    /// The handshake and invitation did not complete within the setup timeout.
+    SetupTimeout,
+    /// The end-to-end handshake failed (bad signature, wrong binding, no common suite...).
+    HandshakeFailed,
+    /// The peer broke the protocol (no common version, unsupported media, message out of order
+    /// that cannot be ignored).
+    ProtocolError,
+}
+
+/// How much the peer's identity is trusted, from the expected identity given in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trust {
+    /// The peer's identity is the expected (pinned) one.
+    Verified,
+    /// No identity was expected: first contact. Compare the SAS to verify.
+    Unverified,
+    /// An identity was expected and the peer presented a different one: possible interception.
+    KeyChanged,
+}
+
+/// Where a call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallState {
+    /// Created; a caller waits for `Command::Dial`, a callee for the caller's first message.
+    Idle,
+    /// Hello and the end-to-end handshake are under way (and, for the caller, the invitation
+    /// until the callee rings).
+    Handshaking,
+    /// Incoming call alerting the local user (callee).
+    Ringing,
+    /// The remote user is being alerted (caller).
+    Alerting,
+    /// Answered.
+    Active {
+        /// This end put the call on hold.
+        local_hold: bool,
+        /// The peer put the call on hold.
+        remote_hold: bool,
+        /// This end's microphone is muted.
+        muted: bool,
+    },
+    /// Over; no further output except what was already queued.
+    Ended(EndReason),
+}
+
+impl CallState {
+    /// Whether the call is over.
+    pub fn is_ended(&self) -> bool {
+        matches!(self, Self::Ended(_))
+    }
+}
+
+/// A security-relevant occurrence, reported to the application and never fatal by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecurityEvent {
+    /// An encrypted control message failed authentication or replay checks.
+    ControlDecryptFailed {
+        /// Failures so far in this call.
+        failures: u64,
+    },
+    /// An authenticated control message did not parse.
+    MalformedControl(ProtoError),
+    /// The peer's identity differs from the expected one.
+    KeyChanged {
+        /// Fingerprint of the expected identity.
+        expected: Fingerprint,
+        /// Fingerprint the peer presented.
+        actual: Fingerprint,
+    },
+}
+
+/// Something the application should know.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// The call moved to a new state.
+    StateChanged(CallState),
+    /// The end-to-end keys are established (before any ringing). The media path takes its
+    /// SFrame keys from here; the call keeps its own copy of the control keys.
+    KeysReady(Box<SessionKeys>),
+    /// An incoming call is ringing (callee only).
+    Incoming {
+        /// The call's id from the invitation.
+        call_id: CallId,
+        /// The caller's authenticated identity.
+        peer: PublicIdentity,
+        /// How far the identity is trusted.
+        trust: Trust,
+        /// The caller's media parameters.
+        media: MediaParams,
+    },
+    /// Whether media should flow now; changes with answer, hold, resume and mute.
+    MediaDirection {
+        /// Capture and send audio.
+        send: bool,
+        /// Receive and play audio.
+        receive: bool,
+    },
+    /// The peer pressed a DTMF key.
+    Dtmf {
+        /// The key.
+        event: DtmfEvent,
+        /// Tone duration in milliseconds.
+        duration_ms: u16,
+    },
+    /// The peer sent opaque call data.
+    Data(Vec<u8>),
+    /// The peer muted or unmuted its microphone (informational).
+    RemoteMute(bool),
+    /// A security event.
+    Security(SecurityEvent),
+}
+
+/// What the application asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Start the call (caller, in `Idle`).
+    Dial,
+    /// Answer the ringing call (callee, in `Ringing`).
+    Answer,
+    /// Refuse the incoming call (callee, before answering).
+    Reject,
+    /// Refuse the incoming call as busy (callee, before answering).
+    Busy,
+    /// End the call: cancels an unanswered outgoing call, rejects an unanswered incoming one,
+    /// hangs up an answered one.
+    Hangup,
+    /// Put the call on hold (in `Active`, not already on local hold).
+    Hold,
+    /// Take the call off hold (in `Active`, on local hold).
+    Resume,
+    /// Mute (`true`) or unmute the microphone (in `Active`).
+    Mute(bool),
+    /// Send DTMF keys (`0-9 * # A-D`), one encrypted message per key (in `Active`).
+    SendDtmf(String),
+    /// Send opaque call data end-to-end encrypted (once keys are ready, until the call ends).
+    SendData(Vec<u8>),
+}
+
+impl Command {
+    /// The command's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dial => "Dial",
+            Self::Answer => "Answer",
+            Self::Reject => "Reject",
+            Self::Busy => "Busy",
+            Self::Hangup => "Hangup",
+            Self::Hold => "Hold",
+            Self::Resume => "Resume",
+            Self::Mute(_) => "Mute",
+            Self::SendDtmf(_) => "SendDtmf",
+            Self::SendData(_) => "SendData",
+        }
+    }
+}
+
+/// Everything that drives a call.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Time passed: fire due timers.
+    Timeout(Instant),
+    /// A signaling message arrived from the peer.
+    Signal(Instant, Message),
+    /// The application asks for something.
+    Command(Instant, Command),
+}
+
+/// Everything a call produces. Drain [`crate::Call::poll_output`] until it returns `Timeout`.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this message to the peer on the signaling stream, in order.
+    Transmit(Message),
+    /// Tell the application.
+    Event(CallEvent),
+    /// Nothing more to do until this instant (or the next input): then pass `Input::Timeout`.
+    Timeout(Instant),
+}

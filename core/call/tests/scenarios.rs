@@ -1,0 +1,850 @@
+//! Two calls wired together on a virtual clock: every transition of the call state machine.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use viska_call::{
+    Call, CallConfig, CallError, CallEvent, CallState, Command, DtmfEvent, EndReason, Input,
+    Message, Output, Reason, Role, SecurityEvent, Side, Trust,
+};
+use viska_e2ee::direct::ChannelBinding;
+use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_proto::{FrameDecoder, SuiteId};
+use viska_sframe::CipherSuite;
+
+const CALLER: usize = 0;
+const CALLEE: usize = 1;
+
+struct Peer {
+    call: Call,
+    events: Vec<CallEvent>,
+    sent: Vec<Message>,
+    errors: Vec<CallError>,
+    next_timeout: Instant,
+    decoder: FrameDecoder,
+}
+
+/// What the network does to a message in flight; `None` drops it.
+type Tamper = Box<dyn FnMut(usize, Message) -> Option<Message>>;
+
+struct Harness {
+    now: Instant,
+    latency: Duration,
+    peers: [Peer; 2],
+    /// (delivery time, receiving peer, encoded frame)
+    in_flight: VecDeque<(Instant, usize, Vec<u8>)>,
+    tamper: Option<Tamper>,
+    identities: [PublicIdentity; 2],
+}
+
+fn binding() -> ChannelBinding {
+    ChannelBinding {
+        initiator_cert_sha256: [1; 32],
+        responder_cert_sha256: [2; 32],
+    }
+}
+
+fn identity(seed: u64) -> IdentityKeyPair {
+    IdentityKeyPair::generate(&mut StdRng::seed_from_u64(seed))
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(|_, _| {})
+    }
+
+    /// `adjust(role, config)` edits each side's configuration before the calls are created.
+    fn with(adjust: impl Fn(Role, &mut CallConfig)) -> Self {
+        let now = Instant::now();
+        let caller_id = identity(1);
+        let callee_id = identity(2);
+        let identities = [caller_id.public(), callee_id.public()];
+        let mut caller_config = CallConfig::new(Role::Caller, caller_id, binding());
+        let mut callee_config = CallConfig::new(Role::Callee, callee_id, binding());
+        adjust(Role::Caller, &mut caller_config);
+        adjust(Role::Callee, &mut callee_config);
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut peer = |config| {
+            let call = Call::new(config, now, &mut rng).unwrap();
+            Peer {
+                call,
+                events: Vec::new(),
+                sent: Vec::new(),
+                errors: Vec::new(),
+                next_timeout: now,
+                decoder: FrameDecoder::new(),
+            }
+        };
+        let caller = peer(caller_config);
+        let callee = peer(callee_config);
+        let mut harness = Self {
+            now,
+            latency: Duration::from_millis(20),
+            peers: [caller, callee],
+            in_flight: VecDeque::new(),
+            tamper: None,
+            identities,
+        };
+        harness.drain(CALLER);
+        harness.drain(CALLEE);
+        harness
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            match self.peers[i].call.poll_output() {
+                Output::Transmit(message) => {
+                    self.peers[i].sent.push(message.clone());
+                    let message = match self.tamper.as_mut() {
+                        Some(tamper) => tamper(i, message),
+                        None => Some(message),
+                    };
+                    if let Some(message) = message {
+                        let frame = message.to_frame().unwrap();
+                        self.in_flight
+                            .push_back((self.now + self.latency, 1 - i, frame));
+                    }
+                }
+                Output::Event(event) => self.peers[i].events.push(event),
+                Output::Timeout(at) => {
+                    self.peers[i].next_timeout = at;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, i: usize, command: Command) -> Result<(), CallError> {
+        let result = self.peers[i]
+            .call
+            .handle_input(Input::Command(self.now, command));
+        self.drain(i);
+        result
+    }
+
+    fn signal(&mut self, i: usize, message: Message) -> Result<(), CallError> {
+        let result = self.peers[i]
+            .call
+            .handle_input(Input::Signal(self.now, message));
+        self.drain(i);
+        result
+    }
+
+    /// Runs the virtual clock for `duration`, delivering messages and firing timers in order.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        loop {
+            let next_delivery = self.in_flight.front().map(|(at, _, _)| *at);
+            let next_timer = self.peers.iter().map(|p| p.next_timeout).min();
+            let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else {
+                break;
+            };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            while let Some((at, to, _)) = self.in_flight.front() {
+                if *at > self.now {
+                    break;
+                }
+                let to = *to;
+                let (_, _, frame) = self.in_flight.pop_front().unwrap();
+                self.peers[to].decoder.push(&frame);
+                while let Some(message) = self.peers[to].decoder.next_message().unwrap() {
+                    if let Err(error) = self.signal(to, message) {
+                        self.peers[to].errors.push(error);
+                    }
+                }
+            }
+            for i in [CALLER, CALLEE] {
+                if self.peers[i].next_timeout <= self.now {
+                    self.peers[i]
+                        .call
+                        .handle_input(Input::Timeout(self.now))
+                        .unwrap();
+                    self.drain(i);
+                }
+            }
+        }
+        self.now = end;
+    }
+
+    fn settle(&mut self) {
+        self.run_for(Duration::from_secs(1));
+    }
+
+    fn state(&self, i: usize) -> CallState {
+        self.peers[i].call.state()
+    }
+
+    /// Dial and let the callee ring.
+    fn ringing() -> Self {
+        let mut h = Self::new();
+        h.command(CALLER, Command::Dial).unwrap();
+        h.settle();
+        assert_eq!(h.state(CALLER), CallState::Alerting);
+        assert_eq!(h.state(CALLEE), CallState::Ringing);
+        h
+    }
+
+    fn active() -> Self {
+        let mut h = Self::ringing();
+        h.command(CALLEE, Command::Answer).unwrap();
+        h.settle();
+        for i in [CALLER, CALLEE] {
+            assert_eq!(h.state(i), ACTIVE);
+        }
+        h
+    }
+
+    fn take_events(&mut self, i: usize) -> Vec<CallEvent> {
+        std::mem::take(&mut self.peers[i].events)
+    }
+}
+
+const ACTIVE: CallState = CallState::Active {
+    local_hold: false,
+    remote_hold: false,
+    muted: false,
+};
+
+fn position(events: &[CallEvent], pred: impl Fn(&CallEvent) -> bool) -> Option<usize> {
+    events.iter().position(pred)
+}
+
+fn media_directions(events: &[CallEvent]) -> Vec<(bool, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::MediaDirection { send, receive } => Some((*send, *receive)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn answered_call_reaches_active_with_equal_sas() {
+    let mut h = Harness::ringing();
+    let callee_events = h.take_events(CALLEE);
+    let keys_at = position(&callee_events, |e| matches!(e, CallEvent::KeysReady(_))).unwrap();
+    let ringing_at = position(&callee_events, |e| {
+        matches!(e, CallEvent::StateChanged(CallState::Ringing))
+    })
+    .unwrap();
+    assert!(keys_at < ringing_at, "keys are ready before ringing");
+    let incoming = callee_events
+        .iter()
+        .find_map(|e| match e {
+            CallEvent::Incoming {
+                peer,
+                trust,
+                call_id,
+                ..
+            } => Some((*peer, *trust, *call_id)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(incoming.0, h.identities[CALLER]);
+    assert_eq!(incoming.1, Trust::Unverified);
+    assert_eq!(Some(incoming.2), h.peers[CALLER].call.call_id());
+    assert_eq!(
+        h.peers[CALLEE].call.call_id(),
+        h.peers[CALLER].call.call_id()
+    );
+    assert!(
+        h.take_events(CALLER)
+            .iter()
+            .any(|e| matches!(e, CallEvent::KeysReady(_)))
+    );
+
+    h.command(CALLEE, Command::Answer).unwrap();
+    h.settle();
+    assert_eq!(h.state(CALLER), ACTIVE);
+    assert_eq!(h.state(CALLEE), ACTIVE);
+    let caller_sas = h.peers[CALLER].call.sas().unwrap();
+    let callee_sas = h.peers[CALLEE].call.sas().unwrap();
+    assert_eq!(caller_sas, callee_sas);
+    assert_eq!(caller_sas.to_string(), callee_sas.to_string());
+    assert_eq!(h.peers[CALLER].call.peer(), Some(&h.identities[CALLEE]));
+    for i in [CALLER, CALLEE] {
+        assert_eq!(media_directions(&h.take_events(i)), vec![(true, true)]);
+        assert!(h.peers[i].errors.is_empty(), "{:?}", h.peers[i].errors);
+        assert_eq!(h.peers[i].call.wire_version(), Some(1));
+    }
+    // The caller's first flight is Hello then the first handshake message.
+    assert!(matches!(h.peers[CALLER].sent[0], Message::Hello { .. }));
+    assert!(matches!(h.peers[CALLER].sent[1], Message::Handshake(_)));
+}
+
+#[test]
+fn pinned_peer_is_verified_and_a_different_key_is_reported() {
+    let caller_public = identity(1).public();
+    let stranger = identity(99).public();
+    let mut h = Harness::with(|role, config| match role {
+        Role::Caller => config.expected_peer = Some(stranger),
+        Role::Callee => config.expected_peer = Some(caller_public),
+    });
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(h.peers[CALLEE].call.trust(), Some(Trust::Verified));
+    assert!(h.peers[CALLEE].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Incoming {
+            trust: Trust::Verified,
+            ..
+        }
+    )));
+    // The caller expected someone else: told, not silently connected.
+    assert_eq!(h.peers[CALLER].call.trust(), Some(Trust::KeyChanged));
+    let expected_fp = stranger.fingerprint();
+    let actual_fp = h.identities[CALLEE].fingerprint();
+    assert!(h.peers[CALLER].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::KeyChanged { expected, actual })
+            if *expected == expected_fp && *actual == actual_fp
+    )));
+}
+
+#[test]
+fn callee_rejects() {
+    let mut h = Harness::ringing();
+    h.command(CALLEE, Command::Reject).unwrap();
+    h.settle();
+    let rejected = |by| {
+        CallState::Ended(EndReason::Rejected {
+            by,
+            reason: Reason::Declined,
+        })
+    };
+    assert_eq!(h.state(CALLER), rejected(Side::Remote));
+    assert_eq!(h.state(CALLEE), rejected(Side::Local));
+}
+
+#[test]
+fn callee_is_busy() {
+    let mut h = Harness::ringing();
+    h.command(CALLEE, Command::Busy).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::Busy { by: Side::Remote })
+    );
+    assert_eq!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Busy { by: Side::Local })
+    );
+}
+
+#[test]
+fn caller_cancels_before_answer() {
+    let mut h = Harness::ringing();
+    h.command(CALLER, Command::Hangup).unwrap();
+    assert_eq!(h.peers[CALLER].sent.last(), Some(&Message::Cancel));
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::Cancelled { by: Side::Local })
+    );
+    assert_eq!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Cancelled { by: Side::Remote })
+    );
+}
+
+#[test]
+fn nobody_answers() {
+    let mut h = Harness::ringing();
+    h.run_for(Duration::from_secs(58));
+    assert_eq!(h.state(CALLEE), CallState::Ringing);
+    assert_eq!(h.state(CALLER), CallState::Alerting);
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.state(CALLER), CallState::Ended(EndReason::NoAnswer));
+    assert_eq!(h.state(CALLEE), CallState::Ended(EndReason::NoAnswer));
+}
+
+#[test]
+fn ring_timeout_is_configurable() {
+    let mut h = Harness::with(|_, config| config.ring_timeout = Duration::from_secs(5));
+    h.command(CALLER, Command::Dial).unwrap();
+    h.run_for(Duration::from_secs(4));
+    assert_eq!(h.state(CALLEE), CallState::Ringing);
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.state(CALLEE), CallState::Ended(EndReason::NoAnswer));
+}
+
+#[test]
+fn setup_times_out_when_the_callee_never_answers_the_handshake() {
+    let mut h = Harness::new();
+    h.tamper = Some(Box::new(|from, m| (from != CALLER).then_some(m)));
+    h.command(CALLER, Command::Dial).unwrap();
+    h.run_for(Duration::from_millis(9_900));
+    assert_eq!(h.state(CALLER), CallState::Handshaking);
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(h.state(CALLER), CallState::Ended(EndReason::SetupTimeout));
+    assert_eq!(
+        h.peers[CALLER].sent.last(),
+        Some(&Message::Hangup {
+            reason: Reason::Timeout
+        })
+    );
+    // The callee never heard anything and times out on its own.
+    assert_eq!(h.state(CALLEE), CallState::Ended(EndReason::SetupTimeout));
+}
+
+#[test]
+fn setup_time_excludes_ring_time() {
+    let mut h = Harness::ringing();
+    h.run_for(Duration::from_secs(30));
+    assert_eq!(h.state(CALLER), CallState::Alerting);
+    assert_eq!(h.state(CALLEE), CallState::Ringing);
+}
+
+#[test]
+fn either_side_hangs_up() {
+    for who in [CALLER, CALLEE] {
+        let mut h = Harness::active();
+        h.command(who, Command::Hangup).unwrap();
+        h.settle();
+        let ended = |by| {
+            CallState::Ended(EndReason::Hangup {
+                by,
+                reason: Reason::Normal,
+            })
+        };
+        assert_eq!(h.state(who), ended(Side::Local));
+        assert_eq!(h.state(1 - who), ended(Side::Remote));
+        for i in [CALLER, CALLEE] {
+            assert_eq!(
+                media_directions(&h.take_events(i)).last(),
+                Some(&(false, false))
+            );
+        }
+        // Ended is final.
+        assert!(matches!(
+            h.command(who, Command::Hangup),
+            Err(CallError::InvalidCommand { .. })
+        ));
+    }
+}
+
+#[test]
+fn hold_and_resume_from_either_side() {
+    for who in [CALLER, CALLEE] {
+        let other = 1 - who;
+        let mut h = Harness::active();
+        h.take_events(CALLER);
+        h.take_events(CALLEE);
+        h.command(who, Command::Hold).unwrap();
+        h.settle();
+        assert_eq!(
+            h.state(who),
+            CallState::Active {
+                local_hold: true,
+                remote_hold: false,
+                muted: false
+            }
+        );
+        assert_eq!(
+            h.state(other),
+            CallState::Active {
+                local_hold: false,
+                remote_hold: true,
+                muted: false
+            }
+        );
+        assert!(matches!(
+            h.peers[who].sent.last(),
+            Some(Message::Encrypted(_))
+        ));
+        assert!(matches!(
+            h.command(who, Command::Hold),
+            Err(CallError::InvalidCommand { .. })
+        ));
+        h.command(who, Command::Resume).unwrap();
+        h.settle();
+        assert_eq!(h.state(who), ACTIVE);
+        assert_eq!(h.state(other), ACTIVE);
+        for i in [CALLER, CALLEE] {
+            assert_eq!(
+                media_directions(&h.take_events(i)),
+                vec![(false, false), (true, true)]
+            );
+        }
+        assert!(matches!(
+            h.command(who, Command::Resume),
+            Err(CallError::InvalidCommand { .. })
+        ));
+    }
+}
+
+#[test]
+fn both_sides_hold_and_media_resumes_only_when_both_resume() {
+    let mut h = Harness::active();
+    h.command(CALLER, Command::Hold).unwrap();
+    h.command(CALLEE, Command::Hold).unwrap();
+    h.settle();
+    let both = CallState::Active {
+        local_hold: true,
+        remote_hold: true,
+        muted: false,
+    };
+    assert_eq!(h.state(CALLER), both);
+    assert_eq!(h.state(CALLEE), both);
+    h.command(CALLER, Command::Resume).unwrap();
+    h.settle();
+    h.take_events(CALLER);
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Active {
+            local_hold: false,
+            remote_hold: true,
+            muted: false
+        }
+    );
+    h.command(CALLEE, Command::Resume).unwrap();
+    h.settle();
+    assert_eq!(h.state(CALLER), ACTIVE);
+    assert_eq!(media_directions(&h.take_events(CALLER)), vec![(true, true)]);
+}
+
+#[test]
+fn mute_stops_sending_and_informs_the_peer() {
+    let mut h = Harness::active();
+    h.take_events(CALLER);
+    h.take_events(CALLEE);
+    h.command(CALLER, Command::Mute(true)).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Active {
+            local_hold: false,
+            remote_hold: false,
+            muted: true
+        }
+    );
+    assert_eq!(
+        media_directions(&h.take_events(CALLER)),
+        vec![(false, true)]
+    );
+    assert!(
+        h.take_events(CALLEE)
+            .iter()
+            .any(|e| matches!(e, CallEvent::RemoteMute(true)))
+    );
+    assert!(h.peers[CALLEE].call.remote_muted());
+    assert_eq!(h.state(CALLEE), ACTIVE, "mute is local only");
+    h.command(CALLER, Command::Mute(false)).unwrap();
+    h.settle();
+    assert_eq!(media_directions(&h.take_events(CALLER)), vec![(true, true)]);
+    assert!(!h.peers[CALLEE].call.remote_muted());
+}
+
+fn received_dtmf(events: &[CallEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Dtmf { event, .. } => Some(event.to_char()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dtmf_is_delivered_end_to_end_encrypted() {
+    let mut h = Harness::active();
+    let sent_before = h.peers[CALLER].sent.len();
+    h.command(CALLER, Command::SendDtmf("12#*A9".into()))
+        .unwrap();
+    let new = &h.peers[CALLER].sent[sent_before..];
+    assert_eq!(new.len(), 6, "one message per digit");
+    assert!(new.iter().all(|m| matches!(m, Message::Encrypted(_))));
+    h.settle();
+    assert_eq!(received_dtmf(&h.peers[CALLEE].events), "12#*A9");
+    assert!(h.peers[CALLEE].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Dtmf {
+            event: DtmfEvent::Digit1,
+            duration_ms: 100
+        }
+    )));
+
+    // An invalid string sends nothing at all.
+    let sent_before = h.peers[CALLER].sent.len();
+    assert!(matches!(
+        h.command(CALLER, Command::SendDtmf("12x".into())),
+        Err(CallError::InvalidControl(_))
+    ));
+    assert_eq!(h.peers[CALLER].sent.len(), sent_before);
+}
+
+#[test]
+fn call_data_is_delivered_end_to_end_encrypted() {
+    let mut h = Harness::active();
+    let payload = b"{\"ticket\":\"INC-4711\",\"queue\":\"billing\"}".to_vec();
+    h.command(CALLEE, Command::SendData(payload.clone()))
+        .unwrap();
+    let Some(Message::Encrypted(frame)) = h.peers[CALLEE].sent.last().cloned() else {
+        panic!("call data must go out encrypted");
+    };
+    assert!(
+        !frame.windows(8).any(|w| payload.windows(8).any(|p| p == w)),
+        "plaintext visible on the wire"
+    );
+    h.settle();
+    assert!(
+        h.peers[CALLER]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::Data(d) if *d == payload))
+    );
+    // Oversize data is refused.
+    assert!(matches!(
+        h.command(CALLEE, Command::SendData(vec![0; 4097])),
+        Err(CallError::InvalidControl(_))
+    ));
+}
+
+#[test]
+fn call_data_works_while_ringing() {
+    let mut h = Harness::ringing();
+    h.command(CALLER, Command::SendData(b"crm:42".to_vec()))
+        .unwrap();
+    h.settle();
+    assert!(
+        h.peers[CALLEE]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::Data(d) if d == b"crm:42"))
+    );
+}
+
+#[test]
+fn tampered_and_replayed_control_messages_are_counted_and_the_call_goes_on() {
+    let mut h = Harness::active();
+    let mut flip_next = true;
+    h.tamper = Some(Box::new(move |_, message| match message {
+        Message::Encrypted(mut frame) if flip_next => {
+            flip_next = false;
+            if let Some(last) = frame.last_mut() {
+                *last ^= 0x01;
+            }
+            Some(Message::Encrypted(frame))
+        }
+        other => Some(other),
+    }));
+    h.command(CALLER, Command::SendDtmf("5".into())).unwrap();
+    h.settle();
+    assert!(received_dtmf(&h.peers[CALLEE].events).is_empty());
+    assert!(h.peers[CALLEE].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::ControlDecryptFailed { failures: 1 })
+    )));
+    assert_eq!(h.peers[CALLEE].call.stats().decrypt_failures, 1);
+    assert_eq!(h.state(CALLEE), ACTIVE);
+
+    h.command(CALLER, Command::SendDtmf("7".into())).unwrap();
+    h.settle();
+    assert_eq!(received_dtmf(&h.peers[CALLEE].events), "7");
+
+    // Replaying the authentic frame is rejected too.
+    let Some(Message::Encrypted(frame)) = h.peers[CALLER].sent.last().cloned() else {
+        panic!("DTMF must go out encrypted");
+    };
+    h.signal(CALLEE, Message::Encrypted(frame)).unwrap();
+    assert_eq!(received_dtmf(&h.peers[CALLEE].events), "7");
+    assert_eq!(h.peers[CALLEE].call.stats().decrypt_failures, 2);
+
+    // Garbage is counted, never fatal.
+    h.signal(CALLEE, Message::Encrypted(vec![])).unwrap();
+    h.signal(CALLEE, Message::Encrypted(vec![0xff; 40]))
+        .unwrap();
+    assert_eq!(h.peers[CALLEE].call.stats().decrypt_failures, 4);
+    assert_eq!(h.state(CALLEE), ACTIVE);
+}
+
+#[test]
+fn invalid_commands_are_typed_errors_and_change_nothing() {
+    let mut h = Harness::new();
+    let invalid = |r: Result<(), CallError>| matches!(r, Err(CallError::InvalidCommand { .. }));
+    assert!(invalid(h.command(CALLER, Command::Answer)));
+    assert!(invalid(h.command(CALLEE, Command::Dial)));
+    assert!(invalid(h.command(CALLER, Command::Hold)));
+    assert!(invalid(h.command(CALLER, Command::SendDtmf("1".into()))));
+    assert!(invalid(h.command(CALLER, Command::SendData(vec![1]))));
+    assert!(invalid(h.command(CALLER, Command::Reject)));
+    assert_eq!(h.state(CALLER), CallState::Idle);
+    assert!(h.peers[CALLER].sent.is_empty());
+
+    h.command(CALLER, Command::Dial).unwrap();
+    assert!(invalid(h.command(CALLER, Command::Dial)));
+    assert!(
+        invalid(h.command(CALLEE, Command::Answer)),
+        "not ringing yet"
+    );
+    h.settle();
+    assert!(invalid(h.command(CALLER, Command::Answer)));
+    assert!(invalid(h.command(CALLER, Command::Mute(true))));
+    h.command(CALLEE, Command::Answer).unwrap();
+    assert!(invalid(h.command(CALLEE, Command::Answer)));
+    assert!(invalid(h.command(CALLEE, Command::Busy)));
+}
+
+#[test]
+fn out_of_order_signals_are_refused_without_effect() {
+    let mut h = Harness::active();
+    for message in [
+        Message::Accept,
+        Message::Ringing,
+        Message::Busy,
+        Message::Cancel,
+        Message::Handshake(vec![1, 2, 3]),
+    ] {
+        assert!(matches!(
+            h.signal(CALLER, message),
+            Err(CallError::UnexpectedMessage { .. })
+        ));
+    }
+    assert_eq!(h.state(CALLER), ACTIVE);
+}
+
+#[test]
+fn ping_measures_rtt() {
+    let mut h = Harness::active();
+    assert_eq!(h.peers[CALLER].call.stats().rtt_ms, None);
+    h.run_for(Duration::from_secs(6));
+    for i in [CALLER, CALLEE] {
+        let rtt = h.peers[i].call.stats().rtt_ms.unwrap();
+        assert!((rtt - 40.0).abs() < 1.0, "rtt {rtt} ms with 20 ms each way");
+    }
+}
+
+#[test]
+fn unsupported_wire_version_ends_the_call() {
+    let mut h = Harness::new();
+    let result = h.signal(
+        CALLEE,
+        Message::Hello {
+            min_version: 2,
+            max_version: 3,
+            features: viska_proto::Features::NONE,
+        },
+    );
+    assert!(matches!(result, Err(CallError::VersionMismatch(_))));
+    assert_eq!(h.state(CALLEE), CallState::Ended(EndReason::ProtocolError));
+    assert_eq!(
+        h.peers[CALLEE].sent.last(),
+        Some(&Message::Hangup {
+            reason: Reason::Unsupported
+        })
+    );
+}
+
+#[test]
+fn a_tampered_handshake_fails_the_call() {
+    let mut h = Harness::new();
+    h.tamper = Some(Box::new(|from, message| match message {
+        Message::Handshake(mut bytes) if from == CALLEE => {
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0x80;
+            }
+            Some(Message::Handshake(bytes))
+        }
+        other => Some(other),
+    }));
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::HandshakeFailed)
+    );
+    assert!(matches!(
+        h.peers[CALLER].errors.as_slice(),
+        [CallError::Handshake(_)]
+    ));
+    assert!(matches!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Remote,
+            reason: Reason::Security
+        })
+    ));
+}
+
+#[test]
+fn different_channel_bindings_fail_the_handshake() {
+    let mut h = Harness::with(|role, config| {
+        if role == Role::Callee {
+            config.binding.initiator_cert_sha256 = [9; 32];
+        }
+    });
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    // The caller checks the callee's signature over a transcript with other certificates.
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::HandshakeFailed)
+    );
+    assert_eq!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Remote,
+            reason: Reason::Security
+        })
+    );
+    for peer in &h.peers {
+        assert!(peer.call.sas().is_none());
+        assert!(
+            !peer
+                .events
+                .iter()
+                .any(|e| matches!(e, CallEvent::KeysReady(_)))
+        );
+    }
+}
+
+#[test]
+fn unsupported_media_suite_is_rejected() {
+    let mut h = Harness::with(|role, config| {
+        if role == Role::Callee {
+            config.suites = vec![CipherSuite::Aes128GcmSha256];
+        } else {
+            config.media.suite = SuiteId(CipherSuite::ChaCha20Poly1305Sha256.id());
+        }
+    });
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::Rejected {
+            by: Side::Remote,
+            reason: Reason::Unsupported
+        })
+    );
+}
+
+#[test]
+fn invalid_configs_are_refused() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let now = Instant::now();
+    let mut config = CallConfig::new(Role::Caller, identity(3), binding());
+    config.suites.clear();
+    assert!(matches!(
+        Call::new(config, now, &mut rng),
+        Err(CallError::InvalidConfig(_))
+    ));
+    let mut config = CallConfig::new(Role::Caller, identity(3), binding());
+    config.setup_timeout = Duration::ZERO;
+    assert!(matches!(
+        Call::new(config, now, &mut rng),
+        Err(CallError::InvalidConfig(_))
+    ));
+    let mut config = CallConfig::new(Role::Caller, identity(3), binding());
+    config.media.suite = SuiteId(0x0001);
+    assert!(matches!(
+        Call::new(config, now, &mut rng),
+        Err(CallError::InvalidConfig(_))
+    ));
+}
