@@ -117,6 +117,7 @@ fn random_loss_rate_matches_probability() {
         });
         let delivered = run(&mut lossy, Instant::now(), 100_000, MS, 1);
         let measured = 1.0 - delivered.len() as f64 / 100_000.0;
+        eprintln!("random loss p = {p}: measured {measured:.4}");
         // Binomial standard deviation is at most 0.0015 here; allow about 4 of them.
         assert!((measured - p).abs() < 0.006, "p = {p}, measured {measured}");
         let stats = lossy.stats();
@@ -160,6 +161,12 @@ fn gilbert_elliott_mean_loss_and_burst_length_match_configuration() {
         let measured_loss = 1.0 - delivered.len() as f64 / 100_000.0;
         let bursts = loss_bursts(&delivered, 100_000);
         let measured_burst = bursts.iter().sum::<u64>() as f64 / bursts.len() as f64;
+        eprintln!(
+            "Gilbert-Elliott {loss_percent} % / burst {mean_burst}: measured loss {:.2} %, \
+             mean burst {measured_burst:.3} over {} bursts",
+            measured_loss * 100.0,
+            bursts.len()
+        );
         assert!(
             (measured_loss - loss_percent / 100.0).abs() < 0.015,
             "loss {loss_percent} %: measured {measured_loss}"
@@ -249,6 +256,10 @@ fn delay_and_jitter_stay_within_bounds() {
             if order == DeliveryOrder::ByDeadline {
                 // Packets 20 ms apart with at most 20 ms jitter: each delay is its own sample.
                 let (mean, deviation) = mean_and_deviation_ms(&delays);
+                eprintln!(
+                    "delay 50 ms + {distribution:?} jitter 20 ms: one-way {min:?}..={max:?}, \
+                     mean {mean:.2} ms, deviation {deviation:.2} ms"
+                );
                 assert!((mean - 60.0).abs() < 0.3, "{distribution:?}: mean {mean}");
                 assert!(
                     (deviation - expected_deviation_ms).abs() < 0.3,
@@ -317,6 +328,7 @@ fn reorder_happens_at_configured_rate() {
         let late = count_late(&order);
         assert_eq!(reordering.stats().reordered, late);
         let measured = late as f64 / 50_000.0 * 100.0;
+        eprintln!("reorder {reorder_pct} %: measured {measured:.2} %");
         assert!(
             (measured - reorder_pct).abs() < 0.1 * reorder_pct + 0.2,
             "{reorder_pct} %: measured {measured} %"
