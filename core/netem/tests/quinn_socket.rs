@@ -251,3 +251,73 @@ fn bind_outside_tokio_is_an_error() {
         Err(SocketError::NoRuntime)
     ));
 }
+
+/// Receives one datagram on `receiver`, with a deadline.
+async fn receive(receiver: &tokio::net::UdpSocket) -> Vec<u8> {
+    let mut buffer = vec![0u8; 2048];
+    let len = tokio::time::timeout(Duration::from_secs(2), receiver.recv(&mut buffer))
+        .await
+        .expect("datagram in time")
+        .expect("receive");
+    buffer.truncate(len);
+    buffer
+}
+
+fn transmit_to(destination: SocketAddr, contents: &[u8]) -> quinn::udp::Transmit<'_> {
+    quinn::udp::Transmit {
+        destination,
+        ecn: None,
+        contents,
+        segment_size: None,
+        src_ip: None,
+    }
+}
+
+#[tokio::test]
+async fn delayed_datagrams_leave_later_even_after_the_socket_is_dropped() {
+    use quinn::AsyncUdpSocket;
+
+    let receiver = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
+    let destination = receiver.local_addr().expect("addr");
+    let socket = ImpairedSocket::bind(
+        loopback(),
+        ImpairmentConfig {
+            delay: Duration::from_millis(80),
+            ..ImpairmentConfig::default()
+        },
+    )
+    .expect("bind impaired");
+    let sent_at = tokio::time::Instant::now();
+    socket
+        .try_send(&transmit_to(destination, b"late"))
+        .expect("accepted");
+    // The datagram is in flight inside the model; dropping the socket must not lose it.
+    drop(socket);
+    assert_eq!(receive(&receiver).await, b"late");
+    let elapsed = sent_at.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(80) && elapsed < Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn segmented_transmit_is_split_into_datagrams() {
+    use quinn::AsyncUdpSocket;
+
+    let receiver = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
+    let destination = receiver.local_addr().expect("addr");
+    let socket = ImpairedSocket::bind(loopback(), ImpairmentConfig::default()).expect("bind");
+    assert_eq!(socket.max_transmit_segments(), 1);
+    let contents: Vec<u8> = (0..=249u8).collect();
+    let transmit = quinn::udp::Transmit {
+        segment_size: Some(100),
+        ..transmit_to(destination, &contents)
+    };
+    socket.try_send(&transmit).expect("accepted");
+    for expected in contents.chunks(100) {
+        assert_eq!(receive(&receiver).await, expected);
+    }
+    let stats = socket.stats().impairment;
+    assert_eq!((stats.submitted, stats.delivered), (3, 3));
+}
