@@ -17,4 +17,8 @@ pub use viska_netem as netem;
 pub use viska_proto as proto;
 pub use viska_sframe as sframe;
 
+pub mod phone;
 pub mod transport;
+
+pub use phone::{CallHandle, Phone, PhoneConfig};
+pub use viska_e2ee::identity;

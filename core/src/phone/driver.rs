@@ -1,0 +1,488 @@
+//! The async driver of one call: moves bytes between the QUIC connection and the IO-free
+//! [`viska_call::Call`] and [`MediaSession`], and paces the media clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use viska_call::{Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role};
+use viska_e2ee::direct::ChannelBinding;
+use viska_media::audio::{AudioSink, AudioSource};
+use viska_media::codec::{FrameDuration, OpusConfig};
+use viska_media::ogg::OggOpusWriter;
+use viska_proto::{FrameDecoder, MediaParams, SuiteId};
+
+use super::media::{MAX_DATAGRAM, MediaSession};
+use super::{CallHandle, CallShared, CallerInfo, PhoneInner, dispatch_event};
+use crate::transport::{PeerConnection, QuicEndpoint};
+
+/// Accepts connections and runs each as an incoming call.
+pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
+    while let Some(incoming) = ep.accept().await {
+        match incoming {
+            Ok(conn) => {
+                let (handle, commands) = CallHandle::new();
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    run_call(inner, conn, handle, commands, Role::Callee, Instant::now()).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "incoming connection failed");
+                if let Some(l) = listener(&inner) {
+                    l.security_event(format!("incoming connection failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn listener(inner: &PhoneInner) -> Option<Arc<dyn super::PhoneListener>> {
+    inner
+        .listener
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Connects to `addr` and runs the call as its caller.
+pub(super) async fn place_call(
+    inner: Arc<PhoneInner>,
+    ep: QuicEndpoint,
+    addr: SocketAddr,
+    shared: Arc<CallShared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let dialed = Instant::now();
+    let handle = CallHandle { shared };
+    set_state(&handle.shared, CallState::Handshaking);
+    match ep.connect(addr).await {
+        Ok(conn) => run_call(inner, conn, handle, commands, Role::Caller, dialed).await,
+        Err(e) => {
+            tracing::warn!(error = %e, %addr, "call could not connect");
+            end(&handle.shared, EndReason::SetupTimeout);
+        }
+    }
+}
+
+fn set_state(shared: &CallShared, state: CallState) {
+    let changed = {
+        let mut snap = shared.snapshot();
+        let changed = snap.state != state;
+        snap.state = state;
+        changed
+    };
+    if changed {
+        dispatch_event(shared, &CallEvent::StateChanged(state));
+    }
+}
+
+fn end(shared: &CallShared, reason: EndReason) {
+    set_state(shared, CallState::Ended(reason));
+    shared.ended.send_replace(true);
+}
+
+fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
+    OpusConfig {
+        frame: match params.frame.millis() {
+            10 => FrameDuration::Ms10,
+            _ => FrameDuration::Ms20,
+        },
+        bitrate_bps: params.bitrate_bps,
+        ..base.clone()
+    }
+}
+
+struct MediaEnds {
+    session: MediaSession,
+    source: Box<dyn AudioSource>,
+    sink: Box<dyn AudioSink>,
+    recorder: Option<OggOpusWriter>,
+    mix: Vec<i16>,
+}
+
+async fn run_call(
+    inner: Arc<PhoneInner>,
+    conn: PeerConnection,
+    handle: CallHandle,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    role: Role,
+    started: Instant,
+) {
+    let shared = handle.shared.clone();
+    let config = &inner.config;
+    let (initiator_cert_sha256, responder_cert_sha256) = conn.binding_fingerprints();
+    let mut call_config = CallConfig::new(
+        role,
+        config.identity.clone(),
+        ChannelBinding {
+            initiator_cert_sha256,
+            responder_cert_sha256,
+        },
+    );
+    call_config.suites = config.suites.clone();
+    call_config.ring_timeout = config.ring_timeout;
+    if let Some(first) = config.suites.first() {
+        call_config.media.suite = SuiteId(first.id());
+    }
+    call_config.media.bitrate_bps = config.opus.bitrate_bps;
+    call_config.media.frame = match config.opus.frame {
+        FrameDuration::Ms10 => viska_proto::FrameDuration::Ms10,
+        _ => viska_proto::FrameDuration::Ms20,
+    };
+    let mut call = match Call::new(call_config, Instant::now(), &mut rand::rng()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "call configuration refused");
+            end(&shared, EndReason::ProtocolError);
+            conn.close("configuration");
+            return;
+        }
+    };
+
+    let streams = if role == Role::Caller {
+        conn.open_signaling().await
+    } else {
+        conn.accept_signaling().await
+    };
+    let (mut send, mut recv) = match streams {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "signaling stream failed");
+            end(&shared, EndReason::SetupTimeout);
+            return;
+        }
+    };
+
+    if role == Role::Caller {
+        if let Err(e) = call.handle_input(Input::Command(Instant::now(), Command::Dial)) {
+            tracing::error!(error = %e, "dial refused");
+        }
+    }
+
+    let mut decoder = FrameDecoder::new();
+    let mut read_buf = vec![0u8; 4096];
+    let mut datagram = vec![0u8; MAX_DATAGRAM];
+    let mut media: Option<MediaEnds> = None;
+    let mut direction = (false, false);
+    let mut next_timeout;
+    let frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
+    let mut ticker = tokio::time::interval(frame);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut pcm_in: Vec<i16> = Vec::new();
+    let mut pcm_out: Vec<i16> = Vec::new();
+    let mut last_stats = Instant::now();
+    let mut stream_open = true;
+
+    loop {
+        // Drain the state machine's output.
+        loop {
+            match call.poll_output() {
+                Output::Transmit(msg) => {
+                    let bytes = match msg.to_frame() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "unencodable message");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = send.write_all(&bytes).await {
+                        tracing::warn!(error = %e, "signaling write failed");
+                    }
+                }
+                Output::Event(event) => {
+                    handle_event(
+                        &inner,
+                        &handle,
+                        &conn,
+                        &call,
+                        &event,
+                        started,
+                        &mut media,
+                        &mut direction,
+                        &mut pcm_in,
+                        &mut pcm_out,
+                    );
+                    dispatch_event(&shared, &event);
+                }
+                Output::Timeout(t) => {
+                    next_timeout = t;
+                    break;
+                }
+            }
+        }
+        if call.state().is_ended() {
+            break;
+        }
+
+        tokio::select! {
+            read = recv.read(&mut read_buf), if stream_open => {
+                match read {
+                    Ok(Some(n)) => {
+                        decoder.push(read_buf.get(..n).unwrap_or_default());
+                        loop {
+                            match decoder.next_message() {
+                                Ok(Some(msg)) => {
+                                    if let Err(e) = call.handle_input(Input::Signal(Instant::now(), msg)) {
+                                        tracing::debug!(error = %e, "signal refused");
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "malformed signaling; closing");
+                                    stream_open = false;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => stream_open = false,
+                }
+            }
+            d = conn.recv_media() => {
+                match d {
+                    Ok(d) => {
+                        if let Some(m) = media.as_mut() {
+                            let now = Instant::now();
+                            match m.session.receive(now, &d) {
+                                Ok(index) => {
+                                    if let Some(p) = &config.latency_probe {
+                                        p.frame_arrived(index, now);
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "media datagram rejected"),
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        // Connection gone: the peer vanished or closed.
+                        let _ = call.handle_input(Input::Command(Instant::now(), Command::Hangup));
+                        if !call.state().is_ended() {
+                            end(&shared, EndReason::SetupTimeout);
+                            break;
+                        }
+                    }
+                }
+            }
+            cmd = commands.recv() => {
+                match cmd {
+                    Some(cmd) => {
+                        if let Err(e) = call.handle_input(Input::Command(Instant::now(), cmd)) {
+                            tracing::debug!(error = %e, "command refused");
+                        }
+                    }
+                    None => {
+                        // Every handle dropped: keep running until the call ends.
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if let Some(m) = media.as_mut() {
+                    media_tick(&inner, &conn, m, direction, &mut pcm_in, &mut pcm_out, &mut datagram, frame);
+                }
+                if last_stats.elapsed() >= Duration::from_secs(1) {
+                    last_stats = Instant::now();
+                    publish_stats(&shared, &call, &conn, media.as_ref());
+                }
+            }
+            _ = tokio::time::sleep_until(next_timeout.into()) => {
+                let _ = call.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+
+    publish_stats(&shared, &call, &conn, media.as_ref());
+    if let Some(m) = media.as_mut() {
+        if let Err(e) = m.sink.finish() {
+            tracing::warn!(error = %e, "finishing the audio sink failed");
+        }
+        if let Some(rec) = m.recorder.as_mut() {
+            if let Err(e) = rec.finish() {
+                tracing::warn!(error = %e, "finishing the recording failed");
+            }
+        }
+    }
+    let _ = send.finish();
+    // Give the final signaling frame a moment to leave before closing the connection.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.close("call ended");
+    shared.ended.send_replace(true);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_event(
+    inner: &PhoneInner,
+    handle: &CallHandle,
+    conn: &PeerConnection,
+    call: &Call,
+    event: &CallEvent,
+    started: Instant,
+    media: &mut Option<MediaEnds>,
+    direction: &mut (bool, bool),
+    pcm_in: &mut Vec<i16>,
+    pcm_out: &mut Vec<i16>,
+) {
+    let shared = &handle.shared;
+    match event {
+        CallEvent::StateChanged(state) => {
+            let mut snap = shared.snapshot();
+            snap.state = *state;
+            if state.is_ended() {
+                shared.ended.send_replace(true);
+            }
+        }
+        CallEvent::KeysReady(keys) => {
+            {
+                let mut snap = shared.snapshot();
+                snap.sas = Some(keys.sas.to_string());
+                snap.peer = Some(keys.peer.clone());
+                snap.setup_time = Some(started.elapsed());
+            }
+            let opus = opus_for(&call.media(), &inner.config.opus);
+            let session = MediaSession::new(keys, &opus, &inner.config.jitter);
+            let source = inner.config.audio.open_source();
+            let sink = inner.config.audio.open_sink();
+            match (session, source, sink) {
+                (Ok(session), Ok(source), Ok(sink)) => {
+                    *pcm_in = vec![0; session.frame_samples()];
+                    *pcm_out = vec![0; session.frame_samples()];
+                    let recorder = inner.config.recording.as_ref().and_then(|path| {
+                        OggOpusWriter::create(path, &opus)
+                            .map_err(|e| tracing::warn!(error = %e, "recording not started"))
+                            .ok()
+                    });
+                    *media = Some(MediaEnds {
+                        mix: vec![0; session.frame_samples()],
+                        session,
+                        source,
+                        sink,
+                        recorder,
+                    });
+                }
+                (s, src, snk) => {
+                    tracing::error!(
+                        session = ?s.err(),
+                        source = ?src.err(),
+                        sink = ?snk.err(),
+                        "media could not start"
+                    );
+                }
+            }
+        }
+        CallEvent::Incoming { peer, trust, .. } => {
+            shared.snapshot().peer = Some(peer.clone());
+            if let Some(l) = listener(inner) {
+                l.incoming_call(
+                    handle.clone(),
+                    CallerInfo {
+                        identity: peer.clone(),
+                        trust: *trust,
+                        remote_addr: conn.remote_addr(),
+                    },
+                );
+            }
+        }
+        CallEvent::MediaDirection { send, receive } => *direction = (*send, *receive),
+        _ => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn media_tick(
+    inner: &PhoneInner,
+    conn: &PeerConnection,
+    m: &mut MediaEnds,
+    (send, receive): (bool, bool),
+    pcm_in: &mut [i16],
+    pcm_out: &mut [i16],
+    datagram: &mut [u8],
+    frame: Duration,
+) {
+    let now = Instant::now();
+    let probe = inner.config.latency_probe.as_deref();
+    // Capture runs while the call is up (also on hold or muted, so a device never backs up);
+    // before the answer the source is left alone.
+    if !(send || receive) {
+        pcm_in.fill(0);
+    } else if let Err(e) = m.source.read_frame(pcm_in) {
+        tracing::debug!(error = %e, "audio source failed; sending silence");
+        pcm_in.fill(0);
+    }
+    if send {
+        let ready = Instant::now();
+        match m.session.send_frame(pcm_in, datagram) {
+            Ok((index, Some(len))) => {
+                if let Some(p) = probe {
+                    // The frame's first sample was captured one frame period before it was read.
+                    p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), ready);
+                }
+                if let Err(e) = conn.send_media(datagram.get(..len).unwrap_or_default()) {
+                    tracing::debug!(error = %e, "media datagram not sent");
+                }
+            }
+            Ok((_, None)) => {}
+            Err(e) => tracing::warn!(error = %e, "media frame not sent"),
+        }
+    } else if let Err(e) = m.session.skip_frame() {
+        tracing::warn!(error = %e, "media counter exhausted");
+    }
+    if receive {
+        let t0 = Instant::now();
+        match m.session.play_frame(now, pcm_out) {
+            Ok(played) => {
+                if let (Some(p), Some(index)) = (probe, played.frame_index) {
+                    p.frame_played(index, t0.elapsed(), Instant::now());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "playout failed");
+                pcm_out.fill(0);
+            }
+        }
+    } else {
+        pcm_out.fill(0);
+    }
+    if let Err(e) = m.sink.write_frame(pcm_out) {
+        tracing::debug!(error = %e, "audio sink failed");
+    }
+    if let Some(rec) = m.recorder.as_mut() {
+        // The recording is the conversation: what was sent mixed with what was heard.
+        for ((mix, &local), &remote) in m.mix.iter_mut().zip(pcm_in.iter()).zip(pcm_out.iter()) {
+            *mix = if send { local.saturating_add(remote) } else { remote };
+        }
+        if let Err(e) = rec.write(&m.mix) {
+            tracing::warn!(error = %e, "recording failed; stopped");
+            m.recorder = None;
+        }
+    }
+}
+
+fn publish_stats(
+    shared: &CallShared,
+    call: &Call,
+    conn: &PeerConnection,
+    media: Option<&MediaEnds>,
+) {
+    let mut stats = call.stats();
+    if stats.rtt_ms.is_none() {
+        stats.rtt_ms = Some(conn.rtt().as_secs_f64() * 1000.0);
+    }
+    let counters = media.map(|m| m.session.counters()).unwrap_or_default();
+    stats.packets_sent = counters.frames_sent;
+    stats.packets_received = counters.frames_received;
+    stats.packets_lost = counters.playout.lost;
+    stats.jitter_ms = counters.playout.jitter.as_secs_f64() * 1000.0;
+    stats.decrypt_failures += counters.decrypt_failures;
+    stats.concealed_frames = counters.playout.concealed;
+    stats.fec_recovered = counters.playout.fec_recovered;
+    {
+        let mut snap = shared.snapshot();
+        snap.stats = stats.clone();
+        snap.media = counters;
+    }
+    if let Some(l) = shared.listener() {
+        l.stats(stats);
+    }
+}

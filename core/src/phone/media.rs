@@ -1,0 +1,260 @@
+//! The media path of one call, IO-free: capture frame -> Opus -> SFrame -> datagram, and
+//! datagram -> SFrame -> jitter buffer -> Opus -> playout frame.
+//!
+//! The SFrame counter of the media key is the sender's frame index: it advances by one every
+//! frame period, also across periods in which nothing is sent (mute, hold, DTX), so the
+//! receiver can tell silence from loss and derive the media timestamp without extra bytes.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use viska_e2ee::direct::SessionKeys;
+use viska_media::codec::{CodecError, OpusConfig, OpusDecoder, OpusEncoder};
+use viska_media::jitter::{JitterConfig, PushOutcome};
+use viska_media::playout::{JitterStats, Playout, PlayoutConfig, PlayoutError, PullOutcome};
+use viska_proto::{MediaHeader, ProtoError};
+use viska_sframe::{ReplayConfig, SframeError, SframeReceiver, SframeSender};
+
+/// Largest media datagram we build or accept.
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Errors of the media path. Receive-side errors are also counted in [`MediaCounters`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// SFrame protection or unprotection failed.
+    #[error("sframe: {0}")]
+    Sframe(#[from] SframeError),
+    /// The Opus codec failed.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    /// The decrypted payload is malformed.
+    #[error("media payload: {0}")]
+    Payload(#[from] ProtoError),
+    /// Playout could not produce a frame.
+    #[error("playout: {0}")]
+    Playout(#[from] PlayoutError),
+    /// The session's settings do not fit together.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Counters of one call's media path.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MediaCounters {
+    /// Frames encoded, protected and handed to the transport.
+    pub frames_sent: u64,
+    /// Frame periods in which nothing was sent (mute, hold, DTX silence).
+    pub frames_skipped: u64,
+    /// Media bytes (whole datagrams) sent.
+    pub bytes_sent: u64,
+    /// Opus payload bytes sent (to compute the overhead).
+    pub opus_bytes_sent: u64,
+    /// Datagrams that authenticated and parsed.
+    pub frames_received: u64,
+    /// Datagrams that failed authentication or had an unknown key id.
+    pub decrypt_failures: u64,
+    /// Datagrams rejected as replays (duplicate or older than the replay window).
+    pub replays_rejected: u64,
+    /// Datagrams whose SFrame header or decrypted payload was malformed.
+    pub malformed: u64,
+    /// Authenticated datagrams the jitter buffer refused (late, duplicate, oversized).
+    pub refused_by_buffer: u64,
+    /// Playout counters (loss, concealment, FEC, delays).
+    pub playout: JitterStats,
+}
+
+/// One call's media path; see the [module documentation](self).
+#[derive(Debug)]
+pub struct MediaSession {
+    encoder: OpusEncoder,
+    sender: SframeSender,
+    receiver: SframeReceiver,
+    playout: Playout,
+    duration: viska_proto::FrameDuration,
+    frame_samples: usize,
+    next_index: u64,
+    marker_pending: bool,
+    opus_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
+    plain_buf: Vec<u8>,
+    counters: MediaCounters,
+}
+
+/// What [`MediaSession::play_frame`] produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Played {
+    /// How the frame was made.
+    pub outcome: PullOutcome,
+    /// The sender's frame index that was decoded, if a received frame was played.
+    pub frame_index: Option<u64>,
+}
+
+fn proto_duration(opus: &OpusConfig) -> Result<viska_proto::FrameDuration, MediaError> {
+    viska_proto::FrameDuration::from_millis(opus.frame.millis() as u16)
+        .map_err(|e| MediaError::Config(e.to_string()))
+}
+
+impl MediaSession {
+    /// A media session keyed from an end-to-end handshake.
+    pub fn new(
+        keys: &SessionKeys,
+        opus: &OpusConfig,
+        jitter: &JitterConfig,
+    ) -> Result<Self, MediaError> {
+        let encoder = OpusEncoder::new(opus)?;
+        let decoder = OpusDecoder::new(opus)?;
+        let sender = SframeSender::new(
+            keys.suite,
+            keys.media_send.key_id,
+            &keys.media_send.base_key,
+        )?;
+        let mut receiver = SframeReceiver::new(keys.suite, ReplayConfig::default())?;
+        receiver.add_key(keys.media_recv.key_id, &keys.media_recv.base_key)?;
+        let frame = Duration::from_millis(u64::from(opus.frame.millis()));
+        let playout = Playout::new(
+            PlayoutConfig {
+                jitter: JitterConfig {
+                    frame,
+                    ..jitter.clone()
+                },
+                opus: opus.clone(),
+                ..PlayoutConfig::default()
+            },
+            decoder,
+        )?;
+        Ok(Self {
+            encoder,
+            sender,
+            receiver,
+            playout,
+            duration: proto_duration(opus)?,
+            frame_samples: opus.frame_samples(),
+            next_index: 0,
+            marker_pending: true,
+            opus_buf: vec![0; MAX_DATAGRAM],
+            payload_buf: vec![0; MAX_DATAGRAM],
+            plain_buf: vec![0; MAX_DATAGRAM],
+            counters: MediaCounters::default(),
+        })
+    }
+
+    /// Samples per frame (48 kHz mono).
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// The index the next captured frame gets.
+    pub fn next_frame_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Encodes and protects one captured frame into `out`; returns the frame's index and the
+    /// datagram length, or `None` for the length when the encoder chose not to transmit (DTX).
+    pub fn send_frame(
+        &mut self,
+        pcm: &[i16],
+        out: &mut [u8],
+    ) -> Result<(u64, Option<usize>), MediaError> {
+        let index = self.next_index;
+        self.next_index = index.saturating_add(1);
+        let opus_len = self.encoder.encode(pcm, &mut self.opus_buf)?;
+        // libopus signals "nothing worth sending" (DTX) with packets of at most 2 bytes.
+        if opus_len <= 2 {
+            self.skip(index)?;
+            return Ok((index, None));
+        }
+        let header = MediaHeader {
+            marker: self.marker_pending,
+            dtx: false,
+            duration: self.duration,
+            timestamp: None,
+        };
+        let opus = self.opus_buf.get(..opus_len).unwrap_or_default();
+        let payload_len = viska_proto::encode_media_payload(&header, opus, &mut self.payload_buf)?;
+        self.sender.skip_to(index)?;
+        let payload = self.payload_buf.get(..payload_len).unwrap_or_default();
+        let len = self.sender.protect(&[], payload, out)?;
+        self.marker_pending = false;
+        self.counters.frames_sent += 1;
+        self.counters.bytes_sent += len as u64;
+        self.counters.opus_bytes_sent += opus_len as u64;
+        Ok((index, Some(len)))
+    }
+
+    /// Accounts one frame period in which nothing is sent (muted, on hold).
+    pub fn skip_frame(&mut self) -> Result<u64, MediaError> {
+        let index = self.next_index;
+        self.next_index = index.saturating_add(1);
+        self.skip(index)?;
+        Ok(index)
+    }
+
+    fn skip(&mut self, index: u64) -> Result<(), MediaError> {
+        self.sender.skip_to(index.saturating_add(1))?;
+        self.marker_pending = true;
+        self.counters.frames_skipped += 1;
+        Ok(())
+    }
+
+    /// Authenticates a received datagram and queues its audio for playout. Returns the
+    /// sender's frame index. Every failure is counted and leaves the session usable.
+    pub fn receive(&mut self, now: Instant, datagram: &[u8]) -> Result<u64, MediaError> {
+        let unprotected = match self.receiver.unprotect(&[], datagram, &mut self.plain_buf) {
+            Ok(u) => u,
+            Err(e) => {
+                match &e {
+                    SframeError::Duplicate { .. } | SframeError::TooOld { .. } => {
+                        self.counters.replays_rejected += 1;
+                    }
+                    SframeError::MalformedHeader(_) | SframeError::TruncatedFrame { .. } => {
+                        self.counters.malformed += 1;
+                    }
+                    _ => self.counters.decrypt_failures += 1,
+                }
+                return Err(e.into());
+            }
+        };
+        let plain = self.plain_buf.get(..unprotected.len).unwrap_or_default();
+        let (header, opus) = match viska_proto::decode_media_payload(plain) {
+            Ok(v) => v,
+            Err(e) => {
+                self.counters.malformed += 1;
+                return Err(e.into());
+            }
+        };
+        self.counters.frames_received += 1;
+        match self
+            .playout
+            .push(now, unprotected.ctr, opus, header.marker)
+        {
+            PushOutcome::Accepted | PushOutcome::Overflow { .. } | PushOutcome::Resynced { .. } => {
+            }
+            _ => self.counters.refused_by_buffer += 1,
+        }
+        Ok(unprotected.ctr)
+    }
+
+    /// Produces the next frame of audio to play (always exactly one frame in `out`).
+    pub fn play_frame(&mut self, now: Instant, out: &mut [i16]) -> Result<Played, MediaError> {
+        let next = self.playout.buffer().next_seq();
+        let started = self.playout.buffer().is_started();
+        let outcome = self.playout.pull(now, out)?;
+        let frame_index = match outcome {
+            PullOutcome::Decoded if started => Some(next),
+            PullOutcome::Dropped if started => Some(next.saturating_add(1)),
+            _ => None,
+        };
+        Ok(Played {
+            outcome,
+            frame_index,
+        })
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> MediaCounters {
+        let mut c = self.counters.clone();
+        c.playout = self.playout.stats();
+        c
+    }
+}

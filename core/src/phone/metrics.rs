@@ -1,0 +1,132 @@
+//! Measurement hooks: per-frame latency probes and per-phone CPU time. Used by the demo and the
+//! benchmarks; they cost nothing when not enabled.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Records when each media frame was captured, sent and played, across two phones of one
+/// process (they share the monotonic clock), to measure latency end to end.
+///
+/// Keyed by the frame's counter (the SFrame CTR, which is the sender's frame index).
+#[derive(Debug, Default)]
+pub struct LatencyProbe {
+    inner: Mutex<ProbeInner>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeInner {
+    /// (frame index, when its first sample was captured, when the frame was ready to encode)
+    sent: VecDeque<(u64, Instant, Instant)>,
+    ready_to_decoded: Vec<Duration>,
+    mouth_to_ear: Vec<Duration>,
+    arrivals: VecDeque<(u64, Instant)>,
+}
+
+/// Frames remembered for matching; older ones are forgotten.
+const WINDOW: usize = 512;
+
+/// Latency figures from a [`LatencyProbe`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Frames measured from capture to playout.
+    pub frames: usize,
+    /// Median capture-to-playout delay.
+    pub mouth_to_ear_median: Option<Duration>,
+    /// 99th percentile of frame-ready to frame-decoded at the peer (excludes jitter-buffer wait).
+    pub ready_to_decoded_p99: Option<Duration>,
+    /// Median of frame-ready to frame-decoded.
+    pub ready_to_decoded_median: Option<Duration>,
+}
+
+fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() - 1) as f64 * p).round() as usize;
+    values.get(rank).copied()
+}
+
+impl LatencyProbe {
+    /// A new, empty probe.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProbeInner> {
+        // A poisoned probe only means a panicking test thread; the data is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sender: frame `index`, whose first sample was captured at `captured`, is ready to encode.
+    pub fn frame_ready(&self, index: u64, captured: Instant, ready: Instant) {
+        let mut inner = self.lock();
+        if inner.sent.len() == WINDOW {
+            inner.sent.pop_front();
+        }
+        inner.sent.push_back((index, captured, ready));
+    }
+
+    /// Receiver: frame `index` arrived and was authenticated at `at`.
+    pub fn frame_arrived(&self, index: u64, at: Instant) {
+        let mut inner = self.lock();
+        if inner.arrivals.len() == WINDOW {
+            inner.arrivals.pop_front();
+        }
+        inner.arrivals.push_back((index, at));
+    }
+
+    /// Receiver: frame `index` was decoded, taking `decode_time`, and played at `played`.
+    pub fn frame_played(&self, index: u64, decode_time: Duration, played: Instant) {
+        let mut inner = self.lock();
+        let Some(&(_, captured, ready)) = inner.sent.iter().find(|(i, _, _)| *i == index) else {
+            return;
+        };
+        if let Some(&(_, arrived)) = inner.arrivals.iter().find(|(i, _)| *i == index) {
+            let d = arrived.saturating_duration_since(ready) + decode_time;
+            inner.ready_to_decoded.push(d);
+        }
+        inner
+            .mouth_to_ear
+            .push(played.saturating_duration_since(captured));
+    }
+
+    /// Medians and percentiles so far.
+    pub fn summary(&self) -> LatencySummary {
+        let inner = self.lock();
+        let mut m2e = inner.mouth_to_ear.clone();
+        let mut r2d = inner.ready_to_decoded.clone();
+        LatencySummary {
+            frames: m2e.len(),
+            mouth_to_ear_median: percentile(&mut m2e, 0.5),
+            ready_to_decoded_p99: percentile(&mut r2d, 0.99),
+            ready_to_decoded_median: percentile(&mut r2d, 0.5),
+        }
+    }
+}
+
+/// CPU time used so far by this process's threads whose name starts with `prefix`
+/// (each phone names its runtime threads), from `/proc/self/task/*/schedstat` (nanoseconds on
+/// CPU). `None` where that is not available.
+pub fn thread_cpu_time(prefix: &str) -> Option<Duration> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        total += Duration::from_nanos(ns);
+    }
+    Some(total)
+}

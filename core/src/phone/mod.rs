@@ -1,0 +1,529 @@
+//! The phone: runs calls on its own runtime and tells the application what happens.
+//!
+//! [`Phone`] owns a small tokio runtime whose threads are named after the phone. Every method
+//! returns promptly; the work happens on that runtime and the application hears about it
+//! through [`PhoneListener`] and [`CallListener`], called on the phone's runtime threads.
+//! Listeners **must not block**: hand work to your own thread or queue.
+
+mod audio;
+mod driver;
+mod media;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use viska_call::{CallEvent, CallState, CallStats, Command, SecurityEvent, Trust};
+use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_media::codec::OpusConfig;
+use viska_media::jitter::JitterConfig;
+use viska_netem::ImpairmentConfig;
+use viska_sframe::CipherSuite;
+
+use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, TransportError};
+
+pub use audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
+pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
+pub use metrics::{LatencyProbe, LatencySummary, thread_cpu_time};
+
+/// Errors of the phone API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PhoneError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The phone's runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// Transport failure (socket, TLS, QUIC).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The call is over; the command was not sent.
+    #[error("the call has ended")]
+    CallEnded,
+    /// The command is not possible in the call's current state.
+    #[error("{command} is not possible while the call is {state:?}")]
+    InvalidState {
+        /// The command.
+        command: &'static str,
+        /// The call's state when it was refused.
+        state: CallState,
+    },
+}
+
+/// Everything a phone is set up with.
+pub struct PhoneConfig {
+    /// A short name, used for thread names (`vk-<name>`) and logs.
+    pub name: String,
+    /// This device's long-term identity.
+    pub identity: IdentityKeyPair,
+    /// SFrame suites accepted, in order of preference (the first is offered for media).
+    pub suites: Vec<CipherSuite>,
+    /// Codec settings for calls this phone places (a callee adopts the caller's frame size and
+    /// bitrate).
+    pub opus: OpusConfig,
+    /// Jitter buffer bounds.
+    pub jitter: JitterConfig,
+    /// QUIC timers and buffers.
+    pub transport: TransportConfig,
+    /// Impair this phone's outgoing packets (tests and demos without `tc netem`).
+    pub impairment: Option<ImpairmentConfig>,
+    /// Where call audio comes from and goes to.
+    pub audio: Arc<dyn AudioFactory>,
+    /// How long an incoming call may ring unanswered.
+    pub ring_timeout: Duration,
+    /// Optional latency probe shared with the peer phone (measurement only).
+    pub latency_probe: Option<Arc<LatencyProbe>>,
+    /// Worker threads of the phone's runtime.
+    pub worker_threads: usize,
+    /// Record each call (both sides mixed) to this Ogg Opus file.
+    pub recording: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for PhoneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneConfig")
+            .field("name", &self.name)
+            .field("identity", &self.identity.public().fingerprint())
+            .field("suites", &self.suites)
+            .field("opus", &self.opus)
+            .field("impairment", &self.impairment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PhoneConfig {
+    /// Defaults for everything but the identity: ChaCha20-Poly1305 first, 20 ms Opus at
+    /// 32 kbit/s with FEC, no audio.
+    pub fn new(name: impl Into<String>, identity: IdentityKeyPair) -> Self {
+        Self {
+            name: name.into(),
+            identity,
+            suites: vec![
+                CipherSuite::ChaCha20Poly1305Sha256,
+                CipherSuite::Aes128GcmSha256,
+            ],
+            opus: OpusConfig::default(),
+            jitter: JitterConfig::default(),
+            transport: TransportConfig::default(),
+            impairment: None,
+            audio: Arc::new(NullAudio),
+            ring_timeout: viska_call::DEFAULT_RING_TIMEOUT,
+            latency_probe: None,
+            worker_threads: 1,
+            recording: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), PhoneError> {
+        if self.suites.is_empty() {
+            return Err(PhoneError::InvalidConfig("no cipher suite".into()));
+        }
+        if self.name.is_empty() || self.name.len() > 12 {
+            return Err(PhoneError::InvalidConfig(
+                "name must be 1 to 12 characters (it names threads)".into(),
+            ));
+        }
+        self.opus
+            .validate()
+            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        self.jitter
+            .validate()
+            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        if let Some(imp) = &self.impairment {
+            imp.validate()
+                .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A new device identity from the operating system's randomness.
+pub fn generate_identity() -> IdentityKeyPair {
+    IdentityKeyPair::generate(&mut rand::rng())
+}
+
+/// Who is calling, as far as cryptography can tell.
+#[derive(Clone, Debug)]
+pub struct CallerInfo {
+    /// The caller's authenticated identity.
+    pub identity: PublicIdentity,
+    /// Whether that identity is pinned, unknown, or different from the pinned one.
+    pub trust: Trust,
+    /// The network address the call came from.
+    pub remote_addr: SocketAddr,
+}
+
+/// Phone-wide events. Called on the phone's runtime threads; must not block.
+pub trait PhoneListener: Send + Sync {
+    /// A new call is ringing. Answer or reject it through `call`.
+    fn incoming_call(&self, call: CallHandle, caller: CallerInfo);
+    /// A security event outside any call (e.g. a connection that failed the handshake).
+    fn security_event(&self, _event: String) {}
+}
+
+/// Events of one call. Called on the phone's runtime threads; must not block.
+pub trait CallListener: Send + Sync {
+    /// The call changed state.
+    fn state_changed(&self, _state: CallState) {}
+    /// End-to-end keys are established: the SAS is available.
+    fn keys_ready(&self, _sas: String) {}
+    /// The peer sent a DTMF digit.
+    fn dtmf(&self, _digit: char, _duration_ms: u16) {}
+    /// The peer sent opaque call data.
+    fn data(&self, _data: Vec<u8>) {}
+    /// Something security-relevant happened (decryption failures, key change).
+    fn security_event(&self, _event: SecurityEvent) {}
+    /// Periodic statistics (about once a second during an active call).
+    fn stats(&self, _stats: CallStats) {}
+}
+
+/// What the application can read about a call at any time.
+#[derive(Clone, Debug)]
+pub struct CallSnapshot {
+    /// Current state.
+    pub state: CallState,
+    /// Short authentication string, once keys are ready.
+    pub sas: Option<String>,
+    /// The peer's identity, once authenticated.
+    pub peer: Option<PublicIdentity>,
+    /// Latest statistics.
+    pub stats: CallStats,
+    /// Media counters of this end.
+    pub media: MediaCounters,
+    /// Time from dialing to keys ready (caller) or first message to keys ready (callee).
+    pub setup_time: Option<Duration>,
+}
+
+struct CallShared {
+    commands: mpsc::UnboundedSender<Command>,
+    snapshot: Mutex<CallSnapshot>,
+    listener: Mutex<Option<Arc<dyn CallListener>>>,
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl CallShared {
+    fn snapshot(&self) -> std::sync::MutexGuard<'_, CallSnapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn listener(&self) -> Option<Arc<dyn CallListener>> {
+        self.listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A call, placed or received. Cheap to clone; all clones control the same call.
+#[derive(Clone)]
+pub struct CallHandle {
+    shared: Arc<CallShared>,
+}
+
+impl std::fmt::Debug for CallHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallHandle")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl CallHandle {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ended, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(CallShared {
+            commands: tx,
+            snapshot: Mutex::new(CallSnapshot {
+                state: CallState::Idle,
+                sas: None,
+                peer: None,
+                stats: CallStats::default(),
+                media: MediaCounters::default(),
+                setup_time: None,
+            }),
+            listener: Mutex::new(None),
+            ended,
+        });
+        (Self { shared }, rx)
+    }
+
+    /// Registers the listener for this call's events (replacing any previous one).
+    pub fn set_listener(&self, listener: Arc<dyn CallListener>) {
+        *self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+    }
+
+    fn send(&self, command: Command, allowed: fn(&CallState) -> bool) -> Result<(), PhoneError> {
+        let state = self.state();
+        if state.is_ended() {
+            return Err(PhoneError::CallEnded);
+        }
+        if !allowed(&state) {
+            return Err(PhoneError::InvalidState {
+                command: command.name(),
+                state,
+            });
+        }
+        self.shared
+            .commands
+            .send(command)
+            .map_err(|_| PhoneError::CallEnded)
+    }
+
+    /// Answers a ringing incoming call.
+    pub fn answer(&self) -> Result<(), PhoneError> {
+        self.send(Command::Answer, |s| matches!(s, CallState::Ringing))
+    }
+
+    /// Declines a ringing incoming call.
+    pub fn reject(&self) -> Result<(), PhoneError> {
+        self.send(Command::Reject, |s| matches!(s, CallState::Ringing))
+    }
+
+    /// Ends the call (cancels it if not yet answered).
+    pub fn hangup(&self) -> Result<(), PhoneError> {
+        self.send(Command::Hangup, |_| true)
+    }
+
+    /// Puts the call on hold.
+    pub fn hold(&self) -> Result<(), PhoneError> {
+        self.send(Command::Hold, |s| matches!(s, CallState::Active { .. }))
+    }
+
+    /// Takes the call off hold.
+    pub fn resume(&self) -> Result<(), PhoneError> {
+        self.send(Command::Resume, |s| matches!(s, CallState::Active { .. }))
+    }
+
+    /// Mutes or unmutes the microphone (no audio is sent while muted).
+    pub fn mute(&self, muted: bool) -> Result<(), PhoneError> {
+        self.send(Command::Mute(muted), |s| matches!(s, CallState::Active { .. }))
+    }
+
+    /// Sends DTMF digits (`0-9`, `*`, `#`, `A-D`), end-to-end encrypted.
+    pub fn send_dtmf(&self, digits: &str) -> Result<(), PhoneError> {
+        viska_proto::DtmfEvent::parse_digits(digits)
+            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        self.send(Command::SendDtmf(digits.to_owned()), |s| {
+            matches!(s, CallState::Active { .. })
+        })
+    }
+
+    /// Sends opaque call data (CTI payloads), end-to-end encrypted.
+    pub fn send_data(&self, data: Vec<u8>) -> Result<(), PhoneError> {
+        self.send(Command::SendData(data), |s| {
+            matches!(s, CallState::Active { .. })
+        })
+    }
+
+    /// The call's state now.
+    pub fn state(&self) -> CallState {
+        self.shared.snapshot().state
+    }
+
+    /// Everything readable about the call now.
+    pub fn snapshot(&self) -> CallSnapshot {
+        self.shared.snapshot().clone()
+    }
+
+    /// The short authentication string to compare with the peer, once keys are ready.
+    pub fn sas(&self) -> Option<String> {
+        self.shared.snapshot().sas.clone()
+    }
+
+    /// The latest statistics.
+    pub fn stats(&self) -> CallStats {
+        self.shared.snapshot().stats.clone()
+    }
+
+    /// Waits (blocking the current thread, so never on a phone's runtime) until the call's
+    /// state satisfies `pred` or `timeout` passes; returns the state reached.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&CallState) -> bool) -> CallState {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let state = self.state();
+            if pred(&state) || std::time::Instant::now() >= deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the call has ended.
+    pub fn is_ended(&self) -> bool {
+        *self.shared.ended.borrow()
+    }
+}
+
+struct PhoneInner {
+    config: PhoneConfig,
+    cert: Arc<LocalCertificate>,
+    listener: Mutex<Option<Arc<dyn PhoneListener>>>,
+}
+
+/// A softphone: places and receives end-to-end encrypted calls.
+pub struct Phone {
+    runtime: Option<tokio::runtime::Runtime>,
+    inner: Arc<PhoneInner>,
+    endpoint: Mutex<Option<QuicEndpoint>>,
+}
+
+impl std::fmt::Debug for Phone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phone")
+            .field("name", &self.inner.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Phone {
+    /// Starts a phone (its runtime and TLS certificate). Does not open any socket yet.
+    pub fn new(config: PhoneConfig) -> Result<Self, PhoneError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads.max(1))
+            .max_blocking_threads(2)
+            .thread_name(format!("vk-{}", config.name))
+            .enable_all()
+            .build()?;
+        let cert = Arc::new(LocalCertificate::generate()?);
+        Ok(Self {
+            runtime: Some(runtime),
+            inner: Arc::new(PhoneInner {
+                config,
+                cert,
+                listener: Mutex::new(None),
+            }),
+            endpoint: Mutex::new(None),
+        })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        // Only `Drop` takes the runtime out.
+        self.runtime
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime taken before drop"))
+    }
+
+    /// The phone's identity.
+    pub fn identity(&self) -> PublicIdentity {
+        self.inner.config.identity.public()
+    }
+
+    /// Registers the phone-wide listener.
+    pub fn set_listener(&self, listener: Arc<dyn PhoneListener>) {
+        *self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+    }
+
+    fn endpoint(&self, bind: SocketAddr) -> Result<QuicEndpoint, PhoneError> {
+        let mut slot = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ep) = slot.as_ref() {
+            return Ok(ep.clone());
+        }
+        let _guard = self.runtime().enter();
+        let config = &self.inner.config;
+        let ep = match &config.impairment {
+            Some(imp) => {
+                let socket = viska_netem::bind_impaired(bind, imp.clone())
+                    .map_err(TransportError::Io)?;
+                QuicEndpoint::with_socket(socket, self.inner.cert.clone(), &config.transport)?
+            }
+            None => QuicEndpoint::bind(bind, self.inner.cert.clone(), &config.transport)?,
+        };
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Listens for incoming calls on `addr` (port 0 picks one); returns the bound address.
+    pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, PhoneError> {
+        let ep = self.endpoint(addr)?;
+        let local = ep.local_addr()?;
+        let inner = self.inner.clone();
+        self.runtime().spawn(driver::accept_loop(inner, ep));
+        Ok(local)
+    }
+
+    /// Places a call to a listening phone at `addr`. Returns at once; follow the call through
+    /// its [`CallHandle`] and [`CallListener`].
+    pub fn call(&self, addr: SocketAddr) -> Result<CallHandle, PhoneError> {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let bind = if addr.ip().is_loopback() {
+            SocketAddr::new(addr.ip(), 0)
+        } else {
+            bind
+        };
+        let ep = self.endpoint(bind)?;
+        let (handle, commands) = CallHandle::new();
+        let inner = self.inner.clone();
+        let shared = handle.shared.clone();
+        self.runtime()
+            .spawn(driver::place_call(inner, ep, addr, shared, commands));
+        Ok(handle)
+    }
+
+    /// Total CPU time used by this phone's runtime threads so far (Linux), for measurements.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        thread_cpu_time(&format!("vk-{}", self.inner.config.name))
+    }
+
+    /// Closes the phone's endpoint (ending its calls) and stops its runtime.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(ep) = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            ep.close();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Events the driver turns into listener calls, kept in one place.
+fn dispatch_event(shared: &CallShared, event: &CallEvent) {
+    let Some(listener) = shared.listener() else {
+        return;
+    };
+    match event {
+        CallEvent::StateChanged(state) => listener.state_changed(*state),
+        CallEvent::KeysReady(keys) => listener.keys_ready(keys.sas.to_string()),
+        CallEvent::Dtmf { event, duration_ms } => listener.dtmf(event.to_char(), *duration_ms),
+        CallEvent::Data(data) => listener.data(data.clone()),
+        CallEvent::Security(ev) => listener.security_event(ev.clone()),
+        _ => {}
+    }
+}

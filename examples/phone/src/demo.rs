@@ -1,0 +1,291 @@
+//! `viska-phone demo`: a whole encrypted call between two phones of this process over real
+//! QUIC sockets on loopback, with optional network impairment. Progress goes to stderr; the
+//! last line of stdout is one JSON object with the call's figures.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use viska::call::CallState;
+use viska::netem::ImpairmentConfig;
+use viska::phone::{CallerInfo, FileAudio, LatencyProbe, PhoneListener};
+use viska::CallHandle;
+
+use crate::{BoxError, SuiteArg, demo_phone, wait};
+
+/// The bundled speech sample (espeak-ng, 16 kHz mono).
+const SPEECH: &[u8] = include_bytes!("../assets/speech.wav");
+
+/// Flags of `viska-phone demo`.
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Seconds of audio to send after the call is answered.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Random packet loss in percent, applied to each phone's outgoing packets.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Up to this many milliseconds of random extra delay per packet.
+    #[arg(long, default_value_t = 0)]
+    jitter: u64,
+    /// Fixed one-way delay in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay: u64,
+    /// SFrame cipher suite.
+    #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
+    suite: SuiteArg,
+    /// Opus bitrate in bits per second.
+    #[arg(long, default_value_t = 32_000)]
+    bitrate: u32,
+    /// WAV the caller plays (default: a bundled speech sample).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// WAV where the callee writes what it hears.
+    #[arg(long, default_value = "callee-heard.wav")]
+    output: PathBuf,
+    /// Seed of the impairment's random generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The demo's JSON summary.
+#[derive(Serialize, Debug)]
+pub(crate) struct Summary {
+    frames_sent: u64,
+    frames_received: u64,
+    frames_lost: u64,
+    frames_concealed: u64,
+    frames_fec_recovered: u64,
+    decrypt_failures: u64,
+    replays_rejected: u64,
+    sas_caller: Option<String>,
+    sas_callee: Option<String>,
+    sas_match: bool,
+    suite: String,
+    setup_ms: Option<f64>,
+    quic_handshake_ms: Option<f64>,
+    mouth_to_ear_ms: Option<f64>,
+    ready_to_decoded_p99_ms: Option<f64>,
+    bytes_overhead_per_packet: Option<f64>,
+    opus_bytes_per_packet: Option<f64>,
+    jitter_buffer_delay_ms: f64,
+    estimated_mos: f64,
+    cpu_ms_caller: Option<f64>,
+    cpu_ms_callee: Option<f64>,
+    cpu_percent_caller: Option<f64>,
+    cpu_percent_callee: Option<f64>,
+    seconds: f64,
+    loss_pct: f64,
+    jitter_ms: u64,
+    delay_ms: u64,
+    caller_end: String,
+    callee_end: String,
+    output: PathBuf,
+}
+
+struct AutoAnswer {
+    calls: std::sync::mpsc::Sender<CallHandle>,
+}
+
+impl PhoneListener for AutoAnswer {
+    fn incoming_call(&self, call: CallHandle, caller: CallerInfo) {
+        eprintln!(
+            "callee: incoming call from {} ({:?}, {})",
+            caller.remote_addr,
+            caller.trust,
+            caller.identity.fingerprint()
+        );
+        if let Err(e) = call.answer() {
+            eprintln!("callee: answer failed: {e}");
+        }
+        let _ = self.calls.send(call);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
+    let input = match &args.input {
+        Some(p) => p.clone(),
+        None => {
+            let path = std::env::temp_dir().join(format!("viska-demo-{}.wav", std::process::id()));
+            std::fs::write(&path, SPEECH)?;
+            path
+        }
+    };
+    let impairment = if args.loss > 0.0 || args.jitter > 0 || args.delay > 0 {
+        Some(ImpairmentConfig::simple(
+            args.loss,
+            Duration::from_millis(args.delay),
+            Duration::from_millis(args.jitter),
+            args.seed,
+        )?)
+    } else {
+        None
+    };
+    let probe = Arc::new(LatencyProbe::new());
+    let callee = demo_phone(
+        "callee",
+        args.suite,
+        args.bitrate,
+        FileAudio {
+            input: None,
+            loop_input: false,
+            output: Some(args.output.clone()),
+        },
+        impairment.clone().map(|mut i| {
+            i.seed = i.seed.wrapping_add(1);
+            i
+        }),
+        probe.clone(),
+    )?;
+    let caller = demo_phone(
+        "caller",
+        args.suite,
+        args.bitrate,
+        FileAudio {
+            input: Some(input.clone()),
+            loop_input: true,
+            output: None,
+        },
+        impairment,
+        probe.clone(),
+    )?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    callee.set_listener(Arc::new(AutoAnswer { calls: tx }));
+    let addr = callee.listen("127.0.0.1:0".parse()?)?;
+    eprintln!("callee: listening on {addr} (QUIC, ALPN viska/1)");
+
+    let quic_handshake = bare_quic_handshake().ok();
+
+    let call = caller.call(addr)?;
+    eprintln!("caller: dialing {addr}");
+    if !wait(&call, Duration::from_secs(10), |s| {
+        matches!(s, CallState::Active { .. }) || s.is_ended()
+    }) {
+        return Err(format!("call did not connect: {:?}", call.state()).into());
+    }
+    let callee_call = rx.recv_timeout(Duration::from_secs(5))?;
+    let snap = call.snapshot();
+    eprintln!(
+        "caller: call {:?}; SAS {} (callee sees {})",
+        snap.state,
+        snap.sas.clone().unwrap_or_default(),
+        callee_call.sas().unwrap_or_default()
+    );
+    let cpu0 = (caller.cpu_time(), callee.cpu_time());
+    let t0 = Instant::now();
+    let talk = Duration::from_secs_f64(args.seconds.max(0.0));
+    while t0.elapsed() < talk && !call.is_ended() {
+        std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));
+    }
+    let wall = t0.elapsed();
+    let cpu1 = (caller.cpu_time(), callee.cpu_time());
+    // Let the last frames drain through the jitter buffer before hanging up.
+    std::thread::sleep(Duration::from_millis(300));
+    call.hangup()?;
+    wait(&call, Duration::from_secs(5), CallState::is_ended);
+    wait(&callee_call, Duration::from_secs(5), CallState::is_ended);
+    // Give the callee's driver a moment to finish its WAV file.
+    std::thread::sleep(Duration::from_millis(100));
+
+    let a = call.snapshot();
+    let b = callee_call.snapshot();
+    let latency = probe.summary();
+    let cpu = |c0: Option<Duration>, c1: Option<Duration>| match (c0, c1) {
+        (Some(c0), Some(c1)) => Some(c1.saturating_sub(c0)),
+        _ => None,
+    };
+    let cpu_caller = cpu(cpu0.0, cpu1.0);
+    let cpu_callee = cpu(cpu0.1, cpu1.1);
+    let pct = |c: Option<Duration>| c.map(|c| (1000.0 * c.as_secs_f64() / wall.as_secs_f64()).round() / 10.0);
+    let per_packet = |bytes: u64, packets: u64| {
+        (packets > 0).then(|| ((bytes as f64 / packets as f64) * 100.0).round() / 100.0)
+    };
+    let overhead = per_packet(
+        a.media.bytes_sent.saturating_sub(a.media.opus_bytes_sent),
+        a.media.frames_sent,
+    );
+    let summary = Summary {
+        frames_sent: a.media.frames_sent,
+        frames_received: b.media.frames_received,
+        frames_lost: b.media.playout.lost,
+        frames_concealed: b.media.playout.concealed,
+        frames_fec_recovered: b.media.playout.fec_recovered,
+        decrypt_failures: a.media.decrypt_failures + b.media.decrypt_failures,
+        replays_rejected: a.media.replays_rejected + b.media.replays_rejected,
+        sas_match: a.sas.is_some() && a.sas == b.sas,
+        sas_caller: a.sas,
+        sas_callee: b.sas,
+        suite: format!("{:?}", args.suite.suites().first()),
+        setup_ms: a.setup_time.map(ms),
+        quic_handshake_ms: quic_handshake.map(ms),
+        mouth_to_ear_ms: latency.mouth_to_ear_median.map(ms),
+        ready_to_decoded_p99_ms: latency.ready_to_decoded_p99.map(ms),
+        bytes_overhead_per_packet: overhead,
+        opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
+        jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
+        estimated_mos: (b.stats.estimate_mos(0.0) * 100.0).round() / 100.0,
+        cpu_ms_caller: cpu_caller.map(ms),
+        cpu_ms_callee: cpu_callee.map(ms),
+        cpu_percent_caller: pct(cpu_caller),
+        cpu_percent_callee: pct(cpu_callee),
+        seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
+        loss_pct: args.loss,
+        jitter_ms: args.jitter,
+        delay_ms: args.delay,
+        caller_end: format!("{:?}", a.state),
+        callee_end: format!("{:?}", b.state),
+        output: args.output.clone(),
+    };
+    if args.input.is_none() {
+        let _ = std::fs::remove_file(&input);
+    }
+    eprintln!(
+        "done: {} frames sent, {} received, {} lost, {} concealed, {} decrypt failures; callee audio in {}",
+        summary.frames_sent,
+        summary.frames_received,
+        summary.frames_lost,
+        summary.frames_concealed,
+        summary.decrypt_failures,
+        args.output.display()
+    );
+    caller.shutdown();
+    callee.shutdown();
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// Time of a bare QUIC handshake (same TLS configuration, fresh endpoints, loopback), for
+/// comparison with the call setup time.
+fn bare_quic_handshake() -> Result<Duration, BoxError> {
+    use viska::transport::{LocalCertificate, QuicEndpoint, TransportConfig};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = TransportConfig::default();
+        let server = QuicEndpoint::bind(
+            "127.0.0.1:0".parse()?,
+            Arc::new(LocalCertificate::generate()?),
+            &config,
+        )?;
+        let client = QuicEndpoint::bind(
+            "127.0.0.1:0".parse()?,
+            Arc::new(LocalCertificate::generate()?),
+            &config,
+        )?;
+        let addr = server.local_addr()?;
+        let accept = tokio::spawn(async move { server.accept().await.map(|r| r.is_ok()) });
+        let t0 = Instant::now();
+        let conn = client.connect(addr).await?;
+        let elapsed = t0.elapsed();
+        conn.close("measured");
+        let _ = accept.await;
+        Ok(elapsed)
+    })
+}
