@@ -25,7 +25,8 @@ use crate::stats::CallStats;
 /// control frame from being accepted anywhere else even if keys were ever shared.
 pub const CONTROL_AAD: &[u8] = b"viska control v1";
 
-/// How far ahead `poll_output` reports a timeout when no timer is armed.
+/// How far ahead `poll_output` reports a timeout when no timer is armed. (A deadline too far
+/// in the future to represent as an `Instant` is treated as no deadline at all.)
 const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
 
 /// One end of a 1:1 call. See the crate documentation for the driver loop.
@@ -97,7 +98,7 @@ impl Call {
             Role::Callee => {
                 let handshake = DirectHandshake::respond(handshake_config, rng)
                     .map_err(CallError::Handshake)?;
-                (handshake, None, None, Some(now + config.setup_timeout))
+                (handshake, None, None, now.checked_add(config.setup_timeout))
             }
         };
         Ok(Self {
@@ -228,7 +229,10 @@ impl Call {
             .into_iter()
             .flatten()
             .min();
-        Output::Timeout(next.unwrap_or(self.last_now + IDLE_WAKEUP))
+        Output::Timeout(
+            next.or_else(|| self.last_now.checked_add(IDLE_WAKEUP))
+                .unwrap_or(self.last_now),
+        )
     }
 
     /// Time never goes backwards inside the machine, whatever the driver passes.
@@ -267,7 +271,7 @@ impl Call {
             self.next_ping_value = self.next_ping_value.wrapping_add(1);
             self.outstanding_ping = Some((value, now));
             self.transmit(Message::Ping(value));
-            self.ping_deadline = Some(now + self.keepalive_interval);
+            self.ping_deadline = now.checked_add(self.keepalive_interval);
         }
     }
 
@@ -283,7 +287,7 @@ impl Call {
                 let msg1 = self.first_flight.take().ok_or(invalid(self.state))?;
                 self.transmit(local_hello(self.features));
                 self.transmit(Message::Handshake(msg1));
-                self.setup_deadline = Some(now + self.setup_timeout);
+                self.setup_deadline = now.checked_add(self.setup_timeout);
                 self.set_state(CallState::Handshaking);
                 Ok(())
             }
@@ -446,7 +450,7 @@ impl Call {
                     return Err(unexpected);
                 }
                 self.setup_deadline = None;
-                self.ring_deadline = Some(now + self.ring_timeout);
+                self.ring_deadline = now.checked_add(self.ring_timeout);
                 self.set_state(CallState::Alerting);
                 Ok(())
             }
@@ -502,7 +506,7 @@ impl Call {
                     // RFC 6298 smoothing: srtt = 7/8 srtt + 1/8 sample.
                     self.srtt = Some(match self.srtt {
                         None => sample,
-                        Some(srtt) => (srtt * 7 + sample) / 8,
+                        Some(srtt) => srtt.saturating_mul(7).saturating_add(sample) / 8,
                     });
                 }
                 Ok(())
@@ -730,7 +734,7 @@ impl Call {
     }
 
     fn count_decrypt_failure(&mut self) {
-        self.decrypt_failures += 1;
+        self.decrypt_failures = self.decrypt_failures.saturating_add(1);
         self.event(CallEvent::Security(SecurityEvent::ControlDecryptFailed {
             failures: self.decrypt_failures,
         }));
@@ -762,7 +766,7 @@ impl Call {
             return;
         };
         self.setup_deadline = None;
-        self.ring_deadline = Some(now + self.ring_timeout);
+        self.ring_deadline = now.checked_add(self.ring_timeout);
         self.transmit(Message::Ringing);
         self.set_state(CallState::Ringing);
         self.event(CallEvent::Incoming {
@@ -776,7 +780,7 @@ impl Call {
     fn activate(&mut self, now: Instant) {
         self.setup_deadline = None;
         self.ring_deadline = None;
-        self.ping_deadline = Some(now + self.keepalive_interval);
+        self.ping_deadline = now.checked_add(self.keepalive_interval);
         self.set_state(CallState::Active {
             local_hold: false,
             remote_hold: false,
