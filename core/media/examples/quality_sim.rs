@@ -1,0 +1,289 @@
+//! Speech quality under packet loss and jitter: encodes a WAV with Viska's Opus settings, drops
+//! and delays packets with a seeded network model, decodes through a receiver that uses FEC,
+//! DRED and PLC, and writes the result for scoring (see `scripts/quality`).
+//!
+//! ```text
+//! cargo run --release -p viska-media --example quality_sim -- \
+//!     --input speech.wav --output out.wav --bitrate 32000 --loss 0.1 --burst 3 --seed 7
+//! ```
+//!
+//! Network model: each 20 ms packet is lost with probability `--loss`, independently
+//! (`--burst 1`) or in Gilbert-Elliott bursts whose mean length is `--burst` frames. With
+//! `--jitter-ms J` every packet gets an extra delay drawn from a half-normal distribution
+//! with sigma J.
+//!
+//! Receiver: a fixed playout deadline `--playout-ms` after each packet's send time (default one
+//! frame + 2 J, so FEC has the next packet in time and ~95 % of jittered packets make it).
+//! A packet that misses its deadline counts as lost. For a missing frame the receiver looks for
+//! the earliest later packet already arrived: the next one with FEC -> `decode_fec`; any later
+//! one with DRED reaching back -> `decode_dred`; otherwise `conceal`. This is the decision logic
+//! of a jitter buffer without its adaptive delay; the adaptive `Playout` lives in
+//! `viska_media::playout`.
+//!
+//! Prints one JSON line of counters on stdout.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
+use viska_media::codec::{
+    FrameDuration, MAX_PACKET_BYTES, MAX_PACKET_SAMPLES, OpusConfig, OpusDecoder, OpusEncoder,
+    packet_has_fec,
+};
+use viska_media::wav::{WavSink, WavSource};
+
+#[derive(Debug)]
+struct Args {
+    input: String,
+    output: String,
+    bitrate: u32,
+    loss: f64,
+    burst: f64,
+    jitter_ms: f64,
+    playout_ms: Option<f64>,
+    seed: u64,
+    fec: bool,
+    expected_loss: u8,
+    dred_ms: u16,
+    decoder_complexity: u8,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        input: String::new(),
+        output: String::new(),
+        bitrate: 32_000,
+        loss: 0.0,
+        burst: 1.0,
+        jitter_ms: 0.0,
+        playout_ms: None,
+        seed: 1,
+        fec: true,
+        expected_loss: 10,
+        dred_ms: 0,
+        decoder_complexity: OpusConfig::default().decoder_complexity,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--input" => args.input = value()?,
+            "--output" => args.output = value()?,
+            "--bitrate" => args.bitrate = num(value()?)? as u32,
+            "--loss" => args.loss = num(value()?)?,
+            "--burst" => args.burst = num(value()?)?,
+            "--jitter-ms" => args.jitter_ms = num(value()?)?,
+            "--playout-ms" => args.playout_ms = Some(num(value()?)?),
+            "--seed" => args.seed = num(value()?)? as u64,
+            "--fec" => args.fec = value()? != "off",
+            "--expected-loss" => args.expected_loss = num(value()?)? as u8,
+            "--dred-ms" => args.dred_ms = num(value()?)? as u16,
+            "--decoder-complexity" => args.decoder_complexity = num(value()?)? as u8,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if args.input.is_empty() || args.output.is_empty() {
+        return Err("--input and --output are required".into());
+    }
+    if !(0.0..1.0).contains(&args.loss) || args.burst < 1.0 || args.jitter_ms < 0.0 {
+        return Err("--loss must be in [0,1), --burst >= 1, --jitter-ms >= 0".into());
+    }
+    Ok(args)
+}
+
+/// SplitMix64: small, seeded, and good enough for a loss pattern.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Which packets the network drops: independent losses, or a two-state Gilbert-Elliott chain
+/// (every packet in the bad state lost) with stationary loss `loss` and mean burst `burst`.
+fn loss_pattern(frames: usize, loss: f64, burst: f64, rng: &mut Rng) -> Vec<bool> {
+    if burst <= 1.0 {
+        return (0..frames).map(|_| rng.uniform() < loss).collect();
+    }
+    let leave_bad = 1.0 / burst;
+    let enter_bad = loss * leave_bad / (1.0 - loss);
+    let mut bad = false;
+    (0..frames)
+        .map(|_| {
+            bad = if bad {
+                rng.uniform() >= leave_bad
+            } else {
+                rng.uniform() < enter_bad
+            };
+            bad
+        })
+        .collect()
+}
+
+#[derive(Default, Debug)]
+struct Counters {
+    frames: usize,
+    lost: usize,
+    late: usize,
+    decoded: usize,
+    fec: usize,
+    dred: usize,
+    concealed: usize,
+    bytes: usize,
+}
+
+fn run(args: &Args) -> Result<Counters, String> {
+    let config = OpusConfig {
+        frame: FrameDuration::Ms20,
+        bitrate_bps: args.bitrate,
+        fec: args.fec,
+        expected_loss_pct: args.expected_loss,
+        dred_duration_ms: args.dred_ms,
+        decoder_complexity: args.decoder_complexity,
+        ..OpusConfig::default()
+    };
+    let frame = config.frame_samples();
+    let frame_ms = f64::from(config.frame.millis());
+    let mut source = WavSource::open(&args.input).map_err(|e| e.to_string())?;
+    let input_len = source.samples().len();
+
+    // Sender: encode the whole clip plus enough silence to flush the encoder's lookahead.
+    let mut encoder = OpusEncoder::new(&config).map_err(|e| e.to_string())?;
+    let lookahead = encoder.lookahead().map_err(|e| e.to_string())?;
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    let mut pcm = vec![0i16; frame];
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut counters = Counters::default();
+    loop {
+        let status = source.read_frame(&mut pcm).map_err(|e| e.to_string())?;
+        if status == SourceStatus::Ended && packets.len() * frame >= input_len + lookahead {
+            break;
+        }
+        let len = encoder.encode(&pcm, &mut buf).map_err(|e| e.to_string())?;
+        counters.bytes += len;
+        packets.push(buf.get(..len).unwrap_or_default().to_vec());
+    }
+
+    // Network.
+    let mut rng = Rng(args.seed);
+    let lost = loss_pattern(packets.len(), args.loss, args.burst, &mut rng);
+    let playout_ms = args.playout_ms.unwrap_or(frame_ms + 2.0 * args.jitter_ms);
+    // Arrival time relative to the packet's own send time.
+    let extra_delay: Vec<f64> = (0..packets.len())
+        .map(|_| (rng.normal() * args.jitter_ms).abs())
+        .collect();
+    // Whether packet `j` is in hand when frame `k` must be played.
+    let in_hand = |j: usize, k: usize| -> bool {
+        let arrival = j as f64 * frame_ms + extra_delay.get(j).copied().unwrap_or(f64::MAX);
+        !lost.get(j).copied().unwrap_or(true) && arrival <= k as f64 * frame_ms + playout_ms
+    };
+
+    // Receiver.
+    let mut decoder = OpusDecoder::new(&config).map_err(|e| e.to_string())?;
+    let mut out = vec![0i16; MAX_PACKET_SAMPLES];
+    let mut decoded: Vec<i16> = Vec::with_capacity(packets.len() * frame);
+    // How far ahead the receiver looks for a packet carrying redundancy for a missing frame.
+    let horizon = 1 + (args.dred_ms as usize / config.frame.millis() as usize);
+    for k in 0..packets.len() {
+        counters.frames += 1;
+        let n = if in_hand(k, k) {
+            counters.decoded += 1;
+            decoder
+                .decode(&packets[k], &mut out)
+                .map_err(|e| e.to_string())?
+        } else {
+            if lost[k] {
+                counters.lost += 1;
+            } else {
+                counters.late += 1;
+            }
+            let later = (k + 1..packets.len().min(k + 1 + horizon)).find(|&j| in_hand(j, k));
+            match later {
+                Some(j) if j == k + 1 && args.fec && packet_has_fec(&packets[j]) => {
+                    counters.fec += 1;
+                    decoder
+                        .decode_fec(&packets[j], &mut out)
+                        .map_err(|e| e.to_string())?
+                }
+                Some(j) if args.dred_ms > 0 => {
+                    match decoder
+                        .decode_dred(&packets[j], (j - k) * frame, &mut out)
+                        .map_err(|e| e.to_string())?
+                    {
+                        Some(n) => {
+                            counters.dred += 1;
+                            n
+                        }
+                        None => {
+                            counters.concealed += 1;
+                            decoder.conceal(&mut out).map_err(|e| e.to_string())?
+                        }
+                    }
+                }
+                _ => {
+                    counters.concealed += 1;
+                    decoder.conceal(&mut out).map_err(|e| e.to_string())?
+                }
+            }
+        };
+        decoded.extend_from_slice(out.get(..n).unwrap_or_default());
+    }
+
+    // Undo the codec delay so the output lines up with the input sample for sample.
+    let aligned = decoded
+        .get(lookahead..lookahead + input_len)
+        .unwrap_or_default();
+    let mut sink = WavSink::create(&args.output).map_err(|e| e.to_string())?;
+    for chunk in aligned.chunks(frame) {
+        sink.write_frame(chunk).map_err(|e| e.to_string())?;
+    }
+    sink.finish().map_err(|e| e.to_string())?;
+    Ok(counters)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("quality_sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(c) => {
+            let seconds = c.frames as f64 * 0.02;
+            println!(
+                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"kbps\":{:.2}}}",
+                c.frames,
+                c.lost,
+                c.late,
+                c.decoded,
+                c.fec,
+                c.dred,
+                c.concealed,
+                c.bytes as f64 * 8.0 / seconds / 1_000.0
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quality_sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
