@@ -17,19 +17,22 @@
 //! A packet that misses its deadline counts as lost. For a missing frame the receiver looks for
 //! the earliest later packet already arrived: the next one with FEC -> `decode_fec`; any later
 //! one with DRED reaching back -> `decode_dred`; otherwise `conceal`. This is the decision logic
-//! of a jitter buffer without its adaptive delay; the adaptive `Playout` lives in
-//! `viska_media::playout`.
+//! of a jitter buffer without its adaptive delay. `--receiver playout` instead drives the
+//! adaptive `viska_media::playout::Playout` (jitter buffer + FEC/PLC, no DRED yet) on a virtual
+//! clock, with its own delay target in place of `--playout-ms`.
 //!
 //! Prints one JSON line of counters on stdout.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
 use viska_media::codec::{
     FrameDuration, MAX_PACKET_BYTES, MAX_PACKET_SAMPLES, OpusConfig, OpusDecoder, OpusEncoder,
     packet_has_fec,
 };
+use viska_media::playout::{Playout, PlayoutConfig, PullOutcome};
 use viska_media::wav::{WavSink, WavSource};
 
 #[derive(Debug)]
@@ -46,6 +49,7 @@ struct Args {
     expected_loss: u8,
     dred_ms: u16,
     decoder_complexity: u8,
+    playout: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         expected_loss: 10,
         dred_ms: 0,
         decoder_complexity: OpusConfig::default().decoder_complexity,
+        playout: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
             "--expected-loss" => args.expected_loss = num(value()?)? as u8,
             "--dred-ms" => args.dred_ms = num(value()?)? as u16,
             "--decoder-complexity" => args.decoder_complexity = num(value()?)? as u8,
+            "--receiver" => args.playout = value()? == "playout",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -145,6 +151,9 @@ struct Counters {
     fec: usize,
     dred: usize,
     concealed: usize,
+    inserted: usize,
+    dropped: usize,
+    packets: usize,
     bytes: usize,
 }
 
@@ -180,6 +189,8 @@ fn run(args: &Args) -> Result<Counters, String> {
         packets.push(buf.get(..len).unwrap_or_default().to_vec());
     }
 
+    counters.packets = packets.len();
+
     // Network.
     let mut rng = Rng(args.seed);
     let lost = loss_pattern(packets.len(), args.loss, args.burst, &mut rng);
@@ -193,6 +204,12 @@ fn run(args: &Args) -> Result<Counters, String> {
         let arrival = j as f64 * frame_ms + extra_delay.get(j).copied().unwrap_or(f64::MAX);
         !lost.get(j).copied().unwrap_or(true) && arrival <= k as f64 * frame_ms + playout_ms
     };
+
+    if args.playout {
+        let decoded = receive_with_playout(&config, &packets, &lost, &extra_delay, &mut counters)?;
+        return write_aligned(&args.output, &decoded, lookahead, input_len, frame)
+            .map(|()| counters);
+    }
 
     // Receiver.
     let mut decoder = OpusDecoder::new(&config).map_err(|e| e.to_string())?;
@@ -245,16 +262,97 @@ fn run(args: &Args) -> Result<Counters, String> {
         decoded.extend_from_slice(out.get(..n).unwrap_or_default());
     }
 
-    // Undo the codec delay so the output lines up with the input sample for sample.
-    let aligned = decoded
-        .get(lookahead..lookahead + input_len)
-        .unwrap_or_default();
-    let mut sink = WavSink::create(&args.output).map_err(|e| e.to_string())?;
+    write_aligned(&args.output, &decoded, lookahead, input_len, frame)?;
+    Ok(counters)
+}
+
+/// Drives the adaptive `Playout` (jitter buffer + decoder) on a virtual clock: packets are
+/// pushed at their arrival times, one frame is pulled every 20 ms. Its delay adapts and it
+/// drops or inserts quiet frames, so the output is time-warped slightly against the input
+/// (PESQ aligns per utterance).
+fn receive_with_playout(
+    config: &OpusConfig,
+    packets: &[Vec<u8>],
+    lost: &[bool],
+    extra_delay: &[f64],
+    counters: &mut Counters,
+) -> Result<Vec<i16>, String> {
+    let frame_ms = f64::from(config.frame.millis());
+    let decoder = OpusDecoder::new(config).map_err(|e| e.to_string())?;
+    let playout_config = PlayoutConfig {
+        opus: *config,
+        ..PlayoutConfig::default()
+    };
+    let mut playout = Playout::new(playout_config, decoder).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let at = |ms: f64| start + Duration::from_secs_f64(ms.max(0.0) / 1_000.0);
+    let mut arrivals: Vec<(f64, usize)> = (0..packets.len())
+        .filter(|&j| !lost.get(j).copied().unwrap_or(true))
+        .map(|j| {
+            (
+                j as f64 * frame_ms + extra_delay.get(j).copied().unwrap_or(0.0),
+                j,
+            )
+        })
+        .collect();
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    counters.lost = lost.iter().filter(|&&l| l).count();
+    let mut next_arrival = 0;
+    let mut out = vec![0i16; config.frame_samples()];
+    let mut decoded = Vec::new();
+    let mut started = false;
+    // Pull until the last packet had time to arrive and play, plus the buffer's maximum delay.
+    let last_ms = arrivals.last().map_or(0.0, |a| a.0) + 500.0;
+    let mut k = 0usize;
+    while (k as f64) * frame_ms <= last_ms {
+        // Pulls happen half a frame after the send grid, so a packet sent at the same instant
+        // without jitter is in hand.
+        let now_ms = k as f64 * frame_ms + frame_ms / 2.0;
+        while let Some(&(arrival, j)) = arrivals.get(next_arrival) {
+            if arrival > now_ms {
+                break;
+            }
+            let payload = packets.get(j).map(Vec::as_slice).unwrap_or_default();
+            playout.push(at(arrival), j as u64, payload, j == 0);
+            next_arrival += 1;
+        }
+        let outcome = playout
+            .pull(at(now_ms), &mut out)
+            .map_err(|e| e.to_string())?;
+        k += 1;
+        match outcome {
+            PullOutcome::Silence if !started => continue,
+            PullOutcome::Decoded => counters.decoded += 1,
+            PullOutcome::FecRecovered => counters.fec += 1,
+            PullOutcome::Concealed | PullOutcome::Gap => counters.concealed += 1,
+            PullOutcome::Inserted => counters.inserted += 1,
+            PullOutcome::Dropped => counters.dropped += 1,
+            _ => {}
+        }
+        started = true;
+        counters.frames += 1;
+        decoded.extend_from_slice(&out);
+    }
+    counters.late = usize::try_from(playout.stats().late).unwrap_or(usize::MAX);
+    Ok(decoded)
+}
+
+/// Undoes the codec delay so the output lines up with the input, and writes exactly the
+/// input's length.
+fn write_aligned(
+    path: &str,
+    decoded: &[i16],
+    lookahead: usize,
+    input_len: usize,
+    frame: usize,
+) -> Result<(), String> {
+    let mut aligned = decoded.get(lookahead..).unwrap_or_default().to_vec();
+    aligned.resize(input_len, 0);
+    let mut sink = WavSink::create(path).map_err(|e| e.to_string())?;
     for chunk in aligned.chunks(frame) {
         sink.write_frame(chunk).map_err(|e| e.to_string())?;
     }
-    sink.finish().map_err(|e| e.to_string())?;
-    Ok(counters)
+    sink.finish().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -267,9 +365,9 @@ fn main() -> ExitCode {
     };
     match run(&args) {
         Ok(c) => {
-            let seconds = c.frames as f64 * 0.02;
+            let seconds = c.packets as f64 * 0.02;
             println!(
-                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"kbps\":{:.2}}}",
+                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"inserted\":{},\"dropped\":{},\"kbps\":{:.2}}}",
                 c.frames,
                 c.lost,
                 c.late,
@@ -277,6 +375,8 @@ fn main() -> ExitCode {
                 c.fec,
                 c.dred,
                 c.concealed,
+                c.inserted,
+                c.dropped,
                 c.bytes as f64 * 8.0 / seconds / 1_000.0
             );
             ExitCode::SUCCESS
