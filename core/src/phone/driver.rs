@@ -15,7 +15,7 @@ use viska_media::ogg::OggOpusWriter;
 use viska_proto::{FrameDecoder, MediaParams, SuiteId};
 
 use super::media::{MAX_DATAGRAM, MediaSession};
-use super::{CallHandle, CallShared, CallerInfo, PhoneInner, dispatch_event};
+use super::{CallHandle, CallShared, CallerInfo, DriverCommand, Injection, PhoneInner, dispatch_event};
 use crate::transport::{PeerConnection, QuicEndpoint};
 
 /// Accepts connections and runs each as an incoming call.
@@ -53,7 +53,7 @@ pub(super) async fn place_call(
     ep: QuicEndpoint,
     addr: SocketAddr,
     shared: Arc<CallShared>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<DriverCommand>,
 ) {
     let dialed = Instant::now();
     let handle = CallHandle { shared };
@@ -96,6 +96,10 @@ fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
 }
 
 struct MediaEnds {
+    /// The last datagram sent, kept for replay injection tests.
+    last_sent: Vec<u8>,
+    /// Tamper injection tests: corrupt this many of the next datagrams.
+    tamper_next: u32,
     session: MediaSession,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
@@ -107,7 +111,7 @@ async fn run_call(
     inner: Arc<PhoneInner>,
     conn: PeerConnection,
     handle: CallHandle,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<DriverCommand>,
     role: Role,
     started: Instant,
 ) {
@@ -268,10 +272,18 @@ async fn run_call(
             }
             cmd = commands.recv() => {
                 match cmd {
-                    Some(cmd) => {
+                    Some(DriverCommand::Call(cmd)) => {
                         if let Err(e) = call.handle_input(Input::Command(Instant::now(), cmd)) {
                             tracing::debug!(error = %e, "command refused");
                         }
+                    }
+                    Some(DriverCommand::Inject(Injection::TamperNext)) => {
+                        if let Some(m) = media.as_mut() {
+                            m.tamper_next += 1;
+                        }
+                    }
+                    Some(DriverCommand::Inject(injection)) => {
+                        inject(&conn, media.as_ref(), injection);
                     }
                     None => {
                         // Every handle dropped: keep running until the call ends.
@@ -354,6 +366,8 @@ fn handle_event(
                             .ok()
                     });
                     *media = Some(MediaEnds {
+                        last_sent: Vec::with_capacity(MAX_DATAGRAM),
+                        tamper_next: 0,
                         mix: vec![0; session.frame_samples()],
                         session,
                         source,
@@ -418,9 +432,19 @@ fn media_tick(
                     // The frame's first sample was captured one frame period before it was read.
                     p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), ready);
                 }
-                if let Err(e) = conn.send_media(datagram.get(..len).unwrap_or_default()) {
+                if m.tamper_next > 0 {
+                    m.tamper_next -= 1;
+                    // Past the SFrame header: a ciphertext bit.
+                    if let Some(b) = datagram.get_mut(len.saturating_sub(20)) {
+                        *b ^= 0x01;
+                    }
+                }
+                let d = datagram.get(..len).unwrap_or_default();
+                if let Err(e) = conn.send_media(d) {
                     tracing::debug!(error = %e, "media datagram not sent");
                 }
+                m.last_sent.clear();
+                m.last_sent.extend_from_slice(d);
             }
             Ok((_, None)) => {}
             Err(e) => tracing::warn!(error = %e, "media frame not sent"),
@@ -484,5 +508,21 @@ fn publish_stats(
     }
     if let Some(l) = shared.listener() {
         l.stats(stats);
+    }
+}
+
+fn inject(conn: &PeerConnection, media: Option<&MediaEnds>, injection: Injection) {
+    let last = media.map(|m| m.last_sent.clone()).unwrap_or_default();
+    let bytes = match injection {
+        Injection::Raw(bytes) => bytes,
+        Injection::ReplayLast => last,
+        // Handled on the send path.
+        Injection::TamperNext => return,
+    };
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.send_media(&bytes) {
+        tracing::debug!(error = %e, "injected datagram not sent");
     }
 }

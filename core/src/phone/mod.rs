@@ -24,7 +24,7 @@ use viska_sframe::CipherSuite;
 
 use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, TransportError};
 
-pub use audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
+pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
 pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
 pub use metrics::{LatencyProbe, LatencySummary, thread_cpu_time};
 
@@ -198,8 +198,30 @@ pub struct CallSnapshot {
     pub setup_time: Option<Duration>,
 }
 
+/// What the application's handle sends to the call's driver.
+#[derive(Debug)]
+enum DriverCommand {
+    /// A call command for the state machine.
+    Call(Command),
+    /// Security testing: put bytes on the media path as they are.
+    Inject(Injection),
+}
+
+/// Datagrams a test can put on a call's media path to check the peer's defences.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Injection {
+    /// Send these bytes as a media datagram, unencrypted and unchanged.
+    Raw(Vec<u8>),
+    /// Send the last media datagram again (a replay).
+    ReplayLast,
+    /// Flip one ciphertext bit of the next media datagram before it leaves (tampering on the
+    /// path: the receiver never sees the original).
+    TamperNext,
+}
+
 struct CallShared {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<DriverCommand>,
     snapshot: Mutex<CallSnapshot>,
     listener: Mutex<Option<Arc<dyn CallListener>>>,
     ended: tokio::sync::watch::Sender<bool>,
@@ -235,7 +257,7 @@ impl std::fmt::Debug for CallHandle {
 }
 
 impl CallHandle {
-    fn new() -> (Self, mpsc::UnboundedReceiver<Command>) {
+    fn new() -> (Self, mpsc::UnboundedReceiver<DriverCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(CallShared {
@@ -276,7 +298,18 @@ impl CallHandle {
         }
         self.shared
             .commands
-            .send(command)
+            .send(DriverCommand::Call(command))
+            .map_err(|_| PhoneError::CallEnded)
+    }
+
+    /// Security testing: puts a forged, replayed or tampered datagram on the media path, as a
+    /// malicious relay or peer could. The receiving end must reject and count it; the call
+    /// goes on. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_datagram(&self, injection: Injection) -> Result<(), PhoneError> {
+        self.shared
+            .commands
+            .send(DriverCommand::Inject(injection))
             .map_err(|_| PhoneError::CallEnded)
     }
 
