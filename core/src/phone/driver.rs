@@ -100,6 +100,10 @@ struct MediaEnds {
     last_sent: Vec<u8>,
     /// Tamper injection tests: corrupt this many of the next datagrams.
     tamper_next: u32,
+    /// Whether the playout clock has been aligned to the first received frame.
+    playout_aligned: bool,
+    /// Whether the last capture period sent audio (for the recording's mix).
+    sent_last_frame: bool,
     session: MediaSession,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
@@ -175,6 +179,10 @@ async fn run_call(
     let frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
     let mut ticker = tokio::time::interval(frame);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    // The playout clock has its own phase: aligned to the first received frame (a device
+    // would impose its own clock through its ring buffer instead).
+    let mut playout_clock = tokio::time::interval(frame);
+    playout_clock.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut pcm_in: Vec<i16> = Vec::new();
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
@@ -252,6 +260,15 @@ async fn run_call(
                             let now = Instant::now();
                             match m.session.receive(now, &d) {
                                 Ok(index) => {
+                                    if !m.playout_aligned {
+                                        // Play out in step with the sender: the first frame
+                                        // plays one start delay after it arrived, and every
+                                        // later one a frame period after that.
+                                        m.playout_aligned = true;
+                                        playout_clock.reset_at(
+                                            (now + inner.config.jitter.start_delay).into(),
+                                        );
+                                    }
                                     if let Some(p) = &config.latency_probe {
                                         p.frame_arrived(index, now);
                                     }
@@ -292,11 +309,16 @@ async fn run_call(
             }
             _ = ticker.tick() => {
                 if let Some(m) = media.as_mut() {
-                    media_tick(&inner, &conn, m, direction, &mut pcm_in, &mut pcm_out, &mut datagram, frame);
+                    capture_tick(&inner, &conn, m, direction, &mut pcm_in, &mut datagram, frame);
                 }
                 if last_stats.elapsed() >= Duration::from_secs(1) {
                     last_stats = Instant::now();
                     publish_stats(&shared, &call, &conn, media.as_ref());
+                }
+            }
+            _ = playout_clock.tick() => {
+                if let Some(m) = media.as_mut() {
+                    playout_tick(&inner, m, direction.1, &pcm_in, &mut pcm_out);
                 }
             }
             _ = tokio::time::sleep_until(next_timeout.into()) => {
@@ -368,6 +390,8 @@ fn handle_event(
                     *media = Some(MediaEnds {
                         last_sent: Vec::with_capacity(MAX_DATAGRAM),
                         tamper_next: 0,
+                        playout_aligned: false,
+                        sent_last_frame: false,
                         mix: vec![0; session.frame_samples()],
                         session,
                         source,
@@ -404,18 +428,16 @@ fn handle_event(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn media_tick(
+fn capture_tick(
     inner: &PhoneInner,
     conn: &PeerConnection,
     m: &mut MediaEnds,
     (send, receive): (bool, bool),
     pcm_in: &mut [i16],
-    pcm_out: &mut [i16],
     datagram: &mut [u8],
     frame: Duration,
 ) {
     let now = Instant::now();
-    let probe = inner.config.latency_probe.as_deref();
     // Capture runs while the call is up (also on hold or muted, so a device never backs up);
     // before the answer the source is left alone.
     if !(send || receive) {
@@ -424,40 +446,54 @@ fn media_tick(
         tracing::debug!(error = %e, "audio source failed; sending silence");
         pcm_in.fill(0);
     }
-    if send {
-        let ready = Instant::now();
-        match m.session.send_frame(pcm_in, datagram) {
-            Ok((index, Some(len))) => {
-                if let Some(p) = probe {
-                    // The frame's first sample was captured one frame period before it was read.
-                    p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), ready);
-                }
-                if m.tamper_next > 0 {
-                    m.tamper_next -= 1;
-                    // Past the SFrame header: a ciphertext bit.
-                    if let Some(b) = datagram.get_mut(len.saturating_sub(20)) {
-                        *b ^= 0x01;
-                    }
-                }
-                let d = datagram.get(..len).unwrap_or_default();
-                if let Err(e) = conn.send_media(d) {
-                    tracing::debug!(error = %e, "media datagram not sent");
-                }
-                m.last_sent.clear();
-                m.last_sent.extend_from_slice(d);
-            }
-            Ok((_, None)) => {}
-            Err(e) => tracing::warn!(error = %e, "media frame not sent"),
+    m.sent_last_frame = send;
+    if !send {
+        if let Err(e) = m.session.skip_frame() {
+            tracing::warn!(error = %e, "media counter exhausted");
         }
-    } else if let Err(e) = m.session.skip_frame() {
-        tracing::warn!(error = %e, "media counter exhausted");
+        return;
     }
+    let ready = Instant::now();
+    match m.session.send_frame(pcm_in, datagram) {
+        Ok((index, Some(len))) => {
+            if let Some(p) = inner.config.latency_probe.as_deref() {
+                // The frame's first sample was captured one frame period before it was read.
+                p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), ready);
+            }
+            if m.tamper_next > 0 {
+                m.tamper_next -= 1;
+                // Past the SFrame header: a ciphertext bit.
+                if let Some(b) = datagram.get_mut(len.saturating_sub(20)) {
+                    *b ^= 0x01;
+                }
+            }
+            let d = datagram.get(..len).unwrap_or_default();
+            if let Err(e) = conn.send_media(d) {
+                tracing::debug!(error = %e, "media datagram not sent");
+            }
+            m.last_sent.clear();
+            m.last_sent.extend_from_slice(d);
+        }
+        Ok((_, None)) => {}
+        Err(e) => tracing::warn!(error = %e, "media frame not sent"),
+    }
+}
+
+fn playout_tick(
+    inner: &PhoneInner,
+    m: &mut MediaEnds,
+    receive: bool,
+    pcm_in: &[i16],
+    pcm_out: &mut [i16],
+) {
+    let now = Instant::now();
     if receive {
-        let t0 = Instant::now();
         match m.session.play_frame(now, pcm_out) {
             Ok(played) => {
-                if let (Some(p), Some(index)) = (probe, played.frame_index) {
-                    p.frame_played(index, t0.elapsed(), Instant::now());
+                if let (Some(p), Some(index)) =
+                    (inner.config.latency_probe.as_deref(), played.frame_index)
+                {
+                    p.frame_played(index, now.elapsed(), Instant::now());
                 }
             }
             Err(e) => {
@@ -473,6 +509,7 @@ fn media_tick(
     }
     if let Some(rec) = m.recorder.as_mut() {
         // The recording is the conversation: what was sent mixed with what was heard.
+        let send = m.sent_last_frame;
         for ((mix, &local), &remote) in m.mix.iter_mut().zip(pcm_in.iter()).zip(pcm_out.iter()) {
             *mix = if send { local.saturating_add(remote) } else { remote };
         }
