@@ -10,4 +10,6 @@ pub mod jitter;
 mod opus_ext;
 pub mod ogg;
 pub mod playout;
+pub mod resample;
+pub mod ring;
 pub mod wav;
