@@ -6,6 +6,8 @@
 
 pub mod audio;
 pub mod codec;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod jitter;
 mod opus_ext;
 pub mod ogg;

@@ -1,0 +1,775 @@
+//! Sound devices through cpal: a capture [`AudioSource`] and a playback [`AudioSink`] that
+//! speak 48 kHz mono frames whatever the device's own rate, channel count and sample format.
+//!
+//! The device callback only moves samples between the device buffer and a lock-free ring
+//! ([`crate::ring`]) and bumps atomic counters: no lock, no allocation, no logging. Resampling
+//! and channel mixing ([`crate::resample`]) happen on the media thread that calls
+//! [`DeviceCapture::read_frame`](AudioSource::read_frame) or
+//! [`DevicePlayback::write_frame`](AudioSink::write_frame).
+//!
+//! A lost device does not end the call: cpal's error callback raises an atomic flag, the
+//! capture then yields silence and the playback discards frames, [`DeviceCapture::poll_event`]
+//! reports [`DeviceEvent::Lost`] once, and [`DeviceCapture::switch_device`] swaps a new stream
+//! in behind the same object.
+//!
+//! Everything takes the cpal host explicitly (`*_on` functions), so tests and applications can
+//! use cpal's custom host; the plain functions use the platform's host.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample};
+
+use crate::audio::{AudioIoError, AudioSink, AudioSource, SAMPLE_RATE, SourceStatus};
+use crate::resample::{CaptureConverter, PlaybackConverter, ResampleError};
+use crate::ring::{RingError, RingMonitor, SampleReader, SampleWriter, sample_ring};
+
+/// How much device audio a ring holds at most, in milliseconds.
+const RING_MILLISECONDS: usize = 200;
+
+/// Errors from finding, opening or switching a sound device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// No audio host (sound system) could be opened.
+    #[error("no audio host available: {0}")]
+    Host(String),
+    /// The host could not list its devices.
+    #[error("cannot list devices: {0}")]
+    Enumerate(String),
+    /// The host has no default device for this direction.
+    #[error("no default {0} device")]
+    NoDefault(&'static str),
+    /// No device has the requested name.
+    #[error("no {direction} device named {name:?}")]
+    NotFound {
+        /// "input" or "output".
+        direction: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// The device offers no configuration this module can drive.
+    #[error("device {name:?} has no usable configuration: {reason}")]
+    Config {
+        /// Device name.
+        name: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The device refused to open or start a stream.
+    #[error("device {name:?} refused the stream: {reason}")]
+    Stream {
+        /// Device name.
+        name: String,
+        /// The host's reason.
+        reason: String,
+    },
+    /// The frame size or device format cannot be converted.
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
+    /// The ring could not be created.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// One device as listed by [`list_input_devices`] or [`list_output_devices`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Human-readable name; [`DeviceSelector::Name`] accepts it.
+    pub name: String,
+    /// The host's stable identifier when it has one (an ALSA PCM name such as `default`);
+    /// [`DeviceSelector::Name`] accepts it too.
+    pub id: Option<String>,
+    /// The device's preferred sample rate for this direction, in Hz.
+    pub default_rate: u32,
+    /// The device's preferred channel count for this direction.
+    pub channels: u16,
+    /// Whether this is the host's default device for this direction.
+    pub is_default: bool,
+}
+
+/// Which device to open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSelector {
+    /// The host's default device for the direction.
+    #[default]
+    Default,
+    /// The device with this name or identifier (see [`DeviceInfo`]).
+    Name(String),
+}
+
+/// Something that happened to a device, reported once by `poll_event`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// The device stopped working (unplugged, server gone). Capture now yields silence and
+    /// playback discards, until [`DeviceCapture::switch_device`] /
+    /// [`DevicePlayback::switch_device`] opens another.
+    Lost,
+    /// A switch to another device completed; frames now flow to or from it.
+    Switched {
+        /// Name of the device now in use.
+        name: String,
+    },
+}
+
+/// Counters of one capture or playback, summed over every device it has used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames (capture) or device callbacks (playback) that found too few samples.
+    pub underruns: u64,
+    /// Device callbacks (capture) or frames (playback) that found the ring full.
+    pub overruns: u64,
+    /// Device streams that were lost.
+    pub device_lost: u64,
+    /// Under- or overruns the device itself reported.
+    pub device_xruns: u64,
+}
+
+impl DeviceStats {
+    fn add(self, other: DeviceStats) -> DeviceStats {
+        DeviceStats {
+            underruns: self.underruns + other.underruns,
+            overruns: self.overruns + other.overruns,
+            device_lost: self.device_lost + other.device_lost,
+            device_xruns: self.device_xruns + other.device_xruns,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Input,
+    Output,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Input => "input",
+            Direction::Output => "output",
+        }
+    }
+}
+
+/// The platform's audio host (ALSA on Linux, CoreAudio, WASAPI, ...), without panicking when
+/// none can be opened.
+pub fn platform_host() -> Result<cpal::Host, DeviceError> {
+    let mut last_error = String::from("no host compiled in");
+    for id in cpal::available_hosts() {
+        match cpal::host_from_id(id) {
+            Ok(host) => return Ok(host),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(DeviceError::Host(last_error))
+}
+
+/// Capture devices of the platform host.
+pub fn list_input_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
+    list_input_devices_on(&platform_host()?)
+}
+
+/// Playback devices of the platform host.
+pub fn list_output_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
+    list_output_devices_on(&platform_host()?)
+}
+
+/// Capture devices of `host`: every device that offers an input configuration.
+pub fn list_input_devices_on(host: &cpal::Host) -> Result<Vec<DeviceInfo>, DeviceError> {
+    list_devices(host, Direction::Input)
+}
+
+/// Playback devices of `host`: every device that offers an output configuration.
+pub fn list_output_devices_on(host: &cpal::Host) -> Result<Vec<DeviceInfo>, DeviceError> {
+    list_devices(host, Direction::Output)
+}
+
+fn device_name(device: &cpal::Device) -> String {
+    device
+        .description()
+        .map(|d| d.name().to_owned())
+        .unwrap_or_else(|_| String::from("unnamed device"))
+}
+
+fn device_id(device: &cpal::Device) -> Option<String> {
+    device.id().ok().map(|id| id.id().to_owned())
+}
+
+/// What makes two handles the same device: the id when the host has ids, else the name.
+fn device_key(device: &cpal::Device) -> String {
+    device_id(device).unwrap_or_else(|| device_name(device))
+}
+
+fn default_device(host: &cpal::Host, direction: Direction) -> Option<cpal::Device> {
+    match direction {
+        Direction::Input => host.default_input_device(),
+        Direction::Output => host.default_output_device(),
+    }
+}
+
+fn default_config(
+    device: &cpal::Device,
+    direction: Direction,
+) -> Result<cpal::SupportedStreamConfig, cpal::Error> {
+    match direction {
+        Direction::Input => device.default_input_config(),
+        Direction::Output => device.default_output_config(),
+    }
+}
+
+fn device_info(
+    device: &cpal::Device,
+    config: &cpal::SupportedStreamConfig,
+    is_default: bool,
+) -> DeviceInfo {
+    DeviceInfo {
+        name: device_name(device),
+        id: device_id(device),
+        default_rate: config.sample_rate(),
+        channels: config.channels(),
+        is_default,
+    }
+}
+
+fn list_devices(host: &cpal::Host, direction: Direction) -> Result<Vec<DeviceInfo>, DeviceError> {
+    let default = default_device(host, direction);
+    let default_key = default.as_ref().map(device_key);
+    let mut listed = Vec::new();
+    let mut default_listed = false;
+    // Asking each device for its default configuration is the one check every host answers
+    // truthfully (ALSA's "default" PCM, for one, does not say which directions it has).
+    for device in host
+        .devices()
+        .map_err(|e| DeviceError::Enumerate(e.to_string()))?
+    {
+        if let Ok(config) = default_config(&device, direction) {
+            let is_default = default_key.as_deref() == Some(device_key(&device).as_str());
+            default_listed |= is_default;
+            listed.push(device_info(&device, &config, is_default));
+        }
+    }
+    if !default_listed {
+        if let Some(device) = default {
+            if let Ok(config) = default_config(&device, direction) {
+                listed.insert(0, device_info(&device, &config, true));
+            }
+        }
+    }
+    Ok(listed)
+}
+
+fn find_device(
+    host: &cpal::Host,
+    selector: &DeviceSelector,
+    direction: Direction,
+) -> Result<cpal::Device, DeviceError> {
+    match selector {
+        DeviceSelector::Default => {
+            default_device(host, direction).ok_or(DeviceError::NoDefault(direction.label()))
+        }
+        DeviceSelector::Name(name) => {
+            let not_found = || DeviceError::NotFound {
+                direction: direction.label(),
+                name: name.clone(),
+            };
+            let matches = |device: &cpal::Device| {
+                device_name(device) == *name || device_id(device).as_deref() == Some(name)
+            };
+            if let Some(device) = default_device(host, direction).filter(|d| matches(d)) {
+                return Ok(device);
+            }
+            host.devices()
+                .map_err(|e| DeviceError::Enumerate(e.to_string()))?
+                .find(|d| matches(d) && default_config(d, direction).is_ok())
+                .ok_or_else(not_found)
+        }
+    }
+}
+
+fn is_convertible(format: SampleFormat) -> bool {
+    matches!(
+        format,
+        SampleFormat::I8
+            | SampleFormat::I16
+            | SampleFormat::I32
+            | SampleFormat::I64
+            | SampleFormat::U8
+            | SampleFormat::U16
+            | SampleFormat::U32
+            | SampleFormat::U64
+            | SampleFormat::F32
+            | SampleFormat::F64
+    )
+}
+
+/// Picks the stream to open: the device's default channel count and a sample format the
+/// callback converts, at 48 kHz when the device offers it (no resampling) or else its default
+/// rate.
+fn choose_config(
+    device: &cpal::Device,
+    direction: Direction,
+) -> Result<(cpal::StreamConfig, SampleFormat), DeviceError> {
+    let name = device_name(device);
+    let default = default_config(device, direction).map_err(|e| DeviceError::Config {
+        name: name.clone(),
+        reason: e.to_string(),
+    })?;
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = match direction {
+        Direction::Input => device.supported_input_configs().map(|c| c.collect()),
+        Direction::Output => device.supported_output_configs().map(|c| c.collect()),
+    }
+    .unwrap_or_default();
+    let channels = default.channels();
+    let format = if is_convertible(default.sample_format()) {
+        default.sample_format()
+    } else {
+        [SampleFormat::F32, SampleFormat::I16, SampleFormat::I32]
+            .into_iter()
+            .find(|&f| {
+                ranges
+                    .iter()
+                    .any(|r| r.sample_format() == f && r.channels() == channels)
+            })
+            .ok_or_else(|| DeviceError::Config {
+                name: name.clone(),
+                reason: format!("sample format {} not supported", default.sample_format()),
+            })?
+    };
+    let offers_48k = ranges.iter().any(|r| {
+        r.sample_format() == format && r.channels() == channels && r.contains_rate(SAMPLE_RATE)
+    });
+    let rate = if offers_48k {
+        SAMPLE_RATE
+    } else {
+        default.sample_rate()
+    };
+    let config = cpal::StreamConfig {
+        channels,
+        sample_rate: rate,
+        buffer_size: cpal::BufferSize::Default,
+    };
+    Ok((config, format))
+}
+
+/// Flags the device callbacks raise for the media thread.
+#[derive(Debug, Default)]
+struct StreamFlags {
+    lost: AtomicBool,
+    xruns: AtomicU64,
+}
+
+impl StreamFlags {
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+}
+
+/// cpal's error callback: atomics only (it runs on the audio thread).
+fn error_callback(flags: Arc<StreamFlags>) -> impl FnMut(cpal::Error) + Send + 'static {
+    move |error: cpal::Error| match error.kind() {
+        cpal::ErrorKind::Xrun => {
+            flags.xruns.fetch_add(1, Ordering::Relaxed);
+        }
+        // The host rerouted the stream itself, or only refused a priority boost: audio flows.
+        cpal::ErrorKind::DeviceChanged | cpal::ErrorKind::RealtimeDenied => {}
+        _ => flags.lost.store(true, Ordering::Release),
+    }
+}
+
+fn push_as<T: SizedSample>(writer: &mut SampleWriter, data: &cpal::Data)
+where
+    f32: FromSample<T>,
+{
+    if let Some(samples) = data.as_slice::<T>() {
+        writer.push_converted(samples, |s| s.to_sample::<f32>());
+    }
+}
+
+/// Moves one captured device buffer into the ring (the input data callback's whole work).
+fn push_input(writer: &mut SampleWriter, data: &cpal::Data) {
+    match data.sample_format() {
+        SampleFormat::I8 => push_as::<i8>(writer, data),
+        SampleFormat::I16 => push_as::<i16>(writer, data),
+        SampleFormat::I32 => push_as::<i32>(writer, data),
+        SampleFormat::I64 => push_as::<i64>(writer, data),
+        SampleFormat::U8 => push_as::<u8>(writer, data),
+        SampleFormat::U16 => push_as::<u16>(writer, data),
+        SampleFormat::U32 => push_as::<u32>(writer, data),
+        SampleFormat::U64 => push_as::<u64>(writer, data),
+        SampleFormat::F32 => push_as::<f32>(writer, data),
+        SampleFormat::F64 => push_as::<f64>(writer, data),
+        // Refused when the stream was opened.
+        _ => {}
+    }
+}
+
+fn pop_as<T: SizedSample + FromSample<f32>>(reader: &mut SampleReader, data: &mut cpal::Data) {
+    if let Some(out) = data.as_slice_mut::<T>() {
+        reader.pop_converted(out, T::EQUILIBRIUM, T::from_sample);
+    }
+}
+
+/// Fills one device buffer from the ring, silence where it runs short (the output data
+/// callback's whole work).
+fn pop_output(reader: &mut SampleReader, data: &mut cpal::Data) {
+    match data.sample_format() {
+        SampleFormat::I8 => pop_as::<i8>(reader, data),
+        SampleFormat::I16 => pop_as::<i16>(reader, data),
+        SampleFormat::I32 => pop_as::<i32>(reader, data),
+        SampleFormat::I64 => pop_as::<i64>(reader, data),
+        SampleFormat::U8 => pop_as::<u8>(reader, data),
+        SampleFormat::U16 => pop_as::<u16>(reader, data),
+        SampleFormat::U32 => pop_as::<u32>(reader, data),
+        SampleFormat::U64 => pop_as::<u64>(reader, data),
+        SampleFormat::F32 => pop_as::<f32>(reader, data),
+        SampleFormat::F64 => pop_as::<f64>(reader, data),
+        _ => {}
+    }
+}
+
+fn ring_capacity(config: &cpal::StreamConfig, frame_len: usize) -> usize {
+    let per_second = config.sample_rate as usize * usize::from(config.channels);
+    (per_second * RING_MILLISECONDS / 1000).max(frame_len * 4)
+}
+
+fn stream_error(name: &str) -> impl Fn(cpal::Error) -> DeviceError + '_ {
+    move |e| DeviceError::Stream {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// What one open device stream needs on the media thread.
+struct Endpoint<R, C> {
+    // Dropping the stream stops the callback; it is kept only for that.
+    _stream: cpal::Stream,
+    ring: R,
+    converter: C,
+    monitor: RingMonitor,
+    flags: Arc<StreamFlags>,
+    name: String,
+}
+
+impl<R, C> Endpoint<R, C> {
+    fn stats(&self) -> DeviceStats {
+        let ring = self.monitor.stats();
+        DeviceStats {
+            underruns: ring.underruns,
+            overruns: ring.overruns,
+            device_lost: u64::from(self.flags.is_lost()),
+            device_xruns: self.flags.xruns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Event bookkeeping shared by capture and playback.
+#[derive(Debug, Default)]
+struct EventState {
+    lost_reported: bool,
+    switched_to: Option<String>,
+    retired: DeviceStats,
+}
+
+impl EventState {
+    fn poll(&mut self, flags: &StreamFlags) -> Option<DeviceEvent> {
+        if flags.is_lost() && !self.lost_reported {
+            self.lost_reported = true;
+            return Some(DeviceEvent::Lost);
+        }
+        self.switched_to
+            .take()
+            .map(|name| DeviceEvent::Switched { name })
+    }
+
+    fn retire(&mut self, old: DeviceStats, new_name: &str) {
+        self.retired = self.retired.add(old);
+        self.lost_reported = false;
+        self.switched_to = Some(new_name.to_owned());
+    }
+}
+
+type CaptureEndpoint = Endpoint<SampleReader, CaptureConverter>;
+
+/// Captured audio from a sound device as 48 kHz mono frames of a fixed size.
+pub struct DeviceCapture {
+    host: Arc<cpal::Host>,
+    frame_samples: usize,
+    endpoint: CaptureEndpoint,
+    device_samples: Vec<f32>,
+    events: EventState,
+}
+
+impl std::fmt::Debug for DeviceCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCapture")
+            .field("device", &self.endpoint.name)
+            .field("converter", &self.endpoint.converter)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_capture(
+    host: &cpal::Host,
+    selector: &DeviceSelector,
+    frame_samples: usize,
+) -> Result<CaptureEndpoint, DeviceError> {
+    let device = find_device(host, selector, Direction::Input)?;
+    let name = device_name(&device);
+    let (config, format) = choose_config(&device, Direction::Input)?;
+    let converter = CaptureConverter::new(config.sample_rate, config.channels, frame_samples)?;
+    let (mut writer, reader) = sample_ring(ring_capacity(&config, converter.max_input_len()))?;
+    let monitor = reader.monitor();
+    let flags = Arc::new(StreamFlags::default());
+    let stream = device
+        .build_input_stream_raw(
+            config,
+            format,
+            move |data: &cpal::Data, _: &cpal::InputCallbackInfo| push_input(&mut writer, data),
+            error_callback(Arc::clone(&flags)),
+            None,
+        )
+        .map_err(stream_error(&name))?;
+    stream.play().map_err(stream_error(&name))?;
+    Ok(Endpoint {
+        _stream: stream,
+        ring: reader,
+        converter,
+        monitor,
+        flags,
+        name,
+    })
+}
+
+impl DeviceCapture {
+    /// Opens a capture device of the platform host delivering frames of `frame_samples`
+    /// 48 kHz mono samples (960 for 20 ms).
+    pub fn open(selector: DeviceSelector, frame_samples: usize) -> Result<Self, DeviceError> {
+        Self::open_on(Arc::new(platform_host()?), selector, frame_samples)
+    }
+
+    /// Opens a capture device of `host` (kept for [`DeviceCapture::switch_device`]).
+    pub fn open_on(
+        host: Arc<cpal::Host>,
+        selector: DeviceSelector,
+        frame_samples: usize,
+    ) -> Result<Self, DeviceError> {
+        let endpoint = open_capture(&host, &selector, frame_samples)?;
+        let device_samples = vec![0.0; endpoint.converter.max_input_len()];
+        Ok(Self {
+            host,
+            frame_samples,
+            endpoint,
+            device_samples,
+            events: EventState::default(),
+        })
+    }
+
+    /// Opens another device and swaps it in; the object (and so the call using it) stays.
+    /// On error the current device stays in use.
+    pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
+        let endpoint = open_capture(&self.host, &selector, self.frame_samples)?;
+        let needed = endpoint.converter.max_input_len();
+        if self.device_samples.len() < needed {
+            self.device_samples.resize(needed, 0.0);
+        }
+        let old = std::mem::replace(&mut self.endpoint, endpoint);
+        self.events.retire(old.stats(), &self.endpoint.name);
+        Ok(())
+    }
+
+    /// The next device event not yet reported, if any.
+    pub fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.events.poll(&self.endpoint.flags)
+    }
+
+    /// Counters since opening, over every device used.
+    pub fn stats(&self) -> DeviceStats {
+        self.events.retired.add(self.endpoint.stats())
+    }
+
+    /// Name of the device in use.
+    pub fn device_name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    /// Sample rate and channel count of the device stream in use.
+    pub fn device_format(&self) -> (u32, u16) {
+        (
+            self.endpoint.converter.device_rate(),
+            self.endpoint.converter.channels(),
+        )
+    }
+}
+
+impl AudioSource for DeviceCapture {
+    fn read_frame(&mut self, out: &mut [i16]) -> Result<SourceStatus, AudioIoError> {
+        if out.len() != self.frame_samples {
+            return Err(AudioIoError::FrameSize {
+                expected: self.frame_samples,
+                got: out.len(),
+            });
+        }
+        let endpoint = &mut self.endpoint;
+        if endpoint.flags.is_lost() {
+            out.fill(0);
+            return Ok(SourceStatus::Silence);
+        }
+        let needed = endpoint.converter.input_len();
+        let Some(device_samples) = self.device_samples.get_mut(..needed) else {
+            return Err(AudioIoError::Device(format!(
+                "converter needs {needed} samples, buffer holds {}",
+                self.device_samples.len()
+            )));
+        };
+        if !endpoint.ring.pop_exact(device_samples) {
+            out.fill(0);
+            return Ok(SourceStatus::Silence);
+        }
+        endpoint
+            .converter
+            .convert(device_samples, out)
+            .map_err(|e| AudioIoError::Device(e.to_string()))?;
+        Ok(SourceStatus::Audio)
+    }
+}
+
+type PlaybackEndpoint = Endpoint<SampleWriter, PlaybackConverter>;
+
+/// Plays 48 kHz mono frames of a fixed size on a sound device.
+pub struct DevicePlayback {
+    host: Arc<cpal::Host>,
+    frame_samples: usize,
+    endpoint: PlaybackEndpoint,
+    events: EventState,
+}
+
+impl std::fmt::Debug for DevicePlayback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevicePlayback")
+            .field("device", &self.endpoint.name)
+            .field("converter", &self.endpoint.converter)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_playback(
+    host: &cpal::Host,
+    selector: &DeviceSelector,
+    frame_samples: usize,
+) -> Result<PlaybackEndpoint, DeviceError> {
+    let device = find_device(host, selector, Direction::Output)?;
+    let name = device_name(&device);
+    let (config, format) = choose_config(&device, Direction::Output)?;
+    let converter = PlaybackConverter::new(config.sample_rate, config.channels, frame_samples)?;
+    let (writer, mut reader) = sample_ring(ring_capacity(&config, converter.max_output_len()))?;
+    let monitor = writer.monitor();
+    let flags = Arc::new(StreamFlags::default());
+    let stream = device
+        .build_output_stream_raw(
+            config,
+            format,
+            move |data: &mut cpal::Data, _: &cpal::OutputCallbackInfo| {
+                pop_output(&mut reader, data)
+            },
+            error_callback(Arc::clone(&flags)),
+            None,
+        )
+        .map_err(stream_error(&name))?;
+    stream.play().map_err(stream_error(&name))?;
+    Ok(Endpoint {
+        _stream: stream,
+        ring: writer,
+        converter,
+        monitor,
+        flags,
+        name,
+    })
+}
+
+impl DevicePlayback {
+    /// Opens a playback device of the platform host taking frames of `frame_samples`
+    /// 48 kHz mono samples (960 for 20 ms).
+    pub fn open(selector: DeviceSelector, frame_samples: usize) -> Result<Self, DeviceError> {
+        Self::open_on(Arc::new(platform_host()?), selector, frame_samples)
+    }
+
+    /// Opens a playback device of `host` (kept for [`DevicePlayback::switch_device`]).
+    pub fn open_on(
+        host: Arc<cpal::Host>,
+        selector: DeviceSelector,
+        frame_samples: usize,
+    ) -> Result<Self, DeviceError> {
+        let endpoint = open_playback(&host, &selector, frame_samples)?;
+        Ok(Self {
+            host,
+            frame_samples,
+            endpoint,
+            events: EventState::default(),
+        })
+    }
+
+    /// Opens another device and swaps it in; the object (and so the call using it) stays.
+    /// On error the current device stays in use.
+    pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
+        let endpoint = open_playback(&self.host, &selector, self.frame_samples)?;
+        let old = std::mem::replace(&mut self.endpoint, endpoint);
+        self.events.retire(old.stats(), &self.endpoint.name);
+        Ok(())
+    }
+
+    /// The next device event not yet reported, if any.
+    pub fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.events.poll(&self.endpoint.flags)
+    }
+
+    /// Counters since opening, over every device used.
+    pub fn stats(&self) -> DeviceStats {
+        self.events.retired.add(self.endpoint.stats())
+    }
+
+    /// Name of the device in use.
+    pub fn device_name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    /// Sample rate and channel count of the device stream in use.
+    pub fn device_format(&self) -> (u32, u16) {
+        (
+            self.endpoint.converter.device_rate(),
+            self.endpoint.converter.channels(),
+        )
+    }
+
+    /// Device samples queued and not yet taken by the device.
+    pub fn queued_samples(&self) -> usize {
+        self.endpoint
+            .ring
+            .capacity()
+            .saturating_sub(self.endpoint.ring.free_len())
+    }
+}
+
+impl AudioSink for DevicePlayback {
+    fn write_frame(&mut self, pcm: &[i16]) -> Result<(), AudioIoError> {
+        if pcm.len() != self.frame_samples {
+            return Err(AudioIoError::FrameSize {
+                expected: self.frame_samples,
+                got: pcm.len(),
+            });
+        }
+        let endpoint = &mut self.endpoint;
+        if endpoint.flags.is_lost() {
+            return Ok(());
+        }
+        let samples = endpoint
+            .converter
+            .convert(pcm)
+            .map_err(|e| AudioIoError::Device(e.to_string()))?;
+        // A full ring drops the frame and counts an overrun; the call goes on.
+        endpoint.ring.push_all(samples);
+        Ok(())
+    }
+}
