@@ -846,3 +846,68 @@ fn reference_transcript_matches_the_crate() {
         Ok(())
     );
 }
+
+/// Which message an on-path attacker alters.
+#[derive(Clone, Copy, Debug)]
+enum Hop {
+    One,
+    Two,
+    Three,
+}
+
+/// Runs a handshake in which `tamper` alters one message in flight; returns whether both sides
+/// still completed.
+fn completes_despite(seed: u64, hop: Hop, tamper: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let mut p = parties(seed);
+    let (mut i, mut msg1) =
+        DirectHandshake::initiate(config(&p.alice, &[CHACHA, AES]), &mut p.rng).unwrap();
+    let mut r = DirectHandshake::respond(config(&p.bob, &[CHACHA, AES]), &mut p.rng).unwrap();
+    let mut tamper = Some(tamper);
+    let mut maybe_tamper = |this: Hop, message: &mut Vec<u8>| {
+        if std::mem::discriminant(&this) == std::mem::discriminant(&hop) {
+            if let Some(tamper) = tamper.take() {
+                tamper(message);
+            }
+        }
+    };
+    maybe_tamper(Hop::One, &mut msg1);
+    let Ok(HandshakeStep::Send(mut msg2)) = r.handle_message(&msg1) else {
+        return false;
+    };
+    maybe_tamper(Hop::Two, &mut msg2);
+    let Ok(HandshakeStep::SendAndComplete(mut msg3, _)) = i.handle_message(&msg2) else {
+        return false;
+    };
+    maybe_tamper(Hop::Three, &mut msg3);
+    matches!(r.handle_message(&msg3), Ok(HandshakeStep::Complete(_)))
+}
+
+#[test]
+fn no_single_bit_flip_in_any_message_lets_the_handshake_complete() {
+    let mut p = parties(70);
+    let t = honest_messages(&mut p, &[CHACHA, AES]);
+    assert!(
+        completes_despite(71, Hop::Two, |_| {}),
+        "control run completes"
+    );
+    let mut runs = 0;
+    for (hop, len) in [
+        (Hop::One, t.msg1.len()),
+        (Hop::Two, t.msg2.len()),
+        (Hop::Three, t.msg3.len()),
+    ] {
+        for index in 0..len {
+            // 0x80 on the last byte of an X25519 key is ignored by X25519 itself (RFC 7748),
+            // so it must be caught by the transcript.
+            for mask in [0x01, 0x80] {
+                let completed = completes_despite(71, hop, |m| m[index] ^= mask);
+                assert!(
+                    !completed,
+                    "{hop:?} byte {index} ^ {mask:#04x} went unnoticed"
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert_eq!(runs, 2 * (t.msg1.len() + t.msg2.len() + t.msg3.len()));
+}
