@@ -1,0 +1,228 @@
+//! Real ALSA streams through cpal, without a sound card: a test `.asoundrc` defines PCMs of
+//! `type file` over the `null` PCM, one writing what is played to a raw file, one capturing
+//! from a raw file. ALSA reads its configuration once per process from `$HOME`, so the test
+//! re-runs itself in a child process whose HOME is a fresh directory holding that file.
+#![cfg(all(feature = "device", target_os = "linux"))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
+use viska_media::device::{
+    DeviceCapture, DevicePlayback, DeviceSelector, list_input_devices, list_output_devices,
+};
+
+const FRAME: usize = 960;
+const CHILD_DIR_VAR: &str = "VISKA_ALSA_TEST_DIR";
+const TEST_NAME: &str = "alsa_file_pcms_play_and_capture_real_samples";
+/// The bound on every wait: the null PCM is not paced, so a healthy stream moves in
+/// milliseconds; this only keeps a broken one from hanging the suite.
+const PATIENCE: Duration = Duration::from_secs(3);
+
+fn tone(freq: f64, amplitude: f64, len: usize) -> Vec<i16> {
+    (0..len)
+        .map(|n| {
+            let v = amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / 48_000.0).sin();
+            (v * 32_767.0).round() as i16
+        })
+        .collect()
+}
+
+fn read_s16(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+fn asoundrc(dir: &Path) -> String {
+    let out = dir.join("played.raw");
+    let input = dir.join("to_capture.raw");
+    // `plug` pins the file side to 48 kHz mono S16_LE whatever cpal negotiates, so the test
+    // knows the layout of both files.
+    format!(
+        r#"
+pcm.viska_out_file {{
+    type file
+    slave.pcm "null"
+    file "{out}"
+    format "raw"
+}}
+pcm.viska_out {{
+    type plug
+    slave {{ pcm "viska_out_file" format S16_LE rate 48000 channels 1 }}
+    hint {{ show on description "Viska test speaker" }}
+}}
+pcm.viska_in_file {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{input}"
+    format "raw"
+}}
+pcm.viska_in {{
+    type plug
+    slave {{ pcm "viska_in_file" format S16_LE rate 48000 channels 1 }}
+    hint {{ show on description "Viska test microphone" }}
+}}
+pcm.!default {{
+    type asym
+    playback.pcm "viska_out"
+    capture.pcm "viska_in"
+}}
+"#,
+        out = out.display(),
+        input = input.display()
+    )
+}
+
+fn fresh_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("viska-alsa-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn alsa_file_pcms_play_and_capture_real_samples() {
+    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
+        child(Path::new(&dir));
+        return;
+    }
+    let dir = fresh_dir();
+    std::fs::write(dir.join(".asoundrc"), asoundrc(&dir)).expect("asoundrc");
+    let capture_source: Vec<u8> = tone(440.0, 0.5, 48_000)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    std::fs::write(dir.join("to_capture.raw"), capture_source).expect("capture file");
+
+    let exe = std::env::current_exe().expect("test binary");
+    let output = Command::new(exe)
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env("HOME", &dir)
+        .env(CHILD_DIR_VAR, &dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("ALSA_CONFIG_PATH")
+        .output()
+        .expect("child test");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn child(dir: &Path) {
+    let outputs = list_output_devices().expect("output devices");
+    println!("outputs: {outputs:?}");
+    assert!(
+        outputs.iter().any(|d| d.id.as_deref() == Some("viska_out")),
+        "{outputs:?}"
+    );
+    assert!(outputs.iter().any(|d| d.is_default), "{outputs:?}");
+    let inputs = list_input_devices().expect("input devices");
+    println!("inputs: {inputs:?}");
+    assert!(
+        inputs.iter().any(|d| d.id.as_deref() == Some("viska_in")),
+        "{inputs:?}"
+    );
+
+    play(dir);
+    capture();
+}
+
+fn play(dir: &Path) {
+    let played = dir.join("played.raw");
+    let mut playback = DevicePlayback::open(DeviceSelector::Name("viska_out".into()), FRAME)
+        .expect("open playback");
+    println!("playback format {:?}", playback.device_format());
+    let sent = tone(440.0, 0.5, 25 * FRAME);
+    let deadline = Instant::now() + PATIENCE;
+    for frame in sent.chunks_exact(FRAME) {
+        playback.write_frame(frame).expect("write");
+        // Let the device take each frame before the next, so none is dropped as an overrun.
+        while playback.queued_samples() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let stats = playback.stats();
+    drop(playback);
+    println!("playback stats {stats:?}");
+    assert_eq!(stats.overruns, 0);
+    assert_eq!(stats.device_lost, 0);
+
+    let written = read_s16(&played);
+    assert!(
+        written.len() >= sent.len(),
+        "file holds {} samples",
+        written.len()
+    );
+    // The device played silence whenever the ring was empty; what is not silence must be
+    // our frames, in order.
+    let audible: Vec<i16> = written.iter().copied().filter(|&s| s != 0).collect();
+    let expected: Vec<i16> = sent.iter().copied().filter(|&s| s != 0).collect();
+    println!(
+        "file {} samples, {} audible, {} expected",
+        written.len(),
+        audible.len(),
+        expected.len()
+    );
+    assert_eq!(audible.len(), expected.len());
+    let worst = audible
+        .iter()
+        .zip(&expected)
+        .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+        .max()
+        .unwrap_or(i32::MAX);
+    assert!(worst <= 2, "largest difference {worst}");
+}
+
+fn capture() {
+    let mut capture = DeviceCapture::open(DeviceSelector::Default, FRAME).expect("open capture");
+    println!("capture format {:?}", capture.device_format());
+    let mut frame = vec![0i16; FRAME];
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while frames.len() < 3 && Instant::now() < deadline {
+        match capture.read_frame(&mut frame).expect("read") {
+            SourceStatus::Audio => frames.push(frame.clone()),
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    let stats = capture.stats();
+    drop(capture);
+    println!("capture stats {stats:?}");
+    assert!(!frames.is_empty(), "no audio captured");
+    // The ring keeps the oldest samples when the unpaced device overfills it, so the first
+    // frame begins with the start of the file. (ALSA's file plugin restarts or skips within
+    // its input file across periods, so only the first period is contiguous.)
+    let expected = tone(440.0, 0.5, FRAME);
+    let first = frames.first().expect("a frame");
+    let matching = first
+        .iter()
+        .zip(&expected)
+        .take_while(|&(&a, &b)| (i32::from(a) - i32::from(b)).abs() <= 2)
+        .count();
+    assert!(
+        matching >= 128,
+        "first {matching} samples match: {:?}",
+        &first[..16]
+    );
+    // Every frame carries the file's tone (the null PCM alone would give silence).
+    let full_scale_rms = 0.5 * 32_767.0 / 2f64.sqrt();
+    for frame in &frames {
+        let rms = (frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / FRAME as f64).sqrt();
+        assert!(
+            (rms - full_scale_rms).abs() < 0.15 * full_scale_rms,
+            "frame rms {rms}, tone rms {full_scale_rms}"
+        );
+    }
+}
