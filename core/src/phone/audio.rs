@@ -9,10 +9,10 @@ use viska_media::wav::{WavSink, WavSource};
 ///
 /// Called on the phone's runtime when a call's media starts; must not block for long.
 pub trait AudioFactory: Send + Sync {
-    /// The capture side (48 kHz mono frames).
-    fn open_source(&self) -> Result<Box<dyn AudioSource>, AudioIoError>;
-    /// The playback side (48 kHz mono frames).
-    fn open_sink(&self) -> Result<Box<dyn AudioSink>, AudioIoError>;
+    /// The capture side, delivering 48 kHz mono frames of `frame_samples` samples.
+    fn open_source(&self, frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError>;
+    /// The playback side, taking 48 kHz mono frames of `frame_samples` samples.
+    fn open_sink(&self, frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError>;
 }
 
 /// WAV files: an optional input played into the call, an optional output recording what is
@@ -28,14 +28,14 @@ pub struct FileAudio {
 }
 
 impl AudioFactory for FileAudio {
-    fn open_source(&self) -> Result<Box<dyn AudioSource>, AudioIoError> {
+    fn open_source(&self, _frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError> {
         match &self.input {
             Some(path) => Ok(Box::new(WavSource::open(path)?.looping(self.loop_input))),
             None => Ok(Box::new(SilenceSource)),
         }
     }
 
-    fn open_sink(&self) -> Result<Box<dyn AudioSink>, AudioIoError> {
+    fn open_sink(&self, _frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
         match &self.output {
             Some(path) => Ok(Box::new(WavSink::create(path)?)),
             None => Ok(Box::new(DiscardSink)),
@@ -48,10 +48,10 @@ impl AudioFactory for FileAudio {
 pub struct NullAudio;
 
 impl AudioFactory for NullAudio {
-    fn open_source(&self) -> Result<Box<dyn AudioSource>, AudioIoError> {
+    fn open_source(&self, _frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError> {
         Ok(Box::new(SilenceSource))
     }
-    fn open_sink(&self) -> Result<Box<dyn AudioSink>, AudioIoError> {
+    fn open_sink(&self, _frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
         Ok(Box::new(DiscardSink))
     }
 }
@@ -74,5 +74,38 @@ pub struct DiscardSink;
 impl AudioSink for DiscardSink {
     fn write_frame(&mut self, _pcm: &[i16]) -> Result<(), AudioIoError> {
         Ok(())
+    }
+}
+
+/// The system's sound devices (cpal): the default ones, or devices chosen by name.
+#[cfg(feature = "device")]
+#[derive(Clone, Debug, Default)]
+pub struct DeviceAudio {
+    /// Microphone: `None` is the default input device.
+    pub input: Option<String>,
+    /// Speaker: `None` is the default output device.
+    pub output: Option<String>,
+}
+
+#[cfg(feature = "device")]
+fn selector(name: &Option<String>) -> viska_media::device::DeviceSelector {
+    match name {
+        Some(n) => viska_media::device::DeviceSelector::Name(n.clone()),
+        None => viska_media::device::DeviceSelector::Default,
+    }
+}
+
+#[cfg(feature = "device")]
+impl AudioFactory for DeviceAudio {
+    fn open_source(&self, frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError> {
+        viska_media::device::DeviceCapture::open(selector(&self.input), frame_samples)
+            .map(|d| Box::new(d) as Box<dyn AudioSource>)
+            .map_err(|e| AudioIoError::Device(e.to_string()))
+    }
+
+    fn open_sink(&self, frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
+        viska_media::device::DevicePlayback::open(selector(&self.output), frame_samples)
+            .map(|d| Box::new(d) as Box<dyn AudioSink>)
+            .map_err(|e| AudioIoError::Device(e.to_string()))
     }
 }

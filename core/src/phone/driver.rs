@@ -375,9 +375,10 @@ fn handle_event(
                 snap.setup_time = Some(started.elapsed());
             }
             let opus = opus_for(&call.media(), &inner.config.opus);
+            let frame_samples = opus.frame_samples();
             let session = MediaSession::new(keys, &opus, &inner.config.jitter);
-            let source = inner.config.audio.open_source();
-            let sink = inner.config.audio.open_sink();
+            let source = inner.config.audio.open_source(frame_samples);
+            let sink = inner.config.audio.open_sink(frame_samples);
             match (session, source, sink) {
                 (Ok(session), Ok(source), Ok(sink)) => {
                     *pcm_in = vec![0; session.frame_samples()];

@@ -24,6 +24,8 @@ use viska_sframe::CipherSuite;
 
 use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, TransportError};
 
+#[cfg(feature = "device")]
+pub use self::audio::DeviceAudio;
 pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
 pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
 pub use metrics::{LatencyProbe, LatencySummary, thread_cpu_time};

@@ -52,6 +52,8 @@ enum Cmd {
     },
     /// Two phones in this process place an encrypted call over loopback QUIC.
     Demo(demo::DemoArgs),
+    /// List sound devices.
+    Devices,
 }
 
 /// Cipher suite names on the command line.
@@ -95,6 +97,12 @@ struct MediaArgs {
     /// Preferred SFrame cipher suite.
     #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
     suite: SuiteArg,
+    /// Microphone by name (see `devices`); default: the system's default input.
+    #[arg(long)]
+    input_device: Option<String>,
+    /// Speaker by name (see `devices`); default: the system's default output.
+    #[arg(long)]
+    output_device: Option<String>,
 }
 
 fn main() {
@@ -114,6 +122,7 @@ fn main() {
         } => listen(bind, auto_answer, media),
         Cmd::Call { addr, media } => call(addr, media),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Devices => devices(),
     };
     if let Err(e) = result {
         eprintln!("viska-phone: {e}");
@@ -131,11 +140,26 @@ fn audio_for(media: &MediaArgs) -> Result<Arc<dyn AudioFactory>, BoxError> {
             output: media.output.clone(),
         }));
     }
-    device_audio()
+    Ok(Arc::new(viska::phone::DeviceAudio {
+        input: media.input_device.clone(),
+        output: media.output_device.clone(),
+    }))
 }
 
-fn device_audio() -> Result<Arc<dyn AudioFactory>, BoxError> {
-    Err("sound devices are not wired into the phone yet: use --input/--output".into())
+fn devices() -> Result<(), BoxError> {
+    use viska::media::device::{list_input_devices, list_output_devices};
+    for (kind, list) in [("input", list_input_devices()?), ("output", list_output_devices()?)] {
+        for d in list {
+            println!(
+                "{kind:6} {}{} ({} Hz, {} ch)",
+                d.name,
+                if d.is_default { " [default]" } else { "" },
+                d.default_rate,
+                d.channels
+            );
+        }
+    }
+    Ok(())
 }
 
 fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfig, BoxError> {
