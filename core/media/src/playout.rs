@@ -130,7 +130,8 @@ pub struct JitterStats {
     pub resyncs: u64,
     /// RFC 3550 interarrival jitter.
     pub jitter: Duration,
-    /// Playout delay at the last pull.
+    /// Playout delay of the frame due at the last pull (before that pull's adjustment): how
+    /// long after its fastest possible arrival it was played.
     pub current_delay: Duration,
     /// Target delay at the last pull.
     pub target_delay: Duration,
@@ -213,6 +214,9 @@ impl Playout {
                 got: out.len(),
             });
         }
+        // The delay of the frame due now, before this period's adjustment.
+        self.current_delay = self.buffer.current_delay(now);
+        self.target_delay = self.buffer.target_delay(now);
         let adjustment = self.buffer.delay_adjustment(now);
         let outcome = if adjustment == DelayAdjustment::Grow && self.last_quiet {
             self.conceal(out);
@@ -222,8 +226,6 @@ impl Playout {
             self.play_next(now, adjustment, out)
         };
         self.last_quiet = is_quiet(out, self.quiet_rms);
-        self.current_delay = self.buffer.current_delay(now);
-        self.target_delay = self.buffer.target_delay(now);
         Ok(outcome)
     }
 
