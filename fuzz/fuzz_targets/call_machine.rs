@@ -188,7 +188,9 @@ fuzz_target!(|scenario: Scenario| {
             Op::Command { side, command } => {
                 let i = usize::from(side);
                 let was_ended = sides[i].call.state().is_ended();
-                let _ = sides[i].call.handle_input(Input::Command(now, command.into()));
+                let _ = sides[i]
+                    .call
+                    .handle_input(Input::Command(now, command.into()));
                 assert!(!was_ended || sides[i].call.state().is_ended());
                 drain(&mut sides, i);
             }

@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(message) = ControlMessage::decode(stream) {
-        let bytes = message.to_bytes().expect("a decoded control message re-encodes");
+        let bytes = message
+            .to_bytes()
+            .expect("a decoded control message re-encodes");
         assert_eq!(ControlMessage::decode(&bytes), Ok(message));
     }
 });
