@@ -18,6 +18,9 @@ use crate::codec::{CodecError, MAX_PACKET_BYTES, OpusConfig, OpusEncoder};
 /// Vendor string written into the OpusTags header.
 pub const VENDOR: &str = "viska";
 
+/// Audio packets per Ogg page: 50 frames of 20 ms = one second.
+const PACKETS_PER_PAGE: u64 = 50;
+
 /// Errors from writing an Ogg Opus file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -66,6 +69,8 @@ pub struct OggOpusWriter {
     input_samples: u64,
     /// Samples handed to the encoder (input plus flush padding).
     encoded_samples: u64,
+    /// Audio packets written so far (for page breaks).
+    audio_packets: u64,
     finished: bool,
 }
 
@@ -103,6 +108,7 @@ impl OggOpusWriter {
             held: None,
             input_samples: 0,
             encoded_samples: 0,
+            audio_packets: 0,
             finished: false,
         })
     }
@@ -131,12 +137,16 @@ impl OggOpusWriter {
             .ok_or(CodecError::Internal)?
             .to_vec();
         if let Some((previous, granule)) = self.held.replace((packet, self.encoded_samples)) {
-            self.packets.write_packet(
-                previous,
-                self.serial,
-                PacketWriteEndInfo::NormalPacket,
-                granule,
-            )?;
+            self.audio_packets += 1;
+            // Close a page about every second, so a recording cut short by a crash loses at
+            // most that much (the ogg writer otherwise fills pages of up to 255 packets).
+            let end = if self.audio_packets % PACKETS_PER_PAGE == 0 {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            self.packets
+                .write_packet(previous, self.serial, end, granule)?;
         }
         Ok(())
     }

@@ -258,11 +258,20 @@ fn ogg_stream_follows_rfc_7845() {
 
     let mut audio_packets = 0;
     let mut last = None;
+    let mut page_granules = Vec::new();
     while let Some(packet) = reader.read_packet().expect("packet") {
         assert_eq!(packet.stream_serial(), head.stream_serial());
         audio_packets += 1;
+        if packet.last_in_page() {
+            page_granules.push(packet.absgp_page());
+        }
         last = Some(packet);
     }
+    // A page closes every 50 packets (one second), each granule the end of its last packet.
+    assert_eq!(
+        page_granules,
+        vec![50 * 960, 100 * 960, 150 * 960, 312 + pcm.len() as u64]
+    );
     let last = last.expect("audio packets");
     assert!(last.last_in_stream(), "EOS flag on the last page");
     // Final granule = pre-skip + real samples, trimming the flush padding.
