@@ -23,8 +23,10 @@ pub struct Unprotected {
     pub len: usize,
 }
 
-/// Running counts of what the receiver saw; each rejected frame counts once, in the category of
-/// its error. Reported to the app as security events (decryption failures, replays).
+/// Running counts of what the receiver saw: each frame counts once, as accepted or in the category
+/// of its rejection. A frame refused only because the caller's output buffer was too small is not
+/// counted (it can be retried). Reported to the app as security events (decryption failures,
+/// replays).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReceiverStats {
