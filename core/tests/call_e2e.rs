@@ -150,6 +150,8 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     assert_eq!(heard.playout.lost, 0, "no frame lost: {:?}", heard.playout);
     assert_eq!(heard.decrypt_failures, 0);
     assert_eq!(sent.decrypt_failures, 0);
+    // The callee reported a clean path: the caller spends nothing on FEC any more.
+    assert_eq!(sent.fec_expected_loss_pct, 0);
     assert_eq!(*recorder.dtmf.lock().expect("lock"), vec!['1', '2', '#']);
     assert_eq!(
         *recorder.data.lock().expect("lock"),
@@ -185,6 +187,12 @@ fn lossy_jittery_call_completes_with_concealment() {
         "about 10% lost: {} of {}",
         heard.frames_received,
         sent.frames_sent
+    );
+    // The callee's reception reports sized the caller's FEC to the loss it saw (about 10 %).
+    assert!(
+        (5..=20).contains(&sent.fec_expected_loss_pct),
+        "FEC sized for {} %",
+        sent.fec_expected_loss_pct
     );
     let repaired = heard.playout.concealed + heard.playout.fec_recovered;
     assert!(repaired > 0, "loss was concealed: {:?}", heard.playout);

@@ -411,6 +411,17 @@ impl Call {
                 }
                 Ok(())
             }
+            (
+                Command::SendReceptionReport {
+                    loss_permille,
+                    jitter_ms,
+                },
+                CallState::Active { .. },
+                _,
+            ) => self.send_control(&ControlMessage::ReceptionReport {
+                loss_permille: (*loss_permille).min(1000),
+                jitter_ms: *jitter_ms,
+            }),
             (Command::SendData(data), state, _) if self.keys_ready && !state.is_ended() => {
                 self.send_control(&ControlMessage::CallData(data.clone()))
             }
@@ -729,6 +740,13 @@ impl Call {
                 self.remote_muted = muted;
                 self.event(CallEvent::RemoteMute(muted));
             }
+            ControlMessage::ReceptionReport {
+                loss_permille,
+                jitter_ms,
+            } => self.event(CallEvent::ReceptionReport {
+                loss_permille,
+                jitter_ms,
+            }),
             _ => {}
         }
     }

@@ -164,6 +164,13 @@ pub enum CallEvent {
     Data(Vec<u8>),
     /// The peer muted or unmuted its microphone (informational).
     RemoteMute(bool),
+    /// The peer reported how our media reaches it; the media path adapts its FEC to it.
+    ReceptionReport {
+        /// Frames lost in transit, per thousand, over the peer's last report interval.
+        loss_permille: u16,
+        /// Interarrival jitter the peer measures, in milliseconds.
+        jitter_ms: u16,
+    },
     /// A security event.
     Security(SecurityEvent),
 }
@@ -189,6 +196,13 @@ pub enum Command {
     Resume,
     /// Mute (`true`) or unmute the microphone (in `Active`).
     Mute(bool),
+    /// Tell the peer how its media reaches us (in `Active`; sent end-to-end encrypted).
+    SendReceptionReport {
+        /// Frames lost in transit, per thousand, since the previous report.
+        loss_permille: u16,
+        /// Interarrival jitter in milliseconds.
+        jitter_ms: u16,
+    },
     /// Send DTMF keys (`0-9 * # A-D`), one encrypted message per key (in `Active`).
     SendDtmf(String),
     /// Send opaque call data end-to-end encrypted (once keys are ready, until the call ends).
@@ -208,6 +222,7 @@ impl Command {
             Self::Resume => "Resume",
             Self::Mute(_) => "Mute",
             Self::SendDtmf(_) => "SendDtmf",
+            Self::SendReceptionReport { .. } => "SendReceptionReport",
             Self::SendData(_) => "SendData",
         }
     }

@@ -608,6 +608,48 @@ fn call_data_is_delivered_end_to_end_encrypted() {
 }
 
 #[test]
+fn reception_reports_reach_the_peer_encrypted() {
+    let mut h = Harness::active();
+    h.command(
+        CALLEE,
+        Command::SendReceptionReport {
+            loss_permille: 97,
+            jitter_ms: 12,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        h.peers[CALLEE].sent.last(),
+        Some(Message::Encrypted(_))
+    ));
+    h.settle();
+    assert!(h.peers[CALLER].events.iter().any(|e| matches!(
+        e,
+        CallEvent::ReceptionReport {
+            loss_permille: 97,
+            jitter_ms: 12
+        }
+    )));
+}
+
+#[test]
+fn reception_reports_need_an_answered_call() {
+    let mut h = Harness::ringing();
+    let sent_before = h.peers[CALLEE].sent.len();
+    assert!(matches!(
+        h.command(
+            CALLEE,
+            Command::SendReceptionReport {
+                loss_permille: 0,
+                jitter_ms: 0
+            }
+        ),
+        Err(CallError::InvalidCommand { .. })
+    ));
+    assert_eq!(h.peers[CALLEE].sent.len(), sent_before);
+}
+
+#[test]
 fn call_data_works_while_ringing() {
     let mut h = Harness::ringing();
     h.command(CALLER, Command::SendData(b"crm:42".to_vec()))

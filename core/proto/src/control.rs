@@ -27,6 +27,7 @@ mod control_type {
     pub(super) const HOLD: u8 = 0x03;
     pub(super) const RESUME: u8 = 0x04;
     pub(super) const MUTE: u8 = 0x05;
+    pub(super) const RECEPTION_REPORT: u8 = 0x06;
 }
 
 /// A DTMF event, numbered as in RFC 4733 section 3.2 (0-9 = digits, 10 = `*`, 11 = `#`, 12-15 = A-D).
@@ -140,6 +141,14 @@ pub enum ControlMessage {
     Resume,
     /// The sender muted (`true`) or unmuted its microphone; informational only.
     Mute(bool),
+    /// How the sender's receiver is doing, about once a second, so the peer's encoder can
+    /// match its forward error correction to the loss really seen.
+    ReceptionReport {
+        /// Media frames lost in transit since the previous report, per thousand expected.
+        loss_permille: u16,
+        /// Interarrival jitter in milliseconds.
+        jitter_ms: u16,
+    },
 }
 
 impl ControlMessage {
@@ -167,6 +176,14 @@ impl ControlMessage {
             Self::Mute(muted) => {
                 out.push(control_type::MUTE);
                 out.push(u8::from(*muted));
+            }
+            Self::ReceptionReport {
+                loss_permille,
+                jitter_ms,
+            } => {
+                out.push(control_type::RECEPTION_REPORT);
+                out.extend_from_slice(&loss_permille.to_be_bytes());
+                out.extend_from_slice(&jitter_ms.to_be_bytes());
             }
         }
         Ok(())
@@ -209,6 +226,10 @@ impl ControlMessage {
                     });
                 }
             }),
+            control_type::RECEPTION_REPORT => Self::ReceptionReport {
+                loss_permille: reader.u16()?,
+                jitter_ms: reader.u16()?,
+            },
             other => {
                 return Err(ProtoError::UnknownControlType {
                     message_type: other,
@@ -246,6 +267,12 @@ impl ControlMessage {
                     max: MAX_CALL_DATA_LEN,
                 });
             }
+            Self::ReceptionReport { loss_permille, .. } if *loss_permille > 1000 => {
+                return Err(ProtoError::InvalidField {
+                    field: "loss (per mille)",
+                    value: u64::from(*loss_permille),
+                });
+            }
             _ => {}
         }
         Ok(())
@@ -256,6 +283,24 @@ impl ControlMessage {
 mod tests {
     use super::*;
 
+    #[test]
+    fn reception_report_layout_and_bounds() {
+        let report = ControlMessage::ReceptionReport {
+            loss_permille: 0x0102,
+            jitter_ms: 0x0304,
+        };
+        assert_eq!(
+            report.to_bytes().expect("encode"),
+            vec![CONTROL_VERSION, 0x06, 0x01, 0x02, 0x03, 0x04]
+        );
+        let too_much = [CONTROL_VERSION, 0x06, 0x03, 0xe9, 0x00, 0x00];
+        assert!(matches!(
+            ControlMessage::decode(&too_much),
+            Err(ProtoError::InvalidField { .. })
+        ));
+        assert!(ControlMessage::decode(&[CONTROL_VERSION, 0x06, 0x00]).is_err());
+    }
+
     fn samples() -> Vec<ControlMessage> {
         let mut messages = vec![
             ControlMessage::Hold,
@@ -265,6 +310,14 @@ mod tests {
             ControlMessage::CallData(Vec::new()),
             ControlMessage::CallData(b"{\"crm\":\"ticket-42\"}".to_vec()),
             ControlMessage::CallData(vec![0xff; MAX_CALL_DATA_LEN]),
+            ControlMessage::ReceptionReport {
+                loss_permille: 0,
+                jitter_ms: 0,
+            },
+            ControlMessage::ReceptionReport {
+                loss_permille: 1000,
+                jitter_ms: u16::MAX,
+            },
         ];
         for event in DtmfEvent::ALL {
             for (duration_ms, volume) in [(1, 0), (100, 10), (u16::MAX, MAX_DTMF_VOLUME)] {

@@ -104,6 +104,8 @@ struct MediaEnds {
     playout_aligned: bool,
     /// Whether the last capture period sent audio (for the recording's mix).
     sent_last_frame: bool,
+    /// Playout counters at the last reception report: (lost, received).
+    reported: (u64, u64),
     session: MediaSession,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
@@ -314,6 +316,12 @@ async fn run_call(
                 if last_stats.elapsed() >= Duration::from_secs(1) {
                     last_stats = Instant::now();
                     publish_stats(&shared, &call, &conn, media.as_ref());
+                    if let (Some(m), true) = (media.as_mut(), direction.1) {
+                        let report = m.reception_report();
+                        if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
+                            tracing::debug!(error = %e, "reception report not sent");
+                        }
+                    }
                 }
             }
             _ = playout_clock.tick() => {
@@ -393,6 +401,7 @@ fn handle_event(
                         tamper_next: 0,
                         playout_aligned: false,
                         sent_last_frame: false,
+                        reported: (0, 0),
                         mix: vec![0; session.frame_samples()],
                         session,
                         source,
@@ -424,7 +433,36 @@ fn handle_event(
             }
         }
         CallEvent::MediaDirection { send, receive } => *direction = (*send, *receive),
+        CallEvent::ReceptionReport { loss_permille, .. } => {
+            if let Some(m) = media.as_mut() {
+                // FEC sized to the loss the peer sees: nothing spent on a clean path.
+                let pct = u8::try_from(loss_permille.div_ceil(10).min(30)).unwrap_or(30);
+                if let Err(e) = m.session.set_expected_loss(pct) {
+                    tracing::debug!(error = %e, "expected loss not applied");
+                }
+            }
+        }
         _ => {}
+    }
+}
+
+impl MediaEnds {
+    /// The reception report for the interval since the previous one.
+    fn reception_report(&mut self) -> Command {
+        let p = self.session.counters().playout;
+        let lost = p.lost.saturating_sub(self.reported.0);
+        let received = p.received.saturating_sub(self.reported.1);
+        self.reported = (p.lost, p.received);
+        let expected = lost + received;
+        let loss_permille = if expected == 0 {
+            0
+        } else {
+            u16::try_from(lost * 1000 / expected).unwrap_or(1000)
+        };
+        Command::SendReceptionReport {
+            loss_permille,
+            jitter_ms: u16::try_from(p.jitter.as_millis()).unwrap_or(u16::MAX),
+        }
     }
 }
 

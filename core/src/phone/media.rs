@@ -60,6 +60,9 @@ pub struct MediaCounters {
     pub malformed: u64,
     /// Authenticated datagrams the jitter buffer refused (late, duplicate, oversized).
     pub refused_by_buffer: u64,
+    /// The loss (percent) the encoder's in-band FEC is currently sized for, from the peer's
+    /// reception reports.
+    pub fec_expected_loss_pct: u8,
     /// Playout counters (loss, concealment, FEC, delays).
     pub playout: JitterStats,
 }
@@ -135,7 +138,10 @@ impl MediaSession {
             opus_buf: vec![0; MAX_DATAGRAM],
             payload_buf: vec![0; MAX_DATAGRAM],
             plain_buf: vec![0; MAX_DATAGRAM],
-            counters: MediaCounters::default(),
+            counters: MediaCounters {
+                fec_expected_loss_pct: opus.expected_loss_pct,
+                ..MediaCounters::default()
+            },
         })
     }
 
@@ -249,6 +255,13 @@ impl MediaSession {
             outcome,
             frame_index,
         })
+    }
+
+    /// Matches the encoder's forward error correction to the loss the peer reports.
+    pub fn set_expected_loss(&mut self, loss_pct: u8) -> Result<(), MediaError> {
+        self.encoder.set_expected_loss(loss_pct)?;
+        self.counters.fec_expected_loss_pct = loss_pct;
+        Ok(())
     }
 
     /// Counters so far.
