@@ -29,6 +29,10 @@ use crate::ring::{RingError, RingMonitor, SampleReader, SampleWriter, sample_rin
 /// How much device audio a ring holds at most, in milliseconds.
 const RING_MILLISECONDS: usize = 200;
 
+/// Frames of captured audio allowed to wait in the ring; beyond this the oldest is dropped
+/// down to one frame of backlog, bounding the delay a stalled media thread leaves behind.
+pub const CAPTURE_BACKLOG_FRAMES: usize = 4;
+
 /// Errors from finding, opening or switching a sound device.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,6 +130,10 @@ pub struct DeviceStats {
     pub device_lost: u64,
     /// Under- or overruns the device itself reported.
     pub device_xruns: u64,
+    /// Times the capture dropped its oldest queued audio because more than
+    /// [`CAPTURE_BACKLOG_FRAMES`] frames had piled up (after a stall of the media thread), so
+    /// the call does not keep the extra delay.
+    pub backlog_trims: u64,
 }
 
 impl DeviceStats {
@@ -135,6 +143,7 @@ impl DeviceStats {
             overruns: self.overruns + other.overruns,
             device_lost: self.device_lost + other.device_lost,
             device_xruns: self.device_xruns + other.device_xruns,
+            backlog_trims: self.backlog_trims + other.backlog_trims,
         }
     }
 }
@@ -461,6 +470,7 @@ impl<R, C> Endpoint<R, C> {
             overruns: ring.overruns,
             device_lost: u64::from(self.flags.is_lost()),
             device_xruns: self.flags.xruns.load(Ordering::Relaxed),
+            backlog_trims: 0,
         }
     }
 }
@@ -497,6 +507,7 @@ type CaptureEndpoint = Endpoint<SampleReader, CaptureConverter>;
 pub struct DeviceCapture {
     host: Arc<cpal::Host>,
     frame_samples: usize,
+    backlog_trims: u64,
     endpoint: CaptureEndpoint,
     device_samples: Vec<f32>,
     events: EventState,
@@ -561,6 +572,7 @@ impl DeviceCapture {
         Ok(Self {
             host,
             frame_samples,
+            backlog_trims: 0,
             endpoint,
             device_samples,
             events: EventState::default(),
@@ -587,7 +599,9 @@ impl DeviceCapture {
 
     /// Counters since opening, over every device used.
     pub fn stats(&self) -> DeviceStats {
-        self.events.retired.add(self.endpoint.stats())
+        let mut stats = self.events.retired.add(self.endpoint.stats());
+        stats.backlog_trims = self.backlog_trims;
+        stats
     }
 
     /// Name of the device in use.
@@ -618,6 +632,15 @@ impl AudioSource for DeviceCapture {
             return Ok(SourceStatus::Silence);
         }
         let needed = endpoint.converter.input_len();
+        let frame_len = endpoint.converter.max_input_len();
+        let queued = endpoint.ring.queued_len();
+        if queued > needed + CAPTURE_BACKLOG_FRAMES * frame_len {
+            // Whole device frames only, so the channels stay aligned.
+            let channels = usize::from(endpoint.converter.channels()).max(1);
+            let excess = (queued - needed - frame_len) / channels * channels;
+            endpoint.ring.discard_oldest(excess);
+            self.backlog_trims += 1;
+        }
         let Some(device_samples) = self.device_samples.get_mut(..needed) else {
             return Err(AudioIoError::Device(format!(
                 "converter needs {needed} samples, buffer holds {}",

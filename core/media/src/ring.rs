@@ -163,11 +163,17 @@ impl SampleReader {
 
     /// Drops every queued sample (no counter changes); returns how many were dropped.
     pub fn discard_all(&mut self) -> usize {
-        let queued = self.consumer.slots();
-        match self.consumer.read_chunk(queued) {
+        self.discard_oldest(usize::MAX)
+    }
+
+    /// Drops up to `count` of the oldest queued samples (no counter changes); returns how
+    /// many were dropped.
+    pub fn discard_oldest(&mut self, count: usize) -> usize {
+        let dropped = self.consumer.slots().min(count);
+        match self.consumer.read_chunk(dropped) {
             Ok(chunk) => {
                 chunk.commit_all();
-                queued
+                dropped
             }
             Err(_) => 0,
         }
@@ -257,6 +263,12 @@ mod tests {
     #[test]
     fn discard_all_empties_without_counting() {
         let (mut writer, mut reader) = sample_ring(16).expect("ring");
+        assert!(writer.push_all(&[1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(reader.discard_oldest(3), 3);
+        let mut one = [0.0];
+        assert!(reader.pop_exact(&mut one));
+        assert_eq!(one, [4.0]);
+        assert_eq!(reader.discard_oldest(5), 0);
         assert!(writer.push_all(&[0.5; 10]));
         assert_eq!(reader.discard_all(), 10);
         assert_eq!(reader.queued_len(), 0);

@@ -475,6 +475,7 @@ fn stereo_44k1_capture_becomes_48k_mono_frames_with_the_same_tone() {
     let stats = capture.stats();
     assert_eq!(stats.underruns as usize, 50 - audio_frames);
     assert_eq!(stats.overruns, 0);
+    assert_eq!(stats.backlog_trims, 0);
     let steady = &captured[4_800..];
     let freq = zero_crossing_frequency(steady, 48_000);
     assert!((freq - 1_000.0).abs() < 3.0, "frequency {freq}");
@@ -562,10 +563,19 @@ fn starved_and_flooded_rings_count_underruns_and_overruns() {
     }
     let overruns = capture.stats().overruns;
     assert!((75..=81).contains(&overruns), "overruns {overruns}");
-    // What is queued is the oldest audio: it still reads as whole frames.
+    // The backlog (200 ms) is cut to about a frame before reading, so the stall leaves no
+    // lasting delay: two frames read, then the ring is drained.
+    assert_eq!(capture.stats().backlog_trims, 0);
+    for _ in 0..2 {
+        assert_eq!(
+            capture.read_frame(&mut frame).expect("read"),
+            SourceStatus::Audio
+        );
+    }
+    assert_eq!(capture.stats().backlog_trims, 1);
     assert_eq!(
         capture.read_frame(&mut frame).expect("read"),
-        SourceStatus::Audio
+        SourceStatus::Silence
     );
 
     let mut playback =
