@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
 use viska_media::device::{
-    DeviceCapture, DevicePlayback, DeviceSelector, list_input_devices, list_output_devices,
+    DeviceCapture, DeviceEvent, DevicePlayback, DeviceSelector, list_input_devices,
+    list_output_devices,
 };
 
 const FRAME: usize = 960;
@@ -55,6 +56,17 @@ pcm.viska_out {{
     slave {{ pcm "viska_out_file" format S16_LE rate 48000 channels 1 }}
     hint {{ show on description "Viska test speaker" }}
 }}
+pcm.viska_out2_file {{
+    type file
+    slave.pcm "null"
+    file "{out2}"
+    format "raw"
+}}
+pcm.viska_out2 {{
+    type plug
+    slave {{ pcm "viska_out2_file" format S16_LE rate 48000 channels 1 }}
+    hint {{ show on description "Viska test headset" }}
+}}
 pcm.viska_in_file {{
     type file
     slave.pcm "null"
@@ -74,6 +86,7 @@ pcm.!default {{
 }}
 "#,
         out = out.display(),
+        out2 = dir.join("played2.raw").display(),
         input = input.display()
     )
 }
@@ -112,6 +125,8 @@ fn alsa_file_pcms_play_and_capture_real_samples() {
         .output()
         .expect("child test");
     let _ = std::fs::remove_dir_all(&dir);
+    // Shown with --nocapture: the formats cpal chose, the counters, the file sizes.
+    println!("{}", String::from_utf8_lossy(&output.stdout));
     assert!(
         output.status.success(),
         "child failed:\n{}\n{}",
@@ -139,38 +154,32 @@ fn child(dir: &Path) {
     capture();
 }
 
-fn play(dir: &Path) {
-    let played = dir.join("played.raw");
-    let mut playback = DevicePlayback::open(DeviceSelector::Name("viska_out".into()), FRAME)
-        .expect("open playback");
-    println!("playback format {:?}", playback.device_format());
-    let sent = tone(440.0, 0.5, 25 * FRAME);
+/// Writes `sent` frame by frame, letting the device take each frame before the next so none
+/// is dropped as an overrun.
+fn write_paced(playback: &mut DevicePlayback, sent: &[i16]) {
     let deadline = Instant::now() + PATIENCE;
     for frame in sent.chunks_exact(FRAME) {
         playback.write_frame(frame).expect("write");
-        // Let the device take each frame before the next, so none is dropped as an overrun.
         while playback.queued_samples() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let stats = playback.stats();
-    drop(playback);
-    println!("playback stats {stats:?}");
-    assert_eq!(stats.overruns, 0);
-    assert_eq!(stats.device_lost, 0);
+}
 
-    let written = read_s16(&played);
+/// The device played silence whenever the ring was empty; what is not silence in `file`
+/// must be exactly `sent`, in order.
+fn assert_file_holds(file: &Path, sent: &[i16]) {
+    let written = read_s16(file);
     assert!(
         written.len() >= sent.len(),
         "file holds {} samples",
         written.len()
     );
-    // The device played silence whenever the ring was empty; what is not silence must be
-    // our frames, in order.
     let audible: Vec<i16> = written.iter().copied().filter(|&s| s != 0).collect();
     let expected: Vec<i16> = sent.iter().copied().filter(|&s| s != 0).collect();
     println!(
-        "file {} samples, {} audible, {} expected",
+        "{}: {} samples, {} audible, {} expected",
+        file.display(),
         written.len(),
         audible.len(),
         expected.len()
@@ -183,6 +192,35 @@ fn play(dir: &Path) {
         .max()
         .unwrap_or(i32::MAX);
     assert!(worst <= 2, "largest difference {worst}");
+}
+
+fn play(dir: &Path) {
+    let mut playback = DevicePlayback::open(DeviceSelector::Name("viska_out".into()), FRAME)
+        .expect("open playback");
+    println!("playback format {:?}", playback.device_format());
+    let first = tone(440.0, 0.5, 25 * FRAME);
+    write_paced(&mut playback, &first);
+
+    // Mid-call switch to the second PCM: the same sink object goes on with another tone.
+    playback
+        .switch_device(DeviceSelector::Name("Viska test headset".into()))
+        .expect("switch");
+    assert_eq!(
+        playback.poll_event(),
+        Some(DeviceEvent::Switched {
+            name: "Viska test headset".into()
+        })
+    );
+    let second = tone(660.0, 0.25, 10 * FRAME);
+    write_paced(&mut playback, &second);
+    let stats = playback.stats();
+    drop(playback);
+    println!("playback stats {stats:?}");
+    assert_eq!(stats.overruns, 0);
+    assert_eq!(stats.device_lost, 0);
+
+    assert_file_holds(&dir.join("played.raw"), &first);
+    assert_file_holds(&dir.join("played2.raw"), &second);
 }
 
 fn capture() {
