@@ -71,7 +71,8 @@ impl CallListener for Recorder {
 
 struct Pair {
     caller: Phone,
-    callee: Phone,
+    /// Kept alive for the call's duration.
+    _callee: Phone,
     call: CallHandle,
     answered: CallHandle,
     caller_info: CallerInfo,
@@ -106,10 +107,13 @@ fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
     let state = call.wait_for(Duration::from_secs(10), |s| {
         matches!(s, CallState::Active { .. }) || s.is_ended()
     });
-    assert!(matches!(state, CallState::Active { .. }), "caller state {state:?}");
+    assert!(
+        matches!(state, CallState::Active { .. }),
+        "caller state {state:?}"
+    );
     Pair {
         caller,
-        callee,
+        _callee: callee,
         call,
         answered,
         caller_info,
@@ -118,8 +122,12 @@ fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
 
 fn hang_up(pair: &Pair) {
     pair.call.hangup().expect("hangup");
-    let a = pair.call.wait_for(Duration::from_secs(5), CallState::is_ended);
-    let b = pair.answered.wait_for(Duration::from_secs(5), CallState::is_ended);
+    let a = pair
+        .call
+        .wait_for(Duration::from_secs(5), CallState::is_ended);
+    let b = pair
+        .answered
+        .wait_for(Duration::from_secs(5), CallState::is_ended);
     assert!(a.is_ended() && b.is_ended(), "caller {a:?}, callee {b:?}");
 }
 
@@ -146,7 +154,10 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     let sent = pair.call.snapshot().media;
     let heard = pair.answered.snapshot().media;
     assert!(sent.frames_sent > 100, "sent {}", sent.frames_sent);
-    assert_eq!(heard.frames_received, sent.frames_sent, "every frame arrived");
+    assert_eq!(
+        heard.frames_received, sent.frames_sent,
+        "every frame arrived"
+    );
     assert_eq!(heard.playout.lost, 0, "no frame lost: {:?}", heard.playout);
     assert_eq!(heard.decrypt_failures, 0);
     assert_eq!(sent.decrypt_failures, 0);
@@ -215,17 +226,29 @@ fn forged_replayed_and_tampered_datagrams_are_rejected_and_counted() {
     pair.call
         .inject_datagram(Injection::Raw(
             // Config byte: KID 0 inline, 8-byte CTR far ahead of the stream; then junk.
-            [&[0x0fu8][..], &(1u64 << 40).to_be_bytes()[..], &[0x55; 40][..]].concat(),
+            [
+                &[0x0fu8][..],
+                &(1u64 << 40).to_be_bytes()[..],
+                &[0x55; 40][..],
+            ]
+            .concat(),
         ))
         .expect("inject");
     for _ in 0..3 {
-        pair.call.inject_datagram(Injection::ReplayLast).expect("inject");
-        pair.call.inject_datagram(Injection::TamperNext).expect("inject");
+        pair.call
+            .inject_datagram(Injection::ReplayLast)
+            .expect("inject");
+        pair.call
+            .inject_datagram(Injection::TamperNext)
+            .expect("inject");
         std::thread::sleep(Duration::from_millis(60));
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = pair.answered.snapshot().media;
-    assert!(matches!(pair.answered.state(), CallState::Active { .. }), "call goes on");
+    assert!(
+        matches!(pair.answered.state(), CallState::Active { .. }),
+        "call goes on"
+    );
     assert!(
         after.frames_received > before.frames_received + 20,
         "media still flows"

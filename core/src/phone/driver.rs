@@ -15,7 +15,9 @@ use viska_media::ogg::OggOpusWriter;
 use viska_proto::{FrameDecoder, MediaParams, SuiteId};
 
 use super::media::{MAX_DATAGRAM, MediaSession};
-use super::{CallHandle, CallShared, CallerInfo, DriverCommand, Injection, PhoneInner, dispatch_event};
+use super::{
+    CallHandle, CallShared, CallerInfo, DriverCommand, Injection, PhoneInner, dispatch_event,
+};
 use crate::transport::{PeerConnection, QuicEndpoint};
 
 /// Accepts connections and runs each as an incoming call.
@@ -91,7 +93,7 @@ fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
             _ => FrameDuration::Ms20,
         },
         bitrate_bps: params.bitrate_bps,
-        ..base.clone()
+        ..*base
     }
 }
 
@@ -379,7 +381,7 @@ fn handle_event(
             {
                 let mut snap = shared.snapshot();
                 snap.sas = Some(keys.sas.to_string());
-                snap.peer = Some(keys.peer.clone());
+                snap.peer = Some(keys.peer);
                 snap.setup_time = Some(started.elapsed());
             }
             let opus = opus_for(&call.media(), &inner.config.opus);
@@ -420,12 +422,12 @@ fn handle_event(
             }
         }
         CallEvent::Incoming { peer, trust, .. } => {
-            shared.snapshot().peer = Some(peer.clone());
+            shared.snapshot().peer = Some(*peer);
             if let Some(l) = listener(inner) {
                 l.incoming_call(
                     handle.clone(),
                     CallerInfo {
-                        identity: peer.clone(),
+                        identity: *peer,
                         trust: *trust,
                         remote_addr: conn.remote_addr(),
                     },
@@ -454,11 +456,9 @@ impl MediaEnds {
         let received = p.received.saturating_sub(self.reported.1);
         self.reported = (p.lost, p.received);
         let expected = lost + received;
-        let loss_permille = if expected == 0 {
-            0
-        } else {
-            u16::try_from(lost * 1000 / expected).unwrap_or(1000)
-        };
+        let loss_permille = (lost * 1000)
+            .checked_div(expected)
+            .map_or(0, |l| u16::try_from(l).unwrap_or(1000));
         Command::SendReceptionReport {
             loss_permille,
             jitter_ms: u16::try_from(p.jitter.as_millis()).unwrap_or(u16::MAX),
@@ -550,7 +550,11 @@ fn playout_tick(
         // The recording is the conversation: what was sent mixed with what was heard.
         let send = m.sent_last_frame;
         for ((mix, &local), &remote) in m.mix.iter_mut().zip(pcm_in.iter()).zip(pcm_out.iter()) {
-            *mix = if send { local.saturating_add(remote) } else { remote };
+            *mix = if send {
+                local.saturating_add(remote)
+            } else {
+                remote
+            };
         }
         if let Err(e) = rec.write(&m.mix) {
             tracing::warn!(error = %e, "recording failed; stopped");

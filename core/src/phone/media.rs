@@ -121,7 +121,7 @@ impl MediaSession {
                     frame,
                     ..jitter.clone()
                 },
-                opus: opus.clone(),
+                opus: *opus,
                 ..PlayoutConfig::default()
             },
             decoder,
@@ -230,10 +230,7 @@ impl MediaSession {
             }
         };
         self.counters.frames_received += 1;
-        match self
-            .playout
-            .push(now, unprotected.ctr, opus, header.marker)
-        {
+        match self.playout.push(now, unprotected.ctr, opus, header.marker) {
             PushOutcome::Accepted | PushOutcome::Overflow { .. } | PushOutcome::Resynced { .. } => {
             }
             _ => self.counters.refused_by_buffer += 1,

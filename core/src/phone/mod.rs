@@ -342,7 +342,9 @@ impl CallHandle {
 
     /// Mutes or unmutes the microphone (no audio is sent while muted).
     pub fn mute(&self, muted: bool) -> Result<(), PhoneError> {
-        self.send(Command::Mute(muted), |s| matches!(s, CallState::Active { .. }))
+        self.send(Command::Mute(muted), |s| {
+            matches!(s, CallState::Active { .. })
+        })
     }
 
     /// Sends DTMF digits (`0-9`, `*`, `#`, `A-D`), end-to-end encrypted.
@@ -476,8 +478,8 @@ impl Phone {
         let config = &self.inner.config;
         let ep = match &config.impairment {
             Some(imp) => {
-                let socket = viska_netem::bind_impaired(bind, imp.clone())
-                    .map_err(TransportError::Io)?;
+                let socket =
+                    viska_netem::bind_impaired(bind, imp.clone()).map_err(TransportError::Io)?;
                 QuicEndpoint::with_socket(socket, self.inner.cert.clone(), &config.transport)?
             }
             None => QuicEndpoint::bind(bind, self.inner.cert.clone(), &config.transport)?,

@@ -169,10 +169,13 @@ impl QuicEndpoint {
     /// Waits for the next incoming connection; `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Result<PeerConnection, TransportError>> {
         let incoming = self.endpoint.accept().await?;
-        Some(async move {
-            let conn = incoming.await?;
-            PeerConnection::new(conn, self.cert.fingerprint(), false)
-        }.await)
+        Some(
+            async move {
+                let conn = incoming.await?;
+                PeerConnection::new(conn, self.cert.fingerprint(), false)
+            }
+            .await,
+        )
     }
 
     /// Closes every connection and stops accepting.
@@ -221,7 +224,10 @@ impl PeerConnection {
     ) -> Result<Self, TransportError> {
         let peer_cert = conn
             .peer_identity()
-            .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
             .and_then(|certs| certs.first().map(|c| cert_fingerprint(c)))
             .ok_or(TransportError::NoPeerCertificate)?;
         Ok(Self {
@@ -286,7 +292,9 @@ impl PeerConnection {
     pub fn send_media(&self, datagram: &[u8]) -> Result<(), TransportError> {
         let max = self.conn.max_datagram_size();
         if max.is_none_or(|m| datagram.len() > m) {
-            self.counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dropped_too_large
+                .fetch_add(1, Ordering::Relaxed);
             return Err(TransportError::DatagramTooLarge {
                 len: datagram.len(),
                 max,
@@ -305,7 +313,9 @@ impl PeerConnection {
             }
             Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(e.into()),
             Err(e) => {
-                self.counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .dropped_too_large
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(TransportError::Stream(e.to_string()))
             }
         }

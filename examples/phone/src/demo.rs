@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
+use viska::CallHandle;
 use viska::call::CallState;
 use viska::netem::ImpairmentConfig;
 use viska::phone::{CallerInfo, FileAudio, LatencyProbe, PhoneListener};
-use viska::CallHandle;
 
 use crate::{BoxError, SuiteArg, demo_phone, wait};
 
@@ -204,7 +204,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     };
     let cpu_caller = cpu(cpu0.0, cpu1.0);
     let cpu_callee = cpu(cpu0.1, cpu1.1);
-    let pct = |c: Option<Duration>| c.map(|c| (1000.0 * c.as_secs_f64() / wall.as_secs_f64()).round() / 10.0);
+    let pct = |c: Option<Duration>| {
+        c.map(|c| (1000.0 * c.as_secs_f64() / wall.as_secs_f64()).round() / 10.0)
+    };
     let per_packet = |bytes: u64, packets: u64| {
         (packets > 0).then(|| ((bytes as f64 / packets as f64) * 100.0).round() / 100.0)
     };

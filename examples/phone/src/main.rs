@@ -24,7 +24,11 @@ use viska::{CallHandle, Phone, PhoneConfig};
 mod demo;
 
 #[derive(Parser, Debug)]
-#[command(name = "viska-phone", version, about = "Viska end-to-end encrypted softphone")]
+#[command(
+    name = "viska-phone",
+    version,
+    about = "Viska end-to-end encrypted softphone"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -148,7 +152,10 @@ fn audio_for(media: &MediaArgs) -> Result<Arc<dyn AudioFactory>, BoxError> {
 
 fn devices() -> Result<(), BoxError> {
     use viska::media::device::{list_input_devices, list_output_devices};
-    for (kind, list) in [("input", list_input_devices()?), ("output", list_output_devices()?)] {
+    for (kind, list) in [
+        ("input", list_input_devices()?),
+        ("output", list_output_devices()?),
+    ] {
         for d in list {
             println!(
                 "{kind:6} {}{} ({} Hz, {} ch)",
@@ -340,7 +347,11 @@ pub(crate) fn demo_phone(
 }
 
 /// Waits until `pred` holds for the call or `timeout` passes.
-pub(crate) fn wait(call: &CallHandle, timeout: Duration, pred: impl Fn(&CallState) -> bool) -> bool {
+pub(crate) fn wait(
+    call: &CallHandle,
+    timeout: Duration,
+    pred: impl Fn(&CallState) -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if pred(&call.state()) {

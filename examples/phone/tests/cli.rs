@@ -17,7 +17,13 @@ fn listen_and_call_with_terminal_commands() {
     let speech = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/speech.wav");
 
     let mut listener = Command::new(exe())
-        .args(["listen", "--bind", "127.0.0.1:0", "--auto-answer", "--output"])
+        .args([
+            "listen",
+            "--bind",
+            "127.0.0.1:0",
+            "--auto-answer",
+            "--output",
+        ])
         .arg(&heard)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -48,7 +54,14 @@ fn listen_and_call_with_terminal_commands() {
         .expect("caller");
     let mut stdin = caller.stdin.take().expect("stdin");
     std::thread::sleep(Duration::from_millis(1500));
-    for cmd in ["verify", "dtmf 42#", "data ticket 4711", "hold", "resume", "stats"] {
+    for cmd in [
+        "verify",
+        "dtmf 42#",
+        "data ticket 4711",
+        "hold",
+        "resume",
+        "stats",
+    ] {
         writeln!(stdin, "{cmd}").expect("type");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -63,10 +76,19 @@ fn listen_and_call_with_terminal_commands() {
     let listener_err = listener_err.join("\n");
 
     assert!(caller_err.contains("SAS: "), "caller output:\n{caller_err}");
-    assert!(caller_err.contains("call ended"), "caller output:\n{caller_err}");
-    assert!(caller_err.contains("packets_received"), "stats printed:\n{caller_err}");
+    assert!(
+        caller_err.contains("call ended"),
+        "caller output:\n{caller_err}"
+    );
+    assert!(
+        caller_err.contains("packets_received"),
+        "stats printed:\n{caller_err}"
+    );
     for digit in ["DTMF 4", "DTMF 2", "DTMF #"] {
-        assert!(listener_err.contains(digit), "listener output:\n{listener_err}");
+        assert!(
+            listener_err.contains(digit),
+            "listener output:\n{listener_err}"
+        );
     }
     assert!(
         listener_err.contains("call data: ticket 4711"),
