@@ -492,13 +492,22 @@ fn capture_tick(
         }
         return;
     }
-    let ready = Instant::now();
-    match m.session.send_frame(pcm_in, datagram) {
-        Ok((index, Some(len))) => {
-            if let Some(p) = inner.config.latency_probe.as_deref() {
-                // The frame's first sample was captured one frame period before it was read.
-                p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), ready);
+    let sent = m
+        .session
+        .encode_frame(pcm_in)
+        .and_then(|index| match index {
+            Some(index) => {
+                if let Some(p) = inner.config.latency_probe.as_deref() {
+                    // The frame's first sample was captured one frame period before it was read;
+                    // once encoded it is ready for what Viska adds: protection and transport.
+                    p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), Instant::now());
+                }
+                Ok((index, Some(m.session.protect_encoded(datagram)?)))
             }
+            None => Ok((0, None)),
+        });
+    match sent {
+        Ok((_, Some(len))) => {
             if m.tamper_next > 0 {
                 m.tamper_next -= 1;
                 // Past the SFrame header: a ciphertext bit.
@@ -532,7 +541,7 @@ fn playout_tick(
                 if let (Some(p), Some(index)) =
                     (inner.config.latency_probe.as_deref(), played.frame_index)
                 {
-                    p.frame_played(index, now.elapsed(), Instant::now());
+                    p.frame_played(index, Instant::now());
                 }
             }
             Err(e) => {

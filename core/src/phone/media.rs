@@ -78,6 +78,8 @@ pub struct MediaSession {
     frame_samples: usize,
     next_index: u64,
     marker_pending: bool,
+    /// The frame encoded by `encode_frame` and not yet protected: (index, Opus length).
+    pending: Option<(u64, usize)>,
     opus_buf: Vec<u8>,
     payload_buf: Vec<u8>,
     plain_buf: Vec<u8>,
@@ -135,6 +137,7 @@ impl MediaSession {
             frame_samples: opus.frame_samples(),
             next_index: 0,
             marker_pending: true,
+            pending: None,
             opus_buf: vec![0; MAX_DATAGRAM],
             payload_buf: vec![0; MAX_DATAGRAM],
             plain_buf: vec![0; MAX_DATAGRAM],
@@ -162,14 +165,35 @@ impl MediaSession {
         pcm: &[i16],
         out: &mut [u8],
     ) -> Result<(u64, Option<usize>), MediaError> {
+        match self.encode_frame(pcm)? {
+            Some(index) => Ok((index, Some(self.protect_encoded(out)?))),
+            None => Ok((self.next_index.saturating_sub(1), None)),
+        }
+    }
+
+    /// First half of [`send_frame`](Self::send_frame): encodes one captured frame and returns
+    /// its index, or `None` when the encoder chose not to transmit (DTX).
+    pub fn encode_frame(&mut self, pcm: &[i16]) -> Result<Option<u64>, MediaError> {
         let index = self.next_index;
         self.next_index = index.saturating_add(1);
         let opus_len = self.encoder.encode(pcm, &mut self.opus_buf)?;
         // libopus signals "nothing worth sending" (DTX) with packets of at most 2 bytes.
         if opus_len <= 2 {
             self.skip(index)?;
-            return Ok((index, None));
+            self.pending = None;
+            return Ok(None);
         }
+        self.pending = Some((index, opus_len));
+        Ok(Some(index))
+    }
+
+    /// Second half of [`send_frame`](Self::send_frame): protects the frame just encoded into
+    /// `out` and returns the datagram length.
+    pub fn protect_encoded(&mut self, out: &mut [u8]) -> Result<usize, MediaError> {
+        let (index, opus_len) = self
+            .pending
+            .take()
+            .ok_or_else(|| MediaError::Config("no encoded frame to protect".into()))?;
         let header = MediaHeader {
             marker: self.marker_pending,
             dtx: false,
@@ -185,7 +209,7 @@ impl MediaSession {
         self.counters.frames_sent += 1;
         self.counters.bytes_sent += len as u64;
         self.counters.opus_bytes_sent += opus_len as u64;
-        Ok((index, Some(len)))
+        Ok(len)
     }
 
     /// Accounts one frame period in which nothing is sent (muted, on hold).

@@ -18,7 +18,7 @@ pub struct LatencyProbe {
 struct ProbeInner {
     /// (frame index, when its first sample was captured, when the frame was ready to encode)
     sent: VecDeque<(u64, Instant, Instant)>,
-    ready_to_decoded: Vec<Duration>,
+    added_latency: Vec<Duration>,
     mouth_to_ear: Vec<Duration>,
     arrivals: VecDeque<(u64, Instant)>,
 }
@@ -33,10 +33,14 @@ pub struct LatencySummary {
     pub frames: usize,
     /// Median capture-to-playout delay.
     pub mouth_to_ear_median: Option<Duration>,
-    /// 99th percentile of frame-ready to frame-decoded at the peer (excludes jitter-buffer wait).
-    pub ready_to_decoded_p99: Option<Duration>,
-    /// Median of frame-ready to frame-decoded.
-    pub ready_to_decoded_median: Option<Duration>,
+    /// 99th percentile of the latency Viska adds to a frame: from the encoded frame being
+    /// ready to it being authenticated and decrypted at the peer (SFrame protect, QUIC send,
+    /// network, receive, SFrame unprotect, jitter-buffer insert; not the jitter-buffer wait).
+    pub added_latency_p99: Option<Duration>,
+    /// Median of the same.
+    pub added_latency_median: Option<Duration>,
+    /// 90th percentile of the same.
+    pub added_latency_p90: Option<Duration>,
 }
 
 fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
@@ -61,7 +65,8 @@ impl LatencyProbe {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sender: frame `index`, whose first sample was captured at `captured`, is ready to encode.
+    /// Sender: frame `index`, whose first sample was captured at `captured`, is encoded and
+    /// ready to protect and send at `ready`.
     pub fn frame_ready(&self, index: u64, captured: Instant, ready: Instant) {
         let mut inner = self.lock();
         if inner.sent.len() == WINDOW {
@@ -70,7 +75,7 @@ impl LatencyProbe {
         inner.sent.push_back((index, captured, ready));
     }
 
-    /// Receiver: frame `index` arrived and was authenticated at `at`.
+    /// Receiver: frame `index` arrived, was authenticated and decrypted, and queued at `at`.
     pub fn frame_arrived(&self, index: u64, at: Instant) {
         let mut inner = self.lock();
         if inner.arrivals.len() == WINDOW {
@@ -79,15 +84,15 @@ impl LatencyProbe {
         inner.arrivals.push_back((index, at));
     }
 
-    /// Receiver: frame `index` was decoded, taking `decode_time`, and played at `played`.
-    pub fn frame_played(&self, index: u64, decode_time: Duration, played: Instant) {
+    /// Receiver: frame `index` was played at `played`.
+    pub fn frame_played(&self, index: u64, played: Instant) {
         let mut inner = self.lock();
         let Some(&(_, captured, ready)) = inner.sent.iter().find(|(i, _, _)| *i == index) else {
             return;
         };
         if let Some(&(_, arrived)) = inner.arrivals.iter().find(|(i, _)| *i == index) {
-            let d = arrived.saturating_duration_since(ready) + decode_time;
-            inner.ready_to_decoded.push(d);
+            let d = arrived.saturating_duration_since(ready);
+            inner.added_latency.push(d);
         }
         inner
             .mouth_to_ear
@@ -98,12 +103,13 @@ impl LatencyProbe {
     pub fn summary(&self) -> LatencySummary {
         let inner = self.lock();
         let mut m2e = inner.mouth_to_ear.clone();
-        let mut r2d = inner.ready_to_decoded.clone();
+        let mut r2d = inner.added_latency.clone();
         LatencySummary {
             frames: m2e.len(),
             mouth_to_ear_median: percentile(&mut m2e, 0.5),
-            ready_to_decoded_p99: percentile(&mut r2d, 0.99),
-            ready_to_decoded_median: percentile(&mut r2d, 0.5),
+            added_latency_p99: percentile(&mut r2d, 0.99),
+            added_latency_median: percentile(&mut r2d, 0.5),
+            added_latency_p90: percentile(&mut r2d, 0.9),
         }
     }
 }

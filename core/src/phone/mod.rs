@@ -79,8 +79,6 @@ pub struct PhoneConfig {
     pub ring_timeout: Duration,
     /// Optional latency probe shared with the peer phone (measurement only).
     pub latency_probe: Option<Arc<LatencyProbe>>,
-    /// Worker threads of the phone's runtime.
-    pub worker_threads: usize,
     /// Record each call (both sides mixed) to this Ogg Opus file.
     pub recording: Option<std::path::PathBuf>,
 }
@@ -115,7 +113,6 @@ impl PhoneConfig {
             audio: Arc::new(NullAudio),
             ring_timeout: viska_call::DEFAULT_RING_TIMEOUT,
             latency_probe: None,
-            worker_threads: 1,
             recording: None,
         }
     }
@@ -408,9 +405,53 @@ struct PhoneInner {
     listener: Mutex<Option<Arc<dyn PhoneListener>>>,
 }
 
+/// The phone's own runtime: a single-threaded tokio runtime driven by one dedicated thread
+/// (`vk-<name>`). One thread is plenty for a phone's handful of calls and costs less per
+/// packet and per timer than a work-stealing pool.
+struct PhoneRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PhoneRuntime {
+    fn start(name: &str) -> Result<Self, PhoneError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("vk-{name}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(500));
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // The runtime thread never panics on its own; a listener that panicked is logged.
+            if thread.join().is_err() {
+                tracing::error!("phone runtime thread panicked");
+            }
+        }
+    }
+}
+
 /// A softphone: places and receives end-to-end encrypted calls.
 pub struct Phone {
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: PhoneRuntime,
     inner: Arc<PhoneInner>,
     endpoint: Mutex<Option<QuicEndpoint>>,
 }
@@ -427,15 +468,10 @@ impl Phone {
     /// Starts a phone (its runtime and TLS certificate). Does not open any socket yet.
     pub fn new(config: PhoneConfig) -> Result<Self, PhoneError> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads.max(1))
-            .max_blocking_threads(2)
-            .thread_name(format!("vk-{}", config.name))
-            .enable_all()
-            .build()?;
+        let runtime = PhoneRuntime::start(&config.name)?;
         let cert = Arc::new(LocalCertificate::generate()?);
         Ok(Self {
-            runtime: Some(runtime),
+            runtime,
             inner: Arc::new(PhoneInner {
                 config,
                 cert,
@@ -445,11 +481,8 @@ impl Phone {
         })
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        // Only `Drop` takes the runtime out.
-        self.runtime
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("runtime taken before drop"))
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime.handle
     }
 
     /// The phone's identity.
@@ -538,9 +571,7 @@ impl Phone {
         {
             ep.close();
         }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_millis(500));
-        }
+        self.runtime.stop();
     }
 }
 

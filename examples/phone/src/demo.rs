@@ -48,6 +48,10 @@ pub(crate) struct DemoArgs {
     /// Seed of the impairment's random generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// After the call, run the codec alone (paced the same way, as long as the call) and report
+    /// each phone's CPU time relative to it.
+    #[arg(long)]
+    measure_cpu: bool,
 }
 
 /// The demo's JSON summary.
@@ -67,8 +71,9 @@ pub(crate) struct Summary {
     setup_ms: Option<f64>,
     quic_handshake_ms: Option<f64>,
     mouth_to_ear_ms: Option<f64>,
-    ready_to_decoded_p99_ms: Option<f64>,
-    ready_to_decoded_median_ms: Option<f64>,
+    added_latency_p99_ms: Option<f64>,
+    added_latency_median_ms: Option<f64>,
+    added_latency_p90_ms: Option<f64>,
     frames_late: u64,
     bytes_overhead_per_packet: Option<f64>,
     opus_bytes_per_packet: Option<f64>,
@@ -78,6 +83,9 @@ pub(crate) struct Summary {
     cpu_ms_callee: Option<f64>,
     cpu_percent_caller: Option<f64>,
     cpu_percent_callee: Option<f64>,
+    codec_only_cpu_ms: Option<f64>,
+    cpu_vs_codec_caller: Option<f64>,
+    cpu_vs_codec_callee: Option<f64>,
     seconds: f64,
     loss_pct: f64,
     jitter_ms: u64,
@@ -182,6 +190,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let cpu0 = (caller.cpu_time(), callee.cpu_time());
     let t0 = Instant::now();
     let talk = Duration::from_secs_f64(args.seconds.max(0.0));
+
     while t0.elapsed() < talk && !call.is_ended() {
         std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));
     }
@@ -210,6 +219,25 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let per_packet = |bytes: u64, packets: u64| {
         (packets > 0).then(|| ((bytes as f64 / packets as f64) * 100.0).round() / 100.0)
     };
+    // With --measure-cpu: the codec alone, paced like a call (one frame of encode + decode per
+    // period) for as long as the call ran, after it: the floor an endpoint's CPU is compared with.
+    let codec_cpu = if args.measure_cpu {
+        eprintln!("measuring the codec alone for {:.1} s", wall.as_secs_f64());
+        let input = input.clone();
+        let bitrate = args.bitrate;
+        std::thread::spawn(move || paced_codec_cpu(&input, bitrate, wall))
+            .join()
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    let ratio = |c: Option<Duration>| match (c, codec_cpu) {
+        (Some(c), Some(k)) if !k.is_zero() => {
+            Some((100.0 * c.as_secs_f64() / k.as_secs_f64()).round() / 100.0)
+        }
+        _ => None,
+    };
     let overhead = per_packet(
         a.media.bytes_sent.saturating_sub(a.media.opus_bytes_sent),
         a.media.frames_sent,
@@ -229,8 +257,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         setup_ms: a.setup_time.map(ms),
         quic_handshake_ms: quic_handshake.map(ms),
         mouth_to_ear_ms: latency.mouth_to_ear_median.map(ms),
-        ready_to_decoded_p99_ms: latency.ready_to_decoded_p99.map(ms),
-        ready_to_decoded_median_ms: latency.ready_to_decoded_median.map(ms),
+        added_latency_p99_ms: latency.added_latency_p99.map(ms),
+        added_latency_median_ms: latency.added_latency_median.map(ms),
+        added_latency_p90_ms: latency.added_latency_p90.map(ms),
         frames_late: b.media.playout.late,
         bytes_overhead_per_packet: overhead,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
@@ -240,6 +269,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         cpu_ms_callee: cpu_callee.map(ms),
         cpu_percent_caller: pct(cpu_caller),
         cpu_percent_callee: pct(cpu_callee),
+        codec_only_cpu_ms: codec_cpu.map(ms),
+        cpu_vs_codec_caller: ratio(cpu_caller),
+        cpu_vs_codec_callee: ratio(cpu_callee),
         seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         loss_pct: args.loss,
         jitter_ms: args.jitter,
@@ -294,4 +326,56 @@ fn bare_quic_handshake() -> Result<Duration, BoxError> {
         let _ = accept.await;
         Ok(elapsed)
     })
+}
+
+/// CPU time a thread spends encoding and decoding one 20 ms frame of `input` per frame period
+/// for `duration`, with the call's codec settings.
+fn paced_codec_cpu(
+    input: &std::path::Path,
+    bitrate: u32,
+    duration: Duration,
+) -> Result<Duration, String> {
+    use viska::media::audio::AudioSource;
+    use viska::media::codec::{OpusConfig, OpusDecoder, OpusEncoder};
+    use viska::media::wav::WavSource;
+    let config = OpusConfig {
+        bitrate_bps: bitrate,
+        ..OpusConfig::default()
+    };
+    let n = config.frame_samples();
+    let mut source = WavSource::open(input)
+        .map_err(|e| e.to_string())?
+        .looping(true);
+    let mut encoder = OpusEncoder::new(&config).map_err(|e| e.to_string())?;
+    let mut decoder = OpusDecoder::new(&config).map_err(|e| e.to_string())?;
+    let mut pcm = vec![0i16; n];
+    let mut packet = vec![0u8; 1500];
+    let mut out = vec![0i16; n];
+    let period = Duration::from_millis(u64::from(config.frame.millis()));
+    let start = Instant::now();
+    let mut next = start;
+    // schedstat is updated when the thread is switched out, so read it across whole sleeps.
+    std::thread::sleep(Duration::from_millis(1));
+    let t0 = thread_cpu().ok_or("no thread CPU clock")?;
+    while start.elapsed() < duration {
+        source.read_frame(&mut pcm).map_err(|e| e.to_string())?;
+        let len = encoder
+            .encode(&pcm, &mut packet)
+            .map_err(|e| e.to_string())?;
+        decoder
+            .decode(packet.get(..len).unwrap_or_default(), &mut out)
+            .map_err(|e| e.to_string())?;
+        next += period;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(thread_cpu()
+        .ok_or("no thread CPU clock")?
+        .saturating_sub(t0))
+}
+
+/// CPU time of the calling thread (Linux schedstat, nanoseconds).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
