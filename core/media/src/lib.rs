@@ -9,8 +9,8 @@ pub mod codec;
 #[cfg(feature = "device")]
 pub mod device;
 pub mod jitter;
-mod opus_ext;
 pub mod ogg;
+mod opus_ext;
 pub mod playout;
 pub mod resample;
 pub mod ring;
