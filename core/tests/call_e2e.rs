@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use viska::call::CallState;
+use viska::call::{CallState, EndReason, Side};
 use viska::media::audio::AudioSink;
 use viska::media::wav::WavSink;
 use viska::netem::ImpairmentConfig;
@@ -122,13 +122,26 @@ fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
 
 fn hang_up(pair: &Pair) {
     pair.call.hangup().expect("hangup");
-    let a = pair
-        .call
-        .wait_for(Duration::from_secs(5), CallState::is_ended);
-    let b = pair
-        .answered
-        .wait_for(Duration::from_secs(5), CallState::is_ended);
-    assert!(a.is_ended() && b.is_ended(), "caller {a:?}, callee {b:?}");
+    // Teardown complete on both ends: final counters, finished files.
+    assert!(pair.call.wait_ended(Duration::from_secs(5)), "caller ended");
+    assert!(
+        pair.answered.wait_ended(Duration::from_secs(5)),
+        "callee ended"
+    );
+    assert!(matches!(
+        pair.call.state(),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Local,
+            ..
+        })
+    ));
+    assert!(matches!(
+        pair.answered.state(),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Remote,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -260,5 +273,34 @@ fn forged_replayed_and_tampered_datagrams_are_rejected_and_counted() {
     );
     assert!(after.malformed >= 1, "garbage counted: {after:?}");
     hang_up(&pair);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_vanished_peer_ends_the_call_as_connection_lost() {
+    let dir = temp_dir("vanish");
+    let pair = connect(&dir, None);
+    std::thread::sleep(Duration::from_millis(300));
+    let Pair {
+        caller,
+        call,
+        answered,
+        ..
+    } = pair;
+    // The caller's phone goes away without hanging up (crash, network gone).
+    caller.shutdown();
+    assert!(
+        answered.wait_ended(Duration::from_secs(15)),
+        "callee noticed"
+    );
+    assert!(
+        matches!(
+            answered.state(),
+            CallState::Ended(EndReason::ConnectionLost)
+        ),
+        "{:?}",
+        answered.state()
+    );
+    drop(call);
     let _ = std::fs::remove_dir_all(dir);
 }

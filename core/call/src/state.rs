@@ -61,6 +61,9 @@ pub enum EndReason {
     /// The peer broke the protocol (no common version, unsupported media, message out of order
     /// that cannot be ignored).
     ProtocolError,
+    /// The connection to the peer could not be established, or it was lost (the peer vanished,
+    /// the idle timeout expired, the signaling stream was closed under the call).
+    ConnectionLost,
 }
 
 /// How much the peer's identity is trusted, from the expected identity given in the config.

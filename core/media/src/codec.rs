@@ -427,10 +427,16 @@ impl OpusDecoder {
             // redundancy starts a little before the packet (encoder delay), so parsing exactly
             // `offset` back would fall just short of the lost frame's start.
             let want = offset.saturating_add(DRED_LATENT_SAMPLES);
-            let span = cache
-                .state
-                .parse(later_packet, want)
-                .map_err(CodecError::from_opus)?;
+            let span = match cache.state.parse(later_packet, want) {
+                Ok(span) => span,
+                Err(rc) => {
+                    // The state no longer holds the cached packet's redundancy.
+                    cache.packet.clear();
+                    cache.parsed_samples = 0;
+                    cache.reach = 0;
+                    return Err(CodecError::from_opus(rc));
+                }
+            };
             cache.packet.clear();
             cache.packet.extend_from_slice(later_packet);
             cache.parsed_samples = want;

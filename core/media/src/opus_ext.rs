@@ -224,9 +224,13 @@ impl RawDecoder {
         offset: i32,
         out: &mut [i16],
     ) -> Result<usize, c_int> {
+        if !dred.parsed {
+            return Err(ffi::OPUS_BAD_ARG);
+        }
         let frame = len_i32(out.len())?;
         // SAFETY: `state` and `dred.dred` are live libopus objects owned by their wrappers;
-        // `out` holds `frame` writable samples.
+        // `dred.dred` was fully initialised by the successful `opus_dred_parse` that set
+        // `parsed` (checked above); `out` holds `frame` writable samples.
         let rc = unsafe {
             ffi::opus_decoder_dred_decode(
                 self.state.as_ptr(),
@@ -276,6 +280,9 @@ pub(crate) fn packet_has_lbrr(packet: &[u8]) -> bool {
 pub(crate) struct DredState {
     decoder: NonNull<ffi::OpusDREDDecoder>,
     dred: NonNull<ffi::OpusDRED>,
+    /// Whether the last `parse` succeeded: `opus_dred_alloc` leaves the `OpusDRED` uninitialised
+    /// and a failed parse may leave it half-written, so decoding from it is allowed only then.
+    parsed: bool,
 }
 
 // SAFETY: both objects are exclusively owned plain memory, used through `&mut self` (parse) or
@@ -312,7 +319,11 @@ impl DredState {
         // SAFETY: `error` is a valid out-pointer.
         let dred = unsafe { ffi::opus_dred_alloc(&mut error) };
         match NonNull::new(dred) {
-            Some(dred) if error == ffi::OPUS_OK => Ok(Self { decoder, dred }),
+            Some(dred) if error == ffi::OPUS_OK => Ok(Self {
+                decoder,
+                dred,
+                parsed: false,
+            }),
             other => {
                 // SAFETY: each object created above is freed exactly once on this error path.
                 unsafe {
@@ -351,6 +362,7 @@ impl DredState {
                 0,
             )
         };
+        self.parsed = rc >= 0;
         if rc < 0 {
             Err(rc)
         } else {

@@ -22,22 +22,23 @@ use crate::transport::{PeerConnection, QuicEndpoint};
 
 /// Accepts connections and runs each as an incoming call.
 pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
-    while let Some(incoming) = ep.accept().await {
-        match incoming {
-            Ok(conn) => {
-                let (handle, commands) = CallHandle::new();
-                let inner = inner.clone();
-                tokio::spawn(async move {
+    while let Some(connecting) = ep.accept_connecting().await {
+        // Each handshake runs in its own task: a peer that stalls mid-handshake delays nobody.
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            match connecting.await {
+                Ok(conn) => {
+                    let (handle, commands) = CallHandle::new();
                     run_call(inner, conn, handle, commands, Role::Callee, Instant::now()).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "incoming connection failed");
-                if let Some(l) = listener(&inner) {
-                    l.security_event(format!("incoming connection failed: {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "incoming connection failed");
+                    if let Some(l) = listener(&inner) {
+                        l.security_event(format!("incoming connection failed: {e}"));
+                    }
                 }
             }
-        }
+        });
     }
 }
 
@@ -64,7 +65,7 @@ pub(super) async fn place_call(
         Ok(conn) => run_call(inner, conn, handle, commands, Role::Caller, dialed).await,
         Err(e) => {
             tracing::warn!(error = %e, %addr, "call could not connect");
-            end(&handle.shared, EndReason::SetupTimeout);
+            end(&handle.shared, EndReason::ConnectionLost);
         }
     }
 }
@@ -98,6 +99,9 @@ fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
 }
 
 struct MediaEnds {
+    /// The SFrame key id of what we send and of what we receive (latency probe keys).
+    send_stream: u64,
+    recv_stream: u64,
     /// The last datagram sent, kept for replay injection tests.
     last_sent: Vec<u8>,
     /// Tamper injection tests: corrupt this many of the next datagrams.
@@ -154,15 +158,27 @@ async fn run_call(
         }
     };
 
-    let streams = if role == Role::Caller {
-        conn.open_signaling().await
-    } else {
-        conn.accept_signaling().await
-    };
+    // A peer that connects but never opens the signaling stream is dropped after the setup
+    // timeout (keep-alives would otherwise hold the connection forever).
+    let streams = tokio::time::timeout(viska_call::DEFAULT_SETUP_TIMEOUT, async {
+        if role == Role::Caller {
+            conn.open_signaling().await
+        } else {
+            conn.accept_signaling().await
+        }
+    })
+    .await;
     let (mut send, mut recv) = match streams {
-        Ok(s) => s,
-        Err(e) => {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "signaling stream failed");
+            conn.close("no signaling");
+            end(&shared, EndReason::ConnectionLost);
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("no signaling stream within the setup timeout");
+            conn.close("setup timeout");
             end(&shared, EndReason::SetupTimeout);
             return;
         }
@@ -191,6 +207,8 @@ async fn run_call(
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
     let mut stream_open = true;
+    // Set when the call ends outside the state machine (connection or stream lost).
+    let mut lost: Option<EndReason> = None;
 
     loop {
         // Drain the state machine's output.
@@ -247,14 +265,27 @@ async fn run_call(
                                 }
                                 Ok(None) => break,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "malformed signaling; closing");
+                                    tracing::warn!(error = %e, "malformed signaling; ending the call");
                                     stream_open = false;
                                     break;
                                 }
                             }
                         }
                     }
-                    Ok(None) | Err(_) => stream_open = false,
+                    // The peer finished its stream without hanging up.
+                    Ok(None) => stream_open = false,
+                    // The connection itself failed (closed, reset, timed out).
+                    Err(_) => {
+                        if !call.state().is_ended() {
+                            lost = Some(EndReason::ConnectionLost);
+                        }
+                        break;
+                    }
+                }
+                if !stream_open && !call.state().is_ended() {
+                    // Without signaling the call cannot be controlled or hung up: end it.
+                    lost = Some(EndReason::ProtocolError);
+                    break;
                 }
             }
             d = conn.recv_media() => {
@@ -274,7 +305,7 @@ async fn run_call(
                                         );
                                     }
                                     if let Some(p) = &config.latency_probe {
-                                        p.frame_arrived(index, now);
+                                        p.frame_arrived(m.recv_stream, index, now);
                                     }
                                 }
                                 Err(e) => tracing::debug!(error = %e, "media datagram rejected"),
@@ -282,12 +313,11 @@ async fn run_call(
                         }
                     }
                     Err(_) => {
-                        // Connection gone: the peer vanished or closed.
-                        let _ = call.handle_input(Input::Command(Instant::now(), Command::Hangup));
+                        // Connection gone: the peer vanished, closed, or timed out.
                         if !call.state().is_ended() {
-                            end(&shared, EndReason::SetupTimeout);
-                            break;
+                            lost = Some(EndReason::ConnectionLost);
                         }
+                        break;
                     }
                 }
             }
@@ -337,6 +367,9 @@ async fn run_call(
         }
     }
 
+    if let Some(reason) = lost {
+        set_state(&shared, CallState::Ended(reason));
+    }
     publish_stats(&shared, &call, &conn, media.as_ref());
     if let Some(m) = media.as_mut() {
         if let Err(e) = m.sink.finish() {
@@ -371,11 +404,9 @@ fn handle_event(
     let shared = &handle.shared;
     match event {
         CallEvent::StateChanged(state) => {
-            let mut snap = shared.snapshot();
-            snap.state = *state;
-            if state.is_ended() {
-                shared.ended.send_replace(true);
-            }
+            // `ended` is raised only once teardown is complete (end of `run_call`), so a
+            // waiter sees final counters and finished files.
+            shared.snapshot().state = *state;
         }
         CallEvent::KeysReady(keys) => {
             {
@@ -399,6 +430,8 @@ fn handle_event(
                             .ok()
                     });
                     *media = Some(MediaEnds {
+                        send_stream: keys.media_send.key_id.0,
+                        recv_stream: keys.media_recv.key_id.0,
                         last_sent: Vec::with_capacity(MAX_DATAGRAM),
                         tamper_next: 0,
                         playout_aligned: false,
@@ -500,7 +533,12 @@ fn capture_tick(
                 if let Some(p) = inner.config.latency_probe.as_deref() {
                     // The frame's first sample was captured one frame period before it was read;
                     // once encoded it is ready for what Viska adds: protection and transport.
-                    p.frame_ready(index, now.checked_sub(frame).unwrap_or(now), Instant::now());
+                    p.frame_ready(
+                        m.send_stream,
+                        index,
+                        now.checked_sub(frame).unwrap_or(now),
+                        Instant::now(),
+                    );
                 }
                 Ok((index, Some(m.session.protect_encoded(datagram)?)))
             }
@@ -518,6 +556,8 @@ fn capture_tick(
             let d = datagram.get(..len).unwrap_or_default();
             if let Err(e) = conn.send_media(d) {
                 tracing::debug!(error = %e, "media datagram not sent");
+                let opus_len = m.session.last_opus_len();
+                m.session.record_refused(len, opus_len);
             }
             m.last_sent.clear();
             m.last_sent.extend_from_slice(d);
@@ -541,7 +581,7 @@ fn playout_tick(
                 if let (Some(p), Some(index)) =
                     (inner.config.latency_probe.as_deref(), played.frame_index)
                 {
-                    p.frame_played(index, Instant::now());
+                    p.frame_played(m.recv_stream, index, Instant::now());
                 }
             }
             Err(e) => {

@@ -42,8 +42,11 @@ pub enum MediaError {
 /// Counters of one call's media path.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MediaCounters {
-    /// Frames encoded, protected and handed to the transport.
+    /// Frames encoded, protected and accepted by the transport.
     pub frames_sent: u64,
+    /// Protected frames the transport refused (send buffer full, datagram too large); they are
+    /// not in `frames_sent`.
+    pub frames_refused: u64,
     /// Frame periods in which nothing was sent (mute, hold, DTX silence).
     pub frames_skipped: u64,
     /// Media bytes (whole datagrams) sent.
@@ -80,6 +83,7 @@ pub struct MediaSession {
     marker_pending: bool,
     /// The frame encoded by `encode_frame` and not yet protected: (index, Opus length).
     pending: Option<(u64, usize)>,
+    last_opus_len: usize,
     opus_buf: Vec<u8>,
     payload_buf: Vec<u8>,
     plain_buf: Vec<u8>,
@@ -138,6 +142,7 @@ impl MediaSession {
             next_index: 0,
             marker_pending: true,
             pending: None,
+            last_opus_len: 0,
             opus_buf: vec![0; MAX_DATAGRAM],
             payload_buf: vec![0; MAX_DATAGRAM],
             plain_buf: vec![0; MAX_DATAGRAM],
@@ -206,6 +211,7 @@ impl MediaSession {
         let payload = self.payload_buf.get(..payload_len).unwrap_or_default();
         let len = self.sender.protect(&[], payload, out)?;
         self.marker_pending = false;
+        self.last_opus_len = opus_len;
         self.counters.frames_sent += 1;
         self.counters.bytes_sent += len as u64;
         self.counters.opus_bytes_sent += opus_len as u64;
@@ -276,6 +282,23 @@ impl MediaSession {
             outcome,
             frame_index,
         })
+    }
+
+    /// Records that the transport refused the last protected frame: it moves from
+    /// `frames_sent` to `frames_refused`.
+    pub fn record_refused(&mut self, datagram_len: usize, opus_len: usize) {
+        self.counters.frames_sent = self.counters.frames_sent.saturating_sub(1);
+        self.counters.bytes_sent = self.counters.bytes_sent.saturating_sub(datagram_len as u64);
+        self.counters.opus_bytes_sent = self
+            .counters
+            .opus_bytes_sent
+            .saturating_sub(opus_len as u64);
+        self.counters.frames_refused += 1;
+    }
+
+    /// Opus bytes of the last protected frame.
+    pub fn last_opus_len(&self) -> usize {
+        self.last_opus_len
     }
 
     /// Matches the encoder's forward error correction to the loss the peer reports.

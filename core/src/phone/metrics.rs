@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 /// Records when each media frame was captured, sent and played, across two phones of one
 /// process (they share the monotonic clock), to measure latency end to end.
 ///
-/// Keyed by the frame's counter (the SFrame CTR, which is the sender's frame index).
+/// Keyed by the stream (the sender's SFrame key id) and the frame's counter (the SFrame CTR,
+/// which is the sender's frame index), so the two directions of a call never mix.
 #[derive(Debug, Default)]
 pub struct LatencyProbe {
     inner: Mutex<ProbeInner>,
@@ -16,11 +17,11 @@ pub struct LatencyProbe {
 
 #[derive(Debug, Default)]
 struct ProbeInner {
-    /// (frame index, when its first sample was captured, when the frame was ready to encode)
-    sent: VecDeque<(u64, Instant, Instant)>,
+    /// ((stream, frame index), when its first sample was captured, when it was encoded)
+    sent: VecDeque<((u64, u64), Instant, Instant)>,
     added_latency: Vec<Duration>,
     mouth_to_ear: Vec<Duration>,
-    arrivals: VecDeque<(u64, Instant)>,
+    arrivals: VecDeque<((u64, u64), Instant)>,
 }
 
 /// Frames remembered for matching; older ones are forgotten.
@@ -65,32 +66,33 @@ impl LatencyProbe {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sender: frame `index`, whose first sample was captured at `captured`, is encoded and
+    /// Sender: frame `index` of `stream`, whose first sample was captured at `captured`, is encoded and
     /// ready to protect and send at `ready`.
-    pub fn frame_ready(&self, index: u64, captured: Instant, ready: Instant) {
+    pub fn frame_ready(&self, stream: u64, index: u64, captured: Instant, ready: Instant) {
         let mut inner = self.lock();
         if inner.sent.len() == WINDOW {
             inner.sent.pop_front();
         }
-        inner.sent.push_back((index, captured, ready));
+        inner.sent.push_back(((stream, index), captured, ready));
     }
 
-    /// Receiver: frame `index` arrived, was authenticated and decrypted, and queued at `at`.
-    pub fn frame_arrived(&self, index: u64, at: Instant) {
+    /// Receiver: frame `index` of `stream` arrived, was authenticated and decrypted, and queued at `at`.
+    pub fn frame_arrived(&self, stream: u64, index: u64, at: Instant) {
         let mut inner = self.lock();
         if inner.arrivals.len() == WINDOW {
             inner.arrivals.pop_front();
         }
-        inner.arrivals.push_back((index, at));
+        inner.arrivals.push_back(((stream, index), at));
     }
 
-    /// Receiver: frame `index` was played at `played`.
-    pub fn frame_played(&self, index: u64, played: Instant) {
+    /// Receiver: frame `index` of `stream` was played at `played`.
+    pub fn frame_played(&self, stream: u64, index: u64, played: Instant) {
+        let key = (stream, index);
         let mut inner = self.lock();
-        let Some(&(_, captured, ready)) = inner.sent.iter().find(|(i, _, _)| *i == index) else {
+        let Some(&(_, captured, ready)) = inner.sent.iter().find(|(k, _, _)| *k == key) else {
             return;
         };
-        if let Some(&(_, arrived)) = inner.arrivals.iter().find(|(i, _)| *i == index) {
+        if let Some(&(_, arrived)) = inner.arrivals.iter().find(|(k, _)| *k == key) {
             let d = arrived.saturating_duration_since(ready);
             inner.added_latency.push(d);
         }

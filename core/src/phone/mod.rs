@@ -393,9 +393,23 @@ impl CallHandle {
         }
     }
 
-    /// Whether the call has ended.
+    /// Whether the call has ended and its teardown is complete (final statistics published,
+    /// audio files finished, connection closed).
     pub fn is_ended(&self) -> bool {
         *self.shared.ended.borrow()
+    }
+
+    /// Waits (blocking the current thread, so never on a phone's runtime) until
+    /// [`is_ended`](Self::is_ended) or `timeout` passes; returns whether the call ended.
+    pub fn wait_ended(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.is_ended() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 

@@ -166,16 +166,34 @@ impl QuicEndpoint {
         PeerConnection::new(conn, self.cert.fingerprint(), true)
     }
 
-    /// Waits for the next incoming connection; `None` once the endpoint is closed.
+    /// Waits for the next incoming connection and its handshake; `None` once the endpoint is
+    /// closed. A server should prefer [`accept_connecting`](Self::accept_connecting), which
+    /// lets it run handshakes concurrently.
     pub async fn accept(&self) -> Option<Result<PeerConnection, TransportError>> {
-        let incoming = self.endpoint.accept().await?;
-        Some(
-            async move {
-                let conn = incoming.await?;
-                PeerConnection::new(conn, self.cert.fingerprint(), false)
+        Some(self.accept_connecting().await?.await)
+    }
+
+    /// Waits for the next incoming connection attempt and returns its handshake as a future,
+    /// so that a stalled handshake holds up nobody else. A client whose address QUIC has not
+    /// validated yet is first sent a Retry (address validation against spoofed floods).
+    pub async fn accept_connecting(
+        &self,
+    ) -> Option<impl std::future::Future<Output = Result<PeerConnection, TransportError>> + use<>>
+    {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            if !incoming.remote_address_validated() {
+                if let Err(e) = incoming.retry() {
+                    tracing::debug!(error = %e, "retry not possible; dropping the attempt");
+                }
+                continue;
             }
-            .await,
-        )
+            let fingerprint = self.cert.fingerprint();
+            return Some(async move {
+                let conn = incoming.await?;
+                PeerConnection::new(conn, fingerprint, false)
+            });
+        }
     }
 
     /// Closes every connection and stops accepting.

@@ -84,8 +84,7 @@ pub(crate) struct Summary {
     cpu_percent_caller: Option<f64>,
     cpu_percent_callee: Option<f64>,
     codec_only_cpu_ms: Option<f64>,
-    cpu_vs_codec_caller: Option<f64>,
-    cpu_vs_codec_callee: Option<f64>,
+    cpu_vs_codec: Option<f64>,
     seconds: f64,
     loss_pct: f64,
     jitter_ms: u64,
@@ -199,10 +198,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     // Let the last frames drain through the jitter buffer before hanging up.
     std::thread::sleep(Duration::from_millis(300));
     call.hangup()?;
-    wait(&call, Duration::from_secs(5), CallState::is_ended);
-    wait(&callee_call, Duration::from_secs(5), CallState::is_ended);
-    // Give the callee's driver a moment to finish its WAV file.
-    std::thread::sleep(Duration::from_millis(100));
+    // Teardown complete on both ends: final counters, the callee's WAV file finished.
+    call.wait_ended(Duration::from_secs(5));
+    callee_call.wait_ended(Duration::from_secs(5));
 
     let a = call.snapshot();
     let b = callee_call.snapshot();
@@ -232,9 +230,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     } else {
         None
     };
-    let ratio = |c: Option<Duration>| match (c, codec_cpu) {
-        (Some(c), Some(k)) if !k.is_zero() => {
-            Some((100.0 * c.as_secs_f64() / k.as_secs_f64()).round() / 100.0)
+    // Both phones together do the codec work of both directions: that is what the baseline did.
+    let ratio = match (cpu_caller, cpu_callee, codec_cpu) {
+        (Some(a), Some(b), Some(k)) if !k.is_zero() => {
+            Some((100.0 * (a + b).as_secs_f64() / k.as_secs_f64()).round() / 100.0)
         }
         _ => None,
     };
@@ -253,7 +252,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         sas_match: a.sas.is_some() && a.sas == b.sas,
         sas_caller: a.sas,
         sas_callee: b.sas,
-        suite: format!("{:?}", args.suite.suites().first()),
+        suite: args
+            .suite
+            .suites()
+            .first()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_default(),
         setup_ms: a.setup_time.map(ms),
         quic_handshake_ms: quic_handshake.map(ms),
         mouth_to_ear_ms: latency.mouth_to_ear_median.map(ms),
@@ -264,14 +268,21 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         bytes_overhead_per_packet: overhead,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
         jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
-        estimated_mos: (b.stats.estimate_mos(0.0) * 100.0).round() / 100.0,
+        // The E-model's delay term gets the measured mouth-to-ear delay beyond the network's.
+        estimated_mos: (b.stats.estimate_mos(
+            latency
+                .mouth_to_ear_median
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+                - b.stats.rtt_ms.unwrap_or(0.0) / 2.0,
+        ) * 100.0)
+            .round()
+            / 100.0,
         cpu_ms_caller: cpu_caller.map(ms),
         cpu_ms_callee: cpu_callee.map(ms),
         cpu_percent_caller: pct(cpu_caller),
         cpu_percent_callee: pct(cpu_callee),
         codec_only_cpu_ms: codec_cpu.map(ms),
-        cpu_vs_codec_caller: ratio(cpu_caller),
-        cpu_vs_codec_callee: ratio(cpu_callee),
+        cpu_vs_codec: ratio,
         seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         loss_pct: args.loss,
         jitter_ms: args.jitter,
@@ -328,8 +339,9 @@ fn bare_quic_handshake() -> Result<Duration, BoxError> {
     })
 }
 
-/// CPU time a thread spends encoding and decoding one 20 ms frame of `input` per frame period
-/// for `duration`, with the call's codec settings.
+/// CPU time a thread spends doing the codec work of the demo's call alone, paced one frame per
+/// period for `duration`: the caller's direction (encode and decode `input`) and the callee's
+/// (encode and decode silence), with the Opus settings a clean call settles on.
 fn paced_codec_cpu(
     input: &std::path::Path,
     bitrate: u32,
@@ -340,6 +352,8 @@ fn paced_codec_cpu(
     use viska::media::wav::WavSource;
     let config = OpusConfig {
         bitrate_bps: bitrate,
+        // A clean path's reception reports bring the call's expected loss to 0.
+        expected_loss_pct: 0,
         ..OpusConfig::default()
     };
     let n = config.frame_samples();
@@ -348,6 +362,9 @@ fn paced_codec_cpu(
         .looping(true);
     let mut encoder = OpusEncoder::new(&config).map_err(|e| e.to_string())?;
     let mut decoder = OpusDecoder::new(&config).map_err(|e| e.to_string())?;
+    let mut silent_encoder = OpusEncoder::new(&config).map_err(|e| e.to_string())?;
+    let mut silent_decoder = OpusDecoder::new(&config).map_err(|e| e.to_string())?;
+    let silence = vec![0i16; n];
     let mut pcm = vec![0i16; n];
     let mut packet = vec![0u8; 1500];
     let mut out = vec![0i16; n];
@@ -363,6 +380,12 @@ fn paced_codec_cpu(
             .encode(&pcm, &mut packet)
             .map_err(|e| e.to_string())?;
         decoder
+            .decode(packet.get(..len).unwrap_or_default(), &mut out)
+            .map_err(|e| e.to_string())?;
+        let len = silent_encoder
+            .encode(&silence, &mut packet)
+            .map_err(|e| e.to_string())?;
+        silent_decoder
             .decode(packet.get(..len).unwrap_or_default(), &mut out)
             .map_err(|e| e.to_string())?;
         next += period;

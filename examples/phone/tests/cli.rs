@@ -76,6 +76,15 @@ fn listen_and_call_with_terminal_commands() {
     let listener_err = listener_err.join("\n");
 
     assert!(caller_err.contains("SAS: "), "caller output:\n{caller_err}");
+    // Every typed command was accepted (hold, resume, dtmf, data...): no "! error" line.
+    assert!(
+        !caller_err.lines().any(|l| l.starts_with("! ")),
+        "a command failed:\n{caller_err}"
+    );
+    assert!(
+        caller_err.contains("local_hold: true"),
+        "hold took effect:\n{caller_err}"
+    );
     assert!(
         caller_err.contains("call ended"),
         "caller output:\n{caller_err}"
