@@ -275,13 +275,26 @@ impl CallHandle {
         (Self { shared }, rx)
     }
 
-    /// Registers the listener for this call's events (replacing any previous one).
+    /// Registers the listener for this call's events (replacing any previous one). What
+    /// already happened is replayed to it at once: the current state and, if the keys are
+    /// ready, the SAS, so a listener set after `Phone::call` or in `incoming_call` misses
+    /// nothing.
     pub fn set_listener(&self, listener: Arc<dyn CallListener>) {
         *self
             .shared
             .listener
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener.clone());
+        let (state, sas) = {
+            let snap = self.shared.snapshot();
+            (snap.state, snap.sas.clone())
+        };
+        if let Some(sas) = sas {
+            listener.keys_ready(sas);
+        }
+        if state != CallState::Idle {
+            listener.state_changed(state);
+        }
     }
 
     fn send(&self, command: Command, allowed: fn(&CallState) -> bool) -> Result<(), PhoneError> {
