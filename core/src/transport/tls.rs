@@ -88,6 +88,23 @@ impl BoundByEndToEnd {
             algorithms: provider.signature_verification_algorithms,
         }
     }
+
+    /// QUIC is TLS 1.3 only: a TLS 1.2 signature is never acceptable.
+    fn tls12(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    /// The peer's CertificateVerify, checked against the key of the certificate it presented.
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
 }
 
 impl ServerCertVerifier for BoundByEndToEnd {
@@ -108,10 +125,7 @@ impl ServerCertVerifier for BoundByEndToEnd {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // QUIC is TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        self.tls12()
     }
 
     fn verify_tls13_signature(
@@ -120,7 +134,7 @@ impl ServerCertVerifier for BoundByEndToEnd {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -148,9 +162,7 @@ impl ClientCertVerifier for BoundByEndToEnd {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        self.tls12()
     }
 
     fn verify_tls13_signature(
@@ -159,7 +171,7 @@ impl ClientCertVerifier for BoundByEndToEnd {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
