@@ -117,8 +117,8 @@ impl LatencyProbe {
 }
 
 /// CPU time used so far by this process's threads whose name starts with `prefix`
-/// (each phone names its runtime threads), from `/proc/self/task/*/schedstat` (nanoseconds on
-/// CPU). `None` where that is not available.
+/// (each phone names its runtime thread `vk-<name>`). `None` where Linux schedstat is not
+/// available.
 pub fn thread_cpu_time(prefix: &str) -> Option<Duration> {
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
     let mut total = Duration::ZERO;
@@ -130,11 +130,22 @@ pub fn thread_cpu_time(prefix: &str) -> Option<Duration> {
         if !comm.trim_end().starts_with(prefix) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
-            continue;
-        };
-        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-        total += Duration::from_nanos(ns);
+        if let Some(t) = schedstat_cpu(&path.join("schedstat")) {
+            total += t;
+        }
     }
     Some(total)
+}
+
+/// CPU time used so far by the calling thread (Linux schedstat). The kernel updates it when
+/// the thread is switched out, so read it across sleeps, not around a busy stretch.
+pub fn current_thread_cpu_time() -> Option<Duration> {
+    schedstat_cpu(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The first field of a `schedstat` file: nanoseconds on CPU.
+fn schedstat_cpu(path: &std::path::Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }

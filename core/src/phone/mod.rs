@@ -28,7 +28,7 @@ use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, Transpor
 pub use self::audio::DeviceAudio;
 pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
 pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
-pub use metrics::{LatencyProbe, LatencySummary, thread_cpu_time};
+pub use metrics::{LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time};
 
 /// Errors of the phone API.
 #[derive(Debug, thiserror::Error)]

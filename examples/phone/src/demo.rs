@@ -13,7 +13,7 @@ use viska::call::CallState;
 use viska::netem::ImpairmentConfig;
 use viska::phone::{CallerInfo, FileAudio, LatencyProbe, PhoneListener};
 
-use crate::{BoxError, SuiteArg, demo_phone, wait};
+use crate::{BoxError, SuiteArg, demo_phone};
 
 /// The bundled speech sample (espeak-ng, 16 kHz mono).
 const SPEECH: &[u8] = include_bytes!("../assets/speech.wav");
@@ -173,9 +173,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
 
     let call = caller.call(addr)?;
     eprintln!("caller: dialing {addr}");
-    if !wait(&call, Duration::from_secs(10), |s| {
+    let reached = call.wait_for(Duration::from_secs(10), |s| {
         matches!(s, CallState::Active { .. }) || s.is_ended()
-    }) {
+    });
+    if !matches!(reached, CallState::Active { .. }) {
         return Err(format!("call did not connect: {:?}", call.state()).into());
     }
     let callee_call = rx.recv_timeout(Duration::from_secs(5))?;
@@ -373,7 +374,7 @@ fn paced_codec_cpu(
     let mut next = start;
     // schedstat is updated when the thread is switched out, so read it across whole sleeps.
     std::thread::sleep(Duration::from_millis(1));
-    let t0 = thread_cpu().ok_or("no thread CPU clock")?;
+    let t0 = viska::phone::current_thread_cpu_time().ok_or("no thread CPU clock")?;
     while start.elapsed() < duration {
         source.read_frame(&mut pcm).map_err(|e| e.to_string())?;
         let len = encoder
@@ -391,14 +392,7 @@ fn paced_codec_cpu(
         next += period;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    Ok(thread_cpu()
+    Ok(viska::phone::current_thread_cpu_time()
         .ok_or("no thread CPU clock")?
         .saturating_sub(t0))
-}
-
-/// CPU time of the calling thread (Linux schedstat, nanoseconds).
-fn thread_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
 }

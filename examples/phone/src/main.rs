@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use viska::call::{CallState, SecurityEvent};
@@ -341,20 +341,4 @@ pub(crate) fn demo_phone(
     config.impairment = impairment;
     config.latency_probe = Some(probe);
     Ok(Phone::new(config)?)
-}
-
-/// Waits until `pred` holds for the call or `timeout` passes.
-pub(crate) fn wait(
-    call: &CallHandle,
-    timeout: Duration,
-    pred: impl Fn(&CallState) -> bool,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if pred(&call.state()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    pred(&call.state())
 }
