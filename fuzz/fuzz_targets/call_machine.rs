@@ -13,7 +13,7 @@ use viska_call::{Call, CallConfig, Command, Input, Output, Role};
 use viska_e2ee::direct::ChannelBinding;
 use viska_e2ee::identity::IdentityKeyPair;
 use viska_e2ee::rand_core::{TryCryptoRng, TryRng};
-use viska_proto::FrameDecoder;
+use viska_proto::{FrameDecoder, Reason};
 
 /// Deterministic bytes for reproducible runs. NOT a cryptographic generator: fuzzing only.
 struct FuzzRng(u64);
@@ -49,6 +49,7 @@ enum FuzzCommand {
     Reject,
     Busy,
     Hangup,
+    Abort(u8),
     Hold,
     Resume,
     Mute(bool),
@@ -64,6 +65,7 @@ impl From<FuzzCommand> for Command {
             FuzzCommand::Reject => Command::Reject,
             FuzzCommand::Busy => Command::Busy,
             FuzzCommand::Hangup => Command::Hangup,
+            FuzzCommand::Abort(code) => Command::Abort(Reason::from_code(code)),
             FuzzCommand::Hold => Command::Hold,
             FuzzCommand::Resume => Command::Resume,
             FuzzCommand::Mute(mute) => Command::Mute(mute),

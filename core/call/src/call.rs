@@ -319,33 +319,33 @@ impl Call {
                 self.end(EndReason::Busy { by: Side::Local });
                 Ok(())
             }
-            (Command::Hangup, CallState::Ended(_), _) => Err(invalid(self.state)),
-            (Command::Hangup, CallState::Idle, Role::Caller) => {
+            (Command::Hangup | Command::Abort(_), CallState::Ended(_), _) => {
+                Err(invalid(self.state))
+            }
+            (Command::Hangup | Command::Abort(_), CallState::Idle, Role::Caller) => {
                 self.end(EndReason::Cancelled { by: Side::Local });
                 Ok(())
             }
-            (Command::Hangup, CallState::Active { .. }, _) => {
-                self.transmit(Message::Hangup {
-                    reason: Reason::Normal,
-                });
+            (Command::Hangup | Command::Abort(_), CallState::Active { .. }, _) => {
+                let reason = abort_reason(&command, Reason::Normal);
+                self.transmit(Message::Hangup { reason });
                 self.end(EndReason::Hangup {
                     by: Side::Local,
-                    reason: Reason::Normal,
+                    reason,
                 });
                 Ok(())
             }
-            (Command::Hangup, _, Role::Caller) => {
+            (Command::Hangup | Command::Abort(_), _, Role::Caller) => {
                 self.transmit(Message::Cancel);
                 self.end(EndReason::Cancelled { by: Side::Local });
                 Ok(())
             }
-            (Command::Hangup, _, Role::Callee) => {
-                self.transmit(Message::Reject {
-                    reason: Reason::Declined,
-                });
+            (Command::Hangup | Command::Abort(_), _, Role::Callee) => {
+                let reason = abort_reason(&command, Reason::Declined);
+                self.transmit(Message::Reject { reason });
                 self.end(EndReason::Rejected {
                     by: Side::Local,
-                    reason: Reason::Declined,
+                    reason,
                 });
                 Ok(())
             }
@@ -850,5 +850,13 @@ impl Call {
 
     fn event(&mut self, event: CallEvent) {
         self.outputs.push_back(Output::Event(event));
+    }
+}
+
+/// The reason an ending command gives the peer: its own for `Abort`, `default` for `Hangup`.
+fn abort_reason(command: &Command, default: Reason) -> Reason {
+    match command {
+        Command::Abort(reason) => *reason,
+        _ => default,
     }
 }

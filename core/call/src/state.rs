@@ -193,6 +193,10 @@ pub enum Command {
     /// End the call: cancels an unanswered outgoing call, rejects an unanswered incoming one,
     /// hangs up an answered one.
     Hangup,
+    /// End the call because this end cannot go on (its audio failed to start, the phone is
+    /// shutting down): like [`Command::Hangup`], but the reason is given to the peer (in
+    /// `Hangup` or `Reject`) and kept in the local [`EndReason`].
+    Abort(Reason),
     /// Put the call on hold (in `Active`, not already on local hold).
     Hold,
     /// Take the call off hold (in `Active`, on local hold).
@@ -221,6 +225,7 @@ impl Command {
             Self::Reject => "Reject",
             Self::Busy => "Busy",
             Self::Hangup => "Hangup",
+            Self::Abort(_) => "Abort",
             Self::Hold => "Hold",
             Self::Resume => "Resume",
             Self::Mute(_) => "Mute",

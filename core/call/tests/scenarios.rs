@@ -431,6 +431,52 @@ fn either_side_hangs_up() {
 }
 
 #[test]
+fn abort_tells_the_peer_why() {
+    // An answered call: the reason travels in Hangup and stays in both end states.
+    for who in [CALLER, CALLEE] {
+        let mut h = Harness::active();
+        h.command(who, Command::Abort(Reason::Error)).unwrap();
+        h.settle();
+        let ended = |by| {
+            CallState::Ended(EndReason::Hangup {
+                by,
+                reason: Reason::Error,
+            })
+        };
+        assert_eq!(h.state(who), ended(Side::Local));
+        assert_eq!(h.state(1 - who), ended(Side::Remote));
+    }
+    // A ringing callee that cannot take the call refuses it with the reason.
+    let mut h = Harness::ringing();
+    h.command(CALLEE, Command::Abort(Reason::Error)).unwrap();
+    h.settle();
+    let rejected = |by| {
+        CallState::Ended(EndReason::Rejected {
+            by,
+            reason: Reason::Error,
+        })
+    };
+    assert_eq!(h.state(CALLEE), rejected(Side::Local));
+    assert_eq!(h.state(CALLER), rejected(Side::Remote));
+    // A caller that gives up before the answer cancels.
+    let mut h = Harness::ringing();
+    h.command(CALLER, Command::Abort(Reason::Error)).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::Cancelled { by: Side::Local })
+    );
+    assert_eq!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Cancelled { by: Side::Remote })
+    );
+    assert!(matches!(
+        h.command(CALLER, Command::Abort(Reason::Error)),
+        Err(CallError::InvalidCommand { .. })
+    ));
+}
+
+#[test]
 fn hold_and_resume_from_either_side() {
     for who in [CALLER, CALLEE] {
         let other = 1 - who;
