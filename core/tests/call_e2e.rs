@@ -10,8 +10,10 @@ use viska::media::audio::AudioSink;
 use viska::media::wav::WavSink;
 use viska::netem::ImpairmentConfig;
 use viska::phone::{
-    CallListener, CallerInfo, FileAudio, Injection, PhoneListener, generate_identity,
+    AudioDirection, AudioEvent, CallListener, CallerInfo, FileAudio, Injection, MissedCall,
+    PhoneError, PhoneListener, generate_identity,
 };
+use viska::proto::Reason;
 use viska::{CallHandle, Phone, PhoneConfig};
 
 /// A speech-like test signal: 200-400 Hz tone bursts with short pauses, 48 kHz mono.
@@ -45,12 +47,27 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-struct AutoAnswer(mpsc::Sender<(CallHandle, CallerInfo)>);
+struct AutoAnswer {
+    answered: mpsc::Sender<(CallHandle, CallerInfo)>,
+    missed: Mutex<Vec<(CallerInfo, MissedCall)>>,
+}
+
+impl AutoAnswer {
+    fn new(answered: mpsc::Sender<(CallHandle, CallerInfo)>) -> Self {
+        Self {
+            answered,
+            missed: Mutex::new(Vec::new()),
+        }
+    }
+}
 
 impl PhoneListener for AutoAnswer {
     fn incoming_call(&self, call: CallHandle, caller: CallerInfo) {
         call.answer().expect("answer");
-        let _ = self.0.send((call, caller));
+        let _ = self.answered.send((call, caller));
+    }
+    fn missed_call(&self, caller: CallerInfo, why: MissedCall) {
+        self.missed.lock().expect("lock").push((caller, why));
     }
 }
 
@@ -58,9 +75,17 @@ impl PhoneListener for AutoAnswer {
 struct Recorder {
     dtmf: Mutex<Vec<char>>,
     data: Mutex<Vec<Vec<u8>>>,
+    states: Mutex<Vec<CallState>>,
+    audio: Mutex<Vec<AudioEvent>>,
 }
 
 impl CallListener for Recorder {
+    fn state_changed(&self, state: CallState) {
+        self.states.lock().expect("lock").push(state);
+    }
+    fn audio_event(&self, event: AudioEvent) {
+        self.audio.lock().expect("lock").push(event);
+    }
     fn dtmf(&self, digit: char, _duration_ms: u16) {
         self.dtmf.lock().expect("lock").push(digit);
     }
@@ -98,7 +123,7 @@ fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
     let callee = Phone::new(callee_config).expect("callee");
     let caller = Phone::new(caller_config).expect("caller");
     let (tx, rx) = mpsc::channel();
-    callee.set_listener(Arc::new(AutoAnswer(tx)));
+    callee.set_listener(Arc::new(AutoAnswer::new(tx)));
     let addr = callee
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");
@@ -288,7 +313,7 @@ fn a_vanished_peer_ends_the_call_as_connection_lost() {
         ..
     } = pair;
     // The caller's phone goes away without hanging up (crash, network gone).
-    caller.shutdown();
+    caller.simulate_crash();
     assert!(
         answered.wait_ended(Duration::from_secs(15)),
         "callee noticed"
@@ -302,5 +327,186 @@ fn a_vanished_peer_ends_the_call_as_connection_lost() {
         answered.state()
     );
     drop(call);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn shutting_down_a_phone_mid_call_hangs_up_first() {
+    let dir = temp_dir("shutdown");
+    let pair = connect(&dir, None);
+    let recorder = Arc::new(Recorder::default());
+    pair.answered.set_listener(recorder.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let Pair {
+        caller,
+        call,
+        answered,
+        ..
+    } = pair;
+    caller.shutdown();
+    // The caller's call was torn down before the phone stopped: ended, with its reason.
+    assert!(call.is_ended());
+    assert_eq!(
+        call.state(),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Local,
+            reason: Reason::Normal
+        })
+    );
+    // The peer was told (not left to time out) and its listener heard the end.
+    assert!(answered.wait_ended(Duration::from_secs(3)), "callee ended");
+    let ended = CallState::Ended(EndReason::Hangup {
+        by: Side::Remote,
+        reason: Reason::Normal,
+    });
+    assert_eq!(answered.state(), ended);
+    assert_eq!(recorder.states.lock().expect("lock").last(), Some(&ended));
+    // What the callee heard was written out completely.
+    let heard = viska::media::wav::WavSource::open(dir.join("heard.wav")).expect("heard");
+    assert!(!heard.samples().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
+    let dir = temp_dir("busy");
+    let mut callee_config = PhoneConfig::new("busy-callee", generate_identity());
+    callee_config.max_calls = 1;
+    let callee = Phone::new(callee_config).expect("callee");
+    let (tx, rx) = mpsc::channel();
+    let listener = Arc::new(AutoAnswer::new(tx));
+    callee.set_listener(listener.clone());
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    // Listening twice is refused.
+    assert!(matches!(
+        callee.listen("127.0.0.1:0".parse().expect("addr")),
+        Err(PhoneError::AlreadyListening(a)) if a == addr
+    ));
+
+    let first = Phone::new(PhoneConfig::new("first", generate_identity())).expect("first");
+    let call = first.call(addr).expect("call");
+    let (answered, _) = rx.recv_timeout(Duration::from_secs(10)).expect("incoming");
+    assert!(matches!(
+        call.wait_for(Duration::from_secs(10), |s| matches!(
+            s,
+            CallState::Active { .. }
+        )),
+        CallState::Active { .. }
+    ));
+    assert_eq!(callee.calls().len(), 1);
+
+    let mut second_config = PhoneConfig::new("second", generate_identity());
+    second_config.max_calls = 1;
+    let second = Phone::new(second_config).expect("second");
+    let second_identity = second.identity();
+    // The second phone listens: its call leaves from its listening address.
+    let second_addr = second
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let refused = second.call(addr).expect("call");
+    assert!(refused.wait_ended(Duration::from_secs(10)), "refused");
+    assert_eq!(
+        refused.state(),
+        CallState::Ended(EndReason::Busy { by: Side::Remote })
+    );
+    // The callee's application hears whom it missed, authenticated, and from where.
+    let missed = listener.missed.lock().expect("lock").clone();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].0.identity, second_identity);
+    assert_eq!(missed[0].0.remote_addr, second_addr);
+    assert_eq!(missed[0].1, MissedCall::Busy);
+    // The first call was not disturbed; the busy one never counted.
+    assert!(matches!(answered.state(), CallState::Active { .. }));
+    assert_eq!(callee.calls().len(), 1);
+
+    // The caller's own limit: a second outgoing call is refused at once.
+    let _ringing = second.call(addr).expect("call");
+    assert!(matches!(
+        second.call(addr),
+        Err(PhoneError::TooManyCalls { limit: 1 })
+    ));
+    call.hangup().expect("hangup");
+    assert!(answered.wait_ended(Duration::from_secs(5)));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn audio_that_cannot_start_ends_the_call_with_a_reason() {
+    let dir = temp_dir("noaudio");
+    let mut callee_config = PhoneConfig::new("mute-callee", generate_identity());
+    callee_config.audio = Arc::new(FileAudio {
+        input: Some(dir.join("does-not-exist.wav")),
+        loop_input: false,
+        output: None,
+    });
+    let callee = Phone::new(callee_config).expect("callee");
+    let (tx, rx) = mpsc::channel();
+    let listener = Arc::new(AutoAnswer::new(tx));
+    callee.set_listener(listener.clone());
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let caller = Phone::new(PhoneConfig::new("caller", generate_identity())).expect("caller");
+    let call = caller.call(addr).expect("call");
+    assert!(call.wait_ended(Duration::from_secs(10)), "ended");
+    // The caller is told the callee could not take the call, and why.
+    assert_eq!(
+        call.state(),
+        CallState::Ended(EndReason::Rejected {
+            by: Side::Remote,
+            reason: Reason::Error
+        })
+    );
+    // The callee never rang; its application hears of the failed call and the cause.
+    assert!(rx.try_recv().is_err());
+    let missed = listener.missed.lock().expect("lock").clone();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].0.identity, caller.identity());
+    assert!(
+        matches!(&missed[0].1, MissedCall::AudioFailed { error } if error.contains("input")),
+        "{missed:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn switching_the_device_of_file_audio_is_refused_and_the_call_goes_on() {
+    let dir = temp_dir("switch");
+    let pair = connect(&dir, None);
+    let recorder = Arc::new(Recorder::default());
+    pair.call.set_listener(recorder.clone());
+    pair.call
+        .switch_output_device(Some("headset"))
+        .expect("sent");
+    pair.call.switch_input_device(None).expect("sent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.audio.lock().expect("lock").len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events = recorder.audio.lock().expect("lock").clone();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                AudioEvent::SwitchFailed {
+                    direction: AudioDirection::Output,
+                    ..
+                },
+                AudioEvent::SwitchFailed {
+                    direction: AudioDirection::Input,
+                    ..
+                }
+            ]
+        ),
+        "{events:?}"
+    );
+    assert!(matches!(pair.call.state(), CallState::Active { .. }));
+    hang_up(&pair);
+    assert!(matches!(
+        pair.call.switch_input_device(None),
+        Err(PhoneError::CallEnded)
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }

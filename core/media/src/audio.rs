@@ -23,6 +23,24 @@ pub enum AudioIoError {
     /// The sound device failed or went away.
     #[error("audio device: {0}")]
     Device(String),
+    /// The end point has no devices to choose from (a file, silence).
+    #[error("this audio end point cannot switch devices")]
+    NotSwitchable,
+}
+
+/// Something that happened to a sound device, reported once by
+/// [`AudioSource::device_event`] / [`AudioSink::device_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// The device stopped working (unplugged, server gone). Capture now yields silence and
+    /// playback discards, until a switch opens another device.
+    Lost,
+    /// A switch to another device completed; frames now flow to or from it.
+    Switched {
+        /// Name of the device now in use.
+        name: String,
+    },
 }
 
 /// What a source produced for one frame.
@@ -42,6 +60,17 @@ pub enum SourceStatus {
 pub trait AudioSource: Send {
     /// Fills `out` (exactly one frame) and says what it holds.
     fn read_frame(&mut self, out: &mut [i16]) -> Result<SourceStatus, AudioIoError>;
+
+    /// The next device event not yet reported. Sources without a device have none.
+    fn device_event(&mut self) -> Option<DeviceEvent> {
+        None
+    }
+
+    /// Moves capture to another device (`None`: the default one) without interrupting the
+    /// frames; on error the current device stays in use. Sources without a device refuse.
+    fn change_device(&mut self, _device: Option<&str>) -> Result<(), AudioIoError> {
+        Err(AudioIoError::NotSwitchable)
+    }
 }
 
 /// Something that consumes 48 kHz mono PCM one frame at a time.
@@ -51,5 +80,16 @@ pub trait AudioSink: Send {
     /// Flushes buffered audio (end of call). The default does nothing.
     fn finish(&mut self) -> Result<(), AudioIoError> {
         Ok(())
+    }
+
+    /// The next device event not yet reported. Sinks without a device have none.
+    fn device_event(&mut self) -> Option<DeviceEvent> {
+        None
+    }
+
+    /// Moves playback to another device (`None`: the default one) without interrupting the
+    /// frames; on error the current device stays in use. Sinks without a device refuse.
+    fn change_device(&mut self, _device: Option<&str>) -> Result<(), AudioIoError> {
+        Err(AudioIoError::NotSwitchable)
     }
 }

@@ -104,20 +104,7 @@ pub enum DeviceSelector {
     Name(String),
 }
 
-/// Something that happened to a device, reported once by `poll_event`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeviceEvent {
-    /// The device stopped working (unplugged, server gone). Capture now yields silence and
-    /// playback discards, until [`DeviceCapture::switch_device`] /
-    /// [`DevicePlayback::switch_device`] opens another.
-    Lost,
-    /// A switch to another device completed; frames now flow to or from it.
-    Switched {
-        /// Name of the device now in use.
-        name: String,
-    },
-}
+pub use crate::audio::DeviceEvent;
 
 /// Counters of one capture or playback, summed over every device it has used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -657,6 +644,15 @@ impl AudioSource for DeviceCapture {
             .map_err(|e| AudioIoError::Device(e.to_string()))?;
         Ok(SourceStatus::Audio)
     }
+
+    fn device_event(&mut self) -> Option<DeviceEvent> {
+        self.poll_event()
+    }
+
+    fn change_device(&mut self, device: Option<&str>) -> Result<(), AudioIoError> {
+        self.switch_device(selector_for(device))
+            .map_err(|e| AudioIoError::Device(e.to_string()))
+    }
 }
 
 type PlaybackEndpoint = Endpoint<SampleWriter, PlaybackConverter>;
@@ -795,4 +791,20 @@ impl AudioSink for DevicePlayback {
         endpoint.ring.push_all(samples);
         Ok(())
     }
+
+    fn device_event(&mut self) -> Option<DeviceEvent> {
+        self.poll_event()
+    }
+
+    fn change_device(&mut self, device: Option<&str>) -> Result<(), AudioIoError> {
+        self.switch_device(selector_for(device))
+            .map_err(|e| AudioIoError::Device(e.to_string()))
+    }
+}
+
+/// The selector for an optional device name (`None`: the default device).
+fn selector_for(device: Option<&str>) -> DeviceSelector {
+    device.map_or(DeviceSelector::Default, |name| {
+        DeviceSelector::Name(name.to_owned())
+    })
 }

@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use viska_call::{Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role};
+use viska_call::{
+    Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
+};
 use viska_e2ee::direct::ChannelBinding;
 use viska_media::audio::{AudioSink, AudioSource};
 use viska_media::codec::{FrameDuration, OpusConfig};
 use viska_media::ogg::OggOpusWriter;
-use viska_proto::{FrameDecoder, MediaParams, SuiteId};
+use viska_proto::{FrameDecoder, MediaParams, Reason, SuiteId};
 
 use super::media::{MAX_DATAGRAM, MediaSession};
 use super::{
-    CallHandle, CallShared, CallerInfo, DriverCommand, Injection, PhoneInner, dispatch_event,
+    AudioDirection, AudioEvent, CallHandle, CallShared, CallerInfo, DriverCommand, Injection,
+    MissedCall, PhoneInner, dispatch_audio, dispatch_event,
 };
 use crate::transport::{PeerConnection, QuicEndpoint};
 
@@ -29,7 +32,19 @@ pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
             match connecting.await {
                 Ok(conn) => {
                     let (handle, commands) = CallHandle::new();
-                    run_call(inner, conn, handle, commands, Role::Callee, Instant::now()).await;
+                    // Over the limit the call is still authenticated, then refused as busy:
+                    // the caller learns why, the application sees who it missed.
+                    let admission = if inner.admit(&handle.shared) {
+                        Admission::Admitted
+                    } else {
+                        Admission::Busy
+                    };
+                    let call = CallSetup {
+                        role: Role::Callee,
+                        started: Instant::now(),
+                        admission,
+                    };
+                    run_call(inner, conn, handle, commands, call).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "incoming connection failed");
@@ -62,7 +77,14 @@ pub(super) async fn place_call(
     let handle = CallHandle { shared };
     set_state(&handle.shared, CallState::Handshaking);
     match ep.connect(addr).await {
-        Ok(conn) => run_call(inner, conn, handle, commands, Role::Caller, dialed).await,
+        Ok(conn) => {
+            let call = CallSetup {
+                role: Role::Caller,
+                started: dialed,
+                admission: Admission::Admitted,
+            };
+            run_call(inner, conn, handle, commands, call).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, %addr, "call could not connect");
             end(&handle.shared, EndReason::ConnectionLost);
@@ -98,6 +120,21 @@ fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
     }
 }
 
+/// Whether the phone takes an incoming call or refuses it as busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Admitted,
+    Busy,
+}
+
+/// How a call came to be.
+struct CallSetup {
+    role: Role,
+    /// When the call was dialed (caller) or its connection accepted (callee).
+    started: Instant,
+    admission: Admission,
+}
+
 struct MediaEnds {
     /// The SFrame key id of what we send and of what we receive (latency probe keys).
     send_stream: u64,
@@ -124,9 +161,13 @@ async fn run_call(
     conn: PeerConnection,
     handle: CallHandle,
     mut commands: mpsc::UnboundedReceiver<DriverCommand>,
-    role: Role,
-    started: Instant,
+    setup: CallSetup,
 ) {
+    let CallSetup {
+        role,
+        started,
+        admission,
+    } = setup;
     let shared = handle.shared.clone();
     let config = &inner.config;
     let (initiator_cert_sha256, responder_cert_sha256) = conn.binding_fingerprints();
@@ -168,7 +209,7 @@ async fn run_call(
         }
     })
     .await;
-    let (mut send, mut recv) = match streams {
+    let (send, mut recv) = match streams {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "signaling stream failed");
@@ -189,6 +230,9 @@ async fn run_call(
             tracing::error!(error = %e, "dial refused");
         }
     }
+    // Signaling leaves through its own task, so a peer that stops reading (QUIC flow control)
+    // never stalls media, timers or commands here.
+    let (signaling, writer) = spawn_signaling_writer(send);
 
     let mut decoder = FrameDecoder::new();
     let mut read_buf = vec![0u8; 4096];
@@ -222,24 +266,29 @@ async fn run_call(
                             continue;
                         }
                     };
-                    if let Err(e) = send.write_all(&bytes).await {
-                        tracing::warn!(error = %e, "signaling write failed");
+                    if signaling.send(bytes).is_err() {
+                        tracing::warn!("signaling writer gone");
                     }
                 }
                 Output::Event(event) => {
-                    handle_event(
+                    let follow_up = handle_event(
                         &inner,
                         &handle,
                         &conn,
                         &call,
                         &event,
-                        started,
+                        (started, admission),
                         &mut media,
                         &mut direction,
                         &mut pcm_in,
                         &mut pcm_out,
                     );
                     dispatch_event(&shared, &event);
+                    if let Some(cmd) = follow_up {
+                        if let Err(e) = call.handle_input(Input::Command(Instant::now(), cmd)) {
+                            tracing::debug!(error = %e, "follow-up command refused");
+                        }
+                    }
                 }
                 Output::Timeout(t) => {
                     next_timeout = t;
@@ -336,6 +385,21 @@ async fn run_call(
                     Some(DriverCommand::Inject(injection)) => {
                         inject(&conn, media.as_ref(), injection);
                     }
+                    Some(DriverCommand::SwitchDevice { direction, device }) => {
+                        let result = match media.as_mut() {
+                            Some(m) => match direction {
+                                AudioDirection::Input => m.source.change_device(device.as_deref()),
+                                AudioDirection::Output => m.sink.change_device(device.as_deref()),
+                            }
+                            .map_err(|e| e.to_string()),
+                            None => Err("the call's audio has not started".to_owned()),
+                        };
+                        // Success is reported by the device itself (`Switched`) at the next
+                        // frame it moves.
+                        if let Err(error) = result {
+                            dispatch_audio(&shared, AudioEvent::SwitchFailed { direction, error });
+                        }
+                    }
                     None => {
                         // Every handle dropped: keep running until the call ends.
                     }
@@ -344,6 +408,11 @@ async fn run_call(
             _ = ticker.tick() => {
                 if let Some(m) = media.as_mut() {
                     capture_tick(&inner, &conn, m, direction, &mut pcm_in, &mut datagram, frame);
+                    while let Some(ev) = m.source.device_event() {
+                        if let Some(ev) = AudioEvent::from_device(AudioDirection::Input, ev) {
+                            dispatch_audio(&shared, ev);
+                        }
+                    }
                 }
                 if last_stats.elapsed() >= Duration::from_secs(1) {
                     last_stats = Instant::now();
@@ -359,6 +428,11 @@ async fn run_call(
             _ = playout_clock.tick() => {
                 if let Some(m) = media.as_mut() {
                     playout_tick(&inner, m, direction.1, &pcm_in, &mut pcm_out);
+                    while let Some(ev) = m.sink.device_event() {
+                        if let Some(ev) = AudioEvent::from_device(AudioDirection::Output, ev) {
+                            dispatch_audio(&shared, ev);
+                        }
+                    }
                 }
             }
             _ = tokio::time::sleep_until(next_timeout.into()) => {
@@ -381,13 +455,41 @@ async fn run_call(
             }
         }
     }
-    let _ = send.finish();
-    // Give the final signaling frame a moment to leave before closing the connection.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The writer finishes the stream once the last frame is written; closing the connection
+    // before the peer has it would lose the hangup, so wait (bounded) for its acknowledgement.
+    drop(signaling);
+    if tokio::time::timeout(SIGNALING_DRAIN, writer).await.is_err() {
+        tracing::debug!("final signaling not acknowledged in time");
+    }
     conn.close("call ended");
     shared.ended.send_replace(true);
 }
 
+/// How long a call's end waits for its last signaling frames to be acknowledged.
+const SIGNALING_DRAIN: Duration = Duration::from_millis(500);
+
+/// Starts the task that writes signaling frames in order; dropping the sender finishes the
+/// stream, and the task ends once the peer has acknowledged everything (or stopped reading).
+fn spawn_signaling_writer(
+    mut send: quinn::SendStream,
+) -> (mpsc::UnboundedSender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if let Err(e) = send.write_all(&bytes).await {
+                tracing::warn!(error = %e, "signaling write failed");
+                return;
+            }
+        }
+        if send.finish().is_ok() {
+            let _ = send.stopped().await;
+        }
+    });
+    (tx, task)
+}
+
+/// Applies a call event to the driver's state; returns a command the call must take next
+/// (ending it when its audio cannot start, refusing it when the phone is busy).
 #[allow(clippy::too_many_arguments)]
 fn handle_event(
     inner: &PhoneInner,
@@ -395,12 +497,12 @@ fn handle_event(
     conn: &PeerConnection,
     call: &Call,
     event: &CallEvent,
-    started: Instant,
+    (started, admission): (Instant, Admission),
     media: &mut Option<MediaEnds>,
     direction: &mut (bool, bool),
     pcm_in: &mut Vec<i16>,
     pcm_out: &mut Vec<i16>,
-) {
+) -> Option<Command> {
     let shared = &handle.shared;
     match event {
         CallEvent::StateChanged(state) => {
@@ -414,6 +516,10 @@ fn handle_event(
                 snap.sas = Some(keys.sas.to_string());
                 snap.peer = Some(keys.peer);
                 snap.setup_time = Some(started.elapsed());
+            }
+            if admission == Admission::Busy {
+                // Refused at the ring: no audio device is opened for it.
+                return None;
             }
             let opus = opus_for(&call.media(), &inner.config.opus);
             let frame_samples = opus.frame_samples();
@@ -445,26 +551,52 @@ fn handle_event(
                     });
                 }
                 (s, src, snk) => {
-                    tracing::error!(
-                        session = ?s.err(),
-                        source = ?src.err(),
-                        sink = ?snk.err(),
-                        "media could not start"
-                    );
+                    let error = [
+                        s.err().map(|e| format!("media: {e}")),
+                        src.err().map(|e| format!("input: {e}")),
+                        snk.err().map(|e| format!("output: {e}")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                    tracing::error!(%error, "media could not start; ending the call");
+                    if call.role() == Role::Callee {
+                        // Before it rings: nobody holds a handle to this call yet.
+                        if let Some(l) = listener(inner) {
+                            let caller = CallerInfo {
+                                identity: keys.peer,
+                                trust: call.trust().unwrap_or(Trust::Unverified),
+                                remote_addr: conn.remote_addr(),
+                            };
+                            l.missed_call(caller, MissedCall::AudioFailed { error });
+                        }
+                    } else {
+                        dispatch_audio(shared, AudioEvent::StartFailed { error });
+                    }
+                    return Some(Command::Abort(Reason::Error));
                 }
             }
         }
         CallEvent::Incoming { peer, trust, .. } => {
             shared.snapshot().peer = Some(*peer);
+            if call.state().is_ended() {
+                // Ended in the same step (its audio failed to start): it never rings.
+                return None;
+            }
+            let caller = CallerInfo {
+                identity: *peer,
+                trust: *trust,
+                remote_addr: conn.remote_addr(),
+            };
+            if admission == Admission::Busy {
+                if let Some(l) = listener(inner) {
+                    l.missed_call(caller, MissedCall::Busy);
+                }
+                return Some(Command::Busy);
+            }
             if let Some(l) = listener(inner) {
-                l.incoming_call(
-                    handle.clone(),
-                    CallerInfo {
-                        identity: *peer,
-                        trust: *trust,
-                        remote_addr: conn.remote_addr(),
-                    },
-                );
+                l.incoming_call(handle.clone(), caller);
             }
         }
         CallEvent::MediaDirection { send, receive } => *direction = (*send, *receive),
@@ -479,6 +611,7 @@ fn handle_event(
         }
         _ => {}
     }
+    None
 }
 
 impl MediaEnds {

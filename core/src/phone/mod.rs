@@ -11,12 +11,13 @@ mod media;
 mod metrics;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use viska_call::{CallEvent, CallState, CallStats, Command, SecurityEvent, Trust};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_media::audio::DeviceEvent;
 use viska_media::codec::OpusConfig;
 use viska_media::jitter::JitterConfig;
 use viska_netem::ImpairmentConfig;
@@ -46,6 +47,15 @@ pub enum PhoneError {
     /// The call is over; the command was not sent.
     #[error("the call has ended")]
     CallEnded,
+    /// The phone already has [`PhoneConfig::max_calls`] calls.
+    #[error("already {limit} calls, the most this phone takes")]
+    TooManyCalls {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The phone is already listening (on this address).
+    #[error("already listening on {0}")]
+    AlreadyListening(SocketAddr),
     /// The command is not possible in the call's current state.
     #[error("{command} is not possible while the call is {state:?}")]
     InvalidState {
@@ -81,6 +91,10 @@ pub struct PhoneConfig {
     pub latency_probe: Option<Arc<LatencyProbe>>,
     /// Record each call (both sides mixed) to this Ogg Opus file.
     pub recording: Option<std::path::PathBuf>,
+    /// Calls this phone runs at once (placed, ringing or active). Another incoming call is
+    /// refused as busy (and reported through [`PhoneListener::missed_call`]); another outgoing
+    /// one is refused with [`PhoneError::TooManyCalls`].
+    pub max_calls: usize,
 }
 
 impl std::fmt::Debug for PhoneConfig {
@@ -114,12 +128,18 @@ impl PhoneConfig {
             ring_timeout: viska_call::DEFAULT_RING_TIMEOUT,
             latency_probe: None,
             recording: None,
+            max_calls: 4,
         }
     }
 
     fn validate(&self) -> Result<(), PhoneError> {
         if self.suites.is_empty() {
             return Err(PhoneError::InvalidConfig("no cipher suite".into()));
+        }
+        if self.max_calls == 0 {
+            return Err(PhoneError::InvalidConfig(
+                "max_calls must be at least 1".into(),
+            ));
         }
         if self.name.is_empty() || self.name.len() > 12 {
             return Err(PhoneError::InvalidConfig(
@@ -162,6 +182,66 @@ pub trait PhoneListener: Send + Sync {
     fn incoming_call(&self, call: CallHandle, caller: CallerInfo);
     /// A security event outside any call (e.g. a connection that failed the handshake).
     fn security_event(&self, _event: String) {}
+    /// An authenticated incoming call was refused without ringing (a missed call for the
+    /// agent's history): the phone was busy, or the call's audio could not start.
+    fn missed_call(&self, _caller: CallerInfo, _why: MissedCall) {}
+}
+
+/// Why an incoming call was refused without ringing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissedCall {
+    /// The phone already had [`PhoneConfig::max_calls`] calls; the caller was told busy.
+    Busy,
+    /// The call's audio could not start (no such device, unreadable file); the caller was
+    /// told the call was refused with reason `Error`.
+    AudioFailed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Which way audio flows through a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AudioDirection {
+    /// The microphone (capture).
+    Input,
+    /// The speaker or headset (playback).
+    Output,
+}
+
+/// What happened to a call's audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AudioEvent {
+    /// The device stopped working (unplugged, sound server gone). The call goes on: silence
+    /// is sent (input) or what is heard is discarded (output) until another device is chosen
+    /// with [`CallHandle::switch_input_device`] / [`CallHandle::switch_output_device`].
+    DeviceLost {
+        /// Which device.
+        direction: AudioDirection,
+    },
+    /// A device switch completed; audio now flows through `name`.
+    DeviceSwitched {
+        /// Which device.
+        direction: AudioDirection,
+        /// The device now in use.
+        name: String,
+    },
+    /// A device switch failed; the previous device stays in use.
+    SwitchFailed {
+        /// Which device.
+        direction: AudioDirection,
+        /// Why.
+        error: String,
+    },
+    /// The call's audio could not start (no such device, unreadable file, codec settings):
+    /// the call is ended with reason `Error`. (An incoming call that fails this way never
+    /// rings: it is reported by [`PhoneListener::missed_call`].)
+    StartFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// Events of one call. Called on the phone's runtime threads; must not block.
@@ -178,6 +258,8 @@ pub trait CallListener: Send + Sync {
     fn security_event(&self, _event: SecurityEvent) {}
     /// Periodic statistics (about once a second during an active call).
     fn stats(&self, _stats: CallStats) {}
+    /// A sound device of the call was lost or switched, or its audio failed to start.
+    fn audio_event(&self, _event: AudioEvent) {}
 }
 
 /// What the application can read about a call at any time.
@@ -204,6 +286,11 @@ enum DriverCommand {
     Call(Command),
     /// Security testing: put bytes on the media path as they are.
     Inject(Injection),
+    /// Move the call's capture or playback to another device (`None`: the default one).
+    SwitchDevice {
+        direction: AudioDirection,
+        device: Option<String>,
+    },
 }
 
 /// Datagrams a test can put on a call's media path to check the peer's defences.
@@ -373,6 +460,37 @@ impl CallHandle {
         })
     }
 
+    /// Moves the call's capture to another input device (`None`: the default one) without
+    /// interrupting the call. The outcome arrives as [`AudioEvent::DeviceSwitched`] or
+    /// [`AudioEvent::SwitchFailed`]; calls whose audio is not a device refuse with
+    /// `SwitchFailed`.
+    pub fn switch_input_device(&self, device: Option<&str>) -> Result<(), PhoneError> {
+        self.switch_device(AudioDirection::Input, device)
+    }
+
+    /// Moves the call's playback to another output device (`None`: the default one); see
+    /// [`switch_input_device`](Self::switch_input_device).
+    pub fn switch_output_device(&self, device: Option<&str>) -> Result<(), PhoneError> {
+        self.switch_device(AudioDirection::Output, device)
+    }
+
+    fn switch_device(
+        &self,
+        direction: AudioDirection,
+        device: Option<&str>,
+    ) -> Result<(), PhoneError> {
+        if self.state().is_ended() {
+            return Err(PhoneError::CallEnded);
+        }
+        self.shared
+            .commands
+            .send(DriverCommand::SwitchDevice {
+                direction,
+                device: device.map(str::to_owned),
+            })
+            .map_err(|_| PhoneError::CallEnded)
+    }
+
     /// The call's state now.
     pub fn state(&self) -> CallState {
         self.shared.snapshot().state
@@ -430,6 +548,37 @@ struct PhoneInner {
     config: PhoneConfig,
     cert: Arc<LocalCertificate>,
     listener: Mutex<Option<Arc<dyn PhoneListener>>>,
+    /// Every call not yet torn down, to count them and to end them when the phone stops.
+    calls: Mutex<Vec<Weak<CallShared>>>,
+}
+
+impl PhoneInner {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Vec<Weak<CallShared>>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a call to the registry if the phone takes another one; returns whether it did.
+    /// Calls whose teardown is complete leave the registry here.
+    fn admit(&self, call: &Arc<CallShared>) -> bool {
+        let mut calls = self.calls();
+        calls.retain(|c| c.upgrade().is_some_and(|c| !*c.ended.borrow()));
+        if calls.len() >= self.config.max_calls {
+            return false;
+        }
+        calls.push(Arc::downgrade(call));
+        true
+    }
+
+    /// The calls not yet torn down.
+    fn live_calls(&self) -> Vec<Arc<CallShared>> {
+        self.calls()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !*c.ended.borrow())
+            .collect()
+    }
 }
 
 /// The phone's own runtime: a single-threaded tokio runtime driven by one dedicated thread
@@ -463,6 +612,10 @@ impl PhoneRuntime {
         })
     }
 
+    fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+
     fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -480,7 +633,10 @@ impl PhoneRuntime {
 pub struct Phone {
     runtime: PhoneRuntime,
     inner: Arc<PhoneInner>,
-    endpoint: Mutex<Option<QuicEndpoint>>,
+    /// The endpoint `listen` bound; calls are placed from it too, so peers see one address.
+    listening: Mutex<Option<QuicEndpoint>>,
+    /// The endpoint calls are placed from while the phone does not listen.
+    client: Mutex<Option<QuicEndpoint>>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -503,8 +659,10 @@ impl Phone {
                 config,
                 cert,
                 listener: Mutex::new(None),
+                calls: Mutex::new(Vec::new()),
             }),
-            endpoint: Mutex::new(None),
+            listening: Mutex::new(None),
+            client: Mutex::new(None),
         })
     }
 
@@ -526,52 +684,63 @@ impl Phone {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
     }
 
-    fn endpoint(&self, bind: SocketAddr) -> Result<QuicEndpoint, PhoneError> {
-        let mut slot = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(ep) = slot.as_ref() {
-            return Ok(ep.clone());
-        }
+    fn bind(&self, addr: SocketAddr) -> Result<QuicEndpoint, PhoneError> {
         let _guard = self.runtime().enter();
         let config = &self.inner.config;
-        let ep = match &config.impairment {
+        Ok(match &config.impairment {
             Some(imp) => {
                 let socket =
-                    viska_netem::bind_impaired(bind, imp.clone()).map_err(TransportError::Io)?;
+                    viska_netem::bind_impaired(addr, imp.clone()).map_err(TransportError::Io)?;
                 QuicEndpoint::with_socket(socket, self.inner.cert.clone(), &config.transport)?
             }
-            None => QuicEndpoint::bind(bind, self.inner.cert.clone(), &config.transport)?,
-        };
-        *slot = Some(ep.clone());
-        Ok(ep)
+            None => QuicEndpoint::bind(addr, self.inner.cert.clone(), &config.transport)?,
+        })
     }
 
     /// Listens for incoming calls on `addr` (port 0 picks one); returns the bound address.
+    /// A phone listens on one address; calling `listen` again is refused.
     pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, PhoneError> {
-        let ep = self.endpoint(addr)?;
+        let mut slot = lock(&self.listening);
+        if let Some(ep) = slot.as_ref() {
+            return Err(PhoneError::AlreadyListening(ep.local_addr()?));
+        }
+        let ep = self.bind(addr)?;
         let local = ep.local_addr()?;
         let inner = self.inner.clone();
-        self.runtime().spawn(driver::accept_loop(inner, ep));
+        self.runtime().spawn(driver::accept_loop(inner, ep.clone()));
+        *slot = Some(ep);
         Ok(local)
     }
 
     /// Places a call to a listening phone at `addr`. Returns at once; follow the call through
-    /// its [`CallHandle`] and [`CallListener`].
+    /// its [`CallHandle`] and [`CallListener`]. A listening phone calls from its listening
+    /// address; otherwise from an ephemeral port (on loopback for a loopback peer).
     pub fn call(&self, addr: SocketAddr) -> Result<CallHandle, PhoneError> {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
+        let ep = match lock(&self.listening).as_ref() {
+            Some(ep) => ep.clone(),
+            None => {
+                let mut client = lock(&self.client);
+                match client.as_ref() {
+                    Some(ep) => ep.clone(),
+                    None => {
+                        let ip = match addr {
+                            a if a.ip().is_loopback() => a.ip(),
+                            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                        };
+                        let ep = self.bind(SocketAddr::new(ip, 0))?;
+                        *client = Some(ep.clone());
+                        ep
+                    }
+                }
+            }
         };
-        let bind = if addr.ip().is_loopback() {
-            SocketAddr::new(addr.ip(), 0)
-        } else {
-            bind
-        };
-        let ep = self.endpoint(bind)?;
         let (handle, commands) = CallHandle::new();
+        if !self.inner.admit(&handle.shared) {
+            return Err(PhoneError::TooManyCalls {
+                limit: self.inner.config.max_calls,
+            });
+        }
         let inner = self.inner.clone();
         let shared = handle.shared.clone();
         self.runtime()
@@ -579,24 +748,52 @@ impl Phone {
         Ok(handle)
     }
 
+    /// The calls this phone runs now (placed, ringing or active; not yet torn down).
+    pub fn calls(&self) -> Vec<CallHandle> {
+        self.inner
+            .live_calls()
+            .into_iter()
+            .map(|shared| CallHandle { shared })
+            .collect()
+    }
+
     /// Total CPU time used by this phone's runtime threads so far (Linux), for measurements.
     pub fn cpu_time(&self) -> Option<Duration> {
         thread_cpu_time(&format!("vk-{}", self.inner.config.name))
     }
 
-    /// Closes the phone's endpoint (ending its calls) and stops its runtime.
+    /// Hangs up every call (each peer is told, each listener hears the end, audio files
+    /// are finished), then closes the phone's endpoints and stops its runtime. Dropping the
+    /// phone does the same.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
+    /// Testing: stops the phone as a crash would, without hanging up or closing anything;
+    /// peers find out only when their connection times out. Not for production use.
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        self.runtime.stop();
+    }
+
     fn stop(&mut self) {
-        if let Some(ep) = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            ep.close();
+        if !self.runtime.is_running() {
+            return;
+        }
+        let calls = self.inner.live_calls();
+        for call in &calls {
+            let _ = call.commands.send(DriverCommand::Call(Command::Hangup));
+        }
+        // Bounded: a call stuck mid-handshake is cut off by closing the endpoint below.
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        for call in calls {
+            let handle = CallHandle { shared: call };
+            handle.wait_ended(deadline.saturating_duration_since(std::time::Instant::now()));
+        }
+        for slot in [&self.listening, &self.client] {
+            if let Some(ep) = lock(slot).take() {
+                ep.close();
+            }
         }
         self.runtime.stop();
     }
@@ -605,6 +802,30 @@ impl Phone {
 impl Drop for Phone {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How long stopping a phone waits for its calls to hang up cleanly.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tells the call's listener about its audio.
+fn dispatch_audio(shared: &CallShared, event: AudioEvent) {
+    if let Some(listener) = shared.listener() {
+        listener.audio_event(event);
+    }
+}
+
+impl AudioEvent {
+    fn from_device(direction: AudioDirection, event: DeviceEvent) -> Option<Self> {
+        match event {
+            DeviceEvent::Lost => Some(Self::DeviceLost { direction }),
+            DeviceEvent::Switched { name } => Some(Self::DeviceSwitched { direction, name }),
+            _ => None,
+        }
     }
 }
 

@@ -16,7 +16,8 @@ use viska::call::{CallState, SecurityEvent};
 use viska::media::codec::OpusConfig;
 use viska::netem::ImpairmentConfig;
 use viska::phone::{
-    AudioFactory, CallListener, CallerInfo, FileAudio, LatencyProbe, PhoneListener,
+    AudioEvent, AudioFactory, CallListener, CallerInfo, FileAudio, LatencyProbe, MissedCall,
+    PhoneListener,
 };
 use viska::sframe::CipherSuite;
 use viska::{CallHandle, Phone, PhoneConfig};
@@ -200,6 +201,9 @@ impl CallListener for Printer {
     fn security_event(&self, event: SecurityEvent) {
         eprintln!("! security: {event:?}");
     }
+    fn audio_event(&self, event: AudioEvent) {
+        eprintln!("* audio: {event:?}");
+    }
 }
 
 struct Incoming {
@@ -215,6 +219,13 @@ impl PhoneListener for Incoming {
     }
     fn security_event(&self, event: String) {
         eprintln!("! security: {event}");
+    }
+    fn missed_call(&self, caller: CallerInfo, why: MissedCall) {
+        eprintln!(
+            "* missed call from {} (identity {}): {why:?}",
+            caller.remote_addr,
+            caller.identity.fingerprint()
+        );
     }
 }
 
@@ -267,7 +278,7 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 }
 
 const HELP: &str = "commands: answer, reject, hangup, hold, resume, mute, unmute, dtmf DIGITS, \
-                    data TEXT, verify, stats, quit";
+                    data TEXT, input [DEVICE], output [DEVICE], verify, stats, quit";
 
 /// Runs terminal commands against `call` until it ends.
 fn interact(call: &CallHandle, commands: &mpsc::Receiver<String>) {
@@ -290,6 +301,9 @@ fn interact(call: &CallHandle, commands: &mpsc::Receiver<String>) {
             "unmute" => call.mute(false),
             "dtmf" => call.send_dtmf(rest),
             "data" => call.send_data(rest.as_bytes().to_vec()),
+            // Mid-call device switch (no name: the default device); `devices` lists names.
+            "input" => call.switch_input_device(Some(rest).filter(|r| !r.is_empty())),
+            "output" => call.switch_output_device(Some(rest).filter(|r| !r.is_empty())),
             "verify" => {
                 match call.sas() {
                     Some(sas) => eprintln!(
