@@ -421,12 +421,22 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
     assert!(matches!(answered.state(), CallState::Active { .. }));
     assert_eq!(callee.calls().len(), 1);
 
-    // The caller's own limit: a second outgoing call is refused at once.
-    let _ringing = second.call(addr).expect("call");
+    // The caller's own limit: while one call is still connecting (to an address that never
+    // answers), another is refused at once; giving up on the first frees the place.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent peer");
+    let silent_addr = silent.local_addr().expect("addr");
+    let connecting = second.call(silent_addr).expect("call");
     assert!(matches!(
         second.call(addr),
         Err(PhoneError::TooManyCalls { limit: 1 })
     ));
+    connecting.hangup().expect("give up");
+    assert!(connecting.wait_ended(Duration::from_secs(2)), "cancelled");
+    assert_eq!(
+        connecting.state(),
+        CallState::Ended(EndReason::Cancelled { by: Side::Local })
+    );
+    assert!(second.call(silent_addr).is_ok());
     call.hangup().expect("hangup");
     assert!(answered.wait_ended(Duration::from_secs(5)));
     let _ = std::fs::remove_dir_all(dir);

@@ -38,57 +38,9 @@ fn read_s16(path: &Path) -> Vec<i16> {
         .collect()
 }
 
+/// The test `.asoundrc` (see the fixture) for files in `dir`.
 fn asoundrc(dir: &Path) -> String {
-    let out = dir.join("played.raw");
-    let input = dir.join("to_capture.raw");
-    // `plug` pins the file side to 48 kHz mono S16_LE whatever cpal negotiates, so the test
-    // knows the layout of both files.
-    format!(
-        r#"
-pcm.viska_out_file {{
-    type file
-    slave.pcm "null"
-    file "{out}"
-    format "raw"
-}}
-pcm.viska_out {{
-    type plug
-    slave {{ pcm "viska_out_file" format S16_LE rate 48000 channels 1 }}
-    hint {{ show on description "Viska test speaker" }}
-}}
-pcm.viska_out2_file {{
-    type file
-    slave.pcm "null"
-    file "{out2}"
-    format "raw"
-}}
-pcm.viska_out2 {{
-    type plug
-    slave {{ pcm "viska_out2_file" format S16_LE rate 48000 channels 1 }}
-    hint {{ show on description "Viska test headset" }}
-}}
-pcm.viska_in_file {{
-    type file
-    slave.pcm "null"
-    file "/dev/null"
-    infile "{input}"
-    format "raw"
-}}
-pcm.viska_in {{
-    type plug
-    slave {{ pcm "viska_in_file" format S16_LE rate 48000 channels 1 }}
-    hint {{ show on description "Viska test microphone" }}
-}}
-pcm.!default {{
-    type asym
-    playback.pcm "viska_out"
-    capture.pcm "viska_in"
-}}
-"#,
-        out = out.display(),
-        out2 = dir.join("played2.raw").display(),
-        input = input.display()
-    )
+    include_str!("fixtures/asoundrc").replace("@DIR@", &dir.display().to_string())
 }
 
 fn fresh_dir() -> PathBuf {

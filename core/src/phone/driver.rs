@@ -11,11 +11,12 @@ use viska_call::{
     Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
 };
 use viska_e2ee::direct::ChannelBinding;
-use viska_media::audio::{AudioSink, AudioSource};
+use viska_media::audio::{AudioIoError, AudioSink, AudioSource};
 use viska_media::codec::{FrameDuration, OpusConfig};
 use viska_media::ogg::OggOpusWriter;
 use viska_proto::{FrameDecoder, MediaParams, Reason, SuiteId};
 
+use super::audio::{DiscardSink, SilenceSource};
 use super::media::{MAX_DATAGRAM, MediaSession};
 use super::{
     AudioDirection, AudioEvent, CallHandle, CallShared, CallerInfo, DriverCommand, Injection,
@@ -71,12 +72,33 @@ pub(super) async fn place_call(
     ep: QuicEndpoint,
     addr: SocketAddr,
     shared: Arc<CallShared>,
-    commands: mpsc::UnboundedReceiver<DriverCommand>,
+    mut commands: mpsc::UnboundedReceiver<DriverCommand>,
 ) {
     let dialed = Instant::now();
     let handle = CallHandle { shared };
     set_state(&handle.shared, CallState::Handshaking);
-    match ep.connect(addr).await {
+    let connecting = ep.connect(addr);
+    tokio::pin!(connecting);
+    // The application may give up while QUIC is still connecting (an address that does not
+    // answer takes the whole idle timeout to fail).
+    let connected = loop {
+        tokio::select! {
+            c = &mut connecting => break c,
+            cmd = commands.recv() => match cmd {
+                Some(DriverCommand::Call(Command::Hangup | Command::Abort(_))) => {
+                    end(&handle.shared, EndReason::Cancelled { by: viska_call::Side::Local });
+                    return;
+                }
+                Some(DriverCommand::SwitchDevice { direction, .. }) => {
+                    let error = "the call's audio has not started".to_owned();
+                    dispatch_audio(&handle.shared, AudioEvent::SwitchFailed { direction, error });
+                }
+                // Nothing else is accepted before the call is connected.
+                Some(_) | None => {}
+            },
+        }
+    };
+    match connected {
         Ok(conn) => {
             let call = CallSetup {
                 role: Role::Caller,
@@ -149,6 +171,9 @@ struct MediaEnds {
     sent_last_frame: bool,
     /// Playout counters at the last reception report: (lost, received).
     reported: (u64, u64),
+    /// Device switches under way, (input, output): the real end point is away on a blocking
+    /// thread meanwhile and a stand-in (silence, discard) takes its place.
+    switching: (bool, bool),
     session: MediaSession,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
@@ -251,6 +276,7 @@ async fn run_call(
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
     let mut stream_open = true;
+    let (switch_done, mut switched) = mpsc::unbounded_channel::<SwitchDone>();
     // Set when the call ends outside the state machine (connection or stream lost).
     let mut lost: Option<EndReason> = None;
 
@@ -386,17 +412,11 @@ async fn run_call(
                         inject(&conn, media.as_ref(), injection);
                     }
                     Some(DriverCommand::SwitchDevice { direction, device }) => {
-                        let result = match media.as_mut() {
-                            Some(m) => match direction {
-                                AudioDirection::Input => m.source.change_device(device.as_deref()),
-                                AudioDirection::Output => m.sink.change_device(device.as_deref()),
-                            }
-                            .map_err(|e| e.to_string()),
+                        let started = match media.as_mut() {
+                            Some(m) => start_switch(m, direction, device, &switch_done),
                             None => Err("the call's audio has not started".to_owned()),
                         };
-                        // Success is reported by the device itself (`Switched`) at the next
-                        // frame it moves.
-                        if let Err(error) = result {
+                        if let Err(error) = started {
                             dispatch_audio(&shared, AudioEvent::SwitchFailed { direction, error });
                         }
                     }
@@ -435,6 +455,11 @@ async fn run_call(
                     }
                 }
             }
+            Some(done) = switched.recv() => {
+                if let Some((direction, Err(error))) = media.as_mut().map(|m| m.finish_switch(done)) {
+                    dispatch_audio(&shared, AudioEvent::SwitchFailed { direction, error: error.to_string() });
+                }
+            }
             _ = tokio::time::sleep_until(next_timeout.into()) => {
                 let _ = call.handle_input(Input::Timeout(Instant::now()));
             }
@@ -446,6 +471,19 @@ async fn run_call(
     }
     publish_stats(&shared, &call, &conn, media.as_ref());
     if let Some(m) = media.as_mut() {
+        // A device switch under way has the real end point: wait for it (bounded), so the
+        // sink below is the one that gets finished.
+        while m.switching != (false, false) {
+            match tokio::time::timeout(SWITCH_PATIENCE, switched.recv()).await {
+                Ok(Some(done)) => {
+                    if let (direction, Err(e)) = m.finish_switch(done) {
+                        let error = e.to_string();
+                        dispatch_audio(&shared, AudioEvent::SwitchFailed { direction, error });
+                    }
+                }
+                _ => break,
+            }
+        }
         if let Err(e) = m.sink.finish() {
             tracing::warn!(error = %e, "finishing the audio sink failed");
         }
@@ -543,6 +581,7 @@ fn handle_event(
                         playout_aligned: false,
                         sent_last_frame: false,
                         reported: (0, 0),
+                        switching: (false, false),
                         mix: vec![0; session.frame_samples()],
                         session,
                         source,
@@ -614,7 +653,70 @@ fn handle_event(
     None
 }
 
+/// A device switch that ran on a blocking thread, handing its end point back.
+enum SwitchDone {
+    Input(Box<dyn AudioSource>, Result<(), AudioIoError>),
+    Output(Box<dyn AudioSink>, Result<(), AudioIoError>),
+}
+
+/// How long the end of a call waits for a device switch under way.
+const SWITCH_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Hands the end point to a blocking thread to open the new device there (opening a device
+/// can take a hundred milliseconds or more, which would stall media and signaling here); a
+/// stand-in takes its place until [`MediaEnds::finish_switch`].
+fn start_switch(
+    m: &mut MediaEnds,
+    direction: AudioDirection,
+    device: Option<String>,
+    done: &mpsc::UnboundedSender<SwitchDone>,
+) -> Result<(), String> {
+    let done = done.clone();
+    match direction {
+        AudioDirection::Input => {
+            if m.switching.0 {
+                return Err("an input switch is already under way".into());
+            }
+            m.switching.0 = true;
+            let mut source = std::mem::replace(&mut m.source, Box::new(SilenceSource));
+            tokio::task::spawn_blocking(move || {
+                let result = source.change_device(device.as_deref());
+                let _ = done.send(SwitchDone::Input(source, result));
+            });
+        }
+        AudioDirection::Output => {
+            if m.switching.1 {
+                return Err("an output switch is already under way".into());
+            }
+            m.switching.1 = true;
+            let mut sink = std::mem::replace(&mut m.sink, Box::new(DiscardSink));
+            tokio::task::spawn_blocking(move || {
+                let result = sink.change_device(device.as_deref());
+                let _ = done.send(SwitchDone::Output(sink, result));
+            });
+        }
+    }
+    Ok(())
+}
+
 impl MediaEnds {
+    /// Puts a switched end point back in place. Success is reported by the device itself
+    /// (`Switched`) at the next frame it moves; the result is returned for failures.
+    fn finish_switch(&mut self, done: SwitchDone) -> (AudioDirection, Result<(), AudioIoError>) {
+        match done {
+            SwitchDone::Input(source, result) => {
+                self.source = source;
+                self.switching.0 = false;
+                (AudioDirection::Input, result)
+            }
+            SwitchDone::Output(sink, result) => {
+                self.sink = sink;
+                self.switching.1 = false;
+                (AudioDirection::Output, result)
+            }
+        }
+    }
+
     /// The reception report for the interval since the previous one.
     fn reception_report(&mut self) -> Command {
         let p = self.session.counters().playout;

@@ -592,8 +592,11 @@ struct PhoneRuntime {
 
 impl PhoneRuntime {
     fn start(name: &str) -> Result<Self, PhoneError> {
+        // Blocking helpers (opening a sound device) carry the phone's name too, so the
+        // phone's CPU time counts them.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_name(format!("vk-{name}"))
             .build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
