@@ -14,6 +14,7 @@ use cpal::{
     SampleFormat, StreamConfig, StreamInstant, SupportedBufferSize, SupportedStreamConfig,
     SupportedStreamConfigRange,
 };
+use viska_ffi_cpal::{with_input_data, with_output_data};
 use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
 use viska_media::device::{
     DeviceCapture, DeviceError, DeviceEvent, DevicePlayback, DeviceSelector, list_input_devices_on,
@@ -78,7 +79,7 @@ impl FakeDevice {
             callback: StreamInstant::new(0, 0),
             capture: StreamInstant::new(0, 0),
         });
-        with_data(samples, |data| callback(data, &info));
+        with_input_data(samples, |data| callback(data, &info));
         true
     }
 
@@ -91,7 +92,7 @@ impl FakeDevice {
             callback: StreamInstant::new(0, 0),
             capture: StreamInstant::new(0, 0),
         });
-        with_data_i16(samples, |data| callback(data, &info));
+        with_input_data(samples, |data| callback(data, &info));
         true
     }
 
@@ -104,7 +105,7 @@ impl FakeDevice {
             playback: StreamInstant::new(0, 0),
         });
         let mut buffer = vec![f32::NAN; len];
-        with_data(&mut buffer, |data| callback(data, &info));
+        with_output_data(&mut buffer, |data| callback(data, &info));
         Some(buffer)
     }
 
@@ -138,34 +139,6 @@ impl FakeDevice {
         };
         ranges.into_iter()
     }
-}
-
-/// cpal hands callbacks a type-erased buffer that only its unsafe constructor can build.
-#[allow(unsafe_code)]
-fn with_data(samples: &mut [f32], use_data: impl FnOnce(&mut Data)) {
-    // SAFETY: the pointer and length come from a live, exclusively borrowed `[f32]` that
-    // outlives `data`, and F32 is the slice's element type.
-    let mut data = unsafe {
-        Data::from_parts(
-            samples.as_mut_ptr().cast(),
-            samples.len(),
-            SampleFormat::F32,
-        )
-    };
-    use_data(&mut data);
-}
-
-#[allow(unsafe_code)]
-fn with_data_i16(samples: &mut [i16], use_data: impl FnOnce(&mut Data)) {
-    // SAFETY: as in `with_data`, for an `[i16]` described as I16.
-    let mut data = unsafe {
-        Data::from_parts(
-            samples.as_mut_ptr().cast(),
-            samples.len(),
-            SampleFormat::I16,
-        )
-    };
-    use_data(&mut data);
 }
 
 impl PartialEq for FakeDevice {
