@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 pub use tls::{ALPN, LocalCertificate, cert_fingerprint};
@@ -232,6 +232,23 @@ pub struct PeerConnection {
     peer_cert: [u8; 32],
     initiator: bool,
     counters: Arc<DatagramCounters>,
+    /// One block that outgoing datagrams are cut from (quinn takes owned `Bytes`): once quinn
+    /// has sent and dropped the earlier ones, the block is reused, so sending media does not
+    /// allocate per datagram.
+    send_arena: Arc<std::sync::Mutex<BytesMut>>,
+}
+
+/// Bytes of the block outgoing datagrams are cut from (a few hundred media datagrams).
+const SEND_ARENA_BYTES: usize = 64 * 1024;
+
+/// Copies `datagram` into the arena and cuts it off as owned `Bytes`.
+fn cut_datagram(arena: &mut BytesMut, datagram: &[u8]) -> Bytes {
+    if arena.capacity() < datagram.len() {
+        // Takes the block back without allocating when every datagram cut from it is gone.
+        arena.reserve(SEND_ARENA_BYTES);
+    }
+    arena.extend_from_slice(datagram);
+    arena.split().freeze()
 }
 
 impl PeerConnection {
@@ -254,6 +271,9 @@ impl PeerConnection {
             peer_cert,
             initiator,
             counters: Arc::default(),
+            send_arena: Arc::new(std::sync::Mutex::new(BytesMut::with_capacity(
+                SEND_ARENA_BYTES,
+            ))),
         })
     }
 
@@ -324,7 +344,14 @@ impl PeerConnection {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(TransportError::DatagramBufferFull);
         }
-        match self.conn.send_datagram(Bytes::copy_from_slice(datagram)) {
+        let bytes = cut_datagram(
+            &mut self
+                .send_arena
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            datagram,
+        );
+        match self.conn.send_datagram(bytes) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -364,5 +391,38 @@ impl PeerConnection {
     /// Resolves when the connection is closed, with the reason.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.conn.closed().await
+    }
+}
+
+#[cfg(test)]
+mod arena_tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_reuse_one_block_once_sent() {
+        let mut arena = BytesMut::with_capacity(SEND_ARENA_BYTES);
+        let first = cut_datagram(&mut arena, &[7u8; 100]);
+        let block = first.as_ptr() as usize;
+        drop(first);
+        let in_block = |b: &Bytes| {
+            let p = b.as_ptr() as usize;
+            p >= block && p + b.len() <= block + SEND_ARENA_BYTES
+        };
+        // Thousands of datagrams, each dropped once "sent": all cut from the same block.
+        for i in 0..10_000u32 {
+            let payload = i.to_be_bytes().repeat(25);
+            let d = cut_datagram(&mut arena, &payload);
+            assert_eq!(&d[..], &payload[..]);
+            assert!(in_block(&d), "datagram {i} left the block");
+        }
+        // While earlier datagrams are still held, a fresh block is used and nothing is
+        // overwritten.
+        let held: Vec<Bytes> = (0..2_000u32)
+            .map(|i| cut_datagram(&mut arena, &i.to_be_bytes().repeat(25)))
+            .collect();
+        for (i, d) in (0..2_000u32).zip(&held) {
+            assert_eq!(&d[..], &i.to_be_bytes().repeat(25)[..]);
+        }
+        assert!(held.iter().any(|d| !in_block(d)));
     }
 }
