@@ -23,6 +23,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
 
 use crate::audio::{AudioIoError, AudioSink, AudioSource, SAMPLE_RATE, SourceStatus};
+use crate::drift::{DriftTracker, stretch_frames};
 use crate::resample::{CaptureConverter, PlaybackConverter, ResampleError};
 use crate::ring::{RingError, RingMonitor, SampleReader, SampleWriter, sample_ring};
 
@@ -121,6 +122,9 @@ pub struct DeviceStats {
     /// [`CAPTURE_BACKLOG_FRAMES`] frames had piled up (after a stall of the media thread), so
     /// the call does not keep the extra delay.
     pub backlog_trims: u64,
+    /// Frames resized by one device frame to follow the device's clock (see
+    /// [`crate::drift`]).
+    pub drift_corrections: u64,
 }
 
 impl DeviceStats {
@@ -131,6 +135,7 @@ impl DeviceStats {
             device_lost: self.device_lost + other.device_lost,
             device_xruns: self.device_xruns + other.device_xruns,
             backlog_trims: self.backlog_trims + other.backlog_trims,
+            drift_corrections: self.drift_corrections + other.drift_corrections,
         }
     }
 }
@@ -458,6 +463,7 @@ impl<R, C> Endpoint<R, C> {
             device_lost: u64::from(self.flags.is_lost()),
             device_xruns: self.flags.xruns.load(Ordering::Relaxed),
             backlog_trims: 0,
+            drift_corrections: 0,
         }
     }
 }
@@ -496,7 +502,11 @@ pub struct DeviceCapture {
     frame_samples: usize,
     backlog_trims: u64,
     endpoint: CaptureEndpoint,
+    /// Device samples of one frame, with room for one extra device frame (drift).
     device_samples: Vec<f32>,
+    /// A frame resized back to what the converter takes.
+    stretched: Vec<f32>,
+    drift: DriftTracker,
     events: EventState,
 }
 
@@ -555,13 +565,17 @@ impl DeviceCapture {
         frame_samples: usize,
     ) -> Result<Self, DeviceError> {
         let endpoint = open_capture(&host, &selector, frame_samples)?;
-        let device_samples = vec![0.0; endpoint.converter.max_input_len()];
+        let max = endpoint.converter.max_input_len();
+        let channels = usize::from(endpoint.converter.channels());
+        let drift = DriftTracker::new(endpoint.converter.device_rate());
         Ok(Self {
             host,
             frame_samples,
             backlog_trims: 0,
             endpoint,
-            device_samples,
+            device_samples: vec![0.0; max + channels],
+            stretched: vec![0.0; max],
+            drift,
             events: EventState::default(),
         })
     }
@@ -571,9 +585,14 @@ impl DeviceCapture {
     pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
         let endpoint = open_capture(&self.host, &selector, self.frame_samples)?;
         let needed = endpoint.converter.max_input_len();
-        if self.device_samples.len() < needed {
-            self.device_samples.resize(needed, 0.0);
+        let channels = usize::from(endpoint.converter.channels());
+        if self.device_samples.len() < needed + channels {
+            self.device_samples.resize(needed + channels, 0.0);
         }
+        if self.stretched.len() < needed {
+            self.stretched.resize(needed, 0.0);
+        }
+        self.drift.reset_for(endpoint.converter.device_rate());
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -588,6 +607,7 @@ impl DeviceCapture {
     pub fn stats(&self) -> DeviceStats {
         let mut stats = self.events.retired.add(self.endpoint.stats());
         stats.backlog_trims = self.backlog_trims;
+        stats.drift_corrections = self.drift.corrections();
         stats
     }
 
@@ -620,17 +640,25 @@ impl AudioSource for DeviceCapture {
         }
         let needed = endpoint.converter.input_len();
         let frame_len = endpoint.converter.max_input_len();
-        let queued = endpoint.ring.queued_len();
+        let channels = usize::from(endpoint.converter.channels()).max(1);
+        let mut queued = endpoint.ring.queued_len();
         if queued > needed + CAPTURE_BACKLOG_FRAMES * frame_len {
             // Whole device frames only, so the channels stay aligned.
-            let channels = usize::from(endpoint.converter.channels()).max(1);
             let excess = (queued - needed - frame_len) / channels * channels;
-            endpoint.ring.discard_oldest(excess);
+            queued -= endpoint.ring.discard_oldest(excess);
             self.backlog_trims += 1;
         }
-        let Some(device_samples) = self.device_samples.get_mut(..needed) else {
+        // Follow the device's clock: read one device frame more (or fewer) while the ring
+        // fills up (or drains) against the media clock, and resize back to `needed`.
+        let slip = self.drift.observe(queued / channels, true);
+        let take = match slip {
+            1 => needed + channels,
+            -1 if needed > channels => needed - channels,
+            _ => needed,
+        };
+        let Some(device_samples) = self.device_samples.get_mut(..take) else {
             return Err(AudioIoError::Device(format!(
-                "converter needs {needed} samples, buffer holds {}",
+                "converter needs {take} samples, buffer holds {}",
                 self.device_samples.len()
             )));
         };
@@ -638,9 +666,16 @@ impl AudioSource for DeviceCapture {
             out.fill(0);
             return Ok(SourceStatus::Silence);
         }
+        let input: &[f32] = if take == needed {
+            device_samples
+        } else {
+            let stretched = self.stretched.get_mut(..needed).unwrap_or_default();
+            stretch_frames(device_samples, stretched, channels);
+            stretched
+        };
         endpoint
             .converter
-            .convert(device_samples, out)
+            .convert(input, out)
             .map_err(|e| AudioIoError::Device(e.to_string()))?;
         Ok(SourceStatus::Audio)
     }
@@ -663,6 +698,9 @@ pub struct DevicePlayback {
     frame_samples: usize,
     endpoint: PlaybackEndpoint,
     events: EventState,
+    /// A converted frame resized by one device frame (drift).
+    stretched: Vec<f32>,
+    drift: DriftTracker,
 }
 
 impl std::fmt::Debug for DevicePlayback {
@@ -722,11 +760,16 @@ impl DevicePlayback {
         frame_samples: usize,
     ) -> Result<Self, DeviceError> {
         let endpoint = open_playback(&host, &selector, frame_samples)?;
+        let max = endpoint.converter.max_output_len();
+        let channels = usize::from(endpoint.converter.channels());
+        let drift = DriftTracker::new(endpoint.converter.device_rate());
         Ok(Self {
             host,
             frame_samples,
             endpoint,
             events: EventState::default(),
+            stretched: vec![0.0; max + channels],
+            drift,
         })
     }
 
@@ -734,6 +777,12 @@ impl DevicePlayback {
     /// On error the current device stays in use.
     pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
         let endpoint = open_playback(&self.host, &selector, self.frame_samples)?;
+        let needed =
+            endpoint.converter.max_output_len() + usize::from(endpoint.converter.channels());
+        if self.stretched.len() < needed {
+            self.stretched.resize(needed, 0.0);
+        }
+        self.drift.reset_for(endpoint.converter.device_rate());
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -746,7 +795,9 @@ impl DevicePlayback {
 
     /// Counters since opening, over every device used.
     pub fn stats(&self) -> DeviceStats {
-        self.events.retired.add(self.endpoint.stats())
+        let mut stats = self.events.retired.add(self.endpoint.stats());
+        stats.drift_corrections = self.drift.corrections();
+        stats
     }
 
     /// Name of the device in use.
@@ -783,10 +834,30 @@ impl AudioSink for DevicePlayback {
         if endpoint.flags.is_lost() {
             return Ok(());
         }
+        let channels = usize::from(endpoint.converter.channels()).max(1);
+        let queued = endpoint
+            .ring
+            .capacity()
+            .saturating_sub(endpoint.ring.free_len());
+        // Follow the device's clock: write one device frame fewer (or more) while the ring
+        // fills up (or drains) against the media clock.
+        let slip = self.drift.observe(queued / channels, false);
         let samples = endpoint
             .converter
             .convert(pcm)
             .map_err(|e| AudioIoError::Device(e.to_string()))?;
+        let resized = match slip {
+            1 => samples.len() + channels,
+            -1 if samples.len() > channels => samples.len() - channels,
+            _ => samples.len(),
+        };
+        let samples = match self.stretched.get_mut(..resized) {
+            Some(stretched) if resized != samples.len() => {
+                stretch_frames(samples, stretched, channels);
+                &*stretched
+            }
+            _ => samples,
+        };
         // A full ring drops the frame and counts an overrun; the call goes on.
         endpoint.ring.push_all(samples);
         Ok(())

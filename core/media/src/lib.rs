@@ -8,6 +8,7 @@ pub mod audio;
 pub mod codec;
 #[cfg(feature = "device")]
 pub mod device;
+pub mod drift;
 pub mod jitter;
 pub mod ogg;
 mod opus_ext;

@@ -685,3 +685,127 @@ fn switching_devices_mid_call_keeps_the_object_and_its_counters() {
         })
     );
 }
+
+/// Samples a device clocked `ppm` away from the media clock moves per media frame: the
+/// running total rounded down, so fractions carry over as a real device's would.
+struct DeviceClock {
+    ppm: f64,
+    frames: u64,
+    moved: u64,
+}
+
+impl DeviceClock {
+    fn new(ppm: f64) -> Self {
+        Self {
+            ppm,
+            frames: 0,
+            moved: 0,
+        }
+    }
+
+    fn next(&mut self) -> usize {
+        self.frames += 1;
+        let due = (self.frames as f64 * FRAME as f64 * (1.0 + self.ppm * 1e-6)).floor() as u64;
+        let n = due - self.moved;
+        self.moved = due;
+        n as usize
+    }
+}
+
+/// Largest jump between neighbouring samples: a 200 Hz tone at half scale moves at most
+/// ~430 per sample; a dropped block or a gap of silence jumps by thousands.
+fn largest_step(samples: &[i16]) -> i32 {
+    samples
+        .windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Four minutes of media frames: enough for ±800 ppm to move a ring by 9216 samples, which
+/// without drift correction trims the capture backlog (fast device), starves it (slow
+/// device), and starves (fast) or overflows (slow) the 9600-sample playback ring.
+const DRIFT_FRAMES: usize = 12_000;
+
+#[test]
+fn capture_follows_a_device_clock_800_ppm_fast_or_slow_without_drops_or_gaps() {
+    for ppm in [800.0, -800.0] {
+        let rig = rig();
+        let mut capture = DeviceCapture::open_on(
+            Arc::clone(&rig.host),
+            DeviceSelector::Name("Headset".into()),
+            FRAME,
+        )
+        .expect("capture");
+        let mut clock = DeviceClock::new(ppm);
+        let mut sent = 0;
+        // Two frames of slack before the first read, as a device's first callbacks give.
+        let mut prefill = tone(48_000, 200.0, 0.5, sent, 2 * FRAME, 1);
+        sent += 2 * FRAME;
+        assert!(rig.headset.deliver_f32(&mut prefill));
+        let mut frame = vec![0i16; FRAME];
+        let mut heard = Vec::with_capacity(DRIFT_FRAMES * FRAME);
+        for _ in 0..DRIFT_FRAMES {
+            let n = clock.next();
+            let mut block = tone(48_000, 200.0, 0.5, sent, n, 1);
+            sent += n;
+            assert!(rig.headset.deliver_f32(&mut block));
+            assert_eq!(
+                capture.read_frame(&mut frame).expect("read"),
+                SourceStatus::Audio,
+                "{ppm} ppm"
+            );
+            heard.extend_from_slice(&frame);
+        }
+        let stats = capture.stats();
+        assert_eq!(stats.backlog_trims, 0, "{ppm} ppm: {stats:?}");
+        assert_eq!(stats.underruns, 0, "{ppm} ppm: {stats:?}");
+        assert!(stats.drift_corrections > 0, "{ppm} ppm: {stats:?}");
+        assert!(
+            largest_step(&heard) < 600,
+            "{ppm} ppm: step {}",
+            largest_step(&heard)
+        );
+        // Still the same tone: the corrections are far too small to hear as pitch.
+        let tail: Vec<f32> = to_f32(&heard[heard.len() - 48_000..]).collect();
+        let freq = zero_crossing_frequency(&tail, 48_000);
+        assert!((freq - 200.0).abs() < 1.0, "{ppm} ppm: frequency {freq}");
+    }
+}
+
+#[test]
+fn playback_follows_a_device_clock_800_ppm_fast_or_slow_without_drops_or_gaps() {
+    for ppm in [800.0, -800.0] {
+        let rig = rig();
+        let mut playback = DevicePlayback::open_on(
+            Arc::clone(&rig.host),
+            DeviceSelector::Name("Headset".into()),
+            FRAME,
+        )
+        .expect("playback");
+        let source: Vec<i16> = tone(48_000, 200.0, 0.5, 0, (DRIFT_FRAMES + 2) * FRAME, 1)
+            .into_iter()
+            .map(|s| (s * 32_767.0).round() as i16)
+            .collect();
+        let mut frames = source.chunks_exact(FRAME);
+        for frame in frames.by_ref().take(2) {
+            playback.write_frame(frame).expect("write");
+        }
+        let mut clock = DeviceClock::new(ppm);
+        let mut played = Vec::with_capacity(DRIFT_FRAMES * FRAME);
+        for frame in frames {
+            playback.write_frame(frame).expect("write");
+            let out = rig.headset.pull_f32(clock.next()).expect("stream open");
+            played.extend(out.iter().map(|&s| (s * 32_767.0).round() as i16));
+        }
+        let stats = playback.stats();
+        assert_eq!(stats.underruns, 0, "{ppm} ppm: {stats:?}");
+        assert_eq!(stats.overruns, 0, "{ppm} ppm: {stats:?}");
+        assert!(stats.drift_corrections > 0, "{ppm} ppm: {stats:?}");
+        assert!(
+            largest_step(&played) < 600,
+            "{ppm} ppm: step {}",
+            largest_step(&played)
+        );
+    }
+}
