@@ -520,3 +520,64 @@ fn switching_the_device_of_file_audio_is_refused_and_the_call_goes_on() {
     ));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_recorded_call_is_an_ogg_opus_file_of_the_conversation() {
+    let dir = temp_dir("record");
+    let input = dir.join("input.wav");
+    write_test_signal(&input, 4.0);
+    let recording = dir.join("call.opus");
+    let mut callee_config = PhoneConfig::new("rec-callee", generate_identity());
+    callee_config.recording = Some(recording.clone());
+    let mut caller_config = PhoneConfig::new("rec-caller", generate_identity());
+    caller_config.audio = Arc::new(FileAudio {
+        input: Some(input),
+        loop_input: true,
+        output: None,
+    });
+    let callee = Phone::new(callee_config).expect("callee");
+    let caller = Phone::new(caller_config).expect("caller");
+    let (tx, rx) = mpsc::channel();
+    callee.set_listener(Arc::new(AutoAnswer::new(tx)));
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let call = caller.call(addr).expect("call");
+    let (answered, _) = rx.recv_timeout(Duration::from_secs(10)).expect("incoming");
+    std::thread::sleep(Duration::from_secs(2));
+    call.hangup().expect("hangup");
+    // Teardown includes finishing the recording on its writer thread.
+    assert!(answered.wait_ended(Duration::from_secs(5)));
+
+    let info = std::process::Command::new("opusinfo")
+        .arg(&recording)
+        .output()
+        .expect("opusinfo (opus-tools, installed by scripts/setup-deps test)");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{text}");
+    assert!(!text.to_lowercase().contains("warning"), "{text}");
+    let decoded = dir.join("decoded.wav");
+    let status = std::process::Command::new("opusdec")
+        .args(["--quiet", "--rate", "48000"])
+        .arg(&recording)
+        .arg(&decoded)
+        .status()
+        .expect("opusdec");
+    assert!(status.success());
+    let heard = viska::media::wav::WavSource::open(&decoded).expect("decoded");
+    let seconds = heard.samples().len() as f64 / 48_000.0;
+    // The call was up for about two seconds (the recording starts with the media).
+    assert!((1.5..3.5).contains(&seconds), "{seconds} s recorded");
+    let rms = (heard
+        .samples()
+        .iter()
+        .map(|&s| f64::from(s).powi(2))
+        .sum::<f64>()
+        / heard.samples().len().max(1) as f64)
+        .sqrt();
+    assert!(
+        rms > 1000.0,
+        "the caller's voice is in the recording: RMS {rms}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

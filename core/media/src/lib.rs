@@ -5,6 +5,7 @@
 //! files at other rates and channel counts are converted at the edge.
 
 pub mod audio;
+pub mod background;
 pub mod codec;
 #[cfg(feature = "device")]
 pub mod device;

@@ -95,6 +95,20 @@ impl SampleWriter {
         pushed
     }
 
+    /// Appends all of `samples` converted, or nothing and counts an overrun when they do not
+    /// all fit (a whole frame is kept together rather than cut). Allocates nothing.
+    pub fn push_all_converted<S: Copy>(
+        &mut self,
+        samples: &[S],
+        convert: impl Fn(S) -> f32,
+    ) -> bool {
+        if self.producer.slots() < samples.len() {
+            self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.push_converted(samples, convert) == samples.len()
+    }
+
     /// Free room, in samples.
     pub fn free_len(&self) -> usize {
         self.producer.slots()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use viska_media::audio::{AudioIoError, AudioSink, AudioSource, SourceStatus};
+use viska_media::background::BackgroundSink;
 use viska_media::wav::{WavSink, WavSource};
 
 /// Opens the audio end points of each new call.
@@ -16,7 +17,7 @@ pub trait AudioFactory: Send + Sync {
 }
 
 /// WAV files: an optional input played into the call, an optional output recording what is
-/// heard. Missing ends are silence / discarded.
+/// heard (written on its own thread). Missing ends are silence / discarded.
 #[derive(Clone, Debug, Default)]
 pub struct FileAudio {
     /// WAV to send (any PCM format; converted to 48 kHz mono).
@@ -35,9 +36,15 @@ impl AudioFactory for FileAudio {
         }
     }
 
-    fn open_sink(&self, _frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
+    fn open_sink(&self, frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
         match &self.output {
-            Some(path) => Ok(Box::new(WavSink::create(path)?)),
+            // Written on its own thread, so a slow disk never stalls the call.
+            Some(path) => Ok(Box::new(BackgroundSink::spawn(
+                "viska-wav-out",
+                Box::new(WavSink::create(path)?),
+                frame_samples,
+                super::driver::FILE_BUFFER_FRAMES,
+            )?)),
             None => Ok(Box::new(DiscardSink)),
         }
     }

@@ -12,6 +12,7 @@ use viska_call::{
 };
 use viska_e2ee::direct::ChannelBinding;
 use viska_media::audio::{AudioIoError, AudioSink, AudioSource};
+use viska_media::background::BackgroundSink;
 use viska_media::codec::{FrameDuration, OpusConfig};
 use viska_media::ogg::OggOpusWriter;
 use viska_proto::{FrameDecoder, MediaParams, Reason, SuiteId};
@@ -177,7 +178,8 @@ struct MediaEnds {
     session: MediaSession,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
-    recorder: Option<OggOpusWriter>,
+    /// The call recording, encoded and written on its own thread.
+    recorder: Option<BackgroundSink>,
     mix: Vec<i16>,
 }
 
@@ -503,6 +505,10 @@ async fn run_call(
     shared.ended.send_replace(true);
 }
 
+/// Frames a file written in the background may fall behind (2 s at 20 ms) before frames are
+/// dropped rather than the call waiting for the disk.
+pub(super) const FILE_BUFFER_FRAMES: usize = 100;
+
 /// How long a call's end waits for its last signaling frames to be acknowledged.
 const SIGNALING_DRAIN: Duration = Duration::from_millis(500);
 
@@ -570,6 +576,15 @@ fn handle_event(
                     *pcm_out = vec![0; session.frame_samples()];
                     let recorder = inner.config.recording.as_ref().and_then(|path| {
                         OggOpusWriter::create(path, &opus)
+                            .map_err(|e| AudioIoError::File(e.to_string()))
+                            .and_then(|w| {
+                                BackgroundSink::spawn(
+                                    "viska-record",
+                                    Box::new(w),
+                                    frame_samples,
+                                    FILE_BUFFER_FRAMES,
+                                )
+                            })
                             .map_err(|e| tracing::warn!(error = %e, "recording not started"))
                             .ok()
                     });
@@ -840,7 +855,7 @@ fn playout_tick(
                 remote
             };
         }
-        if let Err(e) = rec.write(&m.mix) {
+        if let Err(e) = rec.write_frame(&m.mix) {
             tracing::warn!(error = %e, "recording failed; stopped");
             m.recorder = None;
         }
