@@ -266,7 +266,11 @@ async fn run_call(
     let mut datagram = vec![0u8; MAX_DATAGRAM];
     let mut media: Option<MediaEnds> = None;
     let mut direction = (false, false);
-    let mut next_timeout;
+    // One timer for the state machine's deadlines, moved only when the deadline changes (a
+    // new timer per loop turn would register and cancel one per packet).
+    let call_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(call_timer);
+    let mut armed_for: Option<Instant> = None;
     let frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
     let mut ticker = tokio::time::interval(frame);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -319,7 +323,10 @@ async fn run_call(
                     }
                 }
                 Output::Timeout(t) => {
-                    next_timeout = t;
+                    if armed_for != Some(t) {
+                        call_timer.as_mut().reset(t.into());
+                        armed_for = Some(t);
+                    }
                     break;
                 }
             }
@@ -462,7 +469,8 @@ async fn run_call(
                     dispatch_audio(&shared, AudioEvent::SwitchFailed { direction, error: error.to_string() });
                 }
             }
-            _ = tokio::time::sleep_until(next_timeout.into()) => {
+            () = &mut call_timer, if armed_for.is_some() => {
+                armed_for = None;
                 let _ = call.handle_input(Input::Timeout(Instant::now()));
             }
         }

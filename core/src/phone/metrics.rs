@@ -1,7 +1,7 @@
 //! Measurement hooks: per-frame latency probes and per-phone CPU time. Used by the demo and the
 //! benchmarks; they cost nothing when not enabled.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,45 @@ pub struct LatencyProbe {
 
 #[derive(Debug, Default)]
 struct ProbeInner {
-    /// ((stream, frame index), when its first sample was captured, when it was encoded)
-    sent: VecDeque<((u64, u64), Instant, Instant)>,
+    /// (stream, frame index) -> (when its first sample was captured, when it was encoded)
+    sent: Window<(Instant, Instant)>,
     added_latency: Vec<Duration>,
     mouth_to_ear: Vec<Duration>,
-    arrivals: VecDeque<((u64, u64), Instant)>,
+    arrivals: Window<Instant>,
+}
+
+/// The last [`WINDOW`] frames' records, looked up by (stream, frame index) in O(1): the
+/// probe runs on the phones' media threads, whose CPU the demo measures.
+#[derive(Debug)]
+struct Window<T> {
+    by_key: HashMap<(u64, u64), T>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl<T> Default for Window<T> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::with_capacity(WINDOW),
+            order: VecDeque::with_capacity(WINDOW),
+        }
+    }
+}
+
+impl<T> Window<T> {
+    fn insert(&mut self, key: (u64, u64), value: T) {
+        if self.order.len() == WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+        if self.by_key.insert(key, value).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    fn get(&self, key: &(u64, u64)) -> Option<&T> {
+        self.by_key.get(key)
+    }
 }
 
 /// Frames remembered for matching; older ones are forgotten.
@@ -69,30 +103,22 @@ impl LatencyProbe {
     /// Sender: frame `index` of `stream`, whose first sample was captured at `captured`, is encoded and
     /// ready to protect and send at `ready`.
     pub fn frame_ready(&self, stream: u64, index: u64, captured: Instant, ready: Instant) {
-        let mut inner = self.lock();
-        if inner.sent.len() == WINDOW {
-            inner.sent.pop_front();
-        }
-        inner.sent.push_back(((stream, index), captured, ready));
+        self.lock().sent.insert((stream, index), (captured, ready));
     }
 
     /// Receiver: frame `index` of `stream` arrived, was authenticated and decrypted, and queued at `at`.
     pub fn frame_arrived(&self, stream: u64, index: u64, at: Instant) {
-        let mut inner = self.lock();
-        if inner.arrivals.len() == WINDOW {
-            inner.arrivals.pop_front();
-        }
-        inner.arrivals.push_back(((stream, index), at));
+        self.lock().arrivals.insert((stream, index), at);
     }
 
     /// Receiver: frame `index` of `stream` was played at `played`.
     pub fn frame_played(&self, stream: u64, index: u64, played: Instant) {
         let key = (stream, index);
         let mut inner = self.lock();
-        let Some(&(_, captured, ready)) = inner.sent.iter().find(|(k, _, _)| *k == key) else {
+        let Some(&(captured, ready)) = inner.sent.get(&key) else {
             return;
         };
-        if let Some(&(_, arrived)) = inner.arrivals.iter().find(|(k, _)| *k == key) {
+        if let Some(&arrived) = inner.arrivals.get(&key) {
             let d = arrived.saturating_duration_since(ready);
             inner.added_latency.push(d);
         }
@@ -148,4 +174,36 @@ fn schedstat_cpu(path: &std::path::Path) -> Option<Duration> {
     let stat = std::fs::read_to_string(path).ok()?;
     let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_matches_frames_per_stream_and_forgets_old_ones() {
+        let probe = LatencyProbe::new();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Two streams with the same frame indices never mix.
+        for index in 0..10u64 {
+            probe.frame_ready(0, index, ms(20 * index), ms(20 * index + 20));
+            probe.frame_ready(1, index, ms(20 * index), ms(20 * index + 20));
+            probe.frame_arrived(0, index, ms(20 * index + 21));
+            probe.frame_arrived(1, index, ms(20 * index + 25));
+            probe.frame_played(0, index, ms(20 * index + 60));
+        }
+        let s = probe.summary();
+        assert_eq!(s.frames, 10);
+        assert_eq!(s.mouth_to_ear_median, Some(Duration::from_millis(60)));
+        assert_eq!(s.added_latency_p99, Some(Duration::from_millis(1)));
+        // A frame older than the window is forgotten: playing it records nothing.
+        for index in 10..10 + WINDOW as u64 {
+            probe.frame_ready(0, index, ms(0), ms(0));
+        }
+        probe.frame_played(0, 0, ms(10_000));
+        assert_eq!(probe.summary().frames, 10);
+        probe.frame_played(0, 10, ms(100));
+        assert_eq!(probe.summary().frames, 11);
+    }
 }
