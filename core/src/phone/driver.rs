@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -25,21 +26,64 @@ use super::{
 };
 use crate::transport::{PeerConnection, QuicEndpoint};
 
+/// QUIC handshakes an accepting phone runs at once; more are refused outright (each costs the
+/// phone TLS work before anyone is authenticated).
+const MAX_PENDING_HANDSHAKES: usize = 16;
+
+/// Calls a phone at its call limit authenticates at once in order to refuse them as busy
+/// (and report them as missed calls); beyond that, connections are closed unauthenticated.
+const MAX_BUSY_REFUSALS: usize = 4;
+
+/// Decrements a shared count when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes one of `limit` places in `count`, if one is free.
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts connections and runs each as an incoming call.
 pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(AtomicUsize::new(0));
     while let Some(connecting) = ep.accept_connecting().await {
+        let Some(handshake) = Slot::take(&handshakes, MAX_PENDING_HANDSHAKES) else {
+            // Dropping the attempt refuses it.
+            tracing::debug!("too many handshakes under way; connection refused");
+            continue;
+        };
         // Each handshake runs in its own task: a peer that stalls mid-handshake delays nobody.
         let inner = inner.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
-            match connecting.await {
+            let connected = connecting.await;
+            drop(handshake);
+            match connected {
                 Ok(conn) => {
                     let (handle, commands) = CallHandle::new();
                     // Over the limit the call is still authenticated, then refused as busy:
                     // the caller learns why, the application sees who it missed.
-                    let admission = if inner.admit(&handle.shared) {
-                        Admission::Admitted
+                    let (admission, _refusal) = if inner.admit(&handle.shared) {
+                        (Admission::Admitted, None)
+                    } else if let Some(slot) = Slot::take(&refusals, MAX_BUSY_REFUSALS) {
+                        (Admission::Busy, Some(slot))
                     } else {
-                        Admission::Busy
+                        tracing::debug!("busy and already refusing calls; connection closed");
+                        conn.close("busy");
+                        return;
                     };
                     let call = CallSetup {
                         role: Role::Callee,
@@ -911,5 +955,22 @@ fn inject(conn: &PeerConnection, media: Option<&MediaEnds>, injection: Injection
     }
     if let Err(e) = conn.send_media(&bytes) {
         tracing::debug!(error = %e, "injected datagram not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_bound_the_count_and_free_their_place_when_dropped() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let held: Vec<Slot> = (0..3).filter_map(|_| Slot::take(&count, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(Slot::take(&count, 3).is_none(), "the limit holds");
+        drop(held);
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        assert!(Slot::take(&count, 3).is_some());
+        assert_eq!(count.load(Ordering::Acquire), 0, "a dropped slot frees its place");
     }
 }
