@@ -6,7 +6,7 @@
 //!
 //! The IO-free parts live in their own crates and are re-exported here: [`sframe`],
 //! [`identity`] and [`e2ee`], [`media`], [`proto`], [`call`], [`netem`]. This crate adds the
-//! drivers: [`transport`] (quinn) and the [`Phone`](phone::Phone) that runs calls on its own
+//! drivers: [`transport`] (quinn) and the [`Phone`] that runs calls on its own
 //! runtime.
 #![forbid(unsafe_code)]
 

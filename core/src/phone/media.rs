@@ -70,7 +70,7 @@ pub struct MediaCounters {
     pub playout: JitterStats,
 }
 
-/// One call's media path; see the [module documentation](self).
+/// One call's media path: SFrame protection, Opus, jitter buffer and playout of one call.
 #[derive(Debug)]
 pub struct MediaSession {
     encoder: OpusEncoder,
