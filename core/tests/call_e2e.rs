@@ -495,6 +495,286 @@ fn switching_the_device_of_file_audio_is_refused_and_the_call_goes_on() {
     while recorder.audio.lock().expect("lock").len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Both refused (file audio has no devices), in whichever order the two switches finished.
+    let events = recorder.audio.lock().expect("lock").clone();
+    let failed = |d: AudioDirection| {
+        events
+            .iter()
+            .filter(|e| matches!(e, AudioEvent::SwitchFailed { direction, .. } if *direction == d))
+            .count()
+    };
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(failed(AudioDirection::Output), 1, "{events:?}");
+    assert_eq!(failed(AudioDirection::Input), 1, "{events:?}");
+    assert!(matches!(pair.call.state(), CallState::Active { .. }));
+    hang_up(&pair);
+    let sent = pair.call.snapshot().media;
+    let heard = pair.answered.snapshot().media;
+    assert!(heard.frames_received < sent.frames_sent, "loss happened");
+    assert!(
+        heard.frames_received * 100 > sent.frames_sent * 80,
+        "about 10% lost: {} of {}",
+        heard.frames_received,
+        sent.frames_sent
+    );
+    // The callee's reception reports sized the caller's FEC to the loss it saw (about 10 %).
+    assert!(
+        (5..=20).contains(&sent.fec_expected_loss_pct),
+        "FEC sized for {} %",
+        sent.fec_expected_loss_pct
+    );
+    let repaired = heard.playout.concealed + heard.playout.fec_recovered;
+    assert!(repaired > 0, "loss was concealed: {:?}", heard.playout);
+    assert_eq!(heard.decrypt_failures, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn forged_replayed_and_tampered_datagrams_are_rejected_and_counted() {
+    let dir = temp_dir("forged");
+    let pair = connect(&dir, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = pair.answered.snapshot().media;
+
+    // Garbage, a well-formed SFrame header under the caller's key id with a bogus body, a
+    // replay and a tampered copy of real frames.
+    pair.call
+        .inject_datagram(Injection::Raw(vec![0xff; 3]))
+        .expect("inject");
+    pair.call
+        .inject_datagram(Injection::Raw(
+            // Config byte: KID 0 inline, 8-byte CTR far ahead of the stream; then junk.
+            [
+                &[0x0fu8][..],
+                &(1u64 << 40).to_be_bytes()[..],
+                &[0x55; 40][..],
+            ]
+            .concat(),
+        ))
+        .expect("inject");
+    for _ in 0..3 {
+        pair.call
+            .inject_datagram(Injection::ReplayLast)
+            .expect("inject");
+        pair.call
+            .inject_datagram(Injection::TamperNext)
+            .expect("inject");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = pair.answered.snapshot().media;
+    assert!(
+        matches!(pair.answered.state(), CallState::Active { .. }),
+        "call goes on"
+    );
+    assert!(
+        after.frames_received > before.frames_received + 20,
+        "media still flows"
+    );
+    assert!(after.replays_rejected >= 3, "replays: {after:?}");
+    assert!(
+        after.decrypt_failures >= 4,
+        "forged + tampered rejected: {after:?}"
+    );
+    assert!(after.malformed >= 1, "garbage counted: {after:?}");
+    hang_up(&pair);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_vanished_peer_ends_the_call_as_connection_lost() {
+    let dir = temp_dir("vanish");
+    let pair = connect(&dir, None);
+    std::thread::sleep(Duration::from_millis(300));
+    let Pair {
+        caller,
+        call,
+        answered,
+        ..
+    } = pair;
+    // The caller's phone goes away without hanging up (crash, network gone).
+    caller.simulate_crash();
+    assert!(
+        answered.wait_ended(Duration::from_secs(15)),
+        "callee noticed"
+    );
+    assert!(
+        matches!(
+            answered.state(),
+            CallState::Ended(EndReason::ConnectionLost)
+        ),
+        "{:?}",
+        answered.state()
+    );
+    drop(call);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn shutting_down_a_phone_mid_call_hangs_up_first() {
+    let dir = temp_dir("shutdown");
+    let pair = connect(&dir, None);
+    let recorder = Arc::new(Recorder::default());
+    pair.answered.set_listener(recorder.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let Pair {
+        caller,
+        call,
+        answered,
+        ..
+    } = pair;
+    caller.shutdown();
+    // The caller's call was torn down before the phone stopped: ended, with its reason.
+    assert!(call.is_ended());
+    assert_eq!(
+        call.state(),
+        CallState::Ended(EndReason::Hangup {
+            by: Side::Local,
+            reason: Reason::Normal
+        })
+    );
+    // The peer was told (not left to time out) and its listener heard the end.
+    assert!(answered.wait_ended(Duration::from_secs(3)), "callee ended");
+    let ended = CallState::Ended(EndReason::Hangup {
+        by: Side::Remote,
+        reason: Reason::Normal,
+    });
+    assert_eq!(answered.state(), ended);
+    assert_eq!(recorder.states.lock().expect("lock").last(), Some(&ended));
+    // What the callee heard was written out completely.
+    let heard = viska::media::wav::WavSource::open(dir.join("heard.wav")).expect("heard");
+    assert!(!heard.samples().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
+    let dir = temp_dir("busy");
+    let mut callee_config = PhoneConfig::new("busy-callee", generate_identity());
+    callee_config.max_calls = 1;
+    let callee = Phone::new(callee_config).expect("callee");
+    let (tx, rx) = mpsc::channel();
+    let listener = Arc::new(AutoAnswer::new(tx));
+    callee.set_listener(listener.clone());
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    // Listening twice is refused.
+    assert!(matches!(
+        callee.listen("127.0.0.1:0".parse().expect("addr")),
+        Err(PhoneError::AlreadyListening(a)) if a == addr
+    ));
+
+    let first = Phone::new(PhoneConfig::new("first", generate_identity())).expect("first");
+    let call = first.call(addr).expect("call");
+    let (answered, _) = rx.recv_timeout(Duration::from_secs(10)).expect("incoming");
+    assert!(matches!(
+        call.wait_for(Duration::from_secs(10), |s| matches!(
+            s,
+            CallState::Active { .. }
+        )),
+        CallState::Active { .. }
+    ));
+    assert_eq!(callee.calls().len(), 1);
+
+    let mut second_config = PhoneConfig::new("second", generate_identity());
+    second_config.max_calls = 1;
+    let second = Phone::new(second_config).expect("second");
+    let second_identity = second.identity();
+    // The second phone listens: its call leaves from its listening address.
+    let second_addr = second
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let refused = second.call(addr).expect("call");
+    assert!(refused.wait_ended(Duration::from_secs(10)), "refused");
+    assert_eq!(
+        refused.state(),
+        CallState::Ended(EndReason::Busy { by: Side::Remote })
+    );
+    // The callee's application hears whom it missed, authenticated, and from where.
+    let missed = listener.missed.lock().expect("lock").clone();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].0.identity, second_identity);
+    assert_eq!(missed[0].0.remote_addr, second_addr);
+    assert_eq!(missed[0].1, MissedCall::Busy);
+    // The first call was not disturbed; the busy one never counted.
+    assert!(matches!(answered.state(), CallState::Active { .. }));
+    assert_eq!(callee.calls().len(), 1);
+
+    // The caller's own limit: while one call is still connecting (to an address that never
+    // answers), another is refused at once; giving up on the first frees the place.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent peer");
+    let silent_addr = silent.local_addr().expect("addr");
+    let connecting = second.call(silent_addr).expect("call");
+    assert!(matches!(
+        second.call(addr),
+        Err(PhoneError::TooManyCalls { limit: 1 })
+    ));
+    connecting.hangup().expect("give up");
+    assert!(connecting.wait_ended(Duration::from_secs(2)), "cancelled");
+    assert_eq!(
+        connecting.state(),
+        CallState::Ended(EndReason::Cancelled { by: Side::Local })
+    );
+    assert!(second.call(silent_addr).is_ok());
+    call.hangup().expect("hangup");
+    assert!(answered.wait_ended(Duration::from_secs(5)));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn audio_that_cannot_start_ends_the_call_with_a_reason() {
+    let dir = temp_dir("noaudio");
+    let mut callee_config = PhoneConfig::new("mute-callee", generate_identity());
+    callee_config.audio = Arc::new(FileAudio {
+        input: Some(dir.join("does-not-exist.wav")),
+        loop_input: false,
+        output: None,
+    });
+    let callee = Phone::new(callee_config).expect("callee");
+    let (tx, rx) = mpsc::channel();
+    let listener = Arc::new(AutoAnswer::new(tx));
+    callee.set_listener(listener.clone());
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let caller = Phone::new(PhoneConfig::new("caller", generate_identity())).expect("caller");
+    let call = caller.call(addr).expect("call");
+    assert!(call.wait_ended(Duration::from_secs(10)), "ended");
+    // The caller is told the callee could not take the call, and why.
+    assert_eq!(
+        call.state(),
+        CallState::Ended(EndReason::Rejected {
+            by: Side::Remote,
+            reason: Reason::Error
+        })
+    );
+    // The callee never rang; its application hears of the failed call and the cause.
+    assert!(rx.try_recv().is_err());
+    let missed = listener.missed.lock().expect("lock").clone();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].0.identity, caller.identity());
+    assert!(
+        matches!(&missed[0].1, MissedCall::AudioFailed { error } if error.contains("input")),
+        "{missed:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn switching_the_device_of_file_audio_is_refused_and_the_call_goes_on() {
+    let dir = temp_dir("switch");
+    let pair = connect(&dir, None);
+    let recorder = Arc::new(Recorder::default());
+    pair.call.set_listener(recorder.clone());
+    pair.call
+        .switch_output_device(Some("headset"))
+        .expect("sent");
+    pair.call.switch_input_device(None).expect("sent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.audio.lock().expect("lock").len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let events = recorder.audio.lock().expect("lock").clone();
     assert!(
         matches!(
