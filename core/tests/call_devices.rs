@@ -5,8 +5,10 @@
 //! a child process whose HOME is a fresh directory holding that file.
 #![cfg(all(feature = "device", target_os = "linux"))]
 
+#[path = "../media/tests/fixtures/alsa_home.rs"]
+mod alsa_home;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,6 @@ use viska::phone::{
 };
 use viska::{CallHandle, Phone, PhoneConfig};
 
-const CHILD_DIR_VAR: &str = "VISKA_CALL_DEVICE_TEST_DIR";
 const TEST_NAME: &str = "callee_switches_its_speaker_mid_call";
 
 fn tone(freq: f64, len: usize) -> Vec<i16> {
@@ -69,48 +70,20 @@ impl Speaker {
     }
 }
 
-fn fresh_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!("viska-calldev-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 #[test]
 fn callee_switches_its_speaker_mid_call() {
-    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
-        child(Path::new(&dir));
+    if let Some(dir) = alsa_home::child_home() {
+        child(&dir);
         return;
     }
-    let dir = fresh_dir();
-    let rc = include_str!("../media/tests/fixtures/asoundrc")
-        .replace("@DIR@", &dir.display().to_string());
-    std::fs::write(dir.join(".asoundrc"), rc).expect("asoundrc");
-    // The callee's microphone (viska_in) captures this file.
-    let mic: Vec<u8> = tone(300.0, 48_000)
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
-    std::fs::write(dir.join("to_capture.raw"), mic).expect("capture file");
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env("HOME", &dir)
-        .env(CHILD_DIR_VAR, &dir)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("ALSA_CONFIG_PATH")
-        .output()
-        .expect("child test");
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(
-        output.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    alsa_home::run_in_alsa_home(TEST_NAME, |dir| {
+        // The callee's microphone (viska_in) captures this file.
+        let mic: Vec<u8> = tone(300.0, 48_000)
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        std::fs::write(dir.join("to_capture.raw"), mic).expect("capture file");
+    });
 }
 
 struct Answer(mpsc::Sender<CallHandle>);

@@ -104,6 +104,15 @@ struct Pair {
 }
 
 fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
+    connect_with(dir, impairment, |_| {})
+}
+
+/// Like [`connect`], with the callee's configuration adjusted by `callee_setup` first.
+fn connect_with(
+    dir: &Path,
+    impairment: Option<ImpairmentConfig>,
+    callee_setup: impl FnOnce(&mut PhoneConfig),
+) -> Pair {
     let input = dir.join("input.wav");
     write_test_signal(&input, 4.0);
     let mut callee_config = PhoneConfig::new("e2e-callee", generate_identity());
@@ -113,6 +122,7 @@ fn connect(dir: &Path, impairment: Option<ImpairmentConfig>) -> Pair {
         output: Some(dir.join("heard.wav")),
     });
     callee_config.impairment = impairment.clone();
+    callee_setup(&mut callee_config);
     let mut caller_config = PhoneConfig::new("e2e-caller", generate_identity());
     caller_config.audio = Arc::new(FileAudio {
         input: Some(input),
@@ -518,30 +528,13 @@ fn switching_the_device_of_file_audio_is_refused_and_the_call_goes_on() {
 #[test]
 fn a_recorded_call_is_an_ogg_opus_file_of_the_conversation() {
     let dir = temp_dir("record");
-    let input = dir.join("input.wav");
-    write_test_signal(&input, 4.0);
     let recording = dir.join("call.opus");
-    let mut callee_config = PhoneConfig::new("rec-callee", generate_identity());
-    callee_config.recording = Some(recording.clone());
-    let mut caller_config = PhoneConfig::new("rec-caller", generate_identity());
-    caller_config.audio = Arc::new(FileAudio {
-        input: Some(input),
-        loop_input: true,
-        output: None,
+    let pair = connect_with(&dir, None, |callee| {
+        callee.recording = Some(recording.clone());
     });
-    let callee = Phone::new(callee_config).expect("callee");
-    let caller = Phone::new(caller_config).expect("caller");
-    let (tx, rx) = mpsc::channel();
-    callee.set_listener(Arc::new(AutoAnswer::new(tx)));
-    let addr = callee
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .expect("listen");
-    let call = caller.call(addr).expect("call");
-    let (answered, _) = rx.recv_timeout(Duration::from_secs(10)).expect("incoming");
     std::thread::sleep(Duration::from_secs(2));
-    call.hangup().expect("hangup");
-    // Teardown includes finishing the recording on its writer thread.
-    assert!(answered.wait_ended(Duration::from_secs(5)));
+    // Teardown, which hang_up waits for, includes finishing the recording on its thread.
+    hang_up(&pair);
 
     let info = std::process::Command::new("opusinfo")
         .arg(&recording)

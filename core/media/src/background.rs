@@ -30,6 +30,14 @@ struct Shared {
     error: Mutex<Option<String>>,
 }
 
+impl Shared {
+    /// The inner sink's failure, as the error every later call returns.
+    fn failure(&self) -> AudioIoError {
+        let error = self.error.lock().ok().and_then(|e| e.clone());
+        AudioIoError::File(error.unwrap_or_default())
+    }
+}
+
 /// An [`AudioSink`] that hands frames to a writer thread owning the real sink. See the
 /// [module docs](self).
 #[derive(Debug)]
@@ -121,13 +129,7 @@ fn write_loop(
     if shared.failed.load(Ordering::Acquire) {
         // Still close what was written (a WAV header, the last Ogg page).
         let _ = inner.finish();
-        let error = shared
-            .error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .unwrap_or_default();
-        return Err(AudioIoError::File(error));
+        return Err(shared.failure());
     }
     inner.finish()
 }
@@ -141,14 +143,7 @@ impl AudioSink for BackgroundSink {
             });
         }
         if self.shared.failed.load(Ordering::Acquire) {
-            let error = self
-                .shared
-                .error
-                .lock()
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or_default();
-            return Err(AudioIoError::File(error));
+            return Err(self.shared.failure());
         }
         if self.thread.is_none() {
             return Err(AudioIoError::File("sink already finished".into()));

@@ -4,8 +4,10 @@
 //! re-runs itself in a child process whose HOME is a fresh directory holding that file.
 #![cfg(all(feature = "device", target_os = "linux"))]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "fixtures/alsa_home.rs"]
+mod alsa_home;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use viska_media::audio::{AudioSink, AudioSource, SourceStatus};
@@ -15,7 +17,6 @@ use viska_media::device::{
 };
 
 const FRAME: usize = 960;
-const CHILD_DIR_VAR: &str = "VISKA_ALSA_TEST_DIR";
 const TEST_NAME: &str = "alsa_file_pcms_play_and_capture_real_samples";
 /// The bound on every wait: the null PCM is not paced, so a healthy stream moves in
 /// milliseconds; this only keeps a broken one from hanging the suite.
@@ -38,53 +39,19 @@ fn read_s16(path: &Path) -> Vec<i16> {
         .collect()
 }
 
-/// The test `.asoundrc` (see the fixture) for files in `dir`.
-fn asoundrc(dir: &Path) -> String {
-    include_str!("fixtures/asoundrc").replace("@DIR@", &dir.display().to_string())
-}
-
-fn fresh_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!("viska-alsa-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 #[test]
 fn alsa_file_pcms_play_and_capture_real_samples() {
-    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
-        child(Path::new(&dir));
+    if let Some(dir) = alsa_home::child_home() {
+        child(&dir);
         return;
     }
-    let dir = fresh_dir();
-    std::fs::write(dir.join(".asoundrc"), asoundrc(&dir)).expect("asoundrc");
-    let capture_source: Vec<u8> = tone(440.0, 0.5, 48_000)
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
-    std::fs::write(dir.join("to_capture.raw"), capture_source).expect("capture file");
-
-    let exe = std::env::current_exe().expect("test binary");
-    let output = Command::new(exe)
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env("HOME", &dir)
-        .env(CHILD_DIR_VAR, &dir)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("ALSA_CONFIG_PATH")
-        .output()
-        .expect("child test");
-    let _ = std::fs::remove_dir_all(&dir);
-    // Shown with --nocapture: the formats cpal chose, the counters, the file sizes.
-    println!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(
-        output.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    alsa_home::run_in_alsa_home(TEST_NAME, |dir| {
+        let capture_source: Vec<u8> = tone(440.0, 0.5, 48_000)
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        std::fs::write(dir.join("to_capture.raw"), capture_source).expect("capture file");
+    });
 }
 
 fn child(dir: &Path) {
