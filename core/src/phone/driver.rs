@@ -971,6 +971,10 @@ mod tests {
         drop(held);
         assert_eq!(count.load(Ordering::Acquire), 0);
         assert!(Slot::take(&count, 3).is_some());
-        assert_eq!(count.load(Ordering::Acquire), 0, "a dropped slot frees its place");
+        assert_eq!(
+            count.load(Ordering::Acquire),
+            0,
+            "a dropped slot frees its place"
+        );
     }
 }
