@@ -38,6 +38,7 @@ fuzz_target!(|input: Input| {
     let max_delay = Duration::from_millis(u64::from(input.max_delay_ms % 2_000) + 20);
     let config = JitterConfig {
         max_delay,
+        start_delay: JitterConfig::default().start_delay.min(max_delay),
         capacity_frames: (max_delay.as_millis() as usize).div_ceil(20)
             + 2
             + usize::from(input.capacity_extra),

@@ -18,10 +18,14 @@
 //! the earliest later packet already arrived: the next one with FEC -> `decode_fec`; any later
 //! one with DRED reaching back -> `decode_dred`; otherwise `conceal`. This is the decision logic
 //! of a jitter buffer without its adaptive delay. `--receiver playout` instead drives the
-//! adaptive `viska_media::playout::Playout` (jitter buffer + FEC/PLC, no DRED yet) on a virtual
-//! clock, with its own delay target in place of `--playout-ms`.
+//! adaptive `viska_media::playout::Playout` (jitter buffer + FEC/DRED/PLC) on a virtual clock,
+//! with its own delay target in place of `--playout-ms` (`--jitter-min-ms` and
+//! `--jitter-start-ms` override its `min_delay` and `start_delay`; `--trace` prints every
+//! pull's outcome and delays on stderr).
 //!
-//! Prints one JSON line of counters on stdout.
+//! Prints one JSON line of counters on stdout (for `playout`, `inserted`/`dropped` are frames
+//! inserted or dropped to change the delay and `waits` the buffer's waits for a stalled
+//! stream).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -50,6 +54,9 @@ struct Args {
     dred_ms: u16,
     decoder_complexity: u8,
     playout: bool,
+    jitter_min_ms: Option<f64>,
+    jitter_start_ms: Option<f64>,
+    trace: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +74,9 @@ fn parse_args() -> Result<Args, String> {
         dred_ms: 0,
         decoder_complexity: OpusConfig::default().decoder_complexity,
         playout: false,
+        jitter_min_ms: None,
+        jitter_start_ms: None,
+        trace: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +96,9 @@ fn parse_args() -> Result<Args, String> {
             "--dred-ms" => args.dred_ms = num(value()?)? as u16,
             "--decoder-complexity" => args.decoder_complexity = num(value()?)? as u8,
             "--receiver" => args.playout = value()? == "playout",
+            "--jitter-min-ms" => args.jitter_min_ms = Some(num(value()?)?),
+            "--jitter-start-ms" => args.jitter_start_ms = Some(num(value()?)?),
+            "--trace" => args.trace = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -153,6 +166,7 @@ struct Counters {
     concealed: usize,
     inserted: usize,
     dropped: usize,
+    waits: usize,
     packets: usize,
     bytes: usize,
 }
@@ -206,7 +220,8 @@ fn run(args: &Args) -> Result<Counters, String> {
     };
 
     if args.playout {
-        let decoded = receive_with_playout(&config, &packets, &lost, &extra_delay, &mut counters)?;
+        let decoded =
+            receive_with_playout(args, &config, &packets, &lost, &extra_delay, &mut counters)?;
         return write_aligned(&args.output, &decoded, lookahead, input_len, frame)
             .map(|()| counters);
     }
@@ -268,9 +283,10 @@ fn run(args: &Args) -> Result<Counters, String> {
 
 /// Drives the adaptive `Playout` (jitter buffer + decoder) on a virtual clock: packets are
 /// pushed at their arrival times, one frame is pulled every 20 ms. Its delay adapts and it
-/// drops or inserts quiet frames, so the output is time-warped slightly against the input
+/// drops or inserts quiet frames, so the output may be time-warped slightly against the input
 /// (PESQ aligns per utterance).
 fn receive_with_playout(
+    args: &Args,
     config: &OpusConfig,
     packets: &[Vec<u8>],
     lost: &[bool],
@@ -279,10 +295,17 @@ fn receive_with_playout(
 ) -> Result<Vec<i16>, String> {
     let frame_ms = f64::from(config.frame.millis());
     let decoder = OpusDecoder::new(config).map_err(|e| e.to_string())?;
-    let playout_config = PlayoutConfig {
+    let mut playout_config = PlayoutConfig {
         opus: *config,
         ..PlayoutConfig::default()
     };
+    let millis = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1_000.0);
+    if let Some(ms) = args.jitter_min_ms {
+        playout_config.jitter.min_delay = millis(ms);
+    }
+    if let Some(ms) = args.jitter_start_ms {
+        playout_config.jitter.start_delay = millis(ms);
+    }
     let mut playout = Playout::new(playout_config, decoder).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let at = |ms: f64| start + Duration::from_secs_f64(ms.max(0.0) / 1_000.0);
@@ -320,10 +343,20 @@ fn receive_with_playout(
             .pull(at(now_ms), &mut out)
             .map_err(|e| e.to_string())?;
         k += 1;
+        if args.trace {
+            let stats = playout.stats();
+            eprintln!(
+                "pull {k}: {outcome:?}, delay {:?}, target {:?}, buffered {}",
+                stats.current_delay,
+                stats.target_delay,
+                playout.buffer().len()
+            );
+        }
         match outcome {
             PullOutcome::Silence if !started => continue,
             PullOutcome::Decoded => counters.decoded += 1,
             PullOutcome::FecRecovered => counters.fec += 1,
+            PullOutcome::DredRecovered => counters.dred += 1,
             PullOutcome::Concealed | PullOutcome::Gap => counters.concealed += 1,
             PullOutcome::Inserted => counters.inserted += 1,
             PullOutcome::Dropped => counters.dropped += 1,
@@ -333,7 +366,9 @@ fn receive_with_playout(
         counters.frames += 1;
         decoded.extend_from_slice(&out);
     }
-    counters.late = usize::try_from(playout.stats().late).unwrap_or(usize::MAX);
+    let stats = playout.stats();
+    counters.late = usize::try_from(stats.late).unwrap_or(usize::MAX);
+    counters.waits = usize::try_from(playout.buffer().stats().waits).unwrap_or(usize::MAX);
     Ok(decoded)
 }
 
@@ -367,7 +402,7 @@ fn main() -> ExitCode {
         Ok(c) => {
             let seconds = c.packets as f64 * 0.02;
             println!(
-                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"inserted\":{},\"dropped\":{},\"kbps\":{:.2}}}",
+                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"inserted\":{},\"dropped\":{},\"waits\":{},\"kbps\":{:.2}}}",
                 c.frames,
                 c.lost,
                 c.late,
@@ -377,6 +412,7 @@ fn main() -> ExitCode {
                 c.concealed,
                 c.inserted,
                 c.dropped,
+                c.waits,
                 c.bytes as f64 * 8.0 / seconds / 1_000.0
             );
             ExitCode::SUCCESS

@@ -27,10 +27,12 @@
 //!
 //! * a missing frame with nothing buffered after it (a stall, not a loss) is waited for while
 //!   the current delay is below the target;
-//! * **burst rule**: once losses have come in bursts (the moving average of loss-run length is
-//!   at least two frames) a missing frame with nothing buffered after it is also waited for,
-//!   up to [`JitterConfig::burst_wait`] per episode and never beyond `max_delay`: a network
-//!   that stalls and then delivers a burst loses nothing;
+//! * **burst rule**: once the stream has been seen to stall (a frame handed out as a gap, with
+//!   nothing buffered, whose packet arrived after all; remembered for a minute) a missing
+//!   frame with nothing buffered after it is also waited for, up to
+//!   [`JitterConfig::burst_wait`] per episode and never beyond `max_delay`: a network that
+//!   stalls and then delivers a burst loses nothing. Bursts of *loss* (packets that never
+//!   come) do not turn it on, so they are concealed at once without growing the delay;
 //! * silent frames before a new talkspurt (a packet flagged [`PushMeta::marker`]) are skipped
 //!   while the current delay is above the target.
 //!
@@ -73,10 +75,8 @@ const OFFSET_WINDOW: usize = 256;
 const QUANTILE: f64 = 0.97;
 /// Safety margin added on top of the delay peak, microseconds.
 const SAFETY_MARGIN_US: f64 = 2_000.0;
-/// Loss-run average at or above which losses count as bursty.
-const BURSTY_RUN: f64 = 2.0;
-/// Weight of a new loss run in the loss-run moving average.
-const RUN_WEIGHT: f64 = 0.25;
+/// How long a stall (a gap whose packets came after all) keeps the burst rule on, microseconds.
+const STALL_MEMORY_US: i128 = 60_000_000;
 
 /// Errors from building a [`JitterBuffer`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,7 +133,10 @@ impl Default for JitterConfig {
             frame: Duration::from_millis(20),
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(400),
-            start_delay: Duration::from_millis(20),
+            // The jitter is unknown until packets have come, and growing the delay later
+            // means inserting audio mid-speech; starting generously costs latency only until
+            // the first pause, where the delay shrinks to the target.
+            start_delay: Duration::from_millis(80),
             capacity_frames: 64,
             slot_bytes: DEFAULT_SLOT_BYTES,
             spike_decay: Duration::from_secs(2),
@@ -410,13 +413,12 @@ pub struct JitterBuffer {
     epoch: Option<Instant>,
     /// Bit i set: frame `next_seq - 1 - i` was played from a packet (duplicate detection).
     played: u128,
+    /// Bit i set: frame `next_seq - 1 - i` was handed out as a [`Next::Gap`] (nothing was
+    /// buffered), so a packet arriving for it later shows the stream stalled.
+    gapped: u128,
+    /// When a stall was last seen (a gap frame's packet arrived after all).
+    last_stall_us: Option<i128>,
     estimator: DelayEstimator,
-    /// Consecutive missing frames of the current loss run.
-    loss_run: u64,
-    /// Moving average of loss-run lengths (the first run sets it).
-    mean_loss_run: f64,
-    /// Loss runs seen so far.
-    loss_runs_seen: u64,
     /// Waits since a packet was last played.
     episode_waits: usize,
     stats: BufferStats,
@@ -447,10 +449,9 @@ impl JitterBuffer {
             first_arrival: None,
             epoch: None,
             played: 0,
+            gapped: 0,
+            last_stall_us: None,
             estimator: DelayEstimator::new(),
-            loss_run: 0,
-            mean_loss_run: 0.0,
-            loss_runs_seen: 0,
             episode_waits: 0,
             stats: BufferStats::default(),
         })
@@ -522,6 +523,15 @@ impl JitterBuffer {
         self.head_ready() && self.slot(self.next_seq.saturating_add(1)).is_some()
     }
 
+    /// The earliest packet buffered at or after the playout position, with its sequence
+    /// number: after a [`Next::Conceal`] it is the later packet whose deep redundancy (DRED)
+    /// may reach back to the lost frame (`next_seq() - 1`).
+    pub fn earliest_packet(&self) -> Option<(u64, &[u8])> {
+        let (seq, _) = self.earliest_buffered()?;
+        let slot = self.slots.get(self.slot(seq)?)?;
+        Some((seq, slot.data.get(..slot.len)?))
+    }
+
     /// What the caller should do to the delay at `now`.
     pub fn delay_adjustment(&self, now: Instant) -> DelayAdjustment {
         if !self.started {
@@ -586,10 +596,16 @@ impl JitterBuffer {
             } else {
                 let back = self.next_seq - seq - 1;
                 let played = back < 128 && (self.played >> back) & 1 == 1;
+                let gapped = back < 128 && (self.gapped >> back) & 1 == 1;
                 self.settle_gaps(meta.marker);
                 if played {
                     self.stats.duplicate += 1;
                     return PushOutcome::Duplicate;
+                }
+                if gapped {
+                    // The frame was given up with nothing buffered and came anyway: the
+                    // network stalls rather than drops, so waiting would have saved it.
+                    self.last_stall_us = Some(t);
                 }
                 self.stats.late += 1;
                 self.record_arrival(t, seq);
@@ -651,8 +667,8 @@ impl JitterBuffer {
                         return Next::Wait;
                     }
                     self.stats.unsettled_gaps += 1;
-                    self.loss_run += 1;
                     self.advance(false);
+                    self.gapped |= 1;
                     return Next::Gap;
                 }
                 Some((first_seq, true)) => {
@@ -668,7 +684,6 @@ impl JitterBuffer {
                         self.shift_played(skip, false);
                         self.next_seq += skip;
                     }
-                    self.loss_run = 0;
                     if self.next_seq != first_seq {
                         if self.current_us(t) + self.frame_us <= target {
                             self.stats.waits += 1;
@@ -681,7 +696,6 @@ impl JitterBuffer {
                 }
                 Some((first_seq, false)) => {
                     self.stats.lost += 1;
-                    self.loss_run += 1;
                     self.advance(false);
                     if first_seq == self.next_seq {
                         return match self.slot(first_seq) {
@@ -696,16 +710,6 @@ impl JitterBuffer {
 
         match self.slot(self.next_seq) {
             Some(index) => {
-                if self.loss_run > 0 {
-                    let run = self.loss_run as f64;
-                    self.mean_loss_run = if self.loss_runs_seen == 0 {
-                        run
-                    } else {
-                        self.mean_loss_run + (run - self.mean_loss_run) * RUN_WEIGHT
-                    };
-                    self.loss_runs_seen = self.loss_runs_seen.saturating_add(1);
-                    self.loss_run = 0;
-                }
                 self.episode_waits = 0;
                 if let Some(slot) = self.slots.get_mut(index) {
                     slot.filled = false;
@@ -740,7 +744,10 @@ impl JitterBuffer {
         }
         let max = i128::try_from(self.config.max_delay.as_micros()).unwrap_or(i128::MAX);
         let burst_frames = frames_ceil(self.config.burst_wait, self.config.frame);
-        self.mean_loss_run >= BURSTY_RUN && after_wait <= max && self.episode_waits < burst_frames
+        let stalls_recently = self
+            .last_stall_us
+            .is_some_and(|stall| t - stall <= STALL_MEMORY_US);
+        stalls_recently && after_wait <= max && self.episode_waits < burst_frames
     }
 
     fn anchor(&mut self, now: Instant, seq: u64) {
@@ -755,7 +762,8 @@ impl JitterBuffer {
         self.started = false;
         self.first_arrival = None;
         self.played = 0;
-        self.loss_run = 0;
+        self.gapped = 0;
+        self.last_stall_us = None;
         self.episode_waits = 0;
         self.stats.unsettled_gaps = 0;
         self.estimator.clear();
@@ -769,7 +777,6 @@ impl JitterBuffer {
         }
         if marker {
             self.stats.dtx_frames += gaps;
-            self.loss_run = 0;
         } else {
             self.stats.lost += gaps;
             self.stats.lost_in_gaps += gaps;
@@ -816,10 +823,10 @@ impl JitterBuffer {
     }
 
     fn shift_played(&mut self, frames: u64, played_last: bool) {
-        self.played = if frames >= 128 {
-            0
+        (self.played, self.gapped) = if frames >= 128 {
+            (0, 0)
         } else {
-            self.played << frames
+            (self.played << frames, self.gapped << frames)
         };
         if played_last {
             self.played |= 1;

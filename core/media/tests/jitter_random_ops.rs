@@ -35,6 +35,7 @@ fn random_operation_sequences_keep_the_invariants() {
         let max_delay = Duration::from_millis(20 + rng.below(1_000));
         let config = JitterConfig {
             max_delay,
+            start_delay: JitterConfig::default().start_delay.min(max_delay),
             capacity_frames: (max_delay.as_millis() as usize).div_ceil(20)
                 + 2
                 + rng.below(40) as usize,

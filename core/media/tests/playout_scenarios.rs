@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use viska_media::codec::{OpusConfig, OpusDecoder, OpusEncoder};
+use viska_media::codec::{OpusConfig, OpusDecoder, OpusEncoder, packet_has_fec};
 use viska_media::playout::{Playout, PlayoutConfig, PlayoutError, PullOutcome};
 
 const FRAME_US: u64 = 20_000;
@@ -240,6 +240,18 @@ fn default_config() -> PlayoutConfig {
     }
 }
 
+/// Playout starting one frame after the first packet instead of the default generous start.
+fn quick_start_config() -> PlayoutConfig {
+    let mut config = default_config();
+    config.jitter.start_delay = Duration::from_millis(20);
+    config
+}
+
+/// The source frame and the four before it are quiet: `seq` lies in a pause.
+fn in_pause(seq: u64) -> bool {
+    (seq.saturating_sub(4)..=seq).all(|s| rms(&speech_frame(s)) < 600.0)
+}
+
 #[test]
 fn clean_network_decodes_every_packet_bit_exactly() {
     let packets = encode(500, false);
@@ -248,7 +260,9 @@ fn clean_network_decodes_every_packet_bit_exactly() {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 1);
-    let (playout, run) = simulate(default_config(), &arrivals, 500);
+    // Playout one frame after the first packet: the delay is at the target from the start, so
+    // nothing is dropped and the output is the reference bit for bit.
+    let (playout, run) = simulate(quick_start_config(), &arrivals, 500);
     let stats = playout.stats();
     assert_eq!(
         (stats.lost, stats.concealed, stats.fec_recovered),
@@ -464,7 +478,7 @@ fn drift(ppm: f64) -> (Playout, Run) {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 7);
-    simulate(default_config(), &arrivals, frames - 50)
+    simulate(quick_start_config(), &arrivals, frames - 50)
 }
 
 #[test]
@@ -477,8 +491,9 @@ fn clock_drift_is_corrected_at_quiet_frames() {
         assert_eq!((stats.lost, stats.late), (0, 0), "{ppm} ppm: {stats:?}");
         let adjustments = stats.dropped_for_delay + stats.inserted_for_delay;
         assert!((8..=20).contains(&adjustments), "{ppm} ppm: {stats:?}");
+        // Drops wait until the delay is two frames above the 20 ms target.
         let worst = run.delays.iter().skip(10).map(|d| d.1).fold(0.0, f64::max);
-        assert!(worst <= 60.0, "{ppm} ppm: delay reached {worst} ms");
+        assert!(worst <= 80.0, "{ppm} ppm: delay reached {worst} ms");
         adaptations_were_quiet(&run);
     }
 }
@@ -491,7 +506,7 @@ fn small_drift_stays_put() {
     // 200 ppm for four minutes is 48 ms: two or three drops at most, delay bounded.
     assert!(stats.dropped_for_delay <= 3, "{stats:?}");
     let worst = run.delays.iter().skip(10).map(|d| d.1).fold(0.0, f64::max);
-    assert!(worst <= 60.0);
+    assert!(worst <= 80.0);
 }
 
 #[test]
@@ -533,4 +548,211 @@ fn garbage_packets_are_concealed_not_fatal() {
     }
     assert!(outcomes.contains(&PullOutcome::Concealed), "{outcomes:?}");
     assert!(playout.stats().decode_errors >= 1);
+}
+
+/// Frames `first..first + 3` of every talkspurt in `cycles` lost: bursts of three mid-speech.
+fn drop_bursts<'a>(arrivals: Vec<Arrival<'a>>, first: u64) -> (Vec<Arrival<'a>>, Vec<u64>) {
+    let in_burst = |seq: u64| (first..first + 3).contains(&(seq % CYCLE));
+    let lost = arrivals
+        .iter()
+        .map(|a| a.packet.seq)
+        .filter(|&seq| in_burst(seq))
+        .collect();
+    let kept = arrivals
+        .into_iter()
+        .filter(|a| !in_burst(a.packet.seq))
+        .collect();
+    (kept, lost)
+}
+
+#[test]
+fn loss_bursts_are_concealed_at_once_without_growing_the_delay() {
+    // Playout one frame after the first packet and a short path: after the first burst the
+    // next frames are not in hand yet either. Packets that never come must not be waited for
+    // (that inserted a frame per burst and ratcheted the delay up before).
+    let frames = 800;
+    let packets = encode(frames, false);
+    let network = Network {
+        latency_ms: 5.0,
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 8);
+    let (arrivals, lost) = drop_bursts(arrivals, 40);
+    assert_eq!(lost.len(), 27);
+    let (playout, run) = simulate(quick_start_config(), &arrivals, frames);
+    let stats = playout.stats();
+    assert_eq!(stats.lost, 27, "{stats:?}");
+    assert_eq!(stats.inserted_for_delay, 0, "{stats:?}");
+    assert_eq!(playout.buffer().stats().waits, 0);
+    assert_eq!(run.count(PullOutcome::Inserted), 0);
+    assert_eq!(stats.late, 0);
+    // Every lost frame took exactly its own period: the delay did not move.
+    let delays: Vec<f64> = run.delays.iter().skip(1).map(|d| d.1).collect();
+    let spread = delays.iter().fold(0.0, |m: f64, &d| m.max(d))
+        - delays.iter().fold(f64::MAX, |m: f64, &d| m.min(d));
+    assert!(spread < 1.0, "delay moved: {:?}", run.delays);
+}
+
+#[test]
+fn a_loss_burst_with_later_frames_in_hand_is_concealed_and_fec_recovered() {
+    let frames = 300;
+    let packets = encode(frames, false);
+    let network = Network {
+        latency_ms: 10.0,
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 9);
+    let (arrivals, _) = drop_bursts(arrivals, 40);
+    let (playout, run) = simulate(default_config(), &arrivals, frames);
+    let at_burst: Vec<PullOutcome> = (40..43)
+        .map(|seq| {
+            let index = run
+                .positions
+                .iter()
+                .position(|&p| p == seq)
+                .expect("position reached");
+            run.outcomes[index]
+        })
+        .collect();
+    // Frame 43 is buffered when 40 is due: 40 and 41 are concealed at once, 42 is rebuilt
+    // from 43's in-band FEC when the encoder put LBRR in it; nothing is waited for.
+    let last = if packet_has_fec(&packets[43].payload) {
+        PullOutcome::FecRecovered
+    } else {
+        PullOutcome::Concealed
+    };
+    assert_eq!(
+        at_burst,
+        [PullOutcome::Concealed, PullOutcome::Concealed, last]
+    );
+    let stats = playout.stats();
+    assert_eq!(stats.inserted_for_delay, 0, "{stats:?}");
+}
+
+#[test]
+fn a_40ms_jitter_spike_grows_the_delay_without_dropping_speech() {
+    let frames = 1_000;
+    let packets = encode(frames, false);
+    let network = Network {
+        latency_ms: 30.0,
+        jitter_ms: 2.0,
+        ..Network::default()
+    };
+    let (mut arrivals, _) = transmit(&packets, &network, 10);
+    // Frames 280..300 (mid-talkspurt, 5.6 s) take 40 ms longer.
+    for arrival in arrivals.iter_mut() {
+        if (280..300).contains(&arrival.packet.seq) {
+            arrival.at_us += 40_000;
+        }
+    }
+    arrivals.sort_by_key(|arrival| arrival.at_us);
+    let (playout, run) = simulate(quick_start_config(), &arrivals, frames);
+    let stats = playout.stats();
+    eprintln!("spike: {stats:?}\n{:?}", run.delays);
+    // Only the first packets of the spike can come too late; the delay grows to cover the
+    // rest and no frame of the talkspurt is dropped to get the delay back.
+    assert!(stats.late <= 2, "{stats:?}");
+    assert!(stats.inserted_for_delay >= 1, "{stats:?}");
+    assert!(run.target_at(6.0) >= 40.0, "{:?}", run.delays);
+    for (index, outcome) in run.outcomes.iter().enumerate() {
+        if *outcome == PullOutcome::Dropped {
+            let seq = run.positions[index];
+            assert!(in_pause(seq), "dropped frame {seq} of a talkspurt");
+        }
+    }
+    adaptations_were_quiet(&run);
+    // Every packet sent during the spike that was not late was played.
+    let played_in_spike = (280..300)
+        .filter(|seq| {
+            run.positions.iter().enumerate().any(|(i, &p)| {
+                p == *seq && matches!(run.outcomes[i], PullOutcome::Decoded | PullOutcome::Dropped)
+            })
+        })
+        .count() as u64;
+    assert_eq!(played_in_spike + stats.late, 20, "{stats:?}");
+}
+
+#[test]
+fn the_start_delay_shrinks_only_in_pauses() {
+    // Playout starts 80 ms after the first packet on a 30 ms path: the target is the 20 ms
+    // floor, so the delay must come down, but not by cutting the talkspurt.
+    let frames = 1_000;
+    let packets = encode(frames, false);
+    let network = Network {
+        latency_ms: 30.0,
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 11);
+    let (playout, run) = simulate(default_config(), &arrivals, frames);
+    let stats = playout.stats();
+    assert!(stats.dropped_for_delay >= 2, "{stats:?}");
+    for (index, outcome) in run.outcomes.iter().enumerate() {
+        if *outcome == PullOutcome::Dropped {
+            let seq = run.positions[index];
+            assert!(in_pause(seq), "dropped frame {seq} of a talkspurt");
+        }
+    }
+    assert_eq!(stats.inserted_for_delay, 0);
+    // Within two frames of the target once shrunk (no drop for less).
+    assert!(
+        stats.current_delay < stats.target_delay + Duration::from_millis(40),
+        "{stats:?}"
+    );
+}
+
+fn dred_config() -> OpusConfig {
+    // As in the codec tests: a DRED stream turns in-band FEC off so DRED gets the bits.
+    OpusConfig {
+        dred_duration_ms: 200,
+        fec: false,
+        expected_loss_pct: 20,
+        ..OpusConfig::default()
+    }
+}
+
+#[test]
+fn dred_rebuilds_a_burst_from_a_later_packet_in_hand() {
+    let frames = 200;
+    let mut encoder = OpusEncoder::new(&dred_config()).expect("encoder");
+    let mut out = vec![0u8; 1500];
+    let packets: Vec<Encoded> = (0..frames)
+        .map(|seq| {
+            let len = encoder
+                .encode(&speech_frame(seq), &mut out)
+                .expect("encode");
+            Encoded {
+                seq,
+                payload: out[..len].to_vec(),
+            }
+        })
+        .collect();
+    let network = Network {
+        latency_ms: 10.0,
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 12);
+    let (arrivals, _) = drop_bursts(arrivals, 40);
+    for dred in [true, false] {
+        let config = PlayoutConfig {
+            opus: OpusConfig {
+                // The receiver knows whether the stream carries DRED from its settings.
+                dred_duration_ms: if dred { 200 } else { 0 },
+                ..dred_config()
+            },
+            ..PlayoutConfig::default()
+        };
+        let (playout, run) = simulate(config, &arrivals, frames);
+        let stats = playout.stats();
+        assert_eq!(stats.lost, 6, "{stats:?}");
+        assert_eq!(run.count(PullOutcome::DredRecovered), stats.dred_recovered);
+        assert_eq!(stats.dred_recovered + stats.concealed, 6, "{stats:?}");
+        assert_eq!(stats.inserted_for_delay, 0);
+        if dred {
+            // The first burst has 43 in hand for all three frames; after the delay shrank in
+            // the pause, the second burst's first frame is due before 133 arrives.
+            assert!(stats.dred_recovered >= 4, "{stats:?}");
+        } else {
+            assert_eq!(stats.dred_recovered, 0, "{stats:?}");
+        }
+    }
 }
