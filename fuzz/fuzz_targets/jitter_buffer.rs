@@ -1,6 +1,6 @@
 //! Arbitrary push / pop / reset sequences against the jitter buffer: it never panics, never
-//! holds more than its capacity, and hands out only payloads that were pushed for the frame
-//! at the playout position.
+//! holds more than its capacity, and hands out (or offers as the earliest packet held) only
+//! payloads that were pushed for the frame at or after the playout position.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -101,6 +101,12 @@ fuzz_target!(|input: Input| {
             Op::Reset => buffer.reset(),
         }
         assert!(buffer.len() <= config.capacity_frames);
+        if let Some((frame, bytes)) = buffer.earliest_packet() {
+            assert!(frame >= buffer.next_seq());
+            if let Some(named) = frame_of(bytes) {
+                assert_eq!(named, frame);
+            }
+        }
         let _ = buffer.stats();
     }
 });

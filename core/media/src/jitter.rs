@@ -851,15 +851,15 @@ impl JitterBuffer {
         if self.count == 0 {
             return None;
         }
-        (self.next_seq
-            ..self
-                .next_seq
-                .saturating_add(self.config.capacity_frames as u64))
-            .find_map(|seq| {
-                self.slot(seq)
-                    .and_then(|index| self.slots.get(index))
-                    .map(|slot| (seq, slot.marker))
-            })
+        // Inclusive, so a packet at u64::MAX (where the position saturates) is still found.
+        let last = self
+            .next_seq
+            .saturating_add((self.config.capacity_frames as u64).saturating_sub(1));
+        (self.next_seq..=last).find_map(|seq| {
+            self.slot(seq)
+                .and_then(|index| self.slots.get(index))
+                .map(|slot| (seq, slot.marker))
+        })
     }
 
     fn discard_below(&mut self, seq: u64) -> usize {

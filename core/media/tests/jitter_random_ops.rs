@@ -105,6 +105,23 @@ fn random_operation_sequences_keep_the_invariants() {
                 _ => buffer.reset(),
             }
             assert!(buffer.len() <= capacity);
+            // The packet a DRED rebuild would read: the earliest one held, at or after the
+            // playout position, carrying its own frame.
+            match buffer.earliest_packet() {
+                Some((frame, bytes)) => {
+                    assert!(frame >= buffer.next_seq());
+                    if let Some(named) = frame_of(bytes) {
+                        assert_eq!(named, frame);
+                    }
+                }
+                None => assert!(
+                    buffer.is_empty(),
+                    "case {case}: next {} len {} {:?}",
+                    buffer.next_seq(),
+                    buffer.len(),
+                    buffer.stats()
+                ),
+            }
         }
         let stats = buffer.stats();
         assert_eq!(stats.received, pushes);
