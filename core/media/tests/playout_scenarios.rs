@@ -240,10 +240,11 @@ fn default_config() -> PlayoutConfig {
     }
 }
 
-/// Playout starting one frame after the first packet instead of the default generous start.
-fn quick_start_config() -> PlayoutConfig {
+/// Playout starting 80 ms after the first packet (a generous start, as for a path known to
+/// be jittery) instead of the default one frame.
+fn generous_start_config() -> PlayoutConfig {
     let mut config = default_config();
-    config.jitter.start_delay = Duration::from_millis(20);
+    config.jitter.start_delay = Duration::from_millis(80);
     config
 }
 
@@ -262,7 +263,7 @@ fn clean_network_decodes_every_packet_bit_exactly() {
     let (arrivals, _) = transmit(&packets, &network, 1);
     // Playout one frame after the first packet: the delay is at the target from the start, so
     // nothing is dropped and the output is the reference bit for bit.
-    let (playout, run) = simulate(quick_start_config(), &arrivals, 500);
+    let (playout, run) = simulate(default_config(), &arrivals, 500);
     let stats = playout.stats();
     assert_eq!(
         (stats.lost, stats.concealed, stats.fec_recovered),
@@ -478,7 +479,7 @@ fn drift(ppm: f64) -> (Playout, Run) {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 7);
-    simulate(quick_start_config(), &arrivals, frames - 50)
+    simulate(default_config(), &arrivals, frames - 50)
 }
 
 #[test]
@@ -579,7 +580,7 @@ fn loss_bursts_are_concealed_at_once_without_growing_the_delay() {
     let (arrivals, _) = transmit(&packets, &network, 8);
     let (arrivals, lost) = drop_bursts(arrivals, 40);
     assert_eq!(lost.len(), 27);
-    let (playout, run) = simulate(quick_start_config(), &arrivals, frames);
+    let (playout, run) = simulate(default_config(), &arrivals, frames);
     let stats = playout.stats();
     assert_eq!(stats.lost, 27, "{stats:?}");
     assert_eq!(stats.inserted_for_delay, 0, "{stats:?}");
@@ -603,7 +604,7 @@ fn a_loss_burst_with_later_frames_in_hand_is_concealed_and_fec_recovered() {
     };
     let (arrivals, _) = transmit(&packets, &network, 9);
     let (arrivals, _) = drop_bursts(arrivals, 40);
-    let (playout, run) = simulate(default_config(), &arrivals, frames);
+    let (playout, run) = simulate(generous_start_config(), &arrivals, frames);
     let at_burst: Vec<PullOutcome> = (40..43)
         .map(|seq| {
             let index = run
@@ -646,7 +647,7 @@ fn a_40ms_jitter_spike_grows_the_delay_without_dropping_speech() {
         }
     }
     arrivals.sort_by_key(|arrival| arrival.at_us);
-    let (playout, run) = simulate(quick_start_config(), &arrivals, frames);
+    let (playout, run) = simulate(default_config(), &arrivals, frames);
     let stats = playout.stats();
     eprintln!("spike: {stats:?}\n{:?}", run.delays);
     // Only the first packets of the spike can come too late; the delay grows to cover the
@@ -683,7 +684,7 @@ fn the_start_delay_shrinks_only_in_pauses() {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 11);
-    let (playout, run) = simulate(default_config(), &arrivals, frames);
+    let (playout, run) = simulate(generous_start_config(), &arrivals, frames);
     let stats = playout.stats();
     assert!(stats.dropped_for_delay >= 2, "{stats:?}");
     for (index, outcome) in run.outcomes.iter().enumerate() {
@@ -739,7 +740,7 @@ fn dred_rebuilds_a_burst_from_a_later_packet_in_hand() {
                 dred_duration_ms: if dred { 200 } else { 0 },
                 ..dred_config()
             },
-            ..PlayoutConfig::default()
+            ..generous_start_config()
         };
         let (playout, run) = simulate(config, &arrivals, frames);
         let stats = playout.stats();
