@@ -380,6 +380,42 @@ async fn run_call(
         }
 
         tokio::select! {
+            // Media first when several are ready: a datagram waiting behind a decode or an
+            // encode is latency added to every frame.
+            biased;
+            d = conn.recv_media() => {
+                match d {
+                    Ok(d) => {
+                        if let Some(m) = media.as_mut() {
+                            let now = Instant::now();
+                            match m.session.receive(now, &d) {
+                                Ok(index) => {
+                                    if !m.playout_aligned {
+                                        // Play out in step with the sender: the first frame
+                                        // plays one start delay after it arrived, and every
+                                        // later one a frame period after that.
+                                        m.playout_aligned = true;
+                                        playout_clock.reset_at(
+                                            (now + inner.config.jitter.start_delay).into(),
+                                        );
+                                    }
+                                    if let Some(p) = &config.latency_probe {
+                                        p.frame_arrived(m.recv_stream, index, now);
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "media datagram rejected"),
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        // Connection gone: the peer vanished, closed, or timed out.
+                        if !call.state().is_ended() {
+                            lost = Some(EndReason::ConnectionLost);
+                        }
+                        break;
+                    }
+                }
+            }
             read = recv.read(&mut read_buf), if stream_open => {
                 match read {
                     Ok(Some(n)) => {
@@ -414,39 +450,6 @@ async fn run_call(
                     // Without signaling the call cannot be controlled or hung up: end it.
                     lost = Some(EndReason::ProtocolError);
                     break;
-                }
-            }
-            d = conn.recv_media() => {
-                match d {
-                    Ok(d) => {
-                        if let Some(m) = media.as_mut() {
-                            let now = Instant::now();
-                            match m.session.receive(now, &d) {
-                                Ok(index) => {
-                                    if !m.playout_aligned {
-                                        // Play out in step with the sender: the first frame
-                                        // plays one start delay after it arrived, and every
-                                        // later one a frame period after that.
-                                        m.playout_aligned = true;
-                                        playout_clock.reset_at(
-                                            (now + inner.config.jitter.start_delay).into(),
-                                        );
-                                    }
-                                    if let Some(p) = &config.latency_probe {
-                                        p.frame_arrived(m.recv_stream, index, now);
-                                    }
-                                }
-                                Err(e) => tracing::debug!(error = %e, "media datagram rejected"),
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        // Connection gone: the peer vanished, closed, or timed out.
-                        if !call.state().is_ended() {
-                            lost = Some(EndReason::ConnectionLost);
-                        }
-                        break;
-                    }
                 }
             }
             cmd = commands.recv() => {
