@@ -247,9 +247,10 @@ fn lossy_jittery_call_completes_with_concealment() {
         heard.frames_received,
         sent.frames_sent
     );
-    // The callee's reception reports sized the caller's FEC to the loss it saw (about 10 %).
+    // The callee's reception reports sized the caller's FEC to the loss it saw (about 10 %;
+    // the worst of the last three one-second reports, capped at 30 %).
     assert!(
-        (5..=20).contains(&sent.fec_expected_loss_pct),
+        (5..=30).contains(&sent.fec_expected_loss_pct),
         "FEC sized for {} %",
         sent.fec_expected_loss_pct
     );

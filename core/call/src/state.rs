@@ -194,8 +194,9 @@ pub enum Command {
     /// hangs up an answered one.
     Hangup,
     /// End the call because this end cannot go on (its audio failed to start, the phone is
-    /// shutting down): like [`Command::Hangup`], but the reason is given to the peer (in
-    /// `Hangup` or `Reject`) and kept in the local [`EndReason`].
+    /// shutting down): like [`Command::Hangup`], but the reason is given to the peer in
+    /// `Hangup` (an answered call) or `Reject` (a callee before answering) and kept in the
+    /// local [`EndReason`]. A caller before the answer cancels, which carries no reason.
     Abort(Reason),
     /// Put the call on hold (in `Active`, not already on local hold).
     Hold,

@@ -26,13 +26,11 @@ use super::{
 };
 use crate::transport::{PeerConnection, QuicEndpoint};
 
-/// QUIC handshakes an accepting phone runs at once; more are refused outright (each costs the
-/// phone TLS work before anyone is authenticated).
-const MAX_PENDING_HANDSHAKES: usize = 16;
-
-/// Calls a phone at its call limit authenticates at once in order to refuse them as busy
-/// (and report them as missed calls); beyond that, connections are closed unauthenticated.
-const MAX_BUSY_REFUSALS: usize = 4;
+/// Connections an accepting phone holds before their caller is authenticated (QUIC handshake,
+/// signaling stream, end-to-end handshake); more are refused outright. Each costs the phone
+/// TLS and handshake work before anyone is known, and none counts against
+/// [`super::PhoneConfig::max_calls`] until it is authenticated.
+const MAX_UNAUTHENTICATED: usize = 16;
 
 /// Decrements a shared count when dropped.
 struct Slot(Arc<AtomicUsize>);
@@ -57,38 +55,23 @@ impl Drop for Slot {
 
 /// Accepts connections and runs each as an incoming call.
 pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let refusals = Arc::new(AtomicUsize::new(0));
+    let unauthenticated = Arc::new(AtomicUsize::new(0));
     while let Some(connecting) = ep.accept_connecting().await {
-        let Some(handshake) = Slot::take(&handshakes, MAX_PENDING_HANDSHAKES) else {
+        let Some(slot) = Slot::take(&unauthenticated, MAX_UNAUTHENTICATED) else {
             // Dropping the attempt refuses it.
-            tracing::debug!("too many handshakes under way; connection refused");
+            tracing::debug!("too many unauthenticated connections; connection refused");
             continue;
         };
         // Each handshake runs in its own task: a peer that stalls mid-handshake delays nobody.
         let inner = inner.clone();
-        let refusals = refusals.clone();
         tokio::spawn(async move {
-            let connected = connecting.await;
-            drop(handshake);
-            match connected {
+            match connecting.await {
                 Ok(conn) => {
                     let (handle, commands) = CallHandle::new();
-                    // Over the limit the call is still authenticated, then refused as busy:
-                    // the caller learns why, the application sees who it missed.
-                    let (admission, _refusal) = if inner.admit(&handle.shared) {
-                        (Admission::Admitted, None)
-                    } else if let Some(slot) = Slot::take(&refusals, MAX_BUSY_REFUSALS) {
-                        (Admission::Busy, Some(slot))
-                    } else {
-                        tracing::debug!("busy and already refusing calls; connection closed");
-                        conn.close("busy");
-                        return;
-                    };
                     let call = CallSetup {
                         role: Role::Callee,
                         started: Instant::now(),
-                        admission,
+                        unauthenticated: Some(slot),
                     };
                     run_call(inner, conn, handle, commands, call).await;
                 }
@@ -145,10 +128,11 @@ pub(super) async fn place_call(
     };
     match connected {
         Ok(conn) => {
+            // Admitted by `Phone::call` already.
             let call = CallSetup {
                 role: Role::Caller,
                 started: dialed,
-                admission: Admission::Admitted,
+                unauthenticated: None,
             };
             run_call(inner, conn, handle, commands, call).await;
         }
@@ -187,6 +171,9 @@ fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
     }
 }
 
+/// Reception reports (one a second) whose worst loss sizes the encoder's FEC.
+const LOSS_REPORTS_KEPT: usize = 3;
+
 /// Whether the phone takes an incoming call or refuses it as busy.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Admission {
@@ -199,7 +186,9 @@ struct CallSetup {
     role: Role,
     /// When the call was dialed (caller) or its connection accepted (callee).
     started: Instant,
-    admission: Admission,
+    /// An incoming call's place among the connections not yet authenticated, given up when
+    /// its keys are ready (and it is admitted or refused as busy).
+    unauthenticated: Option<Slot>,
 }
 
 struct MediaEnds {
@@ -216,6 +205,8 @@ struct MediaEnds {
     sent_last_frame: bool,
     /// Playout counters at the last reception report: (lost, received).
     reported: (u64, u64),
+    /// Loss (percent) in the peer's last reception reports, oldest first.
+    recent_loss: [u8; LOSS_REPORTS_KEPT],
     /// Device switches under way, (input, output): the real end point is away on a blocking
     /// thread meanwhile and a stand-in (silence, discard) takes its place.
     switching: (bool, bool),
@@ -237,8 +228,10 @@ async fn run_call(
     let CallSetup {
         role,
         started,
-        admission,
+        mut unauthenticated,
     } = setup;
+    // A caller was admitted when it dialed; a callee is once it is authenticated (keys ready).
+    let mut admission = Admission::Admitted;
     let shared = handle.shared.clone();
     let config = &inner.config;
     let (initiator_cert_sha256, responder_cert_sha256) = conn.binding_fingerprints();
@@ -342,11 +335,31 @@ async fn run_call(
                             continue;
                         }
                     };
-                    if signaling.send(bytes).is_err() {
-                        tracing::warn!("signaling writer gone");
+                    match signaling.try_send(bytes) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The peer has not read its stream for a long while (QUIC flow
+                            // control holds the writer): it cannot be told anything any more.
+                            tracing::warn!("peer stopped reading signaling; ending the call");
+                            lost.get_or_insert(EndReason::ConnectionLost);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            tracing::warn!("signaling writer gone");
+                        }
                     }
                 }
                 Output::Event(event) => {
+                    if let (CallEvent::KeysReady(_), Role::Callee) = (&event, role) {
+                        // Over the limit the call is refused as busy, after authentication:
+                        // the caller learns why, the application sees who it missed.
+                        admission = if inner.admit(&shared) {
+                            Admission::Admitted
+                        } else {
+                            Admission::Busy
+                        };
+                        // Authenticated: its place among the unknown connections is free.
+                        drop(unauthenticated.take());
+                    }
                     let follow_up = handle_event(
                         &inner,
                         &handle,
@@ -375,7 +388,7 @@ async fn run_call(
                 }
             }
         }
-        if call.state().is_ended() {
+        if call.state().is_ended() || lost.is_some() {
             break;
         }
 
@@ -541,13 +554,13 @@ async fn run_call(
                 _ => break,
             }
         }
-        if let Err(e) = m.sink.finish() {
-            tracing::warn!(error = %e, "finishing the audio sink failed");
-        }
-        if let Some(rec) = m.recorder.as_mut() {
-            if let Err(e) = rec.finish() {
-                tracing::warn!(error = %e, "finishing the recording failed");
-            }
+        // Finishing a file (the last of its buffered audio, the header or final page) may wait
+        // for a slow disk: never on the runtime thread, where other calls run too.
+        let sink = std::mem::replace(&mut m.sink, Box::new(DiscardSink));
+        let recorder = m.recorder.take();
+        let finished = tokio::task::spawn_blocking(move || finish_files(sink, recorder)).await;
+        if finished.is_err() {
+            tracing::warn!("finishing the call's audio files failed");
         }
     }
     // The writer finishes the stream once the last frame is written; closing the connection
@@ -564,6 +577,10 @@ async fn run_call(
 /// dropped rather than the call waiting for the disk.
 pub(super) const FILE_BUFFER_FRAMES: usize = 100;
 
+/// Signaling frames that may wait for a peer that does not read its stream before the call is
+/// ended (a call sends a few per second at most).
+const SIGNALING_QUEUE: usize = 64;
+
 /// How long a call's end waits for its last signaling frames to be acknowledged.
 const SIGNALING_DRAIN: Duration = Duration::from_millis(500);
 
@@ -571,8 +588,8 @@ const SIGNALING_DRAIN: Duration = Duration::from_millis(500);
 /// stream, and the task ends once the peer has acknowledged everything (or stopped reading).
 fn spawn_signaling_writer(
     mut send: quinn::SendStream,
-) -> (mpsc::UnboundedSender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SIGNALING_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if let Err(e) = send.write_all(&bytes).await {
@@ -651,6 +668,7 @@ fn handle_event(
                         playout_aligned: false,
                         sent_last_frame: false,
                         reported: (0, 0),
+                        recent_loss: [0; LOSS_REPORTS_KEPT],
                         switching: (false, false),
                         mix: vec![0; session.frame_samples()],
                         session,
@@ -711,8 +729,15 @@ fn handle_event(
         CallEvent::MediaDirection { send, receive } => *direction = (*send, *receive),
         CallEvent::ReceptionReport { loss_permille, .. } => {
             if let Some(m) = media.as_mut() {
-                // FEC sized to the loss the peer sees: nothing spent on a clean path.
+                // FEC sized to the loss the peer sees: nothing spent on a clean path. One
+                // second holds only 50 frames, so a 10 % path reads anywhere from 2 % to 20 %
+                // per report: the worst of the last few reports is what FEC must cover.
                 let pct = u8::try_from(loss_permille.div_ceil(10).min(30)).unwrap_or(30);
+                m.recent_loss.rotate_left(1);
+                if let Some(last) = m.recent_loss.last_mut() {
+                    *last = pct;
+                }
+                let pct = m.recent_loss.iter().copied().max().unwrap_or(pct);
                 if let Err(e) = m.session.set_expected_loss(pct) {
                     tracing::debug!(error = %e, "expected loss not applied");
                 }
@@ -898,7 +923,11 @@ fn playout_tick(
         pcm_out.fill(0);
     }
     if let Err(e) = m.sink.write_frame(pcm_out) {
-        tracing::debug!(error = %e, "audio sink failed");
+        // A sink that fails (a full disk under the WAV output) is not tried every frame; what
+        // it holds is finished off the runtime thread.
+        tracing::warn!(error = %e, "audio sink failed; discarding what is heard from now on");
+        let failed = std::mem::replace(&mut m.sink, Box::new(DiscardSink));
+        tokio::task::spawn_blocking(move || finish_files(failed, None));
     }
     if let Some(rec) = m.recorder.as_mut() {
         // The recording is the conversation: what was sent mixed with what was heard.
@@ -912,7 +941,20 @@ fn playout_tick(
         }
         if let Err(e) = rec.write_frame(&m.mix) {
             tracing::warn!(error = %e, "recording failed; stopped");
-            m.recorder = None;
+            let failed = m.recorder.take();
+            tokio::task::spawn_blocking(move || drop(failed));
+        }
+    }
+}
+
+/// Finishes a call's audio sink and recording (blocking: run it off the runtime thread).
+fn finish_files(mut sink: Box<dyn AudioSink>, recorder: Option<BackgroundSink>) {
+    if let Err(e) = sink.finish() {
+        tracing::warn!(error = %e, "finishing the audio sink failed");
+    }
+    if let Some(mut rec) = recorder {
+        if let Err(e) = rec.finish() {
+            tracing::warn!(error = %e, "finishing the recording failed");
         }
     }
 }

@@ -92,8 +92,10 @@ pub struct PhoneConfig {
     /// Record each call (both sides mixed) to this Ogg Opus file.
     pub recording: Option<std::path::PathBuf>,
     /// Calls this phone runs at once (placed, ringing or active). Another incoming call is
-    /// refused as busy (and reported through [`PhoneListener::missed_call`]); another outgoing
-    /// one is refused with [`PhoneError::TooManyCalls`].
+    /// refused as busy once its caller is authenticated (and reported through
+    /// [`PhoneListener::missed_call`]); another outgoing one is refused with
+    /// [`PhoneError::TooManyCalls`]. Connections whose caller is not authenticated yet do not
+    /// count (at most 16 are held at once; more are refused).
     pub max_calls: usize,
 }
 
@@ -236,8 +238,10 @@ pub enum AudioEvent {
         error: String,
     },
     /// The call's audio could not start (no such device, unreadable file, codec settings):
-    /// the call is ended with reason `Error`. (An incoming call that fails this way never
-    /// rings: it is reported by [`PhoneListener::missed_call`].)
+    /// the call is ended (an outgoing call not yet answered is cancelled; the peer of an
+    /// answered one is told reason `Error`). An incoming call that fails this way never
+    /// rings: it is refused with reason `Error` and reported by
+    /// [`PhoneListener::missed_call`].
     StartFailed {
         /// Why.
         error: String,
@@ -638,8 +642,9 @@ pub struct Phone {
     inner: Arc<PhoneInner>,
     /// The endpoint `listen` bound; calls are placed from it too, so peers see one address.
     listening: Mutex<Option<QuicEndpoint>>,
-    /// The endpoint calls are placed from while the phone does not listen.
-    client: Mutex<Option<QuicEndpoint>>,
+    /// The endpoints calls are placed from while the phone does not listen, by the address
+    /// they are bound to (one per address family, and one on loopback for loopback peers).
+    client: Mutex<Vec<(SocketAddr, QuicEndpoint)>>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -665,7 +670,7 @@ impl Phone {
                 calls: Mutex::new(Vec::new()),
             }),
             listening: Mutex::new(None),
-            client: Mutex::new(None),
+            client: Mutex::new(Vec::new()),
         })
     }
 
@@ -722,17 +727,18 @@ impl Phone {
         let ep = match lock(&self.listening).as_ref() {
             Some(ep) => ep.clone(),
             None => {
+                let ip = match addr {
+                    a if a.ip().is_loopback() => a.ip(),
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                };
+                let bind = SocketAddr::new(ip, 0);
                 let mut client = lock(&self.client);
-                match client.as_ref() {
-                    Some(ep) => ep.clone(),
+                match client.iter().find(|(b, _)| *b == bind) {
+                    Some((_, ep)) => ep.clone(),
                     None => {
-                        let ip = match addr {
-                            a if a.ip().is_loopback() => a.ip(),
-                            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                        };
-                        let ep = self.bind(SocketAddr::new(ip, 0))?;
-                        *client = Some(ep.clone());
+                        let ep = self.bind(bind)?;
+                        client.push((bind, ep.clone()));
                         ep
                     }
                 }
@@ -793,10 +799,11 @@ impl Phone {
             let handle = CallHandle { shared: call };
             handle.wait_ended(deadline.saturating_duration_since(std::time::Instant::now()));
         }
-        for slot in [&self.listening, &self.client] {
-            if let Some(ep) = lock(slot).take() {
-                ep.close();
-            }
+        if let Some(ep) = lock(&self.listening).take() {
+            ep.close();
+        }
+        for (_, ep) in lock(&self.client).drain(..) {
+            ep.close();
         }
         self.runtime.stop();
     }
@@ -808,8 +815,10 @@ impl Drop for Phone {
     }
 }
 
-/// How long stopping a phone waits for its calls to hang up cleanly.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long stopping a phone waits for its calls to hang up cleanly: longer than a call's own
+/// bounded teardown (a device switch under way, the last signaling acknowledged, files
+/// finished).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
