@@ -507,6 +507,8 @@ pub struct DeviceCapture {
     /// A frame resized back to what the converter takes.
     stretched: Vec<f32>,
     drift: DriftTracker,
+    /// The device stream's underrun count when the drift tracker last looked.
+    underruns_seen: u64,
     events: EventState,
 }
 
@@ -576,6 +578,7 @@ impl DeviceCapture {
             device_samples: vec![0.0; max + channels],
             stretched: vec![0.0; max],
             drift,
+            underruns_seen: 0,
             events: EventState::default(),
         })
     }
@@ -593,6 +596,7 @@ impl DeviceCapture {
             self.stretched.resize(needed, 0.0);
         }
         self.drift.reset_for(endpoint.converter.device_rate());
+        self.underruns_seen = 0;
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -650,7 +654,10 @@ impl AudioSource for DeviceCapture {
         }
         // Follow the device's clock: read one device frame more (or fewer) while the ring
         // fills up (or drains) against the media clock, and resize back to `needed`.
-        let slip = self.drift.observe(queued / channels, true);
+        let underruns = endpoint.monitor.stats().underruns;
+        let starved = underruns > self.underruns_seen;
+        self.underruns_seen = underruns;
+        let slip = self.drift.observe(queued / channels, true, starved);
         let take = match slip {
             1 => needed + channels,
             -1 if needed > channels => needed - channels,
@@ -701,6 +708,8 @@ pub struct DevicePlayback {
     /// A converted frame resized by one device frame (drift).
     stretched: Vec<f32>,
     drift: DriftTracker,
+    /// The device stream's underrun count when the drift tracker last looked.
+    underruns_seen: u64,
 }
 
 impl std::fmt::Debug for DevicePlayback {
@@ -770,6 +779,7 @@ impl DevicePlayback {
             events: EventState::default(),
             stretched: vec![0.0; max + channels],
             drift,
+            underruns_seen: 0,
         })
     }
 
@@ -783,6 +793,7 @@ impl DevicePlayback {
             self.stretched.resize(needed, 0.0);
         }
         self.drift.reset_for(endpoint.converter.device_rate());
+        self.underruns_seen = 0;
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -841,7 +852,10 @@ impl AudioSink for DevicePlayback {
             .saturating_sub(endpoint.ring.free_len());
         // Follow the device's clock: write one device frame fewer (or more) while the ring
         // fills up (or drains) against the media clock.
-        let slip = self.drift.observe(queued / channels, false);
+        let underruns = endpoint.monitor.stats().underruns;
+        let starved = underruns > self.underruns_seen;
+        self.underruns_seen = underruns;
+        let slip = self.drift.observe(queued / channels, false, starved);
         let samples = endpoint
             .converter
             .convert(pcm)

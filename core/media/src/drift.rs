@@ -32,6 +32,8 @@ pub struct DriftTracker {
     tolerance: usize,
     window_min: usize,
     window_count: u32,
+    /// Whether the ring ran dry during this window.
+    window_starved: bool,
     /// Device frames to add per media frame until the next window: -1, 0 or +1.
     slip: i8,
     /// Media frames resized so far.
@@ -48,26 +50,40 @@ impl DriftTracker {
             tolerance: (device_rate / 1000).max(1) as usize,
             window_min: usize::MAX,
             window_count: 0,
+            window_starved: false,
             slip: 0,
             corrections: 0,
         }
     }
 
-    /// Records the ring's fill level (device frames queued) seen at this media frame and
-    /// returns the correction for it, in device frames: +1 to consume (capture) or produce
+    /// Records the ring's fill level (device frames queued) seen at this media frame, and
+    /// whether the ring ran dry since the last one (`starved`: an underrun), and returns the
+    /// correction for this frame, in device frames: +1 to consume (capture) or produce
     /// (playback) one more, -1 one fewer, 0 none. For capture a positive level error means the
     /// device runs fast; for playback, that it runs slow. `capture` picks the sign.
-    pub fn observe(&mut self, queued_frames: usize, capture: bool) -> i8 {
+    ///
+    /// A window with an underrun means the level is too low to ride out the device's bursts
+    /// (the minimum of a playback ring the device empties in each callback is zero, so the
+    /// level alone cannot show it): the learnt level is raised by the tolerance and the next
+    /// window corrects towards "fuller".
+    pub fn observe(&mut self, queued_frames: usize, capture: bool, starved: bool) -> i8 {
         self.window_min = self.window_min.min(queued_frames);
+        self.window_starved |= starved;
         self.window_count += 1;
         if self.window_count >= WINDOW_FRAMES {
             let level = self.window_min;
+            let starved = std::mem::take(&mut self.window_starved);
             self.window_min = usize::MAX;
             self.window_count = 0;
             self.windows = self.windows.saturating_add(1);
             match self.setpoint {
                 None if self.windows < 2 => {}
                 None => self.setpoint = Some(level),
+                Some(setpoint) if starved => {
+                    self.setpoint = Some(setpoint.max(level) + self.tolerance);
+                    // Too empty: capture must read slower, playback must write faster.
+                    self.slip = if capture { -1 } else { 1 };
+                }
                 Some(setpoint) => {
                     // Too full: capture must read faster, playback must write slower.
                     let direction = if level > setpoint + self.tolerance {
@@ -143,7 +159,7 @@ mod tests {
         for i in 0..500 {
             // Bursty but steady: the minimum stays at 480.
             let level = 480 + (i % 3) * 240;
-            assert_eq!(t.observe(level, true), 0);
+            assert_eq!(t.observe(level, true, false), 0);
         }
         assert_eq!(t.corrections(), 0);
     }
@@ -157,7 +173,7 @@ mod tests {
             for _ in 0..1000 {
                 // The device gains 0.5 frames per media frame (~520 ppm) on the ring...
                 level += 0.5;
-                let slip = t.observe(level as usize, capture);
+                let slip = t.observe(level as usize, capture, false);
                 // ...and each correction takes one frame out again.
                 level -= f64::from(slip) * if capture { 1.0 } else { -1.0 };
                 slips.push(slip);
@@ -180,7 +196,7 @@ mod tests {
         let mut level = 2000.0f64;
         for _ in 0..1000 {
             level -= 0.5;
-            let slip = t.observe(level as usize, true);
+            let slip = t.observe(level as usize, true, false);
             level -= f64::from(slip);
         }
         assert!(
@@ -194,16 +210,45 @@ mod tests {
     fn reset_relearns_the_level_and_keeps_the_count() {
         let mut t = DriftTracker::new(48_000);
         for i in 0..200 {
-            t.observe(480 + i * 10, true);
+            t.observe(480 + i * 10, true, false);
         }
         let before = t.corrections();
         assert!(before > 0);
         t.reset_for(44_100);
         // A new stream at a very different level: learnt, not corrected.
         for _ in 0..100 {
-            assert_eq!(t.observe(5000, true), 0);
+            assert_eq!(t.observe(5000, true, false), 0);
         }
         assert_eq!(t.corrections(), before);
+    }
+
+    #[test]
+    fn underruns_raise_the_level_even_when_its_minimum_is_zero() {
+        // A playback ring the device empties at every callback: its minimum is 0 whatever the
+        // drift, so only the underruns tell that the device takes more than it is given.
+        let mut t = DriftTracker::new(48_000);
+        let mut cushion = 0.0f64;
+        let mut starved_windows = Vec::new();
+        for window in 0..40 {
+            let mut starved_here = false;
+            for _ in 0..WINDOW_FRAMES {
+                // The device takes 0.8 frames more than a frame's worth every media frame.
+                cushion -= 0.8;
+                let starved = cushion < 0.0;
+                if starved {
+                    cushion = 0.0;
+                    starved_here = true;
+                }
+                let slip = t.observe(0, false, starved);
+                cushion += f64::from(slip);
+            }
+            starved_windows.push((window, starved_here));
+        }
+        // Writing one more device frame per media frame (1042 ppm) outruns an 800 ppm fast
+        // device's 0.8 frames: once corrections start, the ring stops running dry.
+        let late: Vec<_> = starved_windows[10..].iter().filter(|(_, s)| *s).collect();
+        assert!(late.is_empty(), "still starved in {late:?}");
+        assert!(t.corrections() > 0);
     }
 
     #[test]

@@ -787,19 +787,30 @@ fn playback_follows_a_device_clock_800_ppm_fast_or_slow_without_drops_or_gaps() 
             .into_iter()
             .map(|s| (s * 32_767.0).round() as i16)
             .collect();
-        let mut frames = source.chunks_exact(FRAME);
-        for frame in frames.by_ref().take(2) {
-            playback.write_frame(frame).expect("write");
-        }
+        // As on a real device: nothing queued before the first frame, and the device takes
+        // what it is due right after each write (its ring runs down to empty every period).
         let mut clock = DeviceClock::new(ppm);
         let mut played = Vec::with_capacity(DRIFT_FRAMES * FRAME);
-        for frame in frames {
+        let mut settled_underruns = None;
+        let settle = 1_500; // 30 s
+        for (n, frame) in source.chunks_exact(FRAME).take(DRIFT_FRAMES).enumerate() {
+            if n == settle {
+                settled_underruns = Some(playback.stats().underruns);
+            }
             playback.write_frame(frame).expect("write");
             let out = rig.headset.pull_f32(clock.next()).expect("stream open");
-            played.extend(out.iter().map(|&s| (s * 32_767.0).round() as i16));
+            if n >= settle {
+                played.extend(out.iter().map(|&s| (s * 32_767.0).round() as i16));
+            }
         }
         let stats = playback.stats();
-        assert_eq!(stats.underruns, 0, "{ppm} ppm: {stats:?}");
+        // A fast device starves the ring at first (nothing is ever queued ahead of it); the
+        // tracker learns from those underruns and keeps a cushion, so once settled none occur.
+        assert_eq!(
+            Some(stats.underruns),
+            settled_underruns,
+            "{ppm} ppm: underruns after settling: {stats:?}"
+        );
         assert_eq!(stats.overruns, 0, "{ppm} ppm: {stats:?}");
         assert!(stats.drift_corrections > 0, "{ppm} ppm: {stats:?}");
         assert!(
