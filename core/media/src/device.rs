@@ -494,6 +494,55 @@ impl EventState {
     }
 }
 
+/// Following one device stream's clock: the [`DriftTracker`], the stream's underrun count it
+/// last saw, and the buffer a frame is resized in. Shared by capture and playback.
+#[derive(Debug)]
+struct DriftFollower {
+    tracker: DriftTracker,
+    underruns_seen: u64,
+    resized: Vec<f32>,
+}
+
+impl DriftFollower {
+    /// For a stream at `device_rate` Hz whose frames (one device frame longer when corrected)
+    /// hold at most `max_len` samples.
+    fn new(device_rate: u32, max_len: usize) -> Self {
+        Self {
+            tracker: DriftTracker::new(device_rate),
+            underruns_seen: 0,
+            resized: vec![0.0; max_len],
+        }
+    }
+
+    /// A new device stream: relearn its level (the count of corrections is kept).
+    fn reset(&mut self, device_rate: u32, max_len: usize) {
+        self.tracker.reset_for(device_rate);
+        self.underruns_seen = 0;
+        if self.resized.len() < max_len {
+            self.resized.resize(max_len, 0.0);
+        }
+    }
+
+    /// The correction for this frame (see [`DriftTracker::observe`]), given the ring's level
+    /// and the stream's underrun count now.
+    fn slip(&mut self, queued_frames: usize, capture: bool, underruns: u64) -> i8 {
+        let starved = underruns > self.underruns_seen;
+        self.underruns_seen = underruns;
+        self.tracker.observe(queued_frames, capture, starved)
+    }
+
+    /// `input` resized to `len` samples of `channels` interleaved channels; `None` only if
+    /// the lengths are not whole frames or exceed the buffer (not reached: sized at open).
+    fn resize(&mut self, input: &[f32], len: usize, channels: usize) -> Option<&[f32]> {
+        let out = self.resized.get_mut(..len)?;
+        stretch_frames(input, out, channels).then_some(&*out)
+    }
+
+    fn corrections(&self) -> u64 {
+        self.tracker.corrections()
+    }
+}
+
 type CaptureEndpoint = Endpoint<SampleReader, CaptureConverter>;
 
 /// Captured audio from a sound device as 48 kHz mono frames of a fixed size.
@@ -504,11 +553,7 @@ pub struct DeviceCapture {
     endpoint: CaptureEndpoint,
     /// Device samples of one frame, with room for one extra device frame (drift).
     device_samples: Vec<f32>,
-    /// A frame resized back to what the converter takes.
-    stretched: Vec<f32>,
-    drift: DriftTracker,
-    /// The device stream's underrun count when the drift tracker last looked.
-    underruns_seen: u64,
+    drift: DriftFollower,
     events: EventState,
 }
 
@@ -569,16 +614,14 @@ impl DeviceCapture {
         let endpoint = open_capture(&host, &selector, frame_samples)?;
         let max = endpoint.converter.max_input_len();
         let channels = usize::from(endpoint.converter.channels());
-        let drift = DriftTracker::new(endpoint.converter.device_rate());
+        let drift = DriftFollower::new(endpoint.converter.device_rate(), max + channels);
         Ok(Self {
             host,
             frame_samples,
             backlog_trims: 0,
             endpoint,
             device_samples: vec![0.0; max + channels],
-            stretched: vec![0.0; max],
             drift,
-            underruns_seen: 0,
             events: EventState::default(),
         })
     }
@@ -587,16 +630,12 @@ impl DeviceCapture {
     /// On error the current device stays in use.
     pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
         let endpoint = open_capture(&self.host, &selector, self.frame_samples)?;
-        let needed = endpoint.converter.max_input_len();
-        let channels = usize::from(endpoint.converter.channels());
-        if self.device_samples.len() < needed + channels {
-            self.device_samples.resize(needed + channels, 0.0);
+        let needed =
+            endpoint.converter.max_input_len() + usize::from(endpoint.converter.channels());
+        if self.device_samples.len() < needed {
+            self.device_samples.resize(needed, 0.0);
         }
-        if self.stretched.len() < needed {
-            self.stretched.resize(needed, 0.0);
-        }
-        self.drift.reset_for(endpoint.converter.device_rate());
-        self.underruns_seen = 0;
+        self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -655,9 +694,7 @@ impl AudioSource for DeviceCapture {
         // Follow the device's clock: read one device frame more (or fewer) while the ring
         // fills up (or drains) against the media clock, and resize back to `needed`.
         let underruns = endpoint.monitor.stats().underruns;
-        let starved = underruns > self.underruns_seen;
-        self.underruns_seen = underruns;
-        let slip = self.drift.observe(queued / channels, true, starved);
+        let slip = self.drift.slip(queued / channels, true, underruns);
         let take = match slip {
             1 => needed + channels,
             -1 if needed > channels => needed - channels,
@@ -676,9 +713,9 @@ impl AudioSource for DeviceCapture {
         let input: &[f32] = if take == needed {
             device_samples
         } else {
-            let stretched = self.stretched.get_mut(..needed).unwrap_or_default();
-            stretch_frames(device_samples, stretched, channels);
-            stretched
+            self.drift
+                .resize(device_samples, needed, channels)
+                .unwrap_or_default()
         };
         endpoint
             .converter
@@ -705,11 +742,7 @@ pub struct DevicePlayback {
     frame_samples: usize,
     endpoint: PlaybackEndpoint,
     events: EventState,
-    /// A converted frame resized by one device frame (drift).
-    stretched: Vec<f32>,
-    drift: DriftTracker,
-    /// The device stream's underrun count when the drift tracker last looked.
-    underruns_seen: u64,
+    drift: DriftFollower,
 }
 
 impl std::fmt::Debug for DevicePlayback {
@@ -771,15 +804,13 @@ impl DevicePlayback {
         let endpoint = open_playback(&host, &selector, frame_samples)?;
         let max = endpoint.converter.max_output_len();
         let channels = usize::from(endpoint.converter.channels());
-        let drift = DriftTracker::new(endpoint.converter.device_rate());
+        let drift = DriftFollower::new(endpoint.converter.device_rate(), max + channels);
         Ok(Self {
             host,
             frame_samples,
             endpoint,
             events: EventState::default(),
-            stretched: vec![0.0; max + channels],
             drift,
-            underruns_seen: 0,
         })
     }
 
@@ -789,11 +820,7 @@ impl DevicePlayback {
         let endpoint = open_playback(&self.host, &selector, self.frame_samples)?;
         let needed =
             endpoint.converter.max_output_len() + usize::from(endpoint.converter.channels());
-        if self.stretched.len() < needed {
-            self.stretched.resize(needed, 0.0);
-        }
-        self.drift.reset_for(endpoint.converter.device_rate());
-        self.underruns_seen = 0;
+        self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), &self.endpoint.name);
         Ok(())
@@ -853,9 +880,7 @@ impl AudioSink for DevicePlayback {
         // Follow the device's clock: write one device frame fewer (or more) while the ring
         // fills up (or drains) against the media clock.
         let underruns = endpoint.monitor.stats().underruns;
-        let starved = underruns > self.underruns_seen;
-        self.underruns_seen = underruns;
-        let slip = self.drift.observe(queued / channels, false, starved);
+        let slip = self.drift.slip(queued / channels, false, underruns);
         let samples = endpoint
             .converter
             .convert(pcm)
@@ -865,12 +890,12 @@ impl AudioSink for DevicePlayback {
             -1 if samples.len() > channels => samples.len() - channels,
             _ => samples.len(),
         };
-        let samples = match self.stretched.get_mut(..resized) {
-            Some(stretched) if resized != samples.len() => {
-                stretch_frames(samples, stretched, channels);
-                &*stretched
-            }
-            _ => samples,
+        let samples = if resized == samples.len() {
+            samples
+        } else {
+            self.drift
+                .resize(samples, resized, channels)
+                .unwrap_or(samples)
         };
         // A full ring drops the frame and counts an overrun; the call goes on.
         endpoint.ring.push_all(samples);
