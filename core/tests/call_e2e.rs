@@ -94,6 +94,31 @@ impl CallListener for Recorder {
     }
 }
 
+/// A callee phone that answers every call, listening on a loopback port.
+struct Callee {
+    phone: Phone,
+    addr: std::net::SocketAddr,
+    listener: Arc<AutoAnswer>,
+    /// Each answered call and who placed it.
+    answered: mpsc::Receiver<(CallHandle, CallerInfo)>,
+}
+
+fn listening_callee(config: PhoneConfig) -> Callee {
+    let phone = Phone::new(config).expect("callee");
+    let (tx, answered) = mpsc::channel();
+    let listener = Arc::new(AutoAnswer::new(tx));
+    phone.set_listener(listener.clone());
+    let addr = phone
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    Callee {
+        phone,
+        addr,
+        listener,
+        answered,
+    }
+}
+
 struct Pair {
     caller: Phone,
     /// Kept alive for the call's duration.
@@ -130,15 +155,13 @@ fn connect_with(
         output: None,
     });
     caller_config.impairment = impairment;
-    let callee = Phone::new(callee_config).expect("callee");
+    let callee = listening_callee(callee_config);
     let caller = Phone::new(caller_config).expect("caller");
-    let (tx, rx) = mpsc::channel();
-    callee.set_listener(Arc::new(AutoAnswer::new(tx)));
-    let addr = callee
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .expect("listen");
-    let call = caller.call(addr).expect("call");
-    let (answered, caller_info) = rx.recv_timeout(Duration::from_secs(10)).expect("incoming");
+    let call = caller.call(callee.addr).expect("call");
+    let (answered, caller_info) = callee
+        .answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("incoming");
     let state = call.wait_for(Duration::from_secs(10), |s| {
         matches!(s, CallState::Active { .. }) || s.is_ended()
     });
@@ -148,7 +171,7 @@ fn connect_with(
     );
     Pair {
         caller,
-        _callee: callee,
+        _callee: callee.phone,
         call,
         answered,
         caller_info,
@@ -383,13 +406,12 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
     let dir = temp_dir("busy");
     let mut callee_config = PhoneConfig::new("busy-callee", generate_identity());
     callee_config.max_calls = 1;
-    let callee = Phone::new(callee_config).expect("callee");
-    let (tx, rx) = mpsc::channel();
-    let listener = Arc::new(AutoAnswer::new(tx));
-    callee.set_listener(listener.clone());
-    let addr = callee
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .expect("listen");
+    let Callee {
+        phone: callee,
+        addr,
+        listener,
+        answered: rx,
+    } = listening_callee(callee_config);
     // Listening twice is refused.
     assert!(matches!(
         callee.listen("127.0.0.1:0".parse().expect("addr")),
@@ -462,13 +484,12 @@ fn audio_that_cannot_start_ends_the_call_with_a_reason() {
         loop_input: false,
         output: None,
     });
-    let callee = Phone::new(callee_config).expect("callee");
-    let (tx, rx) = mpsc::channel();
-    let listener = Arc::new(AutoAnswer::new(tx));
-    callee.set_listener(listener.clone());
-    let addr = callee
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .expect("listen");
+    let Callee {
+        phone: _callee,
+        addr,
+        listener,
+        answered: rx,
+    } = listening_callee(callee_config);
     let caller = Phone::new(PhoneConfig::new("caller", generate_identity())).expect("caller");
     let call = caller.call(addr).expect("call");
     assert!(call.wait_ended(Duration::from_secs(10)), "ended");
