@@ -252,6 +252,46 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A callee whose audio has no clock of its own (a file, silence) captures in step with the
+/// caller's frames, one wake-up serving both directions; when the caller falls silent it goes
+/// on with a clock of its own, losing nothing either way.
+#[test]
+fn a_callee_paced_by_the_caller_keeps_sending_when_the_caller_falls_silent() {
+    let dir = temp_dir("paced");
+    let pair = connect(&dir, None);
+    std::thread::sleep(Duration::from_secs(1));
+    pair.call.mute(true).expect("mute");
+    // Counters reach the handle once a second: read them after one update past the mute,
+    // then two seconds later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = pair.call.snapshot().media;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = pair.call.snapshot().media;
+    assert_eq!(after.frames_sent, before.frames_sent, "the caller is muted");
+    let received = after.frames_received - before.frames_received;
+    assert!(
+        (50..=150).contains(&received),
+        "the callee went on sending, 50 frames a second: {received} in 2 s (give or take a \
+         second of counter updates)"
+    );
+    pair.call.mute(false).expect("unmute");
+    std::thread::sleep(Duration::from_millis(500));
+    hang_up(&pair);
+    let caller = pair.call.snapshot().media;
+    let callee = pair.answered.snapshot().media;
+    assert_eq!(callee.frames_received, caller.frames_sent);
+    // The hang-up races at most the callee's frame in flight.
+    assert!(
+        (0..=1).contains(&(callee.frames_sent - caller.frames_received)),
+        "the caller heard {} of the callee's {} frames",
+        caller.frames_received,
+        callee.frames_sent
+    );
+    assert_eq!(caller.playout.lost, 0, "{:?}", caller.playout);
+    assert_eq!(callee.playout.lost, 0, "{:?}", callee.playout);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn lossy_jittery_call_completes_with_concealment() {
     let dir = temp_dir("lossy");

@@ -71,6 +71,15 @@ pub trait AudioSource: Send {
     fn change_device(&mut self, _device: Option<&str>) -> Result<(), AudioIoError> {
         Err(AudioIoError::NotSwitchable)
     }
+
+    /// Whether frames become ready on a clock of the source's own (a microphone captures in
+    /// real time, so a frame read early is not there yet). A source without one (a file,
+    /// silence) has every frame ready at any moment: its caller may read it a little early or
+    /// in step with another clock, to serve several jobs with one wake-up. The default is
+    /// the safe answer, `true`.
+    fn has_own_clock(&self) -> bool {
+        true
+    }
 }
 
 /// Something that consumes 48 kHz mono PCM one frame at a time.

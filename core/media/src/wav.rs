@@ -199,6 +199,11 @@ impl AudioSource for WavSource {
             SourceStatus::Audio
         })
     }
+
+    /// A file has every frame ready at any moment.
+    fn has_own_clock(&self) -> bool {
+        false
+    }
 }
 
 /// Records 48 kHz mono 16-bit frames to a WAV file; [`AudioSink::finish`] writes the final

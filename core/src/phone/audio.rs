@@ -72,6 +72,10 @@ impl AudioSource for SilenceSource {
         out.fill(0);
         Ok(SourceStatus::Silence)
     }
+
+    fn has_own_clock(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that discards audio.

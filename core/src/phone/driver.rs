@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
+use tokio::time::Sleep;
 use viska_call::{
     Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
 };
@@ -24,6 +24,7 @@ use super::{
     AudioDirection, AudioEvent, CallHandle, CallShared, CallerInfo, DriverCommand, Injection,
     MissedCall, PhoneInner, dispatch_audio, dispatch_event,
 };
+use crate::transport::runtime::move_timer;
 use crate::transport::{PeerConnection, QuicEndpoint};
 
 /// Connections an accepting phone holds before their caller is authenticated (QUIC handshake,
@@ -31,6 +32,82 @@ use crate::transport::{PeerConnection, QuicEndpoint};
 /// TLS and handshake work before anyone is known, and none counts against
 /// [`super::PhoneConfig::max_calls`] until it is authenticated.
 const MAX_UNAUTHENTICATED: usize = 16;
+
+/// How far ahead of its time a periodic job may run when the call's thread is awake anyway:
+/// the playout of a frame that has already arrived, and the capture from a source without a
+/// clock of its own (a file). Meeting two deadlines in one wake-up saves the thread a trip
+/// through the kernel's scheduler and, on a battery-powered device, lets the CPU stay longer
+/// in its deeper idle states; a few milliseconds of slack buy that without adding delay (an
+/// early playout is of a frame already here, an early read is of a file).
+const EARLY_WINDOW: Duration = Duration::from_millis(5);
+
+/// How long after the expected arrival of the next frame the playout clock ticks. The next
+/// frame normally arrives first and its arrival plays the one before (see [`EARLY_WINDOW`]),
+/// so the playout timer itself wakes the thread only when a frame is late.
+const LATE_MARGIN: Duration = Duration::from_millis(2);
+
+/// How long a callee whose source has no clock of its own waits, once media may flow, for
+/// the caller's first frame before it starts capture on a clock of its own. Captured in step
+/// with the caller's frames, one wake-up serves receive, playout and capture.
+const FOLLOW_WAIT: Duration = Duration::from_millis(200);
+
+/// A periodic deadline (capture or playout), kept apart from its timer so that a wake-up for
+/// another reason can meet it early and the timer is re-armed only when it moves.
+#[derive(Debug)]
+struct FrameClock {
+    /// When the job is next due; `None` while the clock is stopped.
+    next: Option<Instant>,
+    period: Duration,
+    /// The deadline the timer was last set to.
+    armed: Option<Instant>,
+}
+
+impl FrameClock {
+    fn new(period: Duration, first: Option<Instant>) -> Self {
+        Self {
+            next: first,
+            period,
+            armed: None,
+        }
+    }
+
+    fn start_at(&mut self, at: Instant) {
+        self.next = Some(at);
+    }
+
+    fn is_running(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Whether the job is due at `now`, or within `early` of it.
+    fn due(&self, now: Instant, early: Duration) -> bool {
+        self.next.is_some_and(|next| next <= now + early)
+    }
+
+    /// One period later. A clock that fell behind (a stalled thread) stays behind and is due
+    /// again at once, so missed periods are caught up one by one.
+    fn advance(&mut self) {
+        if let Some(next) = self.next.as_mut() {
+            *next += self.period;
+        }
+    }
+
+    /// Points `timer` at the next deadline if it moved since the last call.
+    fn arm(&mut self, timer: std::pin::Pin<&mut Sleep>) {
+        if let Some(next) = self.next {
+            if self.armed != Some(next) {
+                move_timer(timer, next);
+                self.armed = Some(next);
+            }
+        }
+    }
+
+    /// The timer fired: the next [`FrameClock::arm`] sets it again even if the deadline did
+    /// not move (it cannot fire early, but the thread never spins on a spent timer).
+    fn fired(&mut self) {
+        self.armed = None;
+    }
+}
 
 /// Decrements a shared count when dropped.
 struct Slot(Arc<AtomicUsize>);
@@ -160,6 +237,11 @@ fn end(shared: &CallShared, reason: EndReason) {
     shared.ended.send_replace(true);
 }
 
+/// The period of a frame with these codec settings.
+fn frame_period(opus: &OpusConfig) -> Duration {
+    Duration::from_millis(u64::from(opus.frame.millis()))
+}
+
 fn opus_for(params: &MediaParams, base: &OpusConfig) -> OpusConfig {
     OpusConfig {
         frame: match params.frame.millis() {
@@ -201,6 +283,14 @@ struct MediaEnds {
     tamper_next: u32,
     /// Whether the playout clock has been aligned to the first received frame.
     playout_aligned: bool,
+    /// When the next frame is captured and sent.
+    capture: FrameClock,
+    /// When the next frame is played. Its phase follows the first received frame (a device
+    /// would impose its own clock through its ring buffer instead).
+    playout: FrameClock,
+    /// A callee whose source has no clock of its own captures in step with the caller's
+    /// frames; true until its capture clock has started.
+    follows_peer: bool,
     /// Whether the last capture period sent audio (for the recording's mix).
     sent_last_frame: bool,
     /// Playout counters at the last reception report: (lost, received).
@@ -308,13 +398,12 @@ async fn run_call(
     let call_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(call_timer);
     let mut armed_for: Option<Instant> = None;
-    let frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
-    let mut ticker = tokio::time::interval(frame);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    // The playout clock has its own phase: aligned to the first received frame (a device
-    // would impose its own clock through its ring buffer instead).
-    let mut playout_clock = tokio::time::interval(frame);
-    playout_clock.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let frame = frame_period(&config.opus);
+    // The media clocks' timers (their deadlines live in `MediaEnds`).
+    let capture_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(capture_timer);
+    let playout_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(playout_timer);
     let mut pcm_in: Vec<i16> = Vec::new();
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
@@ -381,7 +470,7 @@ async fn run_call(
                 }
                 Output::Timeout(t) => {
                     if armed_for != Some(t) {
-                        call_timer.as_mut().reset(t.into());
+                        move_timer(call_timer.as_mut(), t);
                         armed_for = Some(t);
                     }
                     break;
@@ -391,6 +480,16 @@ async fn run_call(
         if call.state().is_ended() || lost.is_some() {
             break;
         }
+        if let Some(m) = media.as_mut() {
+            if m.follows_peer && !m.capture.is_running() && (direction.0 || direction.1) {
+                // Media may flow: wait a little for the caller's first frame to set the pace.
+                m.capture.start_at(Instant::now() + FOLLOW_WAIT);
+            }
+            m.capture.arm(capture_timer.as_mut());
+            m.playout.arm(playout_timer.as_mut());
+        }
+        let capture_running = media.as_ref().is_some_and(|m| m.capture.is_running());
+        let playout_running = media.as_ref().is_some_and(|m| m.playout.is_running());
 
         tokio::select! {
             // Media first when several are ready: a datagram waiting behind a decode or an
@@ -406,11 +505,18 @@ async fn run_call(
                                     if !m.playout_aligned {
                                         // Play out in step with the sender: the first frame
                                         // plays one start delay after it arrived, and every
-                                        // later one a frame period after that.
+                                        // later one a frame period after that (normally at
+                                        // the next frame's arrival, see LATE_MARGIN).
                                         m.playout_aligned = true;
-                                        playout_clock.reset_at(
-                                            (now + inner.config.jitter.start_delay).into(),
+                                        m.playout.start_at(
+                                            now + inner.config.jitter.start_delay + LATE_MARGIN,
                                         );
+                                        if m.follows_peer {
+                                            // Capture now and then at each of the caller's
+                                            // frames: one wake-up for both directions.
+                                            m.follows_peer = false;
+                                            m.capture.start_at(now + LATE_MARGIN);
+                                        }
                                     }
                                     if let Some(p) = &config.latency_probe {
                                         p.frame_arrived(m.recv_stream, index, now);
@@ -494,34 +600,14 @@ async fn run_call(
                     }
                 }
             }
-            _ = ticker.tick() => {
+            () = &mut capture_timer, if capture_running => {
                 if let Some(m) = media.as_mut() {
-                    capture_tick(&inner, &conn, m, direction, &mut pcm_in, &mut datagram, frame);
-                    while let Some(ev) = m.source.device_event() {
-                        if let Some(ev) = AudioEvent::from_device(AudioDirection::Input, ev) {
-                            dispatch_audio(&shared, ev);
-                        }
-                    }
-                }
-                if last_stats.elapsed() >= Duration::from_secs(1) {
-                    last_stats = Instant::now();
-                    publish_stats(&shared, &call, &conn, media.as_ref());
-                    if let (Some(m), true) = (media.as_mut(), direction.1) {
-                        let report = m.reception_report();
-                        if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
-                            tracing::debug!(error = %e, "reception report not sent");
-                        }
-                    }
+                    m.capture.fired();
                 }
             }
-            _ = playout_clock.tick() => {
+            () = &mut playout_timer, if playout_running => {
                 if let Some(m) = media.as_mut() {
-                    playout_tick(&inner, m, direction.1, &pcm_in, &mut pcm_out);
-                    while let Some(ev) = m.sink.device_event() {
-                        if let Some(ev) = AudioEvent::from_device(AudioDirection::Output, ev) {
-                            dispatch_audio(&shared, ev);
-                        }
-                    }
+                    m.playout.fired();
                 }
             }
             Some(done) = switched.recv() => {
@@ -532,6 +618,82 @@ async fn run_call(
             () = &mut call_timer, if armed_for.is_some() => {
                 armed_for = None;
                 let _ = call.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+
+        // The media jobs that are due, or nearly due and cheap to meet in this wake-up.
+        let now = Instant::now();
+        if let Some(m) = media.as_mut() {
+            let clocked = m.source.has_own_clock();
+            let capture_due = m.capture.due(
+                now,
+                if clocked {
+                    Duration::ZERO
+                } else {
+                    EARLY_WINDOW
+                },
+            );
+            let playout_due = m.playout.due(
+                now,
+                if m.session.next_frame_ready() {
+                    EARLY_WINDOW
+                } else {
+                    Duration::ZERO
+                },
+            );
+            if capture_due {
+                m.capture.advance();
+                m.follows_peer = false;
+            }
+            if playout_due {
+                m.playout.advance();
+            }
+            if capture_due && clocked {
+                // Audio captured on a clock has been waiting since its last sample: it goes
+                // first, and quinn's driver puts it on the wire before a decode holds the
+                // thread for a few hundred microseconds.
+                capture_job(
+                    &inner,
+                    &conn,
+                    &shared,
+                    m,
+                    direction,
+                    &mut pcm_in,
+                    &mut datagram,
+                    frame,
+                );
+                if playout_due {
+                    tokio::task::yield_now().await;
+                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
+                }
+            } else {
+                // A source without a clock is read when it is needed: its frame's age starts
+                // at the read, so playout goes first and delays nobody.
+                if playout_due {
+                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
+                }
+                if capture_due {
+                    capture_job(
+                        &inner,
+                        &conn,
+                        &shared,
+                        m,
+                        direction,
+                        &mut pcm_in,
+                        &mut datagram,
+                        frame,
+                    );
+                }
+            }
+        }
+        if now.duration_since(last_stats) >= Duration::from_secs(1) {
+            last_stats = now;
+            publish_stats(&shared, &call, &conn, media.as_ref());
+            if let (Some(m), true) = (media.as_mut(), direction.1) {
+                let report = m.reception_report();
+                if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
+                    tracing::debug!(error = %e, "reception report not sent");
+                }
             }
         }
     }
@@ -644,6 +806,7 @@ fn handle_event(
             let sink = inner.config.audio.open_sink(frame_samples);
             match (session, source, sink) {
                 (Ok(session), Ok(source), Ok(sink)) => {
+                    let follows_peer = call.role() == Role::Callee && !source.has_own_clock();
                     *pcm_in = vec![0; session.frame_samples()];
                     *pcm_out = vec![0; session.frame_samples()];
                     let recorder = inner.config.recording.as_ref().and_then(|path| {
@@ -666,6 +829,12 @@ fn handle_event(
                         last_sent: Vec::with_capacity(MAX_DATAGRAM),
                         tamper_next: 0,
                         playout_aligned: false,
+                        capture: FrameClock::new(
+                            frame_period(&opus),
+                            (!follows_peer).then(Instant::now),
+                        ),
+                        playout: FrameClock::new(frame_period(&opus), Some(Instant::now())),
+                        follows_peer,
                         sent_last_frame: false,
                         reported: (0, 0),
                         recent_loss: [0; LOSS_REPORTS_KEPT],
@@ -825,6 +994,43 @@ impl MediaEnds {
         Command::SendReceptionReport {
             loss_permille,
             jitter_ms: u16::try_from(p.jitter.as_millis()).unwrap_or(u16::MAX),
+        }
+    }
+}
+
+/// One capture period: [`capture_tick`], then the input device's events.
+#[allow(clippy::too_many_arguments)]
+fn capture_job(
+    inner: &PhoneInner,
+    conn: &PeerConnection,
+    shared: &CallShared,
+    m: &mut MediaEnds,
+    direction: (bool, bool),
+    pcm_in: &mut [i16],
+    datagram: &mut [u8],
+    frame: Duration,
+) {
+    capture_tick(inner, conn, m, direction, pcm_in, datagram, frame);
+    while let Some(ev) = m.source.device_event() {
+        if let Some(ev) = AudioEvent::from_device(AudioDirection::Input, ev) {
+            dispatch_audio(shared, ev);
+        }
+    }
+}
+
+/// One playout period: [`playout_tick`], then the output device's events.
+fn playout_job(
+    inner: &PhoneInner,
+    shared: &CallShared,
+    m: &mut MediaEnds,
+    receive: bool,
+    pcm_in: &[i16],
+    pcm_out: &mut [i16],
+) {
+    playout_tick(inner, m, receive, pcm_in, pcm_out);
+    while let Some(ev) = m.sink.device_event() {
+        if let Some(ev) = AudioEvent::from_device(AudioDirection::Output, ev) {
+            dispatch_audio(shared, ev);
         }
     }
 }
@@ -1021,5 +1227,43 @@ mod tests {
             0,
             "a dropped slot frees its place"
         );
+    }
+
+    #[test]
+    fn a_frame_clock_is_due_on_time_or_within_the_early_window_and_keeps_its_phase() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut clock = FrameClock::new(ms(20), None);
+        assert!(!clock.is_running());
+        assert!(
+            !clock.due(t0 + ms(1000), EARLY_WINDOW),
+            "a stopped clock is never due"
+        );
+        clock.start_at(t0 + ms(10));
+        assert!(
+            !clock.due(t0, EARLY_WINDOW),
+            "10 ms ahead is outside the window"
+        );
+        assert!(
+            clock.due(t0 + ms(6), EARLY_WINDOW),
+            "4 ms ahead is inside it"
+        );
+        assert!(
+            !clock.due(t0 + ms(6), Duration::ZERO),
+            "not due yet without a window"
+        );
+        assert!(clock.due(t0 + ms(10), Duration::ZERO));
+        // Met early: the next deadline is a period after the nominal one, not after `now`.
+        clock.advance();
+        assert_eq!(clock.next, Some(t0 + ms(30)));
+        // A clock left behind stays due until every missed period is caught up.
+        let late = t0 + ms(75);
+        let mut caught_up = 0;
+        while clock.due(late, Duration::ZERO) {
+            clock.advance();
+            caught_up += 1;
+        }
+        assert_eq!(caught_up, 3, "30, 50 and 70 ms were missed");
+        assert_eq!(clock.next, Some(t0 + ms(90)));
     }
 }

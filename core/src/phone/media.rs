@@ -268,6 +268,12 @@ impl MediaSession {
         Ok(unprotected.ctr)
     }
 
+    /// Whether the frame the next [`MediaSession::play_frame`] plays has arrived (so playing
+    /// it a little before its time loses nothing).
+    pub fn next_frame_ready(&self) -> bool {
+        self.playout.buffer().head_ready()
+    }
+
     /// Produces the next frame of audio to play (always exactly one frame in `out`).
     pub fn play_frame(&mut self, now: Instant, out: &mut [i16]) -> Result<Played, MediaError> {
         let next = self.playout.buffer().next_seq();

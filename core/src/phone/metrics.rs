@@ -163,6 +163,32 @@ pub fn thread_cpu_time(prefix: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// Times so far that this process's threads whose name starts with `prefix` went to sleep
+/// and were woken (voluntary context switches): each wake-up of a call's thread costs CPU of
+/// its own, beyond the work it then does. `None` where `/proc` is not available.
+pub fn thread_wakeups(prefix: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// CPU time used so far by the calling thread (Linux schedstat). The kernel updates it when
 /// the thread is switched out, so read it across sleeps, not around a busy stretch.
 pub fn current_thread_cpu_time() -> Option<Duration> {

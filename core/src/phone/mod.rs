@@ -29,7 +29,9 @@ use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, Transpor
 pub use self::audio::DeviceAudio;
 pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
 pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
-pub use metrics::{LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time};
+pub use metrics::{
+    LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time, thread_wakeups,
+};
 
 /// Errors of the phone API.
 #[derive(Debug, thiserror::Error)]
@@ -769,6 +771,12 @@ impl Phone {
     /// Total CPU time used by this phone's runtime threads so far (Linux), for measurements.
     pub fn cpu_time(&self) -> Option<Duration> {
         thread_cpu_time(&format!("vk-{}", self.inner.config.name))
+    }
+
+    /// How many times this phone's runtime threads have been woken so far (Linux), for
+    /// measurements: every wake-up costs CPU beyond the work it does.
+    pub fn wakeups(&self) -> Option<u64> {
+        thread_wakeups(&format!("vk-{}", self.inner.config.name))
     }
 
     /// Hangs up every call (each peer is told, each listener hears the end, audio files

@@ -6,6 +6,7 @@
 //! [`PeerConnection::send_media`] checks the buffer space first and refuses (and counts) the new
 //! datagram instead, so no media is ever lost without a counter saying so.
 
+pub(crate) mod runtime;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -111,9 +112,9 @@ impl QuicEndpoint {
         config: &TransportConfig,
     ) -> Result<Self, TransportError> {
         let socket = std::net::UdpSocket::bind(addr)?;
-        let runtime = quinn::default_runtime()
+        let runtime = runtime::PromptRuntime::current()
             .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
-        let socket = runtime.wrap_udp_socket(socket)?;
+        let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
         Self::with_socket(socket, cert, config)
     }
 
@@ -132,7 +133,7 @@ impl QuicEndpoint {
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
-        let runtime = quinn::default_runtime()
+        let runtime = runtime::PromptRuntime::current()
             .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),

@@ -83,6 +83,9 @@ pub(crate) struct Summary {
     cpu_ms_callee: Option<f64>,
     cpu_percent_caller: Option<f64>,
     cpu_percent_callee: Option<f64>,
+    /// Times each phone's thread was woken per frame period during the measured interval.
+    wakeups_per_frame_caller: Option<f64>,
+    wakeups_per_frame_callee: Option<f64>,
     codec_only_cpu_ms: Option<f64>,
     cpu_vs_codec: Option<f64>,
     seconds: f64,
@@ -188,6 +191,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         callee_call.sas().unwrap_or_default()
     );
     let cpu0 = (caller.cpu_time(), callee.cpu_time());
+    let wake0 = (caller.wakeups(), callee.wakeups());
     let t0 = Instant::now();
     let talk = Duration::from_secs_f64(args.seconds.max(0.0));
 
@@ -196,6 +200,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     }
     let wall = t0.elapsed();
     let cpu1 = (caller.cpu_time(), callee.cpu_time());
+    let wake1 = (caller.wakeups(), callee.wakeups());
     // Let the last frames drain through the jitter buffer before hanging up.
     std::thread::sleep(Duration::from_millis(300));
     call.hangup()?;
@@ -214,6 +219,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let cpu_callee = cpu(cpu0.1, cpu1.1);
     let pct = |c: Option<Duration>| {
         c.map(|c| (1000.0 * c.as_secs_f64() / wall.as_secs_f64()).round() / 10.0)
+    };
+    // The demo's phones use the default frame duration.
+    let frame_ms = viska::media::codec::OpusConfig::default().frame.millis();
+    let frames_in_window = wall.as_secs_f64() * 1000.0 / f64::from(frame_ms);
+    let per_frame = |w0: Option<u64>, w1: Option<u64>| match (w0, w1) {
+        (Some(w0), Some(w1)) if frames_in_window > 0.0 => {
+            Some((100.0 * w1.saturating_sub(w0) as f64 / frames_in_window).round() / 100.0)
+        }
+        _ => None,
     };
     let per_packet = |bytes: u64, packets: u64| {
         (packets > 0).then(|| ((bytes as f64 / packets as f64) * 100.0).round() / 100.0)
@@ -282,6 +296,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         cpu_ms_callee: cpu_callee.map(ms),
         cpu_percent_caller: pct(cpu_caller),
         cpu_percent_callee: pct(cpu_callee),
+        wakeups_per_frame_caller: per_frame(wake0.0, wake1.0),
+        wakeups_per_frame_callee: per_frame(wake0.1, wake1.1),
         codec_only_cpu_ms: codec_cpu.map(ms),
         cpu_vs_codec: ratio,
         seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
