@@ -648,31 +648,12 @@ async fn run_call(
             if playout_due {
                 m.playout.advance();
             }
-            if capture_due && clocked {
-                // Audio captured on a clock has been waiting since its last sample: it goes
-                // first, and quinn's driver puts it on the wire before a decode holds the
-                // thread for a few hundred microseconds.
-                capture_job(
-                    &inner,
-                    &conn,
-                    &shared,
-                    m,
-                    direction,
-                    &mut pcm_in,
-                    &mut datagram,
-                    frame,
-                );
-                if playout_due {
-                    tokio::task::yield_now().await;
-                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
-                }
-            } else {
-                // A source without a clock is read when it is needed: its frame's age starts
-                // at the read, so playout goes first and delays nobody.
-                if playout_due {
-                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
-                }
-                if capture_due {
+            // Audio captured on a clock has been waiting since its last sample: it goes first,
+            // and quinn's driver puts it on the wire before a decode holds the thread for a few
+            // hundred microseconds. A source without a clock is read when it is needed, after
+            // playout: its frame's age starts at the read, so the order delays nobody.
+            for step in 0..2 {
+                if capture_due && (step == 0) == clocked {
                     capture_job(
                         &inner,
                         &conn,
@@ -683,6 +664,12 @@ async fn run_call(
                         &mut datagram,
                         frame,
                     );
+                }
+                if playout_due && (step == 0) != clocked {
+                    if capture_due && step == 1 {
+                        tokio::task::yield_now().await;
+                    }
+                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
                 }
             }
         }

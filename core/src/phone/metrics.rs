@@ -142,51 +142,50 @@ impl LatencyProbe {
     }
 }
 
+/// The `/proc` directories of this process's threads whose name starts with `prefix`.
+fn named_threads(prefix: &str) -> Option<Vec<std::path::PathBuf>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .flatten()
+            .map(|task| task.path())
+            .filter(|path| {
+                std::fs::read_to_string(path.join("comm"))
+                    .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+            })
+            .collect(),
+    )
+}
+
 /// CPU time used so far by this process's threads whose name starts with `prefix`
 /// (each phone names its runtime thread `vk-<name>`). `None` where Linux schedstat is not
 /// available.
 pub fn thread_cpu_time(prefix: &str) -> Option<Duration> {
-    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    let mut total = Duration::ZERO;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        if let Some(t) = schedstat_cpu(&path.join("schedstat")) {
-            total += t;
-        }
-    }
-    Some(total)
+    Some(
+        named_threads(prefix)?
+            .iter()
+            .filter_map(|path| schedstat_cpu(&path.join("schedstat")))
+            .sum(),
+    )
 }
 
 /// Times so far that this process's threads whose name starts with `prefix` went to sleep
-/// and were woken (voluntary context switches): each wake-up of a call's thread costs CPU of
-/// its own, beyond the work it then does. `None` where `/proc` is not available.
+/// and were woken (voluntary context switches). Each wake-up takes the thread through the
+/// kernel's scheduler and the CPU out of idle, beyond the work it then does. `None` where
+/// `/proc` is not available.
 pub fn thread_wakeups(prefix: &str) -> Option<u64> {
-    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
-            continue;
-        };
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Some(total)
+    Some(
+        named_threads(prefix)?
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path.join("status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum(),
+    )
 }
 
 /// CPU time used so far by the calling thread (Linux schedstat). The kernel updates it when
