@@ -280,15 +280,105 @@ fn a_callee_paced_by_the_caller_keeps_sending_when_the_caller_falls_silent() {
     let caller = pair.call.snapshot().media;
     let callee = pair.answered.snapshot().media;
     assert_eq!(callee.frames_received, caller.frames_sent);
-    // The hang-up races at most the callee's frame in flight.
+    // The hang-up races only the callee's frames in flight (one, or two if its thread was
+    // held up for a frame period just then).
     assert!(
-        (0..=1).contains(&(callee.frames_sent - caller.frames_received)),
+        caller.frames_received <= callee.frames_sent
+            && callee.frames_sent - caller.frames_received <= 2,
         "the caller heard {} of the callee's {} frames",
         caller.frames_received,
         callee.frames_sent
     );
     assert_eq!(caller.playout.lost, 0, "{:?}", caller.playout);
     assert_eq!(callee.playout.lost, 0, "{:?}", callee.playout);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Answers every call and puts it on hold the moment it is active, before the caller's
+/// first frame can arrive.
+struct AnswerOnHold {
+    answered: mpsc::Sender<CallHandle>,
+}
+
+impl PhoneListener for AnswerOnHold {
+    fn incoming_call(&self, call: CallHandle, _caller: CallerInfo) {
+        call.set_listener(Arc::new(HoldWhenActive {
+            call: call.clone(),
+            held: std::sync::atomic::AtomicBool::new(false),
+        }));
+        call.answer().expect("answer");
+        let _ = self.answered.send(call);
+    }
+}
+
+struct HoldWhenActive {
+    call: CallHandle,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl CallListener for HoldWhenActive {
+    fn state_changed(&self, state: CallState) {
+        if matches!(state, CallState::Active { .. })
+            && !self.held.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.call.hold().expect("hold");
+        }
+    }
+}
+
+/// A callee reading a file that holds the call before any frame came starts capture once
+/// the call is resumed, and both directions then flow without loss.
+#[test]
+fn a_callee_that_holds_before_the_first_frame_sends_once_resumed() {
+    let dir = temp_dir("held");
+    let mut callee_config = PhoneConfig::new("held-callee", generate_identity());
+    callee_config.audio = Arc::new(FileAudio {
+        input: None,
+        loop_input: false,
+        output: None,
+    });
+    let callee = Phone::new(callee_config).expect("callee");
+    let (tx, answered) = mpsc::channel();
+    callee.set_listener(Arc::new(AnswerOnHold { answered: tx }));
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let input = dir.join("input.wav");
+    write_test_signal(&input, 4.0);
+    let mut caller_config = PhoneConfig::new("held-caller", generate_identity());
+    caller_config.audio = Arc::new(FileAudio {
+        input: Some(input),
+        loop_input: true,
+        output: None,
+    });
+    let caller = Phone::new(caller_config).expect("caller");
+    let call = caller.call(addr).expect("call");
+    let held = answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("answered");
+    std::thread::sleep(Duration::from_millis(1500));
+    let during_hold = (call.snapshot().media, held.snapshot().media);
+    assert_eq!(during_hold.1.frames_sent, 0, "nothing sent while held");
+    assert_eq!(during_hold.0.frames_sent, 0, "the caller is held too");
+    held.resume().expect("resume");
+    std::thread::sleep(Duration::from_millis(2500));
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+    assert!(held.wait_ended(Duration::from_secs(5)));
+    let (a, b) = (call.snapshot().media, held.snapshot().media);
+    assert!(
+        b.frames_sent > 50,
+        "the callee sent {} frames",
+        b.frames_sent
+    );
+    assert!(
+        a.frames_sent > 50,
+        "the caller sent {} frames",
+        a.frames_sent
+    );
+    assert_eq!(b.frames_received, a.frames_sent);
+    assert_eq!(a.playout.lost, 0, "{:?}", a.playout);
+    assert_eq!(b.playout.lost, 0, "{:?}", b.playout);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -37,18 +37,21 @@ const MAX_UNAUTHENTICATED: usize = 16;
 /// the playout of a frame that has already arrived, and the capture from a source without a
 /// clock of its own (a file). Meeting two deadlines in one wake-up saves the thread a trip
 /// through the kernel's scheduler and, on a battery-powered device, lets the CPU stay longer
-/// in its deeper idle states; a few milliseconds of slack buy that without adding delay (an
-/// early playout is of a frame already here, an early read is of a file).
+/// in its deeper idle states. An early playout is of a frame already here; an early read of
+/// a file passes up to this much variation in send times on to the peer's jitter buffer.
 const EARLY_WINDOW: Duration = Duration::from_millis(5);
 
 /// How long after the expected arrival of the next frame the playout clock ticks. The next
 /// frame normally arrives first and its arrival plays the one before (see [`EARLY_WINDOW`]),
-/// so the playout timer itself wakes the thread only when a frame is late.
+/// so the playout timer itself wakes the thread mostly for late or missing frames, which then
+/// play this much later than on an exact clock (as does the very first frame).
 const LATE_MARGIN: Duration = Duration::from_millis(2);
 
 /// How long a callee whose source has no clock of its own waits, once media may flow, for
 /// the caller's first frame before it starts capture on a clock of its own. Captured in step
-/// with the caller's frames, one wake-up serves receive, playout and capture.
+/// with the caller's frames, one wake-up serves receive, playout and capture. The phase is
+/// taken once: if the two ends' clocks drift a few milliseconds apart (minutes at tens of
+/// ppm), the wake-ups come apart again; the audio is not affected.
 const FOLLOW_WAIT: Duration = Duration::from_millis(200);
 
 /// A periodic deadline (capture or playout), kept apart from its timer so that a wake-up for
@@ -102,8 +105,9 @@ impl FrameClock {
         }
     }
 
-    /// The timer fired: the next [`FrameClock::arm`] sets it again even if the deadline did
-    /// not move (it cannot fire early, but the thread never spins on a spent timer).
+    /// The timer fired. tokio rounds deadlines up, so the job is due now and its deadline
+    /// moves on; should it not, the next [`FrameClock::arm`] registers the timer afresh
+    /// rather than leave a spent one, which would be ready at every poll.
     fn fired(&mut self) {
         self.armed = None;
     }
@@ -398,7 +402,6 @@ async fn run_call(
     let call_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(call_timer);
     let mut armed_for: Option<Instant> = None;
-    let frame = frame_period(&config.opus);
     // The media clocks' timers (their deadlines live in `MediaEnds`).
     let capture_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(capture_timer);
@@ -481,6 +484,14 @@ async fn run_call(
             break;
         }
         if let Some(m) = media.as_mut() {
+            if m.follows_peer && m.source.has_own_clock() {
+                // The source was switched to a device while waiting for the caller: a device
+                // keeps its own time and must be drained from now on.
+                m.follows_peer = false;
+                if !m.capture.is_running() {
+                    m.capture.start_at(Instant::now());
+                }
+            }
             if m.follows_peer && !m.capture.is_running() && (direction.0 || direction.1) {
                 // Media may flow: wait a little for the caller's first frame to set the pace.
                 m.capture.start_at(Instant::now() + FOLLOW_WAIT);
@@ -621,9 +632,11 @@ async fn run_call(
             }
         }
 
-        // The media jobs that are due, or nearly due and cheap to meet in this wake-up.
+        // The media jobs that are due, or nearly due and cheap to meet in this wake-up (none
+        // once the call has ended in this turn).
         let now = Instant::now();
-        if let Some(m) = media.as_mut() {
+        let live = !call.state().is_ended() && lost.is_none();
+        if let Some(m) = media.as_mut().filter(|_| live) {
             let clocked = m.source.has_own_clock();
             let capture_due = m.capture.due(
                 now,
@@ -662,7 +675,6 @@ async fn run_call(
                         direction,
                         &mut pcm_in,
                         &mut datagram,
-                        frame,
                     );
                 }
                 if playout_due && (step == 0) != clocked {
@@ -986,7 +998,6 @@ impl MediaEnds {
 }
 
 /// One capture period: [`capture_tick`], then the input device's events.
-#[allow(clippy::too_many_arguments)]
 fn capture_job(
     inner: &PhoneInner,
     conn: &PeerConnection,
@@ -995,9 +1006,8 @@ fn capture_job(
     direction: (bool, bool),
     pcm_in: &mut [i16],
     datagram: &mut [u8],
-    frame: Duration,
 ) {
-    capture_tick(inner, conn, m, direction, pcm_in, datagram, frame);
+    capture_tick(inner, conn, m, direction, pcm_in, datagram);
     while let Some(ev) = m.source.device_event() {
         if let Some(ev) = AudioEvent::from_device(AudioDirection::Input, ev) {
             dispatch_audio(shared, ev);
@@ -1022,7 +1032,6 @@ fn playout_job(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn capture_tick(
     inner: &PhoneInner,
     conn: &PeerConnection,
@@ -1030,8 +1039,8 @@ fn capture_tick(
     (send, receive): (bool, bool),
     pcm_in: &mut [i16],
     datagram: &mut [u8],
-    frame: Duration,
 ) {
+    let frame = m.capture.period;
     let now = Instant::now();
     // Capture runs while the call is up (also on hold or muted, so a device never backs up);
     // before the answer the source is left alone.

@@ -47,7 +47,9 @@ pub struct MediaCounters {
     /// Protected frames the transport refused (send buffer full, datagram too large); they are
     /// not in `frames_sent`.
     pub frames_refused: u64,
-    /// Frame periods in which nothing was sent (mute, hold, DTX silence).
+    /// Frame periods in which nothing was sent (mute, hold, DTX silence, and while the call
+    /// rings or is on hold when the capture clock already runs; a callee reading a file starts
+    /// its clock only once media flows, so it counts fewer of these).
     pub frames_skipped: u64,
     /// Media bytes (whole datagrams) sent.
     pub bytes_sent: u64,
