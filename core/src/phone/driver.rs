@@ -658,6 +658,10 @@ async fn run_call(
                 m.capture.advance();
                 m.follows_peer = false;
             }
+            // The jitter buffer decides for the deadline the frame is played for, also when it
+            // is played early: an early pop must not read as a shallower buffer (it would keep
+            // more delay than it needs, about 10 ms more under 30 ms of jitter).
+            let play_for = m.playout.next.map_or(now, |due| due.max(now));
             if playout_due {
                 m.playout.advance();
             }
@@ -681,7 +685,15 @@ async fn run_call(
                     if capture_due && step == 1 {
                         tokio::task::yield_now().await;
                     }
-                    playout_job(&inner, &shared, m, direction.1, &pcm_in, &mut pcm_out);
+                    let receive = direction.1;
+                    playout_job(
+                        &inner,
+                        &shared,
+                        m,
+                        (receive, play_for),
+                        &pcm_in,
+                        &mut pcm_out,
+                    );
                 }
             }
         }
@@ -1020,11 +1032,11 @@ fn playout_job(
     inner: &PhoneInner,
     shared: &CallShared,
     m: &mut MediaEnds,
-    receive: bool,
+    receive_for: (bool, Instant),
     pcm_in: &[i16],
     pcm_out: &mut [i16],
 ) {
-    playout_tick(inner, m, receive, pcm_in, pcm_out);
+    playout_tick(inner, m, receive_for, pcm_in, pcm_out);
     while let Some(ev) = m.sink.device_event() {
         if let Some(ev) = AudioEvent::from_device(AudioDirection::Output, ev) {
             dispatch_audio(shared, ev);
@@ -1099,16 +1111,18 @@ fn capture_tick(
     }
 }
 
+/// Plays one frame: `(receive, deadline)` says whether the peer's audio is played at all and
+/// for which playout deadline (the jitter buffer's clock; the frame may go out a little
+/// earlier).
 fn playout_tick(
     inner: &PhoneInner,
     m: &mut MediaEnds,
-    receive: bool,
+    (receive, deadline): (bool, Instant),
     pcm_in: &[i16],
     pcm_out: &mut [i16],
 ) {
-    let now = Instant::now();
     if receive {
-        match m.session.play_frame(now, pcm_out) {
+        match m.session.play_frame(deadline, pcm_out) {
             Ok(played) => {
                 if let (Some(p), Some(index)) =
                     (inner.config.latency_probe.as_deref(), played.frame_index)
