@@ -671,29 +671,24 @@ async fn run_call(
             // playout: its frame's age starts at the read, so the order delays nobody.
             for step in 0..2 {
                 if capture_due && (step == 0) == clocked {
-                    capture_job(
-                        &inner,
-                        &conn,
-                        &shared,
-                        m,
-                        direction,
-                        &mut pcm_in,
-                        &mut datagram,
-                    );
+                    capture_tick(&inner, &conn, m, direction, &mut pcm_in, &mut datagram);
                 }
                 if playout_due && (step == 0) != clocked {
                     if capture_due && step == 1 {
                         tokio::task::yield_now().await;
                     }
-                    let receive = direction.1;
-                    playout_job(
-                        &inner,
-                        &shared,
-                        m,
-                        (receive, play_for),
-                        &pcm_in,
-                        &mut pcm_out,
-                    );
+                    playout_tick(&inner, m, (direction.1, play_for), &pcm_in, &mut pcm_out);
+                }
+            }
+            // What the devices reported meanwhile (lost, switched), after their jobs ran.
+            if capture_due {
+                while let Some(ev) = m.source.device_event() {
+                    dispatch_device_event(&shared, AudioDirection::Input, ev);
+                }
+            }
+            if playout_due {
+                while let Some(ev) = m.sink.device_event() {
+                    dispatch_device_event(&shared, AudioDirection::Output, ev);
                 }
             }
         }
@@ -1009,38 +1004,14 @@ impl MediaEnds {
     }
 }
 
-/// One capture period: [`capture_tick`], then the input device's events.
-fn capture_job(
-    inner: &PhoneInner,
-    conn: &PeerConnection,
+/// Tells the call's listener about a device event that concerns it.
+fn dispatch_device_event(
     shared: &CallShared,
-    m: &mut MediaEnds,
-    direction: (bool, bool),
-    pcm_in: &mut [i16],
-    datagram: &mut [u8],
+    direction: AudioDirection,
+    event: viska_media::audio::DeviceEvent,
 ) {
-    capture_tick(inner, conn, m, direction, pcm_in, datagram);
-    while let Some(ev) = m.source.device_event() {
-        if let Some(ev) = AudioEvent::from_device(AudioDirection::Input, ev) {
-            dispatch_audio(shared, ev);
-        }
-    }
-}
-
-/// One playout period: [`playout_tick`], then the output device's events.
-fn playout_job(
-    inner: &PhoneInner,
-    shared: &CallShared,
-    m: &mut MediaEnds,
-    receive_for: (bool, Instant),
-    pcm_in: &[i16],
-    pcm_out: &mut [i16],
-) {
-    playout_tick(inner, m, receive_for, pcm_in, pcm_out);
-    while let Some(ev) = m.sink.device_event() {
-        if let Some(ev) = AudioEvent::from_device(AudioDirection::Output, ev) {
-            dispatch_audio(shared, ev);
-        }
+    if let Some(ev) = AudioEvent::from_device(direction, event) {
+        dispatch_audio(shared, ev);
     }
 }
 
