@@ -100,6 +100,8 @@ pub struct TimeStretcher {
     min_lag: usize,
     /// Longest lag searched, in samples; also the correlation window.
     max_lag: usize,
+    /// The analysed span as `f32`.
+    full: Vec<f32>,
     /// Decimated copy of the analysed span.
     decimated: Vec<f32>,
     /// The period inserted by `expand`.
@@ -124,6 +126,7 @@ impl TimeStretcher {
             config,
             min_lag,
             max_lag,
+            full: Vec::with_capacity(analysed),
             decimated: Vec::with_capacity(analysed / DECIMATION + 1),
             period: Vec::with_capacity(max_lag),
         }
@@ -197,6 +200,9 @@ impl TimeStretcher {
         let rms = (sum_squares / span.len().max(1) as f64).sqrt();
         let quiet = rms < f64::from(self.config.quiet_rms);
 
+        self.full.clear();
+        self.full.extend(span.iter().map(|&x| f32::from(x)));
+
         // Coarse search on the decimated span.
         self.decimated.clear();
         self.decimated.extend(
@@ -212,20 +218,20 @@ impl TimeStretcher {
             ) else {
                 break;
             };
-            let c = normalized_correlation(a.iter().copied(), b.iter().copied());
+            let c = normalized_correlation(a, b);
             if c > coarse_best.1 {
                 coarse_best = (coarse_lag, c);
             }
         }
 
         // Refine at full rate, then prefer a submultiple that correlates about as well.
-        let (mut lag, mut correlation) = self.refine(span, coarse_best.0 * DECIMATION)?;
+        let (mut lag, mut correlation) = self.refine(coarse_best.0 * DECIMATION)?;
         for divisor in 2..=3 {
             let candidate = lag / divisor;
             if candidate + REFINE_RADIUS < self.min_lag {
                 break;
             }
-            if let Some((sub_lag, sub_correlation)) = self.refine(span, candidate) {
+            if let Some((sub_lag, sub_correlation)) = self.refine(candidate) {
                 if sub_correlation >= correlation - SUBMULTIPLE_TOLERANCE
                     && sub_correlation >= f64::from(self.config.min_correlation)
                 {
@@ -238,20 +244,17 @@ impl TimeStretcher {
     }
 
     /// Best full-rate lag within `REFINE_RADIUS` of `center`, with its correlation.
-    fn refine(&self, span: &[i16], center: usize) -> Option<(usize, f64)> {
+    fn refine(&self, center: usize) -> Option<(usize, f64)> {
         let low = center.saturating_sub(REFINE_RADIUS).max(self.min_lag);
         let high = center.saturating_add(REFINE_RADIUS).min(self.max_lag);
         let window = self.max_lag;
-        let reference = span.get(..window)?;
+        let reference = self.full.get(..window)?;
         let mut best: Option<(usize, f64)> = None;
         for lag in low..=high {
-            let Some(shifted) = span.get(lag..lag + window) else {
+            let Some(shifted) = self.full.get(lag..lag + window) else {
                 break;
             };
-            let c = normalized_correlation(
-                reference.iter().map(|&x| f32::from(x)),
-                shifted.iter().map(|&x| f32::from(x)),
-            );
+            let c = normalized_correlation(reference, shifted);
             if best.is_none_or(|(_, best_c)| c > best_c) {
                 best = Some((lag, c));
             }
@@ -260,10 +263,36 @@ impl TimeStretcher {
     }
 }
 
-/// `Σ a·b / sqrt(Σ a² · Σ b²)`; 0 when either side is silent.
-fn normalized_correlation(a: impl Iterator<Item = f32>, b: impl Iterator<Item = f32>) -> f64 {
-    let (mut cross, mut energy_a, mut energy_b) = (0.0f64, 0.0f64, 0.0f64);
-    for (x, y) in a.zip(b) {
+/// `Σ a·b / sqrt(Σ a² · Σ b²)` over the common length; 0 when either side is silent.
+///
+/// Eight independent f32 partial sums per quantity let the compiler vectorize the loop; the
+/// partial sums are combined in f64. Samples are at most 2^15, so each product is exact in f32's
+/// 24-bit mantissa to about 1e-7 relative, far below what the 0.9 threshold needs.
+fn normalized_correlation(a: &[f32], b: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let len = a.len().min(b.len());
+    let (a, b) = (
+        a.get(..len).unwrap_or_default(),
+        b.get(..len).unwrap_or_default(),
+    );
+    let (mut cross, mut energy_a, mut energy_b) =
+        ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (x, y) in a_chunks.zip(b_chunks) {
+        let lanes = cross
+            .iter_mut()
+            .zip(energy_a.iter_mut())
+            .zip(energy_b.iter_mut());
+        for (((c, ea), eb), (&xv, &yv)) in lanes.zip(x.iter().zip(y)) {
+            *c += xv * yv;
+            *ea += xv * xv;
+            *eb += yv * yv;
+        }
+    }
+    let widen = |sums: [f32; LANES]| sums.iter().map(|&v| f64::from(v)).sum::<f64>();
+    let (mut cross, mut energy_a, mut energy_b) = (widen(cross), widen(energy_a), widen(energy_b));
+    for (&x, &y) in a_rest.iter().zip(b_rest) {
         let (x, y) = (f64::from(x), f64::from(y));
         cross += x * y;
         energy_a += x * x;
@@ -338,11 +367,12 @@ mod tests {
     }
 
     fn correlation_at(pcm: &[i16], start: usize, lag: usize, window: usize) -> f64 {
+        let as_f32 = |range: std::ops::Range<usize>| -> Vec<f32> {
+            pcm[range].iter().map(|&x| f32::from(x)).collect()
+        };
         normalized_correlation(
-            pcm[start..start + window].iter().map(|&x| f32::from(x)),
-            pcm[start + lag..start + lag + window]
-                .iter()
-                .map(|&x| f32::from(x)),
+            &as_f32(start..start + window),
+            &as_f32(start + lag..start + lag + window),
         )
     }
 
@@ -549,7 +579,7 @@ mod tests {
         let input = voiced(150.0, forty_ms());
         let mut stretcher = TimeStretcher::new(StretchConfig::default());
         let mut pcm = Vec::with_capacity(forty_ms() + 720);
-        let rounds = 200u32;
+        let rounds: u32 = if cfg!(debug_assertions) { 20 } else { 5_000 };
         let start = std::time::Instant::now();
         for _ in 0..rounds {
             pcm.clear();
