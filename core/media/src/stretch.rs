@@ -231,6 +231,19 @@ impl TimeStretcher {
             if candidate + REFINE_RADIUS < self.min_lag {
                 break;
             }
+            // Cheap screen on the decimated signal before the full-rate refinement.
+            let coarse_candidate = (candidate + DECIMATION / 2) / DECIMATION;
+            let screened = match (
+                self.decimated.get(..coarse_window),
+                self.decimated
+                    .get(coarse_candidate..coarse_candidate + coarse_window),
+            ) {
+                (Some(a), Some(b)) => normalized_correlation(a, b),
+                _ => f64::NEG_INFINITY,
+            };
+            if screened < coarse_best.1 - 2.0 * SUBMULTIPLE_TOLERANCE {
+                continue;
+            }
             if let Some((sub_lag, sub_correlation)) = self.refine(candidate) {
                 if sub_correlation >= correlation - SUBMULTIPLE_TOLERANCE
                     && sub_correlation >= f64::from(self.config.min_correlation)
