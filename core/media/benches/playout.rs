@@ -9,6 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use viska_media::codec::{MAX_PACKET_BYTES, OpusConfig, OpusDecoder, OpusEncoder};
 use viska_media::jitter::{JitterBuffer, JitterConfig, PushMeta};
 use viska_media::playout::{Playout, PlayoutConfig};
+use viska_media::stretch::{Stretch, StretchConfig, TimeStretcher};
 
 const FRAME_SAMPLES: usize = 960;
 
@@ -93,5 +94,23 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// One time-stretching attempt (pitch search and cut) on 40 ms of voiced audio: what a
+/// playout pull adds in a period where it shrinks the delay inside speech.
+fn stretch(c: &mut Criterion) {
+    let pcm = speech();
+    let input = &pcm[..2 * FRAME_SAMPLES];
+    let mut stretcher = TimeStretcher::new(StretchConfig::default());
+    let mut work = Vec::with_capacity(4 * FRAME_SAMPLES);
+    c.bench_function("stretch_accelerate_40ms_voiced", |b| {
+        b.iter(|| {
+            work.clear();
+            work.extend_from_slice(input);
+            let result = stretcher.accelerate(&mut work);
+            assert!(matches!(result, Stretch::Applied { .. }));
+            black_box(result)
+        });
+    });
+}
+
+criterion_group!(benches, bench, stretch);
 criterion_main!(benches);

@@ -20,7 +20,8 @@
 //! of a jitter buffer without its adaptive delay. `--receiver playout` instead drives the
 //! adaptive `viska_media::playout::Playout` (jitter buffer + FEC/DRED/PLC) on a virtual clock,
 //! with its own delay target in place of `--playout-ms` (`--jitter-min-ms` and
-//! `--jitter-start-ms` override its `min_delay` and `start_delay`; `--trace` prints every
+//! `--jitter-start-ms` override its `min_delay` and `start_delay`; `--stretch off` turns its
+//! time-stretching off; `--trace` prints every
 //! pull's outcome and delays on stderr).
 //!
 //! Prints one JSON line of counters on stdout (for `playout`, `inserted`/`dropped` are frames
@@ -57,6 +58,7 @@ struct Args {
     jitter_min_ms: Option<f64>,
     jitter_start_ms: Option<f64>,
     trace: bool,
+    stretch: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -77,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         jitter_min_ms: None,
         jitter_start_ms: None,
         trace: false,
+        stretch: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
             "--jitter-min-ms" => args.jitter_min_ms = Some(num(value()?)?),
             "--jitter-start-ms" => args.jitter_start_ms = Some(num(value()?)?),
             "--trace" => args.trace = true,
+            "--stretch" => args.stretch = value()? != "off",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -167,6 +171,10 @@ struct Counters {
     inserted: usize,
     dropped: usize,
     waits: usize,
+    buffered: usize,
+    accelerated: u64,
+    expanded: u64,
+    delay_ms_sum: f64,
     packets: usize,
     bytes: usize,
 }
@@ -297,6 +305,7 @@ fn receive_with_playout(
     let decoder = OpusDecoder::new(config).map_err(|e| e.to_string())?;
     let mut playout_config = PlayoutConfig {
         opus: *config,
+        time_stretch: args.stretch,
         ..PlayoutConfig::default()
     };
     let millis = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1_000.0);
@@ -360,8 +369,10 @@ fn receive_with_playout(
             PullOutcome::Concealed | PullOutcome::Gap => counters.concealed += 1,
             PullOutcome::Inserted => counters.inserted += 1,
             PullOutcome::Dropped => counters.dropped += 1,
+            PullOutcome::Buffered => counters.buffered += 1,
             _ => {}
         }
+        counters.delay_ms_sum += playout.stats().current_delay.as_secs_f64() * 1_000.0;
         started = true;
         counters.frames += 1;
         decoded.extend_from_slice(&out);
@@ -369,6 +380,8 @@ fn receive_with_playout(
     let stats = playout.stats();
     counters.late = usize::try_from(stats.late).unwrap_or(usize::MAX);
     counters.waits = usize::try_from(playout.buffer().stats().waits).unwrap_or(usize::MAX);
+    counters.accelerated = stats.accelerated;
+    counters.expanded = stats.expanded;
     Ok(decoded)
 }
 
@@ -402,7 +415,7 @@ fn main() -> ExitCode {
         Ok(c) => {
             let seconds = c.packets as f64 * 0.02;
             println!(
-                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"inserted\":{},\"dropped\":{},\"waits\":{},\"kbps\":{:.2}}}",
+                "{{\"frames\":{},\"lost\":{},\"late\":{},\"decoded\":{},\"fec\":{},\"dred\":{},\"concealed\":{},\"inserted\":{},\"dropped\":{},\"waits\":{},\"buffered\":{},\"accelerated\":{},\"expanded\":{},\"mean_delay_ms\":{:.1},\"kbps\":{:.2}}}",
                 c.frames,
                 c.lost,
                 c.late,
@@ -413,6 +426,10 @@ fn main() -> ExitCode {
                 c.inserted,
                 c.dropped,
                 c.waits,
+                c.buffered,
+                c.accelerated,
+                c.expanded,
+                c.delay_ms_sum / c.frames.max(1) as f64,
                 c.bytes as f64 * 8.0 / seconds / 1_000.0
             );
             ExitCode::SUCCESS

@@ -16,4 +16,5 @@ mod opus_ext;
 pub mod playout;
 pub mod resample;
 pub mod ring;
+pub mod stretch;
 pub mod wav;

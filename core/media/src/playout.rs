@@ -19,9 +19,28 @@
 //! * **grow**: when the frame last played was a quiet received frame, a concealment frame
 //!   (the decoder's own continuation of the quiet signal) is inserted and the buffer is not
 //!   popped;
-//! * only when the buffer is about to overflow or is beyond `max_delay` does a drop happen
-//!   mid-speech. Growing mid-speech happens only when the stream itself stalls (the buffer
-//!   waits, see the burst rule in [`crate::jitter`]), where concealment is unavoidable anyway.
+//! * **inside speech**, when the buffer has asked for the same change for
+//!   [`STRETCH_AFTER`] (a talker who does not pause, clock drift) and
+//!   [`PlayoutConfig::time_stretch`] is on (the default), the delay moves by one pitch period
+//!   at a time instead of a whole frame: a frame decoded while the buffer asks to shrink (at
+//!   least a frame above the target) is shortened by one period of the talker's voice, and
+//!   one decoded while it asks to grow is lengthened by one, both
+//!   crossfaded at pitch-aligned points ([`crate::stretch`]; 2.5 to 15 ms each). Audio that is
+//!   not periodic enough (fricatives, noise) is left alone, and the next frame is tried. The
+//!   stretcher needs 30 ms of audio not yet played, and a cut must leave a frame to play
+//!   now, so when less is in hand the next frame is popped and decoded too if its packet is
+//!   here (that takes a frame off the buffer's margin, which is what shrinking asks for).
+//!   Decoded audio then waits in a sample queue and later periods are served from it
+//!   ([`PullOutcome::Buffered`]: the buffer is not popped, its margin grows by a frame,
+//!   which is how expansions add up to a frame of margin). The buffer decides on its
+//!   *margin* (how long after its fastest arrival a frame is popped: what protects against
+//!   late packets); what is heard is later by the queue's length ([`Playout::ahead`]),
+//!   which [`JitterStats::current_delay`] includes. While the margin is right, the queue is
+//!   trimmed by cuts that need no early pop, so it stays below about 10 ms;
+//! * only when the buffer is about to overflow or is beyond `max_delay` does a whole-frame drop
+//!   happen mid-speech. A whole frame is inserted mid-speech only when the stream itself
+//!   stalls (the buffer waits, see the burst rule in [`crate::jitter`]), where concealment is
+//!   unavoidable anyway.
 //!
 //! # Lost frames
 //!
@@ -38,6 +57,7 @@ use crate::codec::{self, CodecError, OpusConfig, OpusDecoder};
 use crate::jitter::{
     DelayAdjustment, JitterBuffer, JitterConfig, JitterError, Next, PushMeta, PushOutcome,
 };
+use crate::stretch::{Stretch, StretchConfig, TimeStretcher};
 
 /// Errors from building or driving a [`Playout`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +97,10 @@ pub struct PlayoutConfig {
     /// A decoded frame whose RMS is below this is quiet enough to drop or to insert next to
     /// (328 is about -40 dBFS).
     pub quiet_rms: u16,
+    /// Shrink and grow the delay inside speech by time-stretching decoded audio one pitch
+    /// period at a time (see the [module documentation](self)); when false, the delay moves
+    /// only by whole frames, in pauses.
+    pub time_stretch: bool,
 }
 
 impl Default for PlayoutConfig {
@@ -89,6 +113,7 @@ impl Default for PlayoutConfig {
             },
             opus,
             quiet_rms: 328,
+            time_stretch: true,
         }
     }
 }
@@ -113,6 +138,9 @@ pub enum PullOutcome {
     Dropped,
     /// Playout has not started: silence.
     Silence,
+    /// Audio decoded at an earlier pull (ahead of time, for time-stretching) filled the whole
+    /// period; the buffer was not popped.
+    Buffered,
 }
 
 /// Counters and delays of a [`Playout`].
@@ -137,6 +165,14 @@ pub struct JitterStats {
     pub dropped_for_delay: u64,
     /// Frames inserted to grow the delay.
     pub inserted_for_delay: u64,
+    /// Times a pitch period was cut out of speech to shrink the delay.
+    pub accelerated: u64,
+    /// Times a pitch period was added to speech to grow the delay.
+    pub expanded: u64,
+    /// Audio cut out by time-stretching, in total.
+    pub stretch_removed: Duration,
+    /// Audio added by time-stretching, in total.
+    pub stretch_inserted: Duration,
     /// Frames of transmission pauses (DTX, hold), not counted as lost.
     pub dtx_frames: u64,
     /// Packets the decoder rejected (concealed instead; included in `concealed`, not `lost`).
@@ -148,7 +184,8 @@ pub struct JitterStats {
     /// RFC 3550 interarrival jitter.
     pub jitter: Duration,
     /// Playout delay of the frame due at the last pull (before that pull's adjustment): how
-    /// long after its fastest possible arrival it was played.
+    /// long after its fastest possible arrival it was heard (the buffer's margin plus the
+    /// audio decoded ahead).
     pub current_delay: Duration,
     /// Target delay at the last pull.
     pub target_delay: Duration,
@@ -173,11 +210,34 @@ pub struct Playout {
     decode_errors: u64,
     current_delay: Duration,
     target_delay: Duration,
+    /// `None` when time-stretching is off.
+    stretcher: Option<TimeStretcher>,
+    /// Decoded audio not played yet, oldest first (empty unless time-stretching decoded ahead
+    /// or lengthened a frame).
+    pending: Vec<i16>,
+    /// One frame of scratch for decoding.
+    frame_buf: Vec<i16>,
+    /// The audio handed out last (what the stretcher needs of it), oldest first: growing the
+    /// delay inserts a period right after it.
+    played: Vec<i16>,
+    sample_rate: u32,
+    accelerated: u64,
+    expanded: u64,
+    samples_removed: u64,
+    samples_inserted: u64,
+    /// The change the buffer asked for at the last pulls, and for how many pulls in a row.
+    asked_for: (DelayAdjustment, u32),
+    /// Pulls a change must be asked for before speech is stretched for it.
+    stretch_after: u32,
 }
 
 /// Quiet received frames in a row that make a pause (200 ms of 20 ms frames: longer than the
 /// gaps between words): a drop that is not urgent happens only inside a pause.
 const PAUSE_FRAMES: u32 = 10;
+
+/// How long the buffer must keep asking for the same change (and no pause has come to make
+/// it in) before speech is time-stretched for it.
+pub const STRETCH_AFTER: Duration = Duration::from_secs(1);
 
 /// A drop that is not urgent waits until the delay is this many frames above the target.
 const SHRINK_MARGIN_FRAMES: u32 = 2;
@@ -196,6 +256,19 @@ impl Playout {
             });
         }
         let buffer = JitterBuffer::new(config.jitter)?;
+        let frame_samples = config.opus.frame_samples();
+        let sample_rate = crate::audio::SAMPLE_RATE;
+        let stretcher = config.time_stretch.then(|| {
+            TimeStretcher::new(StretchConfig {
+                sample_rate,
+                quiet_rms: config.quiet_rms,
+                ..StretchConfig::default()
+            })
+        });
+        // Decoded-ahead audio never exceeds what the stretcher works on plus two frames.
+        let queue = stretcher
+            .as_ref()
+            .map_or(0, |s| s.min_input().saturating_add(3 * frame_samples));
         Ok(Self {
             buffer,
             decoder,
@@ -212,7 +285,37 @@ impl Playout {
             decode_errors: 0,
             current_delay: Duration::ZERO,
             target_delay: Duration::ZERO,
+            stretcher,
+            pending: Vec::with_capacity(queue),
+            frame_buf: vec![0; frame_samples],
+            played: Vec::with_capacity(queue),
+            sample_rate,
+            accelerated: 0,
+            expanded: 0,
+            samples_removed: 0,
+            samples_inserted: 0,
+            asked_for: (DelayAdjustment::Hold, 0),
+            stretch_after: u32::try_from(STRETCH_AFTER.as_micros() / opus_frame.as_micros().max(1))
+                .unwrap_or(u32::MAX),
         })
+    }
+
+    /// Audio decoded and not played yet: the next frame popped from the buffer starts this
+    /// long after the period being pulled.
+    pub fn ahead(&self) -> Duration {
+        self.samples_duration(self.pending.len() as u64)
+    }
+
+    /// Whether the next [`Playout::pull`] has its audio in hand (decoded ahead, or the packet
+    /// at the playout position buffered), so pulling it a little early loses nothing.
+    pub fn next_ready(&self) -> bool {
+        self.pending.len() >= self.frame_samples || self.buffer.head_ready()
+    }
+
+    fn samples_duration(&self, samples: u64) -> Duration {
+        Duration::from_nanos(
+            samples.saturating_mul(1_000_000_000) / u64::from(self.sample_rate.max(1)),
+        )
     }
 
     /// Samples per frame (the length `pull` wants).
@@ -245,34 +348,138 @@ impl Playout {
                 got: out.len(),
             });
         }
-        // The delay of the frame due now, before this period's adjustment.
-        self.current_delay = self.buffer.current_delay(now);
+        if self.pending.len() >= self.frame_samples {
+            // Audio decoded ahead covers the whole period; the buffer is not popped, so its
+            // margin grows by a frame.
+            self.take_pending(out);
+            self.current_delay = self.buffer.current_delay(now) + self.ahead();
+            self.target_delay = self.buffer.target_delay(now);
+            return Ok(PullOutcome::Buffered);
+        }
+        // The buffer decides on its margin: how long after its fastest possible arrival the
+        // frame it hands out now is taken. What is heard is later by the audio decoded ahead.
+        let margin = self.buffer.current_delay(now);
+        self.current_delay = margin + self.ahead();
         self.target_delay = self.buffer.target_delay(now);
         let mut adjustment = self.buffer.delay_adjustment(now);
         if adjustment == (DelayAdjustment::Shrink { urgent: false })
-            && self.current_delay < self.target_delay + self.frame * SHRINK_MARGIN_FRAMES
+            && margin < self.target_delay + self.frame * SHRINK_MARGIN_FRAMES
         {
             // Less than two frames above the target: a drop would warp the speech for one
             // frame of delay that the next jitter peak would ask back.
             adjustment = DelayAdjustment::Hold;
         }
+        let mut frame = std::mem::take(&mut self.frame_buf);
         let outcome = if adjustment == DelayAdjustment::Grow && self.quiet_run > 0 {
-            self.conceal(out);
+            self.conceal(&mut frame);
             self.inserted_for_delay += 1;
             PullOutcome::Inserted
         } else {
-            self.play_next(now, adjustment, out)
+            self.play_next(now, adjustment, &mut frame)
         };
         // A pause is heard in received audio only: concealment fades out whatever the talker
         // said, so a concealed frame ends a pause rather than extending it.
         self.quiet_run = match outcome {
-            PullOutcome::Decoded | PullOutcome::Dropped if is_quiet(out, self.quiet_rms) => {
+            PullOutcome::Decoded | PullOutcome::Dropped if is_quiet(&frame, self.quiet_rms) => {
                 self.quiet_run.saturating_add(1)
             }
             PullOutcome::Inserted | PullOutcome::Silence => self.quiet_run,
             _ => 0,
         };
+        self.pending.extend_from_slice(&frame);
+        self.frame_buf = frame;
+        // How long the buffer has asked for the same change (a shrink, like a drop, only from
+        // two frames above the target): pauses usually come within a second or two and adapt
+        // the delay unheard; only a talker who does not pause gets stretched.
+        self.asked_for = match (adjustment, self.asked_for) {
+            (DelayAdjustment::Hold, _) => (DelayAdjustment::Hold, 0),
+            (w, (previous, run)) if w == previous => (w, run.saturating_add(1)),
+            (w, _) => (w, 1),
+        };
+        let persistent = self.asked_for.1 >= self.stretch_after;
+        if outcome == PullOutcome::Decoded {
+            match adjustment {
+                DelayAdjustment::Shrink { urgent: false } if persistent => {
+                    self.accelerate(now, true)
+                }
+                DelayAdjustment::Grow if persistent => self.expand(),
+                // Audio decoded ahead is delay the buffer does not need: trim it while no
+                // frame has to be decoded early for that.
+                _ => self.accelerate(now, false),
+            }
+        }
+        self.take_pending(out);
         Ok(outcome)
+    }
+
+    /// Moves the first frame of the decoded-ahead audio to `out` (which is one frame long; the
+    /// queue holds at least that much).
+    fn take_pending(&mut self, out: &mut [i16]) {
+        let n = out.len().min(self.pending.len());
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), self.pending.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        zero_tail(out, n);
+        self.pending.drain(..n);
+        if let Some(keep) = self.stretcher.as_ref().map(TimeStretcher::min_input) {
+            self.played.extend_from_slice(out);
+            let excess = self.played.len().saturating_sub(keep);
+            self.played.drain(..excess);
+        }
+    }
+
+    /// Lengthens the audio not played yet by one pitch period, right where playout stands.
+    fn expand(&mut self) {
+        let Some(stretcher) = self.stretcher.as_mut() else {
+            return;
+        };
+        // One frame in hand is enough: the period continues what was heard last.
+        if let Stretch::Applied { samples } =
+            stretcher.expand_after(&self.played, &mut self.pending)
+        {
+            self.expanded += 1;
+            self.samples_inserted += samples as u64;
+        }
+    }
+
+    /// Shortens the audio not played yet by one pitch period. With `pop_ahead`, when less is
+    /// in hand than the cut needs (a frame to play now plus the longest period), the next
+    /// frame is popped and decoded now if its packet is here: that takes a frame off the
+    /// buffer's margin, which is what a shrink asks for.
+    fn accelerate(&mut self, now: Instant, pop_ahead: bool) {
+        let Some((analysed, longest)) = self
+            .stretcher
+            .as_ref()
+            .map(|s| (s.min_input(), s.max_period_samples()))
+        else {
+            return;
+        };
+        let needed = analysed.max(self.frame_samples + longest);
+        if pop_ahead && self.pending.len() < needed && self.buffer.head_ready() {
+            if let Next::Packet(packet) = self.buffer.pop(now) {
+                let start = self.pending.len();
+                self.pending.resize(start + self.frame_samples, 0);
+                if let Some(tail) = self.pending.get_mut(start..) {
+                    if !decode_into(&mut self.decoder, packet, tail) {
+                        self.decode_errors += 1;
+                        self.concealed += 1;
+                    }
+                }
+            }
+        }
+        // Without popping, a cut is tried whenever the period found leaves a frame to play.
+        if self.pending.len() < analysed.max(self.frame_samples + 1) {
+            return;
+        }
+        let Some(stretcher) = self.stretcher.as_mut() else {
+            return;
+        };
+        let keep = self.frame_samples;
+        if let Stretch::Applied { samples } = stretcher.accelerate_keeping(&mut self.pending, keep)
+        {
+            self.accelerated += 1;
+            self.samples_removed += samples as u64;
+        }
     }
 
     fn play_next(
@@ -376,6 +583,10 @@ impl Playout {
             dred_recovered: self.dred_recovered,
             dropped_for_delay: self.dropped_for_delay + buffer.skipped_silence,
             inserted_for_delay: self.inserted_for_delay,
+            accelerated: self.accelerated,
+            expanded: self.expanded,
+            stretch_removed: self.samples_duration(self.samples_removed),
+            stretch_inserted: self.samples_duration(self.samples_inserted),
             dtx_frames: buffer.dtx_frames,
             decode_errors: self.decode_errors,
             overflow_dropped: buffer.overflow_dropped,

@@ -106,6 +106,8 @@ pub struct TimeStretcher {
     decimated: Vec<f32>,
     /// The period inserted by `expand`.
     period: Vec<i16>,
+    /// Played and unplayed audio joined for `expand_after`'s analysis.
+    joined: Vec<i16>,
 }
 
 impl TimeStretcher {
@@ -129,6 +131,7 @@ impl TimeStretcher {
             full: Vec::with_capacity(analysed),
             decimated: Vec::with_capacity(analysed / DECIMATION + 1),
             period: Vec::with_capacity(max_lag),
+            joined: Vec::with_capacity(2 * max_lag + 2),
         }
     }
 
@@ -138,22 +141,29 @@ impl TimeStretcher {
         SPLICE_START + 2 * self.max_lag + 1
     }
 
+    /// The longest period [`accelerate`](Self::accelerate) may remove, in samples.
+    pub fn max_period_samples(&self) -> usize {
+        self.max_lag
+    }
+
     /// Removes one pitch period from `pcm` (all of it not yet played) if periodic enough.
     ///
     /// The result is `pcm.len() - samples` long, continuous (crossfaded), and its first and last
     /// samples equal the input's, so it splices with what was played before and what comes after.
     pub fn accelerate(&mut self, pcm: &mut Vec<i16>) -> Stretch {
+        self.accelerate_keeping(pcm, 0)
+    }
+
+    /// [`accelerate`](Self::accelerate), declining when the cut would leave fewer than `keep`
+    /// samples in `pcm` (the caller must hand out that much before more is decoded).
+    pub fn accelerate_keeping(&mut self, pcm: &mut Vec<i16>, keep: usize) -> Stretch {
         let Some(lag) = self.find_period(pcm) else {
             return Stretch::Declined;
         };
-        let s = SPLICE_START;
-        let (Some(first), Some(second)) = (pcm.get(s..s + lag), pcm.get(s + lag..s + 2 * lag))
-        else {
+        if pcm.len().saturating_sub(lag) < keep || !self.fade_periods(pcm, lag, false) {
             return Stretch::Declined;
-        };
-        // Written into the scratch first: `first` and `second` borrow `pcm`.
-        self.period.clear();
-        self.period.extend(crossfade(first, second));
+        }
+        let s = SPLICE_START;
         if let Some(target) = pcm.get_mut(s..s + lag) {
             target.copy_from_slice(&self.period);
         }
@@ -169,13 +179,10 @@ impl TimeStretcher {
         let Some(lag) = self.find_period(pcm) else {
             return Stretch::Declined;
         };
-        let s = SPLICE_START;
-        let (Some(first), Some(second)) = (pcm.get(s..s + lag), pcm.get(s + lag..s + 2 * lag))
-        else {
+        if !self.fade_periods(pcm, lag, true) {
             return Stretch::Declined;
-        };
-        self.period.clear();
-        self.period.extend(crossfade(second, first));
+        }
+        let s = SPLICE_START;
         let old_len = pcm.len();
         let insert_at = s + lag;
         pcm.resize(old_len + lag, 0);
@@ -184,6 +191,76 @@ impl TimeStretcher {
             target.copy_from_slice(&self.period);
         }
         Stretch::Applied { samples: lag }
+    }
+
+    /// Inserts one pitch period at the very start of `pcm` (nothing of it played yet), right
+    /// after `played` (the audio heard last, oldest first), if the two together are periodic
+    /// enough.
+    ///
+    /// Unlike [`expand`](Self::expand) this needs only one period of unplayed audio: the period
+    /// inserted fades from the first period of `pcm` into the last one of `played`, so it
+    /// continues `played` as `pcm` would and ends as `played` ended, which `pcm`'s first sample
+    /// follows. `played` is read, never changed; the pitch is measured on the last
+    /// [`min_input`](Self::min_input) samples of `played` and `pcm` joined. The result is
+    /// `pcm.len() + samples` long, its tail is `pcm` unchanged.
+    pub fn expand_after(&mut self, played: &[i16], pcm: &mut Vec<i16>) -> Stretch {
+        let need = self.min_input();
+        if played.len().saturating_add(pcm.len()) < need {
+            return Stretch::Declined;
+        }
+        // The analysed span: the end of `played`, then as much of `pcm` as the span still
+        // needs (at most half of it, so the analysis straddles the playout point).
+        let from_pcm = pcm
+            .len()
+            .min(need / 2)
+            .max(need.saturating_sub(played.len()));
+        let from_played = need - from_pcm;
+        let mut joined = std::mem::take(&mut self.joined);
+        joined.clear();
+        joined.extend_from_slice(played.get(played.len() - from_played..).unwrap_or_default());
+        joined.extend_from_slice(pcm.get(..from_pcm).unwrap_or_default());
+        let lag = self.find_period(&joined);
+        self.joined = joined;
+        let Some(lag) = lag else {
+            return Stretch::Declined;
+        };
+        let (Some(last), Some(next)) = (
+            played.get(played.len().saturating_sub(lag)..),
+            pcm.get(..lag),
+        ) else {
+            return Stretch::Declined;
+        };
+        if last.len() != lag || next.len() != lag {
+            return Stretch::Declined;
+        }
+        self.period.clear();
+        self.period.extend(crossfade(next, last));
+        let old_len = pcm.len();
+        pcm.resize(old_len + lag, 0);
+        pcm.copy_within(0..old_len, lag);
+        if let Some(target) = pcm.get_mut(..lag) {
+            target.copy_from_slice(&self.period);
+        }
+        Stretch::Applied { samples: lag }
+    }
+
+    /// Writes into the scratch period the crossfade of the two periods of `lag` samples after
+    /// the splice point: from the first into the second, or (`backwards`) from the second into
+    /// the first. False when `pcm` is too short for them.
+    fn fade_periods(&mut self, pcm: &[i16], lag: usize, backwards: bool) -> bool {
+        let s = SPLICE_START;
+        let (Some(first), Some(second)) = (pcm.get(s..s + lag), pcm.get(s + lag..s + 2 * lag))
+        else {
+            return false;
+        };
+        let (from, to) = if backwards {
+            (second, first)
+        } else {
+            (first, second)
+        };
+        self.period.clear();
+        self.period.extend(crossfade(from, to));
+        true
     }
 
     /// The pitch period at the splice point, if the signal there is periodic (or quiet) enough.
@@ -312,11 +389,7 @@ fn normalized_correlation(a: &[f32], b: &[f32]) -> f64 {
         energy_b += y * y;
     }
     let norm = (energy_a * energy_b).sqrt();
-    if norm > 0.0 {
-        cross / norm
-    } else {
-        0.0
-    }
+    if norm > 0.0 { cross / norm } else { 0.0 }
 }
 
 /// One period fading from `from` into `to` with a raised-cosine window over its whole length.
@@ -585,26 +658,47 @@ mod tests {
         assert!(correlation_at(&pcm, 0, 320, 4_000) > 0.95);
     }
 
-    /// Rough cost of one attempt on 40 ms (printed, not asserted): `cargo test --release -p
-    /// viska-media stretch::tests::timing -- --nocapture`.
     #[test]
-    fn timing() {
-        let input = voiced(150.0, forty_ms());
+    fn expand_after_inserts_one_period_at_the_playout_point() {
+        let signal = voiced(150.0, 4_800);
+        let (played, rest) = signal.split_at(1_000);
         let mut stretcher = TimeStretcher::new(StretchConfig::default());
-        let mut pcm = Vec::with_capacity(forty_ms() + 720);
-        let rounds: u32 = if cfg!(debug_assertions) { 20 } else { 5_000 };
-        let start = std::time::Instant::now();
-        for _ in 0..rounds {
-            pcm.clear();
-            pcm.extend_from_slice(&input);
-            assert!(matches!(
-                stretcher.accelerate(&mut pcm),
-                Stretch::Applied { .. }
-            ));
-        }
-        println!(
-            "stretch: accelerate on 40 ms: {:?} per attempt",
-            start.elapsed() / rounds
+        // Only one frame of unplayed audio: less than `expand` needs on its own.
+        let mut pcm = rest[..960].to_vec();
+        assert!(pcm.len() < stretcher.min_input());
+        assert_eq!(stretcher.expand(&mut pcm.clone()), Stretch::Declined);
+        let Stretch::Applied { samples } = stretcher.expand_after(played, &mut pcm) else {
+            panic!("voiced speech declined");
+        };
+        assert!(is_period_multiple(samples, 150.0), "inserted {samples}");
+        assert_eq!(pcm.len(), 960 + samples);
+        // What follows the inserted period is the unplayed audio, unchanged.
+        assert_eq!(&pcm[samples..], &rest[..960]);
+        // Heard in sequence, played + stretched is as smooth and as periodic as the input.
+        let heard: Vec<i16> = played.iter().chain(pcm.iter()).copied().collect();
+        assert!(max_step(&heard) <= max_step(&signal) * 3 / 2 + 64);
+        assert!(correlation_at(&heard, 200, 320, 1_200) > 0.95);
+    }
+
+    #[test]
+    fn expand_after_declines_noise_and_too_little_audio() {
+        let mut stretcher = TimeStretcher::new(StretchConfig::default());
+        let loud = noise(5, 3_000, 8_000);
+        let mut pcm = loud[1_500..].to_vec();
+        assert_eq!(
+            stretcher.expand_after(&loud[..1_500], &mut pcm),
+            Stretch::Declined
         );
+        assert_eq!(pcm, &loud[1_500..]);
+        let signal = voiced(150.0, 2_000);
+        for (played, unplayed) in [(0, 960), (400, 400), (1_000, 0), (0, 0)] {
+            let mut pcm = signal[played..played + unplayed].to_vec();
+            assert_eq!(
+                stretcher.expand_after(&signal[..played], &mut pcm),
+                Stretch::Declined,
+                "{played} played, {unplayed} unplayed"
+            );
+            assert_eq!(pcm.len(), unplayed);
+        }
     }
 }

@@ -464,12 +464,17 @@ fn dtx_pauses_are_not_counted_as_loss() {
 
 fn drift(ppm: f64) -> (Playout, Run) {
     // Four minutes of a repeating 18 s recording.
+    drift_run(&encode(900, false), ppm, default_config())
+}
+
+/// Four minutes of `recording` on repeat from a sender whose clock is `ppm` off.
+fn drift_run(recording: &[Encoded], ppm: f64, config: PlayoutConfig) -> (Playout, Run) {
     let frames = 12_000;
-    let recording = encode(900, false);
+    let length = recording.len() as u64;
     let packets: Vec<Encoded> = (0..frames)
         .map(|seq| Encoded {
             seq,
-            payload: recording[(seq % 900) as usize].payload.clone(),
+            payload: recording[(seq % length) as usize].payload.clone(),
         })
         .collect();
     let network = Network {
@@ -479,7 +484,7 @@ fn drift(ppm: f64) -> (Playout, Run) {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 7);
-    simulate(default_config(), &arrivals, frames - 50)
+    simulate(config, &arrivals, frames - 50)
 }
 
 #[test]
@@ -604,7 +609,14 @@ fn a_loss_burst_with_later_frames_in_hand_is_concealed_and_fec_recovered() {
     };
     let (arrivals, _) = transmit(&packets, &network, 9);
     let (arrivals, _) = drop_bursts(arrivals, 40);
-    let (playout, run) = simulate(generous_start_config(), &arrivals, frames);
+    // Whole-frame adaptation only: it keeps the generous start's margin through the first
+    // talkspurt, so frame 43 is in hand when 40 is due (time-stretching would have spent that
+    // margin on lower delay already).
+    let config = PlayoutConfig {
+        time_stretch: false,
+        ..generous_start_config()
+    };
+    let (playout, run) = simulate(config, &arrivals, frames);
     let at_burst: Vec<PullOutcome> = (40..43)
         .map(|seq| {
             let index = run
@@ -684,7 +696,11 @@ fn the_start_delay_shrinks_only_in_pauses() {
         ..Network::default()
     };
     let (arrivals, _) = transmit(&packets, &network, 11);
-    let (playout, run) = simulate(generous_start_config(), &arrivals, frames);
+    let config = PlayoutConfig {
+        time_stretch: false,
+        ..generous_start_config()
+    };
+    let (playout, run) = simulate(config, &arrivals, frames);
     let stats = playout.stats();
     assert!(stats.dropped_for_delay >= 2, "{stats:?}");
     for (index, outcome) in run.outcomes.iter().enumerate() {
@@ -740,6 +756,8 @@ fn dred_rebuilds_a_burst_from_a_later_packet_in_hand() {
                 dred_duration_ms: if dred { 200 } else { 0 },
                 ..dred_config()
             },
+            // Whole frames only, so the start's margin is still there at the first burst.
+            time_stretch: false,
             ..generous_start_config()
         };
         let (playout, run) = simulate(config, &arrivals, frames);
@@ -755,5 +773,179 @@ fn dred_rebuilds_a_burst_from_a_later_packet_in_hand() {
         } else {
             assert_eq!(stats.dred_recovered, 0, "{stats:?}");
         }
+    }
+}
+
+/// One frame of continuous voiced sound with no pause at all (a talker who does not stop):
+/// 120 Hz with harmonics, a slow pitch glide and a slowly varying level.
+fn continuous_voice_frame(seq: u64) -> Vec<i16> {
+    (0..FRAME_SAMPLES)
+        .map(|i| {
+            let t = (seq as f64 * FRAME_SAMPLES as f64 + i as f64) / 48_000.0;
+            let f0 = 120.0 + 15.0 * (2.0 * std::f64::consts::PI * 0.2 * t).sin();
+            let phase = 2.0 * std::f64::consts::PI * f0 * t;
+            let level = 0.7 + 0.3 * (2.0 * std::f64::consts::PI * 0.5 * t).sin();
+            let voiced = phase.sin() + 0.5 * (2.0 * phase).sin() + 0.3 * (3.0 * phase).sin();
+            (8_000.0 * level * voiced) as i16
+        })
+        .collect()
+}
+
+fn encode_continuous(frames: u64) -> Vec<Encoded> {
+    let mut encoder = OpusEncoder::new(&opus_config(false)).expect("encoder");
+    let mut out = vec![0u8; 1500];
+    (0..frames)
+        .map(|seq| {
+            let len = encoder
+                .encode(&continuous_voice_frame(seq), &mut out)
+                .expect("encode");
+            Encoded {
+                seq,
+                payload: out[..len].to_vec(),
+            }
+        })
+        .collect()
+}
+
+fn stretch_config(on: bool) -> PlayoutConfig {
+    PlayoutConfig {
+        time_stretch: on,
+        ..default_config()
+    }
+}
+
+/// Largest step between neighbouring samples.
+fn max_step(pcm: &[i16]) -> i32 {
+    pcm.windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn time_stretching_brings_the_delay_down_inside_unbroken_speech() {
+    // 300 ms stall at 4 s in the middle of speech that never pauses: the delay jumps to
+    // cover it; afterwards only time-stretching can bring it back without cutting speech.
+    let frames = 1_500; // 30 s
+    let packets = encode_continuous(frames);
+    let network = Network {
+        latency_ms: 30.0,
+        jitter_ms: 2.0,
+        stall: Some((4.0, 300.0)),
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 21);
+    let (fixed, fixed_run) = simulate(stretch_config(false), &arrivals, frames);
+    let (stretched, stretched_run) = simulate(stretch_config(true), &arrivals, frames);
+    let (a, b) = (fixed.stats(), stretched.stats());
+    eprintln!("frames only: {a:?}\n{:?}", fixed_run.delays);
+    eprintln!("stretching: {b:?}\n{:?}", stretched_run.delays);
+    assert!(b.accelerated >= 10, "{b:?}");
+    assert!(
+        b.stretch_removed >= Duration::from_millis(100),
+        "the stall's delay came back by stretching: {b:?}"
+    );
+    // No frame of the speech dropped for the delay; the stall's late frames are the same.
+    assert_eq!(b.dropped_for_delay, 0, "{b:?}");
+    assert!(b.lost <= a.lost, "{a:?}\n{b:?}");
+    // Without stretching the delay stays up (no pause to drop in); with it, it returns to
+    // the band where a drop would wait too (less than two frames above the target) plus what
+    // is left decoded ahead (less than the smallest cut the stretcher can analyse, 10 ms).
+    assert!(a.current_delay >= Duration::from_millis(150), "{a:?}");
+    assert!(
+        b.current_delay <= b.target_delay + Duration::from_millis(40 + 15),
+        "{b:?}"
+    );
+    // The stretched output stays as smooth as the unstretched one (no clicks at splices).
+    let settled = 500 * FRAME_SAMPLES;
+    assert!(
+        max_step(&stretched_run.pcm[settled..])
+            <= max_step(&fixed_run.pcm[settled..]) * 3 / 2 + 200,
+        "{} vs {}",
+        max_step(&stretched_run.pcm[settled..]),
+        max_step(&fixed_run.pcm[settled..])
+    );
+    // Every period was filled and every packet decoded once: the run played 1500 frames'
+    // worth of samples, and the playout position went past every packet that arrived.
+    assert_eq!(stretched_run.pcm.len(), frames as usize * FRAME_SAMPLES);
+    assert!(stretched.buffer().next_seq() > fixed.buffer().next_seq());
+    assert!(b.late <= a.late, "{a:?}\n{b:?}");
+}
+
+#[test]
+fn ordinary_speech_is_stretched_only_while_no_pause_comes() {
+    // The generous start again, with pauses every 1.2 s: the first talkspurt runs longer
+    // than a second with too much delay and is stretched; after that the delay is within the
+    // band where neither drops nor stretches happen, and stays there, as without stretching.
+    let frames = 1_000;
+    let packets = encode(frames, false);
+    let network = Network {
+        latency_ms: 30.0,
+        ..Network::default()
+    };
+    let (arrivals, _) = transmit(&packets, &network, 11);
+    let (fixed, _) = simulate(
+        PlayoutConfig {
+            time_stretch: false,
+            ..generous_start_config()
+        },
+        &arrivals,
+        frames,
+    );
+    let (stretched, run) = simulate(generous_start_config(), &arrivals, frames);
+    let (a, b) = (fixed.stats(), stretched.stats());
+    eprintln!("frames only: {a:?}\nstretching: {b:?}\n{:?}", run.delays);
+    assert!(b.accelerated + b.expanded <= 8, "{b:?}");
+    let late_stretching = run
+        .delays
+        .iter()
+        .skip_while(|d| d.0 < 3.0)
+        .map(|d| d.1)
+        .collect::<Vec<_>>();
+    assert!(
+        late_stretching
+            .windows(2)
+            .all(|w| (w[0] - w[1]).abs() < 0.01),
+        "the delay stays put once settled: {:?}",
+        run.delays
+    );
+    assert_eq!((b.lost, b.late), (0, 0), "{b:?}");
+    assert!(
+        b.current_delay <= a.current_delay + Duration::from_millis(10),
+        "{a:?}\n{b:?}"
+    );
+}
+
+/// Four minutes of unbroken voice from a sender whose clock is `ppm` off.
+fn drift_without_pauses(ppm: f64, stretch: bool) -> (Playout, Run) {
+    drift_run(&encode_continuous(900), ppm, stretch_config(stretch))
+}
+
+#[test]
+fn clock_drift_inside_unbroken_speech_is_absorbed_by_time_stretching() {
+    // 240 ms of drift over four minutes and never a pause: without stretching the delay can
+    // only move by whole frames cut from or concealed into the speech; with it, a pitch
+    // period at a time.
+    for ppm in [1_000.0, -1_000.0] {
+        let (fixed, _) = drift_without_pauses(ppm, false);
+        let (stretched, run) = drift_without_pauses(ppm, true);
+        let (a, b) = (fixed.stats(), stretched.stats());
+        eprintln!("{ppm} ppm\nframes only: {a:?}\nstretching: {b:?}");
+        let net = if ppm > 0.0 {
+            b.stretch_removed.saturating_sub(b.stretch_inserted)
+        } else {
+            b.stretch_inserted.saturating_sub(b.stretch_removed)
+        };
+        assert!(net >= Duration::from_millis(100), "{ppm} ppm: {b:?}");
+        assert_eq!((b.lost, b.late), (0, 0), "{ppm} ppm: {b:?}");
+        let whole_frames = |s: &viska_media::playout::JitterStats| {
+            s.dropped_for_delay + s.inserted_for_delay + s.concealed
+        };
+        assert!(
+            whole_frames(&b) < whole_frames(&a).max(1),
+            "{ppm} ppm\nframes only: {a:?}\nstretching: {b:?}"
+        );
+        let worst = run.delays.iter().skip(10).map(|d| d.1).fold(0.0, f64::max);
+        assert!(worst <= 80.0, "{ppm} ppm: delay reached {worst} ms");
     }
 }

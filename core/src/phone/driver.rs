@@ -1098,7 +1098,7 @@ fn playout_tick(
                 if let (Some(p), Some(index)) =
                     (inner.config.latency_probe.as_deref(), played.frame_index)
                 {
-                    p.frame_played(m.recv_stream, index, Instant::now());
+                    p.frame_played(m.recv_stream, index, Instant::now() + played.starts_after);
                 }
             }
             Err(e) => {

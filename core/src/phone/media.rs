@@ -99,6 +99,9 @@ pub struct Played {
     pub outcome: PullOutcome,
     /// The sender's frame index that was decoded, if a received frame was played.
     pub frame_index: Option<u64>,
+    /// How long after the start of this period that frame starts to be heard (audio decoded
+    /// ahead for time-stretching is played first).
+    pub starts_after: Duration,
 }
 
 fn proto_duration(opus: &OpusConfig) -> Result<viska_proto::FrameDuration, MediaError> {
@@ -273,13 +276,14 @@ impl MediaSession {
     /// Whether the frame the next [`MediaSession::play_frame`] plays has arrived (so playing
     /// it a little before its time loses nothing).
     pub fn next_frame_ready(&self) -> bool {
-        self.playout.buffer().head_ready()
+        self.playout.next_ready()
     }
 
     /// Produces the next frame of audio to play (always exactly one frame in `out`).
     pub fn play_frame(&mut self, now: Instant, out: &mut [i16]) -> Result<Played, MediaError> {
         let next = self.playout.buffer().next_seq();
         let started = self.playout.buffer().is_started();
+        let starts_after = self.playout.ahead();
         let outcome = self.playout.pull(now, out)?;
         let frame_index = match outcome {
             PullOutcome::Decoded if started => Some(next),
@@ -289,6 +293,7 @@ impl MediaSession {
         Ok(Played {
             outcome,
             frame_index,
+            starts_after,
         })
     }
 

@@ -78,6 +78,12 @@ pub(crate) struct Summary {
     bytes_overhead_per_packet: Option<f64>,
     opus_bytes_per_packet: Option<f64>,
     jitter_buffer_delay_ms: f64,
+    /// Audio the callee's playout cut out of / added to speech by time-stretching.
+    stretch_removed_ms: f64,
+    stretch_inserted_ms: f64,
+    /// Whole frames the callee's playout dropped / inserted to move its delay.
+    frames_dropped_for_delay: u64,
+    frames_inserted_for_delay: u64,
     estimated_mos: f64,
     cpu_ms_caller: Option<f64>,
     cpu_ms_callee: Option<f64>,
@@ -283,6 +289,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         bytes_overhead_per_packet: overhead,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
         jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
+        stretch_removed_ms: ms(b.media.playout.stretch_removed),
+        stretch_inserted_ms: ms(b.media.playout.stretch_inserted),
+        frames_dropped_for_delay: b.media.playout.dropped_for_delay,
+        frames_inserted_for_delay: b.media.playout.inserted_for_delay,
         // The E-model's delay term gets the measured mouth-to-ear delay beyond the network's.
         estimated_mos: (b.stats.estimate_mos(
             latency
