@@ -36,7 +36,7 @@
 //!   *margin* (how long after its fastest arrival a frame is popped: what protects against
 //!   late packets); what is heard is later by the queue's length ([`Playout::ahead`]),
 //!   which [`JitterStats::current_delay`] includes. While the margin is right, the queue is
-//!   trimmed by cuts that need no early pop, so it stays below about 10 ms;
+//!   trimmed by cuts that need no early pop, down to 10 ms or one pitch period;
 //! * only when the buffer is about to overflow or is beyond `max_delay` does a whole-frame drop
 //!   happen mid-speech. A whole frame is inserted mid-speech only when the stream itself
 //!   stalls (the buffer waits, see the burst rule in [`crate::jitter`]), where concealment is
