@@ -94,6 +94,13 @@ pub(crate) struct Summary {
     wakeups_per_frame_callee: Option<f64>,
     codec_only_cpu_ms: Option<f64>,
     cpu_vs_codec: Option<f64>,
+    /// CPU of two bare transport endpoints (the same QUIC configuration, no codec, no SFrame,
+    /// no call) trading one datagram of the call's size each way per frame period for as
+    /// long as the call ran, both together.
+    transport_floor_cpu_ms: Option<f64>,
+    /// (codec alone + bare transport) / codec alone: the lowest `cpu_vs_codec` this transport
+    /// allows on this machine.
+    cpu_floor_vs_codec: Option<f64>,
     seconds: f64,
     loss_pct: f64,
     jitter_ms: u64,
@@ -251,6 +258,25 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     } else {
         None
     };
+    // With --measure-cpu, then: the transport alone, paced the same way.
+    let floor_cpu = if args.measure_cpu {
+        eprintln!(
+            "measuring the bare transport for {:.1} s",
+            wall.as_secs_f64()
+        );
+        let len = usize::try_from(a.media.bytes_sent / a.media.frames_sent.max(1)).unwrap_or(100);
+        paced_transport_cpu(len, wall)
+            .map_err(|e| eprintln!("transport floor not measured: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    let floor_ratio = match (codec_cpu, floor_cpu) {
+        (Some(k), Some(f)) if !k.is_zero() => {
+            Some((100.0 * (k + f).as_secs_f64() / k.as_secs_f64()).round() / 100.0)
+        }
+        _ => None,
+    };
     // Both phones together do the codec work of both directions: that is what the baseline did.
     let ratio = match (cpu_caller, cpu_callee, codec_cpu) {
         (Some(a), Some(b), Some(k)) if !k.is_zero() => {
@@ -310,6 +336,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         wakeups_per_frame_callee: per_frame(wake0.1, wake1.1),
         codec_only_cpu_ms: codec_cpu.map(ms),
         cpu_vs_codec: ratio,
+        transport_floor_cpu_ms: floor_cpu.map(ms),
+        cpu_floor_vs_codec: floor_ratio,
         seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         loss_pct: args.loss,
         jitter_ms: args.jitter,
@@ -364,6 +392,89 @@ fn bare_quic_handshake() -> Result<Duration, BoxError> {
         let _ = accept.await;
         Ok(elapsed)
     })
+}
+
+/// CPU time two bare transport endpoints spend, both together, trading one `len`-byte
+/// datagram each way per 20 ms frame period for `duration`: Viska's QUIC configuration and
+/// runtime with nothing on top. Each endpoint runs on its own thread and runtime, as a phone
+/// does.
+fn paced_transport_cpu(len: usize, duration: Duration) -> Result<Duration, BoxError> {
+    use viska::transport::{LocalCertificate, PeerConnection, QuicEndpoint, TransportConfig};
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let run = move |conn: PeerConnection| async move {
+        let period = Duration::from_millis(20);
+        let payload = vec![0x5au8; len];
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // schedstat is updated when the thread is switched out: read it across sleeps.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let t0 = viska::phone::current_thread_cpu_time();
+        let start = Instant::now();
+        let mut received = 0u64;
+        while start.elapsed() < duration {
+            tokio::select! {
+                _ = tick.tick() => conn.send_media(&payload)?,
+                d = conn.recv_media() => {
+                    d?;
+                    received += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let t1 = viska::phone::current_thread_cpu_time();
+        conn.close("measured");
+        if received == 0 {
+            return Err::<Duration, BoxError>("no datagram received".into());
+        }
+        match (t0, t1) {
+            (Some(t0), Some(t1)) => Ok(t1.saturating_sub(t0)),
+            _ => Err("no thread CPU clock".into()),
+        }
+    };
+    // One endpoint on its own thread and runtime: it listens (and reports its address) when
+    // `peer` is None, else it connects to `peer`.
+    let endpoint =
+        move |name: &str,
+              peer: Option<std::net::SocketAddr>,
+              addr_tx: std::sync::mpsc::Sender<std::net::SocketAddr>| {
+            std::thread::Builder::new().name(name.into()).spawn(
+                move || -> Result<Duration, String> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let endpoint = QuicEndpoint::bind(
+                            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                            Arc::new(LocalCertificate::generate().map_err(|e| e.to_string())?),
+                            &TransportConfig::default(),
+                        )
+                        .map_err(|e| e.to_string())?;
+                        let conn = match peer {
+                            Some(peer) => {
+                                endpoint.connect(peer).await.map_err(|e| e.to_string())?
+                            }
+                            None => {
+                                let _ =
+                                    addr_tx.send(endpoint.local_addr().map_err(|e| e.to_string())?);
+                                endpoint
+                                    .accept()
+                                    .await
+                                    .ok_or("endpoint closed")?
+                                    .map_err(|e| e.to_string())?
+                            }
+                        };
+                        run(conn).await.map_err(|e| e.to_string())
+                    })
+                },
+            )
+        };
+    let server = endpoint("vk-floor-a", None, addr_tx.clone())?;
+    let addr = addr_rx.recv_timeout(Duration::from_secs(5))?;
+    let client = endpoint("vk-floor-b", Some(addr), addr_tx)?;
+    let a = server.join().map_err(|_| "transport thread panicked")??;
+    let b = client.join().map_err(|_| "transport thread panicked")??;
+    Ok(a + b)
 }
 
 /// CPU time a thread spends doing the codec work of the demo's call alone, paced one frame per
