@@ -22,8 +22,8 @@
 //! * **inside speech**, when the buffer has asked for the same change for
 //!   [`STRETCH_AFTER`] (a talker who does not pause, clock drift) and
 //!   [`PlayoutConfig::time_stretch`] is on (the default), the delay moves by one pitch period
-//!   at a time instead of a whole frame: a frame decoded while the buffer asks to shrink (at
-//!   least a frame above the target) is shortened by one period of the talker's voice, and
+//!   at a time instead of a whole frame: a frame decoded while the buffer asks to shrink (two
+//!   frames above the target, as for a drop) is shortened by one period of the talker's voice, and
 //!   one decoded while it asks to grow is lengthened by one, both
 //!   crossfaded at pitch-aligned points ([`crate::stretch`]; 2.5 to 15 ms each). Audio that is
 //!   not periodic enough (fricatives, noise) is left alone, and the next frame is tried. The
@@ -225,6 +225,9 @@ pub struct Playout {
     expanded: u64,
     samples_removed: u64,
     samples_inserted: u64,
+    /// Where in the queue the frame popped at the last pull starts (`None` when that pull
+    /// popped nothing), after that pull's stretching.
+    frame_start: Option<usize>,
     /// The change the buffer asked for at the last pulls, and for how many pulls in a row.
     asked_for: (DelayAdjustment, u32),
     /// Pulls a change must be asked for before speech is stretched for it.
@@ -294,6 +297,7 @@ impl Playout {
             expanded: 0,
             samples_removed: 0,
             samples_inserted: 0,
+            frame_start: None,
             asked_for: (DelayAdjustment::Hold, 0),
             stretch_after: u32::try_from(STRETCH_AFTER.as_micros() / opus_frame.as_micros().max(1))
                 .unwrap_or(u32::MAX),
@@ -304,6 +308,14 @@ impl Playout {
     /// long after the period being pulled.
     pub fn ahead(&self) -> Duration {
         self.samples_duration(self.pending.len() as u64)
+    }
+
+    /// How long after the start of the period just pulled the frame that pull popped starts
+    /// to be heard (audio decoded ahead and time-stretching move it); `None` when the pull
+    /// popped no frame.
+    pub fn last_frame_offset(&self) -> Option<Duration> {
+        self.frame_start
+            .map(|start| self.samples_duration(start as u64))
     }
 
     /// Whether the next [`Playout::pull`] has its audio in hand (decoded ahead, or the packet
@@ -335,7 +347,8 @@ impl Playout {
     }
 
     /// Flushes the buffer and waits for a new stream (after a key change); the decoder keeps
-    /// its state, counters are kept.
+    /// its state, counters are kept. Audio already decoded ahead (time-stretching) is still
+    /// played: it is the old stream's last few milliseconds, and cutting it would click.
     pub fn reset(&mut self) {
         self.buffer.reset();
     }
@@ -350,9 +363,11 @@ impl Playout {
         }
         if self.pending.len() >= self.frame_samples {
             // Audio decoded ahead covers the whole period; the buffer is not popped, so its
-            // margin grows by a frame.
+            // margin grows by a frame. The head frame is heard after all that is queued now.
+            let heard = self.ahead();
+            self.frame_start = None;
             self.take_pending(out);
-            self.current_delay = self.buffer.current_delay(now) + self.ahead();
+            self.current_delay = self.buffer.current_delay(now) + heard;
             self.target_delay = self.buffer.target_delay(now);
             return Ok(PullOutcome::Buffered);
         }
@@ -386,6 +401,7 @@ impl Playout {
             PullOutcome::Inserted | PullOutcome::Silence => self.quiet_run,
             _ => 0,
         };
+        self.frame_start = Some(self.pending.len());
         self.pending.extend_from_slice(&frame);
         self.frame_buf = frame;
         // How long the buffer has asked for the same change (a shrink, like a drop, only from
@@ -403,6 +419,8 @@ impl Playout {
                     self.accelerate(now, true)
                 }
                 DelayAdjustment::Grow if persistent => self.expand(),
+                // The buffer asks to grow, not yet for long: keep what is queued.
+                DelayAdjustment::Grow => {}
                 // Audio decoded ahead is delay the buffer does not need: trim it while no
                 // frame has to be decoded early for that.
                 _ => self.accelerate(now, false),
@@ -439,6 +457,8 @@ impl Playout {
         {
             self.expanded += 1;
             self.samples_inserted += samples as u64;
+            // The period goes in at the head of the queue, before the frame just decoded.
+            self.frame_start = self.frame_start.map(|start| start + samples);
         }
     }
 
@@ -464,6 +484,12 @@ impl Playout {
                         self.decode_errors += 1;
                         self.concealed += 1;
                     }
+                    // A frame decoded ahead is heard like any other: it counts for pauses.
+                    self.quiet_run = if is_quiet(tail, self.quiet_rms) {
+                        self.quiet_run.saturating_add(1)
+                    } else {
+                        0
+                    };
                 }
             }
         }
@@ -479,6 +505,11 @@ impl Playout {
         {
             self.accelerated += 1;
             self.samples_removed += samples as u64;
+            // The cut replaces samples 1..1 + 2 * samples by one period: a frame starting
+            // after the cut moves `samples` earlier, one starting inside it part of that.
+            self.frame_start = self
+                .frame_start
+                .map(|start| start - start.saturating_sub(1 + samples).min(samples));
         }
     }
 

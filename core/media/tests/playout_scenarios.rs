@@ -865,9 +865,18 @@ fn time_stretching_brings_the_delay_down_inside_unbroken_speech() {
         max_step(&stretched_run.pcm[settled..]),
         max_step(&fixed_run.pcm[settled..])
     );
-    // Every period was filled and every packet decoded once: the run played 1500 frames'
-    // worth of samples, and the playout position went past every packet that arrived.
-    assert_eq!(stretched_run.pcm.len(), frames as usize * FRAME_SAMPLES);
+    // Every period of audio was filled: no decoded or queued frame ends in a run of silence
+    // (a short queue would be padded with zeros), and the stretched run got further through
+    // the stream.
+    for (index, outcome) in stretched_run.outcomes.iter().enumerate() {
+        if matches!(outcome, PullOutcome::Decoded | PullOutcome::Buffered) {
+            let frame = &stretched_run.pcm[index * FRAME_SAMPLES..(index + 1) * FRAME_SAMPLES];
+            assert!(
+                frame[FRAME_SAMPLES - 48..].iter().any(|&x| x != 0),
+                "pull {index} ({outcome:?}) ends in 1 ms of zeros"
+            );
+        }
+    }
     assert!(stretched.buffer().next_seq() > fixed.buffer().next_seq());
     assert!(b.late <= a.late, "{a:?}\n{b:?}");
 }

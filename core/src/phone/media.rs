@@ -283,8 +283,8 @@ impl MediaSession {
     pub fn play_frame(&mut self, now: Instant, out: &mut [i16]) -> Result<Played, MediaError> {
         let next = self.playout.buffer().next_seq();
         let started = self.playout.buffer().is_started();
-        let starts_after = self.playout.ahead();
         let outcome = self.playout.pull(now, out)?;
+        let starts_after = self.playout.last_frame_offset().unwrap_or_default();
         let frame_index = match outcome {
             PullOutcome::Decoded if started => Some(next),
             PullOutcome::Dropped if started => Some(next.saturating_add(1)),
