@@ -53,6 +53,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::audio::SAMPLE_RATE;
 use crate::codec::{self, CodecError, OpusConfig, OpusDecoder};
 use crate::jitter::{
     DelayAdjustment, JitterBuffer, JitterConfig, JitterError, Next, PushMeta, PushOutcome,
@@ -220,7 +221,6 @@ pub struct Playout {
     /// The audio handed out last (what the stretcher needs of it), oldest first: growing the
     /// delay inserts a period right after it.
     played: Vec<i16>,
-    sample_rate: u32,
     accelerated: u64,
     expanded: u64,
     samples_removed: u64,
@@ -260,10 +260,9 @@ impl Playout {
         }
         let buffer = JitterBuffer::new(config.jitter)?;
         let frame_samples = config.opus.frame_samples();
-        let sample_rate = crate::audio::SAMPLE_RATE;
         let stretcher = config.time_stretch.then(|| {
             TimeStretcher::new(StretchConfig {
-                sample_rate,
+                sample_rate: SAMPLE_RATE,
                 quiet_rms: config.quiet_rms,
                 ..StretchConfig::default()
             })
@@ -292,7 +291,6 @@ impl Playout {
             pending: Vec::with_capacity(queue),
             frame_buf: vec![0; frame_samples],
             played: Vec::with_capacity(queue),
-            sample_rate,
             accelerated: 0,
             expanded: 0,
             samples_removed: 0,
@@ -325,9 +323,7 @@ impl Playout {
     }
 
     fn samples_duration(&self, samples: u64) -> Duration {
-        Duration::from_nanos(
-            samples.saturating_mul(1_000_000_000) / u64::from(self.sample_rate.max(1)),
-        )
+        Duration::from_nanos(samples.saturating_mul(1_000_000_000) / u64::from(SAMPLE_RATE))
     }
 
     /// Samples per frame (the length `pull` wants).
