@@ -1,9 +1,11 @@
 //! The CPU floor of "one small datagram each way every 20 ms" on this machine, below any
 //! transport protocol: two endpoints on loopback, each on its own thread, each sending one
 //! 96-byte UDP datagram (the size of a Viska media packet) per frame period and receiving the
-//! other's. Measured twice: with blocking std sockets (one `sendto`, one `recvfrom` per
-//! period: the least a process can do) and with tokio sockets on a current-thread runtime
-//! (what an async endpoint adds: epoll, the timer wheel, task wake-ups).
+//! other's. Measured three times: with blocking std sockets (one `sendto` and a `recvfrom`
+//! per period, a wake-up for each), with blocking sockets and one wake-up per period (one side
+//! answers what it receives, the other sends on its clock and drains its socket then: the
+//! least a process can do), and with tokio sockets on a current-thread runtime (what an async
+//! endpoint adds: epoll, the timer wheel, task wake-ups).
 //!
 //! `viska-phone demo --measure-cpu` measures the same with Viska's QUIC transport
 //! (`transport_floor_cpu_ms`) and with the whole call; docs/performance.md sets the three side
@@ -55,6 +57,51 @@ fn blocking_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Dura
     (thread_cpu() - t0, received)
 }
 
+/// The least that keeps one datagram a frame flowing each way: the endpoint that did not open
+/// sends when it receives (one blocking `recvfrom` and one `sendto` per period, one wake-up),
+/// the way a phone whose frame clock is aligned to the peer's arrivals could run, if it took
+/// the peer's frames only at its own frame tick. The opener keeps a timer.
+fn echo_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
+    let mut buf = [0u8; 1500];
+    std::thread::sleep(Duration::from_millis(1));
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let t0 = thread_cpu();
+    let start = Instant::now();
+    let mut received = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        if socket.recv_from(&mut buf).is_ok() {
+            received += 1;
+            socket.send_to(&PAYLOAD, peer).expect("send");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    (thread_cpu() - t0, received)
+}
+
+/// The opener of the echo pair: sends on its frame clock and takes the answers in the same
+/// wake-up as its next send (nonblocking), so it too wakes once per period.
+fn ticking_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
+    let mut buf = [0u8; 1500];
+    socket.set_nonblocking(true).expect("nonblocking");
+    std::thread::sleep(Duration::from_millis(1));
+    let t0 = thread_cpu();
+    let start = Instant::now();
+    let mut next = start;
+    let mut received = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        while socket.recv_from(&mut buf).is_ok() {
+            received += 1;
+        }
+        socket.send_to(&PAYLOAD, peer).expect("send");
+        next += PERIOD;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    (thread_cpu() - t0, received)
+}
+
 /// The same on a current-thread tokio runtime: an interval and the socket in one `select!`.
 fn tokio_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -86,12 +133,16 @@ fn tokio_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duratio
     })
 }
 
-fn pair(label: &str, seconds: u64, endpoint: fn(UdpSocket, SocketAddr, u64) -> (Duration, u64)) {
+/// What an endpoint thread does: its socket, the peer's address, the seconds to run; returns
+/// its CPU time and the datagrams it received.
+type Endpoint = fn(UdpSocket, SocketAddr, u64) -> (Duration, u64);
+
+fn pair(label: &str, seconds: u64, endpoint_a: Endpoint, endpoint_b: Endpoint) {
     let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let (addr_a, addr_b) = (a.local_addr().expect("addr"), b.local_addr().expect("addr"));
-    let ta = std::thread::spawn(move || endpoint(a, addr_b, seconds));
-    let tb = std::thread::spawn(move || endpoint(b, addr_a, seconds));
+    let tb = std::thread::spawn(move || endpoint_b(b, addr_a, seconds));
+    let ta = std::thread::spawn(move || endpoint_a(a, addr_b, seconds));
     let (cpu_a, got_a) = ta.join().expect("endpoint a");
     let (cpu_b, got_b) = tb.join().expect("endpoint b");
     let periods = seconds as f64 * 1000.0 / PERIOD.as_millis() as f64;
@@ -109,10 +160,22 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse::<u64>().ok())
         .unwrap_or(10);
-    pair("blocking std UDP", seconds, blocking_endpoint);
+    pair(
+        "blocking std UDP",
+        seconds,
+        blocking_endpoint,
+        blocking_endpoint,
+    );
+    pair(
+        "blocking std UDP, one wake-up per period (echo)",
+        seconds,
+        ticking_endpoint,
+        echo_endpoint,
+    );
     pair(
         "tokio UDP (current-thread runtime)",
         seconds,
+        tokio_endpoint,
         tokio_endpoint,
     );
 }
