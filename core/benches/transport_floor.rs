@@ -32,29 +32,35 @@ fn thread_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// Runs `step` until `seconds` are over, counting what it returns (datagrams received), and
+/// measures the thread's CPU time over that span.
+fn metered(seconds: u64, mut step: impl FnMut() -> u64) -> (Duration, u64) {
+    std::thread::sleep(Duration::from_millis(1));
+    let t0 = thread_cpu();
+    let start = Instant::now();
+    let mut received = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        received += step();
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    (thread_cpu() - t0, received)
+}
+
 /// Sends one datagram per period to `peer` and receives until `seconds` are over, blocking in
 /// `recvfrom` with a timeout until the next send. Returns (CPU, datagrams received).
 fn blocking_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
     let mut buf = [0u8; 1500];
-    std::thread::sleep(Duration::from_millis(1));
-    let t0 = thread_cpu();
-    let start = Instant::now();
-    let mut next = start;
-    let mut received = 0;
-    while start.elapsed() < Duration::from_secs(seconds) {
+    let mut next = Instant::now();
+    metered(seconds, || {
         let now = Instant::now();
         if now >= next {
             socket.send_to(&PAYLOAD, peer).expect("send");
             next += PERIOD;
-            continue;
+            return 0;
         }
         socket.set_read_timeout(Some(next - now)).expect("timeout");
-        if socket.recv_from(&mut buf).is_ok() {
-            received += 1;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(1));
-    (thread_cpu() - t0, received)
+        u64::from(socket.recv_from(&mut buf).is_ok())
+    })
 }
 
 /// The least that keeps one datagram a frame flowing each way: the endpoint that did not open
@@ -63,21 +69,16 @@ fn blocking_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Dura
 /// the peer's frames only at its own frame tick. The opener keeps a timer.
 fn echo_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
     let mut buf = [0u8; 1500];
-    std::thread::sleep(Duration::from_millis(1));
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
-    let t0 = thread_cpu();
-    let start = Instant::now();
-    let mut received = 0;
-    while start.elapsed() < Duration::from_secs(seconds) {
-        if socket.recv_from(&mut buf).is_ok() {
-            received += 1;
-            socket.send_to(&PAYLOAD, peer).expect("send");
+    metered(seconds, || {
+        if socket.recv_from(&mut buf).is_err() {
+            return 0;
         }
-    }
-    std::thread::sleep(Duration::from_millis(1));
-    (thread_cpu() - t0, received)
+        socket.send_to(&PAYLOAD, peer).expect("send");
+        1
+    })
 }
 
 /// The opener of the echo pair: sends on its frame clock and takes the answers in the same
@@ -85,21 +86,17 @@ fn echo_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration
 fn ticking_endpoint(socket: UdpSocket, peer: SocketAddr, seconds: u64) -> (Duration, u64) {
     let mut buf = [0u8; 1500];
     socket.set_nonblocking(true).expect("nonblocking");
-    std::thread::sleep(Duration::from_millis(1));
-    let t0 = thread_cpu();
-    let start = Instant::now();
-    let mut next = start;
-    let mut received = 0;
-    while start.elapsed() < Duration::from_secs(seconds) {
+    let mut next = Instant::now();
+    metered(seconds, || {
+        let mut received = 0;
         while socket.recv_from(&mut buf).is_ok() {
             received += 1;
         }
         socket.send_to(&PAYLOAD, peer).expect("send");
         next += PERIOD;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    std::thread::sleep(Duration::from_millis(1));
-    (thread_cpu() - t0, received)
+        received
+    })
 }
 
 /// The same on a current-thread tokio runtime: an interval and the socket in one `select!`.
