@@ -10,7 +10,8 @@ use viska_e2ee::rand_core::CryptoRng;
 use viska_proto::control::{DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_VOLUME};
 use viska_proto::signal::{local_hello, negotiate_version};
 use viska_proto::{
-    CallId, ControlMessage, DtmfEvent, Features, MediaParams, Message, ProtoError, Reason,
+    CallId, ControlMessage, DtmfEvent, Features, FrameDuration, MediaParams, Message, ProtoError,
+    Reason, SuiteId,
 };
 use viska_sframe::{CipherSuite, ReplayConfig, SframeReceiver, SframeSender};
 
@@ -51,6 +52,9 @@ pub struct Call {
     invite: Option<MediaParams>,
 
     keys_ready: bool,
+    /// The cipher suite the direct handshake selected: media and control use it, and the
+    /// Invite must name it.
+    suite: Option<CipherSuite>,
     peer: Option<PublicIdentity>,
     trust: Option<Trust>,
     sas: Option<Sas>,
@@ -118,6 +122,7 @@ impl Call {
             wire_version: None,
             peer_features: Features::NONE,
             invite: None,
+            suite: None,
             keys_ready: false,
             peer: None,
             trust: None,
@@ -617,6 +622,7 @@ impl Call {
         self.control_tx = Some(sender);
         self.control_rx = Some(receiver);
         self.keys_ready = true;
+        self.suite = Some(suite);
 
         let peer = keys.peer;
         let trust = match &self.expected_peer {
@@ -638,6 +644,8 @@ impl Call {
         match self.role {
             Role::Caller => {
                 if let Some(call_id) = self.call_id {
+                    // The Invite names the suite the handshake chose, which is what media uses.
+                    self.media.suite = SuiteId(suite.id());
                     self.transmit(Message::Invite {
                         call_id,
                         media: self.media,
@@ -646,7 +654,7 @@ impl Call {
             }
             Role::Callee => {
                 if self.invite.is_some() {
-                    self.start_ringing(now);
+                    return self.start_ringing(now);
                 }
             }
         }
@@ -667,22 +675,32 @@ impl Call {
         let suite_ok = CipherSuite::from_id(media.suite.0)
             .is_some_and(|suite| self.accepted_suites.contains(&suite));
         if !suite_ok {
-            self.transmit(Message::Reject {
-                reason: Reason::Unsupported,
-            });
-            self.end(EndReason::Rejected {
-                by: Side::Local,
-                reason: Reason::Unsupported,
-            });
-            return Err(CallError::UnsupportedMedia("cipher suite"));
+            return Err(self.refuse_media("cipher suite"));
+        }
+        // A v1 phone sends and plays 10 and 20 ms frames (its jitter buffer and codec are set
+        // up for the caller's frame duration).
+        if !matches!(media.frame, FrameDuration::Ms10 | FrameDuration::Ms20) {
+            return Err(self.refuse_media("frame duration"));
         }
         self.call_id = Some(call_id);
         self.media = media;
         self.invite = Some(media);
         if self.keys_ready {
-            self.start_ringing(now);
+            return self.start_ringing(now);
         }
         Ok(())
+    }
+
+    /// Refuses the caller's media parameters: `Reject(Unsupported)`, and the call ends.
+    fn refuse_media(&mut self, what: &'static str) -> CallError {
+        self.transmit(Message::Reject {
+            reason: Reason::Unsupported,
+        });
+        self.end(EndReason::Rejected {
+            by: Side::Local,
+            reason: Reason::Unsupported,
+        });
+        CallError::UnsupportedMedia(what)
     }
 
     fn on_encrypted(&mut self, frame: &[u8]) {
@@ -777,12 +795,17 @@ impl Call {
         Ok(())
     }
 
-    fn start_ringing(&mut self, now: Instant) {
-        let (Some(call_id), Some(peer), Some(trust), Some(media)) =
-            (self.call_id, self.peer, self.trust, self.invite)
+    fn start_ringing(&mut self, now: Instant) -> Result<(), CallError> {
+        let (Some(call_id), Some(peer), Some(trust), Some(media), Some(suite)) =
+            (self.call_id, self.peer, self.trust, self.invite, self.suite)
         else {
-            return;
+            return Ok(());
         };
+        if media.suite != SuiteId(suite.id()) {
+            // Media is protected with the handshake's suite; an Invite naming another one
+            // comes from a peer that does not follow the protocol.
+            return Err(self.refuse_media("cipher suite differs from the handshake's"));
+        }
         self.setup_deadline = None;
         self.ring_deadline = now.checked_add(self.ring_timeout);
         self.transmit(Message::Ringing);
@@ -793,6 +816,7 @@ impl Call {
             trust,
             media,
         });
+        Ok(())
     }
 
     fn activate(&mut self, now: Instant) {

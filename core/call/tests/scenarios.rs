@@ -12,7 +12,7 @@ use viska_call::{
 };
 use viska_e2ee::direct::ChannelBinding;
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
-use viska_proto::{FrameDecoder, SuiteId};
+use viska_proto::{FrameDecoder, FrameDuration, MediaParams, SuiteId};
 use viska_sframe::CipherSuite;
 
 const CALLER: usize = 0;
@@ -893,8 +893,10 @@ fn different_channel_bindings_fail_the_handshake() {
     }
 }
 
+/// The handshake picks the suite (the callee's only one here); the caller's Invite names that
+/// suite rather than the first of its own list, and the call rings.
 #[test]
-fn unsupported_media_suite_is_rejected() {
+fn the_invite_names_the_suite_the_handshake_chose() {
     let mut h = Harness::with(|role, config| {
         if role == Role::Callee {
             config.suites = vec![CipherSuite::Aes128GcmSha256];
@@ -904,6 +906,36 @@ fn unsupported_media_suite_is_rejected() {
     });
     h.command(CALLER, Command::Dial).unwrap();
     h.settle();
+    assert_eq!(h.state(CALLEE), CallState::Ringing);
+    let invite_suite = h.peers[CALLER].sent.iter().find_map(|m| match m {
+        Message::Invite { media, .. } => Some(media.suite),
+        _ => None,
+    });
+    assert_eq!(
+        invite_suite,
+        Some(SuiteId(CipherSuite::Aes128GcmSha256.id()))
+    );
+}
+
+/// An Invite that rewrites one media field in flight, and the ending both sides see.
+fn invite_rewritten(rewrite: fn(&mut MediaParams)) -> Harness {
+    let mut h = Harness::new();
+    h.tamper = Some(Box::new(move |_, message| match message {
+        Message::Invite { call_id, mut media } => {
+            rewrite(&mut media);
+            Some(Message::Invite { call_id, media })
+        }
+        other => Some(other),
+    }));
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLEE),
+        CallState::Ended(EndReason::Rejected {
+            by: Side::Local,
+            reason: Reason::Unsupported
+        })
+    );
     assert_eq!(
         h.state(CALLER),
         CallState::Ended(EndReason::Rejected {
@@ -911,6 +943,36 @@ fn unsupported_media_suite_is_rejected() {
             reason: Reason::Unsupported
         })
     );
+    assert!(
+        h.peers[CALLEE]
+            .errors
+            .iter()
+            .any(|e| matches!(e, CallError::UnsupportedMedia(_))),
+        "{:?}",
+        h.peers[CALLEE].errors
+    );
+    h
+}
+
+/// Both accept both suites and the handshake picks ChaCha20-Poly1305; an Invite naming
+/// AES-GCM does not match what media would use, and the callee refuses it.
+#[test]
+fn an_invite_naming_another_suite_than_the_handshake_is_rejected() {
+    invite_rewritten(|media| media.suite = SuiteId(CipherSuite::Aes128GcmSha256.id()));
+}
+
+/// A v1 phone plays 10 and 20 ms frames; an Invite for 40 or 60 ms is refused.
+#[test]
+fn an_invite_for_frames_longer_than_20_ms_is_rejected() {
+    invite_rewritten(|media| media.frame = FrameDuration::Ms40);
+    invite_rewritten(|media| media.frame = FrameDuration::Ms60);
+}
+
+/// A suite neither side could use with the handshake's keys: the callee's list does not hold
+/// the Invite's suite.
+#[test]
+fn an_invite_naming_a_suite_the_callee_does_not_accept_is_rejected() {
+    invite_rewritten(|media| media.suite = SuiteId(0x0001));
 }
 
 #[test]
