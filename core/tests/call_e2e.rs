@@ -138,6 +138,16 @@ fn connect_with(
     impairment: Option<ImpairmentConfig>,
     callee_setup: impl FnOnce(&mut PhoneConfig),
 ) -> Pair {
+    connect_configured(dir, impairment, callee_setup, |_| {})
+}
+
+/// Like [`connect_with`], with the caller's configuration adjusted by `caller_setup` too.
+fn connect_configured(
+    dir: &Path,
+    impairment: Option<ImpairmentConfig>,
+    callee_setup: impl FnOnce(&mut PhoneConfig),
+    caller_setup: impl FnOnce(&mut PhoneConfig),
+) -> Pair {
     let input = dir.join("input.wav");
     write_test_signal(&input, 4.0);
     let mut callee_config = PhoneConfig::new("e2e-callee", generate_identity());
@@ -155,6 +165,7 @@ fn connect_with(
         output: None,
     });
     caller_config.impairment = impairment;
+    caller_setup(&mut caller_config);
     let callee = listening_callee(callee_config);
     let caller = Phone::new(caller_config).expect("caller");
     let call = caller.call(callee.addr).expect("call");
@@ -248,6 +259,89 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
         .sum::<f64>()
         / heard_wav.samples().len().max(1) as f64;
     assert!(energy.sqrt() > 1000.0, "heard audio RMS {}", energy.sqrt());
+    drop(pair);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The callee takes the frame duration and bitrate from the caller's Invite, whatever its own
+/// configuration says: here the caller sends 10 ms frames at 24 kb/s to a callee configured
+/// for 20 ms. Both directions then run at 100 frames a second and nothing is lost or refused.
+#[test]
+fn the_callee_uses_the_callers_media_parameters() {
+    let dir = temp_dir("params");
+    let pair = connect_configured(
+        &dir,
+        None,
+        |_| {},
+        |caller| {
+            caller.opus.frame = viska::media::codec::FrameDuration::Ms10;
+            caller.opus.bitrate_bps = 24_000;
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    hang_up(&pair);
+    let caller = pair.call.snapshot().media;
+    let callee = pair.answered.snapshot().media;
+    assert!(
+        caller.frames_sent > 150,
+        "caller sent {}",
+        caller.frames_sent
+    );
+    assert_eq!(callee.frames_received, caller.frames_sent);
+    // 10 ms frames from the callee too: as many as the caller's, give or take the hang-up.
+    assert!(
+        callee.frames_sent + 5 >= caller.frames_sent
+            && callee.frames_sent <= caller.frames_sent + 5,
+        "callee sent {} frames, caller {}",
+        callee.frames_sent,
+        caller.frames_sent
+    );
+    for (end, m) in [("caller", &caller), ("callee", &callee)] {
+        assert_eq!(m.playout.lost, 0, "{end}: {:?}", m.playout);
+        assert_eq!(m.refused_by_buffer, 0, "{end}");
+        assert_eq!(m.decrypt_failures + m.malformed, 0, "{end}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A signaling frame whose body does not decode is dropped and counted, one of an unknown
+/// type is skipped, and the call goes on; broken framing (an unknown wire version in a frame
+/// header) ends it as a protocol error.
+#[test]
+fn malformed_signaling_is_counted_and_broken_framing_ends_the_call() {
+    let dir = temp_dir("signaling");
+    let pair = connect(&dir, None);
+    let recorder = Arc::new(Recorder::default());
+    pair.answered.set_listener(recorder.clone());
+    // A Ping whose body is 3 bytes instead of 8, then a frame of type 0x7f with 2 bytes.
+    pair.call
+        .inject_datagram(Injection::RawSignal(vec![1, 0x0b, 0, 3, 1, 2, 3]))
+        .expect("inject");
+    pair.call
+        .inject_datagram(Injection::RawSignal(vec![1, 0x7f, 0, 2, 9, 9]))
+        .expect("inject");
+    pair.call.send_dtmf("5").expect("dtmf");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.dtmf.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(*recorder.dtmf.lock().expect("lock"), vec!['5']);
+    let counted = pair.answered.snapshot().signaling;
+    assert_eq!(counted.malformed, 1, "{counted:?}");
+    assert_eq!(counted.skipped_unknown, 1, "{counted:?}");
+    assert!(matches!(pair.answered.state(), CallState::Active { .. }));
+
+    pair.call
+        .inject_datagram(Injection::RawSignal(vec![9, 0x0b, 0, 0]))
+        .expect("inject");
+    assert!(
+        pair.answered.wait_ended(Duration::from_secs(5)),
+        "callee ended"
+    );
+    assert_eq!(
+        pair.answered.state(),
+        CallState::Ended(EndReason::ProtocolError)
+    );
     drop(pair);
     let _ = std::fs::remove_dir_all(dir);
 }

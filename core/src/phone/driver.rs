@@ -11,12 +11,12 @@ use tokio::time::Sleep;
 use viska_call::{
     Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
 };
-use viska_e2ee::direct::ChannelBinding;
+use viska_e2ee::direct::{ChannelBinding, SessionKeys};
 use viska_media::audio::{AudioIoError, AudioSink, AudioSource};
 use viska_media::background::BackgroundSink;
 use viska_media::codec::{FrameDuration, OpusConfig};
 use viska_media::ogg::OggOpusWriter;
-use viska_proto::{FrameDecoder, MediaParams, Reason, SuiteId};
+use viska_proto::{FrameDecoder, MediaParams, ProtoError, Reason, SuiteId};
 
 use super::audio::{DiscardSink, SilenceSource};
 use super::media::{MAX_DATAGRAM, MediaSession};
@@ -396,6 +396,8 @@ async fn run_call(
     let mut read_buf = vec![0u8; 4096];
     let mut datagram = vec![0u8; MAX_DATAGRAM];
     let mut media: Option<MediaEnds> = None;
+    // A callee's keys, kept from `KeysReady` until the Invite's media parameters are known.
+    let mut pending_keys: Option<Box<SessionKeys>> = None;
     let mut direction = (false, false);
     // One timer for the state machine's deadlines, moved only when the deadline changes (a
     // new timer per loop turn would register and cancel one per packet).
@@ -460,9 +462,9 @@ async fn run_call(
                         &event,
                         (started, admission),
                         &mut media,
+                        &mut pending_keys,
                         &mut direction,
-                        &mut pcm_in,
-                        &mut pcm_out,
+                        (&mut pcm_in, &mut pcm_out),
                     );
                     dispatch_event(&shared, &event);
                     if let Some(cmd) = follow_up {
@@ -555,16 +557,28 @@ async fn run_call(
                                 Ok(Some(msg)) => {
                                     if let Err(e) = call.handle_input(Input::Signal(Instant::now(), msg)) {
                                         tracing::debug!(error = %e, "signal refused");
+                                        shared.snapshot().signaling.refused += 1;
                                     }
                                 }
                                 Ok(None) => break,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "malformed signaling; ending the call");
+                                Err(ProtoError::StreamFailed) => {
+                                    // The framing itself broke (reported, and counted, by the
+                                    // previous call): the stream cannot be resynchronised.
+                                    tracing::warn!("signaling framing broken; ending the call");
                                     stream_open = false;
                                     break;
                                 }
+                                Err(e) => {
+                                    // A frame that did not decode. If only its body was bad,
+                                    // it is dropped and the stream goes on
+                                    // (docs/protocol-wire.md); if its framing was, the next
+                                    // call says so.
+                                    tracing::debug!(error = %e, "malformed signaling frame");
+                                    shared.snapshot().signaling.malformed += 1;
+                                }
                             }
                         }
+                        shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
                     }
                     // The peer finished its stream without hanging up.
                     Ok(None) => stream_open = false,
@@ -592,6 +606,12 @@ async fn run_call(
                     Some(DriverCommand::Inject(Injection::TamperNext)) => {
                         if let Some(m) = media.as_mut() {
                             m.tamper_next += 1;
+                        }
+                    }
+                    Some(DriverCommand::Inject(Injection::RawSignal(bytes))) => {
+                        let sent = signaling.try_send(bytes);
+                        if sent.is_err() {
+                            tracing::debug!("injected signaling not sent");
                         }
                     }
                     Some(DriverCommand::Inject(injection)) => {
@@ -783,9 +803,9 @@ fn handle_event(
     event: &CallEvent,
     (started, admission): (Instant, Admission),
     media: &mut Option<MediaEnds>,
+    pending_keys: &mut Option<Box<SessionKeys>>,
     direction: &mut (bool, bool),
-    pcm_in: &mut Vec<i16>,
-    pcm_out: &mut Vec<i16>,
+    pcm: (&mut Vec<i16>, &mut Vec<i16>),
 ) -> Option<Command> {
     let shared = &handle.shared;
     match event {
@@ -805,85 +825,22 @@ fn handle_event(
                 // Refused at the ring: no audio device is opened for it.
                 return None;
             }
-            let opus = opus_for(&call.media(), &inner.config.opus);
-            let frame_samples = opus.frame_samples();
-            let session = MediaSession::new(keys, &opus, &inner.config.jitter);
-            let source = inner.config.audio.open_source(frame_samples);
-            let sink = inner.config.audio.open_sink(frame_samples);
-            match (session, source, sink) {
-                (Ok(session), Ok(source), Ok(sink)) => {
-                    let follows_peer = call.role() == Role::Callee && !source.has_own_clock();
-                    *pcm_in = vec![0; session.frame_samples()];
-                    *pcm_out = vec![0; session.frame_samples()];
-                    let recorder = inner.config.recording.as_ref().and_then(|path| {
-                        OggOpusWriter::create(path, &opus)
-                            .map_err(|e| AudioIoError::File(e.to_string()))
-                            .and_then(|w| {
-                                BackgroundSink::spawn(
-                                    "viska-record",
-                                    Box::new(w),
-                                    frame_samples,
-                                    FILE_BUFFER_FRAMES,
-                                )
-                            })
-                            .map_err(|e| tracing::warn!(error = %e, "recording not started"))
-                            .ok()
-                    });
-                    *media = Some(MediaEnds {
-                        send_stream: keys.media_send.key_id.0,
-                        recv_stream: keys.media_recv.key_id.0,
-                        last_sent: Vec::with_capacity(MAX_DATAGRAM),
-                        tamper_next: 0,
-                        playout_aligned: false,
-                        capture: FrameClock::new(
-                            frame_period(&opus),
-                            (!follows_peer).then(Instant::now),
-                        ),
-                        playout: FrameClock::new(frame_period(&opus), Some(Instant::now())),
-                        follows_peer,
-                        sent_last_frame: false,
-                        reported: (0, 0),
-                        recent_loss: [0; LOSS_REPORTS_KEPT],
-                        switching: (false, false),
-                        mix: vec![0; session.frame_samples()],
-                        session,
-                        source,
-                        sink,
-                        recorder,
-                    });
-                }
-                (s, src, snk) => {
-                    let error = [
-                        s.err().map(|e| format!("media: {e}")),
-                        src.err().map(|e| format!("input: {e}")),
-                        snk.err().map(|e| format!("output: {e}")),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                    tracing::error!(%error, "media could not start; ending the call");
-                    if call.role() == Role::Callee {
-                        // Before it rings: nobody holds a handle to this call yet.
-                        if let Some(l) = listener(inner) {
-                            let caller = CallerInfo {
-                                identity: keys.peer,
-                                trust: call.trust().unwrap_or(Trust::Unverified),
-                                remote_addr: conn.remote_addr(),
-                            };
-                            l.missed_call(caller, MissedCall::AudioFailed { error });
-                        }
-                    } else {
-                        dispatch_audio(shared, AudioEvent::StartFailed { error });
-                    }
-                    return Some(Command::Abort(Reason::Error));
-                }
+            if call.role() == Role::Callee {
+                // The caller's Invite, which carries the media parameters, comes after the
+                // keys (it is sent encrypted): the callee's media waits for it, at the ring.
+                *pending_keys = Some(keys.clone());
+                return None;
             }
+            return open_media(inner, handle, conn, call, keys, &call.media(), media, pcm);
         }
-        CallEvent::Incoming { peer, trust, .. } => {
+        CallEvent::Incoming {
+            peer,
+            trust,
+            media: params,
+            ..
+        } => {
             shared.snapshot().peer = Some(*peer);
             if call.state().is_ended() {
-                // Ended in the same step (its audio failed to start): it never rings.
                 return None;
             }
             let caller = CallerInfo {
@@ -896,6 +853,14 @@ fn handle_event(
                     l.missed_call(caller, MissedCall::Busy);
                 }
                 return Some(Command::Busy);
+            }
+            if let Some(keys) = pending_keys.take() {
+                if let Some(abort) =
+                    open_media(inner, handle, conn, call, &keys, params, media, pcm)
+                {
+                    // Its audio failed to start: it never rings.
+                    return Some(abort);
+                }
             }
             if let Some(l) = listener(inner) {
                 l.incoming_call(handle.clone(), caller);
@@ -921,6 +886,95 @@ fn handle_event(
         _ => {}
     }
     None
+}
+
+/// Opens the call's media with the agreed `params`: the SFrame session, the codec, the audio
+/// end points and the recorder. On failure the application is told and the call must end
+/// (the returned command).
+#[allow(clippy::too_many_arguments)]
+fn open_media(
+    inner: &PhoneInner,
+    handle: &CallHandle,
+    conn: &PeerConnection,
+    call: &Call,
+    keys: &SessionKeys,
+    params: &MediaParams,
+    media: &mut Option<MediaEnds>,
+    (pcm_in, pcm_out): (&mut Vec<i16>, &mut Vec<i16>),
+) -> Option<Command> {
+    let shared = &handle.shared;
+    let opus = opus_for(params, &inner.config.opus);
+    let frame_samples = opus.frame_samples();
+    let session = MediaSession::new(keys, &opus, &inner.config.jitter);
+    let source = inner.config.audio.open_source(frame_samples);
+    let sink = inner.config.audio.open_sink(frame_samples);
+    match (session, source, sink) {
+        (Ok(session), Ok(source), Ok(sink)) => {
+            let follows_peer = call.role() == Role::Callee && !source.has_own_clock();
+            *pcm_in = vec![0; session.frame_samples()];
+            *pcm_out = vec![0; session.frame_samples()];
+            let recorder = inner.config.recording.as_ref().and_then(|path| {
+                OggOpusWriter::create(path, &opus)
+                    .map_err(|e| AudioIoError::File(e.to_string()))
+                    .and_then(|w| {
+                        BackgroundSink::spawn(
+                            "viska-record",
+                            Box::new(w),
+                            frame_samples,
+                            FILE_BUFFER_FRAMES,
+                        )
+                    })
+                    .map_err(|e| tracing::warn!(error = %e, "recording not started"))
+                    .ok()
+            });
+            *media = Some(MediaEnds {
+                send_stream: keys.media_send.key_id.0,
+                recv_stream: keys.media_recv.key_id.0,
+                last_sent: Vec::with_capacity(MAX_DATAGRAM),
+                tamper_next: 0,
+                playout_aligned: false,
+                capture: FrameClock::new(frame_period(&opus), (!follows_peer).then(Instant::now)),
+                playout: FrameClock::new(frame_period(&opus), Some(Instant::now())),
+                follows_peer,
+                sent_last_frame: false,
+                reported: (0, 0),
+                recent_loss: [0; LOSS_REPORTS_KEPT],
+                switching: (false, false),
+                mix: vec![0; session.frame_samples()],
+                session,
+                source,
+                sink,
+                recorder,
+            });
+            None
+        }
+        (s, src, snk) => {
+            let error = [
+                s.err().map(|e| format!("media: {e}")),
+                src.err().map(|e| format!("input: {e}")),
+                snk.err().map(|e| format!("output: {e}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+            tracing::error!(%error, "media could not start; ending the call");
+            if call.role() == Role::Callee {
+                // Before it rings: nobody holds a handle to this call yet.
+                if let Some(l) = listener(inner) {
+                    let caller = CallerInfo {
+                        identity: keys.peer,
+                        trust: call.trust().unwrap_or(Trust::Unverified),
+                        remote_addr: conn.remote_addr(),
+                    };
+                    l.missed_call(caller, MissedCall::AudioFailed { error });
+                }
+            } else {
+                dispatch_audio(shared, AudioEvent::StartFailed { error });
+            }
+            Some(Command::Abort(Reason::Error))
+        }
+    }
 }
 
 /// A device switch that ran on a blocking thread, handing its end point back.
@@ -1179,8 +1233,8 @@ fn inject(conn: &PeerConnection, media: Option<&MediaEnds>, injection: Injection
     let bytes = match injection {
         Injection::Raw(bytes) => bytes,
         Injection::ReplayLast => last,
-        // Handled on the send path.
-        Injection::TamperNext => return,
+        // Handled on the send path and the signaling stream.
+        Injection::TamperNext | Injection::RawSignal(_) => return,
     };
     if bytes.is_empty() {
         return;

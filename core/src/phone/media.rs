@@ -248,7 +248,10 @@ impl MediaSession {
                     SframeError::Duplicate { .. } | SframeError::TooOld { .. } => {
                         self.counters.replays_rejected += 1;
                     }
-                    SframeError::MalformedHeader(_) | SframeError::TruncatedFrame { .. } => {
+                    // A datagram too long for the plaintext buffer cannot be one of ours.
+                    SframeError::MalformedHeader(_)
+                    | SframeError::TruncatedFrame { .. }
+                    | SframeError::BufferTooSmall { .. } => {
                         self.counters.malformed += 1;
                     }
                     _ => self.counters.decrypt_failures += 1,

@@ -10,6 +10,7 @@ mod driver;
 mod media;
 mod metrics;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -268,8 +269,9 @@ pub trait CallListener: Send + Sync {
     fn audio_event(&self, _event: AudioEvent) {}
 }
 
-/// What the application can read about a call at any time.
-#[derive(Clone, Debug)]
+/// What the application can read about a call at any time. Its `Debug` output leaves the SAS
+/// out (`***`): snapshots end up in logs.
+#[derive(Clone)]
 pub struct CallSnapshot {
     /// Current state.
     pub state: CallState,
@@ -283,6 +285,35 @@ pub struct CallSnapshot {
     pub media: MediaCounters,
     /// Time from dialing to keys ready (caller) or first message to keys ready (callee).
     pub setup_time: Option<Duration>,
+    /// What arrived on the signaling stream and was not acted on.
+    pub signaling: SignalingCounters,
+}
+
+impl fmt::Debug for CallSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallSnapshot")
+            .field("state", &self.state)
+            .field("sas", &self.sas.as_ref().map(|_| "***"))
+            .field("peer", &self.peer)
+            .field("stats", &self.stats)
+            .field("media", &self.media)
+            .field("setup_time", &self.setup_time)
+            .field("signaling", &self.signaling)
+            .finish()
+    }
+}
+
+/// Signaling frames a call received and did not act on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignalingCounters {
+    /// Frames whose body did not decode (dropped; the stream goes on).
+    pub malformed: u64,
+    /// Messages that decoded but were refused in the call's state (out of order, unexpected
+    /// before authentication, a second Invite, ...).
+    pub refused: u64,
+    /// Frames of a message type this version does not know (skipped, as the protocol says).
+    pub skipped_unknown: u64,
 }
 
 /// What the application's handle sends to the call's driver.
@@ -310,6 +341,9 @@ pub enum Injection {
     /// Flip one ciphertext bit of the next media datagram before it leaves (tampering on the
     /// path: the receiver never sees the original).
     TamperNext,
+    /// Write these bytes on the call's signaling stream as they are (a malformed or unknown
+    /// frame from a buggy or hostile peer).
+    RawSignal(Vec<u8>),
 }
 
 struct CallShared {
@@ -361,6 +395,7 @@ impl CallHandle {
                 stats: CallStats::default(),
                 media: MediaCounters::default(),
                 setup_time: None,
+                signaling: SignalingCounters::default(),
             }),
             listener: Mutex::new(None),
             ended,
