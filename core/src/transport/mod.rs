@@ -89,9 +89,15 @@ impl TransportConfig {
         ));
         t.datagram_send_buffer_size(self.datagram_send_buffer);
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
-        // Two peers talk over one connection: a handful of streams is plenty.
-        t.max_concurrent_bidi_streams(8u32.into());
+        // A call uses one stream, for signaling, which the caller opens. A peer may open no
+        // more, and what it sends on it is bounded: a signaling frame is at most 16 KiB, so
+        // 64 KiB of stream window (128 KiB for the connection) lets several be in flight
+        // while an unauthenticated peer cannot make us buffer megabytes (quinn's defaults
+        // are 1.25 MB per stream and no connection limit).
+        t.max_concurrent_bidi_streams(1u32.into());
         t.max_concurrent_uni_streams(0u32.into());
+        t.stream_receive_window((64u32 * 1024).into());
+        t.receive_window((128u32 * 1024).into());
         Ok(t)
     }
 }

@@ -33,6 +33,12 @@ pub struct LocalCertificate {
     key: PrivatePkcs8KeyDer<'static>,
 }
 
+impl Drop for LocalCertificate {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl std::fmt::Debug for LocalCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalCertificate")
@@ -53,7 +59,9 @@ impl LocalCertificate {
             .map_err(|e| TransportError::Tls(format!("certificate generation: {e}")))?;
         Ok(Self {
             cert: certified.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
+            key: PrivatePkcs8KeyDer::from(
+                zeroize::Zeroizing::new(certified.signing_key.serialize_der()).to_vec(),
+            ),
         })
     }
 
