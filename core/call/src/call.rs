@@ -505,6 +505,10 @@ impl Call {
                 });
                 Ok(())
             }
+            // Before the keys there is nothing to decrypt with: a peer that has not
+            // authenticated gets a refusal (counted by the driver), not a security event for
+            // the application per frame.
+            Message::Encrypted(_) if self.control_rx.is_none() => Err(unexpected),
             Message::Encrypted(frame) => {
                 self.on_encrypted(&frame);
                 Ok(())
@@ -705,7 +709,6 @@ impl Call {
 
     fn on_encrypted(&mut self, frame: &[u8]) {
         let Some(receiver) = self.control_rx.as_mut() else {
-            self.count_decrypt_failure();
             return;
         };
         let mut plain = vec![0u8; frame.len()];

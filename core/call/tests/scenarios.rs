@@ -975,6 +975,28 @@ fn an_invite_naming_a_suite_the_callee_does_not_accept_is_rejected() {
     invite_rewritten(|media| media.suite = SuiteId(0x0001));
 }
 
+/// Encrypted control frames before the keys exist come from a peer that has not
+/// authenticated: refused as unexpected, with no security event for the application.
+#[test]
+fn encrypted_frames_before_the_keys_are_refused_without_events() {
+    let mut h = Harness::new();
+    for _ in 0..100 {
+        assert!(matches!(
+            h.signal(CALLEE, Message::Encrypted(vec![0x5a; 40])),
+            Err(CallError::UnexpectedMessage { .. })
+        ));
+    }
+    let events = h.take_events(CALLEE);
+    assert!(
+        !events.iter().any(|e| matches!(e, CallEvent::Security(_))),
+        "{events:?}"
+    );
+    // The call itself is untouched: it still completes.
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(h.state(CALLEE), CallState::Ringing);
+}
+
 #[test]
 fn invalid_configs_are_refused() {
     let mut rng = StdRng::seed_from_u64(5);
