@@ -340,12 +340,22 @@ pub fn local_hello(features: Features) -> Message {
 /// consumed and its error returned; the next call continues with the following frame.
 ///
 /// Memory is bounded by one maximal frame plus whatever was pushed since the last drain.
+///
+/// Each byte is copied at most a constant number of times: consumed frames only advance a read
+/// offset, and the unread tail is moved to the front of the buffer only when it is no longer
+/// than the consumed prefix, so a read holding many tiny frames (of an unknown type, for
+/// instance, which the decoder skips in one call) costs time linear in its length.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// `buffer[consumed..]` holds the bytes not yet returned as messages.
     buffer: Vec<u8>,
+    consumed: usize,
     max_body_len: usize,
     failed: bool,
     skipped_unknown: u64,
+    /// Bytes moved to the front of the buffer by compaction, to test that the work is linear.
+    #[cfg(test)]
+    moved_bytes: usize,
 }
 
 impl Default for FrameDecoder {
@@ -364,22 +374,26 @@ impl FrameDecoder {
     pub fn with_max_body_len(max_body_len: usize) -> Self {
         Self {
             buffer: Vec::new(),
+            consumed: 0,
             max_body_len: max_body_len.min(usize::from(u16::MAX)),
             failed: false,
             skipped_unknown: 0,
+            #[cfg(test)]
+            moved_bytes: 0,
         }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         if !self.failed {
+            self.compact();
             self.buffer.extend_from_slice(bytes);
         }
     }
 
     /// Bytes received but not yet returned as messages.
     pub fn buffered_len(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len().saturating_sub(self.consumed)
     }
 
     /// Frames of an unknown type that were skipped.
@@ -393,9 +407,11 @@ impl FrameDecoder {
             if self.failed {
                 return Err(ProtoError::StreamFailed);
             }
+            let unread = self.buffer.get(self.consumed..).unwrap_or_default();
             let Some(&[version, message_type, len_hi, len_lo]) =
-                self.buffer.first_chunk::<FRAME_HEADER_LEN>()
+                unread.first_chunk::<FRAME_HEADER_LEN>()
             else {
+                self.compact();
                 return Ok(None);
             };
             if !(MIN_SUPPORTED_VERSION..=MAX_SUPPORTED_VERSION).contains(&version) {
@@ -412,11 +428,12 @@ impl FrameDecoder {
                 });
             }
             let frame_len = FRAME_HEADER_LEN + body_len;
-            let Some(body) = self.buffer.get(FRAME_HEADER_LEN..frame_len) else {
+            let Some(body) = unread.get(FRAME_HEADER_LEN..frame_len) else {
+                self.compact();
                 return Ok(None);
             };
             let decoded = Message::decode_body(message_type, body);
-            self.buffer.drain(..frame_len);
+            self.consumed += frame_len;
             match decoded {
                 Ok(Some(message)) => return Ok(Some(message)),
                 Ok(None) => self.skipped_unknown += 1,
@@ -428,6 +445,22 @@ impl FrameDecoder {
     fn fail(&mut self) {
         self.failed = true;
         self.buffer = Vec::new();
+        self.consumed = 0;
+    }
+
+    /// Drops the consumed prefix once it is at least as long as the unread tail, so the copy
+    /// is paid for by the bytes consumed since the last compaction.
+    fn compact(&mut self) {
+        let unread = self.buffered_len();
+        if self.consumed == 0 || self.consumed < unread {
+            return;
+        }
+        #[cfg(test)]
+        {
+            self.moved_bytes += unread;
+        }
+        self.buffer.drain(..self.consumed);
+        self.consumed = 0;
     }
 }
 
@@ -687,9 +720,18 @@ mod tests {
                 })
                 .collect();
             decoder.push(&bytes);
-            for _ in 0..100 {
+            // Every call either consumes a frame of at least a header or ends the loop.
+            for _ in 0..=bytes.len() / FRAME_HEADER_LEN {
                 match decoder.next_message() {
-                    Ok(None) | Err(ProtoError::StreamFailed) => break,
+                    Ok(None) => {
+                        // What is left is less than one frame the decoder would accept.
+                        assert!(decoder.buffered_len() < FRAME_HEADER_LEN + 64);
+                        break;
+                    }
+                    Err(ProtoError::StreamFailed) => {
+                        assert_eq!(decoder.buffered_len(), 0);
+                        break;
+                    }
                     Ok(Some(message)) => {
                         // Whatever decodes must re-encode and decode to itself.
                         let frame = message.to_frame().unwrap();
@@ -700,7 +742,64 @@ mod tests {
                     Err(_) => {}
                 }
             }
-            assert!(decoder.buffered_len() <= bytes.len());
+            assert!(
+                matches!(
+                    decoder.next_message(),
+                    Ok(None) | Err(ProtoError::StreamFailed)
+                ),
+                "the decoder stopped within one call per frame"
+            );
         }
+    }
+
+    #[test]
+    fn many_tiny_frames_in_one_read_are_skipped_in_linear_work() {
+        let mut decoder = FrameDecoder::new();
+        let mut read = [1u8, 0x7f, 0, 0].repeat(1024);
+        // Then the first half of a Ping, which must survive compaction intact.
+        let ping = Message::Ping(0x0102_0304_0506_0708).to_frame().unwrap();
+        let (ping_head, ping_tail) = ping.split_at(7);
+        read.extend_from_slice(ping_head);
+        decoder.push(&read);
+        assert_eq!(decoder.next_message(), Ok(None));
+        assert_eq!(decoder.skipped_unknown(), 1024);
+        assert_eq!(decoder.buffered_len(), ping_head.len());
+        decoder.push(ping_tail);
+        assert_eq!(
+            decoder.next_message(),
+            Ok(Some(Message::Ping(0x0102_0304_0506_0708)))
+        );
+        assert_eq!(decoder.buffered_len(), 0);
+        // Removing each frame from the front would move about 2 MB; compaction moves only
+        // the unread tail, once.
+        assert!(
+            decoder.moved_bytes <= ping_head.len(),
+            "moved {} bytes",
+            decoder.moved_bytes
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_memory_bounded_under_small_reads() {
+        // A long run of one-byte reads of many small frames: the buffer never holds more
+        // than the unread bytes plus as many consumed ones, and the copying stays linear.
+        let mut stream = Vec::new();
+        for i in 0..500u64 {
+            Message::Ping(i).encode(&mut stream).unwrap();
+            stream.extend_from_slice(&[1, 0x7f, 0, 1, 0]);
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut got = Vec::new();
+        for (index, piece) in stream.chunks(3).enumerate() {
+            decoder.push(piece);
+            assert!(decoder.buffer.len() <= 2 * decoder.buffered_len() + piece.len());
+            if index % 7 == 0 {
+                got.extend(decode_all(&mut decoder));
+            }
+        }
+        got.extend(decode_all(&mut decoder));
+        assert_eq!(got, (0..500).map(Message::Ping).collect::<Vec<_>>());
+        assert_eq!(decoder.skipped_unknown(), 500);
+        assert!(decoder.moved_bytes <= stream.len());
     }
 }
