@@ -968,6 +968,14 @@ fn an_invite_for_frames_longer_than_20_ms_is_rejected() {
     invite_rewritten(|media| media.frame = FrameDuration::Ms60);
 }
 
+/// A bitrate Opus does not accept cannot set up the callee's encoder: refused at the Invite.
+#[test]
+fn an_invite_with_a_bitrate_opus_does_not_take_is_rejected() {
+    invite_rewritten(|media| media.bitrate_bps = 0);
+    invite_rewritten(|media| media.bitrate_bps = 5_999);
+    invite_rewritten(|media| media.bitrate_bps = 510_001);
+}
+
 /// A suite neither side could use with the handshake's keys: the callee's list does not hold
 /// the Invite's suite.
 #[test]
