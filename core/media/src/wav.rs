@@ -14,9 +14,18 @@ use rubato::{Fft, FixedSync, Resampler};
 
 use crate::audio::{AudioIoError, AudioSink, AudioSource, SAMPLE_RATE, SourceStatus};
 
-/// Longest source file accepted, in seconds of audio: bounds the memory a hostile header can
-/// make us allocate.
+/// Longest source file accepted, in seconds of audio.
 const MAX_SOURCE_SECONDS: u64 = 3_600;
+/// Most samples (all channels together) a source file may hold: one hour of 48 kHz stereo,
+/// whatever rate and channel count the header declares, so that the memory a file can make us
+/// allocate does not grow with a header field.
+const MAX_SOURCE_SAMPLES: u64 = MAX_SOURCE_SECONDS * 48_000 * 2;
+/// Sample rates a source file may declare. The resampler's FFT grows with the input rate (up
+/// to the rate itself when it shares no factor with 48 kHz), so a rate taken unchecked from a
+/// header could make it allocate without bound; this range covers telephony to studio files.
+const SOURCE_SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=384_000;
+/// Most channels a source file may declare.
+const MAX_SOURCE_CHANNELS: u16 = 32;
 
 /// Errors specific to reading and writing WAV files (converted to [`AudioIoError::File`] at the
 /// [`AudioSource`]/[`AudioSink`] boundary).
@@ -34,9 +43,22 @@ pub enum WavError {
         /// "int" or "float".
         format: &'static str,
     },
-    /// The file is longer than [`WavSource`] accepts (one hour).
+    /// The file is longer than [`WavSource`] accepts: more than one hour of audio, or more
+    /// samples than one hour of 48 kHz stereo holds, whatever its declared rate.
     #[error("wav file too long")]
     TooLong,
+    /// The header declares a sample rate outside 8 kHz to 384 kHz.
+    #[error("unsupported wav sample rate: {sample_rate} Hz (8000 to 384000 accepted)")]
+    UnsupportedSampleRate {
+        /// The declared rate, in Hz.
+        sample_rate: u32,
+    },
+    /// The header declares more than 32 channels.
+    #[error("unsupported wav channel count: {channels} (at most 32 accepted)")]
+    TooManyChannels {
+        /// The declared channel count.
+        channels: u16,
+    },
     /// Resampling to 48 kHz failed.
     #[error("resampling: {0}")]
     Resample(String),
@@ -89,10 +111,20 @@ impl WavSource {
     fn read(path: &Path) -> Result<Self, WavError> {
         let reader = hound::WavReader::open(path)?;
         let spec = reader.spec();
+        if !SOURCE_SAMPLE_RATES.contains(&spec.sample_rate) {
+            return Err(WavError::UnsupportedSampleRate {
+                sample_rate: spec.sample_rate,
+            });
+        }
+        if spec.channels > MAX_SOURCE_CHANNELS {
+            return Err(WavError::TooManyChannels {
+                channels: spec.channels,
+            });
+        }
         let channels = usize::from(spec.channels.max(1));
         let total = u64::from(reader.len());
-        let max = MAX_SOURCE_SECONDS * u64::from(spec.sample_rate) * channels as u64;
-        if total > max {
+        let max_for_duration = MAX_SOURCE_SECONDS * u64::from(spec.sample_rate) * channels as u64;
+        if total > MAX_SOURCE_SAMPLES || total > max_for_duration {
             return Err(WavError::TooLong);
         }
         let interleaved = read_as_f32(reader, spec)?;
@@ -250,5 +282,141 @@ impl AudioSink for WavSink {
             Some(writer) => Ok(writer.finalize().map_err(WavError::from)?),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A WAV file in the system's temporary directory, removed on drop.
+    struct TempWav(PathBuf);
+
+    impl TempWav {
+        /// Writes `frames` frames of silence with `spec` through hound, then lets `patch` edit
+        /// the bytes as a crafted file would.
+        fn new(
+            name: &str,
+            spec: hound::WavSpec,
+            frames: usize,
+            patch: impl FnOnce(&mut [u8]),
+        ) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("viska-wav-{}-{name}.wav", std::process::id()));
+            let mut writer = hound::WavWriter::create(&path, spec).unwrap();
+            for _ in 0..frames * usize::from(spec.channels) {
+                writer.write_sample(0i16).unwrap();
+            }
+            writer.finalize().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            patch(&mut bytes);
+            std::fs::write(&path, &bytes).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempWav {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn spec(channels: u16, sample_rate: u32) -> hound::WavSpec {
+        hound::WavSpec {
+            channels,
+            sample_rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        }
+    }
+
+    // Offsets in the canonical header hound writes: RIFF, size, WAVE, "fmt ", fmt length,
+    // then the format tag, channel count, sample rate, byte rate and block alignment.
+    const SAMPLE_RATE_AT: usize = 24;
+    const BYTE_RATE_AT: usize = 28;
+    const BLOCK_ALIGN_AT: usize = 32;
+
+    /// Declares `sample_rate` and keeps the byte rate consistent with it, as a crafted file
+    /// would (hound rejects an inconsistent one).
+    fn declare_rate(bytes: &mut [u8], sample_rate: u32) {
+        let block_align = u16::from_le_bytes([bytes[BLOCK_ALIGN_AT], bytes[BLOCK_ALIGN_AT + 1]]);
+        bytes[SAMPLE_RATE_AT..SAMPLE_RATE_AT + 4].copy_from_slice(&sample_rate.to_le_bytes());
+        let byte_rate = u32::from(block_align).wrapping_mul(sample_rate);
+        bytes[BYTE_RATE_AT..BYTE_RATE_AT + 4].copy_from_slice(&byte_rate.to_le_bytes());
+    }
+
+    fn declare_data_len(bytes: &mut [u8], data_len: u32) {
+        let at = bytes.windows(4).position(|w| w == b"data").unwrap() + 4;
+        bytes[at..at + 4].copy_from_slice(&data_len.to_le_bytes());
+    }
+
+    #[test]
+    fn hostile_sample_rates_are_typed_errors() {
+        let mono_8_bit = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8_000,
+            bits_per_sample: 8,
+            sample_format: hound::SampleFormat::Int,
+        };
+        // With one byte per frame the byte rate of the largest 32-bit prime still fits in
+        // 32 bits, so hound accepts the header and only our check stands in the way.
+        for (name, rate) in [
+            ("prime", 4_294_967_291),
+            ("above", 384_001),
+            ("below", 7_999),
+        ] {
+            let file = TempWav::new(name, mono_8_bit, 16, |bytes| declare_rate(bytes, rate));
+            assert_eq!(
+                hound::WavReader::open(&file.0).unwrap().spec().sample_rate,
+                rate
+            );
+            assert!(
+                matches!(
+                    WavSource::read(&file.0),
+                    Err(WavError::UnsupportedSampleRate { sample_rate }) if sample_rate == rate
+                ),
+                "rate {rate}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_edges_of_the_rate_range_are_read() {
+        // 383 999 Hz shares no factor with 48 kHz: the resampler's FFT is as long as the rate,
+        // the largest the range allows.
+        for rate in [8_000, 384_000, 383_999] {
+            let file = TempWav::new(
+                &format!("edge-{rate}"),
+                spec(1, rate),
+                rate as usize / 100,
+                |_| {},
+            );
+            let source = WavSource::read(&file.0).unwrap();
+            assert_eq!(source.samples().len(), 480, "10 ms at {rate} Hz");
+        }
+    }
+
+    #[test]
+    fn more_than_32_channels_is_a_typed_error() {
+        let ok = TempWav::new("ch32", spec(32, 48_000), 480, |_| {});
+        assert_eq!(WavSource::read(&ok.0).unwrap().samples().len(), 480);
+        let file = TempWav::new("ch33", spec(33, 48_000), 480, |_| {});
+        assert!(matches!(
+            WavSource::read(&file.0),
+            Err(WavError::TooManyChannels { channels: 33 })
+        ));
+    }
+
+    #[test]
+    fn sample_count_is_capped_whatever_the_declared_rate() {
+        // 32 channels at 384 kHz: a declared data length of about 4 GB is under an hour of
+        // audio at that rate, but far more samples than one hour of 48 kHz stereo.
+        let file = TempWav::new("long", spec(32, 384_000), 1, |bytes| {
+            declare_data_len(bytes, 4_000_000_000);
+        });
+        assert!(hound::WavReader::open(&file.0).unwrap().len() > 1_000_000_000);
+        assert!(matches!(WavSource::read(&file.0), Err(WavError::TooLong)));
     }
 }
