@@ -171,7 +171,10 @@ impl fmt::Debug for IdentityKeyPair {
 }
 
 /// The public half of an identity: an Ed25519 verifying key known to be valid and not weak.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Equality is constant time over the 32-byte encoding: apps compare a peer's identity with a
+/// pinned one, and how long that takes should not tell an attacker how close a guess came.
+#[derive(Clone, Copy)]
 pub struct PublicIdentity {
     key: VerifyingKey,
 }
@@ -258,6 +261,27 @@ impl PublicIdentity {
     }
 }
 
+impl ConstantTimeEq for PublicIdentity {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.key.as_bytes().ct_eq(other.key.as_bytes())
+    }
+}
+
+impl PartialEq for PublicIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for PublicIdentity {}
+
+impl std::hash::Hash for PublicIdentity {
+    // Over the same bytes as equality, so that equal identities hash alike.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.as_bytes().hash(state);
+    }
+}
+
 impl fmt::Debug for PublicIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicIdentity(")?;
@@ -270,9 +294,31 @@ impl fmt::Debug for PublicIdentity {
 
 /// SHA-256 over a domain-separated encoding of an identity's public key.
 ///
-/// `Display` prints 64 lowercase hex digits in 16 groups of 4, separated by spaces.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// `Display` prints 64 lowercase hex digits in 16 groups of 4, separated by spaces. Equality
+/// is constant time (fingerprints are pinned and compared like the keys they stand for).
+#[derive(Clone, Copy)]
 pub struct Fingerprint(pub [u8; 32]);
+
+impl ConstantTimeEq for Fingerprint {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for Fingerprint {}
+
+impl std::hash::Hash for Fingerprint {
+    // Over the same bytes as equality, so that equal fingerprints hash alike.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Fingerprint {
     /// The 32 fingerprint bytes.
@@ -365,5 +411,63 @@ impl fmt::Display for SafetyNumber {
 impl fmt::Debug for SafetyNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SafetyNumber({self})")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Equality goes through `ConstantTimeEq` (this does not compile for a derived
+    /// `PartialEq`), and `==`, `ct_eq` and hashing agree.
+    fn assert_compares<T>(value: T, same: T, others: &[T])
+    where
+        T: ConstantTimeEq + Eq + std::hash::Hash + Copy + fmt::Debug,
+    {
+        assert!(bool::from(value.ct_eq(&same)));
+        assert_eq!(value, same);
+        let mut set = HashSet::from([value]);
+        assert!(!set.insert(same), "equal values hash alike");
+        for other in others {
+            assert!(!bool::from(value.ct_eq(other)));
+            assert_ne!(value, *other);
+            assert!(set.insert(*other), "{other:?} is a distinct value");
+        }
+    }
+
+    fn identity(seed: u8) -> PublicIdentity {
+        IdentityKeyPair::from_secret_bytes(&[seed; SECRET_KEY_LEN])
+            .unwrap()
+            .public()
+    }
+
+    #[test]
+    fn public_identities_compare_in_constant_time_by_their_bytes() {
+        let alice = identity(1);
+        let decoded = PublicIdentity::from_bytes(&alice.to_bytes()).unwrap();
+        assert_compares(alice, decoded, &[identity(2), identity(3)]);
+    }
+
+    #[test]
+    fn fingerprints_compare_in_constant_time_by_their_bytes() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let mut first_differs = bytes;
+        first_differs[0] ^= 1;
+        let mut last_differs = bytes;
+        last_differs[31] ^= 0x80;
+        assert_compares(
+            Fingerprint(bytes),
+            Fingerprint(bytes),
+            &[
+                Fingerprint(first_differs),
+                Fingerprint(last_differs),
+                identity(1).fingerprint(),
+            ],
+        );
+        assert_eq!(identity(1).fingerprint(), identity(1).fingerprint());
+        assert_ne!(identity(1).fingerprint(), identity(2).fingerprint());
     }
 }
