@@ -663,11 +663,16 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");
     let refused = second.call(addr).expect("call");
+    let states = Arc::new(Recorder::default());
+    refused.set_listener(states.clone());
     assert!(refused.wait_ended(Duration::from_secs(10)), "refused");
     assert_eq!(
         refused.state(),
         CallState::Ended(EndReason::Busy { by: Side::Remote })
     );
+    // Busy instead of ringing: the caller never heard a ring.
+    let seen = states.states.lock().expect("lock").clone();
+    assert!(!seen.contains(&CallState::Alerting), "{seen:?}");
     // The callee's application hears whom it missed, authenticated, and from where.
     let missed = listener.missed.lock().expect("lock").clone();
     assert_eq!(missed.len(), 1, "{missed:?}");

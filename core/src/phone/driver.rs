@@ -485,6 +485,39 @@ async fn run_call(
         if call.state().is_ended() || lost.is_some() {
             break;
         }
+        // One received signaling message a turn: the events and replies it causes are dealt
+        // with (above) before the next is looked at, so the driver acts on each in the state
+        // it left. (A callee found busy at its keys refuses before the Invite behind them in
+        // the same read can make it ring.)
+        match decoder.next_message() {
+            Ok(Some(msg)) => {
+                if let Err(e) = call.handle_input(Input::Signal(Instant::now(), msg)) {
+                    tracing::debug!(error = %e, "signal refused");
+                    shared.snapshot().signaling.refused += 1;
+                }
+                shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
+                continue;
+            }
+            Ok(None) => {
+                shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
+            }
+            Err(ProtoError::StreamFailed) => {
+                // The framing itself broke (reported, and counted, the turn before): the
+                // stream cannot be resynchronised, and without signaling the call cannot be
+                // controlled or hung up.
+                tracing::warn!("signaling framing broken; ending the call");
+                lost = Some(EndReason::ProtocolError);
+                break;
+            }
+            Err(e) => {
+                // A frame that did not decode. If only its body was bad, it is dropped and the
+                // stream goes on (docs/protocol-wire.md); if its framing was, the next turn
+                // says so.
+                tracing::debug!(error = %e, "malformed signaling frame");
+                shared.snapshot().signaling.malformed += 1;
+                continue;
+            }
+        }
         if let Some(m) = media.as_mut() {
             if m.follows_peer && m.source.has_own_clock() {
                 // The source was switched to a device while waiting for the caller: a device
@@ -550,36 +583,8 @@ async fn run_call(
             }
             read = recv.read(&mut read_buf), if stream_open => {
                 match read {
-                    Ok(Some(n)) => {
-                        decoder.push(read_buf.get(..n).unwrap_or_default());
-                        loop {
-                            match decoder.next_message() {
-                                Ok(Some(msg)) => {
-                                    if let Err(e) = call.handle_input(Input::Signal(Instant::now(), msg)) {
-                                        tracing::debug!(error = %e, "signal refused");
-                                        shared.snapshot().signaling.refused += 1;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(ProtoError::StreamFailed) => {
-                                    // The framing itself broke (reported, and counted, by the
-                                    // previous call): the stream cannot be resynchronised.
-                                    tracing::warn!("signaling framing broken; ending the call");
-                                    stream_open = false;
-                                    break;
-                                }
-                                Err(e) => {
-                                    // A frame that did not decode. If only its body was bad,
-                                    // it is dropped and the stream goes on
-                                    // (docs/protocol-wire.md); if its framing was, the next
-                                    // call says so.
-                                    tracing::debug!(error = %e, "malformed signaling frame");
-                                    shared.snapshot().signaling.malformed += 1;
-                                }
-                            }
-                        }
-                        shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
-                    }
+                    // Decoded at the top of the loop, a message a turn.
+                    Ok(Some(n)) => decoder.push(read_buf.get(..n).unwrap_or_default()),
                     // The peer finished its stream without hanging up.
                     Ok(None) => stream_open = false,
                     // The connection itself failed (closed, reset, timed out).
@@ -822,8 +827,17 @@ fn handle_event(
                 snap.setup_time = Some(started.elapsed());
             }
             if admission == Admission::Busy {
-                // Refused at the ring: no audio device is opened for it.
-                return None;
+                // Refused as soon as the caller is known, before it rings (the Invite is
+                // not looked at): no audio device is opened for it.
+                if let Some(l) = listener(inner) {
+                    let caller = CallerInfo {
+                        identity: keys.peer,
+                        trust: call.trust().unwrap_or(Trust::Unverified),
+                        remote_addr: conn.remote_addr(),
+                    };
+                    l.missed_call(caller, MissedCall::Busy);
+                }
+                return Some(Command::Busy);
             }
             if call.role() == Role::Callee {
                 // The caller's Invite, which carries the media parameters, comes after the
@@ -849,6 +863,7 @@ fn handle_event(
                 remote_addr: conn.remote_addr(),
             };
             if admission == Admission::Busy {
+                // Refused at the keys already (above); only if that was refused.
                 if let Some(l) = listener(inner) {
                     l.missed_call(caller, MissedCall::Busy);
                 }
