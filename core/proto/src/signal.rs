@@ -130,8 +130,10 @@ impl Reason {
 #[non_exhaustive]
 pub enum Message {
     /// First message of each side: the wire versions and features it supports. Always sent in a
-    /// version-1 frame so that any peer can read it. The end-to-end handshake transcript covers
-    /// both `Hello`s, which is what makes a downgrade detectable.
+    /// version-1 frame so that any peer can read it. Version 1 is the only wire version, so
+    /// there is nothing to downgrade yet; the end-to-end handshake negotiates its own version and
+    /// suite inside its signed transcript, which does not (yet) cover the `Hello`s: a second
+    /// wire version must bind both into it (docs/protocol-wire.md §2.5).
     Hello {
         /// Oldest version the sender speaks.
         min_version: u8,
