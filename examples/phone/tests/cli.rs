@@ -111,7 +111,26 @@ fn listen_and_call_with_terminal_commands() {
     };
     assert!(sas(caller_err.as_ref()).is_some());
     assert_eq!(sas(caller_err.as_ref()), sas(&listener_err));
-    let len = std::fs::metadata(&heard).map(|m| m.len()).unwrap_or(0);
-    assert!(len > 48_000, "listener wrote what it heard ({len} bytes)");
+    // The listener's WAV holds the caller's speech, not silence: speech.wav's RMS is about
+    // 2700 and the call carries it for about 3 s (minus the hold); silence or lost audio stays
+    // far below 1000.
+    let heard_wav = viska::media::wav::WavSource::open(&heard).expect("listener wrote heard.wav");
+    let samples = heard_wav.samples();
+    assert!(
+        samples.len() > 48_000,
+        "listener heard at least a second ({} samples)",
+        samples.len()
+    );
+    let energy = samples
+        .iter()
+        .map(|&s| f64::from(s) * f64::from(s))
+        .sum::<f64>()
+        / samples.len() as f64;
+    let rms = energy.sqrt();
+    println!("heard.wav: {} samples, RMS {rms:.0}", samples.len());
+    assert!(
+        rms > 1000.0,
+        "heard audio RMS {rms:.0}: silence or lost audio"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
