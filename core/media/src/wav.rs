@@ -108,8 +108,18 @@ impl WavSource {
         &self.samples
     }
 
+    /// Like [`WavSource::open`], reading the WAV data from `reader` (an in-memory file, a
+    /// network download). The same limits apply; bad input is a typed error.
+    pub fn from_reader(reader: impl std::io::Read) -> Result<Self, AudioIoError> {
+        let reader = hound::WavReader::new(reader).map_err(WavError::from)?;
+        Ok(Self::decode(reader)?)
+    }
+
     fn read(path: &Path) -> Result<Self, WavError> {
-        let reader = hound::WavReader::open(path)?;
+        Self::decode(hound::WavReader::open(path)?)
+    }
+
+    fn decode<R: std::io::Read>(reader: hound::WavReader<R>) -> Result<Self, WavError> {
         let spec = reader.spec();
         if !SOURCE_SAMPLE_RATES.contains(&spec.sample_rate) {
             return Err(WavError::UnsupportedSampleRate {
@@ -142,8 +152,8 @@ impl WavSource {
     }
 }
 
-fn read_as_f32(
-    mut reader: hound::WavReader<std::io::BufReader<File>>,
+fn read_as_f32<R: std::io::Read>(
+    mut reader: hound::WavReader<R>,
     spec: hound::WavSpec,
 ) -> Result<Vec<f32>, WavError> {
     match (spec.sample_format, spec.bits_per_sample) {
