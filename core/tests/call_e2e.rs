@@ -619,9 +619,13 @@ fn shutting_down_a_phone_mid_call_hangs_up_first() {
     });
     assert_eq!(answered.state(), ended);
     assert_eq!(recorder.states.lock().expect("lock").last(), Some(&ended));
-    // What the callee heard was written out completely.
+    // What the callee heard was written out completely: the file was finished (its header
+    // gives the length), holds whole 20 ms frames, and covers most of the half second of
+    // media (playout starts a frame or two after the first packet).
     let heard = viska::media::wav::WavSource::open(dir.join("heard.wav")).expect("heard");
-    assert!(!heard.samples().is_empty());
+    let len = heard.samples().len();
+    assert!(len >= 48_000 * 3 / 10, "{len} samples heard");
+    assert_eq!(len % 960, 0, "{len} samples: not whole frames");
     let _ = std::fs::remove_dir_all(dir);
 }
 
