@@ -393,6 +393,8 @@ async fn run_call(
     let (signaling, writer) = spawn_signaling_writer(send);
 
     let mut decoder = FrameDecoder::new();
+    // Unknown frames the decoder skipped, as last copied to the snapshot.
+    let mut skipped_reported = 0;
     let mut read_buf = vec![0u8; 4096];
     let mut datagram = vec![0u8; MAX_DATAGRAM];
     let mut media: Option<MediaEnds> = None;
@@ -489,18 +491,20 @@ async fn run_call(
         // with (above) before the next is looked at, so the driver acts on each in the state
         // it left. (A callee found busy at its keys refuses before the Invite behind them in
         // the same read can make it ring.)
-        match decoder.next_message() {
+        let next = decoder.next_message();
+        if decoder.skipped_unknown() != skipped_reported {
+            skipped_reported = decoder.skipped_unknown();
+            shared.snapshot().signaling.skipped_unknown = skipped_reported;
+        }
+        match next {
             Ok(Some(msg)) => {
                 if let Err(e) = call.handle_input(Input::Signal(Instant::now(), msg)) {
                     tracing::debug!(error = %e, "signal refused");
                     shared.snapshot().signaling.refused += 1;
                 }
-                shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
                 continue;
             }
-            Ok(None) => {
-                shared.snapshot().signaling.skipped_unknown = decoder.skipped_unknown();
-            }
+            Ok(None) => {}
             Err(ProtoError::StreamFailed) => {
                 // The framing itself broke (reported, and counted, the turn before): the
                 // stream cannot be resynchronised, and without signaling the call cannot be
@@ -841,7 +845,8 @@ fn handle_event(
             }
             if call.role() == Role::Callee {
                 // The caller's Invite, which carries the media parameters, comes after the
-                // keys (it is sent encrypted): the callee's media waits for it, at the ring.
+                // keys (the caller sends it once its own are ready): the callee's media waits
+                // for it, at the ring.
                 *pending_keys = Some(keys.clone());
                 return None;
             }
@@ -862,13 +867,6 @@ fn handle_event(
                 trust: *trust,
                 remote_addr: conn.remote_addr(),
             };
-            if admission == Admission::Busy {
-                // Refused at the keys already (above); only if that was refused.
-                if let Some(l) = listener(inner) {
-                    l.missed_call(caller, MissedCall::Busy);
-                }
-                return Some(Command::Busy);
-            }
             if let Some(keys) = pending_keys.take() {
                 if let Some(abort) =
                     open_media(inner, handle, conn, call, &keys, params, media, pcm)
