@@ -30,11 +30,6 @@ pub const CONTROL_AAD: &[u8] = b"viska control v1";
 /// in the future to represent as an `Instant` is treated as no deadline at all.)
 const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
 
-/// The lowest Opus target bitrate (RFC 6716 §2.1.1 gives 6 kb/s as its low end).
-const OPUS_MIN_BITRATE_BPS: u32 = 6_000;
-/// The highest Opus target bitrate libopus accepts.
-const OPUS_MAX_BITRATE_BPS: u32 = 510_000;
-
 /// One end of a 1:1 call. See the crate documentation for the driver loop.
 #[derive(Debug)]
 pub struct Call {
@@ -692,7 +687,7 @@ impl Call {
             return Err(self.refuse_media("frame duration"));
         }
         // The callee's encoder takes the caller's bitrate: it must be one Opus accepts.
-        if !(OPUS_MIN_BITRATE_BPS..=OPUS_MAX_BITRATE_BPS).contains(&media.bitrate_bps) {
+        if !MediaParams::BITRATE_BPS.contains(&media.bitrate_bps) {
             return Err(self.refuse_media("bitrate"));
         }
         self.call_id = Some(call_id);

@@ -73,6 +73,12 @@ pub struct MediaParams {
     pub suite: SuiteId,
 }
 
+impl MediaParams {
+    /// The target bitrates a callee accepts in an `Invite`: those Opus can be set to
+    /// (docs/protocol-wire.md 2.2.1).
+    pub const BITRATE_BPS: std::ops::RangeInclusive<u32> = 6_000..=510_000;
+}
+
 /// Why a call was refused or ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
