@@ -708,6 +708,98 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Audio end points whose opening takes `delay` from the `slow_from`-th call on (counting
+/// from 0), as a sound device's can; silence in, nothing out.
+struct SlowToOpen {
+    opened: std::sync::atomic::AtomicUsize,
+    slow_from: usize,
+    delay: Duration,
+}
+
+impl viska::phone::AudioFactory for SlowToOpen {
+    fn open_source(
+        &self,
+        _frame_samples: usize,
+    ) -> Result<Box<dyn viska::media::audio::AudioSource>, viska::media::audio::AudioIoError> {
+        let n = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.slow_from {
+            std::thread::sleep(self.delay);
+        }
+        Ok(Box::new(viska::phone::SilenceSource))
+    }
+    fn open_sink(
+        &self,
+        _frame_samples: usize,
+    ) -> Result<Box<dyn AudioSink>, viska::media::audio::AudioIoError> {
+        Ok(Box::new(viska::phone::DiscardSink))
+    }
+}
+
+/// A second call whose audio takes 800 ms to open does not hold up the first call's media on
+/// the same phone: the first caller keeps hearing the callee's frames on time (before, the
+/// phone's thread waited for the device, and the first caller had 42 frames late and
+/// concealed).
+#[test]
+fn a_call_whose_audio_is_slow_to_open_does_not_stall_the_phones_other_calls() {
+    let mut config = PhoneConfig::new("slow-open", generate_identity());
+    config.max_calls = 2;
+    config.audio = Arc::new(SlowToOpen {
+        opened: std::sync::atomic::AtomicUsize::new(0),
+        slow_from: 1,
+        delay: Duration::from_millis(800),
+    });
+    let callee = listening_callee(config);
+    let first = Phone::new(PhoneConfig::new("first", generate_identity())).expect("first");
+    let call = first.call(callee.addr).expect("call");
+    callee
+        .answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("first incoming");
+    assert!(matches!(
+        call.wait_for(Duration::from_secs(10), |s| matches!(
+            s,
+            CallState::Active { .. }
+        )),
+        CallState::Active { .. }
+    ));
+    // Counters reach the handle once a second: settle, then read them.
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = call.snapshot().media.playout;
+
+    let second = Phone::new(PhoneConfig::new("second", generate_identity())).expect("second");
+    let other = second.call(callee.addr).expect("second call");
+    callee
+        .answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("second incoming");
+    assert!(matches!(
+        other.wait_for(Duration::from_secs(10), |s| matches!(
+            s,
+            CallState::Active { .. }
+        )),
+        CallState::Active { .. }
+    ));
+    std::thread::sleep(Duration::from_millis(2100));
+    let after = call.snapshot().media.playout;
+    let received = after.received - before.received;
+    let concealed = after.concealed - before.concealed;
+    let late = after.late - before.late;
+    eprintln!(
+        "first call meanwhile: {received} frames received, {concealed} concealed, {late} late"
+    );
+    assert!(
+        concealed + late <= 3,
+        "{concealed} frames concealed and {late} late while the second call opened its audio"
+    );
+    // Counters reach the handle once a second, so this window holds 2-3 s of frames.
+    assert!(received >= 50, "the first call went on: {received} frames");
+    other.hangup().expect("hangup");
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+}
+
 #[test]
 fn audio_that_cannot_start_ends_the_call_with_a_reason() {
     let dir = temp_dir("noaudio");

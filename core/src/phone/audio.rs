@@ -8,7 +8,8 @@ use viska_media::wav::{WavSink, WavSource};
 
 /// Opens the audio end points of each new call.
 ///
-/// Called on the phone's runtime when a call's media starts; must not block for long.
+/// Called on a blocking thread of the phone's runtime when a call's media starts (the call
+/// waits for it, the phone's other calls do not), so opening may take time.
 pub trait AudioFactory: Send + Sync {
     /// The capture side, delivering 48 kHz mono frames of `frame_samples` samples.
     fn open_source(&self, frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError>;

@@ -467,7 +467,8 @@ async fn run_call(
                         &mut pending_keys,
                         &mut direction,
                         (&mut pcm_in, &mut pcm_out),
-                    );
+                    )
+                    .await;
                     dispatch_event(&shared, &event);
                     if let Some(cmd) = follow_up {
                         if let Err(e) = call.handle_input(Input::Command(Instant::now(), cmd)) {
@@ -804,7 +805,7 @@ fn spawn_signaling_writer(
 /// Applies a call event to the driver's state; returns a command the call must take next
 /// (ending it when its audio cannot start, refusing it when the phone is busy).
 #[allow(clippy::too_many_arguments)]
-fn handle_event(
+async fn handle_event(
     inner: &PhoneInner,
     handle: &CallHandle,
     conn: &PeerConnection,
@@ -850,7 +851,7 @@ fn handle_event(
                 *pending_keys = Some(keys.clone());
                 return None;
             }
-            return open_media(inner, handle, conn, call, keys, &call.media(), media, pcm);
+            return open_media(inner, handle, conn, call, keys, &call.media(), media, pcm).await;
         }
         CallEvent::Incoming {
             peer,
@@ -869,7 +870,7 @@ fn handle_event(
             };
             if let Some(keys) = pending_keys.take() {
                 if let Some(abort) =
-                    open_media(inner, handle, conn, call, &keys, params, media, pcm)
+                    open_media(inner, handle, conn, call, &keys, params, media, pcm).await
                 {
                     // Its audio failed to start: it never rings.
                     return Some(abort);
@@ -904,8 +905,12 @@ fn handle_event(
 /// Opens the call's media with the agreed `params`: the SFrame session, the codec, the audio
 /// end points and the recorder. On failure the application is told and the call must end
 /// (the returned command).
+///
+/// The audio end points are opened on a blocking thread (a sound device can take a hundred
+/// milliseconds or more, a WAV file is read and resampled whole): this call waits for them,
+/// the phone's other calls, on the same runtime thread, go on meanwhile.
 #[allow(clippy::too_many_arguments)]
-fn open_media(
+async fn open_media(
     inner: &PhoneInner,
     handle: &CallHandle,
     conn: &PeerConnection,
@@ -919,8 +924,18 @@ fn open_media(
     let opus = opus_for(params, &inner.config.opus);
     let frame_samples = opus.frame_samples();
     let session = MediaSession::new(keys, &opus, &inner.config.jitter);
-    let source = inner.config.audio.open_source(frame_samples);
-    let sink = inner.config.audio.open_sink(frame_samples);
+    let audio = Arc::clone(&inner.config.audio);
+    let (source, sink) = tokio::task::spawn_blocking(move || {
+        (
+            audio.open_source(frame_samples),
+            audio.open_sink(frame_samples),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let failed = || AudioIoError::Device(format!("opening audio failed: {e}"));
+        (Err(failed()), Err(failed()))
+    });
     match (session, source, sink) {
         (Ok(session), Ok(source), Ok(sink)) => {
             let follows_peer = call.role() == Role::Callee && !source.has_own_clock();
