@@ -751,36 +751,28 @@ fn a_call_whose_audio_is_slow_to_open_does_not_stall_the_phones_other_calls() {
         delay: Duration::from_millis(800),
     });
     let callee = listening_callee(config);
-    let first = Phone::new(PhoneConfig::new("first", generate_identity())).expect("first");
-    let call = first.call(callee.addr).expect("call");
-    callee
-        .answered
-        .recv_timeout(Duration::from_secs(10))
-        .expect("first incoming");
-    assert!(matches!(
-        call.wait_for(Duration::from_secs(10), |s| matches!(
-            s,
-            CallState::Active { .. }
-        )),
-        CallState::Active { .. }
-    ));
+    // A new phone calls the callee, which answers; returned once the call is active.
+    let call_in = |name: &str| {
+        let phone = Phone::new(PhoneConfig::new(name, generate_identity())).expect("phone");
+        let call = phone.call(callee.addr).expect("call");
+        callee
+            .answered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("incoming");
+        let state = call.wait_for(Duration::from_secs(10), |s| {
+            matches!(s, CallState::Active { .. })
+        });
+        assert!(
+            matches!(state, CallState::Active { .. }),
+            "{name}: {state:?}"
+        );
+        (phone, call)
+    };
+    let (_first, call) = call_in("first");
     // Counters reach the handle once a second: settle, then read them.
     std::thread::sleep(Duration::from_millis(2100));
     let before = call.snapshot().media.playout;
-
-    let second = Phone::new(PhoneConfig::new("second", generate_identity())).expect("second");
-    let other = second.call(callee.addr).expect("second call");
-    callee
-        .answered
-        .recv_timeout(Duration::from_secs(10))
-        .expect("second incoming");
-    assert!(matches!(
-        other.wait_for(Duration::from_secs(10), |s| matches!(
-            s,
-            CallState::Active { .. }
-        )),
-        CallState::Active { .. }
-    ));
+    let (_second, other) = call_in("second");
     std::thread::sleep(Duration::from_millis(2100));
     let after = call.snapshot().media.playout;
     let received = after.received - before.received;
