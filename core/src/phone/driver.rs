@@ -415,6 +415,8 @@ async fn run_call(
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
     let mut stream_open = true;
+    // Whether the connection still carries media (false once quinn reports it gone).
+    let mut connected = true;
     let (switch_done, mut switched) = mpsc::unbounded_channel::<SwitchDone>();
     // Set when the call ends outside the state machine (connection or stream lost).
     let mut lost: Option<EndReason> = None;
@@ -546,7 +548,7 @@ async fn run_call(
             // Media first when several are ready: a datagram waiting behind a decode or an
             // encode is latency added to every frame.
             biased;
-            d = conn.recv_media() => {
+            d = conn.recv_media(), if connected => {
                 match d {
                     Ok(d) => {
                         if let Some(m) = media.as_mut() {
@@ -577,8 +579,14 @@ async fn run_call(
                             }
                         }
                     }
+                    Err(_) if stream_open => {
+                        // Connection gone: the peer vanished, closed, or timed out. What it
+                        // wrote on the signaling stream before closing (a Busy, a Hangup) may
+                        // still wait there unread: the stream is read to its end first, and
+                        // reports the loss itself.
+                        connected = false;
+                    }
                     Err(_) => {
-                        // Connection gone: the peer vanished, closed, or timed out.
                         if !call.state().is_ended() {
                             lost = Some(EndReason::ConnectionLost);
                         }
