@@ -907,3 +907,100 @@ fn a_recorded_call_is_an_ogg_opus_file_of_the_conversation() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Connections that complete QUIC but never authenticate hold a place each; one source may
+/// hold only its share, every source together only the total, and a place comes back when
+/// its connection ends or its caller authenticates.
+#[test]
+fn one_source_cannot_hold_every_place_for_unauthenticated_connections() {
+    use viska::phone::RefusedConnections;
+    use viska::transport::{LocalCertificate, QuicEndpoint, TransportConfig};
+
+    let mut config = PhoneConfig::new("places", generate_identity());
+    config.max_handshakes = 3;
+    config.max_handshakes_per_source = 2;
+    let callee = listening_callee(config);
+    let addr = callee.addr;
+    // An authenticated call holds no place: three calls from one source (127.0.0.1) with
+    // a share of two get in one after another, and stay up through what follows.
+    let callers: Vec<(Phone, CallHandle)> = (0..3)
+        .map(|i| {
+            let phone = Phone::new(PhoneConfig::new(format!("places-{i}"), generate_identity()))
+                .expect("caller");
+            let call = phone.call(addr).expect("call");
+            let state = call.wait_for(Duration::from_secs(10), |s| {
+                matches!(s, CallState::Active { .. }) || s.is_ended()
+            });
+            assert!(
+                matches!(state, CallState::Active { .. }),
+                "call {i}: {state:?}"
+            );
+            (phone, call)
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A client that speaks QUIC (with a valid address: the callee sends it a Retry first)
+    // and then nothing: no signaling stream, no end-to-end handshake.
+    let client = |ip: &str| {
+        let cert = Arc::new(LocalCertificate::generate().expect("cert"));
+        let bind = std::net::SocketAddr::new(ip.parse().expect("ip"), 0);
+        rt.block_on(async { QuicEndpoint::bind(bind, cert, &TransportConfig::default()) })
+            .expect("bind")
+    };
+    let (a, b, c) = (
+        client("127.0.0.1"),
+        client("127.0.0.2"),
+        client("127.0.0.3"),
+    );
+    let a1 = rt.block_on(a.connect(addr)).expect("first from a");
+    let _a2 = rt.block_on(a.connect(addr)).expect("second from a");
+    assert!(
+        rt.block_on(a.connect(addr)).is_err(),
+        "a third from one source is refused"
+    );
+    let _b1 = rt
+        .block_on(b.connect(addr))
+        .expect("another source still gets in");
+    assert!(
+        rt.block_on(c.connect(addr)).is_err(),
+        "all places taken: refused"
+    );
+    let refused: RefusedConnections = callee.phone.refused_connections();
+    assert_eq!(
+        (refused.all_places_taken, refused.source_places_taken),
+        (1, 1)
+    );
+    assert_eq!(callee.phone.calls().len(), 3, "none of them is a call");
+    // A phone refused this way tells its application so, not that the connection was lost.
+    let refused_caller =
+        Phone::new(PhoneConfig::new("places-x", generate_identity())).expect("caller");
+    let call = refused_caller.call(addr).expect("call");
+    assert!(
+        call.wait_ended(Duration::from_secs(10)),
+        "refused call ends"
+    );
+    assert_eq!(call.state(), CallState::Ended(EndReason::ConnectionRefused));
+    assert_eq!(callee.phone.refused_connections().all_places_taken, 2);
+
+    // A connection that ends gives its place back.
+    a1.close("gone");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let _a3 = loop {
+        match rt.block_on(a.connect(addr)) {
+            Ok(conn) => break conn,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "place not freed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    for (_, call) in &callers {
+        assert!(
+            matches!(call.state(), CallState::Active { .. }),
+            "the calls went on"
+        );
+    }
+}

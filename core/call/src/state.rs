@@ -64,6 +64,10 @@ pub enum EndReason {
     /// The connection to the peer could not be established, or it was lost (the peer vanished,
     /// the idle timeout expired, the signaling stream was closed under the call).
     ConnectionLost,
+    /// The peer's phone refused the connection before any end-to-end work: it had no place
+    /// for another caller not yet authenticated (see `PhoneConfig::max_handshakes` in the
+    /// `viska` crate), or was shutting down. Trying again later may work.
+    ConnectionRefused,
 }
 
 /// How much the peer's identity is trusted, from the expected identity given in the config.

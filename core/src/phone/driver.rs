@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -20,18 +19,13 @@ use viska_proto::{FrameDecoder, MediaParams, ProtoError, Reason, SuiteId};
 
 use super::audio::{DiscardSink, SilenceSource};
 use super::media::{MAX_DATAGRAM, MediaSession};
+use super::places::Place;
 use super::{
     AudioDirection, AudioEvent, CallHandle, CallShared, CallerInfo, DriverCommand, Injection,
     MissedCall, PhoneInner, dispatch_audio, dispatch_event,
 };
 use crate::transport::runtime::move_timer;
 use crate::transport::{PeerConnection, QuicEndpoint};
-
-/// Connections an accepting phone holds before their caller is authenticated (QUIC handshake,
-/// signaling stream, end-to-end handshake); more are refused outright. Each costs the phone
-/// TLS and handshake work before anyone is known, and none counts against
-/// [`super::PhoneConfig::max_calls`] until it is authenticated.
-const MAX_UNAUTHENTICATED: usize = 16;
 
 /// How far ahead of its time a periodic job may run when the call's thread is awake anyway:
 /// the playout of a frame that has already arrived, and the capture from a source without a
@@ -113,35 +107,18 @@ impl FrameClock {
     }
 }
 
-/// Decrements a shared count when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// Takes one of `limit` places in `count`, if one is free.
-    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(Arc::clone(count)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Accepts connections and runs each as an incoming call.
 pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
-    let unauthenticated = Arc::new(AtomicUsize::new(0));
-    while let Some(connecting) = ep.accept_connecting().await {
-        let Some(slot) = Slot::take(&unauthenticated, MAX_UNAUTHENTICATED) else {
-            // Dropping the attempt refuses it.
-            tracing::debug!("too many unauthenticated connections; connection refused");
-            continue;
+    while let Some((from, connecting)) = ep.accept_connecting().await {
+        // A place among the connections whose caller is not known yet, held until the caller
+        // is authenticated (see `places`).
+        let slot = match inner.places.take(from.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                // Dropping the attempt refuses it (QUIC CONNECTION_REFUSED).
+                tracing::debug!(?why, %from, "no place for another unauthenticated connection; refused");
+                continue;
+            }
         };
         // Each handshake runs in its own task: a peer that stalls mid-handshake delays nobody.
         let inner = inner.clone();
@@ -219,7 +196,12 @@ pub(super) async fn place_call(
         }
         Err(e) => {
             tracing::warn!(error = %e, %addr, "call could not connect");
-            end(&handle.shared, EndReason::ConnectionLost);
+            let why = if e.is_refused() {
+                EndReason::ConnectionRefused
+            } else {
+                EndReason::ConnectionLost
+            };
+            end(&handle.shared, why);
         }
     }
 }
@@ -274,7 +256,7 @@ struct CallSetup {
     started: Instant,
     /// An incoming call's place among the connections not yet authenticated, given up when
     /// its keys are ready (and it is admitted or refused as busy).
-    unauthenticated: Option<Slot>,
+    unauthenticated: Option<Place>,
 }
 
 struct MediaEnds {
@@ -1283,22 +1265,6 @@ fn inject(conn: &PeerConnection, media: Option<&MediaEnds>, injection: Injection
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_bound_the_count_and_free_their_place_when_dropped() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let held: Vec<Slot> = (0..3).filter_map(|_| Slot::take(&count, 3)).collect();
-        assert_eq!(held.len(), 3);
-        assert!(Slot::take(&count, 3).is_none(), "the limit holds");
-        drop(held);
-        assert_eq!(count.load(Ordering::Acquire), 0);
-        assert!(Slot::take(&count, 3).is_some());
-        assert_eq!(
-            count.load(Ordering::Acquire),
-            0,
-            "a dropped slot frees its place"
-        );
-    }
 
     #[test]
     fn a_frame_clock_is_due_on_time_or_within_the_early_window_and_keeps_its_phase() {

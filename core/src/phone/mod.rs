@@ -9,6 +9,7 @@ mod audio;
 mod driver;
 mod media;
 mod metrics;
+mod places;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
 pub use metrics::{
     LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time, thread_wakeups,
 };
+pub use places::RefusedConnections;
 
 /// Errors of the phone API.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +100,20 @@ pub struct PhoneConfig {
     /// refused as busy once its caller is authenticated (and reported through
     /// [`PhoneListener::missed_call`]); another outgoing one is refused with
     /// [`PhoneError::TooManyCalls`]. Connections whose caller is not authenticated yet do not
-    /// count (at most 16 are held at once; more are refused).
+    /// count; [`max_handshakes`](Self::max_handshakes) bounds them.
     pub max_calls: usize,
+    /// Incoming connections held at once before their caller is authenticated (QUIC
+    /// handshake, signaling stream, end-to-end handshake); more are refused at once and
+    /// counted ([`Phone::refused_connections`]). Each costs TLS and handshake work before
+    /// anyone is known. Default 16.
+    pub max_handshakes: usize,
+    /// How many of those places one source may hold: an IPv4 address, or an IPv6 /64
+    /// prefix (QUIC has validated the address first). Without it one source could hold every
+    /// place for the setup timeout each and keep all other callers out. Default 4, which
+    /// lets one address start calls many times a second (a handshake holds its place for a
+    /// few round trips). Raise it when many callers share one address by design: behind a
+    /// relay, or a contact centre's NAT.
+    pub max_handshakes_per_source: usize,
 }
 
 impl std::fmt::Debug for PhoneConfig {
@@ -134,12 +148,19 @@ impl PhoneConfig {
             latency_probe: None,
             recording: None,
             max_calls: 4,
+            max_handshakes: 16,
+            max_handshakes_per_source: 4,
         }
     }
 
     fn validate(&self) -> Result<(), PhoneError> {
         if self.suites.is_empty() {
             return Err(PhoneError::InvalidConfig("no cipher suite".into()));
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_source == 0 {
+            return Err(PhoneError::InvalidConfig(
+                "max_handshakes and max_handshakes_per_source must be at least 1".into(),
+            ));
         }
         if self.max_calls == 0 {
             return Err(PhoneError::InvalidConfig(
@@ -591,6 +612,8 @@ struct PhoneInner {
     listener: Mutex<Option<Arc<dyn PhoneListener>>>,
     /// Every call not yet torn down, to count them and to end them when the phone stops.
     calls: Mutex<Vec<Weak<CallShared>>>,
+    /// Places for incoming connections whose caller is not authenticated yet.
+    places: Arc<places::Places>,
 }
 
 impl PhoneInner {
@@ -701,10 +724,14 @@ impl Phone {
         Ok(Self {
             runtime,
             inner: Arc::new(PhoneInner {
-                config,
                 cert,
                 listener: Mutex::new(None),
                 calls: Mutex::new(Vec::new()),
+                places: places::Places::new(
+                    config.max_handshakes,
+                    config.max_handshakes_per_source,
+                ),
+                config,
             }),
             listening: Mutex::new(None),
             client: Mutex::new(Vec::new()),
@@ -801,6 +828,14 @@ impl Phone {
             .into_iter()
             .map(|shared| CallHandle { shared })
             .collect()
+    }
+
+    /// Incoming connections refused before their caller was authenticated, because every
+    /// place for such connections was taken or their source held its share (see
+    /// [`PhoneConfig::max_handshakes_per_source`]). Growing counts mean a flood, or a limit
+    /// set too low for a relay or NAT in front of the callers.
+    pub fn refused_connections(&self) -> RefusedConnections {
+        self.inner.places.refused()
     }
 
     /// Total CPU time used by this phone's runtime threads so far (Linux), for measurements.

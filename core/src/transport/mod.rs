@@ -102,6 +102,19 @@ impl TransportConfig {
     }
 }
 
+impl TransportError {
+    /// Whether the peer refused the connection outright (QUIC `CONNECTION_REFUSED`): it is
+    /// there, but took no new connection (no place for another unauthenticated one, or it
+    /// is shutting down).
+    pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            Self::Connection(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        )
+    }
+}
+
 /// A QUIC endpoint that can both accept and place connections.
 #[derive(Debug, Clone)]
 pub struct QuicEndpoint {
@@ -177,16 +190,20 @@ impl QuicEndpoint {
     /// closed. A server should prefer [`accept_connecting`](Self::accept_connecting), which
     /// lets it run handshakes concurrently.
     pub async fn accept(&self) -> Option<Result<PeerConnection, TransportError>> {
-        Some(self.accept_connecting().await?.await)
+        Some(self.accept_connecting().await?.1.await)
     }
 
-    /// Waits for the next incoming connection attempt and returns its handshake as a future,
-    /// so that a stalled handshake holds up nobody else. A client whose address QUIC has not
-    /// validated yet is first sent a Retry (address validation against spoofed floods).
+    /// Waits for the next incoming connection attempt and returns its validated remote
+    /// address and its handshake as a future, so that a stalled handshake holds up nobody
+    /// else; dropping the future unpolled refuses the connection. A client whose address QUIC
+    /// has not validated yet is first sent a Retry (address validation against spoofed
+    /// floods), so the address returned is one the client can receive at.
     pub async fn accept_connecting(
         &self,
-    ) -> Option<impl std::future::Future<Output = Result<PeerConnection, TransportError>> + use<>>
-    {
+    ) -> Option<(
+        SocketAddr,
+        impl std::future::Future<Output = Result<PeerConnection, TransportError>> + use<>,
+    )> {
         loop {
             let incoming = self.endpoint.accept().await?;
             if !incoming.remote_address_validated() {
@@ -196,10 +213,11 @@ impl QuicEndpoint {
                 continue;
             }
             let fingerprint = self.cert.fingerprint();
-            return Some(async move {
+            let from = incoming.remote_address();
+            return Some((from, async move {
                 let conn = incoming.await?;
                 PeerConnection::new(conn, fingerprint, false)
-            });
+            }));
         }
     }
 

@@ -45,6 +45,10 @@ enum Cmd {
         /// Answer incoming calls without asking.
         #[arg(long)]
         auto_answer: bool,
+        /// How many connections not yet authenticated one source address may hold at once;
+        /// raise it when callers come through a relay or a shared NAT.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+        max_handshakes_per_source: u16,
         #[command(flatten)]
         media: MediaArgs,
     },
@@ -123,8 +127,9 @@ fn main() {
         Cmd::Listen {
             bind,
             auto_answer,
+            max_handshakes_per_source,
             media,
-        } => listen(bind, auto_answer, media),
+        } => listen(bind, auto_answer, max_handshakes_per_source, media),
         Cmd::Call { addr, media } => call(addr, media),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Devices => devices(),
@@ -229,8 +234,17 @@ impl PhoneListener for Incoming {
     }
 }
 
-fn listen(bind: SocketAddr, auto_answer: bool, media: MediaArgs) -> Result<(), BoxError> {
-    let phone = Phone::new(phone_config("listen", &media)?)?;
+fn listen(
+    bind: SocketAddr,
+    auto_answer: bool,
+    per_source: u16,
+    media: MediaArgs,
+) -> Result<(), BoxError> {
+    let mut config = phone_config("listen", &media)?;
+    config.max_handshakes_per_source = usize::from(per_source);
+    // One source may hold every place, but not more.
+    config.max_handshakes = config.max_handshakes.max(config.max_handshakes_per_source);
+    let phone = Phone::new(config)?;
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
     let (tx, rx) = mpsc::channel();
     phone.set_listener(Arc::new(Incoming { calls: tx }));
