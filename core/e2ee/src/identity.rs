@@ -14,6 +14,28 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::encoding::hash_part;
 
+/// `ConstantTimeEq`, and `PartialEq`/`Eq` through it, for a type compared by the bytes
+/// `$bytes` returns: secrets and the values that stand for identities never compare with an
+/// early exit.
+macro_rules! constant_time_eq {
+    ($ty:ty, $bytes:expr) => {
+        impl ConstantTimeEq for $ty {
+            fn ct_eq(&self, other: &Self) -> subtle::Choice {
+                let bytes: fn(&$ty) -> &[u8] = $bytes;
+                bytes(self).ct_eq(bytes(other))
+            }
+        }
+
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.ct_eq(other).into()
+            }
+        }
+
+        impl Eq for $ty {}
+    };
+}
+
 /// Length of an identity's secret key in bytes.
 pub const SECRET_KEY_LEN: usize = 32;
 /// Length of an encoded [`PublicIdentity`] in bytes.
@@ -78,19 +100,7 @@ impl fmt::Debug for IdentitySecretBytes {
     }
 }
 
-impl ConstantTimeEq for IdentitySecretBytes {
-    fn ct_eq(&self, other: &Self) -> subtle::Choice {
-        self.0.ct_eq(&other.0)
-    }
-}
-
-impl PartialEq for IdentitySecretBytes {
-    fn eq(&self, other: &Self) -> bool {
-        self.ct_eq(other).into()
-    }
-}
-
-impl Eq for IdentitySecretBytes {}
+constant_time_eq!(IdentitySecretBytes, |v| &v.0[..]);
 
 /// A long-term Ed25519 identity key pair.
 ///
@@ -261,19 +271,7 @@ impl PublicIdentity {
     }
 }
 
-impl ConstantTimeEq for PublicIdentity {
-    fn ct_eq(&self, other: &Self) -> subtle::Choice {
-        self.key.as_bytes().ct_eq(other.key.as_bytes())
-    }
-}
-
-impl PartialEq for PublicIdentity {
-    fn eq(&self, other: &Self) -> bool {
-        self.ct_eq(other).into()
-    }
-}
-
-impl Eq for PublicIdentity {}
+constant_time_eq!(PublicIdentity, |v| &v.key.as_bytes()[..]);
 
 impl std::hash::Hash for PublicIdentity {
     // Over the same bytes as equality, so that equal identities hash alike.
@@ -299,19 +297,7 @@ impl fmt::Debug for PublicIdentity {
 #[derive(Clone, Copy)]
 pub struct Fingerprint(pub [u8; 32]);
 
-impl ConstantTimeEq for Fingerprint {
-    fn ct_eq(&self, other: &Self) -> subtle::Choice {
-        self.0.ct_eq(&other.0)
-    }
-}
-
-impl PartialEq for Fingerprint {
-    fn eq(&self, other: &Self) -> bool {
-        self.ct_eq(other).into()
-    }
-}
-
-impl Eq for Fingerprint {}
+constant_time_eq!(Fingerprint, |v| &v.0[..]);
 
 impl std::hash::Hash for Fingerprint {
     // Over the same bytes as equality, so that equal fingerprints hash alike.
@@ -380,19 +366,7 @@ impl SafetyNumber {
     }
 }
 
-impl ConstantTimeEq for SafetyNumber {
-    fn ct_eq(&self, other: &Self) -> subtle::Choice {
-        self.0.ct_eq(&other.0)
-    }
-}
-
-impl PartialEq for SafetyNumber {
-    fn eq(&self, other: &Self) -> bool {
-        self.ct_eq(other).into()
-    }
-}
-
-impl Eq for SafetyNumber {}
+constant_time_eq!(SafetyNumber, |v| &v.0[..]);
 
 impl fmt::Display for SafetyNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
