@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use viska::call::{CallState, EndReason, Side};
+use viska::call::{CallState, EndReason, Side, Trust};
 use viska::media::audio::AudioSink;
 use viska::media::wav::WavSink;
 use viska::netem::ImpairmentConfig;
@@ -77,6 +77,7 @@ struct Recorder {
     data: Mutex<Vec<Vec<u8>>>,
     states: Mutex<Vec<CallState>>,
     audio: Mutex<Vec<AudioEvent>>,
+    trust: Mutex<Vec<Trust>>,
 }
 
 impl CallListener for Recorder {
@@ -91,6 +92,9 @@ impl CallListener for Recorder {
     }
     fn data(&self, data: Vec<u8>) {
         self.data.lock().expect("lock").push(data);
+    }
+    fn trust_changed(&self, trust: Trust) {
+        self.trust.lock().expect("lock").push(trust);
     }
 }
 
@@ -1003,4 +1007,108 @@ fn one_source_cannot_hold_every_place_for_unauthenticated_connections() {
             "the calls went on"
         );
     }
+}
+
+/// Waits until the call is active; fails on anything else.
+fn wait_active(call: &CallHandle) {
+    let state = call.wait_for(Duration::from_secs(10), |s| {
+        matches!(s, CallState::Active { .. }) || s.is_ended()
+    });
+    assert!(matches!(state, CallState::Active { .. }), "{state:?}");
+}
+
+/// `verify` in a phone: the user compares the SAS and marks the peer verified; the call says
+/// so at once, and the phone trusts that identity in its later calls. A call to a known
+/// contact is verified or reports a changed key.
+#[test]
+fn a_verified_peer_stays_verified_and_an_expected_identity_is_checked() {
+    let callee = listening_callee(PhoneConfig::new("vf-callee", generate_identity()));
+    let callee_identity = callee.phone.identity();
+    let caller = Phone::new(PhoneConfig::new("vf-caller", generate_identity())).expect("caller");
+
+    // Nothing to verify before the keys: a call to a socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let pending = caller
+        .call(silent.local_addr().expect("addr"))
+        .expect("call");
+    assert!(matches!(
+        pending.mark_verified(),
+        Err(PhoneError::InvalidState { .. })
+    ));
+    pending.hangup().expect("cancel");
+
+    let call = caller.call(callee.addr).expect("call");
+    let recorder = Arc::new(Recorder::default());
+    call.set_listener(recorder.clone());
+    wait_active(&call);
+    let (answered, info) = callee
+        .answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("incoming");
+    assert_eq!(info.trust, Trust::Unverified);
+    assert_eq!(call.snapshot().trust, Some(Trust::Unverified));
+    assert!(caller.verified_peers().is_empty());
+
+    call.mark_verified().expect("verify");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while call.snapshot().trust != Some(Trust::Verified) {
+        assert!(std::time::Instant::now() < deadline, "trust not updated");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*recorder.trust.lock().expect("lock"), vec![Trust::Verified]);
+    assert_eq!(caller.verified_peers(), vec![callee_identity]);
+    assert_eq!(
+        answered.snapshot().trust,
+        Some(Trust::Unverified),
+        "the callee did not verify"
+    );
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+
+    // The next call between the same two phones starts verified on the caller's side.
+    let again = caller.call(callee.addr).expect("call");
+    wait_active(&again);
+    assert_eq!(again.snapshot().trust, Some(Trust::Verified));
+    let (_, info) = callee
+        .answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("incoming");
+    assert_eq!(info.trust, Trust::Unverified);
+    again.hangup().expect("hangup");
+    assert!(again.wait_ended(Duration::from_secs(5)));
+
+    // A new phone that was given the verified identities (saved by the application) trusts
+    // the callee from the start; one that expects another identity is told the key changed.
+    let mut restored = PhoneConfig::new("vf-again", generate_identity());
+    restored.verified_peers = caller.verified_peers();
+    let restored = Phone::new(restored).expect("phone");
+    let call = restored.call(callee.addr).expect("call");
+    wait_active(&call);
+    assert_eq!(call.snapshot().trust, Some(Trust::Verified));
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+
+    let call = caller
+        .call_expecting(callee.addr, generate_identity().public())
+        .expect("call");
+    wait_active(&call);
+    assert_eq!(call.snapshot().trust, Some(Trust::KeyChanged));
+    // The user checks the new key (compares the SAS) and accepts it.
+    call.mark_verified().expect("verify");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while call.snapshot().trust != Some(Trust::Verified) {
+        assert!(std::time::Instant::now() < deadline, "trust not updated");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+
+    let fresh = Phone::new(PhoneConfig::new("vf-pin", generate_identity())).expect("phone");
+    let call = fresh
+        .call_expecting(callee.addr, callee_identity)
+        .expect("call");
+    wait_active(&call);
+    assert_eq!(call.snapshot().trust, Some(Trust::Verified));
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
 }

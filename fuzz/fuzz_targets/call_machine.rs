@@ -55,6 +55,7 @@ enum FuzzCommand {
     Mute(bool),
     SendDtmf(String),
     SendData(Vec<u8>),
+    MarkVerified,
 }
 
 impl From<FuzzCommand> for Command {
@@ -71,6 +72,7 @@ impl From<FuzzCommand> for Command {
             FuzzCommand::Mute(mute) => Command::Mute(mute),
             FuzzCommand::SendDtmf(digits) => Command::SendDtmf(digits),
             FuzzCommand::SendData(data) => Command::SendData(data),
+            FuzzCommand::MarkVerified => Command::MarkVerified,
         }
     }
 }

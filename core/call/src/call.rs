@@ -38,6 +38,7 @@ pub struct Call {
     media: MediaParams,
     accepted_suites: Vec<CipherSuite>,
     expected_peer: Option<PublicIdentity>,
+    verified_peers: Vec<PublicIdentity>,
     features: Features,
     ring_timeout: Duration,
     setup_timeout: Duration,
@@ -111,6 +112,7 @@ impl Call {
             media: config.media,
             accepted_suites: config.suites,
             expected_peer: config.expected_peer,
+            verified_peers: config.verified_peers,
             features: config.features,
             ring_timeout: config.ring_timeout,
             setup_timeout: config.setup_timeout,
@@ -430,6 +432,13 @@ impl Call {
             (Command::SendData(data), state, _) if self.keys_ready && !state.is_ended() => {
                 self.send_control(&ControlMessage::CallData(data.clone()))
             }
+            (Command::MarkVerified, state, _) if self.keys_ready && !state.is_ended() => {
+                if self.trust != Some(Trust::Verified) {
+                    self.trust = Some(Trust::Verified);
+                    self.event(CallEvent::TrustChanged(Trust::Verified));
+                }
+                Ok(())
+            }
             (_, state, _) => Err(invalid(state)),
         }
     }
@@ -630,6 +639,7 @@ impl Call {
 
         let peer = keys.peer;
         let trust = match &self.expected_peer {
+            None if self.verified_peers.contains(&peer) => Trust::Verified,
             None => Trust::Unverified,
             Some(expected) if *expected == peer => Trust::Verified,
             Some(expected) => {

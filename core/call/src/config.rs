@@ -30,8 +30,13 @@ pub struct CallConfig {
     pub suites: Vec<CipherSuite>,
     /// The TLS certificates of the underlying connection, bound into the handshake.
     pub binding: ChannelBinding,
-    /// The identity pinned for the peer, if any: decides [`crate::Trust`].
+    /// The identity pinned for the peer, if any: decides [`crate::Trust`] (`Verified` when the
+    /// peer presents it, `KeyChanged` when it presents another).
     pub expected_peer: Option<PublicIdentity>,
+    /// Identities this end's user has verified before (compared the SAS, see
+    /// [`crate::Command::MarkVerified`]). Without an `expected_peer`, a peer among them is
+    /// `Verified`, any other `Unverified`.
+    pub verified_peers: Vec<PublicIdentity>,
     /// Media parameters: proposed by a caller; a callee checks the caller's suite against
     /// `suites` and adopts the caller's parameters.
     pub media: MediaParams,
@@ -56,6 +61,7 @@ impl CallConfig {
             suites,
             binding,
             expected_peer: None,
+            verified_peers: Vec::new(),
             media: MediaParams {
                 frame: FrameDuration::Ms20,
                 bitrate_bps: DEFAULT_BITRATE_BPS,

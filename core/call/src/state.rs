@@ -180,6 +180,8 @@ pub enum CallEvent {
     },
     /// A security event.
     Security(SecurityEvent),
+    /// The trust in the peer's identity changed during the call (the user verified it).
+    TrustChanged(Trust),
 }
 
 /// What the application asks for.
@@ -219,6 +221,10 @@ pub enum Command {
     SendDtmf(String),
     /// Send opaque call data end-to-end encrypted (once keys are ready, until the call ends).
     SendData(Vec<u8>),
+    /// The user compared the SAS with the peer and it matched: the peer's identity is
+    /// trusted as verified from now on (once keys are ready, until the call ends). Also
+    /// after a key change: the user has checked the new key.
+    MarkVerified,
 }
 
 impl Command {
@@ -237,6 +243,7 @@ impl Command {
             Self::SendDtmf(_) => "SendDtmf",
             Self::SendReceptionReport { .. } => "SendReceptionReport",
             Self::SendData(_) => "SendData",
+            Self::MarkVerified => "MarkVerified",
         }
     }
 }

@@ -309,6 +309,58 @@ fn pinned_peer_is_verified_and_a_different_key_is_reported() {
 }
 
 #[test]
+fn a_peer_the_user_verified_is_trusted_now_and_in_later_calls() {
+    // Before the keys there is nothing to verify.
+    let mut h = Harness::new();
+    assert!(h.command(CALLER, Command::MarkVerified).is_err());
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(h.peers[CALLER].call.trust(), Some(Trust::Unverified));
+    h.take_events(CALLER);
+    // The users compared the SAS: the caller marks the callee verified.
+    h.command(CALLER, Command::MarkVerified).unwrap();
+    assert_eq!(h.peers[CALLER].call.trust(), Some(Trust::Verified));
+    assert_eq!(
+        h.peers[CALLEE].call.trust(),
+        Some(Trust::Unverified),
+        "one end's choice"
+    );
+    let events = h.take_events(CALLER);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, CallEvent::TrustChanged(Trust::Verified)))
+            .count(),
+        1
+    );
+    // Marking again changes nothing and says nothing.
+    h.command(CALLER, Command::MarkVerified).unwrap();
+    assert!(h.take_events(CALLER).is_empty());
+
+    // A later call: the caller remembers the callee's identity as verified, the callee
+    // (who did not verify) knows the caller only as unverified, and a third identity is not
+    // trusted for being in someone's list.
+    let callee_public = h.identities[CALLEE];
+    let mut later = Harness::with(|role, config| {
+        if role == Role::Caller {
+            config.verified_peers = vec![identity(42).public(), callee_public];
+        }
+    });
+    later.command(CALLER, Command::Dial).unwrap();
+    later.settle();
+    assert_eq!(later.peers[CALLER].call.trust(), Some(Trust::Verified));
+    assert_eq!(later.peers[CALLEE].call.trust(), Some(Trust::Unverified));
+    let mut other = Harness::with(|role, config| {
+        if role == Role::Caller {
+            config.verified_peers = vec![identity(42).public()];
+        }
+    });
+    other.command(CALLER, Command::Dial).unwrap();
+    other.settle();
+    assert_eq!(other.peers[CALLER].call.trust(), Some(Trust::Unverified));
+}
+
+#[test]
 fn callee_rejects() {
     let mut h = Harness::ringing();
     h.command(CALLEE, Command::Reject).unwrap();

@@ -11,6 +11,7 @@ use viska_call::{
     Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
 };
 use viska_e2ee::direct::{ChannelBinding, SessionKeys};
+use viska_e2ee::identity::PublicIdentity;
 use viska_media::audio::{AudioIoError, AudioSink, AudioSource};
 use viska_media::background::BackgroundSink;
 use viska_media::codec::{FrameDuration, OpusConfig};
@@ -130,6 +131,7 @@ pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
                         role: Role::Callee,
                         started: Instant::now(),
                         unauthenticated: Some(slot),
+                        expected_peer: None,
                     };
                     run_call(inner, conn, handle, commands, call).await;
                 }
@@ -159,6 +161,7 @@ pub(super) async fn place_call(
     addr: SocketAddr,
     shared: Arc<CallShared>,
     mut commands: mpsc::UnboundedReceiver<DriverCommand>,
+    expected_peer: Option<PublicIdentity>,
 ) {
     let dialed = Instant::now();
     let handle = CallHandle { shared };
@@ -191,6 +194,7 @@ pub(super) async fn place_call(
                 role: Role::Caller,
                 started: dialed,
                 unauthenticated: None,
+                expected_peer,
             };
             run_call(inner, conn, handle, commands, call).await;
         }
@@ -257,6 +261,9 @@ struct CallSetup {
     /// An incoming call's place among the connections not yet authenticated, given up when
     /// its keys are ready (and it is admitted or refused as busy).
     unauthenticated: Option<Place>,
+    /// The identity the application expects the peer to have (an outgoing call to a known
+    /// contact): decides whether the call is verified or the key changed.
+    expected_peer: Option<PublicIdentity>,
 }
 
 struct MediaEnds {
@@ -305,6 +312,7 @@ async fn run_call(
         role,
         started,
         mut unauthenticated,
+        expected_peer,
     } = setup;
     // A caller was admitted when it dialed; a callee is once it is authenticated (keys ready).
     let mut admission = Admission::Admitted;
@@ -321,6 +329,12 @@ async fn run_call(
     );
     call_config.suites = config.suites.clone();
     call_config.ring_timeout = config.ring_timeout;
+    call_config.expected_peer = expected_peer;
+    call_config.verified_peers = inner
+        .verified
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     if let Some(first) = config.suites.first() {
         call_config.media.suite = SuiteId(first.id());
     }
@@ -819,6 +833,7 @@ async fn handle_event(
                 let mut snap = shared.snapshot();
                 snap.sas = Some(keys.sas.to_string());
                 snap.peer = Some(keys.peer);
+                snap.trust = call.trust();
                 snap.setup_time = Some(started.elapsed());
             }
             if admission == Admission::Busy {
@@ -884,6 +899,19 @@ async fn handle_event(
                 let pct = m.recent_loss.iter().copied().max().unwrap_or(pct);
                 if let Err(e) = m.session.set_expected_loss(pct) {
                     tracing::debug!(error = %e, "expected loss not applied");
+                }
+            }
+        }
+        CallEvent::TrustChanged(trust) => {
+            shared.snapshot().trust = Some(*trust);
+            if let (Trust::Verified, Some(peer)) = (trust, call.peer()) {
+                // Remembered for this phone's later calls with the same identity.
+                let mut verified = inner
+                    .verified
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !verified.contains(peer) {
+                    verified.push(*peer);
                 }
             }
         }

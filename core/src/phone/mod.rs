@@ -114,6 +114,10 @@ pub struct PhoneConfig {
     /// few round trips). Raise it when many callers share one address by design: behind a
     /// relay, or a contact centre's NAT.
     pub max_handshakes_per_source: usize,
+    /// Identities the user verified in earlier sessions (compared the SAS), as the
+    /// application saved them from [`Phone::verified_peers`]: a peer among them is
+    /// [`Trust::Verified`] from the start of a call.
+    pub verified_peers: Vec<PublicIdentity>,
 }
 
 impl std::fmt::Debug for PhoneConfig {
@@ -150,6 +154,7 @@ impl PhoneConfig {
             max_calls: 4,
             max_handshakes: 16,
             max_handshakes_per_source: 4,
+            verified_peers: Vec::new(),
         }
     }
 
@@ -288,6 +293,8 @@ pub trait CallListener: Send + Sync {
     fn stats(&self, _stats: CallStats) {}
     /// A sound device of the call was lost or switched, or its audio failed to start.
     fn audio_event(&self, _event: AudioEvent) {}
+    /// The trust in the peer's identity changed during the call (the user verified it).
+    fn trust_changed(&self, _trust: Trust) {}
 }
 
 /// What the application can read about a call at any time. Its `Debug` output leaves the SAS
@@ -300,6 +307,9 @@ pub struct CallSnapshot {
     pub sas: Option<String>,
     /// The peer's identity, once authenticated.
     pub peer: Option<PublicIdentity>,
+    /// How far the peer's identity is trusted, once authenticated; changes to
+    /// [`Trust::Verified`] when the user verifies it ([`CallHandle::mark_verified`]).
+    pub trust: Option<Trust>,
     /// Latest statistics.
     pub stats: CallStats,
     /// Media counters of this end.
@@ -316,6 +326,7 @@ impl fmt::Debug for CallSnapshot {
             .field("state", &self.state)
             .field("sas", &self.sas.as_ref().map(|_| "***"))
             .field("peer", &self.peer)
+            .field("trust", &self.trust)
             .field("stats", &self.stats)
             .field("media", &self.media)
             .field("setup_time", &self.setup_time)
@@ -413,6 +424,7 @@ impl CallHandle {
                 state: CallState::Idle,
                 sas: None,
                 peer: None,
+                trust: None,
                 stats: CallStats::default(),
                 media: MediaCounters::default(),
                 setup_time: None,
@@ -568,6 +580,25 @@ impl CallHandle {
         self.shared.snapshot().sas.clone()
     }
 
+    /// The user compared the SAS with the peer (read aloud) and it matched: the peer's
+    /// identity is trusted as verified in this call ([`CallSnapshot::trust`],
+    /// [`CallListener::trust_changed`]) and in every later call with it on this phone (see
+    /// [`Phone::verified_peers`]). Only once keys are ready ([`CallHandle::sas`] is set);
+    /// also after a key change, which the user has then checked.
+    pub fn mark_verified(&self) -> Result<(), PhoneError> {
+        let (state, keys_ready) = {
+            let snap = self.shared.snapshot();
+            (snap.state, snap.sas.is_some())
+        };
+        if !keys_ready && !state.is_ended() {
+            return Err(PhoneError::InvalidState {
+                command: Command::MarkVerified.name(),
+                state,
+            });
+        }
+        self.send(Command::MarkVerified, |_| true)
+    }
+
     /// The latest statistics.
     pub fn stats(&self) -> CallStats {
         self.shared.snapshot().stats.clone()
@@ -614,6 +645,8 @@ struct PhoneInner {
     calls: Mutex<Vec<Weak<CallShared>>>,
     /// Places for incoming connections whose caller is not authenticated yet.
     places: Arc<places::Places>,
+    /// Identities the user has verified: the configured ones and those marked since.
+    verified: Mutex<Vec<PublicIdentity>>,
 }
 
 impl PhoneInner {
@@ -731,6 +764,7 @@ impl Phone {
                     config.max_handshakes,
                     config.max_handshakes_per_source,
                 ),
+                verified: Mutex::new(config.verified_peers.clone()),
                 config,
             }),
             listening: Mutex::new(None),
@@ -788,6 +822,26 @@ impl Phone {
     /// its [`CallHandle`] and [`CallListener`]. A listening phone calls from its listening
     /// address; otherwise from an ephemeral port (on loopback for a loopback peer).
     pub fn call(&self, addr: SocketAddr) -> Result<CallHandle, PhoneError> {
+        self.dial(addr, None)
+    }
+
+    /// Places a call to a contact whose identity the application knows (pinned earlier, or
+    /// from its directory): the call is [`Trust::Verified`] if the peer at `addr` proves that
+    /// identity, and [`Trust::KeyChanged`] (with a [`SecurityEvent::KeyChanged`] to the call's
+    /// listener) if it proves another. The call is not refused: the application decides.
+    pub fn call_expecting(
+        &self,
+        addr: SocketAddr,
+        expected: PublicIdentity,
+    ) -> Result<CallHandle, PhoneError> {
+        self.dial(addr, Some(expected))
+    }
+
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PublicIdentity>,
+    ) -> Result<CallHandle, PhoneError> {
         let ep = match lock(&self.listening).as_ref() {
             Some(ep) => ep.clone(),
             None => {
@@ -816,8 +870,9 @@ impl Phone {
         }
         let inner = self.inner.clone();
         let shared = handle.shared.clone();
-        self.runtime()
-            .spawn(driver::place_call(inner, ep, addr, shared, commands));
+        self.runtime().spawn(driver::place_call(
+            inner, ep, addr, shared, commands, expected,
+        ));
         Ok(handle)
     }
 
@@ -828,6 +883,13 @@ impl Phone {
             .into_iter()
             .map(|shared| CallHandle { shared })
             .collect()
+    }
+
+    /// The identities the user has verified: those of [`PhoneConfig::verified_peers`] and
+    /// those marked with [`CallHandle::mark_verified`] since, for the application to keep
+    /// (they are not stored by the phone).
+    pub fn verified_peers(&self) -> Vec<PublicIdentity> {
+        lock(&self.inner.verified).clone()
     }
 
     /// Incoming connections refused before their caller was authenticated, because every
@@ -930,6 +992,7 @@ fn dispatch_event(shared: &CallShared, event: &CallEvent) {
         CallEvent::Dtmf { event, duration_ms } => listener.dtmf(event.to_char(), *duration_ms),
         CallEvent::Data(data) => listener.data(data.clone()),
         CallEvent::Security(ev) => listener.security_event(ev.clone()),
+        CallEvent::TrustChanged(trust) => listener.trust_changed(*trust),
         _ => {}
     }
 }
