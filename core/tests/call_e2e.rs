@@ -230,6 +230,24 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     assert_eq!(Some(sas), pair.answered.sas());
 
     std::thread::sleep(Duration::from_millis(1500));
+    // The application sees the rate actually sent: about the 32 kb/s target while talking
+    // (the test signal pauses briefly), nothing on hold. Statistics come once a second: the
+    // second report covers a second of talking.
+    std::thread::sleep(Duration::from_millis(1000));
+    let talking = pair.call.stats().send_bitrate_bps;
+    assert!(
+        (12_000..=48_000).contains(&talking),
+        "send rate {talking} b/s while talking"
+    );
+    assert_eq!(pair.call.stats().bitrate_bps, 32_000);
+    pair.call.hold().expect("hold");
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(
+        pair.call.stats().send_bitrate_bps,
+        0,
+        "nothing sent on hold"
+    );
+    pair.call.resume().expect("resume");
     pair.call.send_dtmf("12#").expect("dtmf");
     pair.call
         .send_data(b"{\"crm_ticket\":4711}".to_vec())
@@ -508,6 +526,36 @@ fn lossy_jittery_call_completes_with_concealment() {
     let repaired = heard.playout.concealed + heard.playout.fec_recovered;
     assert!(repaired > 0, "loss was concealed: {:?}", heard.playout);
     assert_eq!(heard.decrypt_failures, 0);
+    // What the application is told agrees with the path: loss near the 10 % put on it, the
+    // listener hearing no more of it than was lost, jitter from the 30 ms put on it, a
+    // measured RTT, and a MOS below that of the same call without loss.
+    let stats = pair.answered.stats();
+    assert_eq!(stats.packets_lost, heard.playout.lost);
+    assert!(
+        (3.0..=20.0).contains(&stats.loss_percent()),
+        "loss {} %: {stats:?}",
+        stats.loss_percent()
+    );
+    assert!(stats.concealed_percent() <= stats.loss_percent());
+    assert!(
+        stats.jitter_ms > 3.0,
+        "jitter {} ms under 30 ms of jitter",
+        stats.jitter_ms
+    );
+    let rtt = stats.rtt_ms.expect("rtt measured");
+    assert!(rtt > 0.0, "rtt {rtt}");
+    let clean = viska::call::CallStats {
+        packets_received: stats.packets_received,
+        rtt_ms: stats.rtt_ms,
+        bitrate_bps: stats.bitrate_bps,
+        ..Default::default()
+    };
+    assert!(
+        stats.estimate_mos(40.0) < clean.estimate_mos(40.0),
+        "MOS {} against {} without loss",
+        stats.estimate_mos(40.0),
+        clean.estimate_mos(40.0)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

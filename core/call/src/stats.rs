@@ -15,9 +15,17 @@
 //!        = 4.5                                           if R > 100
 //! ```
 //!
+//! For a call ([`CallStats::estimate_mos`]), `Ppl` is the loss the listener hears: frames
+//! played as concealment, in percent of the frames due ([`CallStats::concealed_percent`]).
+//! Frames whose packet was lost but that were rebuilt from FEC or DRED are not counted (their
+//! quality cost is small next to concealment), nor are pauses. `BurstR` stays 1: the loss
+//! pattern is not measured, so bursty loss is scored as if it were random, which G.107 rates
+//! a little better than the same loss in bursts. `Ie` is taken at the encoder's target
+//! bitrate ([`CallStats::bitrate_bps`]), not at what silence or hold actually send.
+//!
 //! G.113 does not tabulate Opus. [`CodecImpairment::opus`] uses our own assumptions, stated
 //! there: `Ie` falls with bitrate (0 at 32 kbit/s and above), and `Bpl = 25.1` (the G.113 value
-//! for G.711 with packet-loss concealment), a conservative choice for Opus PLC/FEC. The scale is
+//! for G.711 with packet-loss concealment), a conservative choice for Opus PLC. The scale is
 //! the narrowband one, so the best reachable score is about 4.4.
 
 /// Counters and measurements of one call.
@@ -28,16 +36,25 @@
 pub struct CallStats {
     /// Media packets sent.
     pub packets_sent: u64,
-    /// Media packets received and authenticated.
+    /// Media packets received and authenticated (including late ones).
     pub packets_received: u64,
-    /// Media packets never received (gaps in the counter sequence).
+    /// Media frames whose packet was not there in time to be played: lost in transit, or
+    /// arrived after its frame was played (those are also in `packets_received` and
+    /// `packets_late`). Includes frames then rebuilt from FEC or DRED; pauses (hold, DTX) are
+    /// not losses.
     pub packets_lost: u64,
+    /// Media packets that arrived after their frame was played (counted lost as well).
+    pub packets_late: u64,
     /// Interarrival jitter in milliseconds (RFC 3550 style estimate).
     pub jitter_ms: f64,
     /// Smoothed round-trip time in milliseconds, once measured.
     pub rtt_ms: Option<f64>,
-    /// Current media send bitrate in bits per second.
+    /// The encoder's target bitrate (the call's agreed media parameters), in bits per second.
     pub bitrate_bps: u32,
+    /// Opus payload actually sent over the last statistics interval (about a second; the first
+    /// interval runs from the media's start, ringing included), in bits per second: 0 while on
+    /// hold or muted, lower than the target in DTX silence.
+    pub send_bitrate_bps: u32,
     /// Frames (media and control) that failed authentication or decryption.
     pub decrypt_failures: u64,
     /// Frames replaced by packet-loss concealment.
@@ -47,26 +64,43 @@ pub struct CallStats {
 }
 
 impl CallStats {
-    /// Packet loss in percent of expected packets (received + lost); 0 with no traffic.
+    /// Frames due to be played so far: those whose packet came in time, and those lost.
+    fn frames_due(&self) -> u64 {
+        self.packets_received
+            .saturating_sub(self.packets_late)
+            .saturating_add(self.packets_lost)
+    }
+
+    /// Packet loss (lost in transit or late) in percent of the frames due; 0 with no traffic.
     pub fn loss_percent(&self) -> f64 {
-        let expected = self.packets_received.saturating_add(self.packets_lost);
-        if expected == 0 {
-            return 0.0;
-        }
-        // Precision loss only above 2^53 packets.
-        100.0 * self.packets_lost as f64 / expected as f64
+        percent(self.packets_lost, self.frames_due())
+    }
+
+    /// Frames played as concealment in percent of the frames due: the loss the listener hears
+    /// (after FEC and DRED repair); 0 with no traffic.
+    pub fn concealed_percent(&self) -> f64 {
+        percent(self.concealed_frames, self.frames_due())
     }
 
     /// The MOS estimate for these statistics: one-way delay = RTT / 2 + `extra_delay_ms`
-    /// (jitter buffer, frame and codec look-ahead), loss as measured, Opus at `bitrate_bps`.
+    /// (jitter buffer, frame and codec look-ahead), the concealed share of frames as the loss
+    /// (see the module documentation), Opus at its target `bitrate_bps`.
     pub fn estimate_mos(&self, extra_delay_ms: f64) -> f64 {
         let one_way = self.rtt_ms.unwrap_or(0.0) / 2.0 + extra_delay_ms;
         estimate_mos(
             one_way,
-            self.loss_percent(),
+            self.concealed_percent(),
             CodecImpairment::opus(self.bitrate_bps),
         )
     }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    // Precision loss only above 2^53 packets.
+    (100.0 * part as f64 / whole as f64).min(100.0)
 }
 
 /// A codec's E-model impairment values.
@@ -187,17 +221,26 @@ mod tests {
 
     #[test]
     fn stats_loss_and_mos() {
+        // 1000 frames due: 900 arrived in time, 60 never arrived, 40 arrived too late (they
+        // are in packets_received too); 70 of the 100 lost were concealed, 30 rebuilt by FEC.
         let stats = CallStats {
-            packets_received: 900,
+            packets_received: 940,
+            packets_late: 40,
             packets_lost: 100,
+            concealed_frames: 70,
+            fec_recovered: 30,
             rtt_ms: Some(60.0),
             bitrate_bps: 32_000,
             ..CallStats::default()
         };
         assert!((stats.loss_percent() - 10.0).abs() < 1e-9);
+        assert!((stats.concealed_percent() - 7.0).abs() < 1e-9);
         assert_eq!(CallStats::default().loss_percent(), 0.0);
+        assert_eq!(CallStats::default().concealed_percent(), 0.0);
+        // The MOS hears the concealed 7 %, not the 10 % of which FEC rebuilt some.
         let mos = stats.estimate_mos(50.0);
-        assert!((mos - estimate_mos(80.0, 10.0, OPUS)).abs() < 1e-9);
+        assert!((mos - estimate_mos(80.0, 7.0, OPUS)).abs() < 1e-9);
+        assert!(mos > estimate_mos(80.0, 10.0, OPUS));
         assert!(mos < CallStats::default().estimate_mos(50.0));
     }
 }

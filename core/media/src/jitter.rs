@@ -46,7 +46,9 @@
 //! * A missing frame with later packets buffered is a loss ([`Next::Conceal`] or
 //!   [`Next::RecoverFec`]). A missing frame with nothing buffered ([`Next::Gap`]) may be a
 //!   loss, a stall or a DTX pause: it is counted when the next packet arrives, as lost unless
-//!   that packet starts a new talkspurt.
+//!   that packet starts a new talkspurt. So is a jump past the ring (the peer held the call
+//!   while this end played nothing from the buffer): a pause if the packet is marked, else
+//!   losses.
 //! * A sequence number far outside the window (further back than the capacity, or further
 //!   ahead than the resync distance) is a sender restart: the buffer is flushed and starts
 //!   again ([`PushOutcome::Resynced`]). [`JitterBuffer::reset`] does the same on request (key
@@ -630,7 +632,14 @@ impl JitterBuffer {
             let jumped = new_next - self.next_seq;
             let dropped = self.discard_below(new_next);
             self.stats.overflow_dropped += dropped as u64;
-            self.stats.lost += jumped.saturating_sub(dropped as u64);
+            let missing = jumped.saturating_sub(dropped as u64);
+            if meta.marker {
+                // A new talkspurt after a long pause (hold, mute, DTX while the receiver was
+                // not playing): the frames never sent are silence, not losses.
+                self.stats.dtx_frames += missing;
+            } else {
+                self.stats.lost += missing;
+            }
             self.shift_played(jumped, false);
             self.next_seq = new_next;
             outcome = PushOutcome::Overflow { dropped };

@@ -563,6 +563,41 @@ fn sender_restart_resynchronises() {
     assert!(buffer.stats().late <= 2);
 }
 
+/// A peer on hold for two seconds sends nothing and the receiver plays nothing from its buffer
+/// meanwhile; the first packet after the hold jumps past the buffer's ring. Marked as a new
+/// talkspurt, the skipped frames are a pause; unmarked (an outage), they are losses.
+#[test]
+fn a_jump_past_the_ring_after_a_hold_is_a_pause_not_loss() {
+    for marker in [true, false] {
+        let epoch = Instant::now();
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let mut buffer = JitterBuffer::new(quick_start()).expect("config");
+        for seq in 0..5u64 {
+            let outcome = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
+            assert_eq!(outcome, PushOutcome::Accepted);
+            let _ = buffer.pop(at(seq * 20 + 10));
+        }
+        let resumed = 5 + 110;
+        let capacity = JitterConfig::default().capacity_frames as u64;
+        assert!(
+            110 > capacity,
+            "the jump must pass the ring ({capacity} frames)"
+        );
+        let outcome = buffer.push(at(2_300), resumed, &payload(resumed), PushMeta { marker });
+        assert!(
+            matches!(outcome, PushOutcome::Overflow { .. }),
+            "{outcome:?}"
+        );
+        let stats = buffer.stats();
+        if marker {
+            assert_eq!(stats.lost, 0, "{stats:?}");
+            assert!(stats.dtx_frames >= 100, "{stats:?}");
+        } else {
+            assert!(stats.lost >= 100, "{stats:?}");
+        }
+    }
+}
+
 #[test]
 fn a_far_jump_ahead_resynchronises() {
     let epoch = Instant::now();

@@ -267,6 +267,8 @@ struct CallSetup {
 }
 
 struct MediaEnds {
+    /// When the media opened (the start of the first send-rate interval).
+    opened: Instant,
     /// The SFrame key id of what we send and of what we receive (latency probe keys).
     send_stream: u64,
     recv_stream: u64,
@@ -410,6 +412,8 @@ async fn run_call(
     let mut pcm_in: Vec<i16> = Vec::new();
     let mut pcm_out: Vec<i16> = Vec::new();
     let mut last_stats = Instant::now();
+    // (when, Opus bytes sent) at the last statistics report, for the send rate.
+    let mut last_sent: Option<(Instant, u64)> = None;
     let mut stream_open = true;
     // Whether the connection still carries media (false once quinn reports it gone).
     let mut connected = true;
@@ -728,7 +732,7 @@ async fn run_call(
         }
         if now.duration_since(last_stats) >= Duration::from_secs(1) {
             last_stats = now;
-            publish_stats(&shared, &call, &conn, media.as_ref());
+            publish_stats(&shared, &call, &conn, media.as_ref(), &mut last_sent);
             if let (Some(m), true) = (media.as_mut(), direction.1) {
                 let report = m.reception_report();
                 if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
@@ -741,7 +745,7 @@ async fn run_call(
     if let Some(reason) = lost {
         set_state(&shared, CallState::Ended(reason));
     }
-    publish_stats(&shared, &call, &conn, media.as_ref());
+    publish_stats(&shared, &call, &conn, media.as_ref(), &mut last_sent);
     if let Some(m) = media.as_mut() {
         // A device switch under way has the real end point: wait for it (bounded), so the
         // sink below is the one that gets finished.
@@ -974,6 +978,7 @@ async fn open_media(
                     .ok()
             });
             *media = Some(MediaEnds {
+                opened: Instant::now(),
                 send_stream: keys.media_send.key_id.0,
                 recv_stream: keys.media_recv.key_id.0,
                 last_sent: Vec::with_capacity(MAX_DATAGRAM),
@@ -1251,6 +1256,7 @@ fn publish_stats(
     call: &Call,
     conn: &PeerConnection,
     media: Option<&MediaEnds>,
+    last_sent: &mut Option<(Instant, u64)>,
 ) {
     let mut stats = call.stats();
     if stats.rtt_ms.is_none() {
@@ -1260,6 +1266,22 @@ fn publish_stats(
     stats.packets_sent = counters.frames_sent;
     stats.packets_received = counters.frames_received;
     stats.packets_lost = counters.playout.lost;
+    stats.packets_late = counters.playout.late;
+    // What was sent since the last report (the first: since the media opened), as a rate:
+    // 0 on hold or muted.
+    let now = Instant::now();
+    let since = last_sent.or_else(|| media.map(|m| (m.opened, 0)));
+    if let Some((at, bytes)) = since {
+        let secs = now.saturating_duration_since(at).as_secs_f64();
+        if secs > 0.0 {
+            let bits = counters.opus_bytes_sent.saturating_sub(bytes) as f64 * 8.0;
+            // Saturating float-to-int conversion; a rate above 4 Gbit/s is not a call.
+            stats.send_bitrate_bps = (bits / secs).round() as u32;
+        }
+    }
+    if media.is_some() {
+        *last_sent = Some((now, counters.opus_bytes_sent));
+    }
     stats.jitter_ms = counters.playout.jitter.as_secs_f64() * 1000.0;
     stats.decrypt_failures += counters.decrypt_failures;
     stats.concealed_frames = counters.playout.concealed;
