@@ -118,7 +118,9 @@ impl LossModel {
     /// model), so a burst is a stay in the bad state: its length is geometric with mean
     /// `1 / p_bad_to_good`, and the stationary share of the bad state,
     /// `p_good_to_bad / (p_good_to_bad + p_bad_to_good)`, is the mean loss.
-    /// `mean_burst_len = 1` gives independent-looking isolated losses.
+    /// `mean_burst_len = 1` makes every loss an isolated one (`p_bad_to_good = 1`: a lost packet
+    /// is always followed by a delivered one), which is not the same as independent loss; use
+    /// [`ImpairmentConfig::simple`] for that.
     ///
     /// # Errors
     /// [`ConfigError::PercentOutOfRange`], [`ConfigError::BurstTooShort`], or

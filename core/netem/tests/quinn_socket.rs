@@ -194,13 +194,14 @@ async fn delay_shows_in_round_trip_time() {
     .await
     .expect("in time");
     eprintln!("RTT without delay {baseline:?}, with 30 ms + 20 ms delay {impaired:?}");
-    // 30 ms out plus 20 ms back.
+    // 30 ms out plus 20 ms back: never less. The bound above only catches a delay applied
+    // twice (100 ms more); it is loose so that a loaded machine's scheduling cannot fail it.
     assert!(
-        baseline < Duration::from_millis(20),
-        "baseline {baseline:?}"
+        impaired >= Duration::from_millis(50),
+        "impaired {impaired:?}, baseline {baseline:?}"
     );
     assert!(
-        impaired >= Duration::from_millis(50) && impaired < Duration::from_millis(80),
+        impaired < baseline + Duration::from_millis(100),
         "impaired {impaired:?}, baseline {baseline:?}"
     );
 }
