@@ -73,7 +73,7 @@ impl PhoneListener for AutoAnswer {
 
 #[derive(Default)]
 struct Recorder {
-    dtmf: Mutex<Vec<char>>,
+    dtmf: Mutex<Vec<(char, u16)>>,
     data: Mutex<Vec<Vec<u8>>>,
     states: Mutex<Vec<CallState>>,
     audio: Mutex<Vec<AudioEvent>>,
@@ -87,8 +87,8 @@ impl CallListener for Recorder {
     fn audio_event(&self, event: AudioEvent) {
         self.audio.lock().expect("lock").push(event);
     }
-    fn dtmf(&self, digit: char, _duration_ms: u16) {
-        self.dtmf.lock().expect("lock").push(digit);
+    fn dtmf(&self, digit: char, duration_ms: u16) {
+        self.dtmf.lock().expect("lock").push((digit, duration_ms));
     }
     fn data(&self, data: Vec<u8>) {
         self.data.lock().expect("lock").push(data);
@@ -248,7 +248,17 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
         "nothing sent on hold"
     );
     pair.call.resume().expect("resume");
-    pair.call.send_dtmf("12#").expect("dtmf");
+    pair.call.send_dtmf("12").expect("dtmf");
+    // A long press; tones too short to recognise, or longer than the wire carries, are refused.
+    pair.call
+        .send_dtmf_with_duration("#", Duration::from_secs(2))
+        .expect("long press");
+    for bad in [Duration::from_millis(39), Duration::from_secs(66)] {
+        assert!(matches!(
+            pair.call.send_dtmf_with_duration("1", bad),
+            Err(PhoneError::InvalidConfig(_))
+        ));
+    }
     pair.call
         .send_data(b"{\"crm_ticket\":4711}".to_vec())
         .expect("data");
@@ -267,7 +277,10 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     assert_eq!(sent.decrypt_failures, 0);
     // The callee reported a clean path: the caller spends nothing on FEC any more.
     assert_eq!(sent.fec_expected_loss_pct, 0);
-    assert_eq!(*recorder.dtmf.lock().expect("lock"), vec!['1', '2', '#']);
+    assert_eq!(
+        *recorder.dtmf.lock().expect("lock"),
+        vec![('1', 100), ('2', 100), ('#', 2000)]
+    );
     assert_eq!(
         *recorder.data.lock().expect("lock"),
         vec![b"{\"crm_ticket\":4711}".to_vec()]
@@ -347,7 +360,7 @@ fn malformed_signaling_is_counted_and_broken_framing_ends_the_call() {
     while recorder.dtmf.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(*recorder.dtmf.lock().expect("lock"), vec!['5']);
+    assert_eq!(*recorder.dtmf.lock().expect("lock"), vec![('5', 100)]);
     let counted = pair.answered.snapshot().signaling;
     assert_eq!(counted.malformed, 1, "{counted:?}");
     assert_eq!(counted.skipped_unknown, 1, "{counted:?}");

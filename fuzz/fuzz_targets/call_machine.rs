@@ -54,6 +54,7 @@ enum FuzzCommand {
     Resume,
     Mute(bool),
     SendDtmf(String),
+    SendDtmfTones(String, u16),
     SendData(Vec<u8>),
     MarkVerified,
 }
@@ -71,6 +72,10 @@ impl From<FuzzCommand> for Command {
             FuzzCommand::Resume => Command::Resume,
             FuzzCommand::Mute(mute) => Command::Mute(mute),
             FuzzCommand::SendDtmf(digits) => Command::SendDtmf(digits),
+            FuzzCommand::SendDtmfTones(digits, duration_ms) => Command::SendDtmfTones {
+                digits,
+                duration_ms,
+            },
             FuzzCommand::SendData(data) => Command::SendData(data),
             FuzzCommand::MarkVerified => Command::MarkVerified,
         }

@@ -407,14 +407,34 @@ impl Call {
                 });
                 Ok(())
             }
-            (Command::SendDtmf(digits), CallState::Active { .. }, _) => {
+            (
+                Command::SendDtmf(digits)
+                | Command::SendDtmfTones {
+                    digits,
+                    duration_ms: _,
+                },
+                CallState::Active { .. },
+                _,
+            ) => {
+                let duration_ms = match command {
+                    Command::SendDtmfTones { duration_ms, .. } => duration_ms,
+                    _ => DEFAULT_DTMF_DURATION_MS,
+                };
+                // Checked before anything is sent: a bad command sends nothing at all.
+                let control = |event| ControlMessage::Dtmf {
+                    event,
+                    duration_ms,
+                    volume: DEFAULT_DTMF_VOLUME,
+                };
                 let events = DtmfEvent::parse_digits(digits).map_err(CallError::InvalidControl)?;
+                if let Some(first) = events.first() {
+                    // Encoding checks the fields (a zero duration is malformed on the wire).
+                    control(*first)
+                        .to_bytes()
+                        .map_err(CallError::InvalidControl)?;
+                }
                 for event in events {
-                    self.send_control(&ControlMessage::Dtmf {
-                        event,
-                        duration_ms: DEFAULT_DTMF_DURATION_MS,
-                        volume: DEFAULT_DTMF_VOLUME,
-                    })?;
+                    self.send_control(&control(event))?;
                 }
                 Ok(())
             }

@@ -217,8 +217,17 @@ pub enum Command {
         /// Interarrival jitter in milliseconds.
         jitter_ms: u16,
     },
-    /// Send DTMF keys (`0-9 * # A-D`), one encrypted message per key (in `Active`).
+    /// Send DTMF keys (`0-9 * # A-D`), one encrypted message per key (in `Active`), each a
+    /// 100 ms tone.
     SendDtmf(String),
+    /// Like [`Command::SendDtmf`], each key held for `duration_ms` (1..=65535; a long press,
+    /// or the tone length an IVR on the far side expects).
+    SendDtmfTones {
+        /// The keys.
+        digits: String,
+        /// How long each key is held, in milliseconds.
+        duration_ms: u16,
+    },
     /// Send opaque call data end-to-end encrypted (once keys are ready, until the call ends).
     SendData(Vec<u8>),
     /// The user compared the SAS with the peer and it matched: the peer's identity is
@@ -241,6 +250,7 @@ impl Command {
             Self::Resume => "Resume",
             Self::Mute(_) => "Mute",
             Self::SendDtmf(_) => "SendDtmf",
+            Self::SendDtmfTones { .. } => "SendDtmfTones",
             Self::SendReceptionReport { .. } => "SendReceptionReport",
             Self::SendData(_) => "SendData",
             Self::MarkVerified => "MarkVerified",

@@ -54,7 +54,7 @@ fn receive(sides: &mut [Side; 2], to: usize, bytes: &[u8], now: Instant) {
 }
 
 fn random_command(rng: &mut StdRng) -> Command {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..11) {
         0 => Command::Dial,
         1 => Command::Answer,
         2 => Command::Reject,
@@ -66,6 +66,10 @@ fn random_command(rng: &mut StdRng) -> Command {
         8 => Command::SendDtmf(
             ["1", "#*", "12x", "", "ABCD", "9 9"][rng.random_range(0..6)].to_string(),
         ),
+        9 => Command::SendDtmfTones {
+            digits: ["1", "#*", "12x", ""][rng.random_range(0..4)].to_string(),
+            duration_ms: [0, 1, 40, 2000, u16::MAX][rng.random_range(0..5)],
+        },
         _ => Command::SendData(vec![7; rng.random_range(0..5000)]),
     }
 }

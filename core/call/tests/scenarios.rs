@@ -676,6 +676,40 @@ fn dtmf_is_delivered_end_to_end_encrypted() {
         Err(CallError::InvalidControl(_))
     ));
     assert_eq!(h.peers[CALLER].sent.len(), sent_before);
+
+    // A long press: the key's whole duration travels in its one message.
+    h.take_events(CALLEE);
+    h.command(
+        CALLER,
+        Command::SendDtmfTones {
+            digits: "#0".into(),
+            duration_ms: 2000,
+        },
+    )
+    .unwrap();
+    h.settle();
+    let tones: Vec<(char, u16)> = h
+        .take_events(CALLEE)
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::Dtmf { event, duration_ms } => Some((event.to_char(), *duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tones, vec![('#', 2000), ('0', 2000)]);
+    // A zero duration is malformed on the wire: refused, nothing sent.
+    let sent_before = h.peers[CALLER].sent.len();
+    assert!(matches!(
+        h.command(
+            CALLER,
+            Command::SendDtmfTones {
+                digits: "1".into(),
+                duration_ms: 0
+            }
+        ),
+        Err(CallError::InvalidControl(_))
+    ));
+    assert_eq!(h.peers[CALLER].sent.len(), sent_before);
 }
 
 #[test]

@@ -518,13 +518,41 @@ impl CallHandle {
         })
     }
 
-    /// Sends DTMF digits (`0-9`, `*`, `#`, `A-D`), end-to-end encrypted.
+    /// Sends DTMF digits (`0-9`, `*`, `#`, `A-D`), end-to-end encrypted, each a 100 ms key
+    /// press.
     pub fn send_dtmf(&self, digits: &str) -> Result<(), PhoneError> {
         viska_proto::DtmfEvent::parse_digits(digits)
             .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
         self.send(Command::SendDtmf(digits.to_owned()), |s| {
             matches!(s, CallState::Active { .. })
         })
+    }
+
+    /// Sends DTMF digits each held for `duration`: a long press, or the tone length a far-end
+    /// IVR expects. `duration` must be 40 ms to 65.535 s (shorter tones are not reliably
+    /// recognised by DTMF receivers; the wire carries milliseconds in 16 bits).
+    pub fn send_dtmf_with_duration(
+        &self,
+        digits: &str,
+        duration: Duration,
+    ) -> Result<(), PhoneError> {
+        viska_proto::DtmfEvent::parse_digits(digits)
+            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        let duration_ms = u16::try_from(duration.as_millis())
+            .ok()
+            .filter(|ms| *ms >= 40)
+            .ok_or_else(|| {
+                PhoneError::InvalidConfig(format!(
+                    "DTMF duration {duration:?} is outside 40 ms..=65535 ms"
+                ))
+            })?;
+        self.send(
+            Command::SendDtmfTones {
+                digits: digits.to_owned(),
+                duration_ms,
+            },
+            |s| matches!(s, CallState::Active { .. }),
+        )
     }
 
     /// Sends opaque call data (CTI payloads), end-to-end encrypted.
