@@ -1173,3 +1173,119 @@ fn a_verified_peer_stays_verified_and_an_expected_identity_is_checked() {
     call.hangup().expect("hangup");
     assert!(call.wait_ended(Duration::from_secs(5)));
 }
+
+/// A microphone-like source (a clock of its own) that counts its reads.
+struct CountingMic(Arc<std::sync::atomic::AtomicU64>);
+
+impl viska::media::audio::AudioSource for CountingMic {
+    fn read_frame(
+        &mut self,
+        out: &mut [i16],
+    ) -> Result<viska::media::audio::SourceStatus, viska::media::audio::AudioIoError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for (i, s) in out.iter_mut().enumerate() {
+            *s = if i % 48 < 24 { 3000 } else { -3000 };
+        }
+        Ok(viska::media::audio::SourceStatus::Audio)
+    }
+}
+
+struct CountingMicFactory(Arc<std::sync::atomic::AtomicU64>);
+
+impl viska::phone::AudioFactory for CountingMicFactory {
+    fn open_source(
+        &self,
+        _frame_samples: usize,
+    ) -> Result<Box<dyn viska::media::audio::AudioSource>, viska::media::audio::AudioIoError> {
+        Ok(Box::new(CountingMic(self.0.clone())))
+    }
+    fn open_sink(
+        &self,
+        _frame_samples: usize,
+    ) -> Result<Box<dyn AudioSink>, viska::media::audio::AudioIoError> {
+        Ok(Box::new(viska::phone::DiscardSink))
+    }
+}
+
+/// On hold a microphone is still drained at its own pace (what it captures is thrown away):
+/// left unread it would back up, and the first frames after the resume would carry what the
+/// agent said just after pressing hold.
+#[test]
+fn a_microphone_is_drained_on_hold_and_nothing_is_sent() {
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let callee = listening_callee(PhoneConfig::new("mic-callee", generate_identity()));
+    let mut config = PhoneConfig::new("mic-caller", generate_identity());
+    config.audio = Arc::new(CountingMicFactory(reads.clone()));
+    let caller = Phone::new(config).expect("caller");
+    let call = caller.call(callee.addr).expect("call");
+    wait_active(&call);
+    std::thread::sleep(Duration::from_millis(300));
+    call.hold().expect("hold");
+    // Counters reach the snapshot once a second: the next one is taken on hold.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (reads_before, sent_before) = (
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        call.snapshot().media.frames_sent,
+    );
+    assert!(sent_before > 0, "frames were sent before the hold");
+    std::thread::sleep(Duration::from_millis(1200));
+    let read_on_hold = reads.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    // 60 frame periods; a loaded machine may run a few late.
+    assert!(read_on_hold >= 30, "{read_on_hold} reads in 1.2 s on hold");
+    assert_eq!(
+        call.snapshot().media.frames_sent,
+        sent_before,
+        "nothing sent on hold"
+    );
+    call.hangup().expect("hangup");
+    assert!(call.wait_ended(Duration::from_secs(5)));
+}
+
+/// A call listener that blocks the phone's thread once, as a badly written application (or
+/// a frozen process) would.
+struct BlocksOnce {
+    blocked: std::sync::atomic::AtomicBool,
+    for_how_long: Duration,
+}
+
+impl CallListener for BlocksOnce {
+    fn stats(&self, _stats: viska::call::CallStats) {
+        if !self.blocked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(self.for_how_long);
+        }
+    }
+}
+
+/// After the caller's thread stalled for 1.5 s, it does not send the missed frames in a burst
+/// (the callee, which played on, would get them all too late): it skips ahead, and the callee
+/// takes the gap as a pause.
+#[test]
+fn a_stalled_phone_skips_ahead_instead_of_sending_a_burst() {
+    let dir = temp_dir("stall");
+    let pair = connect(&dir, None);
+    std::thread::sleep(Duration::from_millis(300));
+    pair.call.set_listener(Arc::new(BlocksOnce {
+        blocked: std::sync::atomic::AtomicBool::new(false),
+        for_how_long: Duration::from_millis(1500),
+    }));
+    // The first statistics report (about a second into the call) blocks; then two more
+    // seconds of call.
+    std::thread::sleep(Duration::from_millis(3500));
+    hang_up(&pair);
+    let sent = pair.call.snapshot().media;
+    let heard = pair.answered.snapshot().media;
+    assert!(
+        sent.frames_skipped >= 60,
+        "the stall's periods were skipped: {sent:?}"
+    );
+    // Before, the 75 missed frames came in one burst: the callee's buffer overflowed and
+    // resynchronised (44 frames dropped) and then sat at its 400 ms maximum delay.
+    assert!(
+        heard.playout.late + heard.refused_by_buffer + heard.playout.overflow_dropped <= 5,
+        "late or dropped at the callee: {:?}",
+        heard.playout
+    );
+    assert_eq!(heard.playout.resyncs, 0, "{:?}", heard.playout);
+    assert_eq!(heard.decrypt_failures, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -49,9 +49,15 @@
 //!   that packet starts a new talkspurt. So is a jump past the ring (the peer held the call
 //!   while this end played nothing from the buffer): a pause if the packet is marked, else
 //!   losses.
-//! * A sequence number far outside the window (further back than the capacity, or further
-//!   ahead than the resync distance) is a sender restart: the buffer is flushed and starts
-//!   again ([`PushOutcome::Resynced`]). [`JitterBuffer::reset`] does the same on request (key
+//! * A sequence number far outside the window (further back than the capacity behind both the
+//!   playout position and the newest packet received, or further ahead than the resync
+//!   distance without the talkspurt marker) is a sender restart: the buffer is flushed and
+//!   starts again ([`PushOutcome::Resynced`]). A packet far behind the position but newer
+//!   than anything received was held up by a stall: it is late. A marked packet far ahead
+//!   is a talkspurt after a long pause (a hold of minutes): the position jumps to it and
+//!   what the buffer learned of the path is kept. A marked packet behind the position with
+//!   nothing buffered moves the position back to it (the receiver's clock ran ahead during a
+//!   pause). [`JitterBuffer::reset`] does the same on request (key
 //!   change).
 //! * Sender clock drift moves the base and so the current delay; the caller's adjustments
 //!   (or the talkspurt rule) bring it back to the target.
@@ -496,8 +502,11 @@ impl JitterBuffer {
     /// Flushes everything and waits for a new stream (after a key change or sender restart).
     /// Counters are kept.
     pub fn reset(&mut self) {
-        self.stats.overflow_dropped += self.flush() as u64;
-        self.stats.resyncs += 1;
+        self.stats.overflow_dropped = self
+            .stats
+            .overflow_dropped
+            .saturating_add(self.flush() as u64);
+        self.stats.resyncs = self.stats.resyncs.saturating_add(1);
         self.restart_state();
     }
 
@@ -559,10 +568,10 @@ impl JitterBuffer {
 
     /// Stores a packet that arrived at `now`.
     pub fn push(&mut self, now: Instant, seq: u64, payload: &[u8], meta: PushMeta) -> PushOutcome {
-        self.stats.received += 1;
+        self.stats.received = self.stats.received.saturating_add(1);
         self.epoch.get_or_insert(now);
         if payload.is_empty() || payload.len() > self.config.slot_bytes {
-            self.stats.oversized += 1;
+            self.stats.oversized = self.stats.oversized.saturating_add(1);
             return PushOutcome::Oversized;
         }
         let t = self.micros(now);
@@ -579,13 +588,21 @@ impl JitterBuffer {
             return PushOutcome::Accepted;
         }
 
-        // Sequence discontinuity: far behind the window or far ahead of it.
-        let far_behind = seq < self.next_seq && self.next_seq - seq > capacity;
+        // Sequence discontinuity: far behind the window or far ahead of it. Far behind means
+        // behind what was received too: a packet newer than anything received, behind only
+        // because playout went on while nothing came (the sender or the network stalled), is
+        // late, not the start of a new stream.
+        let far_behind = seq < self.next_seq
+            && self.next_seq - seq > capacity
+            && seq.saturating_add(capacity) < self.highest;
         let far_ahead = seq > self.next_seq && seq - self.next_seq > resync_ahead;
-        if far_behind || far_ahead {
+        // A marked packet far ahead is a talkspurt after a long pause (a hold of minutes), not
+        // a restart: it takes the jump below and the buffer keeps what it learned of the path.
+        if far_behind || (far_ahead && !meta.marker) {
             let dropped = self.flush();
-            self.stats.overflow_dropped += dropped as u64;
-            self.stats.resyncs += 1;
+            self.stats.overflow_dropped =
+                self.stats.overflow_dropped.saturating_add(dropped as u64);
+            self.stats.resyncs = self.stats.resyncs.saturating_add(1);
             self.restart_state();
             self.anchor(now, seq);
             self.record_arrival(t, seq);
@@ -598,12 +615,33 @@ impl JitterBuffer {
                 // Reordered before playout started: move the start back to it.
                 self.next_seq = seq;
             } else {
-                let back = self.next_seq - seq - 1;
+                let behind = self.next_seq - seq;
+                let none_played = behind <= 128 && self.played & (u128::MAX >> (128 - behind)) == 0;
+                if meta.marker && self.count == 0 && none_played {
+                    // A talkspurt that starts behind the playout position with nothing
+                    // buffered: this end's clock ran ahead of the sender's during a pause
+                    // (drift over a long mute or hold), or the talkspurt's first packet came
+                    // after its slot was given up. The position moves back to it rather than
+                    // refuse the talkspurt's first words as late; the gaps handed out for
+                    // those frames were a pause, and are now played instead.
+                    self.settle_gaps(true);
+                    self.stats.dtx_frames = self.stats.dtx_frames.saturating_sub(behind);
+                    (self.played, self.gapped) = if behind >= 128 {
+                        (0, 0)
+                    } else {
+                        (self.played >> behind, self.gapped >> behind)
+                    };
+                    self.next_seq = seq;
+                    self.record_arrival(t, seq);
+                    self.store(seq, payload, true);
+                    return PushOutcome::Accepted;
+                }
+                let back = behind - 1;
                 let played = back < 128 && (self.played >> back) & 1 == 1;
                 let gapped = back < 128 && (self.gapped >> back) & 1 == 1;
                 self.settle_gaps(meta.marker);
                 if played {
-                    self.stats.duplicate += 1;
+                    self.stats.duplicate = self.stats.duplicate.saturating_add(1);
                     return PushOutcome::Duplicate;
                 }
                 if gapped {
@@ -611,14 +649,14 @@ impl JitterBuffer {
                     // network stalls rather than drops, so waiting would have saved it.
                     self.last_stall_us = Some(t);
                 }
-                self.stats.late += 1;
+                self.stats.late = self.stats.late.saturating_add(1);
                 self.record_arrival(t, seq);
                 return PushOutcome::TooLate;
             }
         }
 
         if self.slot(seq).is_some() {
-            self.stats.duplicate += 1;
+            self.stats.duplicate = self.stats.duplicate.saturating_add(1);
             return PushOutcome::Duplicate;
         }
 
@@ -631,14 +669,15 @@ impl JitterBuffer {
             let new_next = seq - keep;
             let jumped = new_next - self.next_seq;
             let dropped = self.discard_below(new_next);
-            self.stats.overflow_dropped += dropped as u64;
+            self.stats.overflow_dropped =
+                self.stats.overflow_dropped.saturating_add(dropped as u64);
             let missing = jumped.saturating_sub(dropped as u64);
             if meta.marker {
                 // A new talkspurt after a long pause (hold, mute, DTX while the receiver was
                 // not playing): the frames never sent are silence, not losses.
-                self.stats.dtx_frames += missing;
+                self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(missing);
             } else {
-                self.stats.lost += missing;
+                self.stats.lost = self.stats.lost.saturating_add(missing);
             }
             self.shift_played(jumped, false);
             self.next_seq = new_next;
@@ -674,10 +713,10 @@ impl JitterBuffer {
                 None => {
                     if self.should_wait(t) {
                         self.episode_waits += 1;
-                        self.stats.waits += 1;
+                        self.stats.waits = self.stats.waits.saturating_add(1);
                         return Next::Wait;
                     }
-                    self.stats.unsettled_gaps += 1;
+                    self.stats.unsettled_gaps = self.stats.unsettled_gaps.saturating_add(1);
                     self.advance(false);
                     self.gapped |= 1;
                     return Next::Gap;
@@ -690,23 +729,24 @@ impl JitterBuffer {
                     let above = ((current - target) / self.frame_us.max(1)).max(0) as u64;
                     let skip = above.min(first_seq - self.next_seq);
                     if skip > 0 {
-                        self.stats.skipped_silence += skip;
-                        self.stats.dtx_frames += skip;
+                        self.stats.skipped_silence =
+                            self.stats.skipped_silence.saturating_add(skip);
+                        self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(skip);
                         self.shift_played(skip, false);
                         self.next_seq += skip;
                     }
                     if self.next_seq != first_seq {
                         if self.current_us(t) + self.frame_us <= target {
-                            self.stats.waits += 1;
+                            self.stats.waits = self.stats.waits.saturating_add(1);
                             return Next::Wait;
                         }
-                        self.stats.dtx_frames += 1;
+                        self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(1);
                         self.advance(false);
                         return Next::Gap;
                     }
                 }
                 Some((first_seq, false)) => {
-                    self.stats.lost += 1;
+                    self.stats.lost = self.stats.lost.saturating_add(1);
                     self.advance(false);
                     if first_seq == self.next_seq {
                         return match self.slot(first_seq) {
@@ -787,10 +827,10 @@ impl JitterBuffer {
             return;
         }
         if marker {
-            self.stats.dtx_frames += gaps;
+            self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(gaps);
         } else {
-            self.stats.lost += gaps;
-            self.stats.lost_in_gaps += gaps;
+            self.stats.lost = self.stats.lost.saturating_add(gaps);
+            self.stats.lost_in_gaps = self.stats.lost_in_gaps.saturating_add(gaps);
         }
     }
 
@@ -825,7 +865,7 @@ impl JitterBuffer {
         slot.marker = marker;
         slot.filled = true;
         self.highest = self.highest.max(seq);
-        self.stats.accepted += 1;
+        self.stats.accepted = self.stats.accepted.saturating_add(1);
     }
 
     fn advance(&mut self, played: bool) {

@@ -598,6 +598,117 @@ fn a_jump_past_the_ring_after_a_hold_is_a_pause_not_loss() {
     }
 }
 
+/// A hold of minutes lands the first packet after it past the resync distance. Marked, it is a
+/// talkspurt after a pause, not a sender restart: no resync, no loss, and the delay the
+/// buffer learned from the path's jitter before the hold is kept.
+#[test]
+fn a_long_hold_keeps_what_the_buffer_learned() {
+    let epoch = Instant::now();
+    let at = |ms: u64| epoch + Duration::from_millis(ms);
+    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
+    // Two seconds of 0-60 ms jitter raise the target.
+    let mut rng = Rng(5);
+    for seq in 0..100u64 {
+        let delay = (rng.unit() * 60.0) as u64;
+        let _ = buffer.push(
+            at(seq * 20 + delay),
+            seq,
+            &payload(seq),
+            PushMeta::default(),
+        );
+        let _ = buffer.pop(at(seq * 20 + 61));
+    }
+    let learned = buffer.target_delay(at(2_000));
+    assert!(learned >= Duration::from_millis(40), "target {learned:?}");
+    // A 2-minute hold (6000 frames), nothing popped, then the marked resume.
+    let resumed = 100 + 6_000;
+    let outcome = buffer.push(
+        at(122_000),
+        resumed,
+        &payload(resumed),
+        PushMeta { marker: true },
+    );
+    assert!(
+        matches!(outcome, PushOutcome::Overflow { .. }),
+        "{outcome:?}"
+    );
+    let stats = buffer.stats();
+    assert_eq!(stats.resyncs, 0, "{stats:?}");
+    let lost_before_hold = stats.lost;
+    assert!(lost_before_hold <= 5, "{stats:?}");
+    assert!(
+        buffer.target_delay(at(122_000)) >= learned / 2,
+        "target {:?} after the hold, {learned:?} before",
+        buffer.target_delay(at(122_000))
+    );
+}
+
+/// During a long pause this end's clock ran ahead of the sender's: the marked first packet of
+/// the next talkspurt arrives behind the playout position with nothing buffered. It plays,
+/// with the rest of the talkspurt, instead of being refused as late.
+#[test]
+fn a_talkspurt_behind_the_position_after_a_pause_plays() {
+    let epoch = Instant::now();
+    let at = |ms: u64| epoch + Duration::from_millis(ms);
+    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
+    for seq in 0..10u64 {
+        let _ = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
+        let _ = buffer.pop(at(seq * 20 + 25));
+    }
+    // A pause: this end keeps popping gaps, 520 periods where the sender's clock (slower)
+    // only counted 500 frames.
+    for tick in 10..530u64 {
+        let _ = buffer.pop(at(tick * 20 + 25));
+    }
+    let resumed = 510u64;
+    assert!(buffer.next_seq() > resumed, "the position ran ahead");
+    let outcome = buffer.push(
+        at(530 * 20),
+        resumed,
+        &payload(resumed),
+        PushMeta { marker: true },
+    );
+    assert_eq!(outcome, PushOutcome::Accepted);
+    assert_eq!(
+        buffer.pop(at(530 * 20 + 5)),
+        Next::Packet(&payload(resumed))
+    );
+    for seq in resumed + 1..resumed + 5 {
+        let t = seq * 20 + 400;
+        assert_eq!(
+            buffer.push(at(t), seq, &payload(seq), PushMeta::default()),
+            PushOutcome::Accepted
+        );
+    }
+    let stats = buffer.stats();
+    assert_eq!((stats.late, stats.lost), (0, 0), "{stats:?}");
+}
+
+/// The network (or the sender) stalls for 1.5 s while this end plays on: packets newer than
+/// anything received arrive far behind the playout position. They are late, and the buffer
+/// does not mistake them for a restarted stream (a flush would also drop the fresh ones).
+#[test]
+fn packets_held_up_by_a_stall_are_late_not_a_restart() {
+    let epoch = Instant::now();
+    let at = |ms: u64| epoch + Duration::from_millis(ms);
+    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
+    for seq in 0..20u64 {
+        let _ = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
+        let _ = buffer.pop(at(seq * 20 + 25));
+    }
+    for tick in 20..95u64 {
+        let _ = buffer.pop(at(tick * 20 + 25));
+    }
+    let held_up = 20u64;
+    assert!(buffer.next_seq() > held_up + 64, "past the ring");
+    assert_eq!(
+        buffer.push(at(1_900), held_up, &payload(held_up), PushMeta::default()),
+        PushOutcome::TooLate
+    );
+    let stats = buffer.stats();
+    assert_eq!((stats.resyncs, stats.late), (0, 1), "{stats:?}");
+}
+
 #[test]
 fn a_far_jump_ahead_resynchronises() {
     let epoch = Instant::now();

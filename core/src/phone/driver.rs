@@ -49,6 +49,9 @@ const LATE_MARGIN: Duration = Duration::from_millis(2);
 /// ppm), the wake-ups come apart again; the audio is not affected.
 const FOLLOW_WAIT: Duration = Duration::from_millis(200);
 
+/// How many missed periods a [`FrameClock`] catches up one by one before it skips ahead.
+const MAX_CATCH_UP: u32 = 3;
+
 /// A periodic deadline (capture or playout), kept apart from its timer so that a wake-up for
 /// another reason can meet it early and the timer is re-armed only when it moves.
 #[derive(Debug)]
@@ -82,12 +85,27 @@ impl FrameClock {
         self.next.is_some_and(|next| next <= now + early)
     }
 
-    /// One period later. A clock that fell behind (a stalled thread) stays behind and is due
-    /// again at once, so missed periods are caught up one by one.
-    fn advance(&mut self) {
-        if let Some(next) = self.next.as_mut() {
-            *next += self.period;
+    /// One period later. A clock that fell a little behind (a thread woken a few
+    /// milliseconds late) stays behind and is due again at once, so those periods are caught
+    /// up one by one. One more than [`MAX_CATCH_UP`] periods behind (a stalled or frozen
+    /// thread, a blocking listener) skips to the first deadline after `now` and returns how
+    /// many periods it skipped: running them in a burst would send the peer a train of frames
+    /// it has already given up on.
+    fn advance(&mut self, now: Instant) -> u64 {
+        let Some(next) = self.next.as_mut() else {
+            return 0;
+        };
+        *next += self.period;
+        if *next > now {
+            return 0;
         }
+        let overdue = now.duration_since(*next).as_nanos() / self.period.as_nanos().max(1) + 1;
+        if overdue <= u128::from(MAX_CATCH_UP) {
+            return 0;
+        }
+        let skipped = u32::try_from(overdue).unwrap_or(u32::MAX);
+        *next += self.period.saturating_mul(skipped);
+        u64::from(skipped)
     }
 
     /// Points `timer` at the next deadline if it moved since the last call.
@@ -693,7 +711,15 @@ async fn run_call(
                 },
             );
             if capture_due {
-                m.capture.advance();
+                let skipped = m.capture.advance(now);
+                if skipped > 0 {
+                    // The frame index keeps to the clock: the periods the thread missed are
+                    // a pause to the peer (the next packets carry the marker).
+                    tracing::warn!(skipped, "media thread stalled; capture skipped ahead");
+                    if let Err(e) = m.session.skip_frames(skipped) {
+                        tracing::warn!(error = %e, "media counter exhausted");
+                    }
+                }
                 m.follows_peer = false;
             }
             // The jitter buffer decides for the deadline the frame is played for, also when it
@@ -701,7 +727,12 @@ async fn run_call(
             // more delay than it needs, about 10 ms more under 30 ms of jitter).
             let play_for = m.playout.next.map_or(now, |due| due.max(now));
             if playout_due {
-                m.playout.advance();
+                let skipped = m.playout.advance(now);
+                if skipped > 0 {
+                    // Not played in a burst: the jitter buffer finds itself that much deeper
+                    // and sheds the delay as it does after any stall.
+                    tracing::warn!(skipped, "media thread stalled; playout skipped ahead");
+                }
             }
             // Audio captured on a clock has been waiting since its last sample: it goes first,
             // and quinn's driver puts it on the wire before a decode holds the thread for a few
@@ -734,9 +765,10 @@ async fn run_call(
             last_stats = now;
             publish_stats(&shared, &call, &conn, media.as_ref(), &mut last_sent);
             if let (Some(m), true) = (media.as_mut(), direction.1) {
-                let report = m.reception_report();
-                if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
-                    tracing::debug!(error = %e, "reception report not sent");
+                if let Some(report) = m.reception_report() {
+                    if let Err(e) = call.handle_input(Input::Command(Instant::now(), report)) {
+                        tracing::debug!(error = %e, "reception report not sent");
+                    }
                 }
             }
         }
@@ -1092,20 +1124,20 @@ impl MediaEnds {
         }
     }
 
-    /// The reception report for the interval since the previous one.
-    fn reception_report(&mut self) -> Command {
+    /// The reception report for the interval since the previous one; none when no frame was
+    /// due in it (the peer muted, held or paused in DTX): "0 % loss" would then switch off
+    /// the peer's FEC just before it talks again, on a path that may still be lossy.
+    fn reception_report(&mut self) -> Option<Command> {
         let p = self.session.counters().playout;
         let lost = p.lost.saturating_sub(self.reported.0);
         let received = p.received.saturating_sub(self.reported.1);
         self.reported = (p.lost, p.received);
         let expected = lost + received;
-        let loss_permille = (lost * 1000)
-            .checked_div(expected)
-            .map_or(0, |l| u16::try_from(l).unwrap_or(1000));
-        Command::SendReceptionReport {
-            loss_permille,
+        let loss_permille = (lost * 1000).checked_div(expected)?;
+        Some(Command::SendReceptionReport {
+            loss_permille: u16::try_from(loss_permille).unwrap_or(1000),
             jitter_ms: u16::try_from(p.jitter.as_millis()).unwrap_or(u16::MAX),
-        }
+        })
     }
 }
 
@@ -1130,12 +1162,18 @@ fn capture_tick(
 ) {
     let frame = m.capture.period;
     let now = Instant::now();
-    // Capture runs while the call is up (also on hold or muted, so a device never backs up);
-    // before the answer the source is left alone.
-    if !(send || receive) {
+    // A source with a clock of its own (a device) is read at every tick its clock runs, on
+    // hold, muted and before the answer too, and what is not sent is thrown away: left
+    // unread, it would back up and the first frames sent after the answer or the resume
+    // would be audio from the start of the ringing or the hold, which the user never meant
+    // to send. A file has no clock: it pauses while nothing flows, and plays on after.
+    if !(send || receive || m.source.has_own_clock()) {
         pcm_in.fill(0);
     } else if let Err(e) = m.source.read_frame(pcm_in) {
         tracing::debug!(error = %e, "audio source failed; sending silence");
+        pcm_in.fill(0);
+    }
+    if !(send || receive) {
         pcm_in.fill(0);
     }
     m.sent_last_frame = send;
@@ -1341,16 +1379,23 @@ mod tests {
         );
         assert!(clock.due(t0 + ms(10), Duration::ZERO));
         // Met early: the next deadline is a period after the nominal one, not after `now`.
-        clock.advance();
+        assert_eq!(clock.advance(t0 + ms(10)), 0);
         assert_eq!(clock.next, Some(t0 + ms(30)));
-        // A clock left behind stays due until every missed period is caught up.
+        // A clock left a little behind stays due until every missed period is caught up.
         let late = t0 + ms(75);
         let mut caught_up = 0;
         while clock.due(late, Duration::ZERO) {
-            clock.advance();
+            assert_eq!(clock.advance(late), 0);
             caught_up += 1;
         }
         assert_eq!(caught_up, 3, "30, 50 and 70 ms were missed");
         assert_eq!(clock.next, Some(t0 + ms(90)));
+        // Far behind (a thread stalled for a second), it runs once and skips the rest.
+        let stalled = t0 + ms(1_095);
+        assert!(clock.due(stalled, Duration::ZERO));
+        // Due were 90, 110, ..., 1090 ms: 51 periods; this tick runs one, 50 are skipped.
+        assert_eq!(clock.advance(stalled), 50);
+        assert_eq!(clock.next, Some(t0 + ms(1_110)));
+        assert!(!clock.due(stalled, Duration::ZERO));
     }
 }

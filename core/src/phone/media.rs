@@ -72,6 +72,13 @@ pub struct MediaCounters {
     pub playout: JitterStats,
 }
 
+/// Packets marked as a talkspurt start after a pause (hold, mute, DTX, the call's start). The
+/// marker tells the receiver that the frames skipped before it were silence, not losses; were
+/// only the first packet marked, losing it would turn the whole pause into loss (a second of
+/// concealment after a one-second hold, and a loss rate that flags a good call as bad). A
+/// marker on a packet that follows its predecessor without a gap changes nothing.
+pub const MARKED_AFTER_PAUSE: u8 = 3;
+
 /// One call's media path: SFrame protection, Opus, jitter buffer and playout of one call.
 #[derive(Debug)]
 pub struct MediaSession {
@@ -82,7 +89,8 @@ pub struct MediaSession {
     duration: viska_proto::FrameDuration,
     frame_samples: usize,
     next_index: u64,
-    marker_pending: bool,
+    /// How many of the next packets carry the talkspurt marker (after a pause).
+    marked_left: u8,
     /// The frame encoded by `encode_frame` and not yet protected: (index, Opus length).
     pending: Option<(u64, usize)>,
     last_opus_len: usize,
@@ -145,7 +153,7 @@ impl MediaSession {
             duration: proto_duration(opus)?,
             frame_samples: opus.frame_samples(),
             next_index: 0,
-            marker_pending: true,
+            marked_left: MARKED_AFTER_PAUSE,
             pending: None,
             last_opus_len: 0,
             opus_buf: vec![0; MAX_DATAGRAM],
@@ -205,7 +213,7 @@ impl MediaSession {
             .take()
             .ok_or_else(|| MediaError::Config("no encoded frame to protect".into()))?;
         let header = MediaHeader {
-            marker: self.marker_pending,
+            marker: self.marked_left > 0,
             dtx: false,
             duration: self.duration,
             timestamp: None,
@@ -215,7 +223,7 @@ impl MediaSession {
         self.sender.skip_to(index)?;
         let payload = self.payload_buf.get(..payload_len).unwrap_or_default();
         let len = self.sender.protect(&[], payload, out)?;
-        self.marker_pending = false;
+        self.marked_left = self.marked_left.saturating_sub(1);
         self.last_opus_len = opus_len;
         self.counters.frames_sent += 1;
         self.counters.bytes_sent += len as u64;
@@ -231,9 +239,22 @@ impl MediaSession {
         Ok(index)
     }
 
+    /// Accounts `n` frame periods in which nothing was sent at once (a stalled thread skipped
+    /// them); the next packets carry the talkspurt marker.
+    pub fn skip_frames(&mut self, n: u64) -> Result<(), MediaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let last = self.next_index.saturating_add(n - 1);
+        self.next_index = last.saturating_add(1);
+        self.skip(last)?;
+        self.counters.frames_skipped += n - 1;
+        Ok(())
+    }
+
     fn skip(&mut self, index: u64) -> Result<(), MediaError> {
         self.sender.skip_to(index.saturating_add(1))?;
-        self.marker_pending = true;
+        self.marked_left = MARKED_AFTER_PAUSE;
         self.counters.frames_skipped += 1;
         Ok(())
     }
@@ -329,5 +350,95 @@ impl MediaSession {
         let mut c = self.counters.clone();
         c.playout = self.playout.stats();
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viska_e2ee::direct::{ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeStep};
+    use viska_e2ee::identity::IdentityKeyPair;
+
+    /// The two ends' keys from a real direct handshake.
+    fn keys() -> (SessionKeys, SessionKeys) {
+        let mut rng = rand::rng();
+        let config = |identity| HandshakeConfig {
+            identity,
+            suites: vec![viska_sframe::CipherSuite::ChaCha20Poly1305Sha256],
+            binding: ChannelBinding {
+                initiator_cert_sha256: [1; 32],
+                responder_cert_sha256: [2; 32],
+            },
+            expected_peer: None,
+        };
+        let alice = config(IdentityKeyPair::generate(&mut rng));
+        let bob = config(IdentityKeyPair::generate(&mut rng));
+        let (mut i, msg1) = DirectHandshake::initiate(alice, &mut rng).expect("initiate");
+        let mut r = DirectHandshake::respond(bob, &mut rng).expect("respond");
+        let Ok(HandshakeStep::Send(msg2)) = r.handle_message(&msg1) else {
+            panic!("message 2");
+        };
+        let Ok(HandshakeStep::SendAndComplete(msg3, caller)) = i.handle_message(&msg2) else {
+            panic!("message 3");
+        };
+        let Ok(HandshakeStep::Complete(callee)) = r.handle_message(&msg3) else {
+            panic!("complete");
+        };
+        (caller, callee)
+    }
+
+    /// A one-second hold, after which the first packet is lost: the pause must still read as
+    /// a pause (no loss, no concealment), because the packets after it carry the marker too.
+    #[test]
+    fn losing_the_first_packet_after_a_hold_does_not_turn_the_hold_into_loss() {
+        let (caller_keys, callee_keys) = keys();
+        let opus = OpusConfig::default();
+        let jitter = JitterConfig::default();
+        let mut sender = MediaSession::new(&caller_keys, &opus, &jitter).expect("sender");
+        let mut receiver = MediaSession::new(&callee_keys, &opus, &jitter).expect("receiver");
+        let frame = Duration::from_millis(20);
+        let start = Instant::now();
+        let pcm: Vec<i16> = (0..sender.frame_samples())
+            .map(|i| if i % 40 < 20 { 4000 } else { -4000 })
+            .collect();
+        let mut out = vec![0i16; sender.frame_samples()];
+        let mut datagram = vec![0u8; MAX_DATAGRAM];
+        let mut tick = 0u32;
+        let mut talk = |sender: &mut MediaSession,
+                        receiver: &mut MediaSession,
+                        tick: &mut u32,
+                        deliver: bool,
+                        play: bool| {
+            let now = start + frame * *tick;
+            let len = sender.send_frame(&pcm, &mut datagram).expect("send").1;
+            if let (true, Some(len)) = (deliver, len) {
+                receiver
+                    .receive(now, datagram.get(..len).expect("len"))
+                    .expect("receive");
+            }
+            if play {
+                receiver
+                    .play_frame(now + Duration::from_millis(1), &mut out)
+                    .expect("play");
+            }
+            *tick += 1;
+        };
+        for _ in 0..50 {
+            talk(&mut sender, &mut receiver, &mut tick, true, true);
+        }
+        // On hold: nothing sent, and the receiver (its direction off) plays nothing.
+        for _ in 0..50 {
+            sender.skip_frame().expect("skip");
+            tick += 1;
+        }
+        // Resumed; the first packet is lost on the way.
+        talk(&mut sender, &mut receiver, &mut tick, false, true);
+        for _ in 0..50 {
+            talk(&mut sender, &mut receiver, &mut tick, true, true);
+        }
+        let playout = receiver.counters().playout;
+        assert!(playout.lost <= 1, "{playout:?}");
+        assert!(playout.concealed <= 1, "{playout:?}");
+        assert!(playout.dtx_frames >= 45, "{playout:?}");
     }
 }

@@ -19,8 +19,8 @@ pub struct LatencyProbe {
 struct ProbeInner {
     /// (stream, frame index) -> (when its first sample was captured, when it was encoded)
     sent: Window<(Instant, Instant)>,
-    added_latency: Vec<Duration>,
-    mouth_to_ear: Vec<Duration>,
+    added_latency: Samples,
+    mouth_to_ear: Samples,
     arrivals: Window<Instant>,
 }
 
@@ -61,10 +61,34 @@ impl<T> Window<T> {
 /// Frames remembered for matching; older ones are forgotten.
 const WINDOW: usize = 512;
 
+/// Measurements kept per figure: the summary is over the most recent ones (about 11 minutes
+/// of both directions of a 20 ms call), so that a probe left on in a long call holds a fixed
+/// amount of memory (1 MiB per figure).
+const MAX_SAMPLES: usize = 1 << 16;
+
+/// The last [`MAX_SAMPLES`] measurements of one figure.
+#[derive(Debug, Default)]
+struct Samples(VecDeque<Duration>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        if self.0.len() == MAX_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back(d);
+    }
+
+    fn sorted(&self) -> Vec<Duration> {
+        let mut v: Vec<Duration> = self.0.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 /// Latency figures from a [`LatencyProbe`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LatencySummary {
-    /// Frames measured from capture to playout.
+    /// Frames measured from capture to playout (the most recent, at most 65536).
     pub frames: usize,
     /// Median capture-to-playout delay.
     pub mouth_to_ear_median: Option<Duration>,
@@ -127,11 +151,11 @@ impl LatencyProbe {
             .push(played.saturating_duration_since(captured));
     }
 
-    /// Medians and percentiles so far.
+    /// Medians and percentiles over the most recent measurements (at most 65536 of each figure).
     pub fn summary(&self) -> LatencySummary {
         let inner = self.lock();
-        let mut m2e = inner.mouth_to_ear.clone();
-        let mut r2d = inner.added_latency.clone();
+        let mut m2e = inner.mouth_to_ear.sorted();
+        let mut r2d = inner.added_latency.sorted();
         LatencySummary {
             frames: m2e.len(),
             mouth_to_ear_median: percentile(&mut m2e, 0.5),
@@ -230,5 +254,27 @@ mod tests {
         assert_eq!(probe.summary().frames, 10);
         probe.frame_played(0, 10, ms(100));
         assert_eq!(probe.summary().frames, 11);
+    }
+
+    #[test]
+    fn a_probe_left_on_holds_a_bounded_number_of_samples_and_summarises_the_latest() {
+        let probe = LatencyProbe::new();
+        let t0 = Instant::now();
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        // An hour and more of one direction: early frames 1 ms late, later ones 2 ms.
+        let frames = MAX_SAMPLES as u64 + 20_000;
+        for index in 0..frames {
+            let extra = if index < 20_000 { 1_000 } else { 2_000 };
+            probe.frame_ready(0, index, us(index * 20_000), us(index * 20_000));
+            probe.frame_arrived(0, index, us(index * 20_000 + extra));
+            probe.frame_played(0, index, us(index * 20_000 + 40_000));
+        }
+        let s = probe.summary();
+        assert_eq!(s.frames, MAX_SAMPLES);
+        assert_eq!(s.added_latency_median, Some(Duration::from_millis(2)));
+        assert_eq!(s.added_latency_p99, Some(Duration::from_millis(2)));
+        let inner = probe.lock();
+        assert_eq!(inner.added_latency.0.len(), MAX_SAMPLES);
+        assert_eq!(inner.mouth_to_ear.0.len(), MAX_SAMPLES);
     }
 }

@@ -30,7 +30,9 @@ use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, Transpor
 #[cfg(feature = "device")]
 pub use self::audio::DeviceAudio;
 pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
-pub use media::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played};
+pub use media::{
+    MARKED_AFTER_PAUSE, MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played,
+};
 pub use metrics::{
     LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time, thread_wakeups,
 };
