@@ -643,6 +643,22 @@ fn a_long_hold_keeps_what_the_buffer_learned() {
     );
 }
 
+/// A buffer on a virtual clock from `epoch` that received and played frames `0..talked` on
+/// time (each 20 ms, played 25 ms after it was sent), then played on alone until period
+/// `until`, with nothing arriving: a pause, or a stall.
+fn talked_then_silent(epoch: Instant, talked: u64, until: u64) -> JitterBuffer {
+    let at = |ms: u64| epoch + Duration::from_millis(ms);
+    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
+    for seq in 0..talked {
+        let _ = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
+        let _ = buffer.pop(at(seq * 20 + 25));
+    }
+    for tick in talked..until {
+        let _ = buffer.pop(at(tick * 20 + 25));
+    }
+    buffer
+}
+
 /// During a long pause this end's clock ran ahead of the sender's: the marked first packet of
 /// the next talkspurt arrives behind the playout position with nothing buffered. It plays,
 /// with the rest of the talkspurt, instead of being refused as late.
@@ -650,16 +666,9 @@ fn a_long_hold_keeps_what_the_buffer_learned() {
 fn a_talkspurt_behind_the_position_after_a_pause_plays() {
     let epoch = Instant::now();
     let at = |ms: u64| epoch + Duration::from_millis(ms);
-    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
-    for seq in 0..10u64 {
-        let _ = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
-        let _ = buffer.pop(at(seq * 20 + 25));
-    }
     // A pause: this end keeps popping gaps, 520 periods where the sender's clock (slower)
     // only counted 500 frames.
-    for tick in 10..530u64 {
-        let _ = buffer.pop(at(tick * 20 + 25));
-    }
+    let mut buffer = talked_then_silent(epoch, 10, 530);
     let resumed = 510u64;
     assert!(buffer.next_seq() > resumed, "the position ran ahead");
     let outcome = buffer.push(
@@ -691,14 +700,7 @@ fn a_talkspurt_behind_the_position_after_a_pause_plays() {
 fn packets_held_up_by_a_stall_are_late_not_a_restart() {
     let epoch = Instant::now();
     let at = |ms: u64| epoch + Duration::from_millis(ms);
-    let mut buffer = JitterBuffer::new(quick_start()).expect("config");
-    for seq in 0..20u64 {
-        let _ = buffer.push(at(seq * 20), seq, &payload(seq), PushMeta::default());
-        let _ = buffer.pop(at(seq * 20 + 25));
-    }
-    for tick in 20..95u64 {
-        let _ = buffer.pop(at(tick * 20 + 25));
-    }
+    let mut buffer = talked_then_silent(epoch, 20, 95);
     let held_up = 20u64;
     assert!(buffer.next_seq() > held_up + 64, "past the ring");
     assert_eq!(
