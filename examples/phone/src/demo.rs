@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use viska::CallHandle;
 use viska::call::CallState;
-use viska::netem::ImpairmentConfig;
+use viska::netem::{ImpairmentConfig, MAX_DELAY};
 use viska::phone::{CallerInfo, FileAudio, LatencyProbe, PhoneListener};
 
 use crate::{BoxError, SuiteArg, demo_phone};
@@ -21,17 +21,17 @@ const SPEECH: &[u8] = include_bytes!("../assets/speech.wav");
 /// Flags of `viska-phone demo`.
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// Seconds of audio to send after the call is answered.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds of audio to send after the call is answered (0 to 86400).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     seconds: f64,
-    /// Random packet loss in percent, applied to each phone's outgoing packets.
-    #[arg(long, default_value_t = 0.0)]
+    /// Random packet loss in percent (0 to 100), applied to each phone's outgoing packets.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     loss: f64,
-    /// Up to this many milliseconds of random extra delay per packet.
-    #[arg(long, default_value_t = 0)]
+    /// Up to this many milliseconds of random extra delay per packet (at most an hour).
+    #[arg(long, default_value_t = 0, value_parser = parse_impairment_millis)]
     jitter: u64,
-    /// Fixed one-way delay in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Fixed one-way delay in milliseconds (at most an hour).
+    #[arg(long, default_value_t = 0, value_parser = parse_impairment_millis)]
     delay: u64,
     /// SFrame cipher suite.
     #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
@@ -67,6 +67,9 @@ pub(crate) struct Summary {
     sas_caller: Option<String>,
     sas_callee: Option<String>,
     sas_match: bool,
+    /// The caller's preferred suite. The callee takes the caller's order among the suites
+    /// both accept, and both demo phones accept both suites, so this is the suite the call
+    /// uses; the phone API does not report the negotiated suite itself.
     suite: String,
     setup_ms: Option<f64>,
     quic_handshake_ms: Option<f64>,
@@ -126,6 +129,39 @@ impl PhoneListener for AutoAnswer {
             eprintln!("callee: answer failed: {e}");
         }
         let _ = self.calls.send(call);
+    }
+}
+
+/// Longest `--seconds` accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// `--seconds`: a finite number of seconds from 0 to [`MAX_SECONDS`].
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=MAX_SECONDS).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("must be from 0 to {MAX_SECONDS} seconds"))
+    }
+}
+
+/// `--loss`: a finite percentage from 0 to 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&percent) {
+        Ok(percent)
+    } else {
+        Err("must be a percentage from 0 to 100".into())
+    }
+}
+
+/// `--delay` and `--jitter`: milliseconds up to the impairment model's longest delay.
+fn parse_impairment_millis(text: &str) -> Result<u64, String> {
+    let millis: u64 = text.parse().map_err(|e| format!("{e}"))?;
+    if Duration::from_millis(millis) <= MAX_DELAY {
+        Ok(millis)
+    } else {
+        Err(format!("must be at most {} ms", MAX_DELAY.as_millis()))
     }
 }
 
@@ -206,7 +242,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let cpu0 = (caller.cpu_time(), callee.cpu_time());
     let wake0 = (caller.wakeups(), callee.wakeups());
     let t0 = Instant::now();
-    let talk = Duration::from_secs_f64(args.seconds.max(0.0));
+    // The flag's parser keeps it finite and in range; a bad value is still an error here.
+    let talk = Duration::try_from_secs_f64(args.seconds)?;
 
     while t0.elapsed() < talk && !call.is_ended() {
         std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));

@@ -211,8 +211,25 @@ impl CallListener for Printer {
     }
 }
 
+/// What the terminal thread is told about: a line typed, the end of typed input, a call.
+enum Event {
+    /// A line from standard input.
+    Line(String),
+    /// Standard input is closed: no more commands will come.
+    StdinClosed,
+    /// An incoming call, its terminal listener already set.
+    Call(Box<(CallHandle, CallerInfo)>),
+}
+
+/// Whether the terminal goes on after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Quit,
+}
+
 struct Incoming {
-    calls: mpsc::Sender<(CallHandle, CallerInfo)>,
+    events: mpsc::Sender<Event>,
 }
 
 impl PhoneListener for Incoming {
@@ -220,7 +237,7 @@ impl PhoneListener for Incoming {
         // Keys are ready before the phone rings: the listener is told the SAS at once.
         call.set_listener(Arc::new(Printer));
         // Never block a listener: hand the call to the terminal thread.
-        let _ = self.calls.send((call, caller));
+        let _ = self.events.send(Event::Call(Box::new((call, caller))));
     }
     fn security_event(&self, event: String) {
         eprintln!("! security: {event}");
@@ -246,13 +263,15 @@ fn listen(
     config.max_handshakes = config.max_handshakes.max(config.max_handshakes_per_source);
     let phone = Phone::new(config)?;
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
-    let (tx, rx) = mpsc::channel();
-    phone.set_listener(Arc::new(Incoming { calls: tx }));
+    let (tx, events) = mpsc::channel();
+    phone.set_listener(Arc::new(Incoming { events: tx.clone() }));
     let addr = phone.listen(bind)?;
     eprintln!("listening on {addr}");
-    let commands = stdin_lines();
-    loop {
-        let (call, caller) = rx.recv()?;
+    read_stdin(tx);
+    let mut terminal = Terminal::new(events);
+    // Nothing a caller does (cancelling while it rings, hanging up at once) ends the listener:
+    // errors of one call are reported and the next call is waited for.
+    while let Some((call, caller)) = terminal.next_call() {
         eprintln!(
             "* incoming call from {} ({:?}), identity {}",
             caller.remote_addr,
@@ -260,12 +279,19 @@ fn listen(
             caller.identity.fingerprint()
         );
         if auto_answer {
-            call.answer()?;
+            if let Err(e) = call.answer() {
+                eprintln!("! answer: {e}");
+            }
         } else {
             eprintln!("  type 'answer' or 'reject'");
         }
-        interact(&call, &commands);
+        if terminal.interact(&call) == Next::Quit {
+            break;
+        }
     }
+    // Calls still waiting are hung up and every audio file finished before the process ends.
+    phone.shutdown();
+    Ok(())
 }
 
 fn call(addr: SocketAddr, media: MediaArgs) -> Result<(), BoxError> {
@@ -273,81 +299,172 @@ fn call(addr: SocketAddr, media: MediaArgs) -> Result<(), BoxError> {
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
     let call = phone.call(addr)?;
     call.set_listener(Arc::new(Printer));
-    let commands = stdin_lines();
-    interact(&call, &commands);
+    let (tx, events) = mpsc::channel();
+    read_stdin(tx);
+    Terminal::new(events).interact(&call);
+    // The call's WAV output and recording are finished before the process ends.
+    phone.shutdown();
     Ok(())
 }
 
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
+/// Sends each line of standard input to `events`, then [`Event::StdinClosed`].
+fn read_stdin(events: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+            if events.send(Event::Line(line)).is_err() {
+                return;
             }
         }
+        let _ = events.send(Event::StdinClosed);
     });
-    rx
 }
 
 const HELP: &str = "commands: answer, reject, hangup, hold, resume, mute, unmute, dtmf DIGITS, \
                     data TEXT, input [DEVICE], output [DEVICE], verify, stats, quit";
 
-/// Runs terminal commands against `call` until it ends.
-fn interact(call: &CallHandle, commands: &mpsc::Receiver<String>) {
-    eprintln!("{HELP}");
-    while !call.is_ended() {
-        let Ok(line) = commands.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        let mut words = line.trim().splitn(2, ' ');
-        let verb = words.next().unwrap_or_default();
-        let rest = words.next().unwrap_or_default();
-        let result = match verb {
-            "" => Ok(()),
-            "answer" => call.answer(),
-            "reject" => call.reject(),
-            "hangup" => call.hangup(),
-            "hold" => call.hold(),
-            "resume" => call.resume(),
-            "mute" => call.mute(true),
-            "unmute" => call.mute(false),
-            "dtmf" => call.send_dtmf(rest),
-            "data" => call.send_data(rest.as_bytes().to_vec()),
-            // Mid-call device switch (no name: the default device); `devices` lists names.
-            "input" => call.switch_input_device(Some(rest).filter(|r| !r.is_empty())),
-            "output" => call.switch_output_device(Some(rest).filter(|r| !r.is_empty())),
-            "verify" => {
-                match call.sas() {
-                    Some(sas) => eprintln!(
-                        "SAS: {sas} — if your peer reads the same code, the call is not intercepted"
-                    ),
-                    None => eprintln!("keys are not ready yet"),
-                }
-                Ok(())
-            }
-            "stats" => {
-                let snap = call.snapshot();
-                eprintln!("{:#?}", snap.stats);
-                eprintln!("estimated MOS: {:.2}", snap.stats.estimate_mos(40.0));
-                Ok(())
-            }
-            "quit" => {
-                let _ = call.hangup();
-                std::thread::sleep(Duration::from_millis(200));
-                std::process::exit(0);
-            }
-            _ => {
-                eprintln!("{HELP}");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            eprintln!("! {e}");
+/// Commands that act on a call: typed while there is none, they are dropped, not kept for the
+/// next call (a `hangup` typed too late must not reject the next caller).
+const CALL_COMMANDS: &[&str] = &[
+    "answer", "reject", "hangup", "hold", "resume", "mute", "unmute", "dtmf", "data", "input",
+    "output", "verify", "stats",
+];
+
+/// How often a call's end is checked while no input arrives.
+const END_POLL: Duration = Duration::from_millis(100);
+
+/// How long `quit` waits for the call to end after hanging up: the peer is told, the call's
+/// audio files are finished. A peer that does not answer is cut off when the phone stops.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+
+/// The person at the terminal: their typed lines and the incoming calls, in arrival order.
+struct Terminal {
+    events: mpsc::Receiver<Event>,
+    /// Calls that came in while another call was on; they are taken in turn.
+    waiting: std::collections::VecDeque<(CallHandle, CallerInfo)>,
+}
+
+impl Terminal {
+    fn new(events: mpsc::Receiver<Event>) -> Self {
+        Self {
+            events,
+            waiting: std::collections::VecDeque::new(),
         }
     }
-    eprintln!("* call ended: {:?}", call.state());
+
+    /// Waits for the next call, running the commands typed meanwhile; `None` once the user
+    /// typed `quit` (or nothing can bring a call any more).
+    fn next_call(&mut self) -> Option<(CallHandle, CallerInfo)> {
+        if let Some(call) = self.waiting.pop_front() {
+            return Some(call);
+        }
+        loop {
+            match self.events.recv().ok()? {
+                Event::Call(call) => return Some(*call),
+                Event::Line(line) => {
+                    if idle_command(&line) == Next::Quit {
+                        return None;
+                    }
+                }
+                // Closed input (a service, `< /dev/null`) does not stop a listener.
+                Event::StdinClosed => {}
+            }
+        }
+    }
+
+    /// Runs terminal commands against `call` until it ends, or until the user typed `quit`
+    /// (then the call is hung up and its end awaited, bounded).
+    fn interact(&mut self, call: &CallHandle) -> Next {
+        eprintln!("{HELP}");
+        while !call.is_ended() {
+            match self.events.recv_timeout(END_POLL) {
+                Ok(Event::Line(line)) => {
+                    if call_command(call, &line) == Next::Quit {
+                        let _ = call.hangup();
+                        if call.wait_ended(QUIT_GRACE) {
+                            eprintln!("* call ended: {:?}", call.state());
+                        } else {
+                            eprintln!("! the call did not end in time; stopping anyway");
+                        }
+                        return Next::Quit;
+                    }
+                }
+                Ok(Event::Call(other)) => {
+                    eprintln!(
+                        "* another call from {} waits until this one ends",
+                        other.1.remote_addr
+                    );
+                    self.waiting.push_back(*other);
+                }
+                Ok(Event::StdinClosed) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // No input of any kind can come any more: only the call's end is left to
+                // wait for (a blocking wait, not a loop on a closed channel).
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    while !call.wait_ended(Duration::from_secs(1)) {}
+                }
+            }
+        }
+        eprintln!("* call ended: {:?}", call.state());
+        Next::Continue
+    }
+}
+
+/// A line typed while there is no call: `quit` stops, call commands are dropped.
+fn idle_command(line: &str) -> Next {
+    let verb = line.split_whitespace().next().unwrap_or_default();
+    match verb {
+        "" => {}
+        "quit" => return Next::Quit,
+        _ if CALL_COMMANDS.contains(&verb) => eprintln!("no call: '{verb}' ignored"),
+        _ => eprintln!("{HELP}"),
+    }
+    Next::Continue
+}
+
+/// Runs one typed line against `call`; errors are printed, never fatal.
+fn call_command(call: &CallHandle, line: &str) -> Next {
+    let mut words = line.trim().splitn(2, ' ');
+    let verb = words.next().unwrap_or_default();
+    let rest = words.next().unwrap_or_default();
+    let result = match verb {
+        "" => Ok(()),
+        "answer" => call.answer(),
+        "reject" => call.reject(),
+        "hangup" => call.hangup(),
+        "hold" => call.hold(),
+        "resume" => call.resume(),
+        "mute" => call.mute(true),
+        "unmute" => call.mute(false),
+        "dtmf" => call.send_dtmf(rest),
+        "data" => call.send_data(rest.as_bytes().to_vec()),
+        // Mid-call device switch (no name: the default device); `devices` lists names.
+        "input" => call.switch_input_device(Some(rest).filter(|r| !r.is_empty())),
+        "output" => call.switch_output_device(Some(rest).filter(|r| !r.is_empty())),
+        "verify" => {
+            match call.sas() {
+                Some(sas) => eprintln!(
+                    "SAS: {sas} — if your peer reads the same code, the call is not intercepted"
+                ),
+                None => eprintln!("keys are not ready yet"),
+            }
+            Ok(())
+        }
+        "stats" => {
+            let snap = call.snapshot();
+            eprintln!("{:#?}", snap.stats);
+            eprintln!("estimated MOS: {:.2}", snap.stats.estimate_mos(40.0));
+            Ok(())
+        }
+        "quit" => return Next::Quit,
+        _ => {
+            eprintln!("{HELP}");
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("! {e}");
+    }
+    Next::Continue
 }
 
 /// Identity for the demo's two phones and the measurement hooks.
