@@ -228,6 +228,10 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     assert_eq!(pair.caller_info.identity, pair.caller.identity());
     let sas = pair.call.sas().expect("caller SAS");
     assert_eq!(Some(sas), pair.answered.sas());
+    // Both report the suite the handshake chose: the caller's first, ChaCha20-Poly1305.
+    let suite = Some(viska::sframe::CipherSuite::ChaCha20Poly1305Sha256);
+    assert_eq!(pair.call.snapshot().suite, suite);
+    assert_eq!(pair.answered.snapshot().suite, suite);
 
     std::thread::sleep(Duration::from_millis(1500));
     // The application sees the rate actually sent: about the 32 kb/s target while talking

@@ -19,9 +19,7 @@
 //!   correction when a marked talkspurt behind the playout position is played after all);
 //!   nothing but the sender's Opus packets reaches the decoder, so `decode_errors` stays 0;
 //! * `play_frame` of one frame always returns `Ok` and writes every sample of the buffer; the
-//!   frame index it reports was accepted by `receive`, and no frame index is reported twice
-//!   (except in a known case, see `Call::play`: after the jitter buffer skipped silent frames
-//!   before a talkspurt, the index reported is the first skipped one).
+//!   frame index it reports was accepted by `receive`, and no frame index is reported twice.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -434,17 +432,8 @@ impl Call {
                 played.outcome
             );
         }
-        let before = &self.receiver_counters.playout;
-        let after = self.receiver.counters().playout;
-        // Known core issue, reported: when the jitter buffer skips silent frames before a
-        // marked talkspurt inside this pull, `play_frame` reports the index it expected
-        // before the pull (a skipped frame), not the one it decoded. Only that case is let
-        // through; every other reported index must have been accepted, and only once.
-        let skipped_silence = after.dropped_for_delay > before.dropped_for_delay
-            && after.dtx_frames > before.dtx_frames;
-        if let Some(index) = played.frame_index
-            && !(skipped_silence && !self.accepted.contains(&index))
-        {
+        // Every reported index must have been accepted, and only once.
+        if let Some(index) = played.frame_index {
             assert!(
                 self.accepted.contains(&index),
                 "{played:?}: frame {index} was never accepted"

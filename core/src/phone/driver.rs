@@ -870,6 +870,7 @@ async fn handle_event(
                 snap.sas = Some(keys.sas.to_string());
                 snap.peer = Some(keys.peer);
                 snap.trust = call.trust();
+                snap.suite = Some(keys.suite);
                 snap.setup_time = Some(started.elapsed());
             }
             if admission == Admission::Busy {

@@ -305,13 +305,15 @@ impl MediaSession {
 
     /// Produces the next frame of audio to play (always exactly one frame in `out`).
     pub fn play_frame(&mut self, now: Instant, out: &mut [i16]) -> Result<Played, MediaError> {
-        let next = self.playout.buffer().next_seq();
-        let started = self.playout.buffer().is_started();
         let outcome = self.playout.pull(now, out)?;
         let starts_after = self.playout.last_frame_offset().unwrap_or_default();
+        // The frame decoded is the one the buffer's position just moved past: read after the
+        // pull, since a pull may also skip silent frames before a talkspurt, or drop one.
+        let buffer = self.playout.buffer();
         let frame_index = match outcome {
-            PullOutcome::Decoded if started => Some(next),
-            PullOutcome::Dropped if started => Some(next.saturating_add(1)),
+            PullOutcome::Decoded | PullOutcome::Dropped if buffer.is_started() => {
+                buffer.next_seq().checked_sub(1)
+            }
             _ => None,
         };
         Ok(Played {

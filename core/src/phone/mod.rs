@@ -309,6 +309,9 @@ pub struct CallSnapshot {
     pub sas: Option<String>,
     /// The peer's identity, once authenticated.
     pub peer: Option<PublicIdentity>,
+    /// The SFrame cipher suite the handshake chose for the call's media and control data,
+    /// once keys are ready.
+    pub suite: Option<CipherSuite>,
     /// How far the peer's identity is trusted, once authenticated; changes to
     /// [`Trust::Verified`] when the user verifies it ([`CallHandle::mark_verified`]).
     pub trust: Option<Trust>,
@@ -328,6 +331,7 @@ impl fmt::Debug for CallSnapshot {
             .field("state", &self.state)
             .field("sas", &self.sas.as_ref().map(|_| "***"))
             .field("peer", &self.peer)
+            .field("suite", &self.suite)
             .field("trust", &self.trust)
             .field("stats", &self.stats)
             .field("media", &self.media)
@@ -426,6 +430,7 @@ impl CallHandle {
                 state: CallState::Idle,
                 sas: None,
                 peer: None,
+                suite: None,
                 trust: None,
                 stats: CallStats::default(),
                 media: MediaCounters::default(),

@@ -67,9 +67,7 @@ pub(crate) struct Summary {
     sas_caller: Option<String>,
     sas_callee: Option<String>,
     sas_match: bool,
-    /// The caller's preferred suite. The callee takes the caller's order among the suites
-    /// both accept, and both demo phones accept both suites, so this is the suite the call
-    /// uses; the phone API does not report the negotiated suite itself.
+    /// The SFrame suite the call's handshake chose, as the caller reports it.
     suite: String,
     setup_ms: Option<f64>,
     quic_handshake_ms: Option<f64>,
@@ -336,12 +334,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         sas_match: a.sas.is_some() && a.sas == b.sas,
         sas_caller: a.sas,
         sas_callee: b.sas,
-        suite: args
-            .suite
-            .suites()
-            .first()
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_default(),
+        suite: a.suite.map(|s| format!("{s:?}")).unwrap_or_default(),
         setup_ms: a.setup_time.map(ms),
         quic_handshake_ms: quic_handshake.map(ms),
         mouth_to_ear_ms: latency.mouth_to_ear_median.map(ms),

@@ -440,17 +440,23 @@ fn call_command(call: &CallHandle, line: &str) -> Next {
         // Mid-call device switch (no name: the default device); `devices` lists names.
         "input" => call.switch_input_device(Some(rest).filter(|r| !r.is_empty())),
         "output" => call.switch_output_device(Some(rest).filter(|r| !r.is_empty())),
-        "verify" => {
-            match call.sas() {
-                Some(sas) => eprintln!(
-                    "SAS: {sas} — if your peer reads the same code, the call is not intercepted"
-                ),
-                None => eprintln!("keys are not ready yet"),
+        "verify" => match call.sas() {
+            // Shown, and the peer marked verified: typing `verify` is the user saying the
+            // peer read out the same code.
+            Some(sas) => {
+                eprintln!("SAS: {sas} — the same code on both ends: the call is not intercepted");
+                call.mark_verified().map(|()| {
+                    eprintln!("* peer marked verified (for this call and later ones)");
+                })
             }
-            Ok(())
-        }
+            None => {
+                eprintln!("keys are not ready yet");
+                Ok(())
+            }
+        },
         "stats" => {
             let snap = call.snapshot();
+            eprintln!("trust: {:?}, suite: {:?}", snap.trust, snap.suite);
             eprintln!("{:#?}", snap.stats);
             eprintln!("estimated MOS: {:.2}", snap.stats.estimate_mos(40.0));
             Ok(())

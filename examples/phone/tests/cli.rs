@@ -274,12 +274,18 @@ fn listen_and_call_with_terminal_commands() {
     // Some speech before the commands, for the check of what the listener heard.
     std::thread::sleep(Duration::from_millis(1500));
 
+    // `verify`: the SAS is shown and the callee is marked verified from then on.
+    caller.type_line("stats");
+    caller.wait_line(|l| l.starts_with("trust: Some(Unverified)"));
     caller.type_line("verify");
     caller.wait_line(|l| l.starts_with("SAS: "));
+    caller.wait_line(|l| l.contains("peer marked verified"));
     caller.type_line("dtmf 42#");
     listener.wait_line(|l| l.contains("DTMF #"));
     caller.type_line("data ticket 4711");
     listener.wait_line(|l| l.contains("call data: ticket 4711"));
+    caller.type_line("stats");
+    caller.wait_line(|l| l.starts_with("trust: Some(Verified)"));
     caller.type_line("hold");
     caller.wait_line(|l| l.starts_with("* call: Active") && l.contains("local_hold: true"));
     caller.type_line("resume");
