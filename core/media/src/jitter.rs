@@ -622,10 +622,10 @@ impl JitterBuffer {
                     // buffered: this end's clock ran ahead of the sender's during a pause
                     // (drift over a long mute or hold), or the talkspurt's first packet came
                     // after its slot was given up. The position moves back to it rather than
-                    // refuse the talkspurt's first words as late; the gaps handed out for
-                    // those frames were a pause, and are now played instead.
+                    // refuse the talkspurt's first words as late. The gaps handed out for
+                    // those frames stay counted as a pause (counters never go down), though
+                    // they are now played too.
                     self.settle_gaps(true);
-                    self.stats.dtx_frames = self.stats.dtx_frames.saturating_sub(behind);
                     (self.played, self.gapped) = if behind >= 128 {
                         (0, 0)
                     } else {
