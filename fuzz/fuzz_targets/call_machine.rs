@@ -4,7 +4,6 @@
 #![no_main]
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
@@ -12,35 +11,11 @@ use libfuzzer_sys::fuzz_target;
 use viska_call::{Call, CallConfig, Command, Input, Output, Role};
 use viska_e2ee::direct::ChannelBinding;
 use viska_e2ee::identity::IdentityKeyPair;
-use viska_e2ee::rand_core::{TryCryptoRng, TryRng};
 use viska_proto::{FrameDecoder, Reason};
 
-/// Deterministic bytes for reproducible runs. NOT a cryptographic generator: fuzzing only.
-struct FuzzRng(u64);
-
-impl TryRng for FuzzRng {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for FuzzRng {}
+#[path = "common/fuzz_rng.rs"]
+mod fuzz_rng;
+use fuzz_rng::FuzzRng;
 
 #[derive(Arbitrary, Debug)]
 enum FuzzCommand {

@@ -2,43 +2,17 @@
 //! and the state machines never panic, and an error always ends the handshake.
 #![no_main]
 
-use std::convert::Infallible;
-
 use libfuzzer_sys::fuzz_target;
 use viska_e2ee::direct::{
     ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeError, HandshakeStep,
     validate_message,
 };
 use viska_e2ee::identity::IdentityKeyPair;
-use viska_e2ee::rand_core::{TryCryptoRng, TryRng};
 use viska_sframe::CipherSuite;
 
-/// Deterministic bytes for reproducible runs. NOT a cryptographic generator: fuzzing only.
-struct FuzzRng(u64);
-
-impl TryRng for FuzzRng {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for FuzzRng {}
+#[path = "common/fuzz_rng.rs"]
+mod fuzz_rng;
+use fuzz_rng::FuzzRng;
 
 fn config(secret: u8) -> HandshakeConfig {
     HandshakeConfig {

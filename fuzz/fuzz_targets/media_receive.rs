@@ -20,7 +20,6 @@
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,6 @@ use viska::e2ee::direct::{
     ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeStep, SessionKeys,
 };
 use viska::e2ee::identity::IdentityKeyPair;
-use viska::e2ee::rand_core::{TryCryptoRng, TryRng};
 use viska::media::audio::SAMPLE_RATE;
 use viska::media::codec::{FrameDuration, OpusConfig};
 use viska::media::jitter::JitterConfig;
@@ -77,32 +75,9 @@ struct Input {
     ops: Vec<Op>,
 }
 
-/// Deterministic bytes for reproducible keys. NOT a cryptographic generator: fuzzing only.
-struct FuzzRng(u64);
-
-impl TryRng for FuzzRng {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for FuzzRng {}
+#[path = "common/fuzz_rng.rs"]
+mod fuzz_rng;
+use fuzz_rng::FuzzRng;
 
 fn handshake_config(secret: u8, suite: CipherSuite) -> HandshakeConfig {
     HandshakeConfig {
