@@ -350,11 +350,7 @@ async fn run_call(
     call_config.suites = config.suites.clone();
     call_config.ring_timeout = config.ring_timeout;
     call_config.expected_peer = expected_peer;
-    call_config.verified_peers = inner
-        .verified
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    call_config.verified_peers = super::lock(&inner.verified).clone();
     if let Some(first) = config.suites.first() {
         call_config.media.suite = SuiteId(first.id());
     }
@@ -943,10 +939,7 @@ async fn handle_event(
             shared.snapshot().trust = Some(*trust);
             if let (Trust::Verified, Some(peer)) = (trust, call.peer()) {
                 // Remembered for this phone's later calls with the same identity.
-                let mut verified = inner
-                    .verified
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut verified = super::lock(&inner.verified);
                 if !verified.contains(peer) {
                     verified.push(*peer);
                 }
