@@ -32,6 +32,7 @@ enum FuzzCommand {
     SendDtmfTones(String, u16),
     SendData(Vec<u8>),
     MarkVerified,
+    Ring,
 }
 
 impl From<FuzzCommand> for Command {
@@ -53,6 +54,7 @@ impl From<FuzzCommand> for Command {
             },
             FuzzCommand::SendData(data) => Command::SendData(data),
             FuzzCommand::MarkVerified => Command::MarkVerified,
+            FuzzCommand::Ring => Command::Ring,
         }
     }
 }
@@ -89,8 +91,7 @@ struct Side {
 fn side(role: Role, secret: u8, now: Instant, rng: &mut FuzzRng) -> Option<Side> {
     let identity = IdentityKeyPair::from_secret_bytes(&[secret; 32]).ok()?;
     let binding = ChannelBinding {
-        initiator_cert_sha256: [1; 32],
-        responder_cert_sha256: [2; 32],
+        tls_exporter: [1; 32],
     };
     let call = Call::new(CallConfig::new(role, identity, binding), now, rng).ok()?;
     Some(Side {
@@ -109,7 +110,7 @@ fn drain(sides: &mut [Side; 2], from: usize) {
                     sides[1 - from].inbound.push_back(frame);
                 }
             }
-            Output::Event(_) => {}
+            Output::Event(_) | Output::Keys(_) => {}
             Output::Timeout(_) => return,
         }
     }

@@ -33,7 +33,7 @@ use viska::media::audio::SAMPLE_RATE;
 use viska::media::codec::{FrameDuration, OpusConfig};
 use viska::media::jitter::JitterConfig;
 use viska::phone::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession};
-use viska::sframe::{CipherSuite, SframeError};
+use viska::sframe::{BaseKey, CipherSuite, SendKey, SframeError};
 
 /// Most steps per input; a `Talk` frame counts two (a send and a play).
 const MAX_STEPS: usize = 200;
@@ -84,8 +84,7 @@ fn handshake_config(secret: u8, suite: CipherSuite) -> HandshakeConfig {
         identity: IdentityKeyPair::from_secret_bytes(&[secret; 32]).expect("32 bytes"),
         suites: vec![suite],
         binding: ChannelBinding {
-            initiator_cert_sha256: [1; 32],
-            responder_cert_sha256: [2; 32],
+            tls_exporter: [1; 32],
         },
         expected_peer: None,
     }
@@ -98,14 +97,20 @@ fn run_handshake(suite: CipherSuite) -> (SessionKeys, SessionKeys) {
         DirectHandshake::initiate(handshake_config(0xA1, suite), &mut rng).expect("initiate");
     let mut callee =
         DirectHandshake::respond(handshake_config(0xB0, suite), &mut rng).expect("respond");
+    caller.bind_prologue(b"");
+    callee.bind_prologue(b"");
     let Ok(HandshakeStep::Send(msg2)) = callee.handle_message(&msg1) else {
         panic!("honest message 1 refused");
     };
-    let Ok(HandshakeStep::SendAndComplete(msg3, caller_keys)) = caller.handle_message(&msg2) else {
+    let Ok(HandshakeStep::Send(msg3)) = caller.handle_message(&msg2) else {
         panic!("honest message 2 refused");
     };
-    let Ok(HandshakeStep::Complete(callee_keys)) = callee.handle_message(&msg3) else {
+    let Ok(HandshakeStep::CompleteWithReveal(callee_keys, msg4)) = callee.handle_message(&msg3)
+    else {
         panic!("honest message 3 refused");
+    };
+    let Ok(HandshakeStep::Complete(caller_keys)) = caller.handle_message(&msg4.into_bytes()) else {
+        panic!("honest message 4 refused");
     };
     assert_eq!(caller_keys.suite, suite);
     (caller_keys, callee_keys)
@@ -428,8 +433,18 @@ fuzz_target!(|input: Input| {
         ..OpusConfig::default()
     };
     let jitter = JitterConfig::default();
-    let sender = MediaSession::new(caller_keys, &opus, &jitter).expect("valid media config");
-    let receiver = MediaSession::new(callee_keys, &opus, &jitter).expect("valid media config");
+    // The handshake runs once per process; each input's sessions get copies of its keys (the
+    // fuzzer may reuse a key and counter across inputs, a real call never does).
+    let session = |keys: &SessionKeys| {
+        let send = SendKey::new(
+            keys.media_send.key_id(),
+            BaseKey::new(keys.media_send.expose_secret().to_vec()),
+        );
+        MediaSession::new(keys.suite, send, &keys.media_recv, &opus, &jitter)
+            .expect("valid media config")
+    };
+    let sender = session(caller_keys);
+    let receiver = session(callee_keys);
     let frame_samples = receiver.frame_samples();
     let frame_period = Duration::from_millis(u64::from(frame.millis()));
     let mut call = Call {

@@ -4,8 +4,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
-use viska_e2ee::direct::{DirectHandshake, HandshakeConfig, HandshakeStep, Sas, SessionKeys};
+use viska_e2ee::direct::{
+    DirectHandshake, HandshakeConfig, HandshakeStep, Reveal, Sas, SessionKeys,
+};
 use viska_e2ee::identity::PublicIdentity;
+use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId};
 use viska_e2ee::rand_core::CryptoRng;
 use viska_proto::control::{DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_VOLUME};
 use viska_proto::signal::{local_hello, negotiate_version};
@@ -18,7 +21,8 @@ use viska_sframe::{CipherSuite, ReplayConfig, SframeReceiver, SframeSender};
 use crate::config::CallConfig;
 use crate::error::CallError;
 use crate::state::{
-    CallEvent, CallState, Command, EndReason, Input, Output, Role, SecurityEvent, Side, Trust,
+    CallEvent, CallState, Command, EndReason, HandshakeStage, Input, Output, Role, SecurityEvent,
+    Side, Trust,
 };
 use crate::stats::CallStats;
 
@@ -45,6 +49,12 @@ pub struct Call {
     keepalive_interval: Duration,
 
     handshake: Option<DirectHandshake>,
+    /// How far the handshake got, while it runs: reported if the peer abandons it.
+    handshake_stage: Option<HandshakeStage>,
+    /// The callee's message 4, held until it rings (its application is told first).
+    reveal: Option<Reveal>,
+    /// Whether the callee reported [`CallEvent::Invited`] and waits for [`Command::Ring`].
+    invited: bool,
     first_flight: Option<Vec<u8>>,
     call_id: Option<CallId>,
     peer_hello_seen: bool,
@@ -118,6 +128,9 @@ impl Call {
             setup_timeout: config.setup_timeout,
             keepalive_interval: config.keepalive_interval,
             handshake: Some(handshake),
+            handshake_stage: None,
+            reveal: None,
+            invited: false,
             first_flight,
             call_id,
             peer_hello_seen: false,
@@ -223,6 +236,13 @@ impl Call {
                 let now = self.advance(now);
                 self.on_command(now, command)
             }
+            Input::Closed(now, reason) => {
+                self.advance(now);
+                if !self.state.is_ended() {
+                    self.end(reason);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -296,6 +316,10 @@ impl Call {
                 self.transmit(Message::Handshake(msg1));
                 self.setup_deadline = now.checked_add(self.setup_timeout);
                 self.set_state(CallState::Handshaking);
+                Ok(())
+            }
+            (Command::Ring, CallState::Handshaking, Role::Callee) if self.invited => {
+                self.start_ringing(now);
                 Ok(())
             }
             (Command::Answer, CallState::Ringing, Role::Callee) => {
@@ -485,8 +509,8 @@ impl Call {
                 max_version,
                 features,
             } => self.on_hello(min_version, max_version, features, unexpected),
-            Message::Handshake(bytes) => self.on_handshake(now, &bytes, unexpected),
-            Message::Invite { call_id, media } => self.on_invite(now, call_id, media, unexpected),
+            Message::Handshake(bytes) => self.on_handshake(&bytes, unexpected),
+            Message::Invite { call_id, media } => self.on_invite(call_id, media, unexpected),
             Message::Ringing => {
                 if self.role != Role::Caller
                     || self.state != CallState::Handshaking
@@ -584,8 +608,26 @@ impl Call {
             Ok(version) => {
                 self.wire_version = Some(version);
                 self.peer_features = features;
+                let local = local_hello(self.features);
+                // Both Hellos, initiator's first, enter the handshake's signed transcript: a
+                // man in the middle who narrows a version range or strips a feature makes a
+                // signature fail (docs/protocol-handshake.md §3.7).
+                let peer = Message::Hello {
+                    min_version,
+                    max_version,
+                    features,
+                };
+                let (initiator, responder) = match self.role {
+                    Role::Caller => (&local, &peer),
+                    _ => (&peer, &local),
+                };
+                let mut prologue = hello_prologue(initiator);
+                prologue.extend_from_slice(&hello_prologue(responder));
+                if let Some(handshake) = self.handshake.as_mut() {
+                    handshake.bind_prologue(&prologue);
+                }
                 if self.role == Role::Callee {
-                    self.transmit(local_hello(self.features));
+                    self.transmit(local);
                     self.set_state(CallState::Handshaking);
                 }
                 Ok(())
@@ -600,12 +642,7 @@ impl Call {
         }
     }
 
-    fn on_handshake(
-        &mut self,
-        now: Instant,
-        bytes: &[u8],
-        unexpected: CallError,
-    ) -> Result<(), CallError> {
+    fn on_handshake(&mut self, bytes: &[u8], unexpected: CallError) -> Result<(), CallError> {
         if self.keys_ready || !self.peer_hello_seen || self.state != CallState::Handshaking {
             return Err(unexpected);
         }
@@ -615,14 +652,36 @@ impl Call {
         match handshake.handle_message(bytes) {
             Ok(HandshakeStep::Send(reply)) => {
                 self.transmit(Message::Handshake(reply));
+                match self.role {
+                    Role::Caller => {
+                        self.handshake_stage = Some(HandshakeStage::AfterMessage3);
+                        // The Invite follows message 3 at once: the suite is chosen (message
+                        // 2), and the callee rings only once it has both.
+                        if let (Some(call_id), Some(suite)) = (
+                            self.call_id,
+                            self.handshake.as_ref().and_then(|h| h.negotiated_suite()),
+                        ) {
+                            self.media.suite = SuiteId(suite.id());
+                            self.transmit(Message::Invite {
+                                call_id,
+                                media: self.media,
+                            });
+                        }
+                    }
+                    _ => self.handshake_stage = Some(HandshakeStage::AfterMessage2),
+                }
                 Ok(())
             }
-            Ok(HandshakeStep::SendAndComplete(reply, keys)) => {
-                self.transmit(Message::Handshake(reply));
-                self.on_keys(now, keys)
+            Ok(HandshakeStep::CompleteWithReveal(keys, reveal)) => {
+                self.reveal = Some(reveal);
+                self.on_keys(keys)
             }
-            Ok(HandshakeStep::Complete(keys)) => self.on_keys(now, keys),
+            Ok(HandshakeStep::Complete(keys)) => self.on_keys(keys),
             Err(error) => {
+                self.handshake_stage = None;
+                self.event(CallEvent::Security(SecurityEvent::HandshakeFailed(
+                    error.clone(),
+                )));
                 self.transmit(Message::Hangup {
                     reason: Reason::Security,
                 });
@@ -632,14 +691,22 @@ impl Call {
         }
     }
 
-    fn on_keys(&mut self, now: Instant, keys: SessionKeys) -> Result<(), CallError> {
+    fn on_keys(&mut self, keys: SessionKeys) -> Result<(), CallError> {
         self.handshake = None;
-        let suite = keys.suite;
-        let send = &keys.control_send;
-        let recv = &keys.control_recv;
-        let control = SframeSender::new(suite, send.key_id, &send.base_key).and_then(|sender| {
+        self.handshake_stage = None;
+        let SessionKeys {
+            suite,
+            media_send,
+            media_recv,
+            control_send,
+            control_recv,
+            sas,
+            peer,
+            ..
+        } = keys;
+        let control = SframeSender::from_key(suite, control_send).and_then(|sender| {
             let mut receiver = SframeReceiver::new(suite, ReplayConfig::default())?;
-            receiver.add_key(recv.key_id, &recv.base_key)?;
+            receiver.add_key(control_recv.key_id, &control_recv.base_key)?;
             Ok((sender, receiver))
         });
         let (sender, receiver) = match control {
@@ -657,7 +724,6 @@ impl Call {
         self.keys_ready = true;
         self.suite = Some(suite);
 
-        let peer = keys.peer;
         let trust = match &self.expected_peer {
             None if self.verified_peers.contains(&peer) => Trust::Verified,
             None => Trust::Unverified,
@@ -671,33 +737,35 @@ impl Call {
             }
         };
         self.trust = Some(trust);
-        self.sas = Some(keys.sas);
+        self.sas = Some(sas);
         self.peer = Some(peer);
-        self.event(CallEvent::KeysReady(Box::new(keys)));
-
-        match self.role {
-            Role::Caller => {
-                if let Some(call_id) = self.call_id {
-                    // The Invite names the suite the handshake chose, which is what media uses.
-                    self.media.suite = SuiteId(suite.id());
-                    self.transmit(Message::Invite {
-                        call_id,
-                        media: self.media,
-                    });
-                }
-            }
-            Role::Callee => {
-                if self.invite.is_some() {
-                    return self.start_ringing(now);
-                }
-            }
+        // The media keys leave through the key-source seam, the rest as an event.
+        let epoch = Epoch(0);
+        self.outputs.push_back(Output::Keys(KeyUpdate::Send {
+            epoch,
+            suite,
+            key: media_send,
+        }));
+        self.outputs.push_back(Output::Keys(KeyUpdate::Receive {
+            participant: ParticipantId::DIRECT_PEER,
+            epoch,
+            suite,
+            key: media_recv,
+        }));
+        self.event(CallEvent::KeysReady {
+            peer,
+            trust,
+            sas,
+            suite,
+        });
+        if self.role == Role::Callee && self.invite.is_some() {
+            return self.invited();
         }
         Ok(())
     }
 
     fn on_invite(
         &mut self,
-        now: Instant,
         call_id: CallId,
         media: MediaParams,
         unexpected: CallError,
@@ -724,7 +792,7 @@ impl Call {
         self.media = media;
         self.invite = Some(media);
         if self.keys_ready {
-            return self.start_ringing(now);
+            return self.invited();
         }
         Ok(())
     }
@@ -832,7 +900,8 @@ impl Call {
         Ok(())
     }
 
-    fn start_ringing(&mut self, now: Instant) -> Result<(), CallError> {
+    /// A callee with keys and a valid Invite: reports it and waits for [`Command::Ring`].
+    fn invited(&mut self) -> Result<(), CallError> {
         let (Some(call_id), Some(peer), Some(trust), Some(media), Some(suite)) =
             (self.call_id, self.peer, self.trust, self.invite, self.suite)
         else {
@@ -843,9 +912,27 @@ impl Call {
             // comes from a peer that does not follow the protocol.
             return Err(self.refuse_media("cipher suite differs from the handshake's"));
         }
+        self.invited = true;
+        self.event(CallEvent::Invited {
+            call_id,
+            peer,
+            trust,
+            media,
+        });
+        Ok(())
+    }
+
+    /// Rings: the application hears of the call (state and `Incoming`) before message 4
+    /// leaves, which lets the caller compute the SAS; then `Ringing`.
+    fn start_ringing(&mut self, now: Instant) {
+        let (Some(call_id), Some(peer), Some(trust), Some(media)) =
+            (self.call_id, self.peer, self.trust, self.invite)
+        else {
+            return;
+        };
+        self.invited = false;
         self.setup_deadline = None;
         self.ring_deadline = now.checked_add(self.ring_timeout);
-        self.transmit(Message::Ringing);
         self.set_state(CallState::Ringing);
         self.event(CallEvent::Incoming {
             call_id,
@@ -853,7 +940,10 @@ impl Call {
             trust,
             media,
         });
-        Ok(())
+        if let Some(reveal) = self.reveal.take() {
+            self.transmit(Message::Handshake(reveal.into_bytes()));
+        }
+        self.transmit(Message::Ringing);
     }
 
     fn activate(&mut self, now: Instant) {
@@ -868,6 +958,30 @@ impl Call {
     }
 
     fn end(&mut self, reason: EndReason) {
+        // Ended before the keys with the peer's answer outstanding, and not because the peer
+        // refused or this end gave up: the peer abandoned the handshake.
+        if let Some(stage) = self.handshake_stage.take() {
+            let event = match reason {
+                EndReason::Hangup {
+                    by: Side::Remote,
+                    reason: Reason::Security,
+                } => Some(SecurityEvent::HandshakeRefusedByPeer),
+                EndReason::SetupTimeout
+                | EndReason::ConnectionLost
+                | EndReason::ProtocolError
+                | EndReason::Cancelled { by: Side::Remote }
+                | EndReason::Hangup {
+                    by: Side::Remote, ..
+                } => Some(SecurityEvent::HandshakeAbandoned { stage }),
+                // The peer refused the call (busy, rejected) or this end gave up.
+                _ => None,
+            };
+            if let Some(event) = event {
+                self.event(CallEvent::Security(event));
+            }
+        }
+        self.reveal = None;
+        self.invited = false;
         self.setup_deadline = None;
         self.ring_deadline = None;
         self.ping_deadline = None;
@@ -911,6 +1025,22 @@ impl Call {
 
     fn event(&mut self, event: CallEvent) {
         self.outputs.push_back(Output::Event(event));
+    }
+}
+
+/// A `Hello`'s part of the handshake prologue: `u8 min || u8 max || u32 features`.
+fn hello_prologue(hello: &Message) -> Vec<u8> {
+    match hello {
+        Message::Hello {
+            min_version,
+            max_version,
+            features,
+        } => {
+            let mut out = vec![*min_version, *max_version];
+            out.extend_from_slice(&features.0.to_be_bytes());
+            out
+        }
+        _ => Vec::new(),
     }
 }
 

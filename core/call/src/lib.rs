@@ -12,6 +12,7 @@
 //!         match call.poll_output() {
 //!             Output::Transmit(message) => stream.write(message.to_frame()?),
 //!             Output::Event(event) => app.handle(event),
+//!             Output::Keys(update) => media.install(update),
 //!             Output::Timeout(at) => break at,
 //!         }
 //!     };
@@ -37,7 +38,8 @@ pub use config::{
 };
 pub use error::CallError;
 pub use state::{
-    CallEvent, CallState, Command, EndReason, Input, Output, Role, SecurityEvent, Side, Trust,
+    CallEvent, CallState, Command, EndReason, HandshakeStage, Input, MediaRejection, Output, Role,
+    SecurityEvent, Side, Trust,
 };
 pub use stats::{CallStats, CodecImpairment, estimate_mos};
 pub use viska_proto::{CallId, DtmfEvent, MediaParams, Message, Reason};

@@ -2,12 +2,15 @@
 
 use std::time::Instant;
 
-use viska_e2ee::direct::SessionKeys;
+use viska_e2ee::direct::{HandshakeError, Sas};
 use viska_e2ee::identity::{Fingerprint, PublicIdentity};
+use viska_e2ee::keys::{KeyUpdate, ParticipantId};
 use viska_proto::{CallId, DtmfEvent, MediaParams, Message, ProtoError, Reason};
+use viska_sframe::CipherSuite;
 
 /// Which end of the call this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
     /// Places the call: sends `Hello`, the first handshake message and `Invite`.
     Caller,
@@ -72,6 +75,7 @@ pub enum EndReason {
 
 /// How much the peer's identity is trusted, from the expected identity given in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Trust {
     /// The peer's identity is the expected (pinned) one.
     Verified,
@@ -83,6 +87,7 @@ pub enum Trust {
 
 /// Where a call is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CallState {
     /// Created; a caller waits for `Command::Dial`, a callee for the caller's first message.
     Idle,
@@ -113,7 +118,32 @@ impl CallState {
     }
 }
 
+/// Why a media datagram of a participant was refused before it could be played.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MediaRejection {
+    /// The AEAD tag did not verify: forged, corrupted or under a key we do not hold.
+    Authentication,
+    /// No key is installed for the frame's KID.
+    UnknownKey,
+    /// A counter already accepted, or older than the replay window: a replay.
+    Replay,
+    /// The SFrame header or the decrypted payload is malformed.
+    Malformed,
+}
+
+/// How far a handshake got before the peer stopped answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandshakeStage {
+    /// This end (the responder) answered message 1; message 3 never came.
+    AfterMessage2,
+    /// This end (the initiator) sent message 3; message 4 never came.
+    AfterMessage3,
+}
+
 /// A security-relevant occurrence, reported to the application and never fatal by itself.
+/// The one type for every layer: the handshake, the control channel and the media path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SecurityEvent {
@@ -131,6 +161,32 @@ pub enum SecurityEvent {
         /// Fingerprint the peer presented.
         actual: Fingerprint,
     },
+    /// The end-to-end handshake failed (the call ended): a bad signature (a substituted key or
+    /// message, or a TLS session that is not the peer's: a man in the middle), a bad key
+    /// confirmation, a SAS commitment that does not open, a downgraded offer, a malformed or
+    /// out-of-order message, a pin mismatch.
+    HandshakeFailed(HandshakeError),
+    /// The peer ended the handshake because one of its checks failed (it sent
+    /// `Hangup(Security)`; which check, it does not say). Seen at the responder when a man in
+    /// the middle terminates TLS: the initiator's signature check fails, not the responder's.
+    HandshakeRefusedByPeer,
+    /// The peer stopped in the middle of the handshake (the call ended without keys): harmless
+    /// now and then (a caller that gave up), a probe or an attack when repeated.
+    HandshakeAbandoned {
+        /// How far it got.
+        stage: HandshakeStage,
+    },
+    /// Media datagrams of a participant were refused: forged, replayed, malformed, or under an
+    /// unknown key. Raised at most once a second per participant and reason while it goes on;
+    /// `count` is the running total for the participant and reason.
+    MediaRejected {
+        /// Whose stream (the KID named it, or the only peer of a direct call).
+        participant: ParticipantId,
+        /// Why.
+        reason: MediaRejection,
+        /// Datagrams refused for this reason so far.
+        count: u64,
+    },
 }
 
 /// Something the application should know.
@@ -139,9 +195,32 @@ pub enum SecurityEvent {
 pub enum CallEvent {
     /// The call moved to a new state.
     StateChanged(CallState),
-    /// The end-to-end keys are established (before any ringing). The media path takes its
-    /// SFrame keys from here; the call keeps its own copy of the control keys.
-    KeysReady(Box<SessionKeys>),
+    /// The end-to-end keys are established: the callee's once message 3 checked out (before it
+    /// rings), the caller's once message 4 did. The media keys leave separately, as
+    /// [`Output::Keys`]; this event carries what the application may show.
+    KeysReady {
+        /// The peer's authenticated identity.
+        peer: PublicIdentity,
+        /// How far that identity is trusted.
+        trust: Trust,
+        /// The short authentication string to compare.
+        sas: Sas,
+        /// The SFrame suite the handshake chose.
+        suite: CipherSuite,
+    },
+    /// A callee has its keys and a valid `Invite`: it may ring. The call rings when given
+    /// [`Command::Ring`] (its driver first decides whether the phone takes the call and opens
+    /// its audio), or is refused with [`Command::Busy`] or [`Command::Abort`].
+    Invited {
+        /// The call's id from the invitation.
+        call_id: CallId,
+        /// The caller's authenticated identity.
+        peer: PublicIdentity,
+        /// How far the identity is trusted.
+        trust: Trust,
+        /// The caller's media parameters.
+        media: MediaParams,
+    },
     /// An incoming call is ringing (callee only).
     Incoming {
         /// The call's id from the invitation.
@@ -190,6 +269,10 @@ pub enum CallEvent {
 pub enum Command {
     /// Start the call (caller, in `Idle`).
     Dial,
+    /// Ring (callee, after [`CallEvent::Invited`]): tells the caller, and reveals the last
+    /// handshake message, which the caller needs for the SAS. The application must have been
+    /// told of the call first (`docs/protocol-handshake.md` §3.10).
+    Ring,
     /// Answer the ringing call (callee, in `Ringing`).
     Answer,
     /// Refuse the incoming call (callee, before answering).
@@ -241,6 +324,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Dial => "Dial",
+            Self::Ring => "Ring",
             Self::Answer => "Answer",
             Self::Reject => "Reject",
             Self::Busy => "Busy",
@@ -267,6 +351,9 @@ pub enum Input {
     Signal(Instant, Message),
     /// The application asks for something.
     Command(Instant, Command),
+    /// The transport under the call is gone (the connection was lost or refused, the
+    /// signaling stream broke): the call ends with this reason, nothing is sent.
+    Closed(Instant, EndReason),
 }
 
 /// Everything a call produces. Drain [`crate::Call::poll_output`] until it returns `Timeout`.
@@ -276,6 +363,9 @@ pub enum Output {
     Transmit(Message),
     /// Tell the application.
     Event(CallEvent),
+    /// Media keys for the media path: the key-source seam (the direct handshake is this
+    /// call's key source). Never an application event.
+    Keys(KeyUpdate),
     /// Nothing more to do until this instant (or the next input): then pass `Input::Timeout`.
     Timeout(Instant),
 }

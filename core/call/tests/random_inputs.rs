@@ -26,7 +26,7 @@ fn drain(sides: &mut [Side; 2], from: usize) {
                 let frame = message.to_frame().unwrap();
                 sides[1 - from].inbound.push_back(frame);
             }
-            Output::Event(_) => {}
+            Output::Event(_) | Output::Keys(_) => {}
             Output::Timeout(_) => return,
         }
     }
@@ -54,8 +54,9 @@ fn receive(sides: &mut [Side; 2], to: usize, bytes: &[u8], now: Instant) {
 }
 
 fn random_command(rng: &mut StdRng) -> Command {
-    match rng.random_range(0..11) {
+    match rng.random_range(0..12) {
         0 => Command::Dial,
+        10 => Command::Ring,
         1 => Command::Answer,
         2 => Command::Reject,
         3 => Command::Busy,
@@ -77,8 +78,7 @@ fn random_command(rng: &mut StdRng) -> Command {
 #[test]
 fn random_operation_sequences_never_panic() {
     let binding = ChannelBinding {
-        initiator_cert_sha256: [1; 32],
-        responder_cert_sha256: [2; 32],
+        tls_exporter: [1; 32],
     };
     let mut reached_active = 0;
     for seed in 0..150u64 {
@@ -126,10 +126,10 @@ fn random_operation_sequences_never_panic() {
                     receive(&mut sides, to, &bytes, now);
                 }
                 33..=35 => {
-                    let command = if rng.random_range(0..2) == 0 {
-                        Command::Answer
-                    } else {
-                        random_command(&mut rng)
+                    let command = match rng.random_range(0..3) {
+                        0 => Command::Ring,
+                        1 => Command::Answer,
+                        _ => random_command(&mut rng),
                     };
                     let was_ended = sides[to].call.state().is_ended();
                     let _ = sides[to].call.handle_input(Input::Command(now, command));

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use viska_call::{
-    Call, CallConfig, CallError, CallEvent, CallState, Command, DtmfEvent, EndReason, Input,
-    Message, Output, Reason, Role, SecurityEvent, Side, Trust,
+    Call, CallConfig, CallError, CallEvent, CallState, Command, DtmfEvent, EndReason,
+    HandshakeStage, Input, Message, Output, Reason, Role, SecurityEvent, Side, Trust,
 };
-use viska_e2ee::direct::ChannelBinding;
+use viska_e2ee::direct::{ChannelBinding, HandshakeError};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_e2ee::keys::KeyUpdate;
 use viska_proto::{FrameDecoder, FrameDuration, MediaParams, SuiteId};
 use viska_sframe::CipherSuite;
 
@@ -22,6 +23,12 @@ struct Peer {
     call: Call,
     events: Vec<CallEvent>,
     sent: Vec<Message>,
+    /// Events and sent messages in the order the call produced them.
+    trace: Vec<Trace>,
+    /// Media keys the call handed out (the key-source seam).
+    keys: Vec<KeyUpdate>,
+    /// Ring as soon as invited (a driver that takes every call and has audio at once).
+    auto_ring: bool,
     errors: Vec<CallError>,
     next_timeout: Instant,
     decoder: FrameDecoder,
@@ -42,8 +49,7 @@ struct Harness {
 
 fn binding() -> ChannelBinding {
     ChannelBinding {
-        initiator_cert_sha256: [1; 32],
-        responder_cert_sha256: [2; 32],
+        tls_exporter: [7; 32],
     }
 }
 
@@ -73,6 +79,9 @@ impl Harness {
                 call,
                 events: Vec::new(),
                 sent: Vec::new(),
+                trace: Vec::new(),
+                keys: Vec::new(),
+                auto_ring: true,
                 errors: Vec::new(),
                 next_timeout: now,
                 decoder: FrameDecoder::new(),
@@ -94,9 +103,11 @@ impl Harness {
     }
 
     fn drain(&mut self, i: usize) {
+        let mut ring = false;
         loop {
             match self.peers[i].call.poll_output() {
                 Output::Transmit(message) => {
+                    self.peers[i].trace.push(Trace::Sent(message.name()));
                     self.peers[i].sent.push(message.clone());
                     let message = match self.tamper.as_mut() {
                         Some(tamper) => tamper(i, message),
@@ -108,9 +119,21 @@ impl Harness {
                             .push_back((self.now + self.latency, 1 - i, frame));
                     }
                 }
-                Output::Event(event) => self.peers[i].events.push(event),
+                Output::Event(event) => {
+                    ring |= matches!(event, CallEvent::Invited { .. }) && self.peers[i].auto_ring;
+                    self.peers[i].trace.push(Trace::Event(event_name(&event)));
+                    self.peers[i].events.push(event);
+                }
+                Output::Keys(update) => self.peers[i].keys.push(update),
                 Output::Timeout(at) => {
                     self.peers[i].next_timeout = at;
+                    if std::mem::take(&mut ring) {
+                        self.peers[i]
+                            .call
+                            .handle_input(Input::Command(self.now, Command::Ring))
+                            .unwrap();
+                        continue;
+                    }
                     return;
                 }
             }
@@ -205,6 +228,24 @@ impl Harness {
     }
 }
 
+/// One entry of a call's output, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trace {
+    Event(&'static str),
+    Sent(&'static str),
+}
+
+fn event_name(event: &CallEvent) -> &'static str {
+    match event {
+        CallEvent::StateChanged(_) => "StateChanged",
+        CallEvent::KeysReady { .. } => "KeysReady",
+        CallEvent::Invited { .. } => "Invited",
+        CallEvent::Incoming { .. } => "Incoming",
+        CallEvent::Security(_) => "Security",
+        _ => "other",
+    }
+}
+
 const ACTIVE: CallState = CallState::Active {
     local_hold: false,
     remote_hold: false,
@@ -229,7 +270,7 @@ fn media_directions(events: &[CallEvent]) -> Vec<(bool, bool)> {
 fn answered_call_reaches_active_with_equal_sas() {
     let mut h = Harness::ringing();
     let callee_events = h.take_events(CALLEE);
-    let keys_at = position(&callee_events, |e| matches!(e, CallEvent::KeysReady(_))).unwrap();
+    let keys_at = position(&callee_events, |e| matches!(e, CallEvent::KeysReady { .. })).unwrap();
     let ringing_at = position(&callee_events, |e| {
         matches!(e, CallEvent::StateChanged(CallState::Ringing))
     })
@@ -257,7 +298,7 @@ fn answered_call_reaches_active_with_equal_sas() {
     assert!(
         h.take_events(CALLER)
             .iter()
-            .any(|e| matches!(e, CallEvent::KeysReady(_)))
+            .any(|e| matches!(e, CallEvent::KeysReady { .. }))
     );
 
     h.command(CALLEE, Command::Answer).unwrap();
@@ -285,7 +326,7 @@ fn pinned_peer_is_verified_and_a_different_key_is_reported() {
     let stranger = identity(99).public();
     let mut h = Harness::with(|role, config| match role {
         Role::Caller => config.expected_peer = Some(stranger),
-        Role::Callee => config.expected_peer = Some(caller_public),
+        _ => config.expected_peer = Some(caller_public),
     });
     h.command(CALLER, Command::Dial).unwrap();
     h.settle();
@@ -951,12 +992,12 @@ fn a_tampered_handshake_fails_the_call() {
 fn different_channel_bindings_fail_the_handshake() {
     let mut h = Harness::with(|role, config| {
         if role == Role::Callee {
-            config.binding.initiator_cert_sha256 = [9; 32];
+            config.binding.tls_exporter = [9; 32];
         }
     });
     h.command(CALLER, Command::Dial).unwrap();
     h.settle();
-    // The caller checks the callee's signature over a transcript with other certificates.
+    // The caller checks the callee's signature over a transcript with another TLS session.
     assert_eq!(
         h.state(CALLER),
         CallState::Ended(EndReason::HandshakeFailed)
@@ -974,7 +1015,7 @@ fn different_channel_bindings_fail_the_handshake() {
             !peer
                 .events
                 .iter()
-                .any(|e| matches!(e, CallEvent::KeysReady(_)))
+                .any(|e| matches!(e, CallEvent::KeysReady { .. }))
         );
     }
 }
@@ -1113,4 +1154,294 @@ fn invalid_configs_are_refused() {
         Call::new(config, now, &mut rng),
         Err(CallError::InvalidConfig(_))
     ));
+}
+
+// ----- an active attacker: the SAS cannot be ground, every attempt is seen -----
+
+/// The callee's application hears of the call (it rings) before the last handshake message
+/// leaves, and only that message lets the caller compute the SAS.
+#[test]
+fn the_callee_rings_before_the_caller_can_compute_the_sas() {
+    let mut h = Harness::new();
+    h.peers[CALLEE].auto_ring = false;
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    // Invited but not yet rung: message 4 is held, so the caller has no keys and no SAS.
+    assert!(
+        h.peers[CALLEE]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::Invited { .. }))
+    );
+    assert!(
+        h.peers[CALLEE].call.sas().is_some(),
+        "the callee has its SAS"
+    );
+    assert_eq!(h.peers[CALLER].call.sas(), None);
+    assert!(
+        !h.peers[CALLER]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::KeysReady { .. }))
+    );
+    assert!(
+        h.peers[CALLER].keys.is_empty(),
+        "no media keys before message 4"
+    );
+    let handshakes = |h: &Harness| {
+        h.peers[CALLEE]
+            .sent
+            .iter()
+            .filter(|m| matches!(m, Message::Handshake(_)))
+            .count()
+    };
+    assert_eq!(handshakes(&h), 1, "only message 2 so far");
+
+    h.command(CALLEE, Command::Ring).unwrap();
+    h.settle();
+    assert_eq!(handshakes(&h), 2);
+    let trace = &h.peers[CALLEE].trace;
+    let told = trace
+        .iter()
+        .position(|t| *t == Trace::Event("Incoming"))
+        .unwrap();
+    let reveal = trace
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == Trace::Sent("Handshake"))
+        .map(|(at, _)| at)
+        .nth(1)
+        .unwrap();
+    assert!(
+        told < reveal,
+        "the application is told before message 4: {trace:?}"
+    );
+    assert_eq!(h.peers[CALLER].call.sas(), h.peers[CALLEE].call.sas());
+    assert_eq!(h.state(CALLER), CallState::Alerting);
+    // Each side got one send key and one receive key for its peer, through the seam.
+    for i in [CALLER, CALLEE] {
+        let sends = h.peers[i]
+            .keys
+            .iter()
+            .filter(|k| matches!(k, KeyUpdate::Send { .. }))
+            .count();
+        let receives = h.peers[i]
+            .keys
+            .iter()
+            .filter(|k| matches!(k, KeyUpdate::Receive { .. }))
+            .count();
+        assert_eq!((sends, receives), (1, 1));
+    }
+}
+
+/// A callee that refuses the call before telling its user (busy) never reveals its nonce: the
+/// caller, or an attacker in its place, learns nothing about the SAS.
+#[test]
+fn a_busy_callee_never_reveals_its_sas_nonce() {
+    let mut h = Harness::new();
+    h.peers[CALLEE].auto_ring = false;
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    h.command(CALLEE, Command::Busy).unwrap();
+    h.settle();
+    assert_eq!(
+        h.state(CALLER),
+        CallState::Ended(EndReason::Busy { by: Side::Remote })
+    );
+    assert_eq!(h.peers[CALLER].call.sas(), None);
+    assert_eq!(
+        h.peers[CALLEE]
+            .sent
+            .iter()
+            .filter(|m| matches!(m, Message::Handshake(_)))
+            .count(),
+        1
+    );
+    // A refusal is not an abandoned handshake.
+    assert!(
+        !h.peers[CALLER]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::Security(_)))
+    );
+}
+
+#[test]
+fn a_handshake_abandoned_after_message_2_is_a_security_event() {
+    let mut h = Harness::new();
+    let mut caller_handshakes = 0;
+    // The caller's message 3 never arrives (a prober that gives up, or an attacker who did not
+    // like what it saw).
+    h.tamper = Some(Box::new(move |from, message| match (from, &message) {
+        (CALLER, Message::Handshake(_)) => {
+            caller_handshakes += 1;
+            (caller_handshakes == 1).then_some(message)
+        }
+        _ => Some(message),
+    }));
+    h.command(CALLER, Command::Dial).unwrap();
+    h.run_for(Duration::from_secs(11));
+    assert_eq!(h.state(CALLEE), CallState::Ended(EndReason::SetupTimeout));
+    assert!(h.peers[CALLEE].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::HandshakeAbandoned {
+            stage: HandshakeStage::AfterMessage2
+        })
+    )));
+}
+
+#[test]
+fn a_failed_handshake_is_a_security_event_naming_the_check() {
+    let mut h = Harness::with(|role, config| {
+        if role == Role::Callee {
+            config.binding.tls_exporter = [9; 32];
+        }
+    });
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert!(h.peers[CALLER].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::HandshakeFailed(HandshakeError::BadSignature))
+    )));
+    // The callee cannot check the binding itself (the caller's signature would come in
+    // message 3, which never came); it learns that the caller's check failed.
+    assert!(h.peers[CALLEE].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::HandshakeRefusedByPeer)
+    )));
+}
+
+/// Feeds `from`'s output into `to` until both are quiet; returns whether `to` ended.
+fn pump(from: &mut Call, from_log: &mut Vec<CallEvent>, to: &mut Call, now: Instant) {
+    let mut decoder = FrameDecoder::new();
+    loop {
+        match from.poll_output() {
+            Output::Transmit(message) => {
+                decoder.push(&message.to_frame().unwrap());
+                while let Some(message) = decoder.next_message().unwrap() {
+                    let _ = to.handle_input(Input::Signal(now, message));
+                }
+            }
+            Output::Event(event) => from_log.push(event),
+            Output::Keys(_) => {}
+            Output::Timeout(_) => return,
+        }
+    }
+}
+
+/// Runs two calls against each other until neither has anything to say.
+fn exchange(
+    a: &mut Call,
+    a_log: &mut Vec<CallEvent>,
+    b: &mut Call,
+    b_log: &mut Vec<CallEvent>,
+    now: Instant,
+) {
+    for _ in 0..16 {
+        pump(a, a_log, b, now);
+        pump(b, b_log, a, now);
+        // A callee rings as soon as it may (a phone that takes the call).
+        if b_log.iter().any(|e| matches!(e, CallEvent::Invited { .. }))
+            && b.state() == CallState::Handshaking
+        {
+            b.handle_input(Input::Command(now, Command::Ring)).unwrap();
+        }
+    }
+}
+
+/// Mallory relays Alice's call to Bob as two handshakes under her own identity, and tries again
+/// towards Bob until the two SAS values match. Every attempt in which she learns Bob's SAS is a
+/// call Bob's phone announced before she learned it; and an attempt she abandons earlier is a
+/// security event at Bob. None of it lets her steer the value: over many attempts Bob's SAS
+/// takes many values.
+#[test]
+fn a_man_in_the_middle_rings_the_callee_for_every_sas_guess() {
+    let now = Instant::now();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mallory = identity(66);
+    let new_call = |role, id: IdentityKeyPair, rng: &mut StdRng| {
+        Call::new(CallConfig::new(role, id, binding()), now, rng).unwrap()
+    };
+    // Alice's leg: Mallory answers as a callee and learns Alice's SAS after message 3.
+    let mut alice = new_call(Role::Caller, identity(1), &mut rng);
+    let mut mallory_a = new_call(Role::Callee, mallory.clone(), &mut rng);
+    let (mut alice_log, mut mallory_a_log) = (Vec::new(), Vec::new());
+    alice
+        .handle_input(Input::Command(now, Command::Dial))
+        .unwrap();
+    exchange(
+        &mut alice,
+        &mut alice_log,
+        &mut mallory_a,
+        &mut mallory_a_log,
+        now,
+    );
+    let target = mallory_a.sas().unwrap();
+
+    let mut sas_values = std::collections::HashSet::new();
+    let attempts = 40;
+    for attempt in 0..attempts {
+        let mut mallory_b = new_call(Role::Caller, mallory.clone(), &mut rng);
+        let mut bob = new_call(Role::Callee, identity(2), &mut rng);
+        let (mut mallory_b_log, mut bob_log) = (Vec::new(), Vec::new());
+        mallory_b
+            .handle_input(Input::Command(now, Command::Dial))
+            .unwrap();
+        if attempt % 4 == 3 {
+            // Sometimes she gives up after message 2: she has learned nothing, Bob is told.
+            pump(&mut mallory_b, &mut mallory_b_log, &mut bob, now);
+            pump(&mut bob, &mut bob_log, &mut mallory_b, now);
+            assert_eq!(mallory_b.sas(), None);
+            // Message 3 is never sent; Bob's setup timer runs out.
+            while !matches!(mallory_b.poll_output(), Output::Timeout(_)) {}
+            let later = now + Duration::from_secs(11);
+            bob.handle_input(Input::Timeout(later)).unwrap();
+            loop {
+                match bob.poll_output() {
+                    Output::Event(event) => bob_log.push(event),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            assert!(bob_log.iter().any(|e| matches!(
+                e,
+                CallEvent::Security(SecurityEvent::HandshakeAbandoned { .. })
+            )));
+            continue;
+        }
+        exchange(
+            &mut mallory_b,
+            &mut mallory_b_log,
+            &mut bob,
+            &mut bob_log,
+            now,
+        );
+        let sas = mallory_b.sas().expect("Mallory completed the handshake");
+        assert!(
+            bob_log
+                .iter()
+                .any(|e| matches!(e, CallEvent::Incoming { .. })),
+            "attempt {attempt}: Bob's phone rang before Mallory knew his SAS"
+        );
+        assert_eq!(bob.state(), CallState::Ringing);
+        sas_values.insert(sas.value());
+        if sas == target {
+            break;
+        }
+        // No match: she cancels and tries again; Bob sees a missed call.
+        mallory_b
+            .handle_input(Input::Command(now, Command::Hangup))
+            .unwrap();
+        pump(&mut mallory_b, &mut mallory_b_log, &mut bob, now);
+        assert_eq!(
+            bob.state(),
+            CallState::Ended(EndReason::Cancelled { by: Side::Remote })
+        );
+    }
+    // 30 completed attempts, 30 different values (a repeat has probability below 10^-3).
+    assert!(
+        sas_values.len() >= 29,
+        "{} distinct values",
+        sas_values.len()
+    );
 }

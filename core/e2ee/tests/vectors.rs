@@ -116,7 +116,7 @@ fn expect_keys(
     peer_control: &str,
 ) {
     assert_eq!(
-        keys.media_send.base_key.expose_secret(),
+        keys.media_send.expose_secret(),
         hex(&expected[own_media]).as_slice()
     );
     assert_eq!(
@@ -124,7 +124,7 @@ fn expect_keys(
         hex(&expected[peer_media]).as_slice()
     );
     assert_eq!(
-        keys.control_send.base_key.expose_secret(),
+        keys.control_send.expose_secret(),
         hex(&expected[own_control]).as_slice()
     );
     assert_eq!(
@@ -151,17 +151,22 @@ fn handshake_matches_reference_implementation() {
     let cases = vectors["cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
+        let name = &case["name"];
         let expected = &case["expected"];
         let binding = ChannelBinding {
-            initiator_cert_sha256: hex32(&case["initiator_cert_sha256"]),
-            responder_cert_sha256: hex32(&case["responder_cert_sha256"]),
+            tls_exporter: hex32(&case["binding"]),
         };
+        let prologue = hex(&case["prologue"]);
         let alice =
             IdentityKeyPair::from_secret_bytes(&hex(&case["initiator_identity_secret"])).unwrap();
         let bob =
             IdentityKeyPair::from_secret_bytes(&hex(&case["responder_identity_secret"])).unwrap();
+        let (alice_public, bob_public) = (alice.public(), bob.public());
+        // Section 3.11: eph_I_secret || nonce || sas_nonce_I, and eph_R_secret || sas_nonce_R.
         let mut alice_rng = ScriptedRng(hex(&case["initiator_random"]));
         let mut bob_rng = ScriptedRng(hex(&case["responder_random"]));
+        assert_eq!(alice_rng.0.len(), 96, "{name}: initiator_random");
+        assert_eq!(bob_rng.0.len(), 64, "{name}: responder_random");
 
         let (mut initiator, msg1) = DirectHandshake::initiate(
             HandshakeConfig {
@@ -173,7 +178,9 @@ fn handshake_matches_reference_implementation() {
             &mut alice_rng,
         )
         .unwrap();
-        assert_eq!(msg1, hex(&expected["msg1"]), "{}: msg1", case["name"]);
+        assert!(alice_rng.0.is_empty(), "{name}: initiate() drew too little");
+        initiator.bind_prologue(&prologue);
+        assert_eq!(msg1, hex(&expected["msg1"]), "{name}: msg1");
         let mut responder = DirectHandshake::respond(
             HandshakeConfig {
                 identity: bob,
@@ -184,24 +191,34 @@ fn handshake_matches_reference_implementation() {
             &mut bob_rng,
         )
         .unwrap();
-        assert!(alice_rng.0.is_empty() && bob_rng.0.is_empty());
+        assert!(bob_rng.0.is_empty(), "{name}: respond() drew too little");
+        responder.bind_prologue(&prologue);
 
         let Ok(HandshakeStep::Send(msg2)) = responder.handle_message(&msg1) else {
-            panic!("responder did not answer message 1");
+            panic!("{name}: responder did not answer message 1");
         };
-        assert_eq!(msg2, hex(&expected["msg2"]), "{}: msg2", case["name"]);
-        let Ok(HandshakeStep::SendAndComplete(msg3, alice_keys)) = initiator.handle_message(&msg2)
+        assert_eq!(msg2, hex(&expected["msg2"]), "{name}: msg2");
+        let Ok(HandshakeStep::Send(msg3)) = initiator.handle_message(&msg2) else {
+            panic!("{name}: initiator did not answer message 2");
+        };
+        assert_eq!(msg3, hex(&expected["msg3"]), "{name}: msg3");
+        let Ok(HandshakeStep::CompleteWithReveal(bob_keys, reveal)) =
+            responder.handle_message(&msg3)
         else {
-            panic!("initiator did not complete");
+            panic!("{name}: responder did not complete");
         };
-        assert_eq!(msg3, hex(&expected["msg3"]), "{}: msg3", case["name"]);
-        let Ok(HandshakeStep::Complete(bob_keys)) = responder.handle_message(&msg3) else {
-            panic!("responder did not complete");
+        let msg4 = reveal.into_bytes();
+        assert_eq!(msg4, hex(&expected["msg4"]), "{name}: msg4");
+        let Ok(HandshakeStep::Complete(alice_keys)) = initiator.handle_message(&msg4) else {
+            panic!("{name}: initiator did not complete");
         };
+        assert!(initiator.is_finished() && responder.is_finished());
 
         let suite = suites(&Value::Array(vec![expected["suite"].clone()]))[0];
         assert_eq!(alice_keys.suite, suite);
         assert_eq!(bob_keys.suite, suite);
+        assert_eq!(alice_keys.peer, bob_public);
+        assert_eq!(bob_keys.peer, alice_public);
         expect_keys(
             &alice_keys,
             expected,
@@ -218,7 +235,13 @@ fn handshake_matches_reference_implementation() {
             "responder_control_key",
             "initiator_control_key",
         );
-        assert_eq!(alice_keys.media_send.key_id, KeyId(0));
-        assert_eq!(bob_keys.control_send.key_id, KeyId(3));
+        assert_eq!(alice_keys.media_send.key_id(), KeyId(0));
+        assert_eq!(alice_keys.media_recv.key_id, KeyId(1));
+        assert_eq!(alice_keys.control_send.key_id(), KeyId(2));
+        assert_eq!(alice_keys.control_recv.key_id, KeyId(3));
+        assert_eq!(bob_keys.media_send.key_id(), KeyId(1));
+        assert_eq!(bob_keys.media_recv.key_id, KeyId(0));
+        assert_eq!(bob_keys.control_send.key_id(), KeyId(3));
+        assert_eq!(bob_keys.control_recv.key_id, KeyId(2));
     }
 }

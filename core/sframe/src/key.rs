@@ -9,6 +9,15 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::SframeError;
 use crate::suite::{AeadKey, CipherSuite, NONCE_LEN};
 
+// HKDF's state is an HMAC keyed with the extracted secret: two SHA-256 block states (inner and
+// outer, `EagerHash::Core`) and a block buffer. With the `zeroize` features of `hmac` and `sha2`
+// each of them wipes itself on drop; this fails to compile if they are ever turned off.
+const _: fn() = || {
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+    wiped_on_drop::<<Sha256 as hmac::EagerHash>::Core>();
+    wiped_on_drop::<Sha256>();
+};
+
 /// Shortest base key accepted. RFC 9605 feeds the base key to HKDF-Extract and takes any length;
 /// Viska refuses anything below 128 bits so a truncated key cannot slip through.
 pub const MIN_BASE_KEY_LEN: usize = 16;
@@ -54,6 +63,47 @@ impl PartialEq for BaseKey {
 }
 
 impl Eq for BaseKey {}
+
+/// A base key to *send* with, under its KID: what a key exchange hands to the one sender that
+/// may use it. Not `Clone`: it moves into an [`SframeSender`](crate::SframeSender) (at creation
+/// or at a [rekey](crate::SframeSender::rekey)) and is gone, so no second sender can ever start
+/// counting from zero under the same key. Zeroized on drop; `Debug` prints no key bytes.
+pub struct SendKey {
+    kid: KeyId,
+    base_key: BaseKey,
+}
+
+impl SendKey {
+    /// Wraps a freshly derived base key for sending under `kid`. Only a key source (a handshake,
+    /// an MLS exporter) should call this, once per key it derives.
+    pub fn new(kid: KeyId, base_key: BaseKey) -> Self {
+        Self { kid, base_key }
+    }
+
+    /// The KID frames sent with this key carry.
+    pub fn key_id(&self) -> KeyId {
+        self.kid
+    }
+
+    /// The key bytes, for known-answer tests. Copying them into another sender would break the
+    /// counter guarantee this type exists for.
+    pub fn expose_secret(&self) -> &[u8] {
+        self.base_key.expose_secret()
+    }
+
+    pub(crate) fn base_key(&self) -> &BaseKey {
+        &self.base_key
+    }
+}
+
+impl std::fmt::Debug for SendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendKey")
+            .field("kid", &self.kid)
+            .field("base_key", &"***")
+            .finish()
+    }
+}
 
 fn label<const N: usize>(prefix: &[u8], kid: KeyId, suite_id: u16) -> [u8; N] {
     let mut out = [0u8; N];

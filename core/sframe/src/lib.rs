@@ -37,7 +37,7 @@ mod suite;
 
 pub use error::SframeError;
 pub use header::{HeaderError, SframeHeader};
-pub use key::{BaseKey, KeyId};
+pub use key::{BaseKey, KeyId, SendKey};
 pub use receiver::{ReceiverStats, SframeReceiver, Unprotected};
 pub use replay::{ReplayConfig, ReplayVerdict};
 pub use sender::SframeSender;

@@ -4,7 +4,7 @@ use chacha20poly1305::aead::inout::InOutBuf;
 
 use crate::error::SframeError;
 use crate::header::{MAX_HEADER_LEN, SframeHeader};
-use crate::key::{BaseKey, KeyContext, KeyId};
+use crate::key::{BaseKey, KeyContext, KeyId, SendKey};
 use crate::suite::{CipherSuite, TAG_LEN};
 
 /// One past the largest counter: the whole 64-bit counter space.
@@ -35,10 +35,12 @@ pub(crate) fn with_aad<R>(header: &[u8], metadata: &[u8], f: impl FnOnce(&[u8]) 
     }
 }
 
-/// Protects frames under one key. Counters start at 0 (or at the value given to
+/// Protects frames under one key at a time. Counters start at 0 (or at the value given to
 /// [`Self::starting_at`]), grow by one per frame, may jump forward with [`Self::skip_to`], and
 /// are never reused: when they run out, [`Self::protect`] returns
-/// [`SframeError::RekeyRequired`].
+/// [`SframeError::RekeyRequired`]. A [rekey](Self::rekey) changes the key and KID and keeps
+/// the counter running, so a sender's counter is its frame index for its whole life, and a
+/// counter is never used twice under any key this sender had.
 ///
 /// `Debug` shows the suite, KID and counters, never the key.
 #[derive(Debug)]
@@ -82,6 +84,28 @@ impl SframeSender {
             next: u128::from(first_ctr),
             end: COUNTER_SPACE,
         })
+    }
+
+    /// A sender that takes ownership of `key` and starts at counter 0. The key cannot be given
+    /// to any other sender afterwards.
+    ///
+    /// # Errors
+    /// [`SframeError::BaseKeyTooShort`] if the base key is too short.
+    pub fn from_key(suite: CipherSuite, key: SendKey) -> Result<Self, SframeError> {
+        Self::new(suite, key.key_id(), key.base_key())
+    }
+
+    /// Switches to `key` (a new epoch of the key source): later frames carry its KID and are
+    /// protected with it; the counter runs on from where it is, so receivers see one unbroken
+    /// sequence across the change and no counter is used twice under either key. On error the
+    /// old key stays in use.
+    ///
+    /// # Errors
+    /// [`SframeError::BaseKeyTooShort`] if the base key is too short.
+    pub fn rekey(&mut self, key: SendKey) -> Result<(), SframeError> {
+        self.key = KeyContext::new(self.suite, key.key_id(), key.base_key())?;
+        self.kid = key.key_id();
+        Ok(())
     }
 
     /// Caps the counter: frames may use counters below `limit` only; from then on
@@ -184,3 +208,54 @@ impl SframeSender {
 }
 
 const _: () = assert!(STACK_AAD_LEN > MAX_HEADER_LEN);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ReplayConfig, SframeReceiver};
+
+    /// A rekey keeps the counter running: the receiver sees one unbroken sequence over both
+    /// keys, and the first frame under the new key does not restart at 0.
+    #[test]
+    fn a_rekey_changes_key_and_kid_and_the_counter_runs_on() {
+        let suite = CipherSuite::ChaCha20Poly1305Sha256;
+        let (old, new) = (BaseKey::new(vec![1; 32]), BaseKey::new(vec![2; 32]));
+        let mut sender =
+            SframeSender::from_key(suite, SendKey::new(KeyId(4), old.clone())).expect("sender");
+        let mut receiver = SframeReceiver::new(suite, ReplayConfig::default()).expect("receiver");
+        receiver.add_key(KeyId(4), &old).expect("old key");
+        receiver.add_key(KeyId(5), &new).expect("new key");
+        let (mut frame, mut plain) = ([0u8; 64], [0u8; 64]);
+        for expected in 0..3u64 {
+            let len = sender.protect(&[], b"before", &mut frame).expect("protect");
+            let got = receiver
+                .unprotect(&[], frame.get(..len).expect("len"), &mut plain)
+                .expect("unprotect");
+            assert_eq!((got.kid, got.ctr), (KeyId(4), expected));
+        }
+        sender.rekey(SendKey::new(KeyId(5), new)).expect("rekey");
+        assert_eq!(sender.kid(), KeyId(5));
+        assert_eq!(sender.next_counter(), Some(3));
+        let len = sender.protect(&[], b"after", &mut frame).expect("protect");
+        let got = receiver
+            .unprotect(&[], frame.get(..len).expect("len"), &mut plain)
+            .expect("unprotect");
+        assert_eq!((got.kid, got.ctr), (KeyId(5), 3));
+        assert_eq!(plain.get(..got.len), Some(&b"after"[..]));
+    }
+
+    #[test]
+    fn a_rekey_with_a_bad_key_keeps_the_old_one() {
+        let suite = CipherSuite::Aes128GcmSha256;
+        let mut sender =
+            SframeSender::from_key(suite, SendKey::new(KeyId(1), BaseKey::new(vec![7; 16])))
+                .expect("sender");
+        let refused = sender.rekey(SendKey::new(KeyId(2), BaseKey::new(vec![7; 8])));
+        assert!(matches!(refused, Err(SframeError::BaseKeyTooShort { .. })));
+        assert_eq!(sender.kid(), KeyId(1));
+        assert_eq!(
+            format!("{:?}", SendKey::new(KeyId(9), BaseKey::new(vec![0xab; 16]))),
+            "SendKey { kid: KeyId(9), base_key: \"***\" }"
+        );
+    }
+}

@@ -10,13 +10,15 @@ use tokio::time::Sleep;
 use viska_call::{
     Call, CallConfig, CallEvent, CallState, Command, EndReason, Input, Output, Role, Trust,
 };
-use viska_e2ee::direct::{ChannelBinding, SessionKeys};
+use viska_e2ee::direct::ChannelBinding;
 use viska_e2ee::identity::PublicIdentity;
+use viska_e2ee::keys::{KeyUpdate, SframeKey};
 use viska_media::audio::{AudioIoError, AudioSink, AudioSource};
 use viska_media::background::BackgroundSink;
 use viska_media::codec::{FrameDuration, OpusConfig};
 use viska_media::ogg::OggOpusWriter;
 use viska_proto::{FrameDecoder, MediaParams, ProtoError, Reason, SuiteId};
+use viska_sframe::{CipherSuite, SendKey};
 
 use super::audio::{DiscardSink, SilenceSource};
 use super::media::{MAX_DATAGRAM, MediaSession};
@@ -338,14 +340,19 @@ async fn run_call(
     let mut admission = Admission::Admitted;
     let shared = handle.shared.clone();
     let config = &inner.config;
-    let (initiator_cert_sha256, responder_cert_sha256) = conn.binding_fingerprints();
+    let tls_exporter = match conn.tls_exporter() {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::error!(error = %e, "no channel binding");
+            end(&shared, EndReason::ProtocolError);
+            conn.close("no channel binding");
+            return;
+        }
+    };
     let mut call_config = CallConfig::new(
         role,
         config.identity.clone(),
-        ChannelBinding {
-            initiator_cert_sha256,
-            responder_cert_sha256,
-        },
+        ChannelBinding { tls_exporter },
     );
     call_config.suites = config.suites.clone();
     call_config.ring_timeout = config.ring_timeout;
@@ -410,8 +417,9 @@ async fn run_call(
     let mut read_buf = vec![0u8; 4096];
     let mut datagram = vec![0u8; MAX_DATAGRAM];
     let mut media: Option<MediaEnds> = None;
-    // A callee's keys, kept from `KeysReady` until the Invite's media parameters are known.
-    let mut pending_keys: Option<Box<SessionKeys>> = None;
+    // The media keys from the call's key source, kept until the media opens (the caller's at
+    // its keys, the callee's once invited).
+    let mut pending_keys = PendingKeys::default();
     let mut direction = (false, false);
     // One timer for the state machine's deadlines, moved only when the deadline changes (a
     // new timer per loop turn would register and cancel one per packet).
@@ -460,8 +468,9 @@ async fn run_call(
                         }
                     }
                 }
+                Output::Keys(update) => pending_keys.install(update),
                 Output::Event(event) => {
-                    if let (CallEvent::KeysReady(_), Role::Callee) = (&event, role) {
+                    if let (CallEvent::KeysReady { .. }, Role::Callee) = (&event, role) {
                         // Over the limit the call is refused as busy, after authentication:
                         // the caller learns why, the application sees who it missed.
                         admission = if inner.admit(&shared) {
@@ -849,7 +858,7 @@ async fn handle_event(
     event: &CallEvent,
     (started, admission): (Instant, Admission),
     media: &mut Option<MediaEnds>,
-    pending_keys: &mut Option<Box<SessionKeys>>,
+    pending_keys: &mut PendingKeys,
     direction: &mut (bool, bool),
     pcm: (&mut Vec<i16>, &mut Vec<i16>),
 ) -> Option<Command> {
@@ -860,13 +869,18 @@ async fn handle_event(
             // waiter sees final counters and finished files.
             shared.snapshot().state = *state;
         }
-        CallEvent::KeysReady(keys) => {
+        CallEvent::KeysReady {
+            peer,
+            trust,
+            sas,
+            suite,
+        } => {
             {
                 let mut snap = shared.snapshot();
-                snap.sas = Some(keys.sas.to_string());
-                snap.peer = Some(keys.peer);
-                snap.trust = call.trust();
-                snap.suite = Some(keys.suite);
+                snap.sas = Some(sas.to_string());
+                snap.peer = Some(*peer);
+                snap.trust = Some(*trust);
+                snap.suite = Some(*suite);
                 snap.setup_time = Some(started.elapsed());
             }
             if admission == Admission::Busy {
@@ -874,8 +888,8 @@ async fn handle_event(
                 // not looked at): no audio device is opened for it.
                 if let Some(l) = listener(inner) {
                     let caller = CallerInfo {
-                        identity: keys.peer,
-                        trust: call.trust().unwrap_or(Trust::Unverified),
+                        identity: *peer,
+                        trust: *trust,
                         remote_addr: conn.remote_addr(),
                     };
                     l.missed_call(caller, MissedCall::Busy);
@@ -883,20 +897,32 @@ async fn handle_event(
                 return Some(Command::Busy);
             }
             if call.role() == Role::Callee {
-                // The caller's Invite, which carries the media parameters, comes after the
-                // keys (the caller sends it once its own are ready): the callee's media waits
-                // for it, at the ring.
-                *pending_keys = Some(keys.clone());
+                // The caller's Invite, which carries the media parameters, comes with the
+                // caller's last handshake message: the callee's media waits for it.
                 return None;
             }
-            return open_media(inner, handle, conn, call, keys, &call.media(), media, pcm).await;
+            return open_media(
+                inner,
+                handle,
+                conn,
+                call,
+                pending_keys,
+                &call.media(),
+                media,
+                pcm,
+            )
+            .await;
         }
-        CallEvent::Incoming {
-            peer,
-            trust,
-            media: params,
-            ..
-        } => {
+        CallEvent::Invited { media: params, .. } => {
+            // Its audio opens before it rings: a call whose audio cannot start never rings.
+            if let Some(abort) =
+                open_media(inner, handle, conn, call, pending_keys, params, media, pcm).await
+            {
+                return Some(abort);
+            }
+            return Some(Command::Ring);
+        }
+        CallEvent::Incoming { peer, trust, .. } => {
             shared.snapshot().peer = Some(*peer);
             if call.state().is_ended() {
                 return None;
@@ -906,14 +932,6 @@ async fn handle_event(
                 trust: *trust,
                 remote_addr: conn.remote_addr(),
             };
-            if let Some(keys) = pending_keys.take() {
-                if let Some(abort) =
-                    open_media(inner, handle, conn, call, &keys, params, media, pcm).await
-                {
-                    // Its audio failed to start: it never rings.
-                    return Some(abort);
-                }
-            }
             if let Some(l) = listener(inner) {
                 l.incoming_call(handle.clone(), caller);
             }
@@ -963,7 +981,7 @@ async fn open_media(
     handle: &CallHandle,
     conn: &PeerConnection,
     call: &Call,
-    keys: &SessionKeys,
+    keys: &mut PendingKeys,
     params: &MediaParams,
     media: &mut Option<MediaEnds>,
     (pcm_in, pcm_out): (&mut Vec<i16>, &mut Vec<i16>),
@@ -971,7 +989,12 @@ async fn open_media(
     let shared = &handle.shared;
     let opus = opus_for(params, &inner.config.opus);
     let frame_samples = opus.frame_samples();
-    let session = MediaSession::new(keys, &opus, &inner.config.jitter);
+    let Some((suite, send, recv)) = keys.take() else {
+        tracing::error!("media keys missing");
+        return Some(Command::Abort(Reason::Error));
+    };
+    let (send_stream, recv_stream) = (send.key_id().0, recv.key_id.0);
+    let session = MediaSession::new(suite, send, &recv, &opus, &inner.config.jitter);
     let audio = Arc::clone(&inner.config.audio);
     let (source, sink) = tokio::task::spawn_blocking(move || {
         (
@@ -1005,8 +1028,8 @@ async fn open_media(
             });
             *media = Some(MediaEnds {
                 opened: Instant::now(),
-                send_stream: keys.media_send.key_id.0,
-                recv_stream: keys.media_recv.key_id.0,
+                send_stream,
+                recv_stream,
                 last_sent: Vec::with_capacity(MAX_DATAGRAM),
                 tamper_next: 0,
                 playout_aligned: false,
@@ -1040,7 +1063,10 @@ async fn open_media(
                 // Before it rings: nobody holds a handle to this call yet.
                 if let Some(l) = listener(inner) {
                     let caller = CallerInfo {
-                        identity: keys.peer,
+                        identity: call
+                            .peer()
+                            .copied()
+                            .unwrap_or_else(|| inner.config.identity.public()),
                         trust: call.trust().unwrap_or(Trust::Unverified),
                         remote_addr: conn.remote_addr(),
                     };
@@ -1051,6 +1077,30 @@ async fn open_media(
             }
             Some(Command::Abort(Reason::Error))
         }
+    }
+}
+
+/// The media keys the call's key source handed out, until the media opens.
+#[derive(Default)]
+struct PendingKeys {
+    send: Option<(CipherSuite, SendKey)>,
+    recv: Option<SframeKey>,
+}
+
+impl PendingKeys {
+    fn install(&mut self, update: KeyUpdate) {
+        match update {
+            KeyUpdate::Send { suite, key, .. } => self.send = Some((suite, key)),
+            KeyUpdate::Receive { key, .. } => self.recv = Some(key),
+            _ => {}
+        }
+    }
+
+    /// The keys, once: the send key moves into the media session.
+    fn take(&mut self) -> Option<(CipherSuite, SendKey, SframeKey)> {
+        let (suite, send) = self.send.take()?;
+        let recv = self.recv.take()?;
+        Some((suite, send, recv))
     }
 }
 

@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use viska_e2ee::direct::SessionKeys;
+use viska_e2ee::keys::SframeKey;
 use viska_media::codec::{CodecError, OpusConfig, OpusDecoder, OpusEncoder};
 use viska_media::jitter::{JitterConfig, PushOutcome};
 use viska_media::playout::{JitterStats, Playout, PlayoutConfig, PlayoutError, PullOutcome};
 use viska_proto::{MediaHeader, ProtoError};
-use viska_sframe::{ReplayConfig, SframeError, SframeReceiver, SframeSender};
+use viska_sframe::{CipherSuite, ReplayConfig, SendKey, SframeError, SframeReceiver, SframeSender};
 
 /// Largest media datagram we build or accept.
 pub const MAX_DATAGRAM: usize = 1500;
@@ -118,21 +118,19 @@ fn proto_duration(opus: &OpusConfig) -> Result<viska_proto::FrameDuration, Media
 }
 
 impl MediaSession {
-    /// A media session keyed from an end-to-end handshake.
+    /// A media session keyed by a key source: `send` moves into the session's one sender.
     pub fn new(
-        keys: &SessionKeys,
+        suite: CipherSuite,
+        send: SendKey,
+        recv: &SframeKey,
         opus: &OpusConfig,
         jitter: &JitterConfig,
     ) -> Result<Self, MediaError> {
         let encoder = OpusEncoder::new(opus)?;
         let decoder = OpusDecoder::new(opus)?;
-        let sender = SframeSender::new(
-            keys.suite,
-            keys.media_send.key_id,
-            &keys.media_send.base_key,
-        )?;
-        let mut receiver = SframeReceiver::new(keys.suite, ReplayConfig::default())?;
-        receiver.add_key(keys.media_recv.key_id, &keys.media_recv.base_key)?;
+        let sender = SframeSender::from_key(suite, send)?;
+        let mut receiver = SframeReceiver::new(suite, ReplayConfig::default())?;
+        receiver.add_key(recv.key_id, &recv.base_key)?;
         let frame = Duration::from_millis(u64::from(opus.frame.millis()));
         let playout = Playout::new(
             PlayoutConfig {
@@ -358,7 +356,9 @@ impl MediaSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use viska_e2ee::direct::{ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeStep};
+    use viska_e2ee::direct::{
+        ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeStep, SessionKeys,
+    };
     use viska_e2ee::identity::IdentityKeyPair;
 
     /// The two ends' keys from a real direct handshake.
@@ -368,8 +368,7 @@ mod tests {
             identity,
             suites: vec![viska_sframe::CipherSuite::ChaCha20Poly1305Sha256],
             binding: ChannelBinding {
-                initiator_cert_sha256: [1; 32],
-                responder_cert_sha256: [2; 32],
+                tls_exporter: [1; 32],
             },
             expected_peer: None,
         };
@@ -377,16 +376,26 @@ mod tests {
         let bob = config(IdentityKeyPair::generate(&mut rng));
         let (mut i, msg1) = DirectHandshake::initiate(alice, &mut rng).expect("initiate");
         let mut r = DirectHandshake::respond(bob, &mut rng).expect("respond");
+        i.bind_prologue(b"");
+        r.bind_prologue(b"");
         let Ok(HandshakeStep::Send(msg2)) = r.handle_message(&msg1) else {
             panic!("message 2");
         };
-        let Ok(HandshakeStep::SendAndComplete(msg3, caller)) = i.handle_message(&msg2) else {
+        let Ok(HandshakeStep::Send(msg3)) = i.handle_message(&msg2) else {
             panic!("message 3");
         };
-        let Ok(HandshakeStep::Complete(callee)) = r.handle_message(&msg3) else {
+        let Ok(HandshakeStep::CompleteWithReveal(callee, msg4)) = r.handle_message(&msg3) else {
+            panic!("message 4");
+        };
+        let Ok(HandshakeStep::Complete(caller)) = i.handle_message(&msg4.into_bytes()) else {
             panic!("complete");
         };
         (caller, callee)
+    }
+
+    fn session(keys: SessionKeys, opus: &OpusConfig, jitter: &JitterConfig) -> MediaSession {
+        MediaSession::new(keys.suite, keys.media_send, &keys.media_recv, opus, jitter)
+            .expect("media session")
     }
 
     /// A one-second hold, after which the first packet is lost: the pause must still read as
@@ -396,8 +405,8 @@ mod tests {
         let (caller_keys, callee_keys) = keys();
         let opus = OpusConfig::default();
         let jitter = JitterConfig::default();
-        let mut sender = MediaSession::new(&caller_keys, &opus, &jitter).expect("sender");
-        let mut receiver = MediaSession::new(&callee_keys, &opus, &jitter).expect("receiver");
+        let mut sender = session(caller_keys, &opus, &jitter);
+        let mut receiver = session(callee_keys, &opus, &jitter);
         let frame = Duration::from_millis(20);
         let start = Instant::now();
         let pcm: Vec<i16> = (0..sender.frame_samples())

@@ -1023,7 +1023,7 @@ fn dispatch_event(shared: &CallShared, event: &CallEvent) {
     };
     match event {
         CallEvent::StateChanged(state) => listener.state_changed(*state),
-        CallEvent::KeysReady(keys) => listener.keys_ready(keys.sas.to_string()),
+        CallEvent::KeysReady { sas, .. } => listener.keys_ready(sas.to_string()),
         CallEvent::Dtmf { event, duration_ms } => listener.dtmf(event.to_char(), *duration_ms),
         CallEvent::Data(data) => listener.data(data.clone()),
         CallEvent::Security(ev) => listener.security_event(ev.clone()),

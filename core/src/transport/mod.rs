@@ -288,7 +288,11 @@ impl PeerConnection {
                 id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                     .ok()
             })
-            .and_then(|certs| certs.first().map(|c| cert_fingerprint(c)))
+            .and_then(|certs| match certs.as_slice() {
+                // Exactly one self-signed certificate (the verifiers refuse chains already).
+                [cert] => Some(cert_fingerprint(cert)),
+                _ => None,
+            })
             .ok_or(TransportError::NoPeerCertificate)?;
         Ok(Self {
             conn,
@@ -317,13 +321,16 @@ impl PeerConnection {
         self.peer_cert
     }
 
-    /// The certificate fingerprints ordered (initiator's, responder's), for the handshake binding.
-    pub fn binding_fingerprints(&self) -> ([u8; 32], [u8; 32]) {
-        if self.initiator {
-            (self.local_cert, self.peer_cert)
-        } else {
-            (self.peer_cert, self.local_cert)
-        }
+    /// The value that binds an end-to-end handshake to this TLS session:
+    /// `TLS-Exporter("EXPORTER-Channel-Binding", "", 32)` (RFC 9266's `tls-exporter`). Both
+    /// ends of one TLS session compute the same bytes; a TLS-terminating man in the middle
+    /// holds two sessions and cannot make them agree.
+    pub fn tls_exporter(&self) -> Result<[u8; 32], TransportError> {
+        let mut out = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut out, b"EXPORTER-Channel-Binding", b"")
+            .map_err(|_| TransportError::Tls("TLS exporter unavailable".into()))?;
+        Ok(out)
     }
 
     /// The peer's address.

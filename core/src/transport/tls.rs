@@ -115,15 +115,28 @@ impl BoundByEndToEnd {
     }
 }
 
+/// A peer presents exactly one certificate, self-signed; a chain is refused (nothing would
+/// check it, and the end-to-end handshake binds the TLS session, not a certificate).
+fn exactly_one(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    if intermediates.is_empty() {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+}
+
 impl ServerCertVerifier for BoundByEndToEnd {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        exactly_one(intermediates)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -158,9 +171,10 @@ impl ClientCertVerifier for BoundByEndToEnd {
     fn verify_client_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        exactly_one(intermediates)?;
         Ok(ClientCertVerified::assertion())
     }
 

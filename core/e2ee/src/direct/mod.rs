@@ -1,19 +1,28 @@
-//! The direct 1:1 handshake: three messages over a reliable, ordered channel (a QUIC stream)
+//! The direct 1:1 handshake: four messages over a reliable, ordered channel (a QUIC stream)
 //! between two identities, no IO.
 //!
 //! ```text
 //! initiator (QUIC client)                         responder (QUIC server)
 //!   initiate()  -- msg 1: offer, ephemeral, identity, nonce, SAS commitment -->  handle_message
-//!   handle_message <-- msg 2: choice, ephemeral, identity, signature, MAC --     = Send(msg 2)
-//!   = SendAndComplete(msg 3, keys)  -- msg 3: SAS nonce, signature, MAC -->     handle_message
-//!                                                                               = Complete(keys)
+//!   handle_message <-- msg 2: choice, ephemeral, identity, SAS commitment,   = Send(msg 2)
+//!                         signature, MAC --
+//!   = Send(msg 3)  -- msg 3: SAS nonce, signature, MAC -->                      handle_message
+//!                                                     = CompleteWithReveal(keys, msg 4):
+//!                                                       tell the application, then send msg 4
+//!   handle_message <-- msg 4: SAS nonce --
+//!   = Complete(keys)
 //! ```
 //!
-//! Both signatures cover a transcript hash of both messages and of the TLS certificate hashes
-//! each side saw ([`ChannelBinding`]), so an attacker who swaps ephemerals, strips the offer or
-//! terminates TLS in the middle makes a signature fail. Any error is final: the handshake moves
-//! to a failed state, and the caller should close the stream (no abort message is sent).
-//! The byte layouts and the key schedule are in `docs/protocol-handshake.md`.
+//! Both signatures cover a transcript hash of a prologue (what the carrying protocol agreed
+//! before: in a call, both `Hello`s), both messages 1 and 2 and a value exported from the TLS
+//! session ([`ChannelBinding`]), so an attacker who swaps ephemerals, strips the offer, narrows a
+//! `Hello` or terminates TLS in the middle makes a signature fail. Each side commits to a SAS
+//! nonce before it sees the other's, and the SAS depends on both: no side can compute it before
+//! both have fixed all their inputs, and the responder reveals its nonce (message 4) only after
+//! its application has been told of the call, so every guess by a man in the middle is a call
+//! someone sees. Any error is final: the handshake moves to a failed state, and the caller
+//! should close the stream (no abort message is sent). The byte layouts, the key schedule and
+//! the argument are in `docs/protocol-handshake.md`.
 
 mod schedule;
 mod wire;
@@ -22,17 +31,20 @@ use std::fmt;
 
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
-use viska_sframe::{BaseKey, CipherSuite, KeyId};
+use viska_sframe::{CipherSuite, SendKey};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
+pub use crate::keys::SframeKey;
 use crate::suite::{suite_from_id, suite_id};
 use schedule::{KeySchedule, sas_commitment, signed_content, transcript_hash};
 use wire::{Finish, Init, MAX_OFFER_ENTRIES, Message, Offer, Response};
 
-/// The handshake protocol version this implementation speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The handshake protocol version this implementation speaks. Version 1 (three messages, the
+/// initiator alone committing to the SAS) is not accepted: its initiator could compute the SAS
+/// before committing to its inputs.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// All versions this implementation supports, in the order it offers them.
 const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION];
 
@@ -71,13 +83,14 @@ pub enum HandshakeError {
     #[error("offer was altered in transit (downgrade attempt)")]
     DowngradeDetected,
     /// The peer's signature over the transcript does not verify: a substituted key or message,
-    /// or the two sides saw different TLS certificates (man in the middle).
+    /// a different prologue (a rewritten `Hello`), or another TLS session than the peer's (a
+    /// man in the middle terminating TLS: the exporter values differ).
     #[error("peer's transcript signature does not verify")]
     BadSignature,
     /// The peer's key-confirmation MAC is wrong.
     #[error("peer's key confirmation failed")]
     BadConfirmation,
-    /// The SAS nonce revealed in message 3 does not match the commitment in message 1.
+    /// A SAS nonce revealed (message 3 or 4) does not match its commitment (message 1 or 2).
     #[error("SAS nonce does not match its commitment")]
     CommitmentMismatch,
     /// The X25519 result is all zero: the peer sent a low-order ephemeral key.
@@ -136,7 +149,7 @@ impl fmt::Display for MalformedReason {
     }
 }
 
-/// The three handshake messages.
+/// The four handshake messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
     /// Message 1, initiator to responder (type byte 1).
@@ -145,6 +158,8 @@ pub enum MessageType {
     Response = 2,
     /// Message 3, initiator to responder (type byte 3).
     Finish = 3,
+    /// Message 4, responder to initiator (type byte 4): the responder's SAS nonce.
+    Reveal = 4,
 }
 
 /// Which end of the handshake a side is.
@@ -173,15 +188,28 @@ pub fn validate_message(message: &[u8]) -> Result<MessageType, HandshakeError> {
     Message::parse(message).map(|parsed| parsed.message_type())
 }
 
-/// SHA-256 hashes of the DER certificates of the mutual-TLS (QUIC) connection carrying the
-/// handshake, as *this* side saw them. An on-path TLS terminator makes the two sides see
-/// different certificates, so their transcripts, and hence signatures, disagree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What ties the handshake to the TLS 1.3 session carrying it: 32 bytes exported from that
+/// session (RFC 8446 §7.5) with RFC 9266's `tls-exporter` label, as *this* side's TLS stack
+/// computed them. Both ends of one session agree; an on-path TLS terminator holds two
+/// sessions with different values, so the two transcripts, and hence the signatures, disagree.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ChannelBinding {
-    /// SHA-256 of the certificate the initiator (QUIC client) presented.
-    pub initiator_cert_sha256: [u8; 32],
-    /// SHA-256 of the certificate the responder (QUIC server) presented.
-    pub responder_cert_sha256: [u8; 32],
+    /// `TLS-Exporter("EXPORTER-Channel-Binding", "", 32)` of the connection.
+    pub tls_exporter: [u8; 32],
+}
+
+impl ChannelBinding {
+    /// The exporter label of RFC 9266 (`tls-exporter` channel binding).
+    pub const EXPORTER_LABEL: &'static [u8] = b"EXPORTER-Channel-Binding";
+    /// Bytes exported.
+    pub const LEN: usize = 32;
+}
+
+impl fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not secret, but derived from the session's secrets: no need to print it.
+        f.write_str("ChannelBinding(***)")
+    }
 }
 
 /// What one side brings to a handshake.
@@ -192,7 +220,7 @@ pub struct HandshakeConfig {
     /// Cipher suites this side accepts, most preferred first (1 to 8, no duplicates). The
     /// responder uses the initiator's preference order among the suites both accept.
     pub suites: Vec<CipherSuite>,
-    /// Hashes of the TLS certificates of the connection.
+    /// The TLS session the handshake runs in.
     pub binding: ChannelBinding,
     /// The peer identity this side has pinned, if any. Any other peer fails the handshake with
     /// [`HandshakeError::PinnedIdentityMismatch`].
@@ -230,15 +258,6 @@ impl HandshakeConfig {
             _ => Ok(()),
         }
     }
-}
-
-/// An SFrame key id with its base key.
-#[derive(Debug, Clone)]
-pub struct SframeKey {
-    /// The KID frames protected with this key carry.
-    pub key_id: KeyId,
-    /// The SFrame base key (Nk bytes for the negotiated suite).
-    pub base_key: BaseKey,
 }
 
 /// The short authentication string: 6 decimal digits both people read aloud and compare.
@@ -289,17 +308,17 @@ impl fmt::Debug for Sas {
     }
 }
 
-/// What a completed handshake gives one side.
-#[derive(Clone)]
+/// What a completed handshake gives one side. Not `Clone`: each send key moves into the one
+/// sender that uses it.
 pub struct SessionKeys {
     /// The negotiated SFrame cipher suite.
     pub suite: CipherSuite,
     /// Protects the media this side sends.
-    pub media_send: SframeKey,
+    pub media_send: SendKey,
     /// Unprotects the media the peer sends.
     pub media_recv: SframeKey,
     /// Protects end-to-end control data (DTMF, call data) this side sends.
-    pub control_send: SframeKey,
+    pub control_send: SendKey,
     /// Unprotects end-to-end control data the peer sends.
     pub control_recv: SframeKey,
     /// The short authentication string to compare with the peer.
@@ -314,9 +333,9 @@ impl fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionKeys")
             .field("suite", &self.suite)
-            .field("media_send", &self.media_send.key_id)
+            .field("media_send", &self.media_send.key_id())
             .field("media_recv", &self.media_recv.key_id)
-            .field("control_send", &self.control_send.key_id)
+            .field("control_send", &self.control_send.key_id())
             .field("control_recv", &self.control_recv.key_id)
             .field("sas", &self.sas)
             .field("peer", &self.peer.fingerprint())
@@ -325,17 +344,39 @@ impl fmt::Debug for SessionKeys {
     }
 }
 
+/// Message 4, the responder's SAS nonce: once sent, the initiator can compute the SAS.
+///
+/// **Send it only after the application has been told of this call** (it rings, or is
+/// reported as missed or refused); a responder that refuses the call before telling anyone
+/// (busy, unsupported media) never sends it. That is what makes every SAS guess of a man in the
+/// middle a call the user sees (`docs/protocol-handshake.md` §3.10).
+pub struct Reveal(Vec<u8>);
+
+impl Reveal {
+    /// The bytes of message 4, to send on the handshake's channel.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Reveal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reveal(***)")
+    }
+}
+
 /// What the caller must do after [`DirectHandshake::handle_message`].
 // One value per handshake, moved once: boxing the keys would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum HandshakeStep {
-    /// Send these bytes to the peer; the handshake continues (responder, after message 1).
+    /// Send these bytes to the peer; the handshake continues (responder after message 1:
+    /// message 2; initiator after message 2: message 3).
     Send(Vec<u8>),
-    /// Send these bytes (message 3) to the peer; the handshake is complete on this side
-    /// (initiator, after message 2).
-    SendAndComplete(Vec<u8>, SessionKeys),
-    /// The handshake is complete; nothing to send (responder, after message 3).
+    /// The handshake is complete on this side (responder, after message 3). Tell the
+    /// application of the call, then send the [`Reveal`] (message 4) to the peer.
+    CompleteWithReveal(SessionKeys, Reveal),
+    /// The handshake is complete; nothing to send (initiator, after message 4).
     Complete(SessionKeys),
 }
 
@@ -346,17 +387,24 @@ enum State {
         offer: Offer,
         sas_nonce: Zeroizing<[u8; 32]>,
     },
+    InitiatorAwaitingReveal {
+        pending: Box<PendingKeys>,
+        sas_nonce: Zeroizing<[u8; 32]>,
+        peer_commitment: [u8; 32],
+    },
     ResponderAwaitingInit {
         ephemeral: EphemeralSecret,
+        sas_nonce: Zeroizing<[u8; 32]>,
     },
     ResponderAwaitingFinish {
         pending: Box<PendingKeys>,
-        sas_commitment: [u8; 32],
+        sas_nonce: Zeroizing<[u8; 32]>,
+        peer_commitment: [u8; 32],
     },
     Finished,
 }
 
-/// Keys the responder derived from messages 1 and 2, waiting for message 3 to confirm them.
+/// Keys derived from messages 1 and 2, waiting for the peer's SAS nonce.
 struct PendingKeys {
     schedule: KeySchedule,
     suite: CipherSuite,
@@ -371,6 +419,9 @@ struct PendingKeys {
 pub struct DirectHandshake {
     role: Role,
     config: HandshakeConfig,
+    /// What the carrying protocol agreed before the handshake (both `Hello`s), bound into the
+    /// transcript; must be set before message 1 (responder) or 2 (initiator) is handled.
+    prologue: Option<Vec<u8>>,
     state: State,
 }
 
@@ -378,6 +429,7 @@ impl fmt::Debug for DirectHandshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::InitiatorAwaitingResponse { .. } => "awaiting message 2",
+            State::InitiatorAwaitingReveal { .. } => "awaiting message 4",
             State::ResponderAwaitingInit { .. } => "awaiting message 1",
             State::ResponderAwaitingFinish { .. } => "awaiting message 3",
             State::Finished => "finished",
@@ -412,12 +464,13 @@ impl DirectHandshake {
             ephemeral: PublicKey::from(&ephemeral).to_bytes(),
             identity: config.identity.public(),
             nonce,
-            sas_commitment: sas_commitment(&sas_nonce),
+            sas_commitment: sas_commitment(Role::Initiator, &sas_nonce),
         }
         .encode();
         let handshake = Self {
             role: Role::Initiator,
             config,
+            prologue: None,
             state: State::InitiatorAwaitingResponse {
                 ephemeral,
                 msg1: msg1.clone(),
@@ -437,18 +490,49 @@ impl DirectHandshake {
         rng: &mut R,
     ) -> Result<Self, HandshakeError> {
         config.suite_ids()?;
+        let ephemeral = EphemeralSecret::random_from_rng(rng);
+        let mut sas_nonce = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(sas_nonce.as_mut_slice());
         Ok(Self {
             role: Role::Responder,
             config,
+            prologue: None,
             state: State::ResponderAwaitingInit {
-                ephemeral: EphemeralSecret::random_from_rng(rng),
+                ephemeral,
+                sas_nonce,
             },
         })
+    }
+
+    /// Binds `prologue` into the transcript: what the protocol carrying the handshake agreed
+    /// before it, byte for byte as both sides must see it (in a Viska call, both `Hello`s,
+    /// `docs/protocol-handshake.md` §3.7). Set it before message 1 (responder) or message 2
+    /// (initiator) is handled; a second call replaces it only until then.
+    pub fn bind_prologue(&mut self, prologue: &[u8]) {
+        self.prologue = Some(prologue.to_vec());
+    }
+
+    fn prologue(&self) -> Result<&[u8], HandshakeError> {
+        self.prologue
+            .as_deref()
+            .ok_or(HandshakeError::InvalidConfig(
+                "the prologue must be bound first",
+            ))
     }
 
     /// This side's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The cipher suite message 2 chose: the responder's from message 1 on, the initiator's
+    /// from message 2 on (before the keys, which need message 4).
+    pub fn negotiated_suite(&self) -> Option<CipherSuite> {
+        match &self.state {
+            State::InitiatorAwaitingReveal { pending, .. }
+            | State::ResponderAwaitingFinish { pending, .. } => Some(pending.suite),
+            _ => None,
+        }
     }
 
     /// Whether the handshake has completed or failed and accepts no more messages.
@@ -468,9 +552,13 @@ impl DirectHandshake {
         }
         let parsed = Message::parse(message)?;
         match (state, parsed) {
-            (State::ResponderAwaitingInit { ephemeral }, Message::Init(init)) => {
-                self.on_init(ephemeral, message, init)
-            }
+            (
+                State::ResponderAwaitingInit {
+                    ephemeral,
+                    sas_nonce,
+                },
+                Message::Init(init),
+            ) => self.on_init(ephemeral, sas_nonce, message, init),
             (
                 State::InitiatorAwaitingResponse {
                     ephemeral,
@@ -479,14 +567,23 @@ impl DirectHandshake {
                     sas_nonce,
                 },
                 Message::Response(response),
-            ) => self.on_response(ephemeral, &msg1, &offer, &sas_nonce, response),
+            ) => self.on_response(ephemeral, &msg1, &offer, sas_nonce, response),
             (
                 State::ResponderAwaitingFinish {
                     pending,
-                    sas_commitment,
+                    sas_nonce,
+                    peer_commitment,
                 },
                 Message::Finish(finish),
-            ) => self.on_finish(*pending, &sas_commitment, finish),
+            ) => self.on_finish(*pending, &sas_nonce, &peer_commitment, finish),
+            (
+                State::InitiatorAwaitingReveal {
+                    pending,
+                    sas_nonce,
+                    peer_commitment,
+                },
+                Message::Reveal(reveal),
+            ) => self.on_reveal(*pending, &sas_nonce, &peer_commitment, reveal),
             (_, other) => Err(HandshakeError::UnexpectedMessage {
                 role: self.role,
                 received: other.message_type(),
@@ -498,6 +595,7 @@ impl DirectHandshake {
     fn on_init(
         &mut self,
         ephemeral: EphemeralSecret,
+        sas_nonce: Zeroizing<[u8; 32]>,
         msg1: &[u8],
         init: Init,
     ) -> Result<HandshakeStep, HandshakeError> {
@@ -534,10 +632,16 @@ impl DirectHandshake {
             offer_echo: init.offer.clone(),
             ephemeral: ephemeral_public,
             identity: self.config.identity.public(),
+            sas_commitment: sas_commitment(Role::Responder, &sas_nonce),
             signature: [0; 64],
             confirmation: [0; 32],
         };
-        let transcript_hash = transcript_hash(msg1, &response.encode_body(), &self.config.binding);
+        let transcript_hash = transcript_hash(
+            self.prologue()?,
+            msg1,
+            &response.encode_body(),
+            &self.config.binding,
+        );
         let schedule = KeySchedule::new(&transcript_hash, shared.as_bytes());
         response.signature = self
             .config
@@ -552,18 +656,20 @@ impl DirectHandshake {
                 peer: init.identity,
                 transcript_hash,
             }),
-            sas_commitment: init.sas_commitment,
+            sas_nonce,
+            peer_commitment: init.sas_commitment,
         };
         Ok(HandshakeStep::Send(response.encode()))
     }
 
-    /// Initiator: message 2 in, message 3 out, keys ready.
+    /// Initiator: message 2 in, message 3 out. No keys and no SAS yet: they need the
+    /// responder's nonce (message 4).
     fn on_response(
         &mut self,
         ephemeral: EphemeralSecret,
         msg1: &[u8],
         offer: &Offer,
-        sas_nonce: &[u8; 32],
+        sas_nonce: Zeroizing<[u8; 32]>,
         response: Response,
     ) -> Result<HandshakeStep, HandshakeError> {
         if !offer.versions.contains(&response.version) {
@@ -584,7 +690,12 @@ impl DirectHandshake {
         })?;
         self.config.check_pin(&response.identity)?;
 
-        let transcript_hash = transcript_hash(msg1, &response.encode_body(), &self.config.binding);
+        let transcript_hash = transcript_hash(
+            self.prologue()?,
+            msg1,
+            &response.encode_body(),
+            &self.config.binding,
+        );
         response
             .identity
             .verify(
@@ -608,21 +719,25 @@ impl DirectHandshake {
                 .sign(&signed_content(Role::Initiator, &transcript_hash)),
             confirmation: schedule.confirmation(Role::Initiator, &transcript_hash)?,
         };
-        let keys = session_keys(
-            Role::Initiator,
-            &schedule,
-            suite,
-            response.identity,
-            transcript_hash,
+        self.state = State::InitiatorAwaitingReveal {
+            pending: Box::new(PendingKeys {
+                schedule,
+                suite,
+                peer: response.identity,
+                transcript_hash,
+            }),
             sas_nonce,
-        )?;
-        Ok(HandshakeStep::SendAndComplete(finish.encode(), keys))
+            peer_commitment: response.sas_commitment,
+        };
+        Ok(HandshakeStep::Send(finish.encode()))
     }
 
-    /// Responder: message 3 in, keys ready.
+    /// Responder: message 3 in, keys ready, message 4 held for the caller to send once its
+    /// application knows of the call.
     fn on_finish(
         &mut self,
         pending: PendingKeys,
+        sas_nonce: &[u8; 32],
         commitment: &[u8; 32],
         finish: Finish,
     ) -> Result<HandshakeStep, HandshakeError> {
@@ -638,42 +753,54 @@ impl DirectHandshake {
             &pending.transcript_hash,
             &finish.confirmation,
         )?;
-        if !bool::from(sas_commitment(&finish.sas_nonce).ct_eq(commitment)) {
+        if !bool::from(sas_commitment(Role::Initiator, &finish.sas_nonce).ct_eq(commitment)) {
             return Err(HandshakeError::CommitmentMismatch);
         }
-        let keys = session_keys(
-            Role::Responder,
-            &pending.schedule,
-            pending.suite,
-            pending.peer,
-            pending.transcript_hash,
-            &finish.sas_nonce,
-        )?;
+        let keys = session_keys(Role::Responder, &pending, &finish.sas_nonce, sas_nonce)?;
+        let reveal = Reveal(
+            wire::Reveal {
+                sas_nonce: *sas_nonce,
+            }
+            .encode(),
+        );
+        Ok(HandshakeStep::CompleteWithReveal(keys, reveal))
+    }
+
+    /// Initiator: message 4 in, keys ready.
+    fn on_reveal(
+        &mut self,
+        pending: PendingKeys,
+        sas_nonce: &[u8; 32],
+        commitment: &[u8; 32],
+        reveal: wire::Reveal,
+    ) -> Result<HandshakeStep, HandshakeError> {
+        if !bool::from(sas_commitment(Role::Responder, &reveal.sas_nonce).ct_eq(commitment)) {
+            return Err(HandshakeError::CommitmentMismatch);
+        }
+        let keys = session_keys(Role::Initiator, &pending, sas_nonce, &reveal.sas_nonce)?;
         Ok(HandshakeStep::Complete(keys))
     }
 }
 
 fn session_keys(
     role: Role,
-    schedule: &KeySchedule,
-    suite: CipherSuite,
-    peer: PublicIdentity,
-    transcript_hash: [u8; 32],
-    sas_nonce: &[u8; 32],
+    pending: &PendingKeys,
+    initiator_nonce: &[u8; 32],
+    responder_nonce: &[u8; 32],
 ) -> Result<SessionKeys, HandshakeError> {
-    let [media_i, control_i, media_r, control_r] = schedule.sframe_keys(suite)?;
-    let (media_send, control_send, media_recv, control_recv) = match role {
-        Role::Initiator => (media_i, control_i, media_r, control_r),
-        Role::Responder => (media_r, control_r, media_i, control_i),
-    };
+    let (media_send, control_send, media_recv, control_recv) =
+        pending.schedule.sframe_keys(role, pending.suite)?;
     Ok(SessionKeys {
-        suite,
+        suite: pending.suite,
         media_send,
         media_recv,
         control_send,
         control_recv,
-        sas: schedule.sas(sas_nonce)?,
-        peer,
-        transcript_hash,
+        sas: pending.schedule.sas(initiator_nonce, responder_nonce)?,
+        peer: pending.peer,
+        transcript_hash: pending.transcript_hash,
     })
 }
+
+#[cfg(test)]
+mod tests;

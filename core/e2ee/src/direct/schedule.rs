@@ -3,23 +3,33 @@
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use viska_sframe::{BaseKey, CipherSuite, KeyId};
+use viska_sframe::{BaseKey, CipherSuite, KeyId, SendKey};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{ChannelBinding, HandshakeError, Role, Sas, SframeKey};
 use crate::encoding::{hash_part, push_part};
 
-const TRANSCRIPT_LABEL: &[u8] = b"viska direct v1 transcript";
-const SIGNATURE_LABEL_INITIATOR: &[u8] = b"viska direct v1 initiator signature";
-const SIGNATURE_LABEL_RESPONDER: &[u8] = b"viska direct v1 responder signature";
-const COMMITMENT_LABEL: &[u8] = b"viska direct v1 sas commitment";
-const MEDIA_LABEL_INITIATOR: &[u8] = b"viska direct v1 media initiator";
-const MEDIA_LABEL_RESPONDER: &[u8] = b"viska direct v1 media responder";
-const CONTROL_LABEL_INITIATOR: &[u8] = b"viska direct v1 control initiator";
-const CONTROL_LABEL_RESPONDER: &[u8] = b"viska direct v1 control responder";
-const CONFIRM_LABEL_INITIATOR: &[u8] = b"viska direct v1 confirm initiator";
-const CONFIRM_LABEL_RESPONDER: &[u8] = b"viska direct v1 confirm responder";
-const SAS_LABEL: &[u8] = b"viska direct v1 sas";
+const TRANSCRIPT_LABEL: &[u8] = b"viska direct v2 transcript";
+const SIGNATURE_LABEL_INITIATOR: &[u8] = b"viska direct v2 initiator signature";
+const SIGNATURE_LABEL_RESPONDER: &[u8] = b"viska direct v2 responder signature";
+const COMMITMENT_LABEL_INITIATOR: &[u8] = b"viska direct v2 sas commitment initiator";
+const COMMITMENT_LABEL_RESPONDER: &[u8] = b"viska direct v2 sas commitment responder";
+const MEDIA_LABEL_INITIATOR: &[u8] = b"viska direct v2 media initiator";
+const MEDIA_LABEL_RESPONDER: &[u8] = b"viska direct v2 media responder";
+const CONTROL_LABEL_INITIATOR: &[u8] = b"viska direct v2 control initiator";
+const CONTROL_LABEL_RESPONDER: &[u8] = b"viska direct v2 control responder";
+const CONFIRM_LABEL_INITIATOR: &[u8] = b"viska direct v2 confirm initiator";
+const CONFIRM_LABEL_RESPONDER: &[u8] = b"viska direct v2 confirm responder";
+const SAS_LABEL: &[u8] = b"viska direct v2 sas";
+
+// The HKDF and HMAC states below hold the PRK and keys derived from it; with the `zeroize`
+// features of `hmac` and `sha2` their SHA-256 block states (and buffers) wipe themselves on
+// drop. This fails to compile if those features are ever turned off.
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<<Sha256 as hmac::EagerHash>::Core>();
+    wiped_on_drop::<Sha256>();
+};
 
 /// SFrame KIDs of direct mode. Small, so they fit in the SFrame config byte.
 pub(crate) const KID_MEDIA_INITIATOR: KeyId = KeyId(0);
@@ -27,15 +37,21 @@ pub(crate) const KID_MEDIA_RESPONDER: KeyId = KeyId(1);
 pub(crate) const KID_CONTROL_INITIATOR: KeyId = KeyId(2);
 pub(crate) const KID_CONTROL_RESPONDER: KeyId = KeyId(3);
 
-/// The transcript hash: SHA-256 over message 1, message 2 up to its signature, and both TLS
-/// certificate hashes, each length-prefixed after a domain label.
-pub(crate) fn transcript_hash(msg1: &[u8], msg2_body: &[u8], binding: &ChannelBinding) -> [u8; 32] {
+/// The transcript hash: SHA-256 over the prologue (the signaling layer's `Hello`s), message 1,
+/// message 2 up to its signature, and the TLS exporter value, each length-prefixed after a
+/// domain label.
+pub(crate) fn transcript_hash(
+    prologue: &[u8],
+    msg1: &[u8],
+    msg2_body: &[u8],
+    binding: &ChannelBinding,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hash_part(&mut hasher, TRANSCRIPT_LABEL);
+    hash_part(&mut hasher, prologue);
     hash_part(&mut hasher, msg1);
     hash_part(&mut hasher, msg2_body);
-    hash_part(&mut hasher, &binding.initiator_cert_sha256);
-    hash_part(&mut hasher, &binding.responder_cert_sha256);
+    hash_part(&mut hasher, &binding.tls_exporter);
     hasher.finalize().into()
 }
 
@@ -51,10 +67,16 @@ pub(crate) fn signed_content(role: Role, transcript_hash: &[u8; 32]) -> Vec<u8> 
     out
 }
 
-/// The commitment message 1 carries to the SAS nonce message 3 reveals.
-pub(crate) fn sas_commitment(sas_nonce: &[u8; 32]) -> [u8; 32] {
+/// The commitment to `role`'s SAS nonce: carried in message 1 (initiator) or 2 (responder),
+/// opened by message 3 or 4. The role label keeps one side's commitment from being reflected
+/// as the other's.
+pub(crate) fn sas_commitment(role: Role, sas_nonce: &[u8; 32]) -> [u8; 32] {
+    let label = match role {
+        Role::Initiator => COMMITMENT_LABEL_INITIATOR,
+        Role::Responder => COMMITMENT_LABEL_RESPONDER,
+    };
     let mut hasher = Sha256::new();
-    hash_part(&mut hasher, COMMITMENT_LABEL);
+    hash_part(&mut hasher, label);
     hash_part(&mut hasher, sas_nonce);
     hasher.finalize().into()
 }
@@ -87,30 +109,49 @@ impl KeySchedule {
         Ok(BaseKey::new(bytes))
     }
 
-    /// The SFrame keys the two roles send with: (media, control) of the initiator, then of the
-    /// responder.
-    pub(crate) fn sframe_keys(&self, suite: CipherSuite) -> Result<[SframeKey; 4], HandshakeError> {
+    /// The SFrame keys of the call for `role`: what it sends with (media, control), each a
+    /// [`SendKey`] derived once here, and what it receives with (media, control).
+    pub(crate) fn sframe_keys(
+        &self,
+        role: Role,
+        suite: CipherSuite,
+    ) -> Result<(SendKey, SendKey, SframeKey, SframeKey), HandshakeError> {
         let len = crate::suite::key_len(suite).ok_or(HandshakeError::Internal(
             "negotiated suite has no key length",
         ))?;
-        Ok([
+        let ((media_kid, media_label), (control_kid, control_label)) = match role {
+            Role::Initiator => (
+                (KID_MEDIA_INITIATOR, MEDIA_LABEL_INITIATOR),
+                (KID_CONTROL_INITIATOR, CONTROL_LABEL_INITIATOR),
+            ),
+            Role::Responder => (
+                (KID_MEDIA_RESPONDER, MEDIA_LABEL_RESPONDER),
+                (KID_CONTROL_RESPONDER, CONTROL_LABEL_RESPONDER),
+            ),
+        };
+        let ((peer_media_kid, peer_media_label), (peer_control_kid, peer_control_label)) =
+            match role {
+                Role::Initiator => (
+                    (KID_MEDIA_RESPONDER, MEDIA_LABEL_RESPONDER),
+                    (KID_CONTROL_RESPONDER, CONTROL_LABEL_RESPONDER),
+                ),
+                Role::Responder => (
+                    (KID_MEDIA_INITIATOR, MEDIA_LABEL_INITIATOR),
+                    (KID_CONTROL_INITIATOR, CONTROL_LABEL_INITIATOR),
+                ),
+            };
+        Ok((
+            SendKey::new(media_kid, self.base_key(media_label, len)?),
+            SendKey::new(control_kid, self.base_key(control_label, len)?),
             SframeKey {
-                key_id: KID_MEDIA_INITIATOR,
-                base_key: self.base_key(MEDIA_LABEL_INITIATOR, len)?,
+                key_id: peer_media_kid,
+                base_key: self.base_key(peer_media_label, len)?,
             },
             SframeKey {
-                key_id: KID_CONTROL_INITIATOR,
-                base_key: self.base_key(CONTROL_LABEL_INITIATOR, len)?,
+                key_id: peer_control_kid,
+                base_key: self.base_key(peer_control_label, len)?,
             },
-            SframeKey {
-                key_id: KID_MEDIA_RESPONDER,
-                base_key: self.base_key(MEDIA_LABEL_RESPONDER, len)?,
-            },
-            SframeKey {
-                key_id: KID_CONTROL_RESPONDER,
-                base_key: self.base_key(CONTROL_LABEL_RESPONDER, len)?,
-            },
-        ])
+        ))
     }
 
     /// `role`'s key-confirmation MAC over the transcript hash.
@@ -155,10 +196,18 @@ impl KeySchedule {
         Ok(mac)
     }
 
-    /// The short authentication string, from 8 bytes of HKDF output bound to the SAS nonce.
-    pub(crate) fn sas(&self, sas_nonce: &[u8; 32]) -> Result<Sas, HandshakeError> {
+    /// The short authentication string, from 8 bytes of HKDF output bound to both sides' SAS
+    /// nonces: neither side can know it before the other has revealed its nonce.
+    pub(crate) fn sas(
+        &self,
+        initiator_nonce: &[u8; 32],
+        responder_nonce: &[u8; 32],
+    ) -> Result<Sas, HandshakeError> {
         let mut bytes = Zeroizing::new([0u8; 8]);
-        self.expand(&[SAS_LABEL, sas_nonce], bytes.as_mut_slice())?;
+        self.expand(
+            &[SAS_LABEL, initiator_nonce, responder_nonce],
+            bytes.as_mut_slice(),
+        )?;
         Ok(Sas::from_u64(u64::from_be_bytes(*bytes)))
     }
 }

@@ -1,4 +1,4 @@
-//! Byte layouts of the three handshake messages (see `docs/protocol-handshake.md`).
+//! Byte layouts of the four handshake messages (see `docs/protocol-handshake.md`).
 //!
 //! Parsing is total: every input either yields a message or a [`HandshakeError::Malformed`] /
 //! [`HandshakeError::UnexpectedMessage`]-ready type, never a panic.
@@ -94,6 +94,8 @@ pub(crate) struct Response {
     pub(crate) offer_echo: Offer,
     pub(crate) ephemeral: [u8; LEN32],
     pub(crate) identity: PublicIdentity,
+    /// Commitment to the responder's SAS nonce, revealed in message 4.
+    pub(crate) sas_commitment: [u8; LEN32],
     pub(crate) signature: [u8; SIGNATURE_LEN],
     pub(crate) confirmation: [u8; LEN32],
 }
@@ -107,6 +109,7 @@ impl Response {
         self.offer_echo.encode(&mut out);
         out.extend_from_slice(&self.ephemeral);
         out.extend_from_slice(&self.identity.to_bytes());
+        out.extend_from_slice(&self.sas_commitment);
         out
     }
 
@@ -124,6 +127,7 @@ impl Response {
             offer_echo: Offer::parse(reader)?,
             ephemeral: reader.array()?,
             identity: reader.identity()?,
+            sas_commitment: reader.array()?,
             signature: reader.array()?,
             confirmation: reader.array()?,
         })
@@ -156,12 +160,34 @@ impl Finish {
     }
 }
 
+/// Message 4, responder to initiator: the responder's SAS nonce, sent only once the
+/// responder's application has been told of the call.
+#[derive(Debug, Clone)]
+pub(crate) struct Reveal {
+    pub(crate) sas_nonce: [u8; LEN32],
+}
+
+impl Reveal {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = header(MessageType::Reveal);
+        out.extend_from_slice(&self.sas_nonce);
+        out
+    }
+
+    fn parse(reader: &mut Reader<'_>) -> Result<Self, HandshakeError> {
+        Ok(Self {
+            sas_nonce: reader.array()?,
+        })
+    }
+}
+
 /// A parsed handshake message of any type.
 #[derive(Debug, Clone)]
 pub(crate) enum Message {
     Init(Init),
     Response(Response),
     Finish(Finish),
+    Reveal(Reveal),
 }
 
 impl Message {
@@ -174,6 +200,7 @@ impl Message {
             MessageType::Init => Message::Init(Init::parse(&mut reader)?),
             MessageType::Response => Message::Response(Response::parse(&mut reader)?),
             MessageType::Finish => Message::Finish(Finish::parse(&mut reader)?),
+            MessageType::Reveal => Message::Reveal(Reveal::parse(&mut reader)?),
         };
         if !reader.rest.is_empty() {
             return Err(HandshakeError::Malformed(MalformedReason::TrailingBytes));
@@ -186,6 +213,7 @@ impl Message {
             Message::Init(_) => MessageType::Init,
             Message::Response(_) => MessageType::Response,
             Message::Finish(_) => MessageType::Finish,
+            Message::Reveal(_) => MessageType::Reveal,
         }
     }
 }
@@ -201,6 +229,7 @@ pub(crate) fn parse_type(bytes: &[u8]) -> Result<MessageType, HandshakeError> {
         1 => Ok(MessageType::Init),
         2 => Ok(MessageType::Response),
         3 => Ok(MessageType::Finish),
+        4 => Ok(MessageType::Reveal),
         other => Err(HandshakeError::Malformed(
             MalformedReason::UnknownMessageType(other),
         )),
