@@ -5,9 +5,9 @@
 //! carried over QUIC. Relays and networks see ciphertext only.
 //!
 //! The IO-free parts live in their own crates and are re-exported here: [`sframe`],
-//! [`identity`] and [`e2ee`], [`media`], [`proto`], [`call`], [`netem`]. This crate adds the
-//! drivers: [`transport`] (quinn) and the [`Phone`] that runs calls on its own
-//! runtime.
+//! [`identity`] and [`e2ee`], [`media`], [`proto`], [`call`], [`session`] (one call's
+//! signaling, keys and media as a state machine), [`netem`]. This crate adds the drivers: the
+//! QUIC transport (quinn) and the [`Phone`] that runs each call's session on its own thread.
 #![forbid(unsafe_code)]
 
 pub use viska_call as call;
@@ -18,7 +18,18 @@ pub use viska_proto as proto;
 pub use viska_sframe as sframe;
 
 pub mod phone;
+/// The QUIC transport (quinn): public only with the `testing` feature, for the transport
+/// benchmark and tests; applications use the [`Phone`].
+#[cfg(feature = "testing")]
 pub mod transport;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub, dead_code)]
+mod transport;
 
-pub use phone::{CallHandle, Phone, PhoneConfig};
+pub use phone::{
+    CallHandle, CallListener, CallSnapshot, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder,
+    PhoneError, PhoneEvent, PhoneListener,
+};
+pub use transport::{TransportConfig, TransportError};
 pub use viska_e2ee::identity;
+pub use viska_session as session;

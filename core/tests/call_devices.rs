@@ -16,10 +16,11 @@ use viska::call::CallState;
 use viska::media::audio::AudioSink;
 use viska::media::wav::WavSink;
 use viska::phone::{
-    AudioDirection, AudioEvent, CallListener, CallerInfo, DeviceAudio, FileAudio, PhoneListener,
+    AudioDirection, AudioEvent, CallListener, DeviceAudio, FileAudio, PhoneListener,
     generate_identity,
 };
-use viska::{CallHandle, Phone, PhoneConfig};
+use viska::proto::CallId;
+use viska::{CallHandle, CallUpdate, Phone, PhoneConfig, PhoneEvent};
 
 const TEST_NAME: &str = "callee_switches_its_speaker_mid_call";
 
@@ -89,9 +90,11 @@ fn callee_switches_its_speaker_mid_call() {
 struct Answer(mpsc::Sender<CallHandle>);
 
 impl PhoneListener for Answer {
-    fn incoming_call(&self, call: CallHandle, _caller: CallerInfo) {
-        call.answer().expect("answer");
-        let _ = self.0.send(call);
+    fn on_event(&self, event: PhoneEvent) {
+        if let PhoneEvent::IncomingCall { call, .. } = event {
+            call.answer().expect("answer");
+            let _ = self.0.send(call);
+        }
     }
 }
 
@@ -99,8 +102,10 @@ impl PhoneListener for Answer {
 struct AudioEvents(Mutex<Vec<AudioEvent>>);
 
 impl CallListener for AudioEvents {
-    fn audio_event(&self, event: AudioEvent) {
-        self.0.lock().expect("lock").push(event);
+    fn on_event(&self, _call: CallId, update: CallUpdate) {
+        if let CallUpdate::Audio(event) = update {
+            self.0.lock().expect("lock").push(event);
+        }
     }
 }
 
@@ -114,17 +119,21 @@ fn child(dir: &Path) {
         }
         w.finish().expect("finish");
     }
-    let mut callee_config = PhoneConfig::new("dev-callee", generate_identity());
-    callee_config.audio = Arc::new(DeviceAudio {
-        input: Some("viska_in".into()),
-        output: Some("viska_out".into()),
-    });
-    let mut caller_config = PhoneConfig::new("dev-caller", generate_identity());
-    caller_config.audio = Arc::new(FileAudio {
-        input: Some(talk),
-        loop_input: true,
-        output: None,
-    });
+    let callee_config = PhoneConfig::builder("dev-callee", generate_identity())
+        .audio(Arc::new(DeviceAudio {
+            input: Some("viska_in".into()),
+            output: Some("viska_out".into()),
+        }))
+        .build()
+        .expect("config");
+    let caller_config = PhoneConfig::builder("dev-caller", generate_identity())
+        .audio(Arc::new(FileAudio {
+            input: Some(talk),
+            loop_input: true,
+            output: None,
+        }))
+        .build()
+        .expect("config");
     let callee = Phone::new(callee_config).expect("callee");
     let caller = Phone::new(caller_config).expect("caller");
     let (tx, rx) = mpsc::channel();

@@ -1,5 +1,6 @@
-//! A call's whole media receive path: `MediaSession::receive` then `MediaSession::play_frame`,
-//! fed by a real sender `MediaSession` keyed by a real direct handshake (two fixed identities,
+//! A call's whole media receive path (the session's stream of one participant: SFrame, jitter
+//! buffer, decoder): `receive` then `play_frame`, fed by a real sender keyed by a real direct
+//! handshake (two fixed identities,
 //! run once per process and suite). The sender encodes frames of deterministic audio, skips
 //! frame periods (hold, mute) and the network delays, reorders, corrupts, truncates, duplicates
 //! or replays its datagrams, or injects arbitrary bytes; the receiver plays frames on a
@@ -25,15 +26,16 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use viska::e2ee::direct::{
+use viska_e2ee::direct::{
     ChannelBinding, DirectHandshake, HandshakeConfig, HandshakeStep, SessionKeys,
 };
-use viska::e2ee::identity::IdentityKeyPair;
-use viska::media::audio::SAMPLE_RATE;
-use viska::media::codec::{FrameDuration, OpusConfig};
-use viska::media::jitter::JitterConfig;
-use viska::phone::{MAX_DATAGRAM, MediaCounters, MediaError, MediaSession};
-use viska::sframe::{BaseKey, CipherSuite, SendKey, SframeError};
+use viska_e2ee::identity::IdentityKeyPair;
+use viska_media::audio::SAMPLE_RATE;
+use viska_media::codec::{FrameDuration, OpusConfig};
+use viska_media::jitter::JitterConfig;
+use viska_session::fuzzing::MediaPath as MediaSession;
+use viska_session::{MAX_DATAGRAM, MediaCounters, MediaError};
+use viska_sframe::{BaseKey, CipherSuite, SendKey, SframeError};
 
 /// Most steps per input; a `Talk` frame counts two (a send and a play).
 const MAX_STEPS: usize = 200;
@@ -267,18 +269,13 @@ impl Call {
     fn encode(&mut self, pcm_seed: u8) -> Option<(u64, Vec<u8>)> {
         fill_pcm(pcm_seed, self.captured, &mut self.pcm);
         self.captured += self.pcm.len() as u64;
-        let expected = self.sender.next_frame_index();
-        let encoded = self
+        let index = self.sender.next_frame_index();
+        let sent = self
             .sender
-            .encode_frame(&self.pcm)
-            .expect("a frame encodes");
-        assert_eq!(self.sender.next_frame_index(), expected + 1);
-        let index = encoded?;
-        assert_eq!(index, expected);
-        let len = self
-            .sender
-            .protect_encoded(&mut self.out)
-            .expect("a frame protects");
+            .send_frame(&self.pcm, &mut self.out)
+            .expect("a frame encodes and protects");
+        assert_eq!(self.sender.next_frame_index(), index + 1);
+        let len = sent?;
         let bytes = self.out[..len].to_vec();
         assert!(
             self.sent.insert(index, bytes.clone()).is_none(),
@@ -318,8 +315,8 @@ impl Call {
 
     fn skip(&mut self) {
         let expected = self.sender.next_frame_index();
-        let index = self.sender.skip_frame().expect("a frame period skips");
-        assert_eq!(index, expected);
+        self.sender.skip_frame().expect("a frame period skips");
+        assert_eq!(self.sender.next_frame_index(), expected + 1);
         self.captured += self.pcm.len() as u64;
         self.check_counters();
     }

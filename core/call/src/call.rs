@@ -106,9 +106,12 @@ impl Call {
             Role::Caller => {
                 let (handshake, msg1) = DirectHandshake::initiate(handshake_config, rng)
                     .map_err(CallError::Handshake)?;
-                let mut id = [0u8; CallId::LEN];
-                rng.fill_bytes(&mut id);
-                (handshake, Some(msg1), Some(CallId(id)), None)
+                let id = config.call_id.unwrap_or_else(|| {
+                    let mut id = [0u8; CallId::LEN];
+                    rng.fill_bytes(&mut id);
+                    CallId(id)
+                });
+                (handshake, Some(msg1), Some(id), None)
             }
             Role::Callee => {
                 let handshake = DirectHandshake::respond(handshake_config, rng)

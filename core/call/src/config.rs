@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use viska_e2ee::direct::ChannelBinding;
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
-use viska_proto::{Features, FrameDuration, MediaParams, SuiteId};
+use viska_proto::{CallId, Features, FrameDuration, MediaParams, SuiteId};
 use viska_sframe::CipherSuite;
 
 use crate::error::CallError;
@@ -48,6 +48,9 @@ pub struct CallConfig {
     pub keepalive_interval: Duration,
     /// Optional capabilities announced in `Hello`.
     pub features: Features,
+    /// The call's id, chosen by the caller's application (`None`: drawn at random). A callee
+    /// learns it from the `Invite`; its own value is ignored.
+    pub call_id: Option<CallId>,
 }
 
 impl CallConfig {
@@ -71,6 +74,7 @@ impl CallConfig {
             setup_timeout: DEFAULT_SETUP_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             features: Features::NONE,
+            call_id: None,
         }
     }
 

@@ -176,6 +176,12 @@ pub enum SecurityEvent {
         /// How far it got.
         stage: HandshakeStage,
     },
+    /// An incoming connection failed its QUIC/TLS handshake (before any end-to-end work): a
+    /// scanner, a client of another protocol, or a certificate chain (refused).
+    TransportHandshakeFailed,
+    /// An incoming connection did not complete its TLS handshake in time (a stalled client
+    /// holding a place).
+    TransportHandshakeTimedOut,
     /// Media datagrams of a participant were refused: forged, replayed, malformed, or under an
     /// unknown key. Raised at most once a second per participant and reason while it goes on;
     /// `count` is the running total for the participant and reason.

@@ -4,6 +4,7 @@
 //! Everything here works on 48 kHz mono 16-bit PCM in whole frames (10 or 20 ms). Devices and
 //! files at other rates and channel counts are converted at the edge.
 
+pub mod app;
 pub mod audio;
 pub mod background;
 pub mod codec;

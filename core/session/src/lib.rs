@@ -54,6 +54,8 @@
 
 mod clock;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod sender;
 mod session;
 mod stream;

@@ -1,42 +1,79 @@
 //! The phone: runs calls on its own runtime and tells the application what happens.
 //!
-//! [`Phone`] owns a small tokio runtime whose threads are named after the phone. Every method
-//! returns promptly; the work happens on that runtime and the application hears about it
-//! through [`PhoneListener`] and [`CallListener`], called on the phone's runtime threads.
-//! Listeners **must not block**: hand work to your own thread or queue.
+//! [`Phone`] owns one thread that carries every call's sockets, timers and media
+//! (`vk-<name>`), and one that calls the application's listeners (`vk-<name>-ev`). Every method
+//! returns promptly. Events reach [`PhoneListener::on_event`] and [`CallListener::on_event`]
+//! on the listener thread, in order, outside every lock of the library: a listener may take its
+//! time (it delays only later events, never audio) and may call back into the phone, but
+//! should hand long work to a thread of its own. A listener that panics is caught and logged.
+//!
+//! Each call is a [`viska_session::Session`] (the call's signaling, keys and media, without
+//! IO) driven by a loop of about two hundred lines in `driver.rs`: sockets, timers and audio
+//! end points, no policy.
 
+mod admission;
 mod audio;
 mod driver;
-mod media;
+mod events;
 mod metrics;
 mod places;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use viska_call::{CallEvent, CallState, CallStats, Command, SecurityEvent, Trust};
+use viska_call::{CallState, CallStats, Command, SecurityEvent, Trust};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
-use viska_media::audio::DeviceEvent;
+use viska_e2ee::keys::ParticipantId;
 use viska_media::codec::OpusConfig;
 use viska_media::jitter::JitterConfig;
-use viska_netem::ImpairmentConfig;
+use viska_proto::{CallId, DtmfEvent, ProtoError};
+use viska_session::{MediaCounters, SignalingCounters};
 use viska_sframe::CipherSuite;
 
 use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, TransportError};
+use events::{EventQueue, Item};
 
 #[cfg(feature = "device")]
 pub use self::audio::DeviceAudio;
-pub use self::audio::{AudioFactory, DiscardSink, FileAudio, NullAudio, SilenceSource};
-pub use media::{
-    MARKED_AFTER_PAUSE, MAX_DATAGRAM, MediaCounters, MediaError, MediaSession, Played,
+pub use self::audio::{
+    AppAudio, AppAudioConfig, AppCapture, AppPlayback, AudioDevice, AudioFactory, DiscardSink,
+    FileAudio, NullAudio, SilenceSource,
 };
 pub use metrics::{
     LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time, thread_wakeups,
 };
 pub use places::RefusedConnections;
+
+/// A setting [`PhoneConfigBuilder::build`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No cipher suite, or one listed twice.
+    #[error("cipher suites: {0}")]
+    Suites(&'static str),
+    /// The phone's name must be 1 to 12 characters (it names threads).
+    #[error("name must be 1 to 12 characters (it names threads), got {0:?}")]
+    Name(String),
+    /// A limit that must be at least 1 is 0.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+    /// The codec settings.
+    #[error("codec: {0}")]
+    Codec(#[from] viska_media::codec::CodecError),
+    /// The jitter buffer settings.
+    #[error("jitter buffer: {0}")]
+    Jitter(#[from] viska_media::jitter::JitterError),
+    /// The impairment settings (testing).
+    #[error("impairment: {0}")]
+    Impairment(#[from] viska_netem::ConfigError),
+}
 
 /// Errors of the phone API.
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +81,16 @@ pub use places::RefusedConnections;
 pub enum PhoneError {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
-    /// The phone's runtime could not start.
+    Config(#[from] ConfigError),
+    /// The phone's threads could not start.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
     /// Transport failure (socket, TLS, QUIC).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The phone is closed; it takes no more calls or commands.
+    #[error("the phone is closed")]
+    Closed,
     /// The call is over; the command was not sent.
     #[error("the call has ended")]
     CallEnded,
@@ -71,125 +111,270 @@ pub enum PhoneError {
         /// The call's state when it was refused.
         state: CallState,
     },
+    /// A DTMF digit string or duration the protocol cannot carry.
+    #[error("DTMF: {0}")]
+    InvalidDtmf(ProtoError),
+    /// A DTMF duration outside 40 ms..=65.535 s.
+    #[error("DTMF duration {0:?} is outside 40 ms..=65535 ms")]
+    DtmfDuration(Duration),
+    /// The sound devices could not be listed.
+    #[error("audio devices: {0}")]
+    Devices(String),
+    /// The call's session refused its configuration.
+    #[error(transparent)]
+    Session(#[from] viska_session::SessionError),
 }
 
-/// Everything a phone is set up with.
+/// Everything a phone is set up with; build one with [`PhoneConfig::builder`].
 pub struct PhoneConfig {
-    /// A short name, used for thread names (`vk-<name>`) and logs.
-    pub name: String,
-    /// This device's long-term identity.
-    pub identity: IdentityKeyPair,
-    /// SFrame suites accepted, in order of preference (the first is offered for media).
-    pub suites: Vec<CipherSuite>,
-    /// Codec settings for calls this phone places (a callee adopts the caller's frame size and
-    /// bitrate).
-    pub opus: OpusConfig,
-    /// Jitter buffer bounds.
-    pub jitter: JitterConfig,
-    /// QUIC timers and buffers.
-    pub transport: TransportConfig,
-    /// Impair this phone's outgoing packets (tests and demos without `tc netem`).
-    pub impairment: Option<ImpairmentConfig>,
-    /// Where call audio comes from and goes to.
-    pub audio: Arc<dyn AudioFactory>,
-    /// How long an incoming call may ring unanswered.
-    pub ring_timeout: Duration,
-    /// Optional latency probe shared with the peer phone (measurement only).
-    pub latency_probe: Option<Arc<LatencyProbe>>,
-    /// Record each call (both sides mixed) to this Ogg Opus file.
-    pub recording: Option<std::path::PathBuf>,
-    /// Calls this phone runs at once (placed, ringing or active). Another incoming call is
-    /// refused as busy once its caller is authenticated (and reported through
-    /// [`PhoneListener::missed_call`]); another outgoing one is refused with
-    /// [`PhoneError::TooManyCalls`]. Connections whose caller is not authenticated yet do not
-    /// count; [`max_handshakes`](Self::max_handshakes) bounds them.
-    pub max_calls: usize,
-    /// Incoming connections held at once before their caller is authenticated (QUIC
-    /// handshake, signaling stream, end-to-end handshake); more are refused at once and
-    /// counted ([`Phone::refused_connections`]). Each costs TLS and handshake work before
-    /// anyone is known. Default 16.
-    pub max_handshakes: usize,
-    /// How many of those places one source may hold: an IPv4 address, or an IPv6 /64
-    /// prefix (QUIC has validated the address first). Without it one source could hold every
-    /// place for the setup timeout each and keep all other callers out. Default 4, which
-    /// lets one address start calls many times a second (a handshake holds its place for a
-    /// few round trips). Raise it when many callers share one address by design: behind a
-    /// relay, or a contact centre's NAT.
-    pub max_handshakes_per_source: usize,
-    /// Identities the user verified in earlier sessions (compared the SAS), as the
-    /// application saved them from [`Phone::verified_peers`]: a peer among them is
-    /// [`Trust::Verified`] from the start of a call.
-    pub verified_peers: Vec<PublicIdentity>,
+    name: String,
+    identity: IdentityKeyPair,
+    suites: Vec<CipherSuite>,
+    opus: OpusConfig,
+    jitter: JitterConfig,
+    transport: TransportConfig,
+    audio: Arc<dyn AudioFactory>,
+    ring_timeout: Duration,
+    recording: Option<std::path::PathBuf>,
+    max_calls: usize,
+    max_handshakes: usize,
+    max_handshakes_per_source: usize,
+    max_ringing_per_source: usize,
+    tls_deadline: Duration,
+    verified_peers: Vec<PublicIdentity>,
+    realtime: bool,
+    #[cfg(feature = "testing")]
+    testing: TestingConfig,
 }
 
-impl std::fmt::Debug for PhoneConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// Test and measurement hooks (feature `testing`): impairment of outgoing packets and a
+/// latency probe shared by two phones of one process.
+#[cfg(feature = "testing")]
+#[derive(Default)]
+struct TestingConfig {
+    impairment: Option<viska_netem::ImpairmentConfig>,
+    latency_probe: Option<Arc<LatencyProbe>>,
+}
+
+impl fmt::Debug for PhoneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PhoneConfig")
             .field("name", &self.name)
             .field("identity", &self.identity.public().fingerprint())
             .field("suites", &self.suites)
             .field("opus", &self.opus)
-            .field("impairment", &self.impairment)
+            .field("max_calls", &self.max_calls)
             .finish_non_exhaustive()
     }
 }
 
 impl PhoneConfig {
-    /// Defaults for everything but the identity: ChaCha20-Poly1305 first, 20 ms Opus at
-    /// 32 kbit/s with FEC, no audio.
-    pub fn new(name: impl Into<String>, identity: IdentityKeyPair) -> Self {
-        Self {
-            name: name.into(),
-            identity,
-            suites: vec![
-                CipherSuite::ChaCha20Poly1305Sha256,
-                CipherSuite::Aes128GcmSha256,
-            ],
-            opus: OpusConfig::default(),
-            jitter: JitterConfig::default(),
-            transport: TransportConfig::default(),
-            impairment: None,
-            audio: Arc::new(NullAudio),
-            ring_timeout: viska_call::DEFAULT_RING_TIMEOUT,
-            latency_probe: None,
-            recording: None,
-            max_calls: 4,
-            max_handshakes: 16,
-            max_handshakes_per_source: 4,
-            verified_peers: Vec::new(),
+    /// A builder with the defaults: ChaCha20-Poly1305 first, 20 ms Opus at 32 kbit/s with
+    /// FEC, no audio, 4 calls, 16 connections waiting for authentication (4 per source), 2
+    /// unverified ringing calls per source, a 3 s TLS deadline, raised thread priority.
+    pub fn builder(name: impl Into<String>, identity: IdentityKeyPair) -> PhoneConfigBuilder {
+        PhoneConfigBuilder {
+            config: Self {
+                name: name.into(),
+                identity,
+                suites: vec![
+                    CipherSuite::ChaCha20Poly1305Sha256,
+                    CipherSuite::Aes128GcmSha256,
+                ],
+                opus: OpusConfig::default(),
+                jitter: JitterConfig::default(),
+                transport: TransportConfig::default(),
+                audio: Arc::new(NullAudio),
+                ring_timeout: viska_call::DEFAULT_RING_TIMEOUT,
+                recording: None,
+                max_calls: 4,
+                max_handshakes: 16,
+                max_handshakes_per_source: 4,
+                max_ringing_per_source: 2,
+                tls_deadline: Duration::from_secs(3),
+                verified_peers: Vec::new(),
+                realtime: true,
+                #[cfg(feature = "testing")]
+                testing: TestingConfig::default(),
+            },
         }
     }
 
-    fn validate(&self) -> Result<(), PhoneError> {
-        if self.suites.is_empty() {
-            return Err(PhoneError::InvalidConfig("no cipher suite".into()));
+    /// The phone's name (thread names `vk-<name>`, logs).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Codec settings of calls this phone places.
+    pub fn opus(&self) -> &OpusConfig {
+        &self.opus
+    }
+
+    /// Calls this phone runs at once.
+    pub fn max_calls(&self) -> usize {
+        self.max_calls
+    }
+}
+
+/// Builds a [`PhoneConfig`]; [`build`](Self::build) refuses settings that cannot work.
+pub struct PhoneConfigBuilder {
+    config: PhoneConfig,
+}
+
+impl fmt::Debug for PhoneConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl PhoneConfigBuilder {
+    /// SFrame suites accepted, in order of preference (the first is offered for media).
+    pub fn suites(mut self, suites: Vec<CipherSuite>) -> Self {
+        self.config.suites = suites;
+        self
+    }
+
+    /// Codec settings for calls this phone places (a callee adopts the caller's frame size
+    /// and bitrate).
+    pub fn opus(mut self, opus: OpusConfig) -> Self {
+        self.config.opus = opus;
+        self
+    }
+
+    /// Jitter buffer bounds.
+    pub fn jitter(mut self, jitter: JitterConfig) -> Self {
+        self.config.jitter = jitter;
+        self
+    }
+
+    /// QUIC timers and buffers.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.config.transport = transport;
+        self
+    }
+
+    /// Where call audio comes from and goes to (default: none).
+    pub fn audio(mut self, audio: Arc<dyn AudioFactory>) -> Self {
+        self.config.audio = audio;
+        self
+    }
+
+    /// How long an incoming call may ring unanswered.
+    pub fn ring_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ring_timeout = timeout;
+        self
+    }
+
+    /// Record each call (both sides mixed) to this Ogg Opus file.
+    pub fn recording(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.recording = Some(path.into());
+        self
+    }
+
+    /// Calls this phone runs at once (placed, ringing or active). Another incoming call is
+    /// refused as busy once its caller is authenticated, unless it is a verified caller and a
+    /// call of an unverified one still rings (see [`Phone`]'s admission rules); another
+    /// outgoing one is refused with [`PhoneError::TooManyCalls`].
+    pub fn max_calls(mut self, n: usize) -> Self {
+        self.config.max_calls = n;
+        self
+    }
+
+    /// Incoming connections held at once before their caller is authenticated (QUIC and TLS
+    /// handshake, the end-to-end handshake). When all are taken, a newcomer takes the oldest
+    /// place of the source holding the most. Default 16.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.config.max_handshakes = n;
+        self
+    }
+
+    /// How many of those places one source may hold: an IPv4 address or an IPv6 /64 (a /56
+    /// twice as many, a /48 three times). Default 4. Raise it when many callers share one
+    /// address by design: behind a relay, or a contact centre's NAT.
+    pub fn max_handshakes_per_source(mut self, n: usize) -> Self {
+        self.config.max_handshakes_per_source = n;
+        self
+    }
+
+    /// Ringing calls at once from one source by callers that are not verified. Default 2.
+    pub fn max_ringing_per_source(mut self, n: usize) -> Self {
+        self.config.max_ringing_per_source = n;
+        self
+    }
+
+    /// How long an incoming connection may take to complete its TLS handshake. Default 3 s.
+    pub fn tls_deadline(mut self, deadline: Duration) -> Self {
+        self.config.tls_deadline = deadline;
+        self
+    }
+
+    /// Identities the user verified in earlier sessions (compared the SAS), as the application
+    /// saved them from [`Phone::verified_peers`]: a peer among them is [`Trust::Verified`].
+    pub fn verified_peers(mut self, peers: Vec<PublicIdentity>) -> Self {
+        self.config.verified_peers = peers;
+        self
+    }
+
+    /// Ask for real-time (or raised) priority for the thread that carries media, where the
+    /// system allows it (default on). Refusals are logged once and ignored.
+    pub fn realtime(mut self, on: bool) -> Self {
+        self.config.realtime = on;
+        self
+    }
+
+    /// Testing: impairs this phone's outgoing packets (loss, delay, jitter).
+    #[cfg(feature = "testing")]
+    pub fn impairment(mut self, impairment: viska_netem::ImpairmentConfig) -> Self {
+        self.config.testing.impairment = Some(impairment);
+        self
+    }
+
+    /// Testing: a latency probe shared with the peer phone (measurement only).
+    #[cfg(feature = "testing")]
+    pub fn latency_probe(mut self, probe: Arc<LatencyProbe>) -> Self {
+        self.config.testing.latency_probe = Some(probe);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<PhoneConfig, ConfigError> {
+        let c = &self.config;
+        if c.suites.is_empty() {
+            return Err(ConfigError::Suites("none"));
         }
-        if self.max_handshakes == 0 || self.max_handshakes_per_source == 0 {
-            return Err(PhoneError::InvalidConfig(
-                "max_handshakes and max_handshakes_per_source must be at least 1".into(),
-            ));
+        if c.suites
+            .iter()
+            .enumerate()
+            .any(|(i, s)| c.suites[..i].contains(s))
+        {
+            return Err(ConfigError::Suites("a suite is listed twice"));
         }
-        if self.max_calls == 0 {
-            return Err(PhoneError::InvalidConfig(
-                "max_calls must be at least 1".into(),
-            ));
+        if c.name.is_empty() || c.name.chars().count() > 12 {
+            return Err(ConfigError::Name(c.name.clone()));
         }
-        if self.name.is_empty() || self.name.len() > 12 {
-            return Err(PhoneError::InvalidConfig(
-                "name must be 1 to 12 characters (it names threads)".into(),
-            ));
+        for (value, name) in [
+            (c.max_calls, "max_calls"),
+            (c.max_handshakes, "max_handshakes"),
+            (c.max_handshakes_per_source, "max_handshakes_per_source"),
+            (c.max_ringing_per_source, "max_ringing_per_source"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
         }
-        self.opus
-            .validate()
-            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
-        self.jitter
-            .validate()
-            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
-        if let Some(imp) = &self.impairment {
-            imp.validate()
-                .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        if c.ring_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("ring_timeout"));
         }
-        Ok(())
+        if c.tls_deadline.is_zero() {
+            return Err(ConfigError::ZeroDuration("tls_deadline"));
+        }
+        c.opus.validate()?;
+        c.jitter.validate()?;
+        #[cfg(feature = "testing")]
+        if let Some(imp) = &c.testing.impairment {
+            imp.validate()?;
+        }
+        Ok(self.config)
     }
 }
 
@@ -203,29 +388,21 @@ pub fn generate_identity() -> IdentityKeyPair {
 pub struct CallerInfo {
     /// The caller's authenticated identity.
     pub identity: PublicIdentity,
-    /// Whether that identity is pinned, unknown, or different from the pinned one.
+    /// Whether that identity is verified, unknown, or different from the expected one.
     pub trust: Trust,
     /// The network address the call came from.
     pub remote_addr: SocketAddr,
 }
 
-/// Phone-wide events. Called on the phone's runtime threads; must not block.
-pub trait PhoneListener: Send + Sync {
-    /// A new call is ringing. Answer or reject it through `call`.
-    fn incoming_call(&self, call: CallHandle, caller: CallerInfo);
-    /// A security event outside any call (e.g. a connection that failed the handshake).
-    fn security_event(&self, _event: String) {}
-    /// An authenticated incoming call was refused without ringing (a missed call for the
-    /// agent's history): the phone was busy, or the call's audio could not start.
-    fn missed_call(&self, _caller: CallerInfo, _why: MissedCall) {}
-}
-
-/// Why an incoming call was refused without ringing.
+/// Why an incoming call was refused without ringing, or stopped ringing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MissedCall {
-    /// The phone already had [`PhoneConfig::max_calls`] calls; the caller was told busy.
+    /// The phone had no room (its calls, or this source's or identity's ringing calls); the
+    /// caller was told busy.
     Busy,
+    /// The call rang, and was refused as busy to make room for a verified caller.
+    DisplacedByVerifiedCaller,
     /// The call's audio could not start (no such device, unreadable file); the caller was
     /// told the call was refused with reason `Error`.
     AudioFailed {
@@ -268,52 +445,147 @@ pub enum AudioEvent {
         /// Why.
         error: String,
     },
-    /// The call's audio could not start (no such device, unreadable file, codec settings):
-    /// the call is ended (an outgoing call not yet answered is cancelled; the peer of an
-    /// answered one is told reason `Error`). An incoming call that fails this way never
-    /// rings: it is refused with reason `Error` and reported by
-    /// [`PhoneListener::missed_call`].
+    /// The call's audio could not start: the call is ended (an outgoing call not yet
+    /// answered is cancelled). An incoming call that fails this way never rings: it is
+    /// refused with reason `Error` and reported as [`PhoneEvent::MissedCall`].
     StartFailed {
         /// Why.
         error: String,
     },
 }
 
-/// Events of one call. Called on the phone's runtime threads; must not block.
-pub trait CallListener: Send + Sync {
-    /// The call changed state.
-    fn state_changed(&self, _state: CallState) {}
-    /// End-to-end keys are established: the SAS is available.
-    fn keys_ready(&self, _sas: String) {}
-    /// The peer sent a DTMF digit.
-    fn dtmf(&self, _digit: char, _duration_ms: u16) {}
-    /// The peer sent opaque call data.
-    fn data(&self, _data: Vec<u8>) {}
-    /// Something security-relevant happened (decryption failures, key change).
-    fn security_event(&self, _event: SecurityEvent) {}
-    /// Periodic statistics (about once a second during an active call).
-    fn stats(&self, _stats: CallStats) {}
+/// A phone-wide event, on the listener thread.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PhoneEvent {
+    /// A new call is ringing. Answer or reject it through `call`; set its listener to follow
+    /// it (what already happened is replayed to it).
+    IncomingCall {
+        /// The call.
+        call: CallHandle,
+        /// Who is calling.
+        caller: CallerInfo,
+    },
+    /// An authenticated incoming call was refused without ringing or stopped ringing (a missed
+    /// call for the agent's history).
+    MissedCall {
+        /// Who called.
+        caller: CallerInfo,
+        /// Why it was refused.
+        why: MissedCall,
+    },
+    /// Something security-relevant happened outside an answered call: a handshake that
+    /// failed, was refused by the peer or was abandoned, a connection that did not complete
+    /// TLS in time. At most a few per second per source are reported; `suppressed` counts
+    /// those of the source left out since the last one.
+    Security {
+        /// The address the connection came from or went to.
+        source: SocketAddr,
+        /// What happened.
+        event: SecurityEvent,
+        /// Events of this source not reported since the previous report.
+        suppressed: u64,
+    },
+    /// The phone is closed: every call has ended; this is the last event.
+    Closed,
+}
+
+/// An event of one call, on the listener thread.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum CallUpdate {
+    /// The call moved to a new state.
+    StateChanged(CallState),
+    /// End-to-end keys are established: the SAS can be shown.
+    KeysReady {
+        /// The short authentication string, as two groups of three digits.
+        sas: String,
+        /// How far the peer's identity is trusted.
+        trust: Trust,
+    },
+    /// The trust in the peer changed (the user verified it).
+    TrustChanged(Trust),
+    /// A participant pressed a DTMF key.
+    Dtmf {
+        /// Who.
+        participant: ParticipantId,
+        /// The key.
+        event: DtmfEvent,
+        /// How long it was held, in milliseconds.
+        duration_ms: u16,
+    },
+    /// A participant sent opaque call data.
+    Data {
+        /// Who.
+        participant: ParticipantId,
+        /// The data.
+        data: Vec<u8>,
+    },
+    /// A participant muted or unmuted its microphone.
+    PeerMuted {
+        /// Who.
+        participant: ParticipantId,
+        /// Muted now.
+        muted: bool,
+    },
+    /// A participant put the call on hold or took it off.
+    PeerHold {
+        /// Who.
+        participant: ParticipantId,
+        /// On hold now.
+        on_hold: bool,
+    },
+    /// Something security-relevant happened in the call (media or control frames refused,
+    /// a key change, a failed handshake).
+    Security(SecurityEvent),
+    /// Statistics, about once a second and once more at the end.
+    Stats(CallStats),
     /// A sound device of the call was lost or switched, or its audio failed to start.
-    fn audio_event(&self, _event: AudioEvent) {}
-    /// The trust in the peer's identity changed during the call (the user verified it).
-    fn trust_changed(&self, _trust: Trust) {}
+    Audio(AudioEvent),
+}
+
+/// Phone-wide events. Called on the phone's listener thread, never on the one that carries
+/// media; see the [module documentation](self).
+pub trait PhoneListener: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: PhoneEvent);
+}
+
+impl<F: Fn(PhoneEvent) + Send + Sync> PhoneListener for F {
+    fn on_event(&self, event: PhoneEvent) {
+        self(event);
+    }
+}
+
+/// Events of one call. Called on the phone's listener thread; see the
+/// [module documentation](self).
+pub trait CallListener: Send + Sync {
+    /// One event of call `call`.
+    fn on_event(&self, call: CallId, update: CallUpdate);
+}
+
+impl<F: Fn(CallId, CallUpdate) + Send + Sync> CallListener for F {
+    fn on_event(&self, call: CallId, update: CallUpdate) {
+        self(call, update);
+    }
 }
 
 /// What the application can read about a call at any time. Its `Debug` output leaves the SAS
 /// out (`***`): snapshots end up in logs.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct CallSnapshot {
+    /// The call's id (both ends know the same one).
+    pub call_id: CallId,
     /// Current state.
     pub state: CallState,
     /// Short authentication string, once keys are ready.
     pub sas: Option<String>,
     /// The peer's identity, once authenticated.
     pub peer: Option<PublicIdentity>,
-    /// The SFrame cipher suite the handshake chose for the call's media and control data,
-    /// once keys are ready.
+    /// The SFrame cipher suite of the call's media and control data, once keys are ready.
     pub suite: Option<CipherSuite>,
-    /// How far the peer's identity is trusted, once authenticated; changes to
-    /// [`Trust::Verified`] when the user verifies it ([`CallHandle::mark_verified`]).
+    /// How far the peer's identity is trusted, once authenticated.
     pub trust: Option<Trust>,
     /// Latest statistics.
     pub stats: CallStats,
@@ -328,6 +600,7 @@ pub struct CallSnapshot {
 impl fmt::Debug for CallSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallSnapshot")
+            .field("call_id", &self.call_id)
             .field("state", &self.state)
             .field("sas", &self.sas.as_ref().map(|_| "***"))
             .field("peer", &self.peer)
@@ -341,34 +614,24 @@ impl fmt::Debug for CallSnapshot {
     }
 }
 
-/// Signaling frames a call received and did not act on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SignalingCounters {
-    /// Frames whose body did not decode (dropped; the stream goes on).
-    pub malformed: u64,
-    /// Messages that decoded but were refused in the call's state (out of order, unexpected
-    /// before authentication, a second Invite, ...).
-    pub refused: u64,
-    /// Frames of a message type this version does not know (skipped, as the protocol says).
-    pub skipped_unknown: u64,
-}
-
 /// What the application's handle sends to the call's driver.
 #[derive(Debug)]
 enum DriverCommand {
-    /// A call command for the state machine.
+    /// A call command for the session.
     Call(Command),
-    /// Security testing: put bytes on the media path as they are.
-    Inject(Injection),
     /// Move the call's capture or playback to another device (`None`: the default one).
     SwitchDevice {
         direction: AudioDirection,
         device: Option<String>,
     },
+    /// Testing: put bytes on the media path as they are.
+    #[cfg(feature = "testing")]
+    Inject(Injection),
 }
 
-/// Datagrams a test can put on a call's media path to check the peer's defences.
+/// Datagrams a test can put on a call's path to check the peer's defences (feature
+/// `testing`).
+#[cfg(feature = "testing")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Injection {
@@ -376,57 +639,109 @@ pub enum Injection {
     Raw(Vec<u8>),
     /// Send the last media datagram again (a replay).
     ReplayLast,
-    /// Flip one ciphertext bit of the next media datagram before it leaves (tampering on the
-    /// path: the receiver never sees the original).
+    /// Flip one ciphertext bit of the next media datagram before it leaves.
     TamperNext,
-    /// Write these bytes on the call's signaling stream as they are (a malformed or unknown
-    /// frame from a buggy or hostile peer).
+    /// Write these bytes on the call's signaling stream as they are.
     RawSignal(Vec<u8>),
 }
 
+/// The part of a call shared by its handles, its driver and the phone.
 struct CallShared {
+    /// The phone's own key for the call (event routing).
+    key: u64,
+    id: OnceLock<CallId>,
+    /// The peer's address, once connected.
+    remote: OnceLock<SocketAddr>,
     commands: mpsc::UnboundedSender<DriverCommand>,
     snapshot: Mutex<CallSnapshot>,
-    listener: Mutex<Option<Arc<dyn CallListener>>>,
+    events: Arc<EventQueue>,
+    /// Raised once teardown is complete (final statistics, files finished, connection
+    /// closed).
+    torn_down: AtomicBool,
     ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl fmt::Debug for CallShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallShared")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CallShared {
     fn snapshot(&self) -> std::sync::MutexGuard<'_, CallSnapshot> {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.snapshot)
     }
 
-    fn listener(&self) -> Option<Arc<dyn CallListener>> {
-        self.listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    fn is_torn_down(&self) -> bool {
+        self.torn_down.load(Ordering::Acquire)
+    }
+
+    /// An incoming call not yet answered (or ended).
+    fn is_unanswered(&self) -> bool {
+        matches!(
+            self.snapshot().state,
+            CallState::Idle | CallState::Handshaking | CallState::Ringing
+        )
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.remote
+            .get()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn id(&self) -> CallId {
+        self.id.get().copied().unwrap_or(CallId([0; CallId::LEN]))
+    }
+
+    /// Queues an event of this call for its listener.
+    fn notify(&self, update: CallUpdate) {
+        self.events.push(Item::Call {
+            key: self.key,
+            id: self.id(),
+            update,
+        });
+    }
+
+    fn finish(&self) {
+        self.torn_down.store(true, Ordering::Release);
+        self.ended.send_replace(true);
+        self.events.push(Item::CallGone { key: self.key });
     }
 }
 
-/// A call, placed or received. Cheap to clone; all clones control the same call.
+/// A call, placed or received. Cheap to clone; all clones control the same call. Dropping
+/// the handles does not end the call.
 #[derive(Clone)]
 pub struct CallHandle {
     shared: Arc<CallShared>,
 }
 
-impl std::fmt::Debug for CallHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for CallHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallHandle")
+            .field("id", &self.shared.id())
             .field("state", &self.state())
             .finish()
     }
 }
 
+static CALL_KEYS: AtomicU64 = AtomicU64::new(1);
+
 impl CallHandle {
-    fn new() -> (Self, mpsc::UnboundedReceiver<DriverCommand>) {
+    fn new(events: &Arc<EventQueue>) -> (Self, mpsc::UnboundedReceiver<DriverCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(CallShared {
+            key: CALL_KEYS.fetch_add(1, Ordering::Relaxed),
+            id: OnceLock::new(),
+            remote: OnceLock::new(),
             commands: tx,
             snapshot: Mutex::new(CallSnapshot {
+                call_id: CallId([0; CallId::LEN]),
                 state: CallState::Idle,
                 sas: None,
                 peer: None,
@@ -437,32 +752,28 @@ impl CallHandle {
                 setup_time: None,
                 signaling: SignalingCounters::default(),
             }),
-            listener: Mutex::new(None),
+            events: Arc::clone(events),
+            torn_down: AtomicBool::new(false),
             ended,
         });
         (Self { shared }, rx)
     }
 
-    /// Registers the listener for this call's events (replacing any previous one). What
-    /// already happened is replayed to it at once: the current state and, if the keys are
-    /// ready, the SAS, so a listener set after `Phone::call` or in `incoming_call` misses
-    /// nothing.
+    /// The call's id, the same at both ends (CTI systems file calls under it).
+    pub fn id(&self) -> CallId {
+        self.shared.id()
+    }
+
+    /// Registers the listener for this call's events, replacing any previous one. What was
+    /// already delivered (the current state and, once keys are ready, the SAS and trust) is
+    /// replayed to it first, through the same queue, so it never sees an older state after a
+    /// newer one.
     pub fn set_listener(&self, listener: Arc<dyn CallListener>) {
-        *self
-            .shared
-            .listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener.clone());
-        let (state, sas) = {
-            let snap = self.shared.snapshot();
-            (snap.state, snap.sas.clone())
-        };
-        if let Some(sas) = sas {
-            listener.keys_ready(sas);
-        }
-        if state != CallState::Idle {
-            listener.state_changed(state);
-        }
+        self.shared.events.push(Item::SetCallListener {
+            key: self.shared.key,
+            id: self.shared.id(),
+            listener,
+        });
     }
 
     fn send(&self, command: Command, allowed: fn(&CallState) -> bool) -> Result<(), PhoneError> {
@@ -482,11 +793,10 @@ impl CallHandle {
             .map_err(|_| PhoneError::CallEnded)
     }
 
-    /// Security testing: puts a forged, replayed or tampered datagram on the media path, as a
-    /// malicious relay or peer could. The receiving end must reject and count it; the call
-    /// goes on. Not for production use.
-    #[doc(hidden)]
-    pub fn inject_datagram(&self, injection: Injection) -> Result<(), PhoneError> {
+    /// Testing: puts a forged, replayed or tampered datagram on the media path, as a
+    /// malicious relay or peer could. The receiving end must reject and count it.
+    #[cfg(feature = "testing")]
+    pub fn inject(&self, injection: Injection) -> Result<(), PhoneError> {
         self.shared
             .commands
             .send(DriverCommand::Inject(injection))
@@ -528,31 +838,24 @@ impl CallHandle {
     /// Sends DTMF digits (`0-9`, `*`, `#`, `A-D`), end-to-end encrypted, each a 100 ms key
     /// press.
     pub fn send_dtmf(&self, digits: &str) -> Result<(), PhoneError> {
-        viska_proto::DtmfEvent::parse_digits(digits)
-            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        DtmfEvent::parse_digits(digits).map_err(PhoneError::InvalidDtmf)?;
         self.send(Command::SendDtmf(digits.to_owned()), |s| {
             matches!(s, CallState::Active { .. })
         })
     }
 
     /// Sends DTMF digits each held for `duration`: a long press, or the tone length a far-end
-    /// IVR expects. `duration` must be 40 ms to 65.535 s (shorter tones are not reliably
-    /// recognised by DTMF receivers; the wire carries milliseconds in 16 bits).
+    /// IVR expects. `duration` must be 40 ms to 65.535 s.
     pub fn send_dtmf_with_duration(
         &self,
         digits: &str,
         duration: Duration,
     ) -> Result<(), PhoneError> {
-        viska_proto::DtmfEvent::parse_digits(digits)
-            .map_err(|e| PhoneError::InvalidConfig(e.to_string()))?;
+        DtmfEvent::parse_digits(digits).map_err(PhoneError::InvalidDtmf)?;
         let duration_ms = u16::try_from(duration.as_millis())
             .ok()
             .filter(|ms| *ms >= 40)
-            .ok_or_else(|| {
-                PhoneError::InvalidConfig(format!(
-                    "DTMF duration {duration:?} is outside 40 ms..=65535 ms"
-                ))
-            })?;
+            .ok_or(PhoneError::DtmfDuration(duration))?;
         self.send(
             Command::SendDtmfTones {
                 digits: digits.to_owned(),
@@ -571,8 +874,7 @@ impl CallHandle {
 
     /// Moves the call's capture to another input device (`None`: the default one) without
     /// interrupting the call. The outcome arrives as [`AudioEvent::DeviceSwitched`] or
-    /// [`AudioEvent::SwitchFailed`]; calls whose audio is not a device refuse with
-    /// `SwitchFailed`.
+    /// [`AudioEvent::SwitchFailed`].
     pub fn switch_input_device(&self, device: Option<&str>) -> Result<(), PhoneError> {
         self.switch_device(AudioDirection::Input, device)
     }
@@ -616,10 +918,8 @@ impl CallHandle {
     }
 
     /// The user compared the SAS with the peer (read aloud) and it matched: the peer's
-    /// identity is trusted as verified in this call ([`CallSnapshot::trust`],
-    /// [`CallListener::trust_changed`]) and in every later call with it on this phone (see
-    /// [`Phone::verified_peers`]). Only once keys are ready ([`CallHandle::sas`] is set);
-    /// also after a key change, which the user has then checked.
+    /// identity is trusted as verified in this call and in every later call with it on this
+    /// phone (see [`Phone::verified_peers`]). Only once keys are ready.
     pub fn mark_verified(&self) -> Result<(), PhoneError> {
         let (state, keys_ready) = {
             let snap = self.shared.snapshot();
@@ -639,8 +939,8 @@ impl CallHandle {
         self.shared.snapshot().stats.clone()
     }
 
-    /// Waits (blocking the current thread, so never on a phone's runtime) until the call's
-    /// state satisfies `pred` or `timeout` passes; returns the state reached.
+    /// Waits (blocking the current thread: not on a listener) until the call's state
+    /// satisfies `pred` or `timeout` passes; returns the state reached.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&CallState) -> bool) -> CallState {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -655,10 +955,10 @@ impl CallHandle {
     /// Whether the call has ended and its teardown is complete (final statistics published,
     /// audio files finished, connection closed).
     pub fn is_ended(&self) -> bool {
-        *self.shared.ended.borrow()
+        self.shared.is_torn_down()
     }
 
-    /// Waits (blocking the current thread, so never on a phone's runtime) until
+    /// Waits (blocking the current thread: not on a listener) until
     /// [`is_ended`](Self::is_ended) or `timeout` passes; returns whether the call ended.
     pub fn wait_ended(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -672,99 +972,147 @@ impl CallHandle {
     }
 }
 
+/// What the phone's threads share.
 struct PhoneInner {
     config: PhoneConfig,
     cert: Arc<LocalCertificate>,
-    listener: Mutex<Option<Arc<dyn PhoneListener>>>,
-    /// Every call not yet torn down, to count them and to end them when the phone stops.
-    calls: Mutex<Vec<Weak<CallShared>>>,
+    events: Arc<EventQueue>,
+    admission: admission::Admission,
     /// Places for incoming connections whose caller is not authenticated yet.
     places: Arc<places::Places>,
     /// Identities the user has verified: the configured ones and those marked since.
     verified: Mutex<Vec<PublicIdentity>>,
+    /// Rate limit of phone-wide security events, per source address.
+    security: Mutex<SecurityLimiter>,
+    closing: AtomicBool,
+    security_events: AtomicU64,
+    /// Every endpoint the phone bound, closed once its calls are down.
+    endpoints: Mutex<Vec<QuicEndpoint>>,
 }
 
 impl PhoneInner {
-    fn calls(&self) -> std::sync::MutexGuard<'_, Vec<Weak<CallShared>>> {
-        self.calls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
-    /// Adds a call to the registry if the phone takes another one; returns whether it did.
-    /// Calls whose teardown is complete leave the registry here.
-    fn admit(&self, call: &Arc<CallShared>) -> bool {
-        let mut calls = self.calls();
-        calls.retain(|c| c.upgrade().is_some_and(|c| !*c.ended.borrow()));
-        if calls.len() >= self.config.max_calls {
-            return false;
+    /// Reports a phone-wide security event, rate-limited per source: a flood gives a bounded
+    /// number of events and a count.
+    fn security_event(&self, source: SocketAddr, event: SecurityEvent) {
+        self.security_events.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%source, ?event, "security event");
+        let report = lock(&self.security).admit(source, std::time::Instant::now());
+        if let Some(suppressed) = report {
+            self.events.push(Item::Phone(PhoneEvent::Security {
+                source,
+                event,
+                suppressed,
+            }));
         }
-        calls.push(Arc::downgrade(call));
-        true
-    }
-
-    /// The calls not yet torn down.
-    fn live_calls(&self) -> Vec<Arc<CallShared>> {
-        self.calls()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|c| !*c.ended.borrow())
-            .collect()
     }
 }
 
-/// The phone's own runtime: a single-threaded tokio runtime driven by one dedicated thread
-/// (`vk-<name>`). One thread is plenty for a phone's handful of calls and costs less per
-/// packet and per timer than a work-stealing pool.
+/// Phone-wide security events: per source address at most [`SecurityLimiter::BURST`] at once,
+/// refilled at one a second; the rest is counted and reported with the next one let through.
+#[derive(Default)]
+struct SecurityLimiter {
+    sources: std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant, u64)>,
+}
+
+impl SecurityLimiter {
+    const BURST: f64 = 5.0;
+    const PER_SECOND: f64 = 1.0;
+    /// Sources remembered; past this the idle ones are forgotten.
+    const SOURCES: usize = 4096;
+
+    /// Whether an event from `source` goes out now, with how many were suppressed before it.
+    fn admit(&mut self, source: SocketAddr, now: std::time::Instant) -> Option<u64> {
+        if self.sources.len() >= Self::SOURCES {
+            self.sources.retain(|_, (_, at, _)| {
+                now.saturating_duration_since(*at) < Duration::from_secs(60)
+            });
+        }
+        let entry = self
+            .sources
+            .entry(source.ip())
+            .or_insert((Self::BURST, now, 0));
+        let (tokens, at, suppressed) = entry;
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+/// The phone's runtime: a single-threaded tokio runtime driven by one dedicated thread
+/// (`vk-<name>`), which carries every call's sockets and media. It stops by itself once the
+/// phone is closed and its calls have ended; nothing ever waits for it to stop.
 struct PhoneRuntime {
     handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<Stop>>>,
+}
+
+/// How the runtime stops.
+enum Stop {
+    /// Hang up every call (bounded), close the endpoints.
+    Close,
+    /// Testing: stop as a crash would.
+    #[cfg(feature = "testing")]
+    Crash,
 }
 
 impl PhoneRuntime {
-    fn start(name: &str) -> Result<Self, PhoneError> {
-        // Blocking helpers (opening a sound device) carry the phone's name too, so the
-        // phone's CPU time counts them.
+    fn start(inner: &Arc<PhoneInner>) -> Result<Self, PhoneError> {
+        let name = inner.config.name.clone();
+        // Blocking helpers (opening a sound device) carry the phone's name too, so the phone's
+        // CPU time counts them.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(format!("vk-{name}"))
             .build()?;
         let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
+        let (stop, stopped) = tokio::sync::oneshot::channel::<Stop>();
+        let phone = Arc::clone(inner);
+        std::thread::Builder::new()
             .name(format!("vk-{name}"))
             .spawn(move || {
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
+                if phone.config.realtime {
+                    driver::raise_priority();
+                }
+                let how = runtime.block_on(async { stopped.await.unwrap_or(Stop::Close) });
+                if matches!(how, Stop::Close) {
+                    runtime.block_on(driver::close_calls(&phone));
+                }
                 runtime.shutdown_timeout(Duration::from_millis(500));
+                phone.events.push(Item::Closed);
             })?;
         Ok(Self {
             handle,
-            stop: Some(stop),
-            thread: Some(thread),
+            stop: Mutex::new(Some(stop)),
         })
     }
 
-    fn is_running(&self) -> bool {
-        self.thread.is_some()
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // The runtime thread never panics on its own; a listener that panicked is logged.
-            if thread.join().is_err() {
-                tracing::error!("phone runtime thread panicked");
+    fn stop(&self, how: Stop) -> bool {
+        match lock(&self.stop).take() {
+            Some(stop) => {
+                let _ = stop.send(how);
+                true
             }
+            None => false,
         }
     }
 }
 
 /// A softphone: places and receives end-to-end encrypted calls.
+///
+/// Incoming calls are admitted as described in `admission.rs`: unverified callers ring at
+/// most once per identity and [`PhoneConfigBuilder::max_ringing_per_source`] times per
+/// source, and a verified caller is never kept out by ringing calls of unverified ones.
 pub struct Phone {
     runtime: PhoneRuntime,
     inner: Arc<PhoneInner>,
@@ -775,8 +1123,8 @@ pub struct Phone {
     client: Mutex<Vec<(SocketAddr, QuicEndpoint)>>,
 }
 
-impl std::fmt::Debug for Phone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Phone")
             .field("name", &self.inner.config.name)
             .finish_non_exhaustive()
@@ -784,24 +1132,32 @@ impl std::fmt::Debug for Phone {
 }
 
 impl Phone {
-    /// Starts a phone (its runtime and TLS certificate). Does not open any socket yet.
+    /// Starts a phone (its threads and TLS certificate). Does not open any socket yet.
     pub fn new(config: PhoneConfig) -> Result<Self, PhoneError> {
-        config.validate()?;
-        let runtime = PhoneRuntime::start(&config.name)?;
         let cert = Arc::new(LocalCertificate::generate()?);
+        let events = EventQueue::start(&config.name)?;
+        let inner = Arc::new(PhoneInner {
+            cert,
+            admission: admission::Admission::new(config.max_calls, config.max_ringing_per_source),
+            places: places::Places::new(config.max_handshakes, config.max_handshakes_per_source),
+            verified: Mutex::new(config.verified_peers.clone()),
+            security: Mutex::new(SecurityLimiter::default()),
+            closing: AtomicBool::new(false),
+            security_events: AtomicU64::new(0),
+            endpoints: Mutex::new(Vec::new()),
+            events,
+            config,
+        });
+        let runtime = match PhoneRuntime::start(&inner) {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                inner.events.push(Item::Closed);
+                return Err(e);
+            }
+        };
         Ok(Self {
             runtime,
-            inner: Arc::new(PhoneInner {
-                cert,
-                listener: Mutex::new(None),
-                calls: Mutex::new(Vec::new()),
-                places: places::Places::new(
-                    config.max_handshakes,
-                    config.max_handshakes_per_source,
-                ),
-                verified: Mutex::new(config.verified_peers.clone()),
-                config,
-            }),
+            inner,
             listening: Mutex::new(None),
             client: Mutex::new(Vec::new()),
         })
@@ -818,37 +1174,45 @@ impl Phone {
 
     /// Registers the phone-wide listener.
     pub fn set_listener(&self, listener: Arc<dyn PhoneListener>) {
-        *self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+        self.inner.events.push(Item::SetPhoneListener(listener));
     }
 
     fn bind(&self, addr: SocketAddr) -> Result<QuicEndpoint, PhoneError> {
         let _guard = self.runtime().enter();
         let config = &self.inner.config;
-        Ok(match &config.impairment {
-            Some(imp) => {
-                let socket =
-                    viska_netem::bind_impaired(addr, imp.clone()).map_err(TransportError::Io)?;
-                QuicEndpoint::with_socket(socket, self.inner.cert.clone(), &config.transport)?
-            }
+        #[cfg(feature = "testing")]
+        let impaired = match &config.testing.impairment {
+            Some(imp) => Some(QuicEndpoint::with_socket(
+                viska_netem::bind_impaired(addr, imp.clone()).map_err(TransportError::Io)?,
+                self.inner.cert.clone(),
+                &config.transport,
+            )?),
+            None => None,
+        };
+        #[cfg(not(feature = "testing"))]
+        let impaired = None;
+        let ep = match impaired {
+            Some(ep) => ep,
             None => QuicEndpoint::bind(addr, self.inner.cert.clone(), &config.transport)?,
-        })
+        };
+        lock(&self.inner.endpoints).push(ep.clone());
+        Ok(ep)
     }
 
     /// Listens for incoming calls on `addr` (port 0 picks one); returns the bound address.
     /// A phone listens on one address; calling `listen` again is refused.
     pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, PhoneError> {
+        if self.inner.is_closing() {
+            return Err(PhoneError::Closed);
+        }
         let mut slot = lock(&self.listening);
         if let Some(ep) = slot.as_ref() {
             return Err(PhoneError::AlreadyListening(ep.local_addr()?));
         }
         let ep = self.bind(addr)?;
         let local = ep.local_addr()?;
-        let inner = self.inner.clone();
-        self.runtime().spawn(driver::accept_loop(inner, ep.clone()));
+        self.runtime()
+            .spawn(driver::accept_loop(Arc::clone(&self.inner), ep.clone()));
         *slot = Some(ep);
         Ok(local)
     }
@@ -860,10 +1224,10 @@ impl Phone {
         self.dial(addr, None)
     }
 
-    /// Places a call to a contact whose identity the application knows (pinned earlier, or
-    /// from its directory): the call is [`Trust::Verified`] if the peer at `addr` proves that
-    /// identity, and [`Trust::KeyChanged`] (with a [`SecurityEvent::KeyChanged`] to the call's
-    /// listener) if it proves another. The call is not refused: the application decides.
+    /// Places a call to a contact whose identity the application knows: the call is
+    /// [`Trust::Verified`] if the peer at `addr` proves that identity, and
+    /// [`Trust::KeyChanged`] (with a [`SecurityEvent::KeyChanged`]) if it proves another. The
+    /// call is not refused: the application decides.
     pub fn call_expecting(
         &self,
         addr: SocketAddr,
@@ -877,6 +1241,9 @@ impl Phone {
         addr: SocketAddr,
         expected: Option<PublicIdentity>,
     ) -> Result<CallHandle, PhoneError> {
+        if self.inner.is_closing() {
+            return Err(PhoneError::Closed);
+        }
         let ep = match lock(&self.listening).as_ref() {
             Some(ep) => ep.clone(),
             None => {
@@ -897,137 +1264,120 @@ impl Phone {
                 }
             }
         };
-        let (handle, commands) = CallHandle::new();
-        if !self.inner.admit(&handle.shared) {
+        let (handle, commands) = CallHandle::new(&self.inner.events);
+        if !self.inner.admission.admit_outgoing(&handle.shared) {
             return Err(PhoneError::TooManyCalls {
                 limit: self.inner.config.max_calls,
             });
         }
-        let inner = self.inner.clone();
-        let shared = handle.shared.clone();
-        self.runtime().spawn(driver::place_call(
-            inner, ep, addr, shared, commands, expected,
-        ));
+        let setup = driver::Setup::outgoing(&handle.shared, expected)?;
+        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&handle.shared);
+        self.runtime()
+            .spawn(driver::place_call(inner, ep, addr, shared, commands, setup));
         Ok(handle)
     }
 
-    /// The calls this phone runs now (placed, ringing or active; not yet torn down).
+    /// The calls this phone runs now (placed, ringing or active; not yet torn down). Incoming
+    /// calls appear once they ring.
     pub fn calls(&self) -> Vec<CallHandle> {
         self.inner
-            .live_calls()
+            .admission
+            .calls()
             .into_iter()
+            .filter(|shared| shared.id.get().is_some())
             .map(|shared| CallHandle { shared })
             .collect()
     }
 
-    /// The identities the user has verified: those of [`PhoneConfig::verified_peers`] and
-    /// those marked with [`CallHandle::mark_verified`] since, for the application to keep
-    /// (they are not stored by the phone).
+    /// The identities the user has verified: those of [`PhoneConfigBuilder::verified_peers`]
+    /// and those marked with [`CallHandle::mark_verified`] since, for the application to keep.
     pub fn verified_peers(&self) -> Vec<PublicIdentity> {
         lock(&self.inner.verified).clone()
     }
 
-    /// Incoming connections refused before their caller was authenticated, because every
-    /// place for such connections was taken or their source held its share (see
-    /// [`PhoneConfig::max_handshakes_per_source`]). Growing counts mean a flood, or a limit
-    /// set too low for a relay or NAT in front of the callers.
+    /// Incoming connections refused or cut off before their caller was authenticated.
     pub fn refused_connections(&self) -> RefusedConnections {
         self.inner.places.refused()
     }
 
-    /// Total CPU time used by this phone's runtime threads so far (Linux), for measurements.
+    /// Phone-wide security events so far, reported or suppressed by the rate limit.
+    pub fn security_events(&self) -> u64 {
+        self.inner.security_events.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped because the listener fell far behind, and listener calls that panicked.
+    pub fn listener_trouble(&self) -> (u64, u64) {
+        (self.inner.events.dropped(), self.inner.events.panics())
+    }
+
+    /// The sound devices the system offers (feature `device`).
+    pub fn audio_devices(&self) -> Result<Vec<AudioDevice>, PhoneError> {
+        audio::list_devices()
+    }
+
+    /// Total CPU time used by this phone's media thread so far (Linux), for measurements.
     pub fn cpu_time(&self) -> Option<Duration> {
         thread_cpu_time(&format!("vk-{}", self.inner.config.name))
     }
 
-    /// How many times this phone's runtime threads have been woken so far (Linux), for
-    /// measurements: every wake-up costs CPU beyond the work it does.
+    /// How many times this phone's threads have been woken so far (Linux), for measurements.
     pub fn wakeups(&self) -> Option<u64> {
         thread_wakeups(&format!("vk-{}", self.inner.config.name))
     }
 
-    /// Hangs up every call (each peer is told, each listener hears the end, audio files
-    /// are finished), then closes the phone's endpoints and stops its runtime. Dropping the
-    /// phone does the same.
-    pub fn shutdown(mut self) {
-        self.stop();
+    /// Closes the phone: every call is hung up (each peer is told, each listener hears the
+    /// end, audio files are finished), then the endpoints close and the phone's threads stop;
+    /// [`PhoneEvent::Closed`] is the last event. Returns at once. Dropping the phone does the
+    /// same.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        // The runtime hangs up the calls, then closes the endpoints and stops by itself.
+        self.runtime.stop(Stop::Close);
+    }
+
+    /// Waits (blocking the current thread) until the phone is closed and its last event
+    /// delivered, or `timeout` passes; returns whether it closed. Refuses (returns `false` at
+    /// once) on the phone's own threads, where waiting would never end.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let own = std::thread::current().name().is_some_and(|n| {
+            n == format!("vk-{}", self.inner.config.name)
+                || n == format!("vk-{}-ev", self.inner.config.name)
+        });
+        if own {
+            return false;
+        }
+        self.inner.events.wait_done(timeout)
+    }
+
+    /// Closes the phone and waits (up to 10 s) until it is closed: for command-line tools and
+    /// tests. Not from a listener.
+    pub fn shutdown(self) {
+        self.close();
+        self.wait_closed(Duration::from_secs(10));
     }
 
     /// Testing: stops the phone as a crash would, without hanging up or closing anything;
-    /// peers find out only when their connection times out. Not for production use.
-    #[doc(hidden)]
-    pub fn simulate_crash(mut self) {
-        self.runtime.stop();
-    }
-
-    fn stop(&mut self) {
-        if !self.runtime.is_running() {
-            return;
-        }
-        let calls = self.inner.live_calls();
-        for call in &calls {
-            let _ = call.commands.send(DriverCommand::Call(Command::Hangup));
-        }
-        // Bounded: a call stuck mid-handshake is cut off by closing the endpoint below.
-        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        for call in calls {
-            let handle = CallHandle { shared: call };
-            handle.wait_ended(deadline.saturating_duration_since(std::time::Instant::now()));
-        }
-        if let Some(ep) = lock(&self.listening).take() {
-            ep.close();
-        }
-        for (_, ep) in lock(&self.client).drain(..) {
-            ep.close();
-        }
-        self.runtime.stop();
+    /// peers find out only when their connection times out.
+    #[cfg(feature = "testing")]
+    pub fn simulate_crash(self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.runtime.stop(Stop::Crash);
+        self.inner.events.wait_done(Duration::from_secs(5));
     }
 }
 
 impl Drop for Phone {
     fn drop(&mut self) {
-        self.stop();
+        self.close();
     }
 }
 
-/// How long stopping a phone waits for its calls to hang up cleanly: longer than a call's own
+/// How long closing a phone waits for its calls to hang up cleanly: longer than a call's own
 /// bounded teardown (a device switch under way, the last signaling acknowledged, files
 /// finished).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Tells the call's listener about its audio.
-fn dispatch_audio(shared: &CallShared, event: AudioEvent) {
-    if let Some(listener) = shared.listener() {
-        listener.audio_event(event);
-    }
-}
-
-impl AudioEvent {
-    fn from_device(direction: AudioDirection, event: DeviceEvent) -> Option<Self> {
-        match event {
-            DeviceEvent::Lost => Some(Self::DeviceLost { direction }),
-            DeviceEvent::Switched { name } => Some(Self::DeviceSwitched { direction, name }),
-            _ => None,
-        }
-    }
-}
-
-/// Events the driver turns into listener calls, kept in one place.
-fn dispatch_event(shared: &CallShared, event: &CallEvent) {
-    let Some(listener) = shared.listener() else {
-        return;
-    };
-    match event {
-        CallEvent::StateChanged(state) => listener.state_changed(*state),
-        CallEvent::KeysReady { sas, .. } => listener.keys_ready(sas.to_string()),
-        CallEvent::Dtmf { event, duration_ms } => listener.dtmf(event.to_char(), *duration_ms),
-        CallEvent::Data(data) => listener.data(data.clone()),
-        CallEvent::Security(ev) => listener.security_event(ev.clone()),
-        CallEvent::TrustChanged(trust) => listener.trust_changed(*trust),
-        _ => {}
-    }
 }

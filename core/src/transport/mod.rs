@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
+#[allow(unused_imports)]
 pub use tls::{ALPN, LocalCertificate, cert_fingerprint};
 
 /// Errors of the QUIC transport.
@@ -52,6 +53,12 @@ pub enum TransportError {
     /// Writing to or reading from the signaling stream failed.
     #[error("signaling stream: {0}")]
     Stream(String),
+    /// An endpoint was created outside the async runtime it needs (a bug in the caller).
+    #[error("no async runtime to run the endpoint on")]
+    NoRuntime,
+    /// The TLS session cannot export the channel binding.
+    #[error("the TLS exporter is unavailable")]
+    NoExporter,
 }
 
 /// Timing and buffer settings of a QUIC endpoint.
@@ -131,8 +138,7 @@ impl QuicEndpoint {
         config: &TransportConfig,
     ) -> Result<Self, TransportError> {
         let socket = std::net::UdpSocket::bind(addr)?;
-        let runtime = runtime::PromptRuntime::current()
-            .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+        let runtime = runtime::PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
         let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
         Self::with_socket(socket, cert, config)
     }
@@ -152,8 +158,7 @@ impl QuicEndpoint {
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
-        let runtime = runtime::PromptRuntime::current()
-            .ok_or_else(|| TransportError::Tls("no async runtime".into()))?;
+        let runtime = runtime::PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -224,6 +229,18 @@ impl QuicEndpoint {
     /// Closes every connection and stops accepting.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Testing: the QUIC client configuration this endpoint dials with (mutual TLS, ALPN
+    /// `viska/1`), for tests that drive a client connection by hand.
+    #[cfg(feature = "testing")]
+    pub fn client_config(&self) -> quinn::ClientConfig {
+        self.client_config.clone()
+    }
+
+    /// Resolves once every connection is closed and its close frames sent.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
     }
 }
 
@@ -329,7 +346,7 @@ impl PeerConnection {
         let mut out = [0u8; 32];
         self.conn
             .export_keying_material(&mut out, b"EXPORTER-Channel-Binding", b"")
-            .map_err(|_| TransportError::Tls("TLS exporter unavailable".into()))?;
+            .map_err(|_| TransportError::NoExporter)?;
         Ok(out)
     }
 

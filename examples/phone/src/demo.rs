@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use viska::CallHandle;
+use viska::PhoneEvent;
 use viska::call::CallState;
 use viska::netem::{ImpairmentConfig, MAX_DELAY};
-use viska::phone::{CallerInfo, FileAudio, LatencyProbe, PhoneListener};
+use viska::phone::{FileAudio, LatencyProbe, PhoneListener};
 
 use crate::{BoxError, SuiteArg, demo_phone};
 
@@ -116,7 +117,10 @@ struct AutoAnswer {
 }
 
 impl PhoneListener for AutoAnswer {
-    fn incoming_call(&self, call: CallHandle, caller: CallerInfo) {
+    fn on_event(&self, event: PhoneEvent) {
+        let PhoneEvent::IncomingCall { call, caller } = event else {
+            return;
+        };
         eprintln!(
             "callee: incoming call from {} ({:?}, {})",
             caller.remote_addr,

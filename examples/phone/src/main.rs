@@ -12,15 +12,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use viska::call::{CallState, SecurityEvent};
 use viska::media::codec::OpusConfig;
 use viska::netem::ImpairmentConfig;
 use viska::phone::{
-    AudioEvent, AudioFactory, CallListener, CallerInfo, FileAudio, LatencyProbe, MissedCall,
-    PhoneListener,
+    AudioFactory, CallListener, CallerInfo, FileAudio, LatencyProbe, PhoneListener,
 };
+use viska::proto::CallId;
 use viska::sframe::CipherSuite;
-use viska::{CallHandle, Phone, PhoneConfig};
+use viska::{CallHandle, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder, PhoneEvent};
 
 mod demo;
 
@@ -157,33 +156,32 @@ fn audio_for(media: &MediaArgs) -> Result<Arc<dyn AudioFactory>, BoxError> {
 }
 
 fn devices() -> Result<(), BoxError> {
-    use viska::media::device::{list_input_devices, list_output_devices};
-    for (kind, list) in [
-        ("input", list_input_devices()?),
-        ("output", list_output_devices()?),
-    ] {
-        for d in list {
-            println!(
-                "{kind:6} {}{} ({} Hz, {} ch)",
-                d.name,
-                if d.is_default { " [default]" } else { "" },
-                d.default_rate,
-                d.channels
-            );
-        }
+    let phone =
+        Phone::new(PhoneConfig::builder("devices", viska::phone::generate_identity()).build()?)?;
+    for d in phone.audio_devices()? {
+        println!(
+            "{:6} {}{} ({} Hz, {} ch)",
+            format!("{:?}", d.direction).to_lowercase(),
+            d.name,
+            if d.is_default { " [default]" } else { "" },
+            d.rate,
+            d.channels
+        );
     }
     Ok(())
 }
 
-fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfig, BoxError> {
-    let mut config = PhoneConfig::new(name, viska::phone::generate_identity());
-    config.suites = media.suite.suites();
-    config.opus = OpusConfig {
-        bitrate_bps: media.bitrate,
-        ..OpusConfig::default()
-    };
-    config.audio = audio_for(media)?;
-    config.recording = media.record.clone();
+fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfigBuilder, BoxError> {
+    let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
+        .suites(media.suite.suites())
+        .opus(OpusConfig {
+            bitrate_bps: media.bitrate,
+            ..OpusConfig::default()
+        })
+        .audio(audio_for(media)?);
+    if let Some(record) = &media.record {
+        config = config.recording(record);
+    }
     Ok(config)
 }
 
@@ -191,23 +189,25 @@ fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfig, BoxError> 
 struct Printer;
 
 impl CallListener for Printer {
-    fn state_changed(&self, state: CallState) {
-        eprintln!("* call: {state:?}");
-    }
-    fn keys_ready(&self, sas: String) {
-        eprintln!("* end-to-end keys ready; compare this code with your peer: {sas}");
-    }
-    fn dtmf(&self, digit: char, duration_ms: u16) {
-        eprintln!("* DTMF {digit} ({duration_ms} ms)");
-    }
-    fn data(&self, data: Vec<u8>) {
-        eprintln!("* call data: {}", String::from_utf8_lossy(&data));
-    }
-    fn security_event(&self, event: SecurityEvent) {
-        eprintln!("! security: {event:?}");
-    }
-    fn audio_event(&self, event: AudioEvent) {
-        eprintln!("* audio: {event:?}");
+    fn on_event(&self, _call: CallId, update: CallUpdate) {
+        match update {
+            CallUpdate::StateChanged(state) => eprintln!("* call: {state:?}"),
+            CallUpdate::KeysReady { sas, trust } => eprintln!(
+                "* end-to-end keys ready ({trust:?}); compare this code with your peer: {sas}"
+            ),
+            CallUpdate::Dtmf {
+                event, duration_ms, ..
+            } => eprintln!("* DTMF {} ({duration_ms} ms)", event.to_char()),
+            CallUpdate::Data { data, .. } => {
+                eprintln!("* call data: {}", String::from_utf8_lossy(&data));
+            }
+            CallUpdate::PeerMuted { muted, .. } => eprintln!("* peer muted: {muted}"),
+            CallUpdate::PeerHold { on_hold, .. } => eprintln!("* peer on hold: {on_hold}"),
+            CallUpdate::Security(event) => eprintln!("! security: {event:?}"),
+            CallUpdate::Audio(event) => eprintln!("* audio: {event:?}"),
+            CallUpdate::TrustChanged(trust) => eprintln!("* trust: {trust:?}"),
+            _ => {}
+        }
     }
 }
 
@@ -233,21 +233,28 @@ struct Incoming {
 }
 
 impl PhoneListener for Incoming {
-    fn incoming_call(&self, call: CallHandle, caller: CallerInfo) {
-        // Keys are ready before the phone rings: the listener is told the SAS at once.
-        call.set_listener(Arc::new(Printer));
-        // Never block a listener: hand the call to the terminal thread.
-        let _ = self.events.send(Event::Call(Box::new((call, caller))));
-    }
-    fn security_event(&self, event: String) {
-        eprintln!("! security: {event}");
-    }
-    fn missed_call(&self, caller: CallerInfo, why: MissedCall) {
-        eprintln!(
-            "* missed call from {} (identity {}): {why:?}",
-            caller.remote_addr,
-            caller.identity.fingerprint()
-        );
+    fn on_event(&self, event: PhoneEvent) {
+        match event {
+            PhoneEvent::IncomingCall { call, caller } => {
+                // Keys are ready before the phone rings: the listener is told the SAS at once.
+                call.set_listener(Arc::new(Printer));
+                // Hand the call to the terminal thread.
+                let _ = self.events.send(Event::Call(Box::new((call, caller))));
+            }
+            PhoneEvent::Security {
+                source,
+                event,
+                suppressed,
+            } => {
+                eprintln!("! security from {source}: {event:?} ({suppressed} more not shown)");
+            }
+            PhoneEvent::MissedCall { caller, why } => eprintln!(
+                "* missed call from {} (identity {}): {why:?}",
+                caller.remote_addr,
+                caller.identity.fingerprint()
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -257,10 +264,12 @@ fn listen(
     per_source: u16,
     media: MediaArgs,
 ) -> Result<(), BoxError> {
-    let mut config = phone_config("listen", &media)?;
-    config.max_handshakes_per_source = usize::from(per_source);
-    // One source may hold every place, but not more.
-    config.max_handshakes = config.max_handshakes.max(config.max_handshakes_per_source);
+    let per_source = usize::from(per_source);
+    let config = phone_config("listen", &media)?
+        .max_handshakes_per_source(per_source)
+        // One source may hold every place, but not more.
+        .max_handshakes(per_source.max(16))
+        .build()?;
     let phone = Phone::new(config)?;
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
     let (tx, events) = mpsc::channel();
@@ -295,7 +304,7 @@ fn listen(
 }
 
 fn call(addr: SocketAddr, media: MediaArgs) -> Result<(), BoxError> {
-    let phone = Phone::new(phone_config("call", &media)?)?;
+    let phone = Phone::new(phone_config("call", &media)?.build()?)?;
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
     let call = phone.call(addr)?;
     call.set_listener(Arc::new(Printer));
@@ -482,14 +491,16 @@ pub(crate) fn demo_phone(
     impairment: Option<ImpairmentConfig>,
     probe: Arc<LatencyProbe>,
 ) -> Result<Phone, BoxError> {
-    let mut config = PhoneConfig::new(name, viska::phone::generate_identity());
-    config.suites = suite.suites();
-    config.opus = OpusConfig {
-        bitrate_bps: bitrate,
-        ..OpusConfig::default()
-    };
-    config.audio = Arc::new(audio);
-    config.impairment = impairment;
-    config.latency_probe = Some(probe);
-    Ok(Phone::new(config)?)
+    let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
+        .suites(suite.suites())
+        .opus(OpusConfig {
+            bitrate_bps: bitrate,
+            ..OpusConfig::default()
+        })
+        .audio(Arc::new(audio))
+        .latency_probe(probe);
+    if let Some(impairment) = impairment {
+        config = config.impairment(impairment);
+    }
+    Ok(Phone::new(config.build()?)?)
 }

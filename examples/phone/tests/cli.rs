@@ -182,7 +182,12 @@ impl Drop for CliPhone {
 
 /// A library phone (no audio device: it sends silence and plays nothing).
 fn library_phone(name: &str) -> Phone {
-    Phone::new(PhoneConfig::new(name, viska::phone::generate_identity())).expect("phone")
+    Phone::new(
+        PhoneConfig::builder(name, viska::phone::generate_identity())
+            .build()
+            .expect("config"),
+    )
+    .expect("phone")
 }
 
 /// Places a call from `phone` to `addr` and waits until it is answered.
