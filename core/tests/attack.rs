@@ -73,11 +73,7 @@ impl Staller {
     fn pump(&mut self) {
         let now = Instant::now();
         let mut buf = vec![0u8; 65_536];
-        loop {
-            let n = match self.socket.recv(&mut buf) {
-                Ok(n) => n,
-                Err(_) => break,
-            };
+        while let Ok(n) = self.socket.recv(&mut buf) {
             let data = BytesMut::from(&buf[..n]);
             let mut response = Vec::new();
             if let Some(qp::DatagramEvent::ConnectionEvent(handle, event)) =

@@ -614,6 +614,8 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
     assert!(answered.wait_ended(WAIT));
 }
 
+/// The callee rings at once and opens its audio meanwhile; audio that cannot open ends the
+/// ringing call with reason `Error`, and the application hears why.
 #[test]
 fn audio_that_cannot_start_ends_the_call_with_a_reason() {
     let dir = temp_dir("noaudio");
@@ -623,7 +625,7 @@ fn audio_that_cannot_start_ends_the_call_with_a_reason() {
             loop_input: false,
             output: None,
         })),
-        true,
+        false,
     );
     let caller = Phone::new(config("caller").build().expect("config")).expect("caller");
     let call = caller.call(callee.addr).expect("call");
@@ -635,7 +637,9 @@ fn audio_that_cannot_start_ends_the_call_with_a_reason() {
             reason: Reason::Error
         })
     );
-    assert!(callee.incoming.try_recv().is_err(), "never rang");
+    let (rang, _) = callee.incoming.recv_timeout(WAIT).expect("it rang");
+    let log = CallLog::listen(&rang);
+    assert!(rang.wait_ended(WAIT));
     assert!(eventually(|| !callee
         .log
         .missed
@@ -648,6 +652,13 @@ fn audio_that_cannot_start_ends_the_call_with_a_reason() {
         matches!(&missed[0].1, MissedCall::AudioFailed { error } if error.contains("input")),
         "{missed:?}"
     );
+    assert!(eventually(|| matches!(
+        log.states().last(),
+        Some(CallState::Ended(EndReason::Rejected {
+            by: Side::Local,
+            reason: Reason::Error
+        }))
+    )));
     let _ = std::fs::remove_dir_all(dir);
 }
 

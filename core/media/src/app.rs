@@ -303,6 +303,6 @@ mod tests {
             (tail.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
         // A sine of amplitude 8000 has an RMS of about 5657: the audio went through both ways.
         assert!(rms > 4000.0 && rms < 7000.0, "{rms}");
-        assert!(source.read_frame(&mut vec![0; 10]).is_err());
+        assert!(source.read_frame(&mut [0; 10]).is_err());
     }
 }

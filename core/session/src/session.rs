@@ -893,7 +893,7 @@ impl Session {
                 self.params = Some(media);
                 self.ring_pending = true;
                 if self.admission == AdmissionState::Admitted {
-                    self.request_audio(now);
+                    self.ring(now);
                 }
             }
             CallEvent::Incoming {
@@ -969,7 +969,7 @@ impl Session {
             Admission::Admit => {
                 self.admission = AdmissionState::Admitted;
                 if self.ring_pending {
-                    self.request_audio(now);
+                    self.ring(now);
                 }
                 Ok(())
             }
@@ -980,6 +980,26 @@ impl Session {
                     .map_err(Into::into)
             }
         }
+    }
+
+    /// An admitted, invited callee rings at once (its user is told, then the last handshake
+    /// message leaves) and opens its audio meanwhile: a sound device can take a hundred
+    /// milliseconds to open, which the caller's ring-back does not wait for. Audio that fails
+    /// to open ends the ringing call with reason `Error`.
+    fn ring(&mut self, now: Instant) {
+        self.ring_pending = false;
+        if self.is_ended() {
+            return;
+        }
+        if let Err(e) = self
+            .call
+            .handle_input(CallInput::Command(now, Command::Ring))
+        {
+            tracing::debug!(error = %e, "ring refused");
+        }
+        // After the ring's messages, so that the driver writes them first.
+        self.drain_call(now);
+        self.request_audio(now);
     }
 
     // ----- keys -----
@@ -1032,37 +1052,35 @@ impl Session {
     // ----- audio and media -----
 
     /// Builds the media path (codec, sender, streams) and asks the driver for audio.
-    fn request_audio(&mut self, now: Instant) {
+    /// Asks the driver for the audio end points. The media path itself (codec, jitter
+    /// buffers) is built when they are open, in a later turn: building it costs about half a
+    /// millisecond, which the ring and the caller's keys do not wait for.
+    fn request_audio(&mut self, _now: Instant) {
         if self.audio != AudioState::NotRequested {
             return;
         }
-        let Some(params) = self.params else {
+        let Some(opus) = self.media_opus() else {
             return;
         };
-        let opus = OpusConfig {
+        self.audio = AudioState::Requested;
+        self.queue.push_back(Queued::Request(Request::OpenAudio {
+            frame_samples: opus.frame_samples(),
+            opus,
+        }));
+    }
+
+    /// The codec settings of the call: this end's, with the frame duration and bitrate the
+    /// call's media parameters fix.
+    fn media_opus(&self) -> Option<OpusConfig> {
+        let params = self.params?;
+        Some(OpusConfig {
             frame: match params.frame.millis() {
                 10 => FrameDuration::Ms10,
                 _ => FrameDuration::Ms20,
             },
             bitrate_bps: params.bitrate_bps,
             ..self.opus
-        };
-        match self.open_media(now, opus) {
-            Ok(()) => {
-                self.audio = AudioState::Requested;
-                self.queue.push_back(Queued::Request(Request::OpenAudio {
-                    frame_samples: opus.frame_samples(),
-                    opus,
-                }));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "media could not be set up; ending the call");
-                self.audio = AudioState::Failed;
-                let _ = self
-                    .call
-                    .handle_input(CallInput::Command(now, Command::Abort(Reason::Error)));
-            }
-        }
+        })
     }
 
     fn open_media(&mut self, now: Instant, opus: OpusConfig) -> Result<(), MediaError> {
@@ -1117,10 +1135,23 @@ impl Session {
                 if self.audio != AudioState::Requested {
                     return Err(SessionError::Unexpected("opened audio"));
                 }
+                let opened = match self.media_opus() {
+                    Some(opus) => self.open_media(now, opus),
+                    None => Err(MediaError::Config("no media parameters".into())),
+                };
+                if let Err(e) = opened {
+                    tracing::error!(error = %e, "media could not be set up; ending the call");
+                    self.audio = AudioState::Failed;
+                    if !self.is_ended() {
+                        self.call
+                            .handle_input(CallInput::Command(now, Command::Abort(Reason::Error)))?;
+                    }
+                    return Err(e.into());
+                }
                 self.audio = AudioState::Ready;
                 let role = self.role;
                 if let Some(m) = self.media.as_mut() {
-                    m.started = true;
+                    m.started = !self.call.state().is_ended();
                     m.source_clocked = source_clocked;
                     m.follows_peer = role == Role::Callee && !source_clocked;
                     if !m.follows_peer {
@@ -1128,11 +1159,6 @@ impl Session {
                     }
                     m.playout.start_at(now);
                     m.opened = now;
-                }
-                if self.ring_pending && !self.is_ended() {
-                    self.ring_pending = false;
-                    self.call
-                        .handle_input(CallInput::Command(now, Command::Ring))?;
                 }
                 Ok(())
             }

@@ -533,7 +533,10 @@ impl Call {
     fn switch(&mut self, direction: AudioDirection, device: Option<String>) {
         if let Err(error) = self.ends.start_switch(direction, device, &self.jobs) {
             self.shared
-                .notify(CallUpdate::Audio(AudioEvent::SwitchFailed { direction, error }));
+                .notify(CallUpdate::Audio(AudioEvent::SwitchFailed {
+                    direction,
+                    error,
+                }));
         }
     }
 

@@ -35,6 +35,8 @@ pub(super) enum Item {
         key: u64,
         id: CallId,
         listener: Arc<dyn CallListener>,
+        /// The call, for a listener set after it was torn down: it gets the final state.
+        call: Arc<super::CallShared>,
     },
     /// The call is torn down: its entry goes once what was queued before is delivered.
     CallGone {
@@ -181,7 +183,27 @@ impl EventQueue {
                     }
                 }
                 Item::SetPhoneListener(listener) => phone = Some(listener),
-                Item::SetCallListener { key, id, listener } => {
+                Item::SetCallListener {
+                    key,
+                    id,
+                    listener,
+                    call,
+                } => {
+                    if !calls.contains_key(&key) && call.is_torn_down() {
+                        // Its events are all delivered and its entry gone: the final state
+                        // is what there is to tell.
+                        let (state, sas, trust) = {
+                            let snap = call.snapshot();
+                            (snap.state, snap.sas.clone(), snap.trust)
+                        };
+                        if let (Some(sas), Some(trust)) = (sas, trust) {
+                            self.guarded(|| {
+                                listener.on_event(id, CallUpdate::KeysReady { sas, trust })
+                            });
+                        }
+                        self.guarded(|| listener.on_event(id, CallUpdate::StateChanged(state)));
+                        continue;
+                    }
                     let view = calls.entry(key).or_default();
                     view.listener = Some(Arc::clone(&listener));
                     // What was delivered so far, through the same queue: nothing queued after

@@ -773,6 +773,7 @@ impl CallHandle {
             key: self.shared.key,
             id: self.shared.id(),
             listener,
+            call: Arc::clone(&self.shared),
         });
     }
 

@@ -1,8 +1,8 @@
 //! Places for connections whose caller is not authenticated yet, in total and per source.
 //!
 //! An accepting phone does TLS and end-to-end handshake work for a connection before it knows
-//! who is calling. The places bound that work: at most [`PhoneConfig::max_handshakes`] such
-//! connections at once, and at most [`PhoneConfig::max_handshakes_per_source`] of them from one
+//! who is calling. The places bound that work: at most [`PhoneConfigBuilder::max_handshakes`] such
+//! connections at once, and at most [`PhoneConfigBuilder::max_handshakes_per_source`] of them from one
 //! source. A source is an IPv4 address, or an IPv6 prefix counted at three levels: a /64 (one
 //! host usually holds a whole /64) may hold the per-source share, a /56 twice it and a /48 three
 //! times it, so one site with a /48 cannot pose as 65,536 sources. QUIC has validated the
@@ -14,8 +14,8 @@
 //! connection whose place is taken is closed at once. A source already at its share is
 //! refused instead: it would only take back its own place.
 //!
-//! [`PhoneConfig::max_handshakes`]: super::PhoneConfig::max_handshakes
-//! [`PhoneConfig::max_handshakes_per_source`]: super::PhoneConfig::max_handshakes_per_source
+//! [`PhoneConfigBuilder::max_handshakes`]: super::PhoneConfigBuilder::max_handshakes
+//! [`PhoneConfigBuilder::max_handshakes_per_source`]: super::PhoneConfigBuilder::max_handshakes_per_source
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,7 +40,7 @@ pub struct RefusedConnections {
     /// (their connections were closed).
     pub places_taken_back: u64,
     /// Refused because their source already had
-    /// [`PhoneConfig::max_handshakes_per_source`](super::PhoneConfig::max_handshakes_per_source)
+    /// [`PhoneConfigBuilder::max_handshakes_per_source`](super::PhoneConfigBuilder::max_handshakes_per_source)
     /// connections (or its /56 or /48 its multiple) waiting for authentication.
     pub source_places_taken: u64,
     /// Closed because the TLS handshake did not complete within the deadline.

@@ -3,7 +3,7 @@
 //!
 //! Media travels in QUIC datagrams, signaling on one bidirectional stream per call. quinn's
 //! `send_datagram` silently drops the *oldest* queued datagram when its send buffer is full;
-//! [`PeerConnection::send_media`] checks the buffer space first and refuses (and counts) the new
+//! [`PeerConnection::send_media`](crate::transport::PeerConnection::send_media) checks the buffer space first and refuses (and counts) the new
 //! datagram instead, so no media is ever lost without a counter saying so.
 
 pub(crate) mod runtime;
