@@ -33,3 +33,10 @@ pub use phone::{
 pub use transport::{TransportConfig, TransportError};
 pub use viska_e2ee::identity;
 pub use viska_session as session;
+
+/// Locks `m`, also after a thread panicked while holding it: every lock in this crate guards
+/// state that is updated in one step, so a poisoned lock still holds consistent data (and a
+/// panicking listener must not take a phone down with it).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -11,7 +11,6 @@
 pub mod direct;
 pub mod identity;
 pub mod keys;
-mod suite;
 
 /// The `rand_core` version whose `CryptoRng` this crate's constructors take.
 pub use rand_core;

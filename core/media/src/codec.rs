@@ -87,33 +87,8 @@ impl CodecError {
     }
 }
 
-/// The duration of one encoded frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum FrameDuration {
-    /// 10 ms (480 samples): lower latency, more packet overhead.
-    Ms10,
-    /// 20 ms (960 samples): the usual choice for voice.
-    #[default]
-    Ms20,
-}
-
-impl FrameDuration {
-    /// Samples per frame at 48 kHz.
-    pub const fn samples(self) -> usize {
-        match self {
-            Self::Ms10 => 480,
-            Self::Ms20 => 960,
-        }
-    }
-
-    /// Frame duration in milliseconds.
-    pub const fn millis(self) -> u32 {
-        match self {
-            Self::Ms10 => 10,
-            Self::Ms20 => 20,
-        }
-    }
-}
+/// The duration of one encoded frame (defined once, in `viska-types`).
+pub use viska_types::FrameDuration;
 
 /// Settings shared by the encoder and decoder of one stream (48 kHz mono only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

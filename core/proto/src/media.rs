@@ -34,50 +34,16 @@ const DURATION_MASK: u8 = 0x30;
 const FLAG_TIMESTAMP: u8 = 0x08;
 const FLAGS_RESERVED: u8 = 0x07;
 
-/// Duration of one Opus packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum FrameDuration {
-    /// 10 ms (480 samples at 48 kHz).
-    Ms10,
-    /// 20 ms (960 samples at 48 kHz), the default.
-    #[default]
-    Ms20,
-    /// 40 ms (1920 samples at 48 kHz).
-    Ms40,
-    /// 60 ms (2880 samples at 48 kHz).
-    Ms60,
+/// Duration of one Opus packet (defined once, in `viska-types`).
+pub use viska_types::FrameDuration;
+
+/// The payload's 2-bit duration code (§4.2 of `docs/protocol-wire.md`).
+trait DurationCode: Sized {
+    fn code(self) -> u8;
+    fn from_code(code: u8) -> Self;
 }
 
-impl FrameDuration {
-    /// The duration in milliseconds.
-    pub fn millis(self) -> u16 {
-        match self {
-            Self::Ms10 => 10,
-            Self::Ms20 => 20,
-            Self::Ms40 => 40,
-            Self::Ms60 => 60,
-        }
-    }
-
-    /// Samples per frame at 48 kHz.
-    pub fn samples(self) -> u32 {
-        u32::from(self.millis()) * (MEDIA_CLOCK_HZ / 1000)
-    }
-
-    /// The duration for a millisecond count, if it is one of 10, 20, 40, 60.
-    pub fn from_millis(ms: u16) -> Result<Self, ProtoError> {
-        match ms {
-            10 => Ok(Self::Ms10),
-            20 => Ok(Self::Ms20),
-            40 => Ok(Self::Ms40),
-            60 => Ok(Self::Ms60),
-            other => Err(ProtoError::InvalidField {
-                field: "frame duration (ms)",
-                value: u64::from(other),
-            }),
-        }
-    }
-
+impl DurationCode for FrameDuration {
     fn code(self) -> u8 {
         match self {
             Self::Ms10 => 0,
@@ -145,7 +111,7 @@ impl MediaHeader {
 /// The timestamp implied by an SFrame counter: `ctr * samples_per_frame` modulo 2^32.
 pub fn implied_timestamp(ctr: u64, duration: FrameDuration) -> u32 {
     // Truncation is the point: timestamps wrap at 2^32 like RTP timestamps.
-    (ctr.wrapping_mul(u64::from(duration.samples())) & u64::from(u32::MAX)) as u32
+    (ctr.wrapping_mul(duration.samples() as u64) & u64::from(u32::MAX)) as u32
 }
 
 /// Bytes a media datagram carries beyond the Opus packet, for a frame protected with this
@@ -384,7 +350,7 @@ mod tests {
         for ms in [10u16, 20, 40, 60] {
             let d = FrameDuration::from_millis(ms).unwrap();
             assert_eq!(d.millis(), ms);
-            assert_eq!(d.samples(), u32::from(ms) * 48);
+            assert_eq!(d.samples(), usize::from(ms) * 48);
         }
         assert!(FrameDuration::from_millis(30).is_err());
     }

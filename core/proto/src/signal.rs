@@ -290,7 +290,7 @@ impl Message {
             message_type::HANDSHAKE => Self::Handshake(reader.rest().to_vec()),
             message_type::INVITE => {
                 let call_id = CallId(reader.array()?);
-                let frame = FrameDuration::from_millis(reader.u16()?)?;
+                let frame = frame_duration(reader.u16()?)?;
                 let bitrate_bps = reader.u32()?;
                 let suite = SuiteId(reader.u16()?);
                 Self::Invite {
@@ -810,4 +810,12 @@ mod tests {
         assert_eq!(decoder.skipped_unknown(), 500);
         assert!(decoder.moved_bytes <= stream.len());
     }
+}
+
+/// The frame duration a millisecond count names, or the protocol error for another count.
+fn frame_duration(ms: u16) -> Result<FrameDuration, ProtoError> {
+    FrameDuration::from_millis(ms).map_err(|_| ProtoError::InvalidField {
+        field: "frame duration (ms)",
+        value: u64::from(ms),
+    })
 }

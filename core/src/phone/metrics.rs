@@ -119,9 +119,7 @@ impl LatencyProbe {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProbeInner> {
         // A poisoned probe only means a panicking test thread; the data is still usable.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.inner)
     }
 
     /// Sender: frame `index` of `stream`, whose first sample was captured at `captured`, is encoded and

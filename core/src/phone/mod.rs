@@ -1379,6 +1379,4 @@ impl Drop for Phone {
 /// finished).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;

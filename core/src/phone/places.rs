@@ -50,26 +50,33 @@ pub struct RefusedConnections {
 /// The keys a connection from `addr` is counted under, most specific first: the address
 /// itself for IPv4 (an IPv4-mapped IPv6 address counts as IPv4), the /64, /56 and /48 for
 /// IPv6.
-fn sources_of(addr: IpAddr) -> ([IpAddr; 3], usize) {
+fn sources_of(addr: IpAddr) -> ([Source; 3], usize) {
     match addr {
-        IpAddr::V4(_) => ([addr; 3], 1),
+        IpAddr::V4(_) => ([(addr, 32); 3], 1),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => ([IpAddr::V4(v4); 3], 1),
+            Some(v4) => ([(IpAddr::V4(v4), 32); 3], 1),
             None => {
                 let bits = u128::from(v6);
-                let prefix = |len: u32| IpAddr::V6((bits & !(u128::MAX >> len)).into());
+                let prefix = |len: u8| {
+                    let masked = bits & !(u128::MAX >> u32::from(len));
+                    (IpAddr::V6(masked.into()), len)
+                };
                 ([prefix(64), prefix(56), prefix(48)], 3)
             }
         },
     }
 }
 
+/// A source at one level: a prefix and its length (the same bits at /56 and /48 are two
+/// different sources).
+type Source = (IpAddr, u8);
+
 /// The share of places each level may hold, as a multiple of the per-source share.
 const LEVEL_SHARE: [usize; 3] = [1, 2, 3];
 
 struct Held {
     id: u64,
-    sources: [IpAddr; 3],
+    sources: [Source; 3],
     levels: usize,
     slot: Arc<Slot>,
 }
@@ -79,11 +86,11 @@ struct Taken {
     next_id: u64,
     /// Oldest first.
     held: Vec<Held>,
-    count: HashMap<IpAddr, usize>,
+    count: HashMap<Source, usize>,
 }
 
 impl Taken {
-    fn count(&self, source: &IpAddr) -> usize {
+    fn count(&self, source: &Source) -> usize {
         self.count.get(source).copied().unwrap_or(0)
     }
 
@@ -144,9 +151,7 @@ impl Places {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
         // Every change is made in one step: a panic elsewhere leaves the counts consistent.
-        self.taken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.taken)
     }
 
     /// Takes a place for a connection from `addr`, taking one back from the biggest holder if
@@ -293,10 +298,11 @@ mod tests {
         let places = Places::new(16, 4);
         let mut attackers = Vec::new();
         for round in 0..4 {
-            for host in 1..=5u8 {
-                if let Ok(place) = places.take(IpAddr::from([198, 51, 100, host])) {
-                    attackers.push((round, host, place));
-                }
+            for host in 1..=4u8 {
+                let place = places
+                    .take(IpAddr::from([198, 51, 100, host]))
+                    .expect("a free place");
+                attackers.push((round, host, place));
             }
         }
         assert_eq!(places.held(), 16);
@@ -308,8 +314,11 @@ mod tests {
             .filter(|(_, _, p)| is_taken_back(p))
             .map(|(round, host, _)| (*round, *host))
             .collect();
-        assert_eq!(taken_back.len(), 1);
-        assert_eq!(taken_back[0].0, 0, "the oldest place of the biggest holder");
+        assert_eq!(
+            taken_back,
+            vec![(0, 1)],
+            "the oldest place of the biggest holder"
+        );
         assert_eq!(places.held(), 16);
         // The attackers churn: each new attempt takes back one of theirs, never the genuine
         // caller's single place.

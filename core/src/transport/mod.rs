@@ -393,13 +393,7 @@ impl PeerConnection {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(TransportError::DatagramBufferFull);
         }
-        let bytes = cut_datagram(
-            &mut self
-                .send_arena
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            datagram,
-        );
+        let bytes = cut_datagram(&mut crate::lock(&self.send_arena), datagram);
         match self.conn.send_datagram(bytes) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);

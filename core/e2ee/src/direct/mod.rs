@@ -37,7 +37,6 @@ use zeroize::Zeroizing;
 
 use crate::identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
 pub use crate::keys::SframeKey;
-use crate::suite::{suite_from_id, suite_id};
 use schedule::{KeySchedule, sas_commitment, signed_content, transcript_hash};
 use wire::{Finish, Init, MAX_OFFER_ENTRIES, Message, Offer, Response};
 
@@ -238,9 +237,8 @@ impl HandshakeConfig {
         }
         let mut ids = Vec::with_capacity(self.suites.len());
         for suite in &self.suites {
-            let id = suite_id(*suite).ok_or(HandshakeError::InvalidConfig(
-                "cipher suite unknown to the handshake",
-            ))?;
+            // The suite ids are the SFrame registry's, defined once in `viska-sframe`.
+            let id = suite.id();
             if ids.contains(&id) {
                 return Err(HandshakeError::InvalidConfig("duplicate cipher suite"));
             }
@@ -613,11 +611,10 @@ impl DirectHandshake {
             .offer
             .suites
             .iter()
-            .filter_map(|id| suite_from_id(*id))
+            .filter_map(|id| CipherSuite::from_id(*id))
             .find(|suite| self.config.suites.contains(suite))
             .ok_or(HandshakeError::NoCommonSuite)?;
-        let suite_wire_id =
-            suite_id(suite).ok_or(HandshakeError::Internal("chosen suite has no id"))?;
+        let suite_wire_id = suite.id();
         self.config.check_pin(&init.identity)?;
 
         let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
@@ -685,9 +682,10 @@ impl DirectHandshake {
                 suite: response.suite,
             });
         }
-        let suite = suite_from_id(response.suite).ok_or(HandshakeError::SuiteNotOffered {
-            suite: response.suite,
-        })?;
+        let suite =
+            CipherSuite::from_id(response.suite).ok_or(HandshakeError::SuiteNotOffered {
+                suite: response.suite,
+            })?;
         self.config.check_pin(&response.identity)?;
 
         let transcript_hash = transcript_hash(

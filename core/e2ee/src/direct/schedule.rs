@@ -116,9 +116,7 @@ impl KeySchedule {
         role: Role,
         suite: CipherSuite,
     ) -> Result<(SendKey, SendKey, SframeKey, SframeKey), HandshakeError> {
-        let len = crate::suite::key_len(suite).ok_or(HandshakeError::Internal(
-            "negotiated suite has no key length",
-        ))?;
+        let len = suite.key_len();
         let ((media_kid, media_label), (control_kid, control_label)) = match role {
             Role::Initiator => (
                 (KID_MEDIA_INITIATOR, MEDIA_LABEL_INITIATOR),
