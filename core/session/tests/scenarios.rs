@@ -634,3 +634,47 @@ fn a_hangup_ends_both_sides_and_stops_the_media() {
         Some(SessionEvent::Stats(_))
     ));
 }
+
+/// A callee reading a file (it follows the caller's pace) that holds before the caller's first
+/// frame arrives still sends once it resumes.
+#[test]
+fn a_callee_that_holds_before_the_first_frame_sends_once_resumed() {
+    let mut net = Net::pair();
+    net.peers[BOB].clocked = false;
+    net.ring();
+    net.command(BOB, Command::Answer).unwrap();
+    // On hold at once, before any of Alice's frames can have arrived (10 ms path).
+    net.command(BOB, Command::Hold).unwrap();
+    net.run_for(secs(2));
+    assert_eq!(net.peers[BOB].datagrams_sent, 0);
+    net.command(BOB, Command::Resume).unwrap();
+    net.run_for(secs(2));
+    assert!(
+        net.peers[BOB].datagrams_sent >= 90,
+        "{}",
+        net.peers[BOB].datagrams_sent
+    );
+    assert_eq!(net.peers[ALICE].session.counters().playout.lost, 0);
+}
+
+/// Signaling that does not decode is dropped and counted, unknown types are skipped, and
+/// broken framing ends the call (the stream cannot be resynchronised).
+#[test]
+fn malformed_signaling_is_counted_and_broken_framing_ends_the_call() {
+    let mut net = Net::pair();
+    net.answer();
+    // A Hello with min > max (malformed body), a frame of an unknown type, then the call goes on.
+    net.input(ALICE, |t| {
+        Input::Signaling(t, &[1, 0x01, 0, 6, 2, 1, 0, 0, 0, 0])
+    });
+    net.input(ALICE, |t| Input::Signaling(t, &[1, 0x7f, 0, 2, 0xaa, 0xbb]));
+    net.run_for(secs(1));
+    let counters = net.peers[ALICE].session.signaling_counters();
+    assert_eq!(counters.malformed, 1, "{counters:?}");
+    assert_eq!(counters.skipped_unknown, 1, "{counters:?}");
+    assert!(matches!(net.state(ALICE), CallState::Active { .. }));
+    // A frame of a version nobody speaks: the framing is broken.
+    net.input(ALICE, |t| Input::Signaling(t, &[9, 0x01, 0, 0]));
+    net.run_for(secs(1));
+    assert_eq!(net.state(ALICE), CallState::Ended(EndReason::ProtocolError));
+}

@@ -574,7 +574,17 @@ impl Call {
                 trust,
             } => {
                 let _ = shared.id.set(call_id);
-                shared.snapshot().call_id = call_id;
+                let (state, sas) = {
+                    let mut snap = shared.snapshot();
+                    snap.call_id = call_id;
+                    (snap.state, snap.sas.clone())
+                };
+                // Visible from now on: what happened before it rang (its keys, its state) is
+                // queued first, so a listener set in `IncomingCall` gets it replayed.
+                if let Some(sas) = sas {
+                    shared.notify(CallUpdate::KeysReady { sas, trust });
+                }
+                shared.notify(CallUpdate::StateChanged(state));
                 let caller = CallerInfo {
                     identity: peer,
                     trust,
