@@ -1265,8 +1265,9 @@ impl Session {
             skip(m);
             return Err(SessionError::Unexpected("a frame of another size"));
         }
-        if let Some(dst) = m.captured.get_mut(..) {
-            dst.copy_from_slice(pcm);
+        if m.record.is_some() {
+            // Kept for the recording's mix only.
+            m.captured.copy_from_slice(pcm);
         }
         m.sent_last_frame = send;
         if send {

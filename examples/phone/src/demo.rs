@@ -53,6 +53,10 @@ pub(crate) struct DemoArgs {
     /// each phone's CPU time relative to it.
     #[arg(long)]
     measure_cpu: bool,
+    /// Run without the latency probe (a measurement hook with a cost of its own per frame):
+    /// latency figures are then not reported, CPU figures leave the probe's work out.
+    #[arg(long)]
+    no_latency_probe: bool,
 }
 
 /// The demo's JSON summary.
@@ -204,7 +208,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             i.seed = i.seed.wrapping_add(1);
             i
         }),
-        probe.clone(),
+        (!args.no_latency_probe).then(|| probe.clone()),
     )?;
     let caller = demo_phone(
         "caller",
@@ -216,7 +220,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             output: None,
         },
         impairment,
-        probe.clone(),
+        (!args.no_latency_probe).then(|| probe.clone()),
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
     callee.set_listener(Arc::new(AutoAnswer { calls: tx }));

@@ -489,7 +489,7 @@ pub(crate) fn demo_phone(
     bitrate: u32,
     audio: FileAudio,
     impairment: Option<ImpairmentConfig>,
-    probe: Arc<LatencyProbe>,
+    probe: Option<Arc<LatencyProbe>>,
 ) -> Result<Phone, BoxError> {
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
@@ -497,8 +497,10 @@ pub(crate) fn demo_phone(
             bitrate_bps: bitrate,
             ..OpusConfig::default()
         })
-        .audio(Arc::new(audio))
-        .latency_probe(probe);
+        .audio(Arc::new(audio));
+    if let Some(probe) = probe {
+        config = config.latency_probe(probe);
+    }
     if let Some(impairment) = impairment {
         config = config.impairment(impairment);
     }
