@@ -24,6 +24,7 @@ pub struct Pair {
     signaling: [Vec<u8>; 2],
     pcm: Vec<i16>,
     pub played: [u64; 2],
+    pub captured: [u64; 2],
     phase: u64,
 }
 
@@ -54,6 +55,7 @@ impl Pair {
             signaling: [Vec::new(), Vec::new()],
             pcm: vec![0; 960],
             played: [0, 0],
+            captured: [0, 0],
             phase: 0,
         };
         pair.sessions[0]
@@ -123,6 +125,7 @@ impl Pair {
                 _ => {}
             }
             if capture {
+                self.captured[i] += 1;
                 // A 440 Hz tone, computed in place.
                 for (k, s) in self.pcm.iter_mut().enumerate() {
                     let n = (self.phase + k as u64) as f64;

@@ -1,20 +1,52 @@
 //! The session's own cost per 20 ms frame, no IO: both ends of an answered call capture,
 //! encode, protect and send one frame, receive, authenticate and buffer the other's, and play
-//! (decode) one, as a phone does every period.
+//! (decode) one, as a phone does every period; beside it, the codec work alone (the same
+//! encoder and decoder settings, the same audio, two encodes and two decodes). The difference
+//! is what the session adds: SFrame, the payload, the jitter buffer and playout, the clocks.
 //!
-//! `cargo bench -p viska-session --bench session -- --warm-up-time 1 --measurement-time 5`
+//! `cargo bench -p viska-session --bench session -- --warm-up-time 2 --measurement-time 8`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use viska_media::codec::{OpusConfig, OpusDecoder, OpusEncoder};
 
 #[path = "pair.rs"]
 mod pair;
 
 fn frames(c: &mut Criterion) {
     let mut pair = pair::Pair::answered();
-    c.bench_function("one 20 ms frame, both directions (two sessions)", |b| {
+    c.bench_function("session: one 20 ms frame, both directions", |b| {
         b.iter(|| pair.frame());
     });
     assert!(pair.played[0] > 0 && pair.played[1] > 0);
+
+    let opus = OpusConfig::default();
+    let mut encoders = [
+        OpusEncoder::new(&opus).unwrap(),
+        OpusEncoder::new(&opus).unwrap(),
+    ];
+    let mut decoders = [
+        OpusDecoder::new(&opus).unwrap(),
+        OpusDecoder::new(&opus).unwrap(),
+    ];
+    let (mut pcm, mut out, mut packet) = (vec![0i16; 960], vec![0i16; 960], vec![0u8; 1500]);
+    let mut phase = 0u64;
+    c.bench_function("codec alone: two encodes and two decodes", |b| {
+        b.iter(|| {
+            for (k, s) in pcm.iter_mut().enumerate() {
+                let n = (phase + k as u64) as f64;
+                *s = (6000.0 * (2.0 * std::f64::consts::PI * 440.0 * n / 48_000.0).sin()) as i16;
+            }
+            phase += 960;
+            for (encoder, decoder) in encoders.iter_mut().zip(decoders.iter_mut()) {
+                let len = encoder.encode(&pcm, &mut packet).unwrap();
+                decoder.decode(&packet[..len], &mut out).unwrap();
+            }
+            black_box(&out);
+        });
+    });
 }
 
 criterion_group!(benches, frames);

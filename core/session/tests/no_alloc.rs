@@ -18,7 +18,7 @@ fn steady_state_frames_do_not_allocate() {
     // may allocate; every other frame must not.
     let frames = 300;
     let mut allocating = Vec::new();
-    let played = pair.played;
+    let (played, captured) = (pair.played, pair.captured);
     for n in 0..frames {
         let region = Region::new(GLOBAL);
         pair.frame();

@@ -57,6 +57,10 @@ pub(crate) struct DemoArgs {
     /// latency figures are then not reported, CPU figures leave the probe's work out.
     #[arg(long)]
     no_latency_probe: bool,
+    /// Leave the phones' media threads at normal priority (by default they ask for real-time
+    /// priority, which the system may refuse).
+    #[arg(long)]
+    no_realtime: bool,
 }
 
 /// The demo's JSON summary.
@@ -209,6 +213,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             i
         }),
         (!args.no_latency_probe).then(|| probe.clone()),
+        !args.no_realtime,
     )?;
     let caller = demo_phone(
         "caller",
@@ -221,6 +226,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         },
         impairment,
         (!args.no_latency_probe).then(|| probe.clone()),
+        !args.no_realtime,
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
     callee.set_listener(Arc::new(AutoAnswer { calls: tx }));

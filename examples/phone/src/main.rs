@@ -490,6 +490,7 @@ pub(crate) fn demo_phone(
     audio: FileAudio,
     impairment: Option<ImpairmentConfig>,
     probe: Option<Arc<LatencyProbe>>,
+    realtime: bool,
 ) -> Result<Phone, BoxError> {
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
@@ -497,7 +498,8 @@ pub(crate) fn demo_phone(
             bitrate_bps: bitrate,
             ..OpusConfig::default()
         })
-        .audio(Arc::new(audio));
+        .audio(Arc::new(audio))
+        .realtime(realtime);
     if let Some(probe) = probe {
         config = config.latency_probe(probe);
     }
