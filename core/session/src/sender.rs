@@ -41,8 +41,7 @@ impl MediaSender {
         suite: CipherSuite,
         key: SendKey,
     ) -> Result<Self, MediaError> {
-        let duration = viska_proto::FrameDuration::from_millis(opus.frame.millis() as u16)
-            .map_err(|e| MediaError::Config(e.to_string()))?;
+        let duration = opus.frame;
         Ok(Self {
             encoder: OpusEncoder::new(opus)?,
             sframe: SframeSender::from_key(suite, key)?,

@@ -11,7 +11,7 @@ use viska_call::{
 use viska_e2ee::direct::Sas;
 use viska_e2ee::identity::PublicIdentity;
 use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId, SframeKey};
-use viska_media::codec::{FrameDuration, OpusConfig};
+use viska_media::codec::OpusConfig;
 use viska_media::jitter::JitterConfig;
 use viska_media::playout::JitterStats;
 use viska_proto::{CallId, DtmfEvent, FrameDecoder, MediaParams, ProtoError};
@@ -1074,10 +1074,8 @@ impl Session {
     fn media_opus(&self) -> Option<OpusConfig> {
         let params = self.params?;
         Some(OpusConfig {
-            frame: match params.frame.millis() {
-                10 => FrameDuration::Ms10,
-                _ => FrameDuration::Ms20,
-            },
+            // The call refuses an Invite for frames this phone cannot play (40, 60 ms).
+            frame: params.frame,
             bitrate_bps: params.bitrate_bps,
             ..self.opus
         })

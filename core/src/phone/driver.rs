@@ -342,8 +342,7 @@ fn new_session(
         call.media.suite = viska_proto::SuiteId(first.id());
     }
     call.media.bitrate_bps = config.opus.bitrate_bps;
-    call.media.frame = viska_proto::FrameDuration::from_millis(config.opus.frame.millis() as u16)
-        .unwrap_or(viska_proto::FrameDuration::Ms20);
+    call.media.frame = config.opus.frame;
     let session = SessionConfig {
         call,
         opus: config.opus,
