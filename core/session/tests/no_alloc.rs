@@ -37,6 +37,13 @@ fn steady_state_frames_do_not_allocate() {
         frames,
         "Bob played every period"
     );
+    for (i, name) in ["Alice", "Bob"].iter().enumerate() {
+        assert_eq!(
+            pair.captured[i] - captured[i],
+            frames,
+            "{name} captured every period, once"
+        );
+    }
     // Only around the statistics of each second (the report message, the keepalive ping
     // queued with it), never the frames in between: 294 of the 300 frames allocate nothing.
     assert!(
