@@ -472,6 +472,14 @@ impl FrameDecoder {
     }
 }
 
+/// The frame duration a millisecond count names, or the protocol error for another count.
+fn frame_duration(ms: u16) -> Result<FrameDuration, ProtoError> {
+    FrameDuration::from_millis(ms).map_err(|_| ProtoError::InvalidField {
+        field: "frame duration (ms)",
+        value: u64::from(ms),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,12 +818,4 @@ mod tests {
         assert_eq!(decoder.skipped_unknown(), 500);
         assert!(decoder.moved_bytes <= stream.len());
     }
-}
-
-/// The frame duration a millisecond count names, or the protocol error for another count.
-fn frame_duration(ms: u16) -> Result<FrameDuration, ProtoError> {
-    FrameDuration::from_millis(ms).map_err(|_| ProtoError::InvalidField {
-        field: "frame duration (ms)",
-        value: u64::from(ms),
-    })
 }
