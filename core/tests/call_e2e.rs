@@ -825,8 +825,18 @@ fn app_fed_audio_flows_both_ways_at_the_applications_rate() {
     let tail = heard.get(heard.len() - 16_000..).expect("tail");
     let rms = (tail.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
     assert!(rms > 2000.0, "the tone came through: RMS {rms}");
+    assert_eq!(caller_capture.attached(), 1);
+    assert_eq!(callee_playback.attached(), 1);
     call.hangup().expect("hangup");
     assert!(answered.wait_ended(WAIT));
+    // An ended call's rings are let go: nothing is pushed into or mixed from it any more.
+    assert!(eventually(|| caller_capture.attached() == 0));
+    let playback = std::sync::Mutex::new(callee_playback);
+    assert!(eventually(|| {
+        let mut playback = playback.lock().expect("lock");
+        playback.pull(&mut [0i16; 640]);
+        playback.attached() == 0
+    }));
 }
 
 /// A connection that fails its end-to-end handshake reaches the callee's application as a

@@ -54,6 +54,12 @@ impl AppCaptureInput {
     pub fn push_f32(&mut self, samples: &[f32]) -> usize {
         self.writer.push_converted(samples, |s| s)
     }
+
+    /// Whether the media side ([`AppCaptureSource`]) is gone: the call ended, nothing pushed
+    /// here is read any more.
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_abandoned()
+    }
 }
 
 /// The media side of an application capture: an [`AudioSource`] of 48 kHz mono frames.
@@ -176,6 +182,11 @@ impl AppPlaybackOutput {
     /// Samples waiting to be pulled.
     pub fn queued(&self) -> usize {
         self.reader.queued_len()
+    }
+
+    /// Whether the media side ([`AppPlaybackSink`]) is gone and nothing is left to pull.
+    pub fn is_closed(&self) -> bool {
+        self.reader.is_abandoned() && self.reader.queued_len() == 0
     }
 }
 

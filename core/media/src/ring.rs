@@ -68,6 +68,11 @@ pub struct SampleWriter {
 }
 
 impl SampleWriter {
+    /// Whether the reading end has been dropped (nothing written will ever be read).
+    pub fn is_abandoned(&self) -> bool {
+        self.producer.is_abandoned()
+    }
+
     /// Appends all of `samples`, or nothing and counts an overrun when they do not all fit
     /// (a whole frame is kept together rather than cut).
     pub fn push_all(&mut self, samples: &[f32]) -> bool {
@@ -135,6 +140,11 @@ pub struct SampleReader {
 }
 
 impl SampleReader {
+    /// Whether the writing end has been dropped (nothing more will arrive).
+    pub fn is_abandoned(&self) -> bool {
+        self.consumer.is_abandoned()
+    }
+
     /// Fills all of `out`, or takes nothing and counts an underrun when fewer samples are
     /// queued (`out` is then left unchanged).
     pub fn pop_exact(&mut self, out: &mut [f32]) -> bool {

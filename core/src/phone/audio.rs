@@ -254,7 +254,9 @@ impl AudioFactory for AppAudio {
             frame_samples,
         )
         .map_err(|e| AudioIoError::Device(e.to_string()))?;
-        lock(&self.hub.inputs).push(input);
+        let mut inputs = lock(&self.hub.inputs);
+        inputs.retain(|i| !i.is_closed());
+        inputs.push(input);
         Ok(Box::new(source))
     }
 
@@ -265,7 +267,9 @@ impl AudioFactory for AppAudio {
             frame_samples,
         )
         .map_err(|e| AudioIoError::Device(e.to_string()))?;
-        lock(&self.hub.outputs).push(output);
+        let mut outputs = lock(&self.hub.outputs);
+        outputs.retain(|o| !o.is_closed());
+        outputs.push(output);
         Ok(Box::new(sink))
     }
 }
@@ -276,11 +280,21 @@ pub struct AppCapture {
 }
 
 impl AppCapture {
-    /// Pushes captured interleaved 16-bit samples (any amount) to every call.
+    /// Pushes captured interleaved 16-bit samples (any amount) to every call. The ends of
+    /// calls that have ended are let go here.
     pub fn push(&self, samples: &[i16]) {
-        for input in lock(&self.hub.inputs).iter_mut() {
+        let mut inputs = lock(&self.hub.inputs);
+        inputs.retain(|i| !i.is_closed());
+        for input in inputs.iter_mut() {
             input.push(samples);
         }
+    }
+
+    /// How many calls' captures are attached (calls with their audio open).
+    pub fn attached(&self) -> usize {
+        let mut inputs = lock(&self.hub.inputs);
+        inputs.retain(|i| !i.is_closed());
+        inputs.len()
     }
 }
 
@@ -299,13 +313,23 @@ impl AppPlayback {
             self.mix.resize(out.len(), 0);
         }
         let mix = self.mix.get_mut(..out.len()).unwrap_or_default();
-        for output in lock(&self.hub.outputs).iter_mut() {
+        let mut outputs = lock(&self.hub.outputs);
+        outputs.retain(|o| !o.is_closed());
+        for output in outputs.iter_mut() {
             mix.fill(0);
             output.pull(mix);
             for (o, &m) in out.iter_mut().zip(mix.iter()) {
                 *o = o.saturating_add(m);
             }
         }
+    }
+
+    /// How many calls' playbacks are attached (calls with their audio open, or with audio
+    /// still to pull).
+    pub fn attached(&self) -> usize {
+        let mut outputs = lock(&self.hub.outputs);
+        outputs.retain(|o| !o.is_closed());
+        outputs.len()
     }
 }
 
