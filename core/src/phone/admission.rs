@@ -39,6 +39,9 @@ struct Entry {
     call: Weak<CallShared>,
     /// Incoming calls only: their source (IPv4 address or IPv6 /64), identity and trust.
     incoming: Option<(IpAddr, PublicIdentity, bool)>,
+    /// A verified caller took this call's place: it is being refused, and makes room for no
+    /// other. It stays listed until it ends (the user may have answered it first).
+    displaced: bool,
 }
 
 /// The calls a phone runs, for admission.
@@ -83,6 +86,7 @@ impl Admission {
         entries.push(Entry {
             call: Arc::downgrade(call),
             incoming: None,
+            displaced: false,
         });
         true
     }
@@ -99,7 +103,8 @@ impl Admission {
         let verified = trust == Trust::Verified;
         let mut entries = self.live();
         let ringing_unverified = |e: &&Entry| {
-            e.incoming.is_some_and(|(_, _, v)| !v)
+            !e.displaced
+                && e.incoming.is_some_and(|(_, _, v)| !v)
                 && e.call.upgrade().is_some_and(|c| c.is_unanswered())
         };
         if !verified {
@@ -119,6 +124,7 @@ impl Admission {
         let entry = Entry {
             call: Arc::downgrade(call),
             incoming: Some((source, peer, verified)),
+            displaced: false,
         };
         if entries.len() < self.max_calls {
             entries.push(entry);
@@ -126,14 +132,15 @@ impl Admission {
         }
         if verified {
             // The oldest ringing call of a caller who is not verified makes room.
-            let oldest = entries.iter().position(|e| ringing_unverified(&e));
-            if let Some(at) = oldest {
-                let evicted = entries.remove(at);
+            let oldest = entries.iter_mut().find(|e| ringing_unverified(&&**e));
+            if let Some(evicted) = oldest {
+                evicted.displaced = true;
+                let call = evicted.call.upgrade();
                 entries.push(entry);
-                if let Some(call) = evicted.call.upgrade() {
-                    return Decision::AdmitInPlaceOf(call);
-                }
-                return Decision::Admit;
+                return match call {
+                    Some(call) => Decision::AdmitInPlaceOf(call),
+                    None => Decision::Admit,
+                };
             }
         }
         Decision::Busy

@@ -201,7 +201,6 @@ async fn run_call(
     mut commands: mpsc::UnboundedReceiver<DriverCommand>,
     setup: Setup,
 ) {
-    let _ = shared.remote.set(conn.remote_addr());
     let mut session = match new_session(&inner, &conn, &setup) {
         Ok(session) => session,
         Err(e) => {
@@ -298,6 +297,7 @@ async fn run_call(
             Wake::Command(DriverCommand::Call(cmd)) => {
                 session.handle_input(Input::Command(now, cmd))
             }
+            Wake::Command(DriverCommand::Displaced) => call.displaced(&mut session, now),
             Wake::Command(DriverCommand::SwitchDevice { direction, device }) => {
                 call.switch(direction, device);
                 Ok(())
@@ -425,6 +425,23 @@ impl Call {
         })
     }
 
+    /// A verified caller took this call's place while it rang: it is refused as busy and
+    /// reported missed. A call the user answered before this arrived goes on (the phone then
+    /// runs one call over its limit until one ends).
+    fn displaced(&mut self, session: &mut Session, now: Instant) -> Result<(), SessionError> {
+        if session.state() != CallState::Ringing {
+            return Ok(());
+        }
+        session.handle_input(Input::Command(now, Command::Busy))?;
+        if let Some(caller) = self.caller_info(session) {
+            self.inner.events.push(Item::Phone(PhoneEvent::MissedCall {
+                caller,
+                why: MissedCall::DisplacedByVerifiedCaller,
+            }));
+        }
+        Ok(())
+    }
+
     fn request(&mut self, session: &mut Session, request: Request, now: Instant) {
         match request {
             Request::Admit { peer, trust } => {
@@ -438,22 +455,8 @@ impl Call {
                 let admission = match decision {
                     Decision::Admit => Admission::Admit,
                     Decision::AdmitInPlaceOf(other) => {
-                        let _ = other.commands.send(DriverCommand::Call(Command::Busy));
-                        let (peer, trust) = {
-                            let snap = other.snapshot();
-                            (snap.peer, snap.trust)
-                        };
-                        if let Some(identity) = peer {
-                            let caller = CallerInfo {
-                                identity,
-                                trust: trust.unwrap_or(Trust::Unverified),
-                                remote_addr: other.remote_addr(),
-                            };
-                            self.inner.events.push(Item::Phone(PhoneEvent::MissedCall {
-                                caller,
-                                why: MissedCall::DisplacedByVerifiedCaller,
-                            }));
-                        }
+                        // Its own driver refuses it, unless the user answered it first.
+                        let _ = other.commands.send(DriverCommand::Displaced);
                         Admission::Admit
                     }
                     Decision::Busy => {

@@ -619,6 +619,9 @@ impl fmt::Debug for CallSnapshot {
 enum DriverCommand {
     /// A call command for the session.
     Call(Command),
+    /// A verified caller took this ringing call's place: refuse it as busy unless it has been
+    /// answered meanwhile.
+    Displaced,
     /// Move the call's capture or playback to another device (`None`: the default one).
     SwitchDevice {
         direction: AudioDirection,
@@ -650,8 +653,6 @@ struct CallShared {
     /// The phone's own key for the call (event routing).
     key: u64,
     id: OnceLock<CallId>,
-    /// The peer's address, once connected.
-    remote: OnceLock<SocketAddr>,
     commands: mpsc::UnboundedSender<DriverCommand>,
     snapshot: Mutex<CallSnapshot>,
     events: Arc<EventQueue>,
@@ -684,13 +685,6 @@ impl CallShared {
             self.snapshot().state,
             CallState::Idle | CallState::Handshaking | CallState::Ringing
         )
-    }
-
-    fn remote_addr(&self) -> SocketAddr {
-        self.remote
-            .get()
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     fn id(&self) -> CallId {
@@ -738,7 +732,6 @@ impl CallHandle {
         let shared = Arc::new(CallShared {
             key: CALL_KEYS.fetch_add(1, Ordering::Relaxed),
             id: OnceLock::new(),
-            remote: OnceLock::new(),
             commands: tx,
             snapshot: Mutex::new(CallSnapshot {
                 call_id: CallId([0; CallId::LEN]),
