@@ -431,3 +431,79 @@ fn a_stalled_tls_handshake_is_cut_off_at_the_deadline_and_reported() {
     assert_eq!(victim.refused_connections().tls_timeouts, 1);
     victim.close();
 }
+
+/// A connection that completes TLS and then never opens its signaling stream holds a place
+/// among the unknown connections; a caller who needs that place takes it back, and the silent
+/// connection is closed then, not when its setup timeout runs out.
+#[test]
+fn a_silent_connection_loses_its_place_to_a_caller_and_is_closed() {
+    let victim = Phone::new(
+        PhoneConfig::builder("victim3", generate_identity())
+            .max_handshakes(4)
+            .max_handshakes_per_source(4)
+            .build()
+            .expect("config"),
+    )
+    .expect("victim");
+    victim.set_listener(Arc::new(|_: PhoneEvent| {}));
+    let addr = victim
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (endpoint, silent) = runtime.block_on(async {
+        let cert = Arc::new(viska::transport::LocalCertificate::generate().expect("cert"));
+        let endpoint = viska::transport::QuicEndpoint::bind(
+            SocketAddr::new(source(2), 0),
+            cert,
+            &viska::TransportConfig::default(),
+        )
+        .expect("endpoint");
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(endpoint.connect(addr).await.expect("TLS completes"));
+        }
+        (endpoint, silent)
+    });
+    let oldest = silent.first().expect("four").clone();
+    let closed = runtime.spawn(async move { oldest.closed().await });
+
+    let caller = Phone::new(
+        PhoneConfig::builder("caller3", generate_identity())
+            .build()
+            .expect("config"),
+    )
+    .expect("caller");
+    caller
+        .listen(SocketAddr::new(source(7), 0))
+        .expect("caller socket");
+    let call = caller.call(addr).expect("dial");
+    let reached = call.wait_for(Duration::from_secs(10), |s| {
+        matches!(s, CallState::Alerting) || s.is_ended()
+    });
+    assert_eq!(
+        reached,
+        CallState::Alerting,
+        "{:?}",
+        victim.refused_connections()
+    );
+    assert_eq!(victim.refused_connections().places_taken_back, 1);
+    let why = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), closed).await })
+        .expect("the silent connection is closed")
+        .expect("task");
+    match why {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(&close.reason[..], b"place taken back", "{close:?}");
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    call.hangup().expect("hangup");
+    drop(silent);
+    drop(endpoint);
+    caller.close();
+    victim.close();
+}

@@ -612,6 +612,13 @@ fn a_phone_at_its_call_limit_refuses_calls_as_busy() {
     );
     call.hangup().expect("hangup");
     assert!(answered.wait_ended(WAIT));
+    // A phone whose application set no listener has no one to ring: callers hear busy.
+    let unheard = first.call(second_addr).expect("call");
+    assert!(unheard.wait_ended(WAIT));
+    assert_eq!(
+        unheard.state(),
+        CallState::Ended(EndReason::Busy { by: Side::Remote })
+    );
 }
 
 /// The callee rings at once and opens its audio meanwhile; audio that cannot open ends the

@@ -3,6 +3,8 @@
 //! A caller is known once its handshake message 3 checked out; the phone then decides, before
 //! the call rings (and before anything about the SAS is revealed):
 //!
+//! 0. a phone with no listener set, or whose event queue is full (a listener that stopped
+//!    returning), rings for no one: the caller is told busy;
 //! 1. an identity that is not verified rings at most once at a time (a throw-away identity
 //!    gains nothing by calling twice);
 //! 2. callers that are not verified ring at most [`PhoneConfig::max_ringing_per_source`] at a

@@ -210,14 +210,26 @@ async fn run_call(
         }
     };
     // A peer that connects but never opens the signaling stream is dropped after the setup
-    // timeout (keep-alives would otherwise hold the connection forever).
-    let streams = tokio::time::timeout(viska_call::DEFAULT_SETUP_TIMEOUT, async {
+    // timeout (keep-alives would otherwise hold the connection forever), or as soon as its
+    // place among the unknown connections is taken back.
+    let opening = tokio::time::timeout(viska_call::DEFAULT_SETUP_TIMEOUT, async {
         match setup.role {
             Role::Caller => conn.open_signaling().await,
             _ => conn.accept_signaling().await,
         }
-    })
-    .await;
+    });
+    let streams = tokio::select! {
+        s = opening => s,
+        () = async {
+            match setup.place.as_ref() {
+                Some(p) => p.taken_back().await,
+                None => std::future::pending().await,
+            }
+        } => {
+            conn.close("place taken back");
+            return end(&shared, EndReason::ConnectionRefused);
+        }
+    };
     let Ok(Ok((send, mut recv))) = streams else {
         conn.close("no signaling");
         return end(&shared, EndReason::SetupTimeout);
@@ -448,10 +460,15 @@ impl Call {
                 // Authenticated: its place among the unknown connections is free.
                 self.setup.place = None;
                 let source = self.conn.remote_addr();
-                let decision =
+                // With no listener to ring, or one so far behind that its queue is full, the
+                // call is refused rather than queued.
+                let decision = if self.inner.events.can_ring() {
                     self.inner
                         .admission
-                        .admit_incoming(&self.shared, source.ip(), peer, trust);
+                        .admit_incoming(&self.shared, source.ip(), peer, trust)
+                } else {
+                    Decision::Busy
+                };
                 let admission = match decision {
                     Decision::Admit => Admission::Admit,
                     Decision::AdmitInPlaceOf(other) => {

@@ -1166,7 +1166,9 @@ impl Phone {
         self.inner.config.identity.public()
     }
 
-    /// Registers the phone-wide listener.
+    /// Registers the phone-wide listener, replacing any previous one. Until one is set, an
+    /// incoming call has no one to ring and is refused as busy; set it before
+    /// [`Phone::listen`].
     pub fn set_listener(&self, listener: Arc<dyn PhoneListener>) {
         self.inner.events.push(Item::SetPhoneListener(listener));
     }
