@@ -13,8 +13,7 @@ use viska_e2ee::rand_core::CryptoRng;
 use viska_proto::control::{DEFAULT_DTMF_DURATION_MS, DEFAULT_DTMF_VOLUME};
 use viska_proto::signal::{local_hello, negotiate_version};
 use viska_proto::{
-    CallId, ControlMessage, DtmfEvent, Features, FrameDuration, MediaParams, Message, ProtoError,
-    Reason, SuiteId,
+    CallId, ControlMessage, DtmfEvent, Features, MediaParams, Message, ProtoError, Reason, SuiteId,
 };
 use viska_sframe::{CipherSuite, ReplayConfig, SframeReceiver, SframeSender};
 
@@ -782,9 +781,7 @@ impl Call {
         if !suite_ok {
             return Err(self.refuse_media("cipher suite"));
         }
-        // A v1 phone sends and plays 10 and 20 ms frames (its jitter buffer and codec are set
-        // up for the caller's frame duration).
-        if !matches!(media.frame, FrameDuration::Ms10 | FrameDuration::Ms20) {
+        if !media.frame.is_played() {
             return Err(self.refuse_media("frame duration"));
         }
         // The callee's encoder takes the caller's bitrate: it must be one Opus accepts.

@@ -97,6 +97,11 @@ impl CallConfig {
         if self.media.bitrate_bps == 0 {
             return Err(CallError::InvalidConfig("bitrate must be positive"));
         }
+        if !self.media.frame.is_played() {
+            return Err(CallError::InvalidConfig(
+                "frames must be 10 or 20 ms (a version-1 phone plays no others)",
+            ));
+        }
         Ok(())
     }
 

@@ -79,6 +79,12 @@ impl SessionConfig {
     /// Refuses settings that cannot work together.
     pub fn validate(&self) -> Result<(), SessionError> {
         self.call.validate()?;
+        if !self.opus.frame.is_played() {
+            return Err(SessionError::InvalidConfig(format!(
+                "{} ms frames: a version-1 phone sends and plays 10 and 20 ms frames",
+                self.opus.frame.millis()
+            )));
+        }
         self.opus
             .validate()
             .map_err(|e| SessionError::InvalidConfig(e.to_string()))?;

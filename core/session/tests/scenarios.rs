@@ -678,3 +678,30 @@ fn malformed_signaling_is_counted_and_broken_framing_ends_the_call() {
     net.run_for(secs(1));
     assert_eq!(net.state(ALICE), CallState::Ended(EndReason::ProtocolError));
 }
+
+/// A version-1 session sends and plays 10 and 20 ms frames: a configuration for longer ones,
+/// of its own codec or of the media it would propose, is refused before any call starts.
+#[test]
+fn a_configuration_with_frames_longer_than_20_ms_is_refused() {
+    use viska_call::{CallConfig, Role};
+    use viska_e2ee::direct::ChannelBinding;
+    use viska_proto::FrameDuration;
+    use viska_session::{SessionConfig, SessionError};
+
+    let binding = ChannelBinding {
+        tls_exporter: [7; 32],
+    };
+    let mut config =
+        SessionConfig::new(CallConfig::new(Role::Caller, harness::identity(1), binding));
+    assert!(config.validate().is_ok());
+    config.opus.frame = FrameDuration::Ms40;
+    assert!(matches!(
+        config.validate(),
+        Err(SessionError::InvalidConfig(_))
+    ));
+    config.opus.frame = FrameDuration::Ms10;
+    config.call.media.frame = FrameDuration::Ms10;
+    assert!(config.validate().is_ok());
+    config.call.media.frame = FrameDuration::Ms60;
+    assert!(matches!(config.validate(), Err(SessionError::Call(_))));
+}

@@ -30,7 +30,7 @@ use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
 use viska_e2ee::keys::ParticipantId;
 use viska_media::codec::OpusConfig;
 use viska_media::jitter::JitterConfig;
-use viska_proto::{CallId, DtmfEvent, ProtoError};
+use viska_proto::{CallId, DtmfEvent, FrameDuration, ProtoError};
 use viska_session::{MediaCounters, SignalingCounters};
 use viska_sframe::CipherSuite;
 
@@ -64,6 +64,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// A frame duration a version-1 phone does not play (it sends and plays 10 and 20 ms).
+    #[error("{} ms frames: a version-1 phone sends and plays 10 and 20 ms frames", .0.millis())]
+    FrameDuration(FrameDuration),
     /// The codec settings.
     #[error("codec: {0}")]
     Codec(#[from] viska_media::codec::CodecError),
@@ -369,6 +372,9 @@ impl PhoneConfigBuilder {
             return Err(ConfigError::ZeroDuration("tls_deadline"));
         }
         c.opus.validate()?;
+        if !c.opus.frame.is_played() {
+            return Err(ConfigError::FrameDuration(c.opus.frame));
+        }
         c.jitter.validate()?;
         #[cfg(feature = "testing")]
         if let Some(imp) = &c.testing.impairment {

@@ -51,6 +51,13 @@ impl FrameDuration {
         std::time::Duration::from_millis(self.millis() as u64)
     }
 
+    /// Whether a version-1 phone sends and plays frames of this duration (10 and 20 ms; its
+    /// jitter buffer and codec are set up for the caller's frame duration). The others are
+    /// refused in an `Invite`, and in a configuration.
+    pub const fn is_played(self) -> bool {
+        matches!(self, Self::Ms10 | Self::Ms20)
+    }
+
     /// The duration for a millisecond count, if it is one of 10, 20, 40, 60.
     pub const fn from_millis(ms: u16) -> Result<Self, NotAFrameDuration> {
         match ms {
@@ -78,6 +85,7 @@ mod tests {
             assert_eq!(FrameDuration::from_millis(d.millis()), Ok(d));
             assert_eq!(d.samples(), usize::from(d.millis()) * 48);
             assert_eq!(d.duration().as_millis(), u128::from(d.millis()));
+            assert_eq!(d.is_played(), d.millis() <= 20);
         }
         assert_eq!(FrameDuration::from_millis(30), Err(NotAFrameDuration(30)));
         assert_eq!(FrameDuration::default(), FrameDuration::Ms20);
