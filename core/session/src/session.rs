@@ -308,6 +308,9 @@ pub struct MediaCounters {
     /// Datagrams under a key no participant's stream holds, in a call of several (dropped;
     /// with one peer they count as that peer's decrypt failures).
     pub unattributed: u64,
+    /// [`Output::Capture`] requests not answered with a frame of the right size before the
+    /// next was due (each such period is a pause to the peer).
+    pub captures_missed: u64,
     /// The loss (percent) the encoder's in-band FEC is sized for, from the peer's reports.
     pub fec_expected_loss_pct: u8,
     /// Playout counters (loss, concealment, FEC, delays).
@@ -401,6 +404,8 @@ struct Media {
     /// The last captured frame and whether it was sent (for the recording's mix).
     captured: Vec<i16>,
     sent_last_frame: bool,
+    /// Capture requests that went unanswered, or were answered with a wrong-sized frame.
+    captures_missed: u64,
     /// Loss (percent) in the peer's last reception reports, oldest first.
     recent_loss: [u8; LOSS_REPORTS_KEPT],
     /// When the media opened, and the Opus bytes sent at the last statistics report.
@@ -611,6 +616,7 @@ impl Session {
         }
         c.early = self.early;
         c.unattributed = self.unattributed;
+        c.captures_missed = m.captures_missed;
         c
     }
 
@@ -672,8 +678,8 @@ impl Session {
                     .map_err(Into::into)
             }
             Input::Captured(now, pcm) => {
-                let now = self.advance(now);
-                self.captured(now, pcm)
+                self.advance(now);
+                self.captured(pcm)
             }
             Input::Keys(now, update) => {
                 let now = self.advance(now);
@@ -1119,6 +1125,7 @@ impl Session {
             record_ready: false,
             captured: vec![0; frame_samples],
             sent_last_frame: false,
+            captures_missed: 0,
             recent_loss: [0; LOSS_REPORTS_KEPT],
             opened: now,
             last_rate: None,
@@ -1258,15 +1265,16 @@ impl Session {
         }
     }
 
-    fn captured(&mut self, now: Instant, pcm: &[i16]) -> Result<(), SessionError> {
+    fn captured(&mut self, pcm: &[i16]) -> Result<(), SessionError> {
         let (send, _) = self.direction;
         let Some(m) = self.media.as_mut().filter(|m| m.capture_pending) else {
             return Err(SessionError::Unexpected("captured audio"));
         };
         m.capture_pending = false;
         if pcm.len() != m.frame_samples {
-            // Not what was asked for: the period is a pause.
-            skip(m);
+            // Not what was asked for: the period is a pause, and the playout held back for
+            // this capture goes now.
+            capture_missed(m, self.direction.1);
             return Err(SessionError::Unexpected("a frame of another size"));
         }
         if m.record.is_some() {
@@ -1287,7 +1295,6 @@ impl Session {
         if let Some(deadline) = m.playout_deferred.take() {
             play(m, deadline, self.direction.1);
         }
-        let _ = now;
         Ok(())
     }
 
@@ -1297,6 +1304,13 @@ impl Session {
         let direction = self.direction;
         let ended = self.is_ended();
         if let Some(m) = self.media.as_mut().filter(|m| m.started && !ended) {
+            if m.capture_pending && m.capture.due(now, Duration::ZERO) {
+                // The driver has not answered the last capture request and the next is due:
+                // that period was a pause (else the session would wait on it forever, and
+                // the playout held back for it with it).
+                m.capture_pending = false;
+                capture_missed(m, direction.1);
+            }
             if m.follows_peer && !m.capture.is_running() && (direction.0 || direction.1) {
                 // Media may flow: wait a little for the caller's first frame to set the pace.
                 m.capture.start_at(now + FOLLOW_WAIT);
@@ -1428,6 +1442,17 @@ fn add_receive_key(
 }
 
 /// One frame period of the sender in which nothing is sent.
+/// A capture request that got no frame: the period is a pause, and the playout held back for
+/// it goes now.
+fn capture_missed(m: &mut Media, receive: bool) {
+    m.captures_missed += 1;
+    m.sent_last_frame = false;
+    skip(m);
+    if let Some(deadline) = m.playout_deferred.take() {
+        play(m, deadline, receive);
+    }
+}
+
 fn skip(m: &mut Media) {
     if let Some(sender) = m.sender.as_mut() {
         if let Err(e) = sender.skip_frame() {

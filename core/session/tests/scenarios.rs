@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{MS, Net, Source, frames, rms, tone_level};
+use harness::{CaptureFault, MS, Net, Source, frames, rms, tone_level};
 use viska_call::{CallState, Command, EndReason, MediaRejection, SecurityEvent, Side, Trust};
 use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId, SframeKey};
 use viska_netem::{ImpairmentConfig, LossModel};
@@ -704,4 +704,44 @@ fn a_configuration_with_frames_longer_than_20_ms_is_refused() {
     assert!(config.validate().is_ok());
     config.call.media.frame = FrameDuration::Ms60;
     assert!(matches!(config.validate(), Err(SessionError::Call(_))));
+}
+
+/// A driver that stops answering capture requests, or answers with frames of the wrong size,
+/// for half a second: each such period is a pause to the peer and is counted, the session
+/// neither waits on it nor spins, its own playout goes on frame by frame, and once the driver
+/// answers again both directions carry the tones as before.
+#[test]
+fn capture_requests_unanswered_or_wrongly_answered_are_pauses_and_playout_goes_on() {
+    for fault in [CaptureFault::Unanswered, CaptureFault::WrongSize] {
+        let mut net = Net::pair();
+        net.answer();
+        net.run_for(secs(2));
+        let heard_before = net.peers[BOB].heard.len();
+        let captures_before = net.peers[BOB].captures;
+        net.peers[BOB].capture_fault = Some(fault);
+        net.run_for(frames(25));
+        net.peers[BOB].capture_fault = None;
+        // Bob kept playing one frame per period (the harness panics if a session asks to be
+        // woken at the same instant over and over).
+        let played = net.peers[BOB].heard.len() - heard_before;
+        assert!(
+            (24 * 960..=26 * 960).contains(&played),
+            "{fault:?}: {played} samples played in 25 periods"
+        );
+        let missed = net.peers[BOB].session.counters().captures_missed;
+        assert!((24..=26).contains(&missed), "{fault:?}: {missed} missed");
+        assert_eq!(net.peers[BOB].captures, captures_before, "{fault:?}");
+        net.run_for(secs(2));
+        assert!(net.peers[BOB].captures >= captures_before + 99, "{fault:?}");
+        for (me, hz) in [(ALICE, 500.0), (BOB, 300.0)] {
+            let heard = &net.peers[me].heard;
+            let tail = &heard[heard.len() - 48_000..];
+            assert!(
+                tone_level(tail, hz) > 3000.0,
+                "{fault:?}: {me} hears {hz} Hz"
+            );
+        }
+        let p = net.peers[ALICE].session.counters().playout;
+        assert_eq!(p.lost, 0, "{fault:?}: a pause is not loss: {p:?}");
+    }
 }

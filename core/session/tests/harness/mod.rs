@@ -37,6 +37,15 @@ pub enum Source {
     },
 }
 
+/// How a faulty driver answers the session's capture requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureFault {
+    /// Never answers.
+    Unanswered,
+    /// Answers with half a frame.
+    WrongSize,
+}
+
 pub struct Peer {
     pub name: &'static str,
     pub session: Session,
@@ -49,6 +58,8 @@ pub struct Peer {
     pub source: Source,
     /// Whether the source keeps its own clock (a device) or not (a file).
     pub clocked: bool,
+    /// The driver answers capture requests wrongly while this is set.
+    pub capture_fault: Option<CaptureFault>,
     pub admit: Admission,
     /// How long opening audio takes, virtual time; `None`: it fails.
     pub audio_delay: Option<Duration>,
@@ -135,6 +146,7 @@ impl Net {
                         amplitude: 6000.0,
                     },
                     clocked: true,
+                    capture_fault: None,
                     admit: Admission::Admit,
                     audio_delay: Some(Duration::ZERO),
                     audio_answer: None,
@@ -259,6 +271,11 @@ impl Net {
                         peer.peer,
                         bytes.to_vec(),
                     ));
+                }
+                Output::Capture if peer.capture_fault == Some(CaptureFault::Unanswered) => {}
+                Output::Capture if peer.capture_fault == Some(CaptureFault::WrongSize) => {
+                    let samples = peer.session.frame_samples().unwrap();
+                    captured = Some(vec![0; samples / 2]);
                 }
                 Output::Capture => {
                     peer.captures += 1;
