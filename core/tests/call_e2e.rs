@@ -279,6 +279,33 @@ fn clean_call_loses_nothing_and_both_ends_agree() {
     assert!(eventually(
         || log.has(|u| matches!(u, CallUpdate::Data { .. }))
     ));
+    // A burst of call data (a CTI desktop syncing a record) is queued, not a reason to end
+    // the call; all of it arrives, in order.
+    for n in 0..200u32 {
+        let mut data = n.to_be_bytes().to_vec();
+        data.resize(100, 0x5a);
+        pair.call.send_data(data).expect("burst");
+    }
+    let burst = || {
+        log.updates
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|(_, u)| match u {
+                CallUpdate::Data { data, .. } if data.len() == 100 => data
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+                _ => None,
+            })
+            .collect::<Vec<u32>>()
+    };
+    assert!(
+        eventually(|| burst().len() == 200),
+        "{} arrived",
+        burst().len()
+    );
+    assert_eq!(burst(), (0..200).collect::<Vec<u32>>());
+    assert!(matches!(pair.call.state(), CallState::Active { .. }));
     assert!(eventually(|| log.has(|u| matches!(u, CallUpdate::Stats(_)))));
     hang_up(&pair);
 

@@ -696,9 +696,10 @@ impl Session {
             }
             Input::DatagramRefused(now) => {
                 self.advance(now);
+                // The refusal is of the last datagram polled, once.
                 if let Some(m) = self.media.as_mut() {
-                    let len = m.last_datagram_len;
-                    if let Some(sender) = m.sender.as_mut() {
+                    let len = std::mem::take(&mut m.last_datagram_len);
+                    if let (Some(sender), true) = (m.sender.as_mut(), len > 0) {
                         sender.refused(len);
                     }
                 }
@@ -777,7 +778,11 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut next = self.call_deadline.min(self.next_stats);
+        let mut next = if self.is_ended() {
+            self.call_deadline
+        } else {
+            self.call_deadline.min(self.next_stats)
+        };
         if let Some(m) = self
             .media
             .as_ref()
@@ -1374,7 +1379,8 @@ impl Session {
                 }
             }
         }
-        if now >= self.next_stats {
+        // After the call ended, its final statistics were the last.
+        if now >= self.next_stats && !ended {
             self.next_stats = now + STATS_INTERVAL;
             self.publish_stats(now);
         }

@@ -628,11 +628,36 @@ fn a_hangup_ends_both_sides_and_stops_the_media() {
     net.run_for(secs(2));
     assert_eq!(net.peers[ALICE].datagrams_sent, sent);
     assert_eq!(net.peers[ALICE].heard.len(), heard);
-    // The last event is the final statistics.
-    assert!(matches!(
-        net.events(ALICE).last(),
-        Some(SessionEvent::Stats(_))
-    ));
+    // The last event is the final statistics, and none follow it.
+    for peer in [ALICE, BOB] {
+        let events = net.events(peer);
+        let ended = events
+            .iter()
+            .position(|e| matches!(e, SessionEvent::StateChanged(CallState::Ended(_))))
+            .unwrap();
+        let after: Vec<_> = events[ended + 1..]
+            .iter()
+            .map(harness::event_name)
+            .collect();
+        assert_eq!(after.last(), Some(&"Stats"), "peer {peer}: {after:?}");
+        let stats = after.iter().filter(|e| **e == "Stats").count();
+        assert_eq!(stats, 1, "peer {peer}: {after:?}");
+    }
+}
+
+/// The driver reports a datagram the transport refused once; a second report without a
+/// datagram polled in between is not counted again.
+#[test]
+fn a_refused_datagram_is_counted_once() {
+    let mut net = Net::pair();
+    net.answer();
+    net.run_for(secs(1));
+    let before = net.peers[ALICE].session.counters();
+    net.input(ALICE, Input::DatagramRefused);
+    net.input(ALICE, Input::DatagramRefused);
+    let after = net.peers[ALICE].session.counters();
+    assert_eq!(after.frames_refused, before.frames_refused + 1, "{after:?}");
+    assert_eq!(after.frames_sent, before.frames_sent - 1);
 }
 
 /// A callee reading a file (it follows the caller's pace) that holds before the caller's first

@@ -652,7 +652,7 @@ impl TestHooks {
     pub(super) fn inject(
         &mut self,
         conn: &crate::transport::PeerConnection,
-        signaling: &mpsc::Sender<Vec<u8>>,
+        signaling: &super::driver::SignalingQueue,
         injection: super::Injection,
     ) {
         let bytes = match injection {
@@ -663,7 +663,7 @@ impl TestHooks {
                 return;
             }
             super::Injection::RawSignal(bytes) => {
-                let _ = signaling.try_send(bytes);
+                let _ = signaling.send(bytes);
                 return;
             }
         };

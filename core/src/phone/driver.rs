@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -27,9 +28,33 @@ use super::{
 use crate::transport::runtime::move_timer;
 use crate::transport::{PeerConnection, QuicEndpoint};
 
-/// Signaling frames that may wait for a peer that does not read its stream before the call is
-/// ended (a call sends a few per second at most).
-const SIGNALING_QUEUE: usize = 64;
+/// Signaling bytes that may wait for a peer that does not read its stream before the call is
+/// ended: sixteen of the largest frames, beyond the 64 KiB the stream's flow control already
+/// holds (a call sends a few small frames per second; an application may send a burst of
+/// call data or DTMF at once).
+const SIGNALING_BUDGET: usize = 16 * (viska_proto::signal::MAX_BODY_LEN + 16);
+
+/// The call's end of its signaling writer: frames go in order, and the bytes not yet handed
+/// to QUIC are bounded by [`SIGNALING_BUDGET`].
+pub(super) struct SignalingQueue {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SignalingQueue {
+    /// Queues one frame; false when the budget is spent (the peer stopped reading). A frame
+    /// for a writer that has stopped (the stream failed) is dropped: the call learns of that
+    /// from the connection.
+    pub(super) fn send(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        if self.pending.load(Ordering::Acquire) + len > SIGNALING_BUDGET {
+            return false;
+        }
+        self.pending.fetch_add(len, Ordering::AcqRel);
+        let _ = self.frames.send(bytes);
+        true
+    }
+}
 
 /// How long a call's end waits for its last signaling frames to be acknowledged.
 const SIGNALING_DRAIN: Duration = Duration::from_millis(500);
@@ -174,7 +199,7 @@ struct Call {
     shared: Arc<CallShared>,
     conn: PeerConnection,
     setup: Setup,
-    signaling: mpsc::Sender<Vec<u8>>,
+    signaling: SignalingQueue,
     ends: AudioEnds,
     jobs: mpsc::UnboundedSender<AudioJob>,
     /// Set when the signaling writer cannot keep up (the peer stopped reading).
@@ -375,16 +400,13 @@ impl Call {
                     refused = !self.send_datagram(bytes);
                     sent_media = true;
                 }
-                Output::Signaling(bytes) => {
-                    if let Err(mpsc::error::TrySendError::Full(_)) =
-                        self.signaling.try_send(bytes.to_vec())
-                    {
-                        // The peer has not read its stream for a long while (QUIC flow
-                        // control holds the writer): it cannot be told anything any more.
-                        tracing::warn!("peer stopped reading signaling; ending the call");
-                        self.stuck = true;
-                    }
+                Output::Signaling(bytes) if !self.signaling.send(bytes.to_vec()) => {
+                    // The peer has not read its stream for a long while (QUIC flow control
+                    // holds the writer): it cannot be told anything any more.
+                    tracing::warn!("peer stopped reading signaling; ending the call");
+                    self.stuck = true;
                 }
+                Output::Signaling(_) => {}
                 Output::Capture => {
                     let pcm = self.ends.capture();
                     let _ = session.handle_input(Input::Captured(now, pcm));
@@ -693,20 +715,23 @@ impl Call {
 /// stream, and the task ends once the peer has acknowledged everything (or stopped reading).
 fn spawn_signaling_writer(
     mut send: quinn::SendStream,
-) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SIGNALING_QUEUE);
+) -> (SignalingQueue, tokio::task::JoinHandle<()>) {
+    let (frames, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let written = Arc::clone(&pending);
     let task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if let Err(e) = send.write_all(&bytes).await {
                 tracing::warn!(error = %e, "signaling write failed");
                 return;
             }
+            written.fetch_sub(bytes.len(), Ordering::AcqRel);
         }
         if send.finish().is_ok() {
             let _ = send.stopped().await;
         }
     });
-    (tx, task)
+    (SignalingQueue { frames, pending }, task)
 }
 
 /// Hangs up every call of a closing phone and waits (bounded) for their teardown, then
