@@ -195,8 +195,8 @@ pub enum SecurityEvent {
     },
 }
 
-/// Something the application should know.
-#[derive(Debug)]
+/// Something the application should know. Its `Debug` output leaves out the SAS, the DTMF
+/// keys and the bytes of call data (their length is shown).
 #[non_exhaustive]
 pub enum CallEvent {
     /// The call moved to a new state.
@@ -269,8 +269,76 @@ pub enum CallEvent {
     TrustChanged(Trust),
 }
 
-/// What the application asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl std::fmt::Debug for CallEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = format_args!("***");
+        match self {
+            Self::StateChanged(state) => f.debug_tuple("StateChanged").field(state).finish(),
+            Self::KeysReady {
+                peer, trust, suite, ..
+            } => f
+                .debug_struct("KeysReady")
+                .field("peer", peer)
+                .field("trust", trust)
+                .field("sas", &hidden)
+                .field("suite", suite)
+                .finish(),
+            Self::Invited {
+                call_id,
+                peer,
+                trust,
+                media,
+            } => f
+                .debug_struct("Invited")
+                .field("call_id", call_id)
+                .field("peer", peer)
+                .field("trust", trust)
+                .field("media", media)
+                .finish(),
+            Self::Incoming {
+                call_id,
+                peer,
+                trust,
+                media,
+            } => f
+                .debug_struct("Incoming")
+                .field("call_id", call_id)
+                .field("peer", peer)
+                .field("trust", trust)
+                .field("media", media)
+                .finish(),
+            Self::MediaDirection { send, receive } => f
+                .debug_struct("MediaDirection")
+                .field("send", send)
+                .field("receive", receive)
+                .finish(),
+            Self::Dtmf { duration_ms, .. } => f
+                .debug_struct("Dtmf")
+                .field("event", &hidden)
+                .field("duration_ms", duration_ms)
+                .finish(),
+            Self::Data(data) => f
+                .debug_struct("Data")
+                .field("len", &data.len())
+                .finish_non_exhaustive(),
+            Self::RemoteMute(muted) => f.debug_tuple("RemoteMute").field(muted).finish(),
+            Self::ReceptionReport {
+                loss_permille,
+                jitter_ms,
+            } => f
+                .debug_struct("ReceptionReport")
+                .field("loss_permille", loss_permille)
+                .field("jitter_ms", jitter_ms)
+                .finish(),
+            Self::Security(event) => f.debug_tuple("Security").field(event).finish(),
+            Self::TrustChanged(trust) => f.debug_tuple("TrustChanged").field(trust).finish(),
+        }
+    }
+}
+
+/// What the application asks for. Its `Debug` output leaves out DTMF keys and the bytes of
+/// call data.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Command {
     /// Start the call (caller, in `Idle`).
@@ -323,6 +391,40 @@ pub enum Command {
     /// trusted as verified from now on (once keys are ready, until the call ends). Also
     /// after a key change: the user has checked the new key.
     MarkVerified,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SendDtmf(digits) => f
+                .debug_struct("SendDtmf")
+                .field("keys", &digits.len())
+                .finish_non_exhaustive(),
+            Self::SendDtmfTones {
+                digits,
+                duration_ms,
+            } => f
+                .debug_struct("SendDtmfTones")
+                .field("keys", &digits.len())
+                .field("duration_ms", duration_ms)
+                .finish_non_exhaustive(),
+            Self::SendData(data) => f
+                .debug_struct("SendData")
+                .field("len", &data.len())
+                .finish_non_exhaustive(),
+            Self::Abort(reason) => f.debug_tuple("Abort").field(reason).finish(),
+            Self::Mute(on) => f.debug_tuple("Mute").field(on).finish(),
+            Self::SendReceptionReport {
+                loss_permille,
+                jitter_ms,
+            } => f
+                .debug_struct("SendReceptionReport")
+                .field("loss_permille", loss_permille)
+                .field("jitter_ms", jitter_ms)
+                .finish(),
+            other => f.write_str(other.name()),
+        }
+    }
 }
 
 impl Command {

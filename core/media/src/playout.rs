@@ -109,7 +109,7 @@ impl Default for PlayoutConfig {
         let opus = OpusConfig::default();
         Self {
             jitter: JitterConfig {
-                frame: Duration::from_millis(u64::from(opus.frame.millis())),
+                frame: opus.frame.duration(),
                 ..JitterConfig::default()
             },
             opus,
@@ -249,7 +249,7 @@ impl Playout {
     /// Combines a new jitter buffer with `decoder` (built from the same `config.opus`).
     pub fn new(config: PlayoutConfig, decoder: OpusDecoder) -> Result<Self, PlayoutError> {
         config.opus.validate()?;
-        let opus_frame = Duration::from_millis(u64::from(config.opus.frame.millis()));
+        let opus_frame = config.opus.frame.duration();
         if config.jitter.frame != opus_frame
             || decoder.frame_samples() != config.opus.frame_samples()
         {

@@ -19,7 +19,6 @@ pub(crate) struct SendCounters {
 
 /// One sender: the encoder, the one SFrame sender whose counter is the frame index for the
 /// whole session (it runs on across key changes), and the talkspurt markers.
-#[derive(Debug)]
 pub(crate) struct MediaSender {
     encoder: OpusEncoder,
     sframe: SframeSender,
@@ -32,6 +31,17 @@ pub(crate) struct MediaSender {
     payload_buf: Vec<u8>,
     pub(crate) counters: SendCounters,
     pub(crate) expected_loss_pct: u8,
+}
+
+/// Counters only: the buffers hold the plaintext of the last frame.
+impl std::fmt::Debug for MediaSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSender")
+            .field("duration", &self.duration)
+            .field("next_index", &self.next_index)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MediaSender {

@@ -183,8 +183,9 @@ pub enum Request {
     },
 }
 
-/// Something the application should know.
-#[derive(Debug, Clone)]
+/// Something the application should know. Its `Debug` output leaves out the SAS, the DTMF
+/// keys and the bytes of call data (their length is shown).
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum SessionEvent {
     /// The call moved to a new state.
@@ -252,6 +253,70 @@ pub enum SessionEvent {
     TrustChanged(Trust),
     /// Statistics, once a [`STATS_INTERVAL`] and once more when the call ends.
     Stats(CallStats),
+}
+
+impl std::fmt::Debug for SessionEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = format_args!("***");
+        match self {
+            Self::StateChanged(state) => f.debug_tuple("StateChanged").field(state).finish(),
+            Self::KeysReady {
+                peer, trust, suite, ..
+            } => f
+                .debug_struct("KeysReady")
+                .field("peer", peer)
+                .field("trust", trust)
+                .field("sas", &hidden)
+                .field("suite", suite)
+                .finish(),
+            Self::Incoming {
+                call_id,
+                peer,
+                trust,
+            } => f
+                .debug_struct("Incoming")
+                .field("call_id", call_id)
+                .field("peer", peer)
+                .field("trust", trust)
+                .finish(),
+            Self::MediaDirection { send, receive } => f
+                .debug_struct("MediaDirection")
+                .field("send", send)
+                .field("receive", receive)
+                .finish(),
+            Self::Dtmf {
+                participant,
+                duration_ms,
+                ..
+            } => f
+                .debug_struct("Dtmf")
+                .field("participant", participant)
+                .field("event", &hidden)
+                .field("duration_ms", duration_ms)
+                .finish(),
+            Self::Data { participant, data } => f
+                .debug_struct("Data")
+                .field("participant", participant)
+                .field("len", &data.len())
+                .finish_non_exhaustive(),
+            Self::PeerMuted { participant, muted } => f
+                .debug_struct("PeerMuted")
+                .field("participant", participant)
+                .field("muted", muted)
+                .finish(),
+            Self::PeerHold {
+                participant,
+                on_hold,
+            } => f
+                .debug_struct("PeerHold")
+                .field("participant", participant)
+                .field("on_hold", on_hold)
+                .finish(),
+            Self::Security(event) => f.debug_tuple("Security").field(event).finish(),
+            Self::TrustChanged(trust) => f.debug_tuple("TrustChanged").field(trust).finish(),
+            Self::Stats(stats) => f.debug_tuple("Stats").field(stats).finish(),
+        }
+    }
 }
 
 /// What the session produces. Drain [`Session::poll_output`] until it returns
@@ -371,7 +436,6 @@ struct PendingKeys {
 }
 
 /// The open media path.
-#[derive(Debug)]
 struct Media {
     opus: OpusConfig,
     jitter: JitterConfig,
@@ -420,7 +484,6 @@ struct Media {
 /// participant (SFrame, jitter buffer, decoder), the mix of what is heard, the capture and
 /// playout clocks, hold and mute, FEC sized from reception reports, and the statistics. See
 /// the [crate documentation](crate) for the driver loop.
-#[derive(Debug)]
 pub struct Session {
     call: Call,
     role: Role,
@@ -455,6 +518,30 @@ pub struct Session {
     last_received: Option<(ParticipantId, u64)>,
     last_now: Instant,
     ended_reported: bool,
+}
+
+/// The call's state and the media's counters: no key, SAS, audio or pending signaling.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("state", &self.call.state())
+            .field("direction", &self.direction)
+            .field("media", &self.media)
+            .field("signaling", &self.signaling)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Media")
+            .field("frame_samples", &self.frame_samples)
+            .field("started", &self.started)
+            .field("sender", &self.sender)
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -936,26 +1023,15 @@ impl Session {
                 participant: ParticipantId::DIRECT_PEER,
                 data,
             }),
-            CallEvent::RemoteMute(muted) => {
-                if let Some(s) = self.stream_mut(ParticipantId::DIRECT_PEER) {
-                    s.muted = muted;
-                }
-                self.event(SessionEvent::PeerMuted {
-                    participant: ParticipantId::DIRECT_PEER,
-                    muted,
-                });
-            }
+            CallEvent::RemoteMute(muted) => self.event(SessionEvent::PeerMuted {
+                participant: ParticipantId::DIRECT_PEER,
+                muted,
+            }),
             CallEvent::ReceptionReport { loss_permille, .. } => self.size_fec(loss_permille),
             CallEvent::Security(event) => self.event(SessionEvent::Security(event)),
             CallEvent::TrustChanged(trust) => self.event(SessionEvent::TrustChanged(trust)),
             _ => {}
         }
-    }
-
-    fn stream_mut(&mut self, participant: ParticipantId) -> Option<&mut Stream> {
-        self.media
-            .as_mut()
-            .and_then(|m| m.streams.iter_mut().find(|s| s.participant == participant))
     }
 
     /// FEC sized to the loss the peer sees: nothing spent on a clean path. One second holds only
@@ -1104,7 +1180,7 @@ impl Session {
             return Err(MediaError::Config("no media keys".into()));
         }
         let frame_samples = opus.frame_samples();
-        let period = Duration::from_millis(u64::from(opus.frame.millis()));
+        let period = opus.frame.duration();
         let mut media = Media {
             opus,
             jitter: self.jitter.clone(),

@@ -24,7 +24,6 @@ pub(crate) struct StreamCounters {
 }
 
 /// The stream of one remote participant.
-#[derive(Debug)]
 pub(crate) struct Stream {
     pub(crate) participant: ParticipantId,
     sframe: SframeReceiver,
@@ -38,10 +37,22 @@ pub(crate) struct Stream {
     /// The sender's index of the frame played last, and when it starts to be heard in its
     /// period.
     pub(crate) last_played: Option<(u64, Duration)>,
-    /// Whether the participant said it muted its microphone.
-    pub(crate) muted: bool,
     /// Running totals of refusals per reason, and when each was last reported.
     pub(crate) rejections: RejectionLog,
+}
+
+/// Counters and keys' epochs only: the buffers hold decrypted media.
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("participant", &self.participant)
+            .field(
+                "epochs",
+                &self.keys.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+            )
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stream {
@@ -51,7 +62,7 @@ impl Stream {
         opus: &OpusConfig,
         jitter: &JitterConfig,
     ) -> Result<Self, MediaError> {
-        let frame = Duration::from_millis(u64::from(opus.frame.millis()));
+        let frame = opus.frame.duration();
         let playout = Playout::new(
             PlayoutConfig {
                 jitter: JitterConfig {
@@ -72,7 +83,6 @@ impl Stream {
             counters: StreamCounters::default(),
             reported: (0, 0),
             last_played: None,
-            muted: false,
             rejections: RejectionLog::default(),
         })
     }

@@ -53,16 +53,6 @@ pub(super) struct Admission {
     entries: Mutex<Vec<Entry>>,
 }
 
-fn source_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
-        },
-    }
-}
-
 impl Admission {
     pub(super) fn new(max_calls: usize, max_ringing_per_source: usize) -> Self {
         Self {
@@ -101,7 +91,7 @@ impl Admission {
         peer: PublicIdentity,
         trust: Trust,
     ) -> Decision {
-        let source = source_key(source);
+        let source = super::places::source_key(source);
         let verified = trust == Trust::Verified;
         let mut entries = self.live();
         let ringing_unverified = |e: &&Entry| {

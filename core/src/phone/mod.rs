@@ -496,8 +496,10 @@ pub enum PhoneEvent {
     Closed,
 }
 
-/// An event of one call, on the listener thread.
-#[derive(Clone, Debug)]
+/// An event of one call, on the listener thread. Its `Debug` output leaves out the SAS, the
+/// DTMF keys (card numbers and PINs are keyed in) and the bytes of call data (their length is
+/// shown): events end up in logs.
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum CallUpdate {
     /// The call moved to a new state.
@@ -548,6 +550,52 @@ pub enum CallUpdate {
     Stats(CallStats),
     /// A sound device of the call was lost or switched, or its audio failed to start.
     Audio(AudioEvent),
+}
+
+impl fmt::Debug for CallUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = format_args!("***");
+        match self {
+            Self::StateChanged(state) => f.debug_tuple("StateChanged").field(state).finish(),
+            Self::KeysReady { trust, .. } => f
+                .debug_struct("KeysReady")
+                .field("sas", &hidden)
+                .field("trust", trust)
+                .finish(),
+            Self::TrustChanged(trust) => f.debug_tuple("TrustChanged").field(trust).finish(),
+            Self::Dtmf {
+                participant,
+                duration_ms,
+                ..
+            } => f
+                .debug_struct("Dtmf")
+                .field("participant", participant)
+                .field("event", &hidden)
+                .field("duration_ms", duration_ms)
+                .finish(),
+            Self::Data { participant, data } => f
+                .debug_struct("Data")
+                .field("participant", participant)
+                .field("len", &data.len())
+                .finish_non_exhaustive(),
+            Self::PeerMuted { participant, muted } => f
+                .debug_struct("PeerMuted")
+                .field("participant", participant)
+                .field("muted", muted)
+                .finish(),
+            Self::PeerHold {
+                participant,
+                on_hold,
+            } => f
+                .debug_struct("PeerHold")
+                .field("participant", participant)
+                .field("on_hold", on_hold)
+                .finish(),
+            Self::Security(event) => f.debug_tuple("Security").field(event).finish(),
+            Self::Stats(stats) => f.debug_tuple("Stats").field(stats).finish(),
+            Self::Audio(event) => f.debug_tuple("Audio").field(event).finish(),
+        }
+    }
 }
 
 /// Phone-wide events. Called on the phone's listener thread, never on the one that carries
@@ -996,56 +1044,100 @@ impl PhoneInner {
     }
 
     /// Reports a phone-wide security event, rate-limited per source: a flood gives a bounded
-    /// number of events and a count.
+    /// number of events (and log lines) and a count.
     fn security_event(&self, source: SocketAddr, event: SecurityEvent) {
         self.security_events.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%source, ?event, "security event");
         let report = lock(&self.security).admit(source, std::time::Instant::now());
         if let Some(suppressed) = report {
+            tracing::warn!(%source, ?event, suppressed, "security event");
             self.events.push(Item::Phone(PhoneEvent::Security {
                 source,
                 event,
                 suppressed,
             }));
+        } else {
+            tracing::debug!(%source, ?event, "security event (rate-limited)");
         }
     }
 }
 
-/// Phone-wide security events: per source address at most [`SecurityLimiter::BURST`] at once,
-/// refilled at one a second; the rest is counted and reported with the next one let through.
+/// Phone-wide security events: per source (an IPv4 address or an IPv6 /64) at most
+/// [`SecurityLimiter::BURST`] at once, refilled at one a second; the rest is counted and
+/// reported with the next one let through. At most [`SecurityLimiter::SOURCES`] sources are
+/// tracked; while that many have been active within a minute, every further source shares
+/// one bucket, so neither memory nor the event rate grows with the addresses an attacker
+/// holds.
 #[derive(Default)]
 struct SecurityLimiter {
-    sources: std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant, u64)>,
+    sources: std::collections::HashMap<std::net::IpAddr, Bucket>,
+    /// The bucket of sources beyond the tracked ones.
+    overflow: Bucket,
+    last_prune: Option<std::time::Instant>,
+}
+
+/// Tokens, when they were last counted, and events suppressed since the last one reported.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self {
+            tokens: SecurityLimiter::BURST,
+            at: None,
+            suppressed: 0,
+        }
+    }
+}
+
+impl Bucket {
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        let elapsed = self
+            .at
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        self.tokens =
+            (self.tokens + elapsed * SecurityLimiter::PER_SECOND).min(SecurityLimiter::BURST);
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 impl SecurityLimiter {
     const BURST: f64 = 5.0;
     const PER_SECOND: f64 = 1.0;
-    /// Sources remembered; past this the idle ones are forgotten.
+    /// Sources tracked one by one.
     const SOURCES: usize = 4096;
+    /// A source silent this long is forgotten (its bucket is full again by then).
+    const IDLE: Duration = Duration::from_secs(60);
 
     /// Whether an event from `source` goes out now, with how many were suppressed before it.
     fn admit(&mut self, source: SocketAddr, now: std::time::Instant) -> Option<u64> {
-        if self.sources.len() >= Self::SOURCES {
-            self.sources.retain(|_, (_, at, _)| {
-                now.saturating_duration_since(*at) < Duration::from_secs(60)
-            });
+        let key = places::source_key(source.ip());
+        if !self.sources.contains_key(&key) && self.sources.len() >= Self::SOURCES {
+            // Idle sources are forgotten, at most once a second (not on every event).
+            let due = self
+                .last_prune
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if due {
+                self.last_prune = Some(now);
+                self.sources.retain(|_, b| {
+                    b.at.is_some_and(|at| now.saturating_duration_since(at) < Self::IDLE)
+                });
+            }
+            if self.sources.len() >= Self::SOURCES {
+                return self.overflow.admit(now);
+            }
         }
-        let entry = self
-            .sources
-            .entry(source.ip())
-            .or_insert((Self::BURST, now, 0));
-        let (tokens, at, suppressed) = entry;
-        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
-        *tokens = (*tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
+        self.sources.entry(key).or_default().admit(now)
     }
 }
 
@@ -1381,3 +1473,81 @@ impl Drop for Phone {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 use crate::lock;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use super::SecurityLimiter;
+
+    fn v6(host: u128) -> SocketAddr {
+        let base: u128 = 0x2001_0db8_0000_0001 << 64;
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(base + host)), 4433)
+    }
+
+    #[test]
+    fn debug_output_of_call_events_leaves_out_the_sas_dtmf_keys_and_call_data() {
+        use super::{CallUpdate, ParticipantId, Trust};
+        use viska_proto::DtmfEvent;
+
+        let keys = CallUpdate::KeysReady {
+            sas: "482 913".into(),
+            trust: Trust::Unverified,
+        };
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("482") && shown.contains("***"), "{shown}");
+        let dtmf = CallUpdate::Dtmf {
+            participant: ParticipantId(1),
+            event: DtmfEvent::Digit7,
+            duration_ms: 100,
+        };
+        let shown = format!("{dtmf:?}");
+        assert!(!shown.contains('7') && !shown.contains("Digit"), "{shown}");
+        let data = CallUpdate::Data {
+            participant: ParticipantId(1),
+            data: b"card 4111".to_vec(),
+        };
+        let shown = format!("{data:?}");
+        assert!(!shown.contains("4111") && !shown.contains("52"), "{shown}");
+        assert!(shown.contains("len: 9"), "{shown}");
+        let command = viska_call::Command::SendDtmf("4111".into());
+        let shown = format!("{command:?}");
+        assert!(!shown.contains("4111"), "{shown}");
+    }
+
+    #[test]
+    fn security_events_are_limited_per_slash_64_and_counted() {
+        let mut limiter = SecurityLimiter::default();
+        let t0 = Instant::now();
+        // Five addresses of one /64 share one bucket of five.
+        for host in 1..=5 {
+            assert_eq!(limiter.admit(v6(host), t0), Some(0));
+        }
+        assert_eq!(limiter.admit(v6(6), t0), None);
+        assert_eq!(limiter.admit(v6(7), t0), None);
+        // Another /64 has its own.
+        assert_eq!(limiter.admit(v6(1 << 64), t0), Some(0));
+        // A second later one more goes out, with the count of those held back.
+        assert_eq!(limiter.admit(v6(8), t0 + Duration::from_secs(1)), Some(2));
+    }
+
+    #[test]
+    fn sources_beyond_the_tracked_ones_share_one_bucket() {
+        let mut limiter = SecurityLimiter::default();
+        let t0 = Instant::now();
+        let source = |n: u32| SocketAddr::new(IpAddr::from(n.to_be_bytes()), 1);
+        for n in 0..SecurityLimiter::SOURCES as u32 {
+            assert_eq!(limiter.admit(source(n), t0), Some(0));
+        }
+        let beyond: Vec<_> = (0..1000u32)
+            .map(|n| limiter.admit(source(0x0a00_0000 + n), t0))
+            .collect();
+        assert_eq!(beyond.iter().filter(|r| r.is_some()).count(), 5);
+        assert_eq!(limiter.sources.len(), SecurityLimiter::SOURCES);
+        // A minute later the idle sources are forgotten and new ones tracked again.
+        let later = t0 + SecurityLimiter::IDLE + Duration::from_secs(1);
+        assert_eq!(limiter.admit(source(0x0b00_0000), later), Some(0));
+        assert_eq!(limiter.sources.len(), 1);
+    }
+}

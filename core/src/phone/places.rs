@@ -67,6 +67,12 @@ fn sources_of(addr: IpAddr) -> ([Source; 3], usize) {
     }
 }
 
+/// The one source `addr` belongs to for per-source limits other than places: an IPv4 address
+/// (IPv4-mapped IPv6 counts as IPv4), or an IPv6 /64 (one host's, or one link's, addresses).
+pub(super) fn source_key(addr: IpAddr) -> IpAddr {
+    sources_of(addr).0[0].0
+}
+
 /// A source at one level: a prefix and its length (the same bits at /56 and /48 are two
 /// different sources).
 type Source = (IpAddr, u8);
