@@ -192,6 +192,33 @@ pub struct JitterStats {
     pub target_delay: Duration,
 }
 
+impl JitterStats {
+    /// Adds `other`'s counters to these (several participants' streams as one): counts are
+    /// summed, jitter and delays are the worst of the two.
+    pub fn merge(&mut self, other: &JitterStats) {
+        self.received += other.received;
+        self.lost += other.lost;
+        self.late += other.late;
+        self.duplicate += other.duplicate;
+        self.concealed += other.concealed;
+        self.fec_recovered += other.fec_recovered;
+        self.dred_recovered += other.dred_recovered;
+        self.dropped_for_delay += other.dropped_for_delay;
+        self.inserted_for_delay += other.inserted_for_delay;
+        self.accelerated += other.accelerated;
+        self.expanded += other.expanded;
+        self.stretch_removed += other.stretch_removed;
+        self.stretch_inserted += other.stretch_inserted;
+        self.dtx_frames += other.dtx_frames;
+        self.decode_errors += other.decode_errors;
+        self.overflow_dropped += other.overflow_dropped;
+        self.resyncs += other.resyncs;
+        self.jitter = self.jitter.max(other.jitter);
+        self.current_delay = self.current_delay.max(other.current_delay);
+        self.target_delay = self.target_delay.max(other.target_delay);
+    }
+}
+
 /// A jitter buffer feeding an Opus decoder; see the [module documentation](self).
 #[derive(Debug)]
 pub struct Playout {

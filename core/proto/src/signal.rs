@@ -136,10 +136,10 @@ impl Reason {
 #[non_exhaustive]
 pub enum Message {
     /// First message of each side: the wire versions and features it supports. Always sent in a
-    /// version-1 frame so that any peer can read it. Version 1 is the only wire version, so
-    /// there is nothing to downgrade yet; the end-to-end handshake negotiates its own version and
-    /// suite inside its signed transcript, which does not (yet) cover the `Hello`s: a second
-    /// wire version must bind both into it (docs/protocol-wire.md §2.5).
+    /// version-1 frame so that any peer can read it. Both `Hello`s, as sent and as decoded, are
+    /// the end-to-end handshake's prologue, bound into its signed transcript: a man in the
+    /// middle who narrows a range or strips a feature bit makes the handshake fail
+    /// (docs/protocol-wire.md §2.5).
     Hello {
         /// Oldest version the sender speaks.
         min_version: u8,

@@ -117,7 +117,8 @@ pub enum AudioStatus {
         /// Whether the source has a clock of its own.
         source_clocked: bool,
     },
-    /// The end points could not be opened: the call ends with reason `Error` (a callee never
+    /// The end points could not be opened: the call ends with reason `Error` (a ringing
+    /// callee stops ringing and refuses the call with that reason; one not yet ringing never
     /// rings).
     Failed,
     /// The capture side was switched to another kind of source.
@@ -698,7 +699,7 @@ impl Session {
             if n == 0 {
                 c.playout = p;
             } else {
-                merge_playout(&mut c.playout, &p);
+                c.playout.merge(&p);
             }
         }
         c.early = self.early;
@@ -983,7 +984,7 @@ impl Session {
                 match self.role {
                     Role::Caller => {
                         self.params = Some(self.call.media());
-                        self.request_audio(now);
+                        self.request_audio();
                     }
                     _ => {
                         // Before the Invite is looked at: a busy phone refuses at once.
@@ -1092,7 +1093,7 @@ impl Session {
         }
         // After the ring's messages, so that the driver writes them first.
         self.drain_call(now);
-        self.request_audio(now);
+        self.request_audio();
     }
 
     // ----- keys -----
@@ -1144,11 +1145,10 @@ impl Session {
 
     // ----- audio and media -----
 
-    /// Builds the media path (codec, sender, streams) and asks the driver for audio.
     /// Asks the driver for the audio end points. The media path itself (codec, jitter
     /// buffers) is built when they are open, in a later turn: building it costs about half a
     /// millisecond, which the ring and the caller's keys do not wait for.
-    fn request_audio(&mut self, _now: Instant) {
+    fn request_audio(&mut self) {
         if self.audio != AudioState::NotRequested {
             return;
         }
@@ -1295,14 +1295,17 @@ impl Session {
             self.early += 1;
             return Ok(());
         };
-        // The clear SFrame header names the key, hence the participant.
-        let kid = SframeHeader::decode(datagram).ok().map(|(h, _)| h.kid);
-        let only = m.streams.len() == 1;
+        // The clear SFrame header names the key, hence the participant. In a call with one
+        // peer every frame can only be theirs (or an injection on their path, counted against
+        // their stream): nothing to look up.
+        let kid = if m.streams.len() == 1 {
+            None
+        } else {
+            SframeHeader::decode(datagram).ok().map(|(h, _)| h.kid)
+        };
         let index = match kid.and_then(|kid| m.streams.iter().position(|s| s.has_key(kid))) {
             Some(i) => i,
-            // A frame under no key we hold. In a call with one peer it can only be theirs (or
-            // an injection on their path): it is counted against that stream.
-            None if only => 0,
+            None if m.streams.len() == 1 => 0,
             None => {
                 self.unattributed += 1;
                 return Err(MediaError::Sframe(viska_sframe::SframeError::UnknownKeyId(
@@ -1596,28 +1599,4 @@ fn reception_report(m: &mut Media) -> Option<(u16, u16)> {
         u16::try_from(loss_permille).unwrap_or(1000),
         u16::try_from(jitter.as_millis()).unwrap_or(u16::MAX),
     ))
-}
-
-/// Adds `other`'s counters to `into`, keeping the worst of the delays and jitter.
-fn merge_playout(into: &mut JitterStats, other: &JitterStats) {
-    into.received += other.received;
-    into.lost += other.lost;
-    into.late += other.late;
-    into.duplicate += other.duplicate;
-    into.concealed += other.concealed;
-    into.fec_recovered += other.fec_recovered;
-    into.dred_recovered += other.dred_recovered;
-    into.dropped_for_delay += other.dropped_for_delay;
-    into.inserted_for_delay += other.inserted_for_delay;
-    into.accelerated += other.accelerated;
-    into.expanded += other.expanded;
-    into.stretch_removed += other.stretch_removed;
-    into.stretch_inserted += other.stretch_inserted;
-    into.dtx_frames += other.dtx_frames;
-    into.decode_errors += other.decode_errors;
-    into.overflow_dropped += other.overflow_dropped;
-    into.resyncs += other.resyncs;
-    into.jitter = into.jitter.max(other.jitter);
-    into.current_delay = into.current_delay.max(other.current_delay);
-    into.target_delay = into.target_delay.max(other.target_delay);
 }

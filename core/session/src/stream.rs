@@ -110,8 +110,8 @@ impl Stream {
         self.keys.iter().any(|(k, _)| *k == kid)
     }
 
-    /// Authenticates a datagram and queues its audio; returns the sender's frame index and
-    /// whether it carried the talkspurt marker. Every failure is counted.
+    /// Authenticates a datagram and queues its audio; returns the sender's frame index (the
+    /// talkspurt marker goes to the jitter buffer with the frame). Every failure is counted.
     pub(crate) fn receive(
         &mut self,
         now: Instant,

@@ -74,22 +74,19 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    pub(super) fn outgoing(
-        shared: &CallShared,
-        expected_peer: Option<PublicIdentity>,
-    ) -> Result<Self, PhoneError> {
+    pub(super) fn outgoing(shared: &CallShared, expected_peer: Option<PublicIdentity>) -> Self {
         let mut id = [0u8; CallId::LEN];
         rand::RngExt::fill(&mut rand::rng(), &mut id);
         let call_id = CallId(id);
         let _ = shared.id.set(call_id);
         shared.snapshot().call_id = call_id;
-        Ok(Self {
+        Self {
             role: Role::Caller,
             started: Instant::now(),
             place: None,
             expected_peer,
             call_id: Some(call_id),
-        })
+        }
     }
 }
 

@@ -409,8 +409,8 @@ pub enum MissedCall {
     Busy,
     /// The call rang, and was refused as busy to make room for a verified caller.
     DisplacedByVerifiedCaller,
-    /// The call's audio could not start (no such device, unreadable file); the caller was
-    /// told the call was refused with reason `Error`.
+    /// The call's audio could not start (no such device, unreadable file) while it rang; the
+    /// caller was told the call was refused with reason `Error`.
     AudioFailed {
         /// Why.
         error: String,
@@ -452,8 +452,9 @@ pub enum AudioEvent {
         error: String,
     },
     /// The call's audio could not start: the call is ended (an outgoing call not yet
-    /// answered is cancelled). An incoming call that fails this way never rings: it is
-    /// refused with reason `Error` and reported as [`PhoneEvent::MissedCall`].
+    /// answered is cancelled). An incoming call rings while its audio opens; one whose audio
+    /// fails stops ringing, is refused with reason `Error` and is reported as
+    /// [`PhoneEvent::MissedCall`].
     StartFailed {
         /// Why.
         error: String,
@@ -1364,7 +1365,7 @@ impl Phone {
                 limit: self.inner.config.max_calls,
             });
         }
-        let setup = driver::Setup::outgoing(&handle.shared, expected)?;
+        let setup = driver::Setup::outgoing(&handle.shared, expected);
         let inner = Arc::clone(&self.inner);
         let shared = Arc::clone(&handle.shared);
         self.runtime()

@@ -505,7 +505,8 @@ impl DirectHandshake {
     /// Binds `prologue` into the transcript: what the protocol carrying the handshake agreed
     /// before it, byte for byte as both sides must see it (in a Viska call, both `Hello`s,
     /// `docs/protocol-handshake.md` §3.7). Set it before message 1 (responder) or message 2
-    /// (initiator) is handled; a second call replaces it only until then.
+    /// (initiator) is handled (without one, handling it fails with `InvalidConfig`); a later
+    /// call replaces it, and must come before that message too.
     pub fn bind_prologue(&mut self, prologue: &[u8]) {
         self.prologue = Some(prologue.to_vec());
     }
