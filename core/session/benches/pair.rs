@@ -25,7 +25,8 @@ pub struct Pair {
     pcm: Vec<i16>,
     pub played: [u64; 2],
     pub captured: [u64; 2],
-    phase: u64,
+    /// Each side's position in its own continuous tone.
+    phase: [u64; 2],
 }
 
 impl Pair {
@@ -56,7 +57,7 @@ impl Pair {
             pcm: vec![0; 960],
             played: [0, 0],
             captured: [0, 0],
-            phase: 0,
+            phase: [0, 0],
         };
         pair.sessions[0]
             .handle_input(Input::Command(now, Command::Dial))
@@ -126,13 +127,13 @@ impl Pair {
             }
             if capture {
                 self.captured[i] += 1;
-                // A 440 Hz tone, computed in place.
+                // A continuous 440 Hz tone per side, computed in place.
                 for (k, s) in self.pcm.iter_mut().enumerate() {
-                    let n = (self.phase + k as u64) as f64;
+                    let n = (self.phase[i] + k as u64) as f64;
                     *s =
                         (6000.0 * (2.0 * std::f64::consts::PI * 440.0 * n / 48_000.0).sin()) as i16;
                 }
-                self.phase += self.pcm.len() as u64;
+                self.phase[i] += self.pcm.len() as u64;
                 let pcm = std::mem::take(&mut self.pcm);
                 let _ = self.sessions[i].handle_input(Input::Captured(now, &pcm));
                 self.pcm = pcm;
