@@ -456,11 +456,14 @@ impl Call {
         })
     }
 
-    /// A verified caller took this call's place while it rang: it is refused as busy and
-    /// reported missed. A call the user answered before this arrived goes on (the phone then
-    /// runs one call over its limit until one ends).
+    /// A verified caller took this call's place while it rang (or was about to): it is
+    /// refused as busy and reported missed. A call the user answered before this arrived goes
+    /// on (the phone then runs one call over its limit until one ends).
     fn displaced(&mut self, session: &mut Session, now: Instant) -> Result<(), SessionError> {
-        if session.state() != CallState::Ringing {
+        if !matches!(
+            session.state(),
+            CallState::Idle | CallState::Handshaking | CallState::Ringing
+        ) {
             return Ok(());
         }
         session.handle_input(Input::Command(now, Command::Busy))?;
