@@ -46,15 +46,19 @@ fn main() {
             ];
             let (mut pcm, mut out, mut packet) =
                 (vec![0i16; 960], vec![0i16; 960], vec![0u8; 1500]);
-            let mut phase = 0u64;
+            // Each direction its own continuous tone, generated per frame as the session
+            // harness does.
+            let mut phase = [0u64; 2];
             for _ in 0..n {
-                for (k, s) in pcm.iter_mut().enumerate() {
-                    let x = (phase + k as u64) as f64;
-                    *s =
-                        (6000.0 * (2.0 * std::f64::consts::PI * 440.0 * x / 48_000.0).sin()) as i16;
-                }
-                phase += 960;
-                for (encoder, decoder) in encoders.iter_mut().zip(decoders.iter_mut()) {
+                for (i, (encoder, decoder)) in
+                    encoders.iter_mut().zip(decoders.iter_mut()).enumerate()
+                {
+                    for (k, s) in pcm.iter_mut().enumerate() {
+                        let x = (phase[i] + k as u64) as f64;
+                        *s = (6000.0 * (2.0 * std::f64::consts::PI * 440.0 * x / 48_000.0).sin())
+                            as i16;
+                    }
+                    phase[i] += 960;
                     let len = encoder.encode(&pcm, &mut packet).unwrap();
                     decoder.decode(&packet[..len], &mut out).unwrap();
                 }
