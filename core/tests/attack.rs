@@ -110,6 +110,24 @@ struct VictimLog {
     missed: Mutex<Vec<(CallerInfo, MissedCall)>>,
 }
 
+impl VictimLog {
+    /// Sets `victim`'s listener to one that logs incoming and missed calls.
+    fn listen(victim: &Phone) -> Arc<Self> {
+        let log = Arc::new(Self::default());
+        let seen = Arc::clone(&log);
+        victim.set_listener(Arc::new(move |event: PhoneEvent| match event {
+            PhoneEvent::IncomingCall { call, caller } => {
+                seen.incoming.lock().expect("lock").push((call, caller));
+            }
+            PhoneEvent::MissedCall { caller, why } => {
+                seen.missed.lock().expect("lock").push((caller, why))
+            }
+            _ => {}
+        }));
+        log
+    }
+}
+
 #[test]
 fn a_genuine_caller_rings_through_five_sources_and_a_hundred_fresh_identities() {
     let genuine_identity = generate_identity();
@@ -121,17 +139,7 @@ fn a_genuine_caller_rings_through_five_sources_and_a_hundred_fresh_identities() 
             .expect("config"),
     )
     .expect("victim");
-    let log = Arc::new(VictimLog::default());
-    let seen = Arc::clone(&log);
-    victim.set_listener(Arc::new(move |event: PhoneEvent| match event {
-        PhoneEvent::IncomingCall { call, caller } => {
-            seen.incoming.lock().expect("lock").push((call, caller));
-        }
-        PhoneEvent::MissedCall { caller, why } => {
-            seen.missed.lock().expect("lock").push((caller, why))
-        }
-        _ => {}
-    }));
+    let log = VictimLog::listen(&victim);
     let addr = victim
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");
@@ -318,17 +326,7 @@ fn a_verified_caller_displaces_a_ringing_unverified_call() {
             .expect("config"),
     )
     .expect("victim");
-    let log = Arc::new(VictimLog::default());
-    let seen = Arc::clone(&log);
-    victim.set_listener(Arc::new(move |event: PhoneEvent| match event {
-        PhoneEvent::IncomingCall { call, caller } => {
-            seen.incoming.lock().expect("lock").push((call, caller));
-        }
-        PhoneEvent::MissedCall { caller, why } => {
-            seen.missed.lock().expect("lock").push((caller, why))
-        }
-        _ => {}
-    }));
+    let log = VictimLog::listen(&victim);
     let addr = victim
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");

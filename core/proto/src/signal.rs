@@ -404,6 +404,13 @@ impl FrameDecoder {
         self.buffer.len().saturating_sub(self.consumed)
     }
 
+    /// Whether the framing broke (an unsupported version byte, a body over the limit): the
+    /// stream cannot be read further, and every later call returns
+    /// [`ProtoError::StreamFailed`].
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
     /// Frames of an unknown type that were skipped.
     pub fn skipped_unknown(&self) -> u64 {
         self.skipped_unknown

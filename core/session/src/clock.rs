@@ -15,11 +15,9 @@ pub(crate) struct FrameClock {
 }
 
 impl FrameClock {
-    pub(crate) fn new(period: Duration, first: Option<Instant>) -> Self {
-        Self {
-            next: first,
-            period,
-        }
+    /// A stopped clock ticking every `period` once started.
+    pub(crate) fn new(period: Duration) -> Self {
+        Self { next: None, period }
     }
 
     pub(crate) fn start_at(&mut self, at: Instant) {
@@ -73,7 +71,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let early = ms(5);
-        let mut clock = FrameClock::new(ms(20), None);
+        let mut clock = FrameClock::new(ms(20));
         assert!(!clock.is_running());
         assert!(
             !clock.due(t0 + ms(1000), early),

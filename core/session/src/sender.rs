@@ -87,6 +87,18 @@ impl MediaSender {
     ) -> Result<Option<usize>, MediaError> {
         let index = self.next_index;
         self.next_index = index.saturating_add(1);
+        self.encode_and_protect(index, pcm, out).inspect_err(|_| {
+            // The period is a pause to the peer, as when nothing is sent on purpose.
+            let _ = self.skipped(index);
+        })
+    }
+
+    fn encode_and_protect(
+        &mut self,
+        index: u64,
+        pcm: &[i16],
+        out: &mut [u8],
+    ) -> Result<Option<usize>, MediaError> {
         let opus_len = self.encoder.encode(pcm, &mut self.opus_buf)?;
         // libopus signals "nothing worth sending" (DTX) with packets of at most 2 bytes.
         if opus_len <= 2 {

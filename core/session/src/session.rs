@@ -369,7 +369,8 @@ pub struct MediaCounters {
     pub malformed: u64,
     /// Authenticated datagrams the jitter buffer refused (late, duplicate, oversized).
     pub refused_by_buffer: u64,
-    /// Datagrams that arrived before the media opened (dropped).
+    /// Datagrams that arrived before the media opened, or before any participant's receive
+    /// keys were installed (dropped).
     pub early: u64,
     /// Datagrams under a key no participant's stream holds, in a call of several (dropped;
     /// with one peer they count as that peer's decrypt failures).
@@ -487,7 +488,6 @@ struct Media {
 /// the [crate documentation](crate) for the driver loop.
 pub struct Session {
     call: Call,
-    role: Role,
     opus: OpusConfig,
     jitter: JitterConfig,
     record: bool,
@@ -525,7 +525,7 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("role", &self.role)
+            .field("role", &self.call.role())
             .field("state", &self.call.state())
             .field("direction", &self.direction)
             .field("media", &self.media)
@@ -554,11 +554,9 @@ impl Session {
         rng: &mut R,
     ) -> Result<Self, SessionError> {
         config.validate()?;
-        let role = config.call.role;
         let call = Call::new(config.call, now, rng)?;
         let mut session = Self {
             call,
-            role,
             opus: config.opus,
             jitter: config.jitter,
             record: config.record,
@@ -592,7 +590,7 @@ impl Session {
 
     /// Caller or callee.
     pub fn role(&self) -> Role {
-        self.role
+        self.call.role()
     }
 
     /// The call's state.
@@ -708,7 +706,8 @@ impl Session {
         c
     }
 
-    /// Media counters of one participant's stream (receive side; the send side is shared).
+    /// Playout counters of one participant's stream (loss, concealment, delays); its
+    /// decryption and replay counts are summed into [`Session::counters`].
     pub fn participant_counters(&self, participant: ParticipantId) -> Option<JitterStats> {
         self.stream(participant).map(Stream::playout_stats)
     }
@@ -742,12 +741,18 @@ impl Session {
 
     /// Feeds one input. An error leaves the session usable: see [`SessionError`].
     pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), SessionError> {
+        let was_asked = self.admission == AdmissionState::Asked;
         let result = match input {
             Input::Timeout(now) => {
                 let now = self.advance(now);
-                self.call
-                    .handle_input(CallInput::Timeout(now))
-                    .map_err(Into::into)
+                // Most wake-ups are the media clocks'; the call's own timers are seconds apart.
+                if now >= self.call_deadline {
+                    self.call
+                        .handle_input(CallInput::Timeout(now))
+                        .map_err(Into::into)
+                } else {
+                    Ok(())
+                }
             }
             Input::Signaling(now, bytes) => {
                 let now = self.advance(now);
@@ -770,8 +775,8 @@ impl Session {
                 self.captured(pcm)
             }
             Input::Keys(now, update) => {
-                let now = self.advance(now);
-                self.install_keys(now, update);
+                self.advance(now);
+                self.install_keys(update);
                 Ok(())
             }
             Input::Admission(now, admission) => {
@@ -808,7 +813,7 @@ impl Session {
         let now = self.last_now;
         self.drain_call(now);
         // Signaling held back for an admission may go on now.
-        if self.admission != AdmissionState::Asked {
+        if was_asked && self.admission != AdmissionState::Asked {
             self.read_signaling(now);
         }
         self.run_due(now);
@@ -906,7 +911,7 @@ impl Session {
                     self.drain_call(now);
                 }
                 Ok(None) => return,
-                Err(ProtoError::StreamFailed) => {
+                Err(e) if matches!(e, ProtoError::StreamFailed) || self.decoder.has_failed() => {
                     // The framing itself broke: the stream cannot be resynchronised, and
                     // without signaling the call cannot be controlled or hung up.
                     tracing::warn!("signaling framing broken; ending the call");
@@ -917,8 +922,7 @@ impl Session {
                     return;
                 }
                 Err(e) => {
-                    // Only the body was bad: dropped and counted, the stream goes on (if the
-                    // framing broke, the next call says so).
+                    // Only the body was bad: dropped and counted, the stream goes on.
                     tracing::debug!(error = %e, "malformed signaling frame");
                     self.signaling.malformed += 1;
                 }
@@ -935,7 +939,7 @@ impl Session {
                     Ok(bytes) => self.queue.push_back(Queued::Signaling(bytes)),
                     Err(e) => tracing::error!(error = %e, "unencodable message"),
                 },
-                CallOutput::Keys(update) => self.install_keys(now, update),
+                CallOutput::Keys(update) => self.install_keys(update),
                 CallOutput::Event(event) => self.on_call_event(now, event),
                 CallOutput::Timeout(at) => {
                     self.call_deadline = at;
@@ -981,7 +985,7 @@ impl Session {
                     sas,
                     suite,
                 });
-                match self.role {
+                match self.call.role() {
                     Role::Caller => {
                         self.params = Some(self.call.media());
                         self.request_audio();
@@ -1042,7 +1046,8 @@ impl Session {
         let Some(m) = self.media.as_mut() else {
             return;
         };
-        let pct = u8::try_from(loss_permille.div_ceil(10).min(MAX_FEC_LOSS_PCT)).unwrap_or(30);
+        let pct = u8::try_from(loss_permille.div_ceil(10).min(MAX_FEC_LOSS_PCT))
+            .unwrap_or(MAX_FEC_LOSS_PCT as u8);
         m.recent_loss.rotate_left(1);
         if let Some(last) = m.recent_loss.last_mut() {
             *last = pct;
@@ -1099,7 +1104,7 @@ impl Session {
     // ----- keys -----
 
     /// The key-source seam: keys from the direct handshake or from outside.
-    fn install_keys(&mut self, now: Instant, update: KeyUpdate) {
+    fn install_keys(&mut self, update: KeyUpdate) {
         match update {
             KeyUpdate::Send { epoch, suite, key } => match self.media.as_mut() {
                 Some(m) => match m.sender.as_mut() {
@@ -1140,7 +1145,6 @@ impl Session {
             }
             _ => {}
         }
-        let _ = now;
     }
 
     // ----- audio and media -----
@@ -1187,8 +1191,8 @@ impl Session {
             frame_samples,
             sender: None,
             streams: Vec::new(),
-            capture: FrameClock::new(period, None),
-            playout: FrameClock::new(period, None),
+            capture: FrameClock::new(period),
+            playout: FrameClock::new(period),
             playout_aligned: false,
             follows_peer: false,
             source_clocked: true,
@@ -1241,7 +1245,7 @@ impl Session {
                     return Err(e.into());
                 }
                 self.audio = AudioState::Ready;
-                let role = self.role;
+                let role = self.call.role();
                 if let Some(m) = self.media.as_mut() {
                     m.started = !self.call.state().is_ended();
                     m.source_clocked = source_clocked;
@@ -1291,7 +1295,8 @@ impl Session {
     }
 
     fn receive_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<(), SessionError> {
-        let Some(m) = self.media.as_mut() else {
+        let Some(m) = self.media.as_mut().filter(|m| !m.streams.is_empty()) else {
+            // Before the media opened, or before any participant's keys: nothing can read it.
             self.early += 1;
             return Ok(());
         };
@@ -1526,7 +1531,6 @@ fn add_receive_key(
     }
 }
 
-/// One frame period of the sender in which nothing is sent.
 /// A capture request that got no frame: the period is a pause, and the playout held back for
 /// it goes now.
 fn capture_missed(m: &mut Media, receive: bool) {
@@ -1538,6 +1542,7 @@ fn capture_missed(m: &mut Media, receive: bool) {
     }
 }
 
+/// One frame period of the sender in which nothing is sent.
 fn skip(m: &mut Media) {
     if let Some(sender) = m.sender.as_mut() {
         if let Err(e) = sender.skip_frame() {

@@ -702,6 +702,9 @@ fn malformed_signaling_is_counted_and_broken_framing_ends_the_call() {
     net.input(ALICE, |t| Input::Signaling(t, &[9, 0x01, 0, 0]));
     net.run_for(secs(1));
     assert_eq!(net.state(ALICE), CallState::Ended(EndReason::ProtocolError));
+    // Broken framing ends the call; it is not also counted as a malformed frame.
+    let counters = net.peers[ALICE].session.signaling_counters();
+    assert_eq!(counters.malformed, 1, "{counters:?}");
 }
 
 /// A version-1 session sends and plays 10 and 20 ms frames: a configuration for longer ones,

@@ -209,8 +209,10 @@ impl Default for AppAudioConfig {
 
 /// Audio the application moves itself, at its own rate and buffer size: it pushes captured
 /// samples into [`AppCapture`] and pulls what to play from [`AppPlayback`], from its own audio
-/// thread (the calls never wait for it; both ends are lock-free rings). Every call of the phone
-/// hears what is pushed, and what is pulled is every call mixed.
+/// thread. Each call's ends are lock-free rings, so a call never waits for the application;
+/// the application's side takes a short lock over the list of calls (held against it only
+/// while a call's audio opens). Every call of the phone hears what is pushed, and what is
+/// pulled is every call mixed.
 #[derive(Clone)]
 pub struct AppAudio {
     config: AppAudioConfig,
@@ -221,6 +223,22 @@ pub struct AppAudio {
 struct Hub {
     inputs: Mutex<Vec<AppCaptureInput>>,
     outputs: Mutex<Vec<AppPlaybackOutput>>,
+}
+
+impl Hub {
+    /// The captures of calls still running (those of ended calls are let go here).
+    fn inputs(&self) -> std::sync::MutexGuard<'_, Vec<AppCaptureInput>> {
+        let mut inputs = lock(&self.inputs);
+        inputs.retain(|i| !i.is_closed());
+        inputs
+    }
+
+    /// The playbacks of calls still running or with audio left to pull.
+    fn outputs(&self) -> std::sync::MutexGuard<'_, Vec<AppPlaybackOutput>> {
+        let mut outputs = lock(&self.outputs);
+        outputs.retain(|o| !o.is_closed());
+        outputs
+    }
 }
 
 impl std::fmt::Debug for AppAudio {
@@ -254,8 +272,7 @@ impl AudioFactory for AppAudio {
             frame_samples,
         )
         .map_err(|e| AudioIoError::Device(e.to_string()))?;
-        let mut inputs = lock(&self.hub.inputs);
-        inputs.retain(|i| !i.is_closed());
+        let mut inputs = self.hub.inputs();
         inputs.push(input);
         Ok(Box::new(source))
     }
@@ -267,8 +284,7 @@ impl AudioFactory for AppAudio {
             frame_samples,
         )
         .map_err(|e| AudioIoError::Device(e.to_string()))?;
-        let mut outputs = lock(&self.hub.outputs);
-        outputs.retain(|o| !o.is_closed());
+        let mut outputs = self.hub.outputs();
         outputs.push(output);
         Ok(Box::new(sink))
     }
@@ -283,8 +299,7 @@ impl AppCapture {
     /// Pushes captured interleaved 16-bit samples (any amount) to every call. The ends of
     /// calls that have ended are let go here.
     pub fn push(&self, samples: &[i16]) {
-        let mut inputs = lock(&self.hub.inputs);
-        inputs.retain(|i| !i.is_closed());
+        let mut inputs = self.hub.inputs();
         for input in inputs.iter_mut() {
             input.push(samples);
         }
@@ -292,9 +307,7 @@ impl AppCapture {
 
     /// How many calls' captures are attached (calls with their audio open).
     pub fn attached(&self) -> usize {
-        let mut inputs = lock(&self.hub.inputs);
-        inputs.retain(|i| !i.is_closed());
-        inputs.len()
+        self.hub.inputs().len()
     }
 }
 
@@ -313,8 +326,7 @@ impl AppPlayback {
             self.mix.resize(out.len(), 0);
         }
         let mix = self.mix.get_mut(..out.len()).unwrap_or_default();
-        let mut outputs = lock(&self.hub.outputs);
-        outputs.retain(|o| !o.is_closed());
+        let mut outputs = self.hub.outputs();
         for output in outputs.iter_mut() {
             mix.fill(0);
             output.pull(mix);
@@ -327,9 +339,7 @@ impl AppPlayback {
     /// How many calls' playbacks are attached (calls with their audio open, or with audio
     /// still to pull).
     pub fn attached(&self) -> usize {
-        let mut outputs = lock(&self.hub.outputs);
-        outputs.retain(|o| !o.is_closed());
-        outputs.len()
+        self.hub.outputs().len()
     }
 }
 

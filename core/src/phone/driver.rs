@@ -42,16 +42,19 @@ pub(super) struct SignalingQueue {
 }
 
 impl SignalingQueue {
-    /// Queues one frame; false when the budget is spent (the peer stopped reading). A frame
-    /// for a writer that has stopped (the stream failed) is dropped: the call learns of that
-    /// from the connection.
+    /// Queues one frame; false when it cannot go: the budget is spent (the peer stopped
+    /// reading), or the writer has stopped (a write failed: the peer stopped the stream, or
+    /// the connection is gone). Either way the peer can be told nothing more.
     pub(super) fn send(&self, bytes: Vec<u8>) -> bool {
         let len = bytes.len();
         if self.pending.load(Ordering::Acquire) + len > SIGNALING_BUDGET {
             return false;
         }
         self.pending.fetch_add(len, Ordering::AcqRel);
-        let _ = self.frames.send(bytes);
+        if self.frames.send(bytes).is_err() {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
         true
     }
 }
@@ -242,12 +245,7 @@ async fn run_call(
     });
     let streams = tokio::select! {
         s = opening => s,
-        () = async {
-            match setup.place.as_ref() {
-                Some(p) => p.taken_back().await,
-                None => std::future::pending().await,
-            }
-        } => {
+        () = taken_back(setup.place.as_ref()) => {
             conn.close("place taken back");
             return end(&shared, EndReason::ConnectionRefused);
         }
@@ -306,12 +304,7 @@ async fn run_call(
             },
             Some(cmd) = commands.recv() => Wake::Command(cmd),
             Some(job) = done.recv() => Wake::Job(job),
-            () = async {
-                match place {
-                    Some(p) => p.taken_back().await,
-                    None => std::future::pending().await,
-                }
-            } => Wake::Closed(EndReason::ConnectionRefused),
+            () = taken_back(place) => Wake::Closed(EndReason::ConnectionRefused),
             () = &mut timer => { armed = None; Wake::Timeout }
         };
         now = Instant::now();
@@ -399,8 +392,9 @@ impl Call {
                 }
                 Output::Signaling(bytes) if !self.signaling.send(bytes.to_vec()) => {
                     // The peer has not read its stream for a long while (QUIC flow control
-                    // holds the writer): it cannot be told anything any more.
-                    tracing::warn!("peer stopped reading signaling; ending the call");
+                    // holds the writer), or the stream failed: it cannot be told anything
+                    // any more.
+                    tracing::warn!("signaling cannot reach the peer; ending the call");
                     self.stuck = true;
                 }
                 Output::Signaling(_) => {}
@@ -409,7 +403,6 @@ impl Call {
                     let _ = session.handle_input(Input::Captured(now, pcm));
                     #[cfg(feature = "testing")]
                     self.hooks.captured(session, now);
-                    self.ends.device_events(&self.shared);
                 }
                 Output::Play(pcm) => {
                     if std::mem::take(&mut sent_media) {
@@ -420,12 +413,15 @@ impl Call {
                     self.ends.play(pcm);
                     #[cfg(feature = "testing")]
                     self.hooks.played(session);
-                    self.ends.device_events(&self.shared);
                 }
                 Output::Record(pcm) => self.ends.record(pcm),
                 Output::Request(request) => self.request(session, request, now),
                 Output::Event(event) => self.event(session, event, now),
-                Output::Timeout(at) => return at,
+                Output::Timeout(at) => {
+                    // What the devices reported meanwhile (a device lost or switched).
+                    self.ends.device_events(&self.shared);
+                    return at;
+                }
                 _ => {}
             }
             if refused {
@@ -708,6 +704,15 @@ impl Call {
         }
         self.conn.close("call ended");
         self.shared.finish();
+    }
+}
+
+/// Resolves when an incoming call's place among the unknown connections is taken back; never
+/// for a call without one.
+async fn taken_back(place: Option<&Place>) {
+    match place {
+        Some(p) => p.taken_back().await,
+        None => std::future::pending().await,
     }
 }
 

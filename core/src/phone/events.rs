@@ -129,7 +129,8 @@ pub(super) struct EventQueue {
 impl EventQueue {
     /// Waiting events past which statistics are dropped.
     pub(super) const SOFT_LIMIT: usize = 1024;
-    /// Waiting events past which everything but state changes is dropped.
+    /// Waiting events past which everything but state changes, keys, incoming calls and the
+    /// queue's own control items is dropped (and no new call rings).
     pub(super) const HARD_LIMIT: usize = 8192;
 
     /// Starts the dispatcher thread of a phone called `name`.
