@@ -202,7 +202,13 @@ impl GroupMember {
     pub fn key_package(&mut self, last_resort: bool) -> Result<Vec<u8>, GroupError> {
         let mut builder = KeyPackage::builder();
         if last_resort {
-            builder = builder.mark_as_last_resort();
+            // The extension must be among the leaf's capabilities, or the package is invalid.
+            let capabilities = Capabilities::builder()
+                .extensions(vec![ExtensionType::LastResort])
+                .build();
+            builder = builder
+                .mark_as_last_resort()
+                .leaf_node_capabilities(capabilities);
         }
         let bundle = builder
             .build(
@@ -526,6 +532,15 @@ impl GroupMember {
     }
 
     fn leave_group(&mut self, _now: Instant) {
+        // The group's state goes from storage too: the device may be added back later, into
+        // the same group id.
+        if let Some(Err(e)) = self
+            .group
+            .take()
+            .map(|mut group| group.delete(self.provider.storage()))
+        {
+            tracing::warn!(error = %e, "left group's state not deleted");
+        }
         for participant in self.roster.keys().copied().collect::<Vec<_>>() {
             self.out
                 .push_back(GroupOutput::Keys(KeyUpdate::Remove { participant }));

@@ -519,3 +519,20 @@ fn transitions_time_out_retire_old_keys_and_roll_the_epoch_bits_over() {
         );
     }
 }
+
+#[test]
+fn a_last_resort_key_package_adds_its_device() {
+    let now = Instant::now();
+    let suite = CipherSuite::ChaCha20Poly1305Sha256;
+    let mut members = [member(80, suite)];
+    members[0].create(now, b"call-9").expect("create");
+    let mut bob = member(81, suite);
+    let package = bob.key_package(true).expect("last resort package");
+    let commit = members[0]
+        .add(&[package])
+        .expect("a last-resort package is valid");
+    members[0].commit_accepted(now).expect("accepted");
+    bob.handle_message(now, commit.welcome.as_ref().expect("welcome"))
+        .expect("bob joins");
+    assert_eq!(bob.verification_code(), members[0].verification_code());
+}

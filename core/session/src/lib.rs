@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod control;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
@@ -62,8 +63,9 @@ mod stream;
 
 pub use error::{MediaError, SessionError};
 pub use session::{
-    Admission, AudioStatus, EARLY_WINDOW, FOLLOW_WAIT, Input, LATE_MARGIN, MediaCounters, Output,
-    Request, STATS_INTERVAL, Session, SessionConfig, SessionEvent, SignalingCounters,
+    Admission, AudioStatus, EARLY_WINDOW, FOLLOW_WAIT, GroupSessionConfig, Input, LATE_MARGIN,
+    MediaCounters, Output, Request, STATS_INTERVAL, Session, SessionConfig, SessionEvent,
+    SignalingCounters,
 };
 pub use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId};
 

@@ -14,14 +14,15 @@ use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId, SframeKey};
 use viska_media::codec::OpusConfig;
 use viska_media::jitter::JitterConfig;
 use viska_media::playout::JitterStats;
-use viska_proto::{CallId, DtmfEvent, FrameDecoder, MediaParams, ProtoError};
+use viska_proto::{CallId, DtmfEvent, FrameDecoder, MediaParams, ProtoError, SuiteId};
 use viska_sframe::{CipherSuite, SendKey, SframeHeader};
 
 use crate::MAX_DATAGRAM;
 use crate::clock::FrameClock;
+use crate::control::{Control, GroupControl};
 use crate::error::{MediaError, SessionError};
 use crate::sender::MediaSender;
-use crate::stream::Stream;
+use crate::stream::{Stream, StreamCounters};
 
 /// How far ahead of its time a periodic job may run when the session is woken anyway: the
 /// playout of a frame that has already arrived, and the capture from a source without a clock
@@ -92,6 +93,48 @@ impl SessionConfig {
             .validate()
             .map_err(|e| SessionError::InvalidConfig(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Everything a group call's session is set up with ([`Session::group`]).
+#[derive(Debug, Clone)]
+pub struct GroupSessionConfig {
+    /// Codec settings: frame duration and bitrate are the call's.
+    pub opus: OpusConfig,
+    /// Jitter buffer bounds of every participant's stream.
+    pub jitter: JitterConfig,
+    /// The SFrame suite the group's keys are for.
+    pub suite: CipherSuite,
+    /// Produce the recording mix.
+    pub record: bool,
+}
+
+impl Default for GroupSessionConfig {
+    fn default() -> Self {
+        Self {
+            opus: OpusConfig::default(),
+            jitter: JitterConfig::default(),
+            suite: CipherSuite::ChaCha20Poly1305Sha256,
+            record: false,
+        }
+    }
+}
+
+impl GroupSessionConfig {
+    /// Refuses settings that cannot work together.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        if !self.opus.frame.is_played() {
+            return Err(SessionError::InvalidConfig(format!(
+                "{} ms frames: a version-1 phone sends and plays 10 and 20 ms frames",
+                self.opus.frame.millis()
+            )));
+        }
+        self.opus
+            .validate()
+            .map_err(|e| SessionError::InvalidConfig(e.to_string()))?;
+        self.jitter
+            .validate()
+            .map_err(|e| SessionError::InvalidConfig(e.to_string()))
     }
 }
 
@@ -444,6 +487,8 @@ struct Media {
     frame_samples: usize,
     sender: Option<MediaSender>,
     streams: Vec<Stream>,
+    /// What the streams of participants who left counted (kept in the call's totals).
+    departed: (StreamCounters, Option<JitterStats>),
     /// When the next frame is captured (running once the audio is open).
     capture: FrameClock,
     /// When the next frame is played.
@@ -487,7 +532,7 @@ struct Media {
 /// playout clocks, hold and mute, FEC sized from reception reports, and the statistics. See
 /// the [crate documentation](crate) for the driver loop.
 pub struct Session {
-    call: Call,
+    call: Control,
     opus: OpusConfig,
     jitter: JitterConfig,
     record: bool,
@@ -554,12 +599,42 @@ impl Session {
         rng: &mut R,
     ) -> Result<Self, SessionError> {
         config.validate()?;
-        let call = Call::new(config.call, now, rng)?;
+        let call = Control::Direct(Box::new(Call::new(config.call, now, rng)?));
+        let session = Self::with_control(call, config.opus, config.jitter, config.record, now);
+        Ok(session)
+    }
+
+    /// The session of a group call: active from the start, its keys from the group's key
+    /// source ([`Input::Keys`]: one receiving stream per participant the keys name), its
+    /// membership and signaling with the group's delivery service. It asks for the audio end
+    /// points at once ([`Request::OpenAudio`]) and sends from the first send key on; hold,
+    /// mute and hang-up are [`Input::Command`]s as in a direct call.
+    pub fn group(config: GroupSessionConfig, now: Instant) -> Result<Self, SessionError> {
+        config.validate()?;
+        let media = MediaParams {
+            frame: config.opus.frame,
+            bitrate_bps: config.opus.bitrate_bps,
+            suite: SuiteId(config.suite.id()),
+        };
+        let call = Control::Group(GroupControl::new(now, media));
+        let mut session = Self::with_control(call, config.opus, config.jitter, config.record, now);
+        session.params = Some(media);
+        session.request_audio();
+        Ok(session)
+    }
+
+    fn with_control(
+        call: Control,
+        opus: OpusConfig,
+        jitter: JitterConfig,
+        record: bool,
+        now: Instant,
+    ) -> Self {
         let mut session = Self {
             call,
-            opus: config.opus,
-            jitter: config.jitter,
-            record: config.record,
+            opus,
+            jitter,
+            record,
             decoder: FrameDecoder::new(),
             queue: VecDeque::new(),
             sent_signaling: None,
@@ -583,7 +658,7 @@ impl Session {
             ended_reported: false,
         };
         session.drain_call(now);
-        Ok(session)
+        session
     }
 
     // ----- what the driver and the application can read -----
@@ -623,9 +698,14 @@ impl Session {
         self.call.sas()
     }
 
-    /// The underlying call state machine.
-    pub fn call(&self) -> &Call {
-        &self.call
+    /// The underlying direct-call state machine (none in a group call).
+    pub fn call(&self) -> Option<&Call> {
+        self.call.call()
+    }
+
+    /// Whether this is a group call's session ([`Session::group`]).
+    pub fn is_group(&self) -> bool {
+        self.call.is_group()
     }
 
     /// Samples per frame of the open media (48 kHz mono), once it is open.
@@ -686,20 +766,22 @@ impl Session {
         } else {
             c.fec_expected_loss_pct = m.opus.expected_loss_pct;
         }
-        for (n, stream) in m.streams.iter().enumerate() {
-            let s = stream.counters;
-            c.frames_received += s.frames_received;
-            c.decrypt_failures += s.decrypt_failures;
-            c.replays_rejected += s.replays_rejected;
-            c.malformed += s.malformed;
-            c.refused_by_buffer += s.refused_by_buffer;
+        let mut totals = m.departed.0;
+        let mut playout = m.departed.1.clone();
+        for stream in &m.streams {
+            totals.add(&stream.counters);
             let p = stream.playout_stats();
-            if n == 0 {
-                c.playout = p;
-            } else {
-                c.playout.merge(&p);
+            match playout.as_mut() {
+                Some(total) => total.merge(&p),
+                None => playout = Some(p),
             }
         }
+        c.frames_received = totals.frames_received;
+        c.decrypt_failures = totals.decrypt_failures;
+        c.replays_rejected = totals.replays_rejected;
+        c.malformed = totals.malformed;
+        c.refused_by_buffer = totals.refused_by_buffer;
+        c.playout = playout.unwrap_or_default();
         c.early = self.early;
         c.unattributed = self.unattributed;
         c.captures_missed = m.captures_missed;
@@ -1139,6 +1221,15 @@ impl Session {
             }
             KeyUpdate::Remove { participant } => {
                 if let Some(m) = self.media.as_mut() {
+                    // What the stream counted stays in the call's totals.
+                    for stream in m.streams.iter().filter(|s| s.participant == participant) {
+                        m.departed.0.add(&stream.counters);
+                        let p = stream.playout_stats();
+                        match m.departed.1.as_mut() {
+                            Some(total) => total.merge(&p),
+                            None => m.departed.1 = Some(p),
+                        }
+                    }
                     m.streams.retain(|s| s.participant != participant);
                 }
                 self.keys.receive.retain(|(p, _, _, _)| *p != participant);
@@ -1180,7 +1271,9 @@ impl Session {
 
     fn open_media(&mut self, now: Instant, opus: OpusConfig) -> Result<(), MediaError> {
         let keys = std::mem::take(&mut self.keys);
-        if keys.send.is_none() && keys.receive.is_empty() {
+        // A group call opens its audio before the first key arrives: a member alone in the
+        // call has no one to receive, and keys come as the group forms.
+        if !self.call.is_group() && keys.send.is_none() && keys.receive.is_empty() {
             return Err(MediaError::Config("no media keys".into()));
         }
         let frame_samples = opus.frame_samples();
@@ -1191,6 +1284,7 @@ impl Session {
             frame_samples,
             sender: None,
             streams: Vec::new(),
+            departed: (StreamCounters::default(), None),
             capture: FrameClock::new(period),
             playout: FrameClock::new(period),
             playout_aligned: false,
@@ -1300,17 +1394,19 @@ impl Session {
             self.early += 1;
             return Ok(());
         };
-        // The clear SFrame header names the key, hence the participant. In a call with one
-        // peer every frame can only be theirs (or an injection on their path, counted against
-        // their stream): nothing to look up.
-        let kid = if m.streams.len() == 1 {
+        // The clear SFrame header names the key, hence the participant. In a direct call
+        // every frame can only be the peer's (or an injection on their path, counted against
+        // their stream): nothing to look up. In a group call a frame under a key no stream
+        // holds (an epoch before this member joined, a member already gone) is unattributed.
+        let group = self.call.is_group();
+        let kid = if m.streams.len() == 1 && !group {
             None
         } else {
             SframeHeader::decode(datagram).ok().map(|(h, _)| h.kid)
         };
         let index = match kid.and_then(|kid| m.streams.iter().position(|s| s.has_key(kid))) {
             Some(i) => i,
-            None if m.streams.len() == 1 => 0,
+            None if m.streams.len() == 1 && !group => 0,
             None => {
                 self.unattributed += 1;
                 return Err(MediaError::Sframe(viska_sframe::SframeError::UnknownKeyId(

@@ -23,6 +23,16 @@ pub(crate) struct StreamCounters {
     pub(crate) refused_by_buffer: u64,
 }
 
+impl StreamCounters {
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.frames_received += other.frames_received;
+        self.decrypt_failures += other.decrypt_failures;
+        self.replays_rejected += other.replays_rejected;
+        self.malformed += other.malformed;
+        self.refused_by_buffer += other.refused_by_buffer;
+    }
+}
+
 /// The stream of one remote participant.
 pub(crate) struct Stream {
     pub(crate) participant: ParticipantId,
