@@ -5,6 +5,7 @@
 //! - [`control`]: end-to-end encrypted in-call messages (DTMF, CTI call data, hold, mute).
 //! - [`media`]: the payload inside each SFrame-protected media datagram, and its overhead.
 //! - [`ids`]: call and participant identifiers.
+//! - [`relay`]: a device's connection to a relay (group calls) and the media routing prefix.
 //!
 //! The byte layouts are specified in `docs/protocol-wire.md` at the repository root.
 
@@ -14,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod ids;
 pub mod media;
+pub mod relay;
 pub mod signal;
 
 pub use control::{ControlMessage, DtmfEvent};
