@@ -1,0 +1,946 @@
+//! Group calls through a Viska relay: one long-lived QUIC connection per device to the relay
+//! (`docs/protocol-relay.md`), one MLS group per call as its key source (`viska-group`,
+//! `docs/protocol-group.md`) and one [`Session::group`] per call for its media.
+//!
+//! A [`GroupPhone`] connects out to the relay (so it works behind NAT), pins the relay's
+//! certificate fingerprint, proves its identity key, publishes key packages, and then creates
+//! calls, adds devices to them, joins the calls it is added to, and leaves. The relay routes
+//! ciphertext and orders the group's commits; it never holds a key.
+//!
+//! The driver is thin, as the direct call's is: one task per device moves relay messages to
+//! the members, datagrams to the sessions, and the sessions' frames to the audio end points;
+//! the policy is in the session and the member.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{mpsc, oneshot};
+use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
+use viska_group::{GroupConfig, GroupEvent, GroupMember, GroupOutput, ParticipantId};
+use viska_media::audio::{AudioSink, AudioSource};
+use viska_proto::relay::{
+    AUTH_EXPORTER_LABEL, CallRef, DeviceKey, RelayDecoder, RelayErrorCode, RelayMessage,
+    auth_transcript, decode_route, encode_route,
+};
+use viska_session::{
+    AudioStatus, GroupSessionConfig, Input, MediaCounters, Output, Request, Session,
+};
+
+use crate::phone::AudioFactory;
+use crate::transport::TransportError;
+use crate::transport::runtime::PromptRuntime;
+
+/// One-use key packages a device keeps published on the relay.
+const KEY_PACKAGES: usize = 8;
+
+/// Where a group phone connects, as who, with what audio.
+pub struct GroupPhoneConfig {
+    /// The relay's address.
+    pub relay: SocketAddr,
+    /// The relay's certificate fingerprint (SHA-256 of its DER), as it prints on start.
+    pub relay_fingerprint: [u8; 32],
+    /// This device's identity key: it signs the relay's challenge and the device's MLS
+    /// messages.
+    pub identity: IdentityKeyPair,
+    /// The audio end points of each call.
+    pub audio: Arc<dyn AudioFactory>,
+    /// Codec and jitter settings of each call's session.
+    pub session: GroupSessionConfig,
+    /// Epoch transition timers of each call's group.
+    pub group: GroupConfig,
+}
+
+impl std::fmt::Debug for GroupPhoneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupPhoneConfig")
+            .field("relay", &self.relay)
+            .field("identity", &self.identity.public().fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors of a group phone.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupPhoneError {
+    /// The connection to the relay failed or was lost.
+    #[error("relay connection: {0}")]
+    Transport(#[from] TransportError),
+    /// The relay refused a request.
+    #[error("the relay refused: {0:?}")]
+    Refused(RelayErrorCode),
+    /// The relay broke the protocol.
+    #[error("relay protocol: {0}")]
+    Protocol(String),
+    /// The MLS group refused an operation.
+    #[error(transparent)]
+    Group(#[from] viska_group::GroupError),
+    /// No such call on this phone.
+    #[error("no such call")]
+    NoSuchCall,
+    /// The phone is closed.
+    #[error("the group phone is closed")]
+    Closed,
+    /// The operation did not finish in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// What a group call looks like from this device, updated as it changes.
+#[derive(Debug, Clone)]
+pub struct GroupCallSnapshot {
+    /// The call.
+    pub call: CallRef,
+    /// The group's epoch (merged) and the one this device sends under.
+    pub epoch: Option<u64>,
+    /// The epoch this device sends under.
+    pub sending_epoch: Option<u64>,
+    /// The epoch's verification code, identical at every member.
+    pub verification_code: Option<String>,
+    /// The members and their identities, this device included.
+    pub roster: BTreeMap<ParticipantId, PublicIdentity>,
+    /// This device's participant id.
+    pub me: Option<ParticipantId>,
+    /// The session's media counters (all participants' streams summed).
+    pub media: MediaCounters,
+    /// Frames received per participant.
+    pub received: BTreeMap<ParticipantId, u64>,
+    /// Epoch changes seen.
+    pub epochs_seen: u64,
+    /// Group messages refused (forged, stale, undecryptable...).
+    pub group_failures: u64,
+    /// Whether this device left or was removed.
+    pub ended: bool,
+}
+
+impl GroupCallSnapshot {
+    fn new(call: CallRef) -> Self {
+        Self {
+            call,
+            epoch: None,
+            sending_epoch: None,
+            verification_code: None,
+            roster: BTreeMap::new(),
+            me: None,
+            media: MediaCounters::default(),
+            received: BTreeMap::new(),
+            epochs_seen: 0,
+            group_failures: 0,
+            ended: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<BTreeMap<CallRef, GroupCallSnapshot>>,
+    changed: Condvar,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+enum Command {
+    Create(CallRef, oneshot::Sender<Result<(), GroupPhoneError>>),
+    Add(CallRef, DeviceKey),
+    Remove(CallRef, DeviceKey),
+    Leave(CallRef),
+    Close,
+}
+
+/// A device connected to a relay, in any number of group calls.
+pub struct GroupPhone {
+    identity: PublicIdentity,
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for GroupPhone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupPhone")
+            .field("identity", &self.identity.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupPhone {
+    /// Connects to the relay, pins its certificate, authenticates and publishes key packages;
+    /// returns once the relay accepted the device.
+    pub fn connect(config: GroupPhoneConfig) -> Result<Self, GroupPhoneError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("vk-group")
+            .build()
+            .map_err(TransportError::Io)?;
+        let identity = config.identity.public();
+        let shared = Arc::new(Shared::default());
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let task_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("vk-group".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match Device::connect(config, task_shared.clone()).await {
+                        Ok(device) => {
+                            let _ = ready_tx.send(Ok(()));
+                            device.run(rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                    task_shared.closed.store(true, Ordering::SeqCst);
+                    task_shared.changed.notify_all();
+                });
+            })
+            .map_err(TransportError::Io)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                identity,
+                commands,
+                shared,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(GroupPhoneError::Closed),
+        }
+    }
+
+    /// This device's identity.
+    pub fn identity(&self) -> PublicIdentity {
+        self.identity
+    }
+
+    /// Opens a new call with this device alone in it; add others with [`GroupPhone::add`].
+    pub fn create_call(&self) -> Result<CallRef, GroupPhoneError> {
+        let mut id = [0u8; 16];
+        rand::fill(&mut id);
+        let call = CallRef(id);
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Create(call, tx))?;
+        rx.blocking_recv().map_err(|_| GroupPhoneError::Closed)??;
+        Ok(call)
+    }
+
+    /// Adds the device `identity` to `call` (its key package is fetched from the relay). The
+    /// change shows in the call's roster once the relay ordered the commit.
+    pub fn add(&self, call: CallRef, identity: PublicIdentity) -> Result<(), GroupPhoneError> {
+        self.send(Command::Add(call, identity.to_bytes()))
+    }
+
+    /// Removes the device `identity` from `call`.
+    pub fn remove(&self, call: CallRef, identity: PublicIdentity) -> Result<(), GroupPhoneError> {
+        self.send(Command::Remove(call, identity.to_bytes()))
+    }
+
+    /// Leaves `call`: the relay stops forwarding to this device at once and a remaining
+    /// member commits its removal.
+    pub fn leave(&self, call: CallRef) -> Result<(), GroupPhoneError> {
+        self.send(Command::Leave(call))
+    }
+
+    /// The calls this device is in (or was, until it left).
+    pub fn calls(&self) -> Vec<GroupCallSnapshot> {
+        lock(&self.shared.calls).values().cloned().collect()
+    }
+
+    /// One call's snapshot.
+    pub fn snapshot(&self, call: CallRef) -> Option<GroupCallSnapshot> {
+        lock(&self.shared.calls).get(&call).cloned()
+    }
+
+    /// Waits until `done` holds for this device's calls, or `timeout` passes; returns whether
+    /// it held.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&BTreeMap<CallRef, GroupCallSnapshot>) -> bool,
+    ) -> bool {
+        let end = Instant::now() + timeout;
+        let mut calls = lock(&self.shared.calls);
+        loop {
+            if done(&calls) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end || self.shared.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            calls = self
+                .shared
+                .changed
+                .wait_timeout(calls, end - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<(), GroupPhoneError> {
+        self.commands
+            .send(command)
+            .map_err(|_| GroupPhoneError::Closed)
+    }
+
+    /// Leaves every call and closes the connection.
+    pub fn close(mut self) {
+        let _ = self.commands.send(Command::Close);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GroupPhone {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One call on this device.
+struct CallCtx {
+    member: GroupMember,
+    session: Session,
+    route: u32,
+    source: Option<Box<dyn AudioSource>>,
+    sink: Option<Box<dyn AudioSink>>,
+    pcm: Vec<i16>,
+    deadline: Instant,
+    /// A commit of ours waits for the relay's verdict.
+    committing: bool,
+    /// Adds and removes waiting for our pending commit to be decided.
+    queued: VecDeque<Command>,
+    snapshot: GroupCallSnapshot,
+}
+
+struct Device {
+    config: GroupPhoneConfig,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: RelayDecoder,
+    /// The member whose key packages are published: it becomes the member of the next call
+    /// this device is added to.
+    lobby: GroupMember,
+    calls: HashMap<CallRef, CallCtx>,
+    routes: HashMap<u32, CallRef>,
+    /// Creations waiting for `CallOpened`.
+    creating: HashMap<CallRef, (GroupMember, oneshot::Sender<Result<(), GroupPhoneError>>)>,
+    /// Key-package fetches: request id -> the call and device to add.
+    fetching: HashMap<u32, (CallRef, DeviceKey)>,
+    next_request: u32,
+    shared: Arc<Shared>,
+    out: Vec<u8>,
+}
+
+fn io_error(e: impl std::fmt::Display) -> GroupPhoneError {
+    GroupPhoneError::Protocol(e.to_string())
+}
+
+impl Device {
+    async fn connect(
+        config: GroupPhoneConfig,
+        shared: Arc<Shared>,
+    ) -> Result<Self, GroupPhoneError> {
+        let runtime = PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
+        let bind: SocketAddr = if config.relay.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(bind).map_err(TransportError::Io)?;
+        let socket =
+            quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(TransportError::Io)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            runtime,
+        )
+        .map_err(TransportError::Io)?;
+        let tls = crate::transport::tls::relay_client_config(config.relay_fingerprint)?;
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        client.transport_config(Arc::new(transport));
+        let conn = endpoint
+            .connect_with(client, config.relay, "viska-relay.invalid")
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .await
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let (send, recv) = conn.open_bi().await.map_err(io_error)?;
+        let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
+        let mut device = Self {
+            config,
+            conn,
+            _endpoint: endpoint,
+            send,
+            recv,
+            decoder: RelayDecoder::new(),
+            lobby,
+            calls: HashMap::new(),
+            routes: HashMap::new(),
+            creating: HashMap::new(),
+            fetching: HashMap::new(),
+            next_request: 1,
+            shared,
+            out: Vec::new(),
+        };
+        device.authenticate().await?;
+        device.publish().await?;
+        Ok(device)
+    }
+
+    async fn read_message(&mut self) -> Result<RelayMessage, GroupPhoneError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.decoder.next_message().map_err(io_error)? {
+                return Ok(m);
+            }
+            match self.recv.read(&mut buf).await.map_err(io_error)? {
+                Some(n) => self.decoder.push(&buf[..n]),
+                None => return Err(GroupPhoneError::Protocol("relay closed the stream".into())),
+            }
+        }
+    }
+
+    async fn write(&mut self, message: &RelayMessage) -> Result<(), GroupPhoneError> {
+        let frame = message.encode().map_err(io_error)?;
+        self.send.write_all(&frame).await.map_err(io_error)
+    }
+
+    async fn authenticate(&mut self) -> Result<(), GroupPhoneError> {
+        let RelayMessage::Challenge { nonce } = self.read_message().await? else {
+            return Err(GroupPhoneError::Protocol("expected a challenge".into()));
+        };
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, AUTH_EXPORTER_LABEL, b"")
+            .map_err(|_| GroupPhoneError::Protocol("no TLS exporter".into()))?;
+        let signature = self
+            .config
+            .identity
+            .sign(&auth_transcript(&exporter, &nonce));
+        let auth = RelayMessage::Auth {
+            identity: self.config.identity.public().to_bytes(),
+            signature,
+        };
+        self.write(&auth).await?;
+        match self.read_message().await? {
+            RelayMessage::AuthOk => Ok(()),
+            RelayMessage::Error { code, .. } => Err(GroupPhoneError::Refused(code)),
+            other => Err(GroupPhoneError::Protocol(format!(
+                "expected AuthOk, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Publishes a fresh set of key packages from the lobby member (replacing those held).
+    async fn publish(&mut self) -> Result<(), GroupPhoneError> {
+        let mut packages = Vec::with_capacity(KEY_PACKAGES);
+        for _ in 0..KEY_PACKAGES {
+            packages.push(self.lobby.key_package(false)?);
+        }
+        let last_resort = Some(self.lobby.key_package(true)?);
+        self.write(&RelayMessage::PublishKeyPackages {
+            packages,
+            last_resort,
+        })
+        .await
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let deadline = self
+                .calls
+                .values()
+                .flat_map(|c| [Some(c.deadline), c.member.next_timeout()])
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let mut outgoing: Vec<RelayMessage> = Vec::new();
+            tokio::select! {
+                read = self.recv.read(&mut buf) => match read {
+                    Ok(Some(n)) => {
+                        self.decoder.push(&buf[..n]);
+                        loop {
+                            match self.decoder.next_message() {
+                                Ok(Some(m)) => self.on_message(m, &mut outgoing),
+                                Ok(None) => break,
+                                Err(e) if self.decoder.has_failed() => {
+                                    tracing::warn!(error = %e, "relay stream broken");
+                                    return self.shutdown().await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "relay message refused"),
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::warn!("relay connection lost");
+                        return self.shutdown().await;
+                    }
+                },
+                datagram = self.conn.read_datagram() => match datagram {
+                    Ok(d) => self.on_datagram(&d),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay connection lost");
+                        return self.shutdown().await;
+                    }
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Close) | None => {
+                        for call in self.calls.keys().copied().collect::<Vec<_>>() {
+                            outgoing.push(RelayMessage::Leave { call });
+                        }
+                        for m in &outgoing {
+                            let _ = self.write(m).await;
+                        }
+                        let _ = self.send.finish();
+                        return self.shutdown().await;
+                    }
+                    Some(command) => self.on_command(command, &mut outgoing),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    for ctx in self.calls.values_mut() {
+                        if ctx.member.next_timeout().is_some_and(|t| t <= now) {
+                            ctx.member.handle_timeout(now);
+                        }
+                        if ctx.deadline <= now {
+                            let _ = ctx.session.handle_input(Input::Timeout(now));
+                        }
+                    }
+                }
+            }
+            self.pump_all(&mut outgoing);
+            for m in outgoing {
+                if let Err(e) = self.write(&m).await {
+                    tracing::warn!(error = %e, "relay write failed");
+                    return self.shutdown().await;
+                }
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for ctx in self.calls.values_mut() {
+            if let Some(sink) = ctx.sink.as_mut() {
+                let _ = sink.finish();
+            }
+            ctx.snapshot.ended = true;
+        }
+        self.publish_snapshots();
+        self.conn.close(0u32.into(), b"bye");
+    }
+
+    fn on_command(&mut self, command: Command, outgoing: &mut Vec<RelayMessage>) {
+        match command {
+            Command::Create(call, reply) => {
+                let member =
+                    match GroupMember::new(self.config.identity.clone(), self.config.group.clone())
+                    {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                self.creating.insert(call, (member, reply));
+                outgoing.push(RelayMessage::CreateCall { call });
+            }
+            Command::Add(call, identity) => {
+                let Some(ctx) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if ctx.committing {
+                    ctx.queued.push_back(Command::Add(call, identity));
+                    return;
+                }
+                let request = self.next_request;
+                self.next_request = self.next_request.wrapping_add(1);
+                self.fetching.insert(request, (call, identity));
+                ctx.committing = true;
+                outgoing.push(RelayMessage::FetchKeyPackage { request, identity });
+            }
+            Command::Remove(call, identity) => self.commit_removal(call, identity, outgoing),
+            Command::Leave(call) => {
+                if let Some(mut ctx) = self.calls.remove(&call) {
+                    self.routes.remove(&ctx.route);
+                    let now = Instant::now();
+                    let _ = ctx
+                        .session
+                        .handle_input(Input::Command(now, viska_call::Command::Hangup));
+                    if let Some(sink) = ctx.sink.as_mut() {
+                        let _ = sink.finish();
+                    }
+                    ctx.snapshot.ended = true;
+                    lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
+                    self.shared.changed.notify_all();
+                }
+                outgoing.push(RelayMessage::Leave { call });
+            }
+            Command::Close => {}
+        }
+    }
+
+    fn commit_removal(&mut self, call: CallRef, identity: DeviceKey, out: &mut Vec<RelayMessage>) {
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if ctx.committing {
+            ctx.queued.push_back(Command::Remove(call, identity));
+            return;
+        }
+        let leaves: Vec<ParticipantId> = ctx
+            .member
+            .roster()
+            .iter()
+            .filter(|(_, id)| id.to_bytes() == identity)
+            .map(|(p, _)| *p)
+            .collect();
+        if leaves.is_empty() {
+            return;
+        }
+        match ctx.member.remove(&leaves) {
+            Ok(commit) => {
+                ctx.committing = true;
+                out.push(RelayMessage::Commit {
+                    call,
+                    epoch: commit.epoch.0,
+                    commit: commit.commit,
+                    welcome: commit.welcome,
+                    added: Vec::new(),
+                    removed: vec![identity],
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "removal not committed"),
+        }
+    }
+
+    fn on_message(&mut self, message: RelayMessage, out: &mut Vec<RelayMessage>) {
+        let now = Instant::now();
+        match message {
+            RelayMessage::CallOpened { call, route, .. } => {
+                if let Some((mut member, reply)) = self.creating.remove(&call) {
+                    let result = member
+                        .create(now, &call.0)
+                        .map_err(GroupPhoneError::from)
+                        .and_then(|()| self.open_call(call, route, member));
+                    let _ = reply.send(result);
+                }
+            }
+            RelayMessage::KeyPackage {
+                request, package, ..
+            } => {
+                let Some((call, identity)) = self.fetching.remove(&request) else {
+                    return;
+                };
+                let Some(ctx) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let commit = package
+                    .ok_or(GroupPhoneError::Refused(RelayErrorCode::NoKeyPackage))
+                    .and_then(|p| ctx.member.add(&[p]).map_err(Into::into));
+                match commit {
+                    Ok(commit) => out.push(RelayMessage::Commit {
+                        call,
+                        epoch: commit.epoch.0,
+                        commit: commit.commit,
+                        welcome: commit.welcome,
+                        added: vec![identity],
+                        removed: Vec::new(),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "device not added");
+                        ctx.committing = false;
+                    }
+                }
+            }
+            RelayMessage::CommitResult { call, accepted, .. } => {
+                let Some(ctx) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                ctx.committing = false;
+                let result = if accepted {
+                    ctx.member.commit_accepted(now)
+                } else {
+                    ctx.member.commit_refused()
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "commit verdict not applied");
+                }
+                if let Some(next) = ctx.queued.pop_front() {
+                    self.on_command(next, out);
+                }
+            }
+            RelayMessage::Handshake { call, message, .. } => {
+                if let Some(ctx) = self.calls.get_mut(&call) {
+                    if let Err(e) = ctx.member.handle_message(now, &message) {
+                        tracing::warn!(error = %e, "group message refused");
+                    }
+                }
+            }
+            RelayMessage::Welcome {
+                call,
+                route,
+                welcome,
+                ..
+            } => {
+                if self.calls.contains_key(&call) {
+                    return;
+                }
+                let fresh =
+                    match GroupMember::new(self.config.identity.clone(), self.config.group.clone())
+                    {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no member for the next call");
+                            return;
+                        }
+                    };
+                let mut member = std::mem::replace(&mut self.lobby, fresh);
+                if let Err(e) = member.handle_message(now, &welcome) {
+                    tracing::warn!(error = %e, "welcome refused");
+                    return;
+                }
+                if let Err(e) = self.open_call(call, route, member) {
+                    tracing::warn!(error = %e, "call not opened");
+                    return;
+                }
+                // The lobby's packages went with it: publish the new lobby's.
+                let mut packages = Vec::with_capacity(KEY_PACKAGES);
+                for _ in 0..KEY_PACKAGES {
+                    match self.lobby.key_package(false) {
+                        Ok(p) => packages.push(p),
+                        Err(e) => tracing::warn!(error = %e, "key package not made"),
+                    }
+                }
+                out.push(RelayMessage::PublishKeyPackages {
+                    packages,
+                    last_resort: self.lobby.key_package(true).ok(),
+                });
+            }
+            RelayMessage::Switch { call, epoch } => {
+                if let Some(ctx) = self.calls.get_mut(&call) {
+                    ctx.member.switch(now, viska_group::Epoch(epoch));
+                }
+            }
+            RelayMessage::MemberGone { call, identity } => {
+                // The remaining member with the lowest leaf commits the removal.
+                let Some(ctx) = self.calls.get(&call) else {
+                    return;
+                };
+                let me = ctx.member.own_participant();
+                let first = ctx
+                    .member
+                    .roster()
+                    .iter()
+                    .find(|(_, id)| id.to_bytes() != identity)
+                    .map(|(p, _)| *p);
+                if me.is_some() && me == first {
+                    self.commit_removal(call, identity, out);
+                }
+            }
+            RelayMessage::Removed { call } => {
+                if let Some(mut ctx) = self.calls.remove(&call) {
+                    self.routes.remove(&ctx.route);
+                    let _ = ctx
+                        .session
+                        .handle_input(Input::Command(now, viska_call::Command::Hangup));
+                    ctx.snapshot.ended = true;
+                    lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
+                    self.shared.changed.notify_all();
+                }
+            }
+            RelayMessage::Error { code, call } => {
+                tracing::warn!(?code, "relay refused a request");
+                if let Some(call) = call {
+                    if let Some((_, reply)) = self.creating.remove(&call) {
+                        let _ = reply.send(Err(GroupPhoneError::Refused(code)));
+                    }
+                    if let Some(ctx) = self.calls.get_mut(&call) {
+                        ctx.committing = false;
+                    }
+                }
+            }
+            other => tracing::debug!(message = ?other, "unexpected relay message"),
+        }
+    }
+
+    fn open_call(
+        &mut self,
+        call: CallRef,
+        route: u32,
+        member: GroupMember,
+    ) -> Result<(), GroupPhoneError> {
+        let now = Instant::now();
+        let session = Session::group(self.config.session.clone(), now)
+            .map_err(|e| GroupPhoneError::Protocol(e.to_string()))?;
+        let ctx = CallCtx {
+            member,
+            session,
+            route,
+            source: None,
+            sink: None,
+            pcm: Vec::new(),
+            deadline: now,
+            committing: false,
+            queued: VecDeque::new(),
+            snapshot: GroupCallSnapshot::new(call),
+        };
+        self.calls.insert(call, ctx);
+        self.routes.insert(route, call);
+        Ok(())
+    }
+
+    fn on_datagram(&mut self, datagram: &Bytes) {
+        let Ok((route, frame)) = decode_route(datagram) else {
+            return;
+        };
+        let Some(call) = self.routes.get(&route) else {
+            return;
+        };
+        if let Some(ctx) = self.calls.get_mut(call) {
+            let _ = ctx
+                .session
+                .handle_input(Input::Datagram(Instant::now(), frame));
+        }
+    }
+
+    /// Moves every call's member outputs into its session and the relay, then drains the
+    /// sessions.
+    fn pump_all(&mut self, out: &mut Vec<RelayMessage>) {
+        let now = Instant::now();
+        let audio = Arc::clone(&self.config.audio);
+        for (call, ctx) in self.calls.iter_mut() {
+            while let Some(output) = ctx.member.poll_output() {
+                match output {
+                    GroupOutput::Keys(update) => {
+                        if let Err(e) = ctx.session.handle_input(Input::Keys(now, update)) {
+                            tracing::warn!(error = %e, "keys refused");
+                        }
+                    }
+                    GroupOutput::Ready(epoch) => out.push(RelayMessage::Ready {
+                        call: *call,
+                        epoch: epoch.0,
+                    }),
+                    GroupOutput::Event(event) => match event {
+                        GroupEvent::Epoch { .. } => ctx.snapshot.epochs_seen += 1,
+                        GroupEvent::Failure { .. } => ctx.snapshot.group_failures += 1,
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            drain_session(ctx, &self.conn, &*audio, now, &mut self.out);
+            let s = &mut ctx.snapshot;
+            s.epoch = ctx.member.epoch().map(|e| e.0);
+            s.sending_epoch = ctx.member.sending_epoch().map(|e| e.0);
+            s.verification_code = ctx.member.verification_code();
+            s.roster = ctx.member.roster().clone();
+            s.me = ctx.member.own_participant();
+            s.media = ctx.session.counters();
+            s.received = s
+                .roster
+                .keys()
+                .filter_map(|p| {
+                    ctx.session
+                        .participant_counters(*p)
+                        .map(|c| (*p, c.received))
+                })
+                .collect();
+        }
+        self.publish_snapshots();
+    }
+
+    fn publish_snapshots(&self) {
+        let mut calls = lock(&self.shared.calls);
+        for (call, ctx) in &self.calls {
+            calls.insert(*call, ctx.snapshot.clone());
+        }
+        drop(calls);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// Drains one call's session: datagrams to the relay with the call's route, capture and
+/// playout through the audio end points, audio opened when asked.
+fn drain_session(
+    ctx: &mut CallCtx,
+    conn: &quinn::Connection,
+    audio: &dyn AudioFactory,
+    now: Instant,
+    scratch: &mut Vec<u8>,
+) {
+    loop {
+        match ctx.session.poll_output() {
+            Output::Datagram(bytes) => {
+                scratch.clear();
+                if encode_route(ctx.route, scratch).is_err() {
+                    continue;
+                }
+                scratch.extend_from_slice(bytes);
+                if conn.send_datagram(Bytes::copy_from_slice(scratch)).is_err() {
+                    let _ = ctx.session.handle_input(Input::DatagramRefused(now));
+                }
+            }
+            Output::Capture => {
+                let samples = ctx.session.frame_samples().unwrap_or(0);
+                ctx.pcm.resize(samples, 0);
+                if let Some(source) = ctx.source.as_mut() {
+                    if source.read_frame(&mut ctx.pcm).is_err() {
+                        ctx.pcm.fill(0);
+                    }
+                }
+                let pcm = std::mem::take(&mut ctx.pcm);
+                let _ = ctx.session.handle_input(Input::Captured(now, &pcm));
+                ctx.pcm = pcm;
+            }
+            Output::Play(pcm) => {
+                if let Some(sink) = ctx.sink.as_mut() {
+                    let _ = sink.write_frame(pcm);
+                }
+            }
+            Output::Request(Request::OpenAudio { frame_samples, .. }) => {
+                let status = match (
+                    audio.open_source(frame_samples),
+                    audio.open_sink(frame_samples),
+                ) {
+                    (Ok(source), Ok(sink)) => {
+                        let clocked = source.has_own_clock();
+                        ctx.source = Some(source);
+                        ctx.sink = Some(sink);
+                        AudioStatus::Opened {
+                            source_clocked: clocked,
+                        }
+                    }
+                    _ => AudioStatus::Failed,
+                };
+                let _ = ctx.session.handle_input(Input::Audio(now, status));
+            }
+            Output::Timeout(at) => {
+                ctx.deadline = at;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
