@@ -57,6 +57,17 @@ pub(crate) struct DemoArgs {
     /// latency figures are then not reported, CPU figures leave the probe's work out.
     #[arg(long)]
     no_latency_probe: bool,
+    /// Give each phone 8-byte QUIC connection IDs (quinn's default, which survive NAT
+    /// rebinding) instead of zero-length ones.
+    #[arg(long)]
+    routable_connection_ids: bool,
+    /// Use ECN on the QUIC connection (marks and ACK_ECN counts; off by default).
+    #[arg(long)]
+    ecn: bool,
+    /// Debugging: write the QUIC connection's TLS secrets to the file named by
+    /// `SSLKEYLOGFILE`, so that a packet capture of the call can be decrypted.
+    #[arg(long)]
+    tls_key_log: bool,
     /// Leave the phones' media threads at normal priority (by default they ask for real-time
     /// priority, which the system may refuse).
     #[arg(long)]
@@ -85,7 +96,14 @@ pub(crate) struct Summary {
     added_latency_median_ms: Option<f64>,
     added_latency_p90_ms: Option<f64>,
     frames_late: u64,
+    /// SFrame's share alone: the caller's media datagrams (SFrame header, the payload's own
+    /// framing, tag) minus their Opus bytes, per media packet, over the whole call.
     bytes_overhead_per_packet: Option<f64>,
+    /// Every layer (see `WirePerPacket`), measured on the caller's connection from its first
+    /// once-a-second counters with media flowing to the end of the call.
+    wire_bytes_per_packet: Option<f64>,
+    /// Breakdown of `wire_bytes_per_packet`.
+    wire: Option<WirePerPacket>,
     opus_bytes_per_packet: Option<f64>,
     jitter_buffer_delay_ms: f64,
     /// Audio the callee's playout cut out of / added to speech by time-stretching.
@@ -118,6 +136,53 @@ pub(crate) struct Summary {
     caller_end: String,
     callee_end: String,
     output: PathBuf,
+}
+
+/// What the caller's QUIC connection sent in the measured interval, per media packet sent in
+/// it. `bytes_above_opus` = (every UDP payload byte the connection sent, ACK-only packets,
+/// keep-alives and signaling included, + 28 bytes of IPv4 and UDP header per UDP datagram
+/// − the Opus bytes of the media sent) / media packets sent.
+#[derive(Serialize, Debug)]
+pub(crate) struct WirePerPacket {
+    bytes_above_opus: f64,
+    /// UDP datagrams per media packet (1 = no packet but the media packets).
+    udp_datagrams: f64,
+    /// ACK frames per media packet, alone in a packet or riding on media.
+    ack_frames: f64,
+    /// UDP datagrams that carried no media, per media packet (ACK-only packets, keep-alives,
+    /// signaling).
+    non_media_datagrams: f64,
+    /// Media packets measured.
+    media_packets: u64,
+}
+
+/// `WirePerPacket` between two snapshots of one call, `None` without media in between.
+fn wire_per_packet(
+    base: &viska::phone::CallSnapshot,
+    end: &viska::phone::CallSnapshot,
+) -> Option<WirePerPacket> {
+    use viska::transport::WireCounters;
+    let wire = end.wire.since(&base.wire);
+    let frames = end.media.frames_sent.checked_sub(base.media.frames_sent)?;
+    let opus = end
+        .media
+        .opus_bytes_sent
+        .saturating_sub(base.media.opus_bytes_sent);
+    if frames == 0 {
+        return None;
+    }
+    let per = |x: u64| (x as f64 / frames as f64 * 100.0).round() / 100.0;
+    Some(WirePerPacket {
+        bytes_above_opus: per(wire
+            .wire_bytes(WireCounters::IPV4_UDP_HEADER)
+            .saturating_sub(opus)),
+        udp_datagrams: per(wire.udp_datagrams_sent),
+        ack_frames: per(wire.ack_frames_sent),
+        non_media_datagrams: per(wire
+            .udp_datagrams_sent
+            .saturating_sub(wire.datagram_frames_sent)),
+        media_packets: frames,
+    })
 }
 
 struct AutoAnswer {
@@ -199,6 +264,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         None
     };
     let probe = Arc::new(LatencyProbe::new());
+    let transport = viska::TransportConfig {
+        connection_ids: if args.routable_connection_ids {
+            viska::transport::ConnectionIds::Routable
+        } else {
+            viska::transport::ConnectionIds::ZeroLength
+        },
+        ecn: args.ecn,
+        tls_key_log: args.tls_key_log,
+        ..viska::TransportConfig::default()
+    };
     let callee = demo_phone(
         "callee",
         args.suite,
@@ -214,6 +289,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         }),
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
+        transport.clone(),
     )?;
     let caller = demo_phone(
         "caller",
@@ -227,6 +303,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         impairment,
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
+        transport.clone(),
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
     callee.set_listener(Arc::new(AutoAnswer { calls: tx }));
@@ -257,8 +334,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     // The flag's parser keeps it finite and in range; a bad value is still an error here.
     let talk = Duration::try_from_secs_f64(args.seconds)?;
 
+    // The wire is measured from the first counters read with media flowing (the session
+    // refreshes them once a second), so the handshake and setup are left out.
+    let mut wire_base = None;
     while t0.elapsed() < talk && !call.is_ended() {
         std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));
+        if wire_base.is_none() {
+            let snap = call.snapshot();
+            wire_base = (snap.media.frames_sent > 0).then_some(snap);
+        }
     }
     let wall = t0.elapsed();
     let cpu1 = (caller.cpu_time(), callee.cpu_time());
@@ -337,6 +421,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         a.media.bytes_sent.saturating_sub(a.media.opus_bytes_sent),
         a.media.frames_sent,
     );
+    let wire = wire_base.as_ref().and_then(|base| wire_per_packet(base, &a));
     let summary = Summary {
         frames_sent: a.media.frames_sent,
         frames_received: b.media.frames_received,
@@ -357,6 +442,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         added_latency_p90_ms: latency.added_latency_p90.map(ms),
         frames_late: b.media.playout.late,
         bytes_overhead_per_packet: overhead,
+        wire_bytes_per_packet: wire.as_ref().map(|w| w.bytes_above_opus),
+        wire,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
         jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
         stretch_removed_ms: ms(b.media.playout.stretch_removed),

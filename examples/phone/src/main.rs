@@ -71,6 +71,9 @@ pub(crate) enum SuiteArg {
     Chacha,
     /// AES-128-GCM (RFC 9605 suite 0x0004).
     AesGcm,
+    /// AES-128-CTR with HMAC-SHA256, 80-bit tag (RFC 9605 suite 0x0001): 6 bytes less per
+    /// packet.
+    AesCtrHmac80,
 }
 
 impl SuiteArg {
@@ -83,6 +86,11 @@ impl SuiteArg {
             Self::AesGcm => vec![
                 CipherSuite::Aes128GcmSha256,
                 CipherSuite::ChaCha20Poly1305Sha256,
+            ],
+            Self::AesCtrHmac80 => vec![
+                CipherSuite::AesCtr128HmacSha256_80,
+                CipherSuite::ChaCha20Poly1305Sha256,
+                CipherSuite::Aes128GcmSha256,
             ],
         }
     }
@@ -491,9 +499,11 @@ pub(crate) fn demo_phone(
     impairment: Option<ImpairmentConfig>,
     probe: Option<Arc<LatencyProbe>>,
     realtime: bool,
+    transport: viska::TransportConfig,
 ) -> Result<Phone, BoxError> {
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
+        .transport(transport)
         .opus(OpusConfig {
             bitrate_bps: bitrate,
             ..OpusConfig::default()
