@@ -17,22 +17,25 @@ pub(crate) const MAX_TAG_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CipherSuite {
-    /// ChaCha20-Poly1305 with HKDF-SHA256 (Viska's default; private-use suite id 0xF001).
+    /// ChaCha20-Poly1305 with HKDF-SHA256 (private-use suite id 0xF001; Viska's default before
+    /// the 80-bit-tag suite).
     ChaCha20Poly1305Sha256,
     /// AES_128_GCM_SHA256_128 (RFC 9605 suite 0x0004), for interoperability.
     Aes128GcmSha256,
     /// AES_128_CTR_HMAC_SHA256_80 (RFC 9605 suite 0x0001): AES-128 in counter mode, HMAC-SHA256
     /// truncated to an 80-bit tag (RFC 9605 §4.5.1), the tag length of SRTP's default suite.
-    /// Six bytes fewer per frame than the AEAD suites.
+    /// Six bytes fewer per frame than the AEAD suites; Viska's default.
     AesCtr128HmacSha256_80,
 }
 
 impl CipherSuite {
-    /// Every suite, in order of preference.
+    /// Every suite, in order of preference: the 80-bit-tag suite first (six bytes less on
+    /// every media packet; its security argument is in `docs/security.md`), then the two
+    /// AEAD suites with 128-bit tags.
     pub const ALL: [CipherSuite; 3] = [
+        Self::AesCtr128HmacSha256_80,
         Self::ChaCha20Poly1305Sha256,
         Self::Aes128GcmSha256,
-        Self::AesCtr128HmacSha256_80,
     ];
 
     /// The 16-bit suite identifier that goes into the key-derivation labels.

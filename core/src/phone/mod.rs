@@ -182,10 +182,7 @@ impl PhoneConfig {
             config: Self {
                 name: name.into(),
                 identity,
-                suites: vec![
-                    CipherSuite::ChaCha20Poly1305Sha256,
-                    CipherSuite::Aes128GcmSha256,
-                ],
+                suites: CipherSuite::ALL.to_vec(),
                 opus: OpusConfig::default(),
                 jitter: JitterConfig::default(),
                 transport: TransportConfig::default(),

@@ -206,12 +206,14 @@ impl QuicEndpoint {
         config: &TransportConfig,
     ) -> Result<Self, TransportError> {
         let transport = Arc::new(config.quinn()?);
-        let server_crypto = QuicServerConfig::try_from(tls::server_config(&cert, config.tls_key_log)?)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let server_crypto =
+            QuicServerConfig::try_from(tls::server_config(&cert, config.tls_key_log)?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(transport.clone());
-        let client_crypto = QuicClientConfig::try_from(tls::client_config(&cert, config.tls_key_log)?)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let client_crypto =
+            QuicClientConfig::try_from(tls::client_config(&cert, config.tls_key_log)?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
         let runtime = runtime::PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
@@ -361,14 +363,20 @@ impl WireCounters {
     #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
-            udp_datagrams_sent: self.udp_datagrams_sent.saturating_sub(earlier.udp_datagrams_sent),
+            udp_datagrams_sent: self
+                .udp_datagrams_sent
+                .saturating_sub(earlier.udp_datagrams_sent),
             udp_bytes_sent: self.udp_bytes_sent.saturating_sub(earlier.udp_bytes_sent),
             ack_frames_sent: self.ack_frames_sent.saturating_sub(earlier.ack_frames_sent),
             datagram_frames_sent: self
                 .datagram_frames_sent
                 .saturating_sub(earlier.datagram_frames_sent),
-            stream_frames_sent: self.stream_frames_sent.saturating_sub(earlier.stream_frames_sent),
-            ping_frames_sent: self.ping_frames_sent.saturating_sub(earlier.ping_frames_sent),
+            stream_frames_sent: self
+                .stream_frames_sent
+                .saturating_sub(earlier.stream_frames_sent),
+            ping_frames_sent: self
+                .ping_frames_sent
+                .saturating_sub(earlier.ping_frames_sent),
         }
     }
 

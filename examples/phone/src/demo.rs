@@ -35,7 +35,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 0, value_parser = parse_impairment_millis)]
     delay: u64,
     /// SFrame cipher suite.
-    #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
+    #[arg(long, value_enum, default_value_t = SuiteArg::AesCtrHmac80)]
     suite: SuiteArg,
     /// Opus bitrate in bits per second.
     #[arg(long, default_value_t = 32_000)]
@@ -421,7 +421,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         a.media.bytes_sent.saturating_sub(a.media.opus_bytes_sent),
         a.media.frames_sent,
     );
-    let wire = wire_base.as_ref().and_then(|base| wire_per_packet(base, &a));
+    let wire = wire_base
+        .as_ref()
+        .and_then(|base| wire_per_packet(base, &a));
     let summary = Summary {
         frames_sent: a.media.frames_sent,
         frames_received: b.media.frames_received,

@@ -67,12 +67,12 @@ enum Cmd {
 /// Cipher suite names on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum SuiteArg {
-    /// ChaCha20-Poly1305 (default).
+    /// ChaCha20-Poly1305.
     Chacha,
     /// AES-128-GCM (RFC 9605 suite 0x0004).
     AesGcm,
-    /// AES-128-CTR with HMAC-SHA256, 80-bit tag (RFC 9605 suite 0x0001): 6 bytes less per
-    /// packet.
+    /// AES-128-CTR with HMAC-SHA256, 80-bit tag (RFC 9605 suite 0x0001; the default): 6 bytes
+    /// less per packet.
     AesCtrHmac80,
 }
 
@@ -111,7 +111,7 @@ struct MediaArgs {
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
     /// Preferred SFrame cipher suite.
-    #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
+    #[arg(long, value_enum, default_value_t = SuiteArg::AesCtrHmac80)]
     suite: SuiteArg,
     /// Microphone by name (see `devices`); default: the system's default input.
     #[arg(long)]
