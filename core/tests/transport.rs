@@ -126,7 +126,11 @@ async fn both_connection_id_kinds_keep_two_callers_apart() {
             c2.send_media(&[i ^ 0xff; 60]).expect("send two");
         }
         for i in 0..20u8 {
-            assert_eq!(&c1.recv_media().await.expect("one")[..], &[i; 100][..], "{ids:?}");
+            assert_eq!(
+                &c1.recv_media().await.expect("one")[..],
+                &[i; 100][..],
+                "{ids:?}"
+            );
             assert_eq!(
                 &c2.recv_media().await.expect("two")[..],
                 &[i ^ 0xff; 60][..],

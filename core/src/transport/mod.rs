@@ -67,19 +67,25 @@ pub enum TransportError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionIds {
-    /// None at all (zero-length): 8 bytes less in every packet the peer sends. The endpoint
-    /// then tells its connections apart by the peer's address and port, so a connection does
-    /// not survive the peer's address changing (a NAT rebinding its port after an idle
-    /// spell, a phone moving from Wi-Fi to mobile data): the peer's packets from the new
-    /// address match no connection and are dropped, and the call ends at the idle timeout.
-    /// The right choice for a direct call between two phones, whose keep-alives hold NAT
-    /// bindings open; the default.
-    #[default]
-    ZeroLength,
     /// 8 random bytes (quinn's default): the peer's packets are recognised by their ID
-    /// whatever address they come from, so the connection survives NAT rebinding, and a
-    /// server can route by ID. For a relay, or where clients move between networks.
+    /// whatever address they come from, so one endpoint can hold any number of connections
+    /// with one peer address, a connection survives NAT rebinding, and a server can route by
+    /// ID. The default.
+    #[default]
     Routable,
+    /// None at all (zero-length): 8 bytes less in every packet the peer sends. The endpoint
+    /// then tells its connections apart by the peer's address and port alone, which costs:
+    ///
+    /// - a connection does not survive the peer's address changing (a NAT rebinding its
+    ///   port, a phone moving from Wi-Fi to mobile data): the peer's packets from the new
+    ///   address match no connection and are dropped, and the call ends at the idle timeout;
+    /// - the endpoint can hold only one connection per peer address: a second call between
+    ///   the same two endpoints (two calls to one peer, or both dialing each other at once)
+    ///   gets the first one's packets and fails.
+    ///
+    /// For a direct call between two fixed endpoints that never have two calls with each
+    /// other; keep-alives (every 2 s by default) hold NAT bindings open meanwhile.
+    ZeroLength,
 }
 
 /// Issues zero-length connection IDs ([`ConnectionIds::ZeroLength`]).
@@ -112,8 +118,8 @@ pub struct TransportConfig {
     pub datagram_send_buffer: usize,
     /// Bytes of received datagrams quinn holds until the call reads them.
     pub datagram_receive_buffer: usize,
-    /// Connection IDs this endpoint asks peers to use (zero-length by default; see
-    /// [`ConnectionIds`] for what that gives up).
+    /// Connection IDs this endpoint asks peers to use (8 bytes by default; see
+    /// [`ConnectionIds`] for what zero-length ones save and give up).
     pub connection_ids: ConnectionIds,
     /// Use ECN (RFC 3168): mark packets ECN-capable and report the marks received in every
     /// ACK (ACK_ECN frames, 3 counts). Off by default: the counts add 3 to 12 bytes to the ACK

@@ -57,10 +57,10 @@ pub(crate) struct DemoArgs {
     /// latency figures are then not reported, CPU figures leave the probe's work out.
     #[arg(long)]
     no_latency_probe: bool,
-    /// Give each phone 8-byte QUIC connection IDs (quinn's default, which survive NAT
-    /// rebinding) instead of zero-length ones.
+    /// Give each phone zero-length QUIC connection IDs instead of 8-byte ones: 8 bytes less
+    /// per packet, but no survival of NAT rebinding and one connection per peer address.
     #[arg(long)]
-    routable_connection_ids: bool,
+    zero_length_connection_ids: bool,
     /// Use ECN on the QUIC connection (marks and ACK_ECN counts; off by default).
     #[arg(long)]
     ecn: bool,
@@ -265,10 +265,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     };
     let probe = Arc::new(LatencyProbe::new());
     let transport = viska::TransportConfig {
-        connection_ids: if args.routable_connection_ids {
-            viska::transport::ConnectionIds::Routable
-        } else {
+        connection_ids: if args.zero_length_connection_ids {
             viska::transport::ConnectionIds::ZeroLength
+        } else {
+            viska::transport::ConnectionIds::Routable
         },
         ecn: args.ecn,
         tls_key_log: args.tls_key_log,
