@@ -122,8 +122,8 @@ pub struct TransportConfig {
     /// [`ConnectionIds`] for what zero-length ones save and give up).
     pub connection_ids: ConnectionIds,
     /// Use ECN (RFC 3168): mark packets ECN-capable and report the marks received in every
-    /// ACK (ACK_ECN frames, 3 counts). Off by default: the counts add 3 to 12 bytes to the ACK
-    /// that rides on nearly every media packet, while a 32 kbit/s voice stream gains little
+    /// ACK (ACK_ECN frames, 3 counts). Off by default: the counts add 4 bytes (6 after 16 383
+    /// packets) to the ACK that rides on nearly every media packet, while a 32 kbit/s voice stream gains little
     /// from early congestion signals (loss still drives quinn's congestion control).
     pub ecn: bool,
     /// Debugging only: write the TLS session secrets to the file named by the
