@@ -14,7 +14,7 @@ use viska::call::CallState;
 use viska::netem::{ImpairmentConfig, MAX_DELAY};
 use viska::phone::{FileAudio, LatencyProbe, PhoneListener};
 
-use crate::{BoxError, SuiteArg, demo_phone};
+use crate::{BoxError, DemoLink, SuiteArg, demo_phone};
 
 /// The bundled speech sample (espeak-ng, 16 kHz mono).
 const SPEECH: &[u8] = include_bytes!("../assets/speech.wav");
@@ -283,13 +283,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             loop_input: false,
             output: Some(args.output.clone()),
         },
-        impairment.clone().map(|mut i| {
-            i.seed = i.seed.wrapping_add(1);
-            i
-        }),
+        DemoLink {
+            transport: transport.clone(),
+            impairment: impairment.clone().map(|mut i| {
+                i.seed = i.seed.wrapping_add(1);
+                i
+            }),
+        },
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
-        transport.clone(),
     )?;
     let caller = demo_phone(
         "caller",
@@ -300,10 +302,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             loop_input: true,
             output: None,
         },
-        impairment,
+        DemoLink {
+            transport,
+            impairment,
+        },
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
-        transport.clone(),
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
     callee.set_listener(Arc::new(AutoAnswer { calls: tx }));

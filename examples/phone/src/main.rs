@@ -490,17 +490,26 @@ fn call_command(call: &CallHandle, line: &str) -> Next {
     Next::Continue
 }
 
+/// How a demo phone reaches the other: its QUIC settings and the impairment of what it sends.
+pub(crate) struct DemoLink {
+    pub(crate) transport: viska::TransportConfig,
+    pub(crate) impairment: Option<ImpairmentConfig>,
+}
+
 /// Identity for the demo's two phones and the measurement hooks.
 pub(crate) fn demo_phone(
     name: &str,
     suite: SuiteArg,
     bitrate: u32,
     audio: FileAudio,
-    impairment: Option<ImpairmentConfig>,
+    link: DemoLink,
     probe: Option<Arc<LatencyProbe>>,
     realtime: bool,
-    transport: viska::TransportConfig,
 ) -> Result<Phone, BoxError> {
+    let DemoLink {
+        transport,
+        impairment,
+    } = link;
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
         .transport(transport)
