@@ -24,6 +24,13 @@ use subtle::ConstantTimeEq;
 
 use crate::suite::{AeadFailure, NONCE_LEN};
 
+// The expanded AES key wipes itself on drop only with the `zeroize` feature of `aes`; this
+// fails to compile if it is ever turned off. (The HMAC state is checked in `key.rs`.)
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<Aes128>();
+};
+
 /// AES-128 key bytes at the start of `sframe_key` (Nka).
 const ENC_KEY_LEN: usize = 16;
 /// HMAC-SHA256 key bytes after them (Nh).

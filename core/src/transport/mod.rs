@@ -88,7 +88,7 @@ pub enum ConnectionIds {
     ZeroLength,
 }
 
-/// Issues zero-length connection IDs ([`ConnectionIds::ZeroLength`]).
+/// Issues zero-length connection IDs (`ConnectionIds::ZeroLength`).
 #[derive(Debug)]
 struct ZeroLengthIds;
 
@@ -119,7 +119,7 @@ pub struct TransportConfig {
     /// Bytes of received datagrams quinn holds until the call reads them.
     pub datagram_receive_buffer: usize,
     /// Connection IDs this endpoint asks peers to use (8 bytes by default; see
-    /// [`ConnectionIds`] for what zero-length ones save and give up).
+    /// `ConnectionIds` for what zero-length ones save and give up).
     pub connection_ids: ConnectionIds,
     /// Use ECN (RFC 3168): mark packets ECN-capable and report the marks received in every
     /// ACK (ACK_ECN frames, 3 counts). Off by default: the counts add 4 bytes (6 after 16 383
