@@ -31,7 +31,7 @@ pub use phone::{
     CallHandle, CallListener, CallSnapshot, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder,
     PhoneError, PhoneEvent, PhoneListener,
 };
-pub use transport::{TransportConfig, TransportError};
+pub use transport::{ConnectionIds, TransportConfig, TransportError, WireCounters};
 pub use viska_e2ee::identity;
 pub use viska_session as session;
 

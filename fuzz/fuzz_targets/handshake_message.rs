@@ -21,6 +21,7 @@ fn config(secret: u8) -> HandshakeConfig {
     HandshakeConfig {
         identity: IdentityKeyPair::from_secret_bytes(&[secret; 32]).expect("32 bytes"),
         suites: vec![
+            CipherSuite::AesCtr128HmacSha256_80,
             CipherSuite::ChaCha20Poly1305Sha256,
             CipherSuite::Aes128GcmSha256,
         ],

@@ -73,7 +73,8 @@ enum Op {
 struct Input {
     ten_ms_frames: bool,
     dtx: bool,
-    aes: bool,
+    /// Which of `CipherSuite::ALL` the call uses (modulo their number).
+    suite: u8,
     ops: Vec<Op>,
 }
 
@@ -118,14 +119,11 @@ fn run_handshake(suite: CipherSuite) -> (SessionKeys, SessionKeys) {
     (caller_keys, callee_keys)
 }
 
-fn session_keys(aes: bool) -> &'static (SessionKeys, SessionKeys) {
-    static KEYS: [OnceLock<(SessionKeys, SessionKeys)>; 2] = [const { OnceLock::new() }; 2];
-    let suite = if aes {
-        CipherSuite::Aes128GcmSha256
-    } else {
-        CipherSuite::ChaCha20Poly1305Sha256
-    };
-    KEYS[usize::from(aes)].get_or_init(|| run_handshake(suite))
+fn session_keys(suite: u8) -> &'static (SessionKeys, SessionKeys) {
+    static KEYS: [OnceLock<(SessionKeys, SessionKeys)>; CipherSuite::ALL.len()] =
+        [const { OnceLock::new() }; CipherSuite::ALL.len()];
+    let index = usize::from(suite) % CipherSuite::ALL.len();
+    KEYS[index].get_or_init(|| run_handshake(CipherSuite::ALL[index]))
 }
 
 /// The virtual clock's origin: the one clock reading of the process, shared by every input.
@@ -418,7 +416,7 @@ impl Call {
 }
 
 fuzz_target!(|input: Input| {
-    let (caller_keys, callee_keys) = session_keys(input.aes);
+    let (caller_keys, callee_keys) = session_keys(input.suite);
     let frame = if input.ten_ms_frames {
         FrameDuration::Ms10
     } else {

@@ -57,7 +57,7 @@ impl CallConfig {
     /// A configuration with the default suites, media parameters and timers.
     pub fn new(role: Role, identity: IdentityKeyPair, binding: ChannelBinding) -> Self {
         let suites = CipherSuite::ALL.to_vec();
-        let suite = SuiteId(CipherSuite::ChaCha20Poly1305Sha256.id());
+        let suite = SuiteId(CipherSuite::ALL[0].id());
         Self {
             role,
             identity,

@@ -1107,7 +1107,7 @@ fn an_invite_with_a_bitrate_opus_does_not_take_is_rejected() {
 /// the Invite's suite.
 #[test]
 fn an_invite_naming_a_suite_the_callee_does_not_accept_is_rejected() {
-    invite_rewritten(|media| media.suite = SuiteId(0x0001));
+    invite_rewritten(|media| media.suite = SuiteId(0x0002));
 }
 
 /// Encrypted control frames before the keys exist come from a peer that has not
@@ -1149,7 +1149,7 @@ fn invalid_configs_are_refused() {
         Err(CallError::InvalidConfig(_))
     ));
     let mut config = CallConfig::new(Role::Caller, identity(3), binding());
-    config.media.suite = SuiteId(0x0001);
+    config.media.suite = SuiteId(0x0002);
     assert!(matches!(
         Call::new(config, now, &mut rng),
         Err(CallError::InvalidConfig(_))

@@ -118,8 +118,8 @@ pub fn implied_timestamp(ctr: u64, duration: FrameDuration) -> u32 {
 /// suite, KID and counter and no explicit timestamp: the SFrame header (config byte, KID bytes
 /// when `kid >= 8`, CTR bytes when `ctr >= 8`), the flags byte and the AEAD tag.
 ///
-/// With KID below 8 and a counter below 65536 this is 1 + 2 + 1 + 16 = 20 bytes (18 while the
-/// counter is below 8, 19 below 256).
+/// With KID below 8 and a counter below 65536 this is 1 + 2 + 1 + 16 = 20 bytes with a 16-byte
+/// tag (18 while the counter is below 8, 19 below 256), and 14 with the 80-bit-tag suite.
 pub fn media_overhead(suite: CipherSuite, kid: KeyId, ctr: u64) -> usize {
     viska_sframe::overhead(suite, kid, ctr) + MEDIA_FLAGS_LEN
 }
@@ -311,17 +311,27 @@ mod tests {
     #[test]
     fn overhead_numbers() {
         for suite in CipherSuite::ALL {
-            assert_eq!(media_overhead(suite, KeyId(0), 0), 18);
-            assert_eq!(media_overhead(suite, KeyId(7), 7), 18);
-            assert_eq!(media_overhead(suite, KeyId(0), 8), 19);
-            assert_eq!(media_overhead(suite, KeyId(0), 255), 19);
-            assert_eq!(media_overhead(suite, KeyId(0), 256), 20);
-            assert_eq!(media_overhead(suite, KeyId(3), 65_535), 20);
-            assert_eq!(media_overhead(suite, KeyId(3), 65_536), 21);
-            assert_eq!(media_overhead(suite, KeyId(8), 1000), 21);
+            // Header, flags byte and tag: 16-byte tags but for the 80-bit-tag suite.
+            let tag = suite.tag_len();
+            assert_eq!(media_overhead(suite, KeyId(0), 0), 2 + tag);
+            assert_eq!(media_overhead(suite, KeyId(7), 7), 2 + tag);
+            assert_eq!(media_overhead(suite, KeyId(0), 8), 3 + tag);
+            assert_eq!(media_overhead(suite, KeyId(0), 255), 3 + tag);
+            assert_eq!(media_overhead(suite, KeyId(0), 256), 4 + tag);
+            assert_eq!(media_overhead(suite, KeyId(3), 65_535), 4 + tag);
+            assert_eq!(media_overhead(suite, KeyId(3), 65_536), 5 + tag);
+            assert_eq!(media_overhead(suite, KeyId(8), 1000), 5 + tag);
             // After 65 536 frames (about 22 minutes of 20 ms frames) the counter takes 3 bytes.
-            assert_eq!(media_overhead(suite, KeyId(1), 3 * 60 * 60 * 50), 21);
+            assert_eq!(media_overhead(suite, KeyId(1), 3 * 60 * 60 * 50), 5 + tag);
         }
+        assert_eq!(
+            media_overhead(CipherSuite::AesCtr128HmacSha256_80, KeyId(3), 65_535),
+            14
+        );
+        assert_eq!(
+            media_overhead(CipherSuite::ChaCha20Poly1305Sha256, KeyId(3), 65_535),
+            20
+        );
     }
 
     #[test]

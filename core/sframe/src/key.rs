@@ -29,7 +29,8 @@ pub const SALT_LABEL_PREFIX: &[u8] = b"SFrame 1.0 Secret salt ";
 
 const KEY_LABEL_LEN: usize = 22 + 8 + 2;
 const SALT_LABEL_LEN: usize = 23 + 8 + 2;
-const MAX_KEY_LEN: usize = 32;
+/// The longest Nk: 48 bytes for the CTR+HMAC suite (AES key and HMAC key).
+const MAX_KEY_LEN: usize = 48;
 
 /// An SFrame key identifier (KID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,7 +165,7 @@ impl DerivedKey {
         let key_dst = derived
             .key
             .get_mut(..suite.key_len())
-            .ok_or(SframeError::Internal("key length above 32"))?;
+            .ok_or(SframeError::Internal("key length above 48"))?;
         // Expand only fails for outputs over 255 hash lengths; Nk and Nn are far below.
         hkdf.expand(&key_label(kid, suite.id()), key_dst)
             .map_err(|_| SframeError::Internal("HKDF-Expand refused the key length"))?;

@@ -9,7 +9,7 @@ use crate::header::SframeHeader;
 use crate::key::{BaseKey, KeyContext, KeyId};
 use crate::replay::{ReplayConfig, ReplayVerdict, ReplayWindow};
 use crate::sender::with_aad;
-use crate::suite::{CipherSuite, TAG_LEN};
+use crate::suite::CipherSuite;
 
 /// A frame that authenticated: who sent it (KID), its counter, and the plaintext length written
 /// at the start of the caller's buffer.
@@ -133,18 +133,16 @@ impl SframeReceiver {
             }
         };
         let (header_bytes, body) = frame.split_at(header_len);
-        let Some(ciphertext_len) = body.len().checked_sub(TAG_LEN) else {
+        let tag_len = self.suite.tag_len();
+        let Some(ciphertext_len) = body.len().checked_sub(tag_len) else {
             self.stats.malformed += 1;
             return Err(SframeError::TruncatedFrame {
                 len: body.len(),
                 header_len,
-                tag_len: TAG_LEN,
+                tag_len,
             });
         };
         let (ciphertext, tag) = body.split_at(ciphertext_len);
-        let tag: &[u8; TAG_LEN] = tag
-            .try_into()
-            .map_err(|_| SframeError::Internal("tag slice length"))?;
 
         let SframeHeader { kid, ctr } = header;
         let Some(entry) = self.keys.get_mut(&kid) else {

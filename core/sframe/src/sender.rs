@@ -5,7 +5,7 @@ use chacha20poly1305::aead::inout::InOutBuf;
 use crate::error::SframeError;
 use crate::header::{MAX_HEADER_LEN, SframeHeader};
 use crate::key::{BaseKey, KeyContext, KeyId, SendKey};
-use crate::suite::{CipherSuite, TAG_LEN};
+use crate::suite::CipherSuite;
 
 /// One past the largest counter: the whole 64-bit counter space.
 const COUNTER_SPACE: u128 = 1 << 64;
@@ -163,7 +163,7 @@ impl SframeSender {
     /// and tag); size `out` for [`Self::protect`] with it.
     pub fn protected_len(&self, plaintext_len: usize) -> usize {
         let ctr = self.next_counter().unwrap_or(u64::MAX);
-        SframeHeader { kid: self.kid, ctr }.encoded_len() + plaintext_len + TAG_LEN
+        SframeHeader { kid: self.kid, ctr }.encoded_len() + plaintext_len + self.suite.tag_len()
     }
 
     /// Encrypts `plaintext` into `out` as `header || ciphertext || tag` and returns the bytes
@@ -186,7 +186,7 @@ impl SframeSender {
         let header_len = header.encoded_len();
         let needed = header_len
             .checked_add(plaintext.len())
-            .and_then(|n| n.checked_add(TAG_LEN))
+            .and_then(|n| n.checked_add(self.suite.tag_len()))
             .ok_or(SframeError::MessageTooLong)?;
         let available = out.len();
         let frame = out
@@ -199,9 +199,10 @@ impl SframeSender {
             .map_err(|_| SframeError::Internal("ciphertext slice length"))?;
         let nonce = self.key.nonce(ctr);
         let aead = &self.key.aead;
-        let tag = with_aad(header_dst, metadata, |aad| aead.seal(&nonce, aad, inout))
-            .map_err(|_| SframeError::MessageTooLong)?;
-        tag_dst.copy_from_slice(&tag);
+        with_aad(header_dst, metadata, |aad| {
+            aead.seal(&nonce, aad, inout, tag_dst)
+        })
+        .map_err(|_| SframeError::MessageTooLong)?;
         self.next = u128::from(ctr) + 1;
         Ok(needed)
     }

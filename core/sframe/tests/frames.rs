@@ -55,7 +55,7 @@ fn round_trip_with_and_without_metadata() {
                 );
                 if size > 8 {
                     assert_ne!(
-                        &frame[frame.len() - 16 - size..frame.len() - 16],
+                        &frame[frame.len() - suite.tag_len() - size..frame.len() - suite.tag_len()],
                         &plaintext[..]
                     );
                 }
@@ -346,11 +346,11 @@ fn distinct_errors_for_distinct_failures() {
             Err(SframeError::MalformedHeader(HeaderError::Truncated { .. }))
         ));
         assert_eq!(
-            rx.unprotect(b"", &frame[..16], &mut out),
+            rx.unprotect(b"", &frame[..suite.tag_len()], &mut out),
             Err(SframeError::TruncatedFrame {
-                len: 15,
+                len: suite.tag_len() - 1,
                 header_len: 1,
-                tag_len: 16
+                tag_len: suite.tag_len()
             })
         );
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Interoperability with an independent RFC 9605 implementation (the `sframe` crate, RustCrypto
-//! backend) on the shared suite AES_128_GCM_SHA256_128 (0x0004), in both directions.
+//! backend) on the shared suites AES_128_GCM_SHA256_128 (0x0004) and
+//! AES_128_CTR_HMAC_SHA256_80 (0x0001), in both directions.
 
 use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
 use sframe::key::{DecryptionKey, EncryptionKey};
@@ -7,7 +8,17 @@ use viska_sframe::{
     BaseKey, CipherSuite, KeyId, ReplayConfig, SframeError, SframeReceiver, SframeSender,
 };
 
-const SUITE: CipherSuite = CipherSuite::Aes128GcmSha256;
+/// The suites both implementations speak, ours and theirs.
+const SUITES: [(CipherSuite, sframe::CipherSuite); 2] = [
+    (
+        CipherSuite::Aes128GcmSha256,
+        sframe::CipherSuite::AesGcm128Sha256,
+    ),
+    (
+        CipherSuite::AesCtr128HmacSha256_80,
+        sframe::CipherSuite::AesCtr128HmacSha256_80,
+    ),
+];
 
 /// KIDs and counters that exercise every header form: inline, 1-byte and 8-byte fields.
 const CASES: [(u64, u64); 6] = [
@@ -25,23 +36,32 @@ fn payload(len: usize) -> Vec<u8> {
 
 #[test]
 fn viska_frames_open_in_sframe_crate() {
+    for (ours, theirs) in SUITES {
+        viska_frames_open_in_sframe_crate_with(ours, theirs);
+    }
+}
+
+#[test]
+fn sframe_crate_frames_open_in_viska() {
+    for (ours, theirs) in SUITES {
+        sframe_crate_frames_open_in_viska_with(ours, theirs);
+    }
+}
+
+fn viska_frames_open_in_sframe_crate_with(suite: CipherSuite, theirs: sframe::CipherSuite) {
     let base = BaseKey::new((0u8..16).collect());
     for (kid, ctr) in CASES {
         for metadata in [&b""[..], b"IETF SFrame WG"] {
             for len in [0, 60, 160] {
                 let plaintext = payload(len);
-                let mut tx = SframeSender::starting_at(SUITE, KeyId(kid), &base, ctr).expect("tx");
+                let mut tx = SframeSender::starting_at(suite, KeyId(kid), &base, ctr).expect("tx");
                 let mut frame = vec![0u8; tx.protected_len(len)];
                 let n = tx
                     .protect(metadata, &plaintext, &mut frame)
                     .expect("protect");
 
-                let key = DecryptionKey::derive_from(
-                    sframe::CipherSuite::AesGcm128Sha256,
-                    kid,
-                    base.expose_secret(),
-                )
-                .expect("their key");
+                let key = DecryptionKey::derive_from(theirs, kid, base.expose_secret())
+                    .expect("their key");
                 let view = EncryptedFrameView::try_with_meta_data(&frame[..n], metadata)
                     .expect("their header parse");
                 assert_eq!(view.header().key_id(), kid);
@@ -51,7 +71,7 @@ fn viska_frames_open_in_sframe_crate() {
                 assert_eq!(
                     opened.payload(),
                     &plaintext[..],
-                    "kid {kid} ctr {ctr} len {len}"
+                    "{suite:?} kid {kid} ctr {ctr} len {len}"
                 );
                 assert_eq!(opened.counter(), ctr);
             }
@@ -59,17 +79,11 @@ fn viska_frames_open_in_sframe_crate() {
     }
 }
 
-#[test]
-fn sframe_crate_frames_open_in_viska() {
+fn sframe_crate_frames_open_in_viska_with(suite: CipherSuite, theirs: sframe::CipherSuite) {
     let base = BaseKey::new(vec![0x42; 16]);
     for (kid, ctr) in CASES {
-        let key = EncryptionKey::derive_from(
-            sframe::CipherSuite::AesGcm128Sha256,
-            kid,
-            base.expose_secret(),
-        )
-        .expect("their key");
-        let mut rx = SframeReceiver::new(SUITE, ReplayConfig::default()).expect("rx");
+        let key = EncryptionKey::derive_from(theirs, kid, base.expose_secret()).expect("their key");
+        let mut rx = SframeReceiver::new(suite, ReplayConfig::default()).expect("rx");
         rx.add_key(KeyId(kid), &base).expect("add key");
         for metadata in [&b""[..], b"routing"] {
             // Same counter twice under different metadata would be a replay; use two counters.

@@ -1,10 +1,12 @@
-//! Known-answer tests: RFC 9605 Appendix C (headers, and the AES_128_GCM_SHA256_128 frame) and
+//! Known-answer tests: RFC 9605 Appendix C (headers, the AES_128_GCM_SHA256_128 and
+//! AES_128_CTR_HMAC_SHA256_80 frames) and
 //! Viska's own vectors for the private-use ChaCha20-Poly1305 suite 0xF001.
 
 use serde::Deserialize;
 use viska_sframe::key::{DerivedKey, key_label, salt_label};
 use viska_sframe::{
-    BaseKey, CipherSuite, KeyId, ReplayConfig, SframeHeader, SframeReceiver, SframeSender,
+    BaseKey, CipherSuite, KeyId, ReplayConfig, SframeError, SframeHeader, SframeReceiver,
+    SframeSender,
 };
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -158,6 +160,58 @@ fn rfc_aes_128_gcm_frame_vector() {
     assert_eq!(vectors.len(), 1);
     for v in vectors {
         check_frame_vector(v);
+    }
+}
+
+/// RFC 9605 Appendix C.3, suite 0x0001: the AES-CTR + HMAC-SHA256 construction of §4.5.1 with
+/// its 80-bit tag (48-byte `sframe_key`, 10-byte tag).
+#[test]
+fn rfc_aes_128_ctr_hmac_sha256_80_frame_vector() {
+    let file = rfc();
+    let vectors: Vec<_> = file
+        .sframe
+        .iter()
+        .filter(|v| v.cipher_suite == 0x0001)
+        .collect();
+    assert_eq!(vectors.len(), 1);
+    for v in vectors {
+        check_frame_vector(v);
+        let suite = CipherSuite::AesCtr128HmacSha256_80;
+        let (kid, base_key) = (KeyId(v.kid), BaseKey::new(unhex(&v.base_key)));
+        let (metadata, frame) = (unhex(&v.metadata), unhex(&v.ct));
+        assert_eq!(
+            frame.len(),
+            SframeHeader { kid, ctr: v.ctr }.encoded_len() + unhex(&v.pt).len() + 10
+        );
+        // Every bit of the frame (header, ciphertext, tag) and of the metadata is
+        // authenticated: each flip is refused, and the window stays open for the original.
+        let mut receiver = SframeReceiver::new(suite, ReplayConfig::default()).expect("receiver");
+        receiver.add_key(kid, &base_key).expect("add key");
+        let mut out = vec![0u8; frame.len()];
+        for bit in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                receiver.unprotect(&metadata, &bad, &mut out).is_err(),
+                "bit {bit} flipped and accepted"
+            );
+        }
+        let mut other_metadata = metadata.clone();
+        other_metadata[0] ^= 1;
+        assert_eq!(
+            receiver.unprotect(&other_metadata, &frame, &mut out),
+            Err(SframeError::AuthenticationFailed)
+        );
+        // Shorter than the 10-byte tag after the header: malformed, not a panic.
+        let header_len = SframeHeader { kid, ctr: v.ctr }.encoded_len();
+        assert!(matches!(
+            receiver.unprotect(&metadata, &frame[..header_len + 9], &mut out),
+            Err(SframeError::TruncatedFrame { tag_len: 10, .. })
+        ));
+        let got = receiver
+            .unprotect(&metadata, &frame, &mut out)
+            .expect("the original still opens");
+        assert_eq!(&out[..got.len], &unhex(&v.pt)[..]);
     }
 }
 

@@ -652,6 +652,7 @@ impl Call {
                     snap.stats = stats.clone();
                     snap.media = session.counters();
                     snap.signaling = session.signaling_counters();
+                    snap.wire = self.conn.wire_counters();
                 }
                 let _ = session.handle_input(Input::TransportRtt(now, self.conn.rtt()));
                 CallUpdate::Stats(stats)

@@ -34,7 +34,9 @@ use viska_proto::{CallId, DtmfEvent, FrameDuration, ProtoError};
 use viska_session::{MediaCounters, SignalingCounters};
 use viska_sframe::CipherSuite;
 
-use crate::transport::{LocalCertificate, QuicEndpoint, TransportConfig, TransportError};
+use crate::transport::{
+    LocalCertificate, QuicEndpoint, TransportConfig, TransportError, WireCounters,
+};
 use events::{EventQueue, Item};
 
 #[cfg(feature = "device")]
@@ -180,10 +182,7 @@ impl PhoneConfig {
             config: Self {
                 name: name.into(),
                 identity,
-                suites: vec![
-                    CipherSuite::ChaCha20Poly1305Sha256,
-                    CipherSuite::Aes128GcmSha256,
-                ],
+                suites: CipherSuite::ALL.to_vec(),
                 opus: OpusConfig::default(),
                 jitter: JitterConfig::default(),
                 transport: TransportConfig::default(),
@@ -650,6 +649,10 @@ pub struct CallSnapshot {
     pub setup_time: Option<Duration>,
     /// What arrived on the signaling stream and was not acted on.
     pub signaling: SignalingCounters,
+    /// What the call's QUIC connection has sent on the wire, every packet counted; read at
+    /// the same moment as `media` (once a second and when the call ends), so the two can be
+    /// compared.
+    pub wire: WireCounters,
 }
 
 impl fmt::Debug for CallSnapshot {
@@ -665,6 +668,7 @@ impl fmt::Debug for CallSnapshot {
             .field("media", &self.media)
             .field("setup_time", &self.setup_time)
             .field("signaling", &self.signaling)
+            .field("wire", &self.wire)
             .finish()
     }
 }
@@ -799,6 +803,7 @@ impl CallHandle {
                 media: MediaCounters::default(),
                 setup_time: None,
                 signaling: SignalingCounters::default(),
+                wire: WireCounters::default(),
             }),
             events: Arc::clone(events),
             torn_down: AtomicBool::new(false),

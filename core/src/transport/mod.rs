@@ -6,6 +6,7 @@
 //! [`PeerConnection::send_media`](crate::transport::PeerConnection::send_media) checks the buffer space first and refuses (and counts) the new
 //! datagram instead, so no media is ever lost without a counter saying so.
 
+mod no_ecn;
 pub(crate) mod runtime;
 pub mod tls;
 
@@ -61,6 +62,50 @@ pub enum TransportError {
     NoExporter,
 }
 
+/// How long the connection IDs are that an endpoint asks its peers to put in every packet
+/// they send it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionIds {
+    /// 8 random bytes (quinn's default): the peer's packets are recognised by their ID
+    /// whatever address they come from, so one endpoint can hold any number of connections
+    /// with one peer address, a connection survives NAT rebinding, and a server can route by
+    /// ID. The default.
+    #[default]
+    Routable,
+    /// None at all (zero-length): 8 bytes less in every packet the peer sends. The endpoint
+    /// then tells its connections apart by the peer's address and port alone, which costs:
+    ///
+    /// - a connection does not survive the peer's address changing (a NAT rebinding its
+    ///   port, a phone moving from Wi-Fi to mobile data): the peer's packets from the new
+    ///   address match no connection and are dropped, and the call ends at the idle timeout;
+    /// - the endpoint can hold only one connection per peer address: a second call between
+    ///   the same two endpoints (two calls to one peer, or both dialing each other at once)
+    ///   gets the first one's packets and fails.
+    ///
+    /// For a direct call between two fixed endpoints that never have two calls with each
+    /// other; keep-alives (every 2 s by default) hold NAT bindings open meanwhile.
+    ZeroLength,
+}
+
+/// Issues zero-length connection IDs (`ConnectionIds::ZeroLength`).
+#[derive(Debug)]
+struct ZeroLengthIds;
+
+impl quinn::ConnectionIdGenerator for ZeroLengthIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+
+    fn cid_len(&self) -> usize {
+        0
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// Timing and buffer settings of a QUIC endpoint.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -73,6 +118,20 @@ pub struct TransportConfig {
     pub datagram_send_buffer: usize,
     /// Bytes of received datagrams quinn holds until the call reads them.
     pub datagram_receive_buffer: usize,
+    /// Connection IDs this endpoint asks peers to use (8 bytes by default; see
+    /// `ConnectionIds` for what zero-length ones save and give up).
+    pub connection_ids: ConnectionIds,
+    /// Use ECN (RFC 3168): mark packets ECN-capable and report the marks received in every
+    /// ACK (ACK_ECN frames, 3 counts). Off by default: the counts add 4 bytes (6 after 16 383
+    /// packets) to the ACK that rides on nearly every media packet, while a 32 kbit/s voice stream gains little
+    /// from early congestion signals (loss still drives quinn's congestion control).
+    pub ecn: bool,
+    /// Debugging only: write the TLS session secrets to the file named by the
+    /// `SSLKEYLOGFILE` environment variable (NSS key log format), so that a packet capture
+    /// can be decrypted (e.g. by Wireshark) down to the QUIC frames. Off by default. The
+    /// secrets expose the QUIC layer only (signaling frames, and media still SFrame-encrypted
+    /// end to end), but must never be enabled on a phone in use.
+    pub tls_key_log: bool,
 }
 
 impl Default for TransportConfig {
@@ -82,6 +141,9 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(10),
             datagram_send_buffer: 64 * 1024,
             datagram_receive_buffer: 64 * 1024,
+            connection_ids: ConnectionIds::default(),
+            ecn: false,
+            tls_key_log: false,
         }
     }
 }
@@ -150,17 +212,28 @@ impl QuicEndpoint {
         config: &TransportConfig,
     ) -> Result<Self, TransportError> {
         let transport = Arc::new(config.quinn()?);
-        let server_crypto = QuicServerConfig::try_from(tls::server_config(&cert)?)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let server_crypto =
+            QuicServerConfig::try_from(tls::server_config(&cert, config.tls_key_log)?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(transport.clone());
-        let client_crypto = QuicClientConfig::try_from(tls::client_config(&cert)?)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let client_crypto =
+            QuicClientConfig::try_from(tls::client_config(&cert, config.tls_key_log)?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
         let runtime = runtime::PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = if config.ecn {
+            socket
+        } else {
+            Arc::new(no_ecn::NoEcn(socket))
+        };
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        if config.connection_ids == ConnectionIds::ZeroLength {
+            endpoint_config.cid_generator(|| Box::new(ZeroLengthIds));
+        }
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             runtime,
@@ -264,6 +337,72 @@ pub struct DatagramStats {
     pub dropped_too_large: u64,
     /// Datagrams received.
     pub received: u64,
+}
+
+/// What one connection has put on the wire so far, all QUIC packets counted (handshake,
+/// signaling stream, media datagrams, ACK-only packets, keep-alives), from quinn's own
+/// connection statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WireCounters {
+    /// UDP datagrams sent (each one or more coalesced QUIC packets).
+    pub udp_datagrams_sent: u64,
+    /// Bytes of UDP payload sent: the QUIC packets, without the UDP and IP headers.
+    pub udp_bytes_sent: u64,
+    /// ACK frames sent, whether alone in a packet or riding on another frame.
+    pub ack_frames_sent: u64,
+    /// DATAGRAM frames sent (media, one per media packet).
+    pub datagram_frames_sent: u64,
+    /// STREAM frames sent (signaling).
+    pub stream_frames_sent: u64,
+    /// PING frames sent (keep-alives).
+    pub ping_frames_sent: u64,
+}
+
+impl WireCounters {
+    /// IPv4 (20 bytes, no options) plus UDP (8 bytes) header per datagram.
+    pub const IPV4_UDP_HEADER: u64 = 28;
+    /// IPv6 (40 bytes, no extension headers) plus UDP (8 bytes) header per datagram.
+    pub const IPV6_UDP_HEADER: u64 = 48;
+
+    /// The counters from `earlier` to `self` (each saturating at 0).
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            udp_datagrams_sent: self
+                .udp_datagrams_sent
+                .saturating_sub(earlier.udp_datagrams_sent),
+            udp_bytes_sent: self.udp_bytes_sent.saturating_sub(earlier.udp_bytes_sent),
+            ack_frames_sent: self.ack_frames_sent.saturating_sub(earlier.ack_frames_sent),
+            datagram_frames_sent: self
+                .datagram_frames_sent
+                .saturating_sub(earlier.datagram_frames_sent),
+            stream_frames_sent: self
+                .stream_frames_sent
+                .saturating_sub(earlier.stream_frames_sent),
+            ping_frames_sent: self
+                .ping_frames_sent
+                .saturating_sub(earlier.ping_frames_sent),
+        }
+    }
+
+    /// Bytes on the wire including an IP and UDP header of `ip_udp_header` bytes per datagram
+    /// ([`Self::IPV4_UDP_HEADER`] or [`Self::IPV6_UDP_HEADER`]).
+    pub fn wire_bytes(&self, ip_udp_header: u64) -> u64 {
+        self.udp_bytes_sent
+            .saturating_add(self.udp_datagrams_sent.saturating_mul(ip_udp_header))
+    }
+
+    fn from_quinn(stats: &quinn::ConnectionStats) -> Self {
+        Self {
+            udp_datagrams_sent: stats.udp_tx.datagrams,
+            udp_bytes_sent: stats.udp_tx.bytes,
+            ack_frames_sent: stats.frame_tx.acks,
+            datagram_frames_sent: stats.frame_tx.datagram,
+            stream_frames_sent: stats.frame_tx.stream,
+            ping_frames_sent: stats.frame_tx.ping,
+        }
+    }
 }
 
 /// An established QUIC connection to a peer, with the certificate fingerprints both sides see.
@@ -424,6 +563,11 @@ impl PeerConnection {
             dropped_too_large: self.counters.dropped_too_large.load(Ordering::Relaxed),
             received: self.counters.received.load(Ordering::Relaxed),
         }
+    }
+
+    /// What this connection has sent on the wire so far, every QUIC packet counted.
+    pub fn wire_counters(&self) -> WireCounters {
+        WireCounters::from_quinn(&self.conn.stats())
     }
 
     /// Closes the connection with an application reason.

@@ -205,9 +205,12 @@ impl ClientCertVerifier for BoundByEndToEnd {
     }
 }
 
-/// rustls server configuration: TLS 1.3, ALPN `viska/1`, client certificate required.
+/// rustls server configuration: TLS 1.3, ALPN `viska/1`, client certificate required. With
+/// `key_log`, the session secrets go to the file `SSLKEYLOGFILE` names (see
+/// [`TransportConfig::tls_key_log`](super::TransportConfig::tls_key_log)).
 pub(crate) fn server_config(
     cert: &LocalCertificate,
+    key_log: bool,
 ) -> Result<rustls::ServerConfig, TransportError> {
     let provider = provider();
     let verifier = Arc::new(BoundByEndToEnd::new(&provider));
@@ -218,12 +221,17 @@ pub(crate) fn server_config(
         .with_single_cert(cert.chain(), cert.key())
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if key_log {
+        config.key_log = Arc::new(rustls::KeyLogFile::new());
+    }
     Ok(config)
 }
 
-/// rustls client configuration: TLS 1.3, ALPN `viska/1`, presents our certificate.
+/// rustls client configuration: TLS 1.3, ALPN `viska/1`, presents our certificate; `key_log`
+/// as for [`server_config`].
 pub(crate) fn client_config(
     cert: &LocalCertificate,
+    key_log: bool,
 ) -> Result<rustls::ClientConfig, TransportError> {
     let provider = provider();
     let verifier = Arc::new(BoundByEndToEnd::new(&provider));
@@ -235,6 +243,9 @@ pub(crate) fn client_config(
         .with_client_auth_cert(cert.chain(), cert.key())
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if key_log {
+        config.key_log = Arc::new(rustls::KeyLogFile::new());
+    }
     Ok(config)
 }
 

@@ -14,7 +14,7 @@ use viska::call::CallState;
 use viska::netem::{ImpairmentConfig, MAX_DELAY};
 use viska::phone::{FileAudio, LatencyProbe, PhoneListener};
 
-use crate::{BoxError, SuiteArg, demo_phone};
+use crate::{BoxError, DemoLink, SuiteArg, demo_phone};
 
 /// The bundled speech sample (espeak-ng, 16 kHz mono).
 const SPEECH: &[u8] = include_bytes!("../assets/speech.wav");
@@ -35,7 +35,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 0, value_parser = parse_impairment_millis)]
     delay: u64,
     /// SFrame cipher suite.
-    #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
+    #[arg(long, value_enum, default_value_t = SuiteArg::AesCtrHmac80)]
     suite: SuiteArg,
     /// Opus bitrate in bits per second.
     #[arg(long, default_value_t = 32_000)]
@@ -57,6 +57,17 @@ pub(crate) struct DemoArgs {
     /// latency figures are then not reported, CPU figures leave the probe's work out.
     #[arg(long)]
     no_latency_probe: bool,
+    /// Give each phone zero-length QUIC connection IDs instead of 8-byte ones: 8 bytes less
+    /// per packet, but no survival of NAT rebinding and one connection per peer address.
+    #[arg(long)]
+    zero_length_connection_ids: bool,
+    /// Use ECN on the QUIC connection (marks and ACK_ECN counts; off by default).
+    #[arg(long)]
+    ecn: bool,
+    /// Debugging: write the QUIC connection's TLS secrets to the file named by
+    /// `SSLKEYLOGFILE`, so that a packet capture of the call can be decrypted.
+    #[arg(long)]
+    tls_key_log: bool,
     /// Leave the phones' media threads at normal priority (by default they ask for real-time
     /// priority, which the system may refuse).
     #[arg(long)]
@@ -85,7 +96,14 @@ pub(crate) struct Summary {
     added_latency_median_ms: Option<f64>,
     added_latency_p90_ms: Option<f64>,
     frames_late: u64,
+    /// SFrame's share alone: the caller's media datagrams (SFrame header, the payload's own
+    /// framing, tag) minus their Opus bytes, per media packet, over the whole call.
     bytes_overhead_per_packet: Option<f64>,
+    /// Every layer (see `WirePerPacket`), measured on the caller's connection from its first
+    /// once-a-second counters with media flowing to the end of the call.
+    wire_bytes_per_packet: Option<f64>,
+    /// Breakdown of `wire_bytes_per_packet`.
+    wire: Option<WirePerPacket>,
     opus_bytes_per_packet: Option<f64>,
     jitter_buffer_delay_ms: f64,
     /// Audio the callee's playout cut out of / added to speech by time-stretching.
@@ -118,6 +136,53 @@ pub(crate) struct Summary {
     caller_end: String,
     callee_end: String,
     output: PathBuf,
+}
+
+/// What the caller's QUIC connection sent in the measured interval, per media packet sent in
+/// it. `bytes_above_opus` = (every UDP payload byte the connection sent, ACK-only packets,
+/// keep-alives and signaling included, + 28 bytes of IPv4 and UDP header per UDP datagram
+/// − the Opus bytes of the media sent) / media packets sent.
+#[derive(Serialize, Debug)]
+pub(crate) struct WirePerPacket {
+    bytes_above_opus: f64,
+    /// UDP datagrams per media packet (1 = no packet but the media packets).
+    udp_datagrams: f64,
+    /// ACK frames per media packet, alone in a packet or riding on media.
+    ack_frames: f64,
+    /// UDP datagrams that carried no media, per media packet (ACK-only packets, keep-alives,
+    /// signaling).
+    non_media_datagrams: f64,
+    /// Media packets measured.
+    media_packets: u64,
+}
+
+/// `WirePerPacket` between two snapshots of one call, `None` without media in between.
+fn wire_per_packet(
+    base: &viska::phone::CallSnapshot,
+    end: &viska::phone::CallSnapshot,
+) -> Option<WirePerPacket> {
+    use viska::transport::WireCounters;
+    let wire = end.wire.since(&base.wire);
+    let frames = end.media.frames_sent.checked_sub(base.media.frames_sent)?;
+    let opus = end
+        .media
+        .opus_bytes_sent
+        .saturating_sub(base.media.opus_bytes_sent);
+    if frames == 0 {
+        return None;
+    }
+    let per = |x: u64| (x as f64 / frames as f64 * 100.0).round() / 100.0;
+    Some(WirePerPacket {
+        bytes_above_opus: per(wire
+            .wire_bytes(WireCounters::IPV4_UDP_HEADER)
+            .saturating_sub(opus)),
+        udp_datagrams: per(wire.udp_datagrams_sent),
+        ack_frames: per(wire.ack_frames_sent),
+        non_media_datagrams: per(wire
+            .udp_datagrams_sent
+            .saturating_sub(wire.datagram_frames_sent)),
+        media_packets: frames,
+    })
 }
 
 struct AutoAnswer {
@@ -199,6 +264,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         None
     };
     let probe = Arc::new(LatencyProbe::new());
+    let transport = viska::TransportConfig {
+        connection_ids: if args.zero_length_connection_ids {
+            viska::transport::ConnectionIds::ZeroLength
+        } else {
+            viska::transport::ConnectionIds::Routable
+        },
+        ecn: args.ecn,
+        tls_key_log: args.tls_key_log,
+        ..viska::TransportConfig::default()
+    };
     let callee = demo_phone(
         "callee",
         args.suite,
@@ -208,10 +283,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             loop_input: false,
             output: Some(args.output.clone()),
         },
-        impairment.clone().map(|mut i| {
-            i.seed = i.seed.wrapping_add(1);
-            i
-        }),
+        DemoLink {
+            transport: transport.clone(),
+            impairment: impairment.clone().map(|mut i| {
+                i.seed = i.seed.wrapping_add(1);
+                i
+            }),
+        },
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
     )?;
@@ -224,7 +302,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             loop_input: true,
             output: None,
         },
-        impairment,
+        DemoLink {
+            transport,
+            impairment,
+        },
         (!args.no_latency_probe).then(|| probe.clone()),
         !args.no_realtime,
     )?;
@@ -257,8 +338,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     // The flag's parser keeps it finite and in range; a bad value is still an error here.
     let talk = Duration::try_from_secs_f64(args.seconds)?;
 
+    // The wire is measured from the first counters read with media flowing (the session
+    // refreshes them once a second), so the handshake and setup are left out.
+    let mut wire_base = None;
     while t0.elapsed() < talk && !call.is_ended() {
         std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));
+        if wire_base.is_none() {
+            let snap = call.snapshot();
+            wire_base = (snap.media.frames_sent > 0).then_some(snap);
+        }
     }
     let wall = t0.elapsed();
     let cpu1 = (caller.cpu_time(), callee.cpu_time());
@@ -337,6 +425,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         a.media.bytes_sent.saturating_sub(a.media.opus_bytes_sent),
         a.media.frames_sent,
     );
+    let wire = wire_base
+        .as_ref()
+        .and_then(|base| wire_per_packet(base, &a));
     let summary = Summary {
         frames_sent: a.media.frames_sent,
         frames_received: b.media.frames_received,
@@ -357,6 +448,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         added_latency_p90_ms: latency.added_latency_p90.map(ms),
         frames_late: b.media.playout.late,
         bytes_overhead_per_packet: overhead,
+        wire_bytes_per_packet: wire.as_ref().map(|w| w.bytes_above_opus),
+        wire,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
         jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
         stretch_removed_ms: ms(b.media.playout.stretch_removed),

@@ -67,10 +67,13 @@ enum Cmd {
 /// Cipher suite names on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum SuiteArg {
-    /// ChaCha20-Poly1305 (default).
+    /// ChaCha20-Poly1305.
     Chacha,
     /// AES-128-GCM (RFC 9605 suite 0x0004).
     AesGcm,
+    /// AES-128-CTR with HMAC-SHA256, 80-bit tag (RFC 9605 suite 0x0001; the default): 6 bytes
+    /// less per packet.
+    AesCtrHmac80,
 }
 
 impl SuiteArg {
@@ -83,6 +86,11 @@ impl SuiteArg {
             Self::AesGcm => vec![
                 CipherSuite::Aes128GcmSha256,
                 CipherSuite::ChaCha20Poly1305Sha256,
+            ],
+            Self::AesCtrHmac80 => vec![
+                CipherSuite::AesCtr128HmacSha256_80,
+                CipherSuite::ChaCha20Poly1305Sha256,
+                CipherSuite::Aes128GcmSha256,
             ],
         }
     }
@@ -103,7 +111,7 @@ struct MediaArgs {
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
     /// Preferred SFrame cipher suite.
-    #[arg(long, value_enum, default_value_t = SuiteArg::Chacha)]
+    #[arg(long, value_enum, default_value_t = SuiteArg::AesCtrHmac80)]
     suite: SuiteArg,
     /// Microphone by name (see `devices`); default: the system's default input.
     #[arg(long)]
@@ -482,18 +490,29 @@ fn call_command(call: &CallHandle, line: &str) -> Next {
     Next::Continue
 }
 
+/// How a demo phone reaches the other: its QUIC settings and the impairment of what it sends.
+pub(crate) struct DemoLink {
+    pub(crate) transport: viska::TransportConfig,
+    pub(crate) impairment: Option<ImpairmentConfig>,
+}
+
 /// Identity for the demo's two phones and the measurement hooks.
 pub(crate) fn demo_phone(
     name: &str,
     suite: SuiteArg,
     bitrate: u32,
     audio: FileAudio,
-    impairment: Option<ImpairmentConfig>,
+    link: DemoLink,
     probe: Option<Arc<LatencyProbe>>,
     realtime: bool,
 ) -> Result<Phone, BoxError> {
+    let DemoLink {
+        transport,
+        impairment,
+    } = link;
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
+        .transport(transport)
         .opus(OpusConfig {
             bitrate_bps: bitrate,
             ..OpusConfig::default()
