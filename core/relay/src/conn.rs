@@ -46,7 +46,10 @@ fn tls_error(e: impl std::fmt::Display) -> RelayError {
     RelayError::Tls(e.to_string())
 }
 
-fn server_config(identity: &cert::Identity, config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+fn server_config(
+    identity: &cert::Identity,
+    config: &RelayConfig,
+) -> Result<quinn::ServerConfig, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -63,8 +66,8 @@ fn server_config(identity: &cert::Identity, config: &RelayConfig) -> Result<quin
     ));
     transport.datagram_send_buffer_size(config.datagram_send_buffer);
     transport.datagram_receive_buffer_size(Some(config.datagram_send_buffer));
-    // One control stream, opened by the device; nothing else.
-    transport.max_concurrent_bidi_streams(1u32.into());
+    // One control stream, opened by the relay; the device may open none.
+    transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
@@ -129,7 +132,10 @@ async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         .is_some_and(|d| d.protocol.as_deref() == Some(RELAY_ALPN));
     if !alpn_ok {
         bump(&shared.stats.auth_failures);
-        conn.close(close::UNAUTHENTICATED.into(), b"ALPN viska-relay/1 required");
+        conn.close(
+            close::UNAUTHENTICATED.into(),
+            b"ALPN viska-relay/1 required",
+        );
         return;
     }
     let timeout = shared.config.auth_timeout;
@@ -179,14 +185,17 @@ async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     tracing::info!(device = %short(&identity), "disconnected");
 }
 
-/// The challenge, then exactly one `Auth` with a valid signature over this connection's
+/// The control stream and the challenge on it, then exactly one `Auth` with a valid signature over this connection's
 /// exporter and the nonce, from an admitted identity.
 async fn authenticate(
     shared: &Shared,
     conn: &quinn::Connection,
     decoder: &mut RelayDecoder,
 ) -> Result<(DeviceKey, quinn::SendStream, quinn::RecvStream), AuthFailure> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| AuthFailure::Transport)?;
+    // The relay opens the control stream: a QUIC stream the device opened would stay
+    // invisible to the relay until the device wrote on it, and the device has nothing to
+    // say before the challenge.
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| AuthFailure::Transport)?;
     let mut nonce = [0u8; 32];
     rand::RngExt::fill(&mut rand::rng(), &mut nonce);
     let challenge = RelayMessage::Challenge { nonce }

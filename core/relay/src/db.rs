@@ -129,7 +129,11 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
     let mut calls = HashMap::new();
     let mut stmt = conn.prepare("SELECT call, route, epoch FROM calls")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?, r.get::<_, u64>(2)?))
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, u32>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
     })?;
     for row in rows {
         let (call, route, epoch) = row?;
@@ -183,7 +187,10 @@ pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
                 call,
                 route,
                 member,
-            } => log(create_call(&mut conn, &call, route, &member), "storing a call"),
+            } => log(
+                create_call(&mut conn, &call, route, &member),
+                "storing a call",
+            ),
             Op::Commit { record, reply } => {
                 let _ = reply.send(commit(&mut conn, &record));
             }
@@ -218,7 +225,10 @@ fn publish(
         "DELETE FROM key_packages WHERE identity = ?1",
         [&identity[..]],
     )?;
-    tx.execute("DELETE FROM last_resort WHERE identity = ?1", [&identity[..]])?;
+    tx.execute(
+        "DELETE FROM last_resort WHERE identity = ?1",
+        [&identity[..]],
+    )?;
     for p in packages {
         tx.execute(
             "INSERT INTO key_packages (identity, package) VALUES (?1, ?2)",
@@ -298,7 +308,9 @@ fn commit(conn: &mut Connection, record: &CommitRecord) -> Result<(), RelayError
         params![next, call, record.epoch],
     )?;
     if moved != 1 {
-        return Err(RelayError::Corrupt("the call is not at the commit's epoch".into()));
+        return Err(RelayError::Corrupt(
+            "the call is not at the commit's epoch".into(),
+        ));
     }
     tx.execute(
         "INSERT INTO commits (call, epoch, message) VALUES (?1, ?2, ?3)",

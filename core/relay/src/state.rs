@@ -144,11 +144,8 @@ impl Shared {
         });
         // Nobody is connected after a start: every member has the hold time to come back.
         let st = shared.lock();
-        let members: Vec<(DeviceKey, u64)> = st
-            .devices
-            .iter()
-            .map(|(k, d)| (*k, d.generation))
-            .collect();
+        let members: Vec<(DeviceKey, u64)> =
+            st.devices.iter().map(|(k, d)| (*k, d.generation)).collect();
         for (k, generation) in members {
             arm_hold(&shared, k, generation);
         }
@@ -312,7 +309,8 @@ impl Shared {
             } => {
                 let begin = {
                     let mut st = self.lock();
-                    let b = st.begin_commit(self, me, call, epoch, &commit, &welcome, &added, &removed);
+                    let b =
+                        st.begin_commit(self, me, call, epoch, &commit, &welcome, &added, &removed);
                     st.settle(self);
                     b
                 };
@@ -756,7 +754,11 @@ impl State {
         for r in &removed {
             self.forget_if_idle(r);
         }
-        if self.calls.get(&call_ref).is_some_and(|c| c.members.is_empty()) {
+        if self
+            .calls
+            .get(&call_ref)
+            .is_some_and(|c| c.members.is_empty())
+        {
             self.end_call(shared, &call_ref);
         }
     }
