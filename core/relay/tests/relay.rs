@@ -824,3 +824,51 @@ async fn the_commit_order_and_the_certificate_survive_a_restart() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bad_frame_is_answered_and_a_broken_stream_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+
+    // A frame whose body does not decode: answered, the connection goes on.
+    alice
+        .link
+        .send
+        .write_all(&[0, 0, 0, 1, 0x7f])
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::BadRequest,
+            call: None
+        }
+    );
+    // A message only the relay sends: refused the same way.
+    alice.send(RelayMessage::AuthOk).await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::BadRequest,
+            ..
+        }
+    ));
+    alice.sync().await;
+
+    // A length beyond the largest frame breaks the stream: that connection closes.
+    alice
+        .link
+        .send
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(alice.link.try_recv().await, None);
+    guard("the close", alice.link.conn.closed()).await;
+
+    // Bob did not notice.
+    bob.sync().await;
+    assert_eq!(relay.stats().bad_frames, 3);
+    relay.shutdown().await;
+}
