@@ -1,0 +1,342 @@
+//! The relay's database (SQLite, WAL mode): key packages, active calls with their epoch and
+//! members, and every accepted commit. All of it runs on one dedicated thread, in the order
+//! the operations were queued, so the reactor never waits on the disk and a commit queued
+//! after a call's creation is written after it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::{CallRef, DeviceKey, RelayError};
+
+/// File of the database in the data directory.
+pub(crate) const DB_FILE: &str = "relay.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS key_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity BLOB NOT NULL,
+    package BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_packages_identity ON key_packages (identity);
+CREATE TABLE IF NOT EXISTS last_resort (
+    identity BLOB PRIMARY KEY,
+    package BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    call BLOB PRIMARY KEY,
+    route INTEGER NOT NULL UNIQUE,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    call BLOB NOT NULL,
+    identity BLOB NOT NULL,
+    join_epoch INTEGER NOT NULL,
+    PRIMARY KEY (call, identity)
+);
+CREATE TABLE IF NOT EXISTS commits (
+    call BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    PRIMARY KEY (call, epoch)
+);
+";
+
+/// A call as stored.
+#[derive(Debug)]
+pub(crate) struct StoredCall {
+    pub(crate) route: u32,
+    pub(crate) epoch: u64,
+    /// Members and the epoch each joined at.
+    pub(crate) members: Vec<(DeviceKey, u64)>,
+}
+
+/// An accepted commit to store, and the membership change it makes.
+#[derive(Debug)]
+pub(crate) struct CommitRecord {
+    pub(crate) call: CallRef,
+    /// The epoch the commit was made in; the call moves to `epoch + 1`.
+    pub(crate) epoch: u64,
+    pub(crate) message: Vec<u8>,
+    pub(crate) added: Vec<DeviceKey>,
+    pub(crate) removed: Vec<DeviceKey>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RelayError>>;
+
+/// One operation for the database thread.
+pub(crate) enum Op {
+    Publish {
+        identity: DeviceKey,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        reply: Reply<()>,
+    },
+    Fetch {
+        identity: DeviceKey,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    CreateCall {
+        call: CallRef,
+        route: u32,
+        member: DeviceKey,
+    },
+    Commit {
+        record: CommitRecord,
+        reply: Reply<()>,
+    },
+    RemoveMember {
+        call: CallRef,
+        identity: DeviceKey,
+    },
+    EndCall {
+        call: CallRef,
+    },
+}
+
+/// Opens the database, creates the schema, and loads the active calls.
+pub(crate) fn open(dir: &Path) -> Result<(Connection, HashMap<CallRef, StoredCall>), RelayError> {
+    let conn = Connection::open(dir.join(DB_FILE))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(RelayError::Corrupt(format!(
+            "journal mode {mode} instead of WAL"
+        )));
+    }
+    // A commit is acknowledged only once it is on disk.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    let calls = load_calls(&conn)?;
+    Ok((conn, calls))
+}
+
+fn call_ref(blob: Vec<u8>) -> Result<CallRef, RelayError> {
+    blob.try_into()
+        .map(CallRef)
+        .map_err(|b: Vec<u8>| RelayError::Corrupt(format!("call id of {} bytes", b.len())))
+}
+
+fn device_key(blob: Vec<u8>) -> Result<DeviceKey, RelayError> {
+    blob.try_into()
+        .map_err(|b: Vec<u8>| RelayError::Corrupt(format!("identity of {} bytes", b.len())))
+}
+
+fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayError> {
+    let mut calls = HashMap::new();
+    let mut stmt = conn.prepare("SELECT call, route, epoch FROM calls")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, u32>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (call, route, epoch) = row?;
+        calls.insert(
+            call_ref(call)?,
+            StoredCall {
+                route,
+                epoch,
+                members: Vec::new(),
+            },
+        );
+    }
+    let mut stmt = conn.prepare("SELECT call, identity, join_epoch FROM members")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (call, identity, join) = row?;
+        let call = call_ref(call)?;
+        let identity = device_key(identity)?;
+        match calls.get_mut(&call) {
+            Some(c) => c.members.push((identity, join)),
+            None => return Err(RelayError::Corrupt("a member of no call".into())),
+        }
+    }
+    // A call without members has ended; it should not be there, but is harmless to drop.
+    calls.retain(|_, c| !c.members.is_empty());
+    Ok(calls)
+}
+
+/// Runs the database thread until every sender is gone.
+pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
+    for op in ops {
+        match op {
+            Op::Publish {
+                identity,
+                packages,
+                last_resort,
+                reply,
+            } => {
+                let _ = reply.send(publish(&mut conn, &identity, &packages, last_resort));
+            }
+            Op::Fetch { identity, reply } => {
+                let _ = reply.send(fetch(&mut conn, &identity));
+            }
+            Op::CreateCall {
+                call,
+                route,
+                member,
+            } => log(
+                create_call(&mut conn, &call, route, &member),
+                "storing a call",
+            ),
+            Op::Commit { record, reply } => {
+                let _ = reply.send(commit(&mut conn, &record));
+            }
+            Op::RemoveMember { call, identity } => log(
+                conn.execute(
+                    "DELETE FROM members WHERE call = ?1 AND identity = ?2",
+                    params![&call.0[..], &identity[..]],
+                )
+                .map(drop)
+                .map_err(RelayError::from),
+                "removing a member",
+            ),
+            Op::EndCall { call } => log(end_call(&mut conn, &call), "ending a call"),
+        }
+    }
+}
+
+fn log(result: Result<(), RelayError>, what: &str) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "database: {what} failed");
+    }
+}
+
+fn publish(
+    conn: &mut Connection,
+    identity: &DeviceKey,
+    packages: &[Vec<u8>],
+    last_resort: Option<Vec<u8>>,
+) -> Result<(), RelayError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM key_packages WHERE identity = ?1",
+        [&identity[..]],
+    )?;
+    tx.execute(
+        "DELETE FROM last_resort WHERE identity = ?1",
+        [&identity[..]],
+    )?;
+    for p in packages {
+        tx.execute(
+            "INSERT INTO key_packages (identity, package) VALUES (?1, ?2)",
+            params![&identity[..], p],
+        )?;
+    }
+    if let Some(p) = last_resort {
+        tx.execute(
+            "INSERT INTO last_resort (identity, package) VALUES (?1, ?2)",
+            params![&identity[..], p],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn fetch(conn: &mut Connection, identity: &DeviceKey) -> Result<Option<Vec<u8>>, RelayError> {
+    let tx = conn.transaction()?;
+    let one: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT id, package FROM key_packages WHERE identity = ?1 ORDER BY id LIMIT 1",
+            [&identity[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let package = match one {
+        Some((id, package)) => {
+            tx.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
+            Some(package)
+        }
+        None => tx
+            .query_row(
+                "SELECT package FROM last_resort WHERE identity = ?1",
+                [&identity[..]],
+                |r| r.get(0),
+            )
+            .optional()?,
+    };
+    tx.commit()?;
+    Ok(package)
+}
+
+fn create_call(
+    conn: &mut Connection,
+    call: &CallRef,
+    route: u32,
+    member: &DeviceKey,
+) -> Result<(), RelayError> {
+    let tx = conn.transaction()?;
+    // Leftovers of an earlier call with the same id (ended while a write failed) go first.
+    tx.execute("DELETE FROM commits WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM members WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM calls WHERE call = ?1", [&call.0[..]])?;
+    tx.execute(
+        "INSERT INTO calls (call, route, epoch) VALUES (?1, ?2, 0)",
+        params![&call.0[..], route],
+    )?;
+    tx.execute(
+        "INSERT INTO members (call, identity, join_epoch) VALUES (?1, ?2, 0)",
+        params![&call.0[..], &member[..]],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn commit(conn: &mut Connection, record: &CommitRecord) -> Result<(), RelayError> {
+    let next = record
+        .epoch
+        .checked_add(1)
+        .ok_or_else(|| RelayError::Corrupt("epoch overflow".into()))?;
+    let call = &record.call.0[..];
+    let tx = conn.transaction()?;
+    // The epoch moves only from the one the commit was made in: a second commit for an
+    // epoch can never be stored, whatever the caller's state says.
+    let moved = tx.execute(
+        "UPDATE calls SET epoch = ?1 WHERE call = ?2 AND epoch = ?3",
+        params![next, call, record.epoch],
+    )?;
+    if moved != 1 {
+        return Err(RelayError::Corrupt(
+            "the call is not at the commit's epoch".into(),
+        ));
+    }
+    tx.execute(
+        "INSERT INTO commits (call, epoch, message) VALUES (?1, ?2, ?3)",
+        params![call, record.epoch, &record.message],
+    )?;
+    for r in &record.removed {
+        tx.execute(
+            "DELETE FROM members WHERE call = ?1 AND identity = ?2",
+            params![call, &r[..]],
+        )?;
+    }
+    for a in &record.added {
+        tx.execute(
+            "INSERT OR REPLACE INTO members (call, identity, join_epoch) VALUES (?1, ?2, ?3)",
+            params![call, &a[..], next],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn end_call(conn: &mut Connection, call: &CallRef) -> Result<(), RelayError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM commits WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM members WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM calls WHERE call = ?1", [&call.0[..]])?;
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The Viska relay: the selective forwarding unit and MLS delivery service of group calls
+//! (`docs/protocol-relay.md`, `docs/operations.md`).
+//!
+//! A relay routes ciphertext and orders handshake messages; it never holds a media or group
+//! key. Devices connect over QUIC (ALPN [`viska_proto::relay::RELAY_ALPN`]), pin the relay's
+//! self-signed certificate by its SHA-256 ([`RelayHandle::fingerprint`]) and authenticate
+//! in-band with their identity key, bound to the TLS session by the exporter. Then the relay:
+//!
+//! - stores and hands out key packages (one-use, and a reusable last-resort one);
+//! - keeps, per call, one total order of MLS commits: **the first valid commit for an epoch
+//!   wins**, is stored in SQLite before anyone hears of it, and goes to every other member;
+//!   the Welcome goes to the added devices (held until they connect);
+//! - tells all members to switch their send key once every member holds the new epoch;
+//! - forwards each media datagram (`route || SFrame frame`) to the call's other members,
+//!   without copying it and without ever queueing for a slow receiver.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), viska_relay::RelayError> {
+//! let config = viska_relay::RelayConfig::new("0.0.0.0:4433".parse().unwrap(), "relay-data".into());
+//! let relay = viska_relay::Relay::start(config).await?;
+//! println!("fingerprint {:02x?}", relay.fingerprint());
+//! relay.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cert;
+mod conn;
+mod db;
+mod state;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use viska_proto::relay::{CallRef, DeviceKey};
+
+/// Errors of starting or running a relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Reading or writing the data directory, or binding the UDP socket, failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The certificate in the data directory is unusable, or generating one failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The TLS or QUIC configuration was refused.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The database holds something this relay cannot read (a corrupt or foreign file).
+    #[error("database content: {0}")]
+    Corrupt(String),
+    /// The database thread has stopped (the relay is shutting down).
+    #[error("the database thread has stopped")]
+    DatabaseStopped,
+    /// A background task failed to run.
+    #[error("task: {0}")]
+    Task(String),
+}
+
+/// Decides whether an authenticated identity may use the relay. The accounts work plugs in
+/// here; [`AllowAll`] admits every identity that proved its key.
+pub trait Admission: Send + Sync + 'static {
+    /// Whether `identity` (which has just proved it holds the key) may log in.
+    fn admit(&self, identity: &DeviceKey) -> bool;
+}
+
+/// Admits every authenticated identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Admission for AllowAll {
+    fn admit(&self, _identity: &DeviceKey) -> bool {
+        true
+    }
+}
+
+/// How a relay runs.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// UDP address to listen on.
+    pub bind: SocketAddr,
+    /// Where the certificate, its key and the database live (created if missing).
+    pub data_dir: PathBuf,
+    /// How long a device whose connection closed stays a member of its calls (with its
+    /// control messages held) before it is gone.
+    pub hold_time: Duration,
+    /// Most control messages held for one identity; beyond that the oldest go and the device
+    /// is treated as gone from its calls.
+    pub max_held: usize,
+    /// A connection that has not authenticated within this time is closed.
+    pub auth_timeout: Duration,
+    /// Bytes of outgoing datagrams quinn may queue per connection; a forwarded datagram that
+    /// does not fit is dropped (and counted), never queued behind.
+    pub datagram_send_buffer: usize,
+    /// A connection with no packet from its device for this long is closed.
+    pub idle_timeout: Duration,
+    /// Who may log in.
+    pub admission: Arc<dyn Admission>,
+}
+
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("bind", &self.bind)
+            .field("data_dir", &self.data_dir)
+            .field("hold_time", &self.hold_time)
+            .field("max_held", &self.max_held)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("datagram_send_buffer", &self.datagram_send_buffer)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConfig {
+    /// A configuration with the defaults: hold time 30 s, 256 held messages per identity,
+    /// 10 s to authenticate, 64 KiB datagram send buffer, 30 s idle timeout, every identity
+    /// admitted.
+    pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            bind,
+            data_dir,
+            hold_time: Duration::from_secs(30),
+            max_held: 256,
+            auth_timeout: Duration::from_secs(10),
+            datagram_send_buffer: 64 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            admission: Arc::new(AllowAll),
+        }
+    }
+}
+
+/// A snapshot of a relay's counters (all since start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayStats {
+    /// Datagram copies sent to receivers (one datagram to three members counts three).
+    pub datagrams_forwarded: u64,
+    /// Datagrams dropped: their route names no active call.
+    pub dropped_no_route: u64,
+    /// Datagrams dropped: the sender is not a forwarding member of the call.
+    pub dropped_not_member: u64,
+    /// Datagrams dropped: no routing prefix, no SFrame header that parses, or an epoch the
+    /// call has not reached.
+    pub dropped_malformed: u64,
+    /// Datagram copies not sent to one receiver: its send buffer was full or it refused it.
+    pub dropped_slow_receiver: u64,
+    /// Datagram copies not sent to one receiver: the frame's epoch is before the one it
+    /// joined at.
+    pub dropped_before_join: u64,
+    /// Commits accepted (each moved its call one epoch on).
+    pub commits_accepted: u64,
+    /// Commits refused (stale epoch, or another commit for the epoch won).
+    pub commits_refused: u64,
+    /// QUIC connections accepted.
+    pub connections: u64,
+    /// Connections that authenticated.
+    pub authenticated: u64,
+    /// Connections whose authentication failed (bad signature, wrong message, refused
+    /// identity, timeout).
+    pub auth_failures: u64,
+    /// Devices connected and authenticated now.
+    pub devices_online: u64,
+    /// Control frames that did not decode or were not allowed (each answered or closed).
+    pub bad_frames: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) no_route: AtomicU64,
+    pub(crate) not_member: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) slow: AtomicU64,
+    pub(crate) before_join: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) authenticated: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) online: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> RelayStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayStats {
+            datagrams_forwarded: g(&self.forwarded),
+            dropped_no_route: g(&self.no_route),
+            dropped_not_member: g(&self.not_member),
+            dropped_malformed: g(&self.malformed),
+            dropped_slow_receiver: g(&self.slow),
+            dropped_before_join: g(&self.before_join),
+            commits_accepted: g(&self.accepted),
+            commits_refused: g(&self.refused),
+            connections: g(&self.connections),
+            authenticated: g(&self.authenticated),
+            auth_failures: g(&self.auth_failures),
+            devices_online: g(&self.online),
+            bad_frames: g(&self.bad_frames),
+        }
+    }
+}
+
+/// Starts relays.
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Opens (or creates) the data directory, loads or generates the certificate, loads the
+    /// active calls and their epochs from the database, and starts listening. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        conn::start(config).await
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    inner: conn::Running,
+}
+
+impl fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayHandle")
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayHandle {
+    /// The UDP address the relay listens on (with the port the system chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// SHA-256 of the relay's certificate (DER): what devices pin. Stable across restarts on
+    /// the same data directory.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.inner.fingerprint
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> RelayStats {
+        self.inner.shared.stats.snapshot()
+    }
+
+    /// Closes every connection, stops listening and closes the database (after the writes
+    /// already queued).
+    pub async fn shutdown(self) {
+        self.inner.shutdown().await;
+    }
+}

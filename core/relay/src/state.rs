@@ -1,0 +1,912 @@
+//! What the relay knows: devices (their connection and their queue of control messages),
+//! calls (route, epoch, members, readiness) and, for the media path, one read-mostly routing
+//! table per call. Everything here is synchronous: the state lock is never held across an
+//! await, and database writes are queued to the database thread under the lock, so they are
+//! applied in the order the state changed.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, oneshot, watch};
+use viska_proto::relay::{RelayErrorCode, RelayMessage, decode_route};
+use viska_sframe::SframeHeader;
+
+use crate::db::{self, CommitRecord, Op, StoredCall};
+use crate::{CallRef, Counters, DeviceKey, RelayConfig, RelayError, bump};
+
+/// Application close codes of relay connections.
+pub(crate) mod close {
+    /// The relay is shutting down.
+    pub(crate) const SHUTDOWN: u32 = 0;
+    /// Authentication failed.
+    pub(crate) const UNAUTHENTICATED: u32 = 1;
+    /// A newer connection of the same identity replaced this one.
+    pub(crate) const REPLACED: u32 = 2;
+    /// The control stream broke (framing, or it was closed).
+    pub(crate) const PROTOCOL: u32 = 3;
+    /// The device did not take its control messages: it is gone from its calls.
+    pub(crate) const TOO_SLOW: u32 = 4;
+}
+
+/// Largest route (a QUIC varint of at most 4 bytes).
+const MAX_ROUTE: u32 = 0x3fff_ffff;
+
+/// State shared by every task of a relay.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    routes: RwLock<HashMap<u32, Arc<RouteTable>>>,
+    pub(crate) stats: Counters,
+    pub(crate) config: RelayConfig,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// The members of one call that media is forwarded to (those connected now).
+struct RouteTable {
+    epoch: u64,
+    targets: Vec<Target>,
+}
+
+struct Target {
+    conn_id: u64,
+    conn: quinn::Connection,
+    join_epoch: u64,
+}
+
+struct State {
+    calls: HashMap<CallRef, Call>,
+    routes_used: BTreeMap<u32, CallRef>,
+    devices: HashMap<DeviceKey, Device>,
+    overflowed: Vec<DeviceKey>,
+    db: Option<mpsc::Sender<Op>>,
+    next_id: u64,
+}
+
+struct Call {
+    route: u32,
+    epoch: u64,
+    /// Members and the epoch each joined at.
+    members: HashMap<DeviceKey, u64>,
+    /// Members that said Ready for `epoch`.
+    ready: HashSet<DeviceKey>,
+    /// The last epoch Switch was sent for.
+    switched: Option<u64>,
+    /// A commit for `epoch` is being stored.
+    pending: bool,
+    /// Distinguishes this call from an earlier one with the same id.
+    incarnation: u64,
+}
+
+#[derive(Default)]
+struct Device {
+    queue: VecDeque<RelayMessage>,
+    conn: Option<Live>,
+    calls: HashSet<CallRef>,
+    /// Changes at every connect and disconnect: a hold timer armed for an older value is void.
+    generation: u64,
+}
+
+struct Live {
+    id: u64,
+    conn: quinn::Connection,
+    wake: Arc<Notify>,
+}
+
+/// The outcome of the first half of a commit.
+enum Begin {
+    /// Answered already (refused or an error).
+    Done,
+    /// Being stored: the database answers on this channel.
+    Storing(u64, oneshot::Receiver<Result<(), RelayError>>),
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: RelayConfig,
+        db: mpsc::Sender<Op>,
+        stored: HashMap<CallRef, StoredCall>,
+    ) -> Arc<Self> {
+        let (shutdown, _) = watch::channel(false);
+        let mut state = State {
+            calls: HashMap::new(),
+            routes_used: BTreeMap::new(),
+            devices: HashMap::new(),
+            overflowed: Vec::new(),
+            db: Some(db),
+            next_id: 0,
+        };
+        for (call_ref, c) in stored {
+            state.next_id += 1;
+            state.routes_used.insert(c.route, call_ref);
+            for (m, _) in &c.members {
+                state.devices.entry(*m).or_default().calls.insert(call_ref);
+            }
+            state.calls.insert(
+                call_ref,
+                Call {
+                    route: c.route,
+                    epoch: c.epoch,
+                    members: c.members.into_iter().collect(),
+                    ready: HashSet::new(),
+                    switched: None,
+                    pending: false,
+                    incarnation: state.next_id,
+                },
+            );
+        }
+        let shared = Arc::new(Self {
+            state: Mutex::new(state),
+            routes: RwLock::new(HashMap::new()),
+            stats: Counters::default(),
+            config,
+            shutdown,
+        });
+        // Nobody is connected after a start: every member has the hold time to come back.
+        let st = shared.lock();
+        let members: Vec<(DeviceKey, u64)> =
+            st.devices.iter().map(|(k, d)| (*k, d.generation)).collect();
+        for (k, generation) in members {
+            arm_hold(&shared, k, generation);
+        }
+        let calls: Vec<CallRef> = st.calls.keys().copied().collect();
+        for c in calls {
+            st.rebuild(&shared, &c);
+        }
+        drop(st);
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops database writes: the database thread ends after those already queued.
+    pub(crate) fn close_database(&self) {
+        self.lock().db = None;
+    }
+
+    /// An authenticated connection of `identity`: it replaces any earlier one, gets `AuthOk`
+    /// and then the messages held for it. Returns the connection's id.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        identity: DeviceKey,
+        conn: quinn::Connection,
+        wake: Arc<Notify>,
+    ) -> u64 {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        let device = st.devices.entry(identity).or_default();
+        if let Some(old) = device.conn.take() {
+            old.conn
+                .close(close::REPLACED.into(), b"replaced by a newer connection");
+            self.stats
+                .online
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(device = %short(&identity), "connection replaced");
+        }
+        device.conn = Some(Live { id, conn, wake });
+        device.generation = id;
+        device.queue.push_front(RelayMessage::AuthOk);
+        bump(&self.stats.online);
+        if let Some(live) = &device.conn {
+            live.wake.notify_one();
+        }
+        let calls: Vec<CallRef> = device.calls.iter().copied().collect();
+        for c in calls {
+            st.rebuild(self, &c);
+        }
+        id
+    }
+
+    /// The connection `conn_id` of `identity` closed: its calls keep it for the hold time.
+    pub(crate) fn unregister(self: &Arc<Self>, identity: DeviceKey, conn_id: u64) {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let generation = st.next_id;
+        let Some(device) = st.devices.get_mut(&identity) else {
+            return;
+        };
+        if device.conn.as_ref().is_none_or(|l| l.id != conn_id) {
+            return;
+        }
+        device.conn = None;
+        device.generation = generation;
+        self.stats
+            .online
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let calls: Vec<CallRef> = device.calls.iter().copied().collect();
+        if !calls.is_empty() {
+            arm_hold(self, identity, generation);
+        }
+        for c in calls {
+            st.rebuild(self, &c);
+        }
+        st.forget_if_idle(&identity);
+    }
+
+    /// The next control message for connection `conn_id` of `identity`, if it is current.
+    pub(crate) fn pop(&self, identity: &DeviceKey, conn_id: u64) -> Option<RelayMessage> {
+        let mut st = self.lock();
+        let device = st.devices.get_mut(identity)?;
+        if device.conn.as_ref().is_none_or(|l| l.id != conn_id) {
+            return None;
+        }
+        device.queue.pop_front()
+    }
+
+    /// Answers `me` with `message` (after what it was sent before).
+    pub(crate) fn reply(self: &Arc<Self>, me: &DeviceKey, message: RelayMessage) {
+        let mut st = self.lock();
+        st.push(self, me, message);
+        st.settle(self);
+    }
+
+    /// Queues a database operation (in state order).
+    fn db(&self, op: Op) {
+        if let Some(db) = &self.lock().db {
+            let _ = db.send(op);
+        }
+    }
+
+    /// One control message from the authenticated device `me`.
+    pub(crate) async fn handle(self: &Arc<Self>, me: DeviceKey, message: RelayMessage) {
+        match message {
+            RelayMessage::PublishKeyPackages {
+                packages,
+                last_resort,
+            } => {
+                let (reply, rx) = oneshot::channel();
+                self.db(Op::Publish {
+                    identity: me,
+                    packages,
+                    last_resort,
+                    reply,
+                });
+                if !matches!(rx.await, Ok(Ok(()))) {
+                    tracing::error!(device = %short(&me), "storing key packages failed");
+                    self.reply(
+                        &me,
+                        RelayMessage::Error {
+                            code: RelayErrorCode::BadRequest,
+                            call: None,
+                        },
+                    );
+                }
+            }
+            RelayMessage::FetchKeyPackage { request, identity } => {
+                let (reply, rx) = oneshot::channel();
+                self.db(Op::Fetch { identity, reply });
+                let package = match rx.await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::error!("fetching a key package failed");
+                        None
+                    }
+                };
+                self.reply(
+                    &me,
+                    RelayMessage::KeyPackage {
+                        request,
+                        identity,
+                        package,
+                    },
+                );
+            }
+            RelayMessage::CreateCall { call } => {
+                let mut st = self.lock();
+                st.create_call(self, me, call);
+                st.settle(self);
+            }
+            RelayMessage::Commit {
+                call,
+                epoch,
+                commit,
+                welcome,
+                added,
+                removed,
+            } => {
+                let begin = {
+                    let mut st = self.lock();
+                    let b =
+                        st.begin_commit(self, me, call, epoch, &commit, &welcome, &added, &removed);
+                    st.settle(self);
+                    b
+                };
+                let Begin::Storing(incarnation, rx) = begin else {
+                    return;
+                };
+                let stored = matches!(rx.await, Ok(Ok(())));
+                let mut st = self.lock();
+                st.finish_commit(
+                    self,
+                    me,
+                    call,
+                    incarnation,
+                    epoch,
+                    stored,
+                    commit,
+                    welcome,
+                    added,
+                    removed,
+                );
+                st.settle(self);
+            }
+            RelayMessage::Ready { call, epoch } => {
+                let mut st = self.lock();
+                st.ready(self, me, call, epoch);
+                st.settle(self);
+            }
+            RelayMessage::Leave { call } => {
+                let mut st = self.lock();
+                st.leave(self, me, call);
+                st.settle(self);
+            }
+            other => {
+                bump(&self.stats.bad_frames);
+                tracing::debug!(device = %short(&me), message = ?other, "message out of place");
+                self.reply(
+                    &me,
+                    RelayMessage::Error {
+                        code: RelayErrorCode::BadRequest,
+                        call: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// One media datagram from connection `from`: forwarded, the same buffer, to every other
+    /// member of its call that may receive it, or dropped and counted.
+    pub(crate) fn forward(&self, from: u64, datagram: Bytes) {
+        let Ok((route, frame)) = decode_route(&datagram) else {
+            bump(&self.stats.malformed);
+            return;
+        };
+        let Ok((header, _)) = SframeHeader::decode(frame) else {
+            bump(&self.stats.malformed);
+            return;
+        };
+        let table = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            routes.get(&route).cloned()
+        };
+        let Some(table) = table else {
+            bump(&self.stats.no_route);
+            return;
+        };
+        if !table.targets.iter().any(|t| t.conn_id == from) {
+            bump(&self.stats.not_member);
+            return;
+        }
+        let Some(frame_epoch) = frame_epoch(table.epoch, header.kid.0) else {
+            bump(&self.stats.malformed);
+            return;
+        };
+        for t in table.targets.iter().filter(|t| t.conn_id != from) {
+            if frame_epoch < t.join_epoch {
+                bump(&self.stats.before_join);
+                continue;
+            }
+            if t.conn.datagram_send_buffer_space() < datagram.len()
+                || t.conn.send_datagram(datagram.clone()).is_err()
+            {
+                bump(&self.stats.slow);
+                continue;
+            }
+            bump(&self.stats.forwarded);
+        }
+    }
+}
+
+/// The epoch of a frame whose KID ends in `kid & 7`, in a call at `current`: the largest epoch
+/// not after `current` with that remainder (none if the call has not reached one).
+pub(crate) fn frame_epoch(current: u64, kid: u64) -> Option<u64> {
+    let back = current.wrapping_sub(kid & 7) & 7;
+    current.checked_sub(back)
+}
+
+/// After the hold time, a device still disconnected since `generation` is gone from its calls.
+fn arm_hold(shared: &Arc<Shared>, identity: DeviceKey, generation: u64) {
+    let shared = Arc::clone(shared);
+    let mut stop = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.hold_time) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut st = shared.lock();
+        let current = st
+            .devices
+            .get(&identity)
+            .is_some_and(|d| d.conn.is_none() && d.generation == generation);
+        if current {
+            tracing::info!(device = %short(&identity), "hold time over: gone from its calls");
+            st.gone(&shared, &identity);
+            st.settle(&shared);
+            st.forget_if_idle(&identity);
+        }
+    });
+}
+
+/// The first bytes of a key, for logs.
+pub(crate) fn short(key: &[u8]) -> String {
+    key.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+impl State {
+    fn db(&self, op: Op) {
+        if let Some(db) = &self.db {
+            let _ = db.send(op);
+        }
+    }
+
+    /// Queues `message` for `to`; past the bound the oldest goes and `to` is gone.
+    fn push(&mut self, shared: &Shared, to: &DeviceKey, message: RelayMessage) {
+        let device = self.devices.entry(*to).or_default();
+        if device.queue.len() >= shared.config.max_held {
+            device.queue.pop_front();
+            if !self.overflowed.contains(to) {
+                self.overflowed.push(*to);
+            }
+        }
+        device.queue.push_back(message);
+        if let Some(live) = &device.conn {
+            live.wake.notify_one();
+        }
+    }
+
+    /// Devices whose queue overflowed are gone from their calls (they lost messages): their
+    /// queue is replaced by `Removed` for each call, and a live connection is closed.
+    fn settle(&mut self, shared: &Arc<Shared>) {
+        while let Some(id) = self.overflowed.pop() {
+            tracing::warn!(device = %short(&id), "held message queue full: gone from its calls");
+            let calls: Vec<CallRef> = match self.devices.get_mut(&id) {
+                Some(d) => {
+                    d.queue.clear();
+                    d.calls.iter().copied().collect()
+                }
+                None => continue,
+            };
+            for c in calls {
+                self.depart(shared, &c, &id, true);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.queue.push_back(RelayMessage::Removed { call: c });
+                }
+            }
+            if let Some(live) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) {
+                live.conn
+                    .close(close::TOO_SLOW.into(), b"control messages not taken");
+            }
+        }
+    }
+
+    /// Drops the entry of a device that holds nothing.
+    fn forget_if_idle(&mut self, identity: &DeviceKey) {
+        if self
+            .devices
+            .get(identity)
+            .is_some_and(|d| d.conn.is_none() && d.calls.is_empty() && d.queue.is_empty())
+        {
+            self.devices.remove(identity);
+        }
+    }
+
+    /// Rebuilds the routing table of `call` (or removes it if the call ended).
+    fn rebuild(&self, shared: &Shared, call_ref: &CallRef) {
+        let Some(call) = self.calls.get(call_ref) else {
+            return;
+        };
+        let targets = call
+            .members
+            .iter()
+            .filter_map(|(m, join)| {
+                let live = self.devices.get(m)?.conn.as_ref()?;
+                Some(Target {
+                    conn_id: live.id,
+                    conn: live.conn.clone(),
+                    join_epoch: *join,
+                })
+            })
+            .collect();
+        let table = Arc::new(RouteTable {
+            epoch: call.epoch,
+            targets,
+        });
+        shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call.route, table);
+    }
+
+    fn error(&mut self, shared: &Shared, to: &DeviceKey, code: RelayErrorCode, call: CallRef) {
+        self.push(
+            shared,
+            to,
+            RelayMessage::Error {
+                code,
+                call: Some(call),
+            },
+        );
+    }
+
+    fn create_call(&mut self, shared: &Arc<Shared>, me: DeviceKey, call_ref: CallRef) {
+        if self.calls.contains_key(&call_ref) {
+            return self.error(shared, &me, RelayErrorCode::CallExists, call_ref);
+        }
+        // The smallest free route: most calls get a one-byte routing prefix.
+        let mut route = 0u32;
+        for used in self.routes_used.keys() {
+            if *used != route {
+                break;
+            }
+            route += 1;
+        }
+        if route > MAX_ROUTE {
+            return self.error(shared, &me, RelayErrorCode::BadRequest, call_ref);
+        }
+        self.next_id += 1;
+        self.calls.insert(
+            call_ref,
+            Call {
+                route,
+                epoch: 0,
+                members: HashMap::from([(me, 0)]),
+                ready: HashSet::new(),
+                switched: None,
+                pending: false,
+                incarnation: self.next_id,
+            },
+        );
+        self.routes_used.insert(route, call_ref);
+        self.devices.entry(me).or_default().calls.insert(call_ref);
+        self.db(Op::CreateCall {
+            call: call_ref,
+            route,
+            member: me,
+        });
+        tracing::info!(call = %short(&call_ref.0), route, "call opened");
+        self.push(
+            shared,
+            &me,
+            RelayMessage::CallOpened {
+                call: call_ref,
+                route,
+                epoch: 0,
+            },
+        );
+        self.rebuild(shared, &call_ref);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin_commit(
+        &mut self,
+        shared: &Arc<Shared>,
+        me: DeviceKey,
+        call_ref: CallRef,
+        epoch: u64,
+        commit: &[u8],
+        welcome: &Option<Vec<u8>>,
+        added: &[DeviceKey],
+        removed: &[DeviceKey],
+    ) -> Begin {
+        let Some(call) = self.calls.get_mut(&call_ref) else {
+            self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
+            return Begin::Done;
+        };
+        if !call.members.contains_key(&me) {
+            self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+            return Begin::Done;
+        }
+        let mut seen = HashSet::new();
+        let well_formed = (added.is_empty() || welcome.is_some())
+            && added
+                .iter()
+                .all(|a| !call.members.contains_key(a) && seen.insert(*a))
+            && removed.iter().all(|r| seen.insert(*r));
+        if !well_formed {
+            bump(&shared.stats.bad_frames);
+            self.error(shared, &me, RelayErrorCode::BadRequest, call_ref);
+            return Begin::Done;
+        }
+        if epoch != call.epoch || call.pending || epoch == u64::MAX {
+            bump(&shared.stats.refused);
+            tracing::debug!(call = %short(&call_ref.0), epoch, "commit refused");
+            self.push(
+                shared,
+                &me,
+                RelayMessage::CommitResult {
+                    call: call_ref,
+                    epoch,
+                    accepted: false,
+                },
+            );
+            return Begin::Done;
+        }
+        call.pending = true;
+        let incarnation = call.incarnation;
+        let (reply, rx) = oneshot::channel();
+        self.db(Op::Commit {
+            record: CommitRecord {
+                call: call_ref,
+                epoch,
+                message: commit.to_vec(),
+                added: added.to_vec(),
+                removed: removed.to_vec(),
+            },
+            reply,
+        });
+        Begin::Storing(incarnation, rx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_commit(
+        &mut self,
+        shared: &Arc<Shared>,
+        me: DeviceKey,
+        call_ref: CallRef,
+        incarnation: u64,
+        epoch: u64,
+        stored: bool,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        added: Vec<DeviceKey>,
+        removed: Vec<DeviceKey>,
+    ) {
+        let refuse = |st: &mut Self| {
+            bump(&shared.stats.refused);
+            st.push(
+                shared,
+                &me,
+                RelayMessage::CommitResult {
+                    call: call_ref,
+                    epoch,
+                    accepted: false,
+                },
+            );
+        };
+        let Some(call) = self
+            .calls
+            .get_mut(&call_ref)
+            .filter(|c| c.incarnation == incarnation)
+        else {
+            return refuse(self);
+        };
+        call.pending = false;
+        if !stored {
+            tracing::error!(call = %short(&call_ref.0), epoch, "storing a commit failed");
+            return refuse(self);
+        }
+        let old_members: Vec<DeviceKey> = call.members.keys().copied().collect();
+        let next = epoch + 1;
+        call.epoch = next;
+        call.ready.clear();
+        let route = call.route;
+        for r in &removed {
+            if call.members.remove(r).is_some()
+                && let Some(d) = self.devices.get_mut(r)
+            {
+                d.calls.remove(&call_ref);
+            }
+        }
+        let Some(call) = self.calls.get_mut(&call_ref) else {
+            return;
+        };
+        for a in &added {
+            call.members.insert(*a, next);
+        }
+        bump(&shared.stats.accepted);
+        tracing::info!(
+            call = %short(&call_ref.0),
+            epoch = next,
+            added = added.len(),
+            removed = removed.len(),
+            "commit accepted"
+        );
+        // The removed members stop receiving media at once.
+        self.rebuild(shared, &call_ref);
+        for m in old_members.iter().filter(|m| **m != me) {
+            self.push(
+                shared,
+                m,
+                RelayMessage::Handshake {
+                    call: call_ref,
+                    epoch,
+                    message: commit.clone(),
+                },
+            );
+        }
+        for r in &removed {
+            if old_members.contains(r) {
+                self.push(shared, r, RelayMessage::Removed { call: call_ref });
+            }
+        }
+        self.push(
+            shared,
+            &me,
+            RelayMessage::CommitResult {
+                call: call_ref,
+                epoch,
+                accepted: true,
+            },
+        );
+        let welcome = welcome.unwrap_or_default();
+        for a in &added {
+            let device = self.devices.entry(*a).or_default();
+            device.calls.insert(call_ref);
+            if device.conn.is_none() {
+                let generation = device.generation;
+                arm_hold(shared, *a, generation);
+            }
+            self.push(
+                shared,
+                a,
+                RelayMessage::Welcome {
+                    call: call_ref,
+                    route,
+                    epoch: next,
+                    welcome: welcome.clone(),
+                },
+            );
+        }
+        for r in &removed {
+            self.forget_if_idle(r);
+        }
+        if self
+            .calls
+            .get(&call_ref)
+            .is_some_and(|c| c.members.is_empty())
+        {
+            self.end_call(shared, &call_ref);
+        }
+    }
+
+    fn ready(&mut self, shared: &Arc<Shared>, me: DeviceKey, call_ref: CallRef, epoch: u64) {
+        let Some(call) = self.calls.get_mut(&call_ref) else {
+            return self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
+        };
+        if !call.members.contains_key(&me) {
+            return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+        }
+        // A Ready for another epoch is late (or early) and changes nothing.
+        if epoch == call.epoch {
+            call.ready.insert(me);
+            self.check_switch(shared, &call_ref);
+        }
+    }
+
+    /// Sends `Switch` once every member of the call's epoch is ready for it.
+    fn check_switch(&mut self, shared: &Shared, call_ref: &CallRef) {
+        let Some(call) = self.calls.get_mut(call_ref) else {
+            return;
+        };
+        if call.members.is_empty()
+            || call.switched == Some(call.epoch)
+            || !call.members.keys().all(|m| call.ready.contains(m))
+        {
+            return;
+        }
+        call.switched = Some(call.epoch);
+        let epoch = call.epoch;
+        let members: Vec<DeviceKey> = call.members.keys().copied().collect();
+        tracing::debug!(call = %short(&call_ref.0), epoch, "switch");
+        for m in &members {
+            self.push(
+                shared,
+                m,
+                RelayMessage::Switch {
+                    call: *call_ref,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    fn leave(&mut self, shared: &Arc<Shared>, me: DeviceKey, call_ref: CallRef) {
+        let Some(call) = self.calls.get(&call_ref) else {
+            return self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
+        };
+        if !call.members.contains_key(&me) {
+            return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+        }
+        tracing::info!(call = %short(&call_ref.0), device = %short(&me), "left");
+        self.depart(shared, &call_ref, &me, true);
+    }
+
+    /// `identity` is no longer a member of any of its calls.
+    fn gone(&mut self, shared: &Arc<Shared>, identity: &DeviceKey) {
+        let calls: Vec<CallRef> = self
+            .devices
+            .get(identity)
+            .map(|d| d.calls.iter().copied().collect())
+            .unwrap_or_default();
+        for c in calls {
+            self.depart(shared, &c, identity, true);
+        }
+    }
+
+    /// Takes `identity` out of `call_ref` (forwarding stops at once); the others hear
+    /// `MemberGone`; the last one out ends the call.
+    fn depart(&mut self, shared: &Shared, call_ref: &CallRef, identity: &DeviceKey, notify: bool) {
+        if let Some(d) = self.devices.get_mut(identity) {
+            d.calls.remove(call_ref);
+        }
+        let Some(call) = self.calls.get_mut(call_ref) else {
+            return;
+        };
+        if call.members.remove(identity).is_none() {
+            return;
+        }
+        call.ready.remove(identity);
+        let remaining: Vec<DeviceKey> = call.members.keys().copied().collect();
+        self.db(Op::RemoveMember {
+            call: *call_ref,
+            identity: *identity,
+        });
+        if remaining.is_empty() {
+            return self.end_call(shared, call_ref);
+        }
+        self.rebuild(shared, call_ref);
+        if notify {
+            for m in &remaining {
+                self.push(
+                    shared,
+                    m,
+                    RelayMessage::MemberGone {
+                        call: *call_ref,
+                        identity: *identity,
+                    },
+                );
+            }
+        }
+        self.check_switch(shared, call_ref);
+    }
+
+    /// The call has no member left: its route is free again.
+    fn end_call(&mut self, shared: &Shared, call_ref: &CallRef) {
+        let Some(call) = self.calls.remove(call_ref) else {
+            return;
+        };
+        for m in call.members.keys() {
+            if let Some(d) = self.devices.get_mut(m) {
+                d.calls.remove(call_ref);
+            }
+        }
+        self.routes_used.remove(&call.route);
+        shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&call.route);
+        self.db(Op::EndCall { call: *call_ref });
+        tracing::info!(call = %short(&call_ref.0), route = call.route, "call ended");
+    }
+}
+
+/// Starts the database thread on an opened database.
+pub(crate) fn spawn_database(
+    conn: rusqlite::Connection,
+) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>), RelayError> {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("viska-relay-db".into())
+        .spawn(move || db::run(conn, rx))?;
+    Ok((tx, thread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_epoch;
+
+    #[test]
+    fn frame_epochs_are_the_latest_with_the_kid_remainder() {
+        assert_eq!(frame_epoch(0, 0), Some(0));
+        assert_eq!(frame_epoch(0, 1), None, "an epoch the call has not reached");
+        assert_eq!(frame_epoch(9, 41), Some(9), "leaf 5 at epoch 9");
+        assert_eq!(frame_epoch(9, 40), Some(8));
+        assert_eq!(frame_epoch(9, 2), Some(2));
+        assert_eq!(frame_epoch(16, 8191), Some(15));
+    }
+}

@@ -1,0 +1,874 @@
+//! The relay over real QUIC on loopback, driven by a minimal device written here (quinn and the
+//! codec): authentication, key packages, commit order, Welcome (also held), Ready/Switch,
+//! leaving and the hold time, datagram forwarding and its drops, and a restart.
+//!
+//! Nothing here sleeps to wait: every step waits on the message or counter it expects, with a
+//! generous timeout only as a failure guard.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use viska_e2ee::identity::IdentityKeyPair;
+use viska_proto::relay::{
+    AUTH_EXPORTER_LABEL, CallRef, DeviceKey, RELAY_ALPN, RelayDecoder, RelayErrorCode,
+    RelayMessage, auth_transcript, encode_route,
+};
+use viska_relay::{Relay, RelayConfig, RelayHandle, RelayStats};
+use viska_sframe::{KeyId, SframeHeader};
+
+const GUARD: Duration = Duration::from_secs(10);
+
+async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Waits until the relay's counters satisfy `cond` (yielding, never sleeping).
+async fn until(relay: &RelayHandle, what: &str, cond: impl Fn(&RelayStats) -> bool) {
+    guard(what, async {
+        while !cond(&relay.stats()) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// Accepts the relay's certificate only if its SHA-256 is the pinned one.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity).into();
+        if intermediates.is_empty() && seen == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A QUIC connection to the relay, the control stream the relay opened, and the challenge.
+struct Link {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: RelayDecoder,
+    nonce: [u8; 32],
+}
+
+async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Link, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        fingerprint,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(addr, "viska-relay.invalid")
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let mut link = Link {
+        _endpoint: endpoint,
+        conn,
+        send,
+        recv,
+        decoder: RelayDecoder::new(),
+        nonce: [0; 32],
+    };
+    let RelayMessage::Challenge { nonce } = link.recv().await else {
+        panic!("expected a challenge");
+    };
+    link.nonce = nonce;
+    Ok(link)
+}
+
+impl Link {
+    fn exporter(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut out, AUTH_EXPORTER_LABEL, b"")
+            .unwrap();
+        out
+    }
+
+    async fn send(&mut self, m: &RelayMessage) {
+        self.send.write_all(&m.encode().unwrap()).await.unwrap();
+    }
+
+    async fn try_recv(&mut self) -> Option<RelayMessage> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.decoder.next_message().unwrap() {
+                return Some(m);
+            }
+            match self.recv.read(&mut buf).await {
+                Ok(Some(n)) => self.decoder.push(&buf[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> RelayMessage {
+        guard("a control message", self.try_recv())
+            .await
+            .expect("the relay closed the control stream")
+    }
+}
+
+/// An authenticated device.
+struct Device {
+    link: Link,
+    id: IdentityKeyPair,
+}
+
+fn identity() -> IdentityKeyPair {
+    IdentityKeyPair::generate(&mut rand::rng())
+}
+
+impl Device {
+    async fn login(relay: &RelayHandle, id: IdentityKeyPair) -> Self {
+        let mut link = connect(relay.local_addr(), relay.fingerprint())
+            .await
+            .unwrap();
+        let signature = id.sign(&auth_transcript(&link.exporter(), &link.nonce));
+        link.send(&RelayMessage::Auth {
+            identity: id.public().to_bytes(),
+            signature,
+        })
+        .await;
+        assert_eq!(link.recv().await, RelayMessage::AuthOk);
+        Self { link, id }
+    }
+
+    async fn new(relay: &RelayHandle) -> Self {
+        Self::login(relay, identity()).await
+    }
+
+    fn key(&self) -> DeviceKey {
+        self.id.public().to_bytes()
+    }
+
+    async fn send(&mut self, m: RelayMessage) {
+        self.link.send(&m).await;
+    }
+
+    async fn recv(&mut self) -> RelayMessage {
+        self.link.recv().await
+    }
+
+    /// A round trip: everything this device sent before is handled once this returns.
+    async fn sync(&mut self) {
+        self.send(RelayMessage::FetchKeyPackage {
+            request: 0xffff_ffff,
+            identity: [0xee; 32],
+        })
+        .await;
+        assert_eq!(
+            self.recv().await,
+            RelayMessage::KeyPackage {
+                request: 0xffff_ffff,
+                identity: [0xee; 32],
+                package: None
+            }
+        );
+    }
+
+    async fn datagram(&self) -> Bytes {
+        guard("a datagram", self.link.conn.read_datagram())
+            .await
+            .unwrap()
+    }
+
+    fn send_datagram(&self, d: &[u8]) {
+        self.link
+            .conn
+            .send_datagram(Bytes::copy_from_slice(d))
+            .unwrap();
+    }
+}
+
+async fn start(dir: &std::path::Path) -> RelayHandle {
+    start_with(dir, |_| {}).await
+}
+
+async fn start_with(dir: &std::path::Path, tweak: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
+    tweak(&mut config);
+    Relay::start(config).await.unwrap()
+}
+
+/// A media datagram: route, an SFrame header (KID, CTR), and a fake ciphertext.
+fn media(route: u32, kid: u64, ctr: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_route(route, &mut out).unwrap();
+    let header = SframeHeader {
+        kid: KeyId(kid),
+        ctr,
+    };
+    let mut h = [0u8; 17];
+    let n = header.encode(&mut h).unwrap();
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// `creator` opens `call`; returns its route.
+async fn open_call(creator: &mut Device, call: CallRef) -> u32 {
+    creator.send(RelayMessage::CreateCall { call }).await;
+    match creator.recv().await {
+        RelayMessage::CallOpened {
+            call: c,
+            route,
+            epoch: 0,
+        } if c == call => route,
+        other => panic!("expected CallOpened, got {other:?}"),
+    }
+}
+
+/// `by` commits at `epoch` adding `added`, and every added device takes its Welcome.
+async fn add(by: &mut Device, call: CallRef, epoch: u64, added: &mut [&mut Device]) {
+    let keys = added.iter().map(|d| d.key()).collect();
+    by.send(RelayMessage::Commit {
+        call,
+        epoch,
+        commit: format!("add at {epoch}").into_bytes(),
+        welcome: Some(b"welcome".to_vec()),
+        added: keys,
+        removed: vec![],
+    })
+    .await;
+    assert_eq!(
+        by.recv().await,
+        RelayMessage::CommitResult {
+            call,
+            epoch,
+            accepted: true
+        }
+    );
+    for d in added.iter_mut() {
+        match d.recv().await {
+            RelayMessage::Welcome {
+                call: c,
+                epoch: e,
+                welcome,
+                ..
+            } => {
+                assert_eq!((c, e, &welcome[..]), (call, epoch + 1, &b"welcome"[..]));
+            }
+            other => panic!("expected a Welcome, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn authentication_needs_a_signature_over_this_connections_exporter_and_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let id = identity();
+
+    // A good signature.
+    let _good = Device::login(&relay, id.clone()).await;
+
+    // A signature over the wrong bytes.
+    let mut link = connect(relay.local_addr(), relay.fingerprint())
+        .await
+        .unwrap();
+    let mut wrong = auth_transcript(&link.exporter(), &link.nonce);
+    wrong[0] ^= 1;
+    link.send(&RelayMessage::Auth {
+        identity: id.public().to_bytes(),
+        signature: id.sign(&wrong),
+    })
+    .await;
+    assert_eq!(
+        link.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::Unauthenticated,
+            call: None
+        }
+    );
+    assert_eq!(link.try_recv().await, None, "and the connection closes");
+
+    // A signature over another connection's exporter (a relayed challenge).
+    let mut a = connect(relay.local_addr(), relay.fingerprint())
+        .await
+        .unwrap();
+    let b = connect(relay.local_addr(), relay.fingerprint())
+        .await
+        .unwrap();
+    let signature = id.sign(&auth_transcript(&b.exporter(), &a.nonce));
+    a.send(&RelayMessage::Auth {
+        identity: id.public().to_bytes(),
+        signature,
+    })
+    .await;
+    assert!(matches!(
+        a.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::Unauthenticated,
+            ..
+        }
+    ));
+
+    // Anything but Auth first.
+    let mut c = connect(relay.local_addr(), relay.fingerprint())
+        .await
+        .unwrap();
+    c.send(&RelayMessage::CreateCall {
+        call: CallRef([1; 16]),
+    })
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::Unauthenticated,
+            ..
+        }
+    ));
+
+    // A device pinning another fingerprint does not accept the relay.
+    assert!(connect(relay.local_addr(), [0; 32]).await.is_err());
+
+    let stats = relay.stats();
+    assert_eq!(stats.authenticated, 1);
+    assert_eq!(stats.auth_failures, 3);
+    assert_eq!(stats.devices_online, 1);
+    drop(b);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn key_packages_are_consumed_then_the_last_resort_one_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    alice
+        .send(RelayMessage::PublishKeyPackages {
+            packages: vec![b"kp1".to_vec(), b"kp2".to_vec()],
+            last_resort: Some(b"last".to_vec()),
+        })
+        .await;
+    alice.sync().await;
+    let alice_key = alice.key();
+    let fetch = |request| RelayMessage::FetchKeyPackage {
+        request,
+        identity: alice_key,
+    };
+    let mut got = Vec::new();
+    for request in 1..=4 {
+        bob.send(fetch(request)).await;
+        match bob.recv().await {
+            RelayMessage::KeyPackage {
+                request: r,
+                identity,
+                package,
+            } => {
+                assert_eq!((r, identity), (request, alice.key()));
+                got.push(package.unwrap());
+            }
+            other => panic!("expected a key package, got {other:?}"),
+        }
+    }
+    assert_eq!(got, [&b"kp1"[..], b"kp2", b"last", b"last"]);
+
+    // Publishing replaces everything, the last-resort package included.
+    alice
+        .send(RelayMessage::PublishKeyPackages {
+            packages: vec![b"kp3".to_vec()],
+            last_resort: None,
+        })
+        .await;
+    alice.sync().await;
+    for (request, expected) in [(5, Some(b"kp3".to_vec())), (6, None)] {
+        bob.send(fetch(request)).await;
+        assert_eq!(
+            bob.recv().await,
+            RelayMessage::KeyPackage {
+                request,
+                identity: alice.key(),
+                package: expected
+            }
+        );
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_first_commit_for_an_epoch_wins_and_the_others_get_it_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let mut carol = Device::new(&relay).await;
+    let call = CallRef([7; 16]);
+    let route = open_call(&mut alice, call).await;
+    assert_eq!(route, 0, "the smallest free route");
+
+    // A second CreateCall for the same call is refused.
+    bob.send(RelayMessage::CreateCall { call }).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::CallExists,
+            call: Some(call)
+        }
+    );
+
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+
+    // Bob and Carol both commit for epoch 1.
+    let commit = |who: &str| RelayMessage::Commit {
+        call,
+        epoch: 1,
+        commit: who.as_bytes().to_vec(),
+        welcome: None,
+        added: vec![],
+        removed: vec![],
+    };
+    bob.send(commit("bob")).await;
+    carol.send(commit("carol")).await;
+    // Each hears its verdict, and the loser also the winner's commit (in either order).
+    let mut verdicts = Vec::new();
+    let mut heard = Vec::new();
+    for (name, device) in [("bob", &mut bob), ("carol", &mut carol)] {
+        loop {
+            match device.recv().await {
+                RelayMessage::CommitResult {
+                    epoch: 1, accepted, ..
+                } => {
+                    verdicts.push((name, accepted));
+                    if accepted {
+                        break;
+                    }
+                    if heard.iter().any(|(n, _)| *n == name) {
+                        break;
+                    }
+                }
+                RelayMessage::Handshake {
+                    epoch: 1, message, ..
+                } => {
+                    heard.push((name, message));
+                    if verdicts.iter().any(|(n, _)| *n == name) {
+                        break;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let winners: Vec<_> = verdicts.iter().filter(|(_, a)| *a).collect();
+    assert_eq!(winners.len(), 1, "{verdicts:?}");
+    let (winner, loser) = if winners[0].0 == "bob" {
+        ("bob", "carol")
+    } else {
+        ("carol", "bob")
+    };
+    assert_eq!(heard, [(loser, winner.as_bytes().to_vec())]);
+
+    // The loser commits again on top of the winner: accepted for epoch 2.
+    let loser_device = if loser == "bob" { &mut bob } else { &mut carol };
+    loser_device
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 2,
+            commit: b"second".to_vec(),
+            welcome: None,
+            added: vec![],
+            removed: vec![],
+        })
+        .await;
+    assert_eq!(
+        loser_device.recv().await,
+        RelayMessage::CommitResult {
+            call,
+            epoch: 2,
+            accepted: true
+        }
+    );
+
+    // Alice, who committed nothing, gets both in the call's order.
+    for (epoch, message) in [(1, winner.as_bytes()), (2, &b"second"[..])] {
+        assert_eq!(
+            alice.recv().await,
+            RelayMessage::Handshake {
+                call,
+                epoch,
+                message: message.to_vec()
+            }
+        );
+    }
+
+    // A stale commit, and one from a device that is not a member.
+    alice.send(commit("late")).await;
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::CommitResult {
+            call,
+            epoch: 1,
+            accepted: false
+        }
+    );
+    let mut mallory = Device::new(&relay).await;
+    mallory.send(commit("mallory")).await;
+    assert_eq!(
+        mallory.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    let stats = relay.stats();
+    assert_eq!((stats.commits_accepted, stats.commits_refused), (3, 2));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_welcome_is_held_until_the_device_connects_and_ready_from_all_brings_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let bob_id = identity();
+    let call = CallRef([8; 16]);
+    let route = open_call(&mut alice, call).await;
+    alice
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 0,
+            commit: b"add bob".to_vec(),
+            welcome: Some(b"welcome bob".to_vec()),
+            added: vec![bob_id.public().to_bytes()],
+            removed: vec![],
+        })
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::CommitResult { accepted: true, .. }
+    ));
+
+    // Bob connects only now: AuthOk, then the held Welcome.
+    let mut bob = Device::login(&relay, bob_id).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Welcome {
+            call,
+            route,
+            epoch: 1,
+            welcome: b"welcome bob".to_vec()
+        }
+    );
+
+    // Alice is ready: no Switch yet (her next message is the answer to a later request).
+    alice.send(RelayMessage::Ready { call, epoch: 1 }).await;
+    alice.sync().await;
+    // Bob is ready too: both switch.
+    bob.send(RelayMessage::Ready { call, epoch: 1 }).await;
+    for d in [&mut alice, &mut bob] {
+        assert_eq!(d.recv().await, RelayMessage::Switch { call, epoch: 1 });
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn datagrams_reach_the_other_members_and_nobody_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let mut carol = Device::new(&relay).await;
+    let mallory = Device::new(&relay).await;
+    let call = CallRef([9; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+
+    // Alice (leaf 0) sends under epoch 1: both others get the very bytes.
+    let frame = media(route, 1, 0, b"opus under epoch 1");
+    alice.send_datagram(&frame);
+    assert_eq!(&bob.datagram().await[..], &frame[..]);
+    assert_eq!(&carol.datagram().await[..], &frame[..]);
+    until(&relay, "two forwarded", |s| s.datagrams_forwarded == 2).await;
+
+    // A non-member's datagram, an unknown route's, and a broken one are dropped and counted.
+    mallory.send_datagram(&media(route, 1, 1, b"intruder"));
+    mallory.send_datagram(&media(route + 5, 1, 1, b"nowhere"));
+    mallory.send_datagram(&[0xc0]);
+    until(&relay, "the drops", |s| {
+        s.dropped_not_member == 1 && s.dropped_no_route == 1 && s.dropped_malformed == 1
+    })
+    .await;
+
+    // Alice removes Carol: Carol hears it, and gets no media from then on.
+    alice
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 1,
+            commit: b"remove carol".to_vec(),
+            welcome: None,
+            added: vec![],
+            removed: vec![carol.key()],
+        })
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::CommitResult { accepted: true, .. }
+    ));
+    assert!(matches!(
+        carol.recv().await,
+        RelayMessage::Handshake { epoch: 1, .. }
+    ));
+    assert_eq!(carol.recv().await, RelayMessage::Removed { call });
+    let frame = media(route, 1, 1, b"still epoch 1, after the removal");
+    alice.send_datagram(&frame);
+    assert_eq!(&bob.datagram().await[..], &frame[..]);
+    until(&relay, "one more forwarded", |s| s.datagrams_forwarded == 3).await;
+    // Carol's own datagrams are not forwarded either.
+    carol.send_datagram(&media(route, 9, 0, b"removed"));
+    until(&relay, "the removed member's drop", |s| {
+        s.dropped_not_member == 2
+    })
+    .await;
+
+    // Dave joins at epoch 3: frames of epoch 2 are not forwarded to him, frames of 3 are.
+    let mut dave = Device::new(&relay).await;
+    add(&mut alice, call, 2, &mut [&mut dave]).await;
+    let old = media(route, 2, 2, b"epoch 2");
+    alice.send_datagram(&old);
+    assert_eq!(&bob.datagram().await[..], &old[..]);
+    until(&relay, "the drop before the join", |s| {
+        s.dropped_before_join == 1
+    })
+    .await;
+    let new = media(route, 3, 3, b"epoch 3");
+    alice.send_datagram(&new);
+    assert_eq!(&bob.datagram().await[..], &new[..]);
+    assert_eq!(&dave.datagram().await[..], &new[..]);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaving_and_the_hold_time_tell_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(200)).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let mut carol = Device::new(&relay).await;
+    let call = CallRef([10; 16]);
+    open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+
+    bob.send(RelayMessage::Leave { call }).await;
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::MemberGone {
+                call,
+                identity: bob.key()
+            }
+        );
+    }
+    // Alice commits Bob's removal although the relay dropped him already: accepted.
+    alice
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 1,
+            commit: b"remove bob".to_vec(),
+            welcome: None,
+            added: vec![],
+            removed: vec![bob.key()],
+        })
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::CommitResult { accepted: true, .. }
+    ));
+    assert!(matches!(
+        carol.recv().await,
+        RelayMessage::Handshake { epoch: 1, .. }
+    ));
+
+    // Carol's connection closes: past the hold time she is gone.
+    let carol_key = carol.key();
+    carol.link.conn.close(0u32.into(), b"bye");
+    drop(carol);
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::MemberGone {
+            call,
+            identity: carol_key
+        }
+    );
+    // The last member leaves: the call ends and its route is free for the next call.
+    alice.send(RelayMessage::Leave { call }).await;
+    let next = open_call(&mut alice, CallRef([11; 16])).await;
+    assert_eq!(next, 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_commit_order_and_the_certificate_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let fingerprint = relay.fingerprint();
+    let alice_id = identity();
+    let mut alice = Device::login(&relay, alice_id.clone()).await;
+    let call = CallRef([12; 16]);
+    open_call(&mut alice, call).await;
+    alice
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 0,
+            commit: b"epoch 0".to_vec(),
+            welcome: Some(b"w".to_vec()),
+            added: vec![[0x42; 32]],
+            removed: vec![],
+        })
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::CommitResult { accepted: true, .. }
+    ));
+    drop(alice);
+    relay.shutdown().await;
+
+    let relay = start(dir.path()).await;
+    assert_eq!(relay.fingerprint(), fingerprint, "the certificate is kept");
+    let mut alice = Device::login(&relay, alice_id).await;
+    let commit = |epoch: u64| RelayMessage::Commit {
+        call,
+        epoch,
+        commit: format!("at {epoch}").into_bytes(),
+        welcome: None,
+        added: vec![],
+        removed: vec![],
+    };
+    alice.send(commit(0)).await;
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::CommitResult {
+            call,
+            epoch: 0,
+            accepted: false
+        }
+    );
+    alice.send(commit(1)).await;
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::CommitResult {
+            call,
+            epoch: 1,
+            accepted: true
+        }
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_frame_is_answered_and_a_broken_stream_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+
+    // A frame whose body does not decode: answered, the connection goes on.
+    alice
+        .link
+        .send
+        .write_all(&[0, 0, 0, 1, 0x7f])
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::BadRequest,
+            call: None
+        }
+    );
+    // A message only the relay sends: refused the same way.
+    alice.send(RelayMessage::AuthOk).await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::BadRequest,
+            ..
+        }
+    ));
+    alice.sync().await;
+
+    // A length beyond the largest frame breaks the stream: that connection closes.
+    alice
+        .link
+        .send
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(alice.link.try_recv().await, None);
+    guard("the close", alice.link.conn.closed()).await;
+
+    // Bob did not notice.
+    bob.sync().await;
+    assert_eq!(relay.stats().bad_frames, 3);
+    relay.shutdown().await;
+}
