@@ -906,3 +906,19 @@ async fn a_new_connection_of_an_identity_replaces_the_old_one_and_gets_the_held_
     assert_eq!(third.recv().await, RelayMessage::Removed { call });
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_receiver_without_room_is_skipped_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    // A datagram send buffer smaller than any datagram: every copy finds it full.
+    let relay = start_with(dir.path(), |c| c.datagram_send_buffer = 8).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let call = CallRef([14; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+    alice.send_datagram(&media(route, 1, 0, b"more than eight bytes"));
+    until(&relay, "the drop", |s| s.dropped_slow_receiver == 1).await;
+    assert_eq!(relay.stats().datagrams_forwarded, 0);
+    relay.shutdown().await;
+}
