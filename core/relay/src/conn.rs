@@ -15,6 +15,9 @@ use viska_proto::relay::{
 use crate::state::{Shared, close, short, spawn_database};
 use crate::{DeviceKey, RelayConfig, RelayError, RelayHandle, bump, cert, db};
 
+/// Bytes of received datagrams quinn holds per connection until the relay forwards them.
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
 /// Bytes read from the control stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -65,7 +68,7 @@ fn server_config(
         quinn::IdleTimeout::try_from(config.idle_timeout).map_err(tls_error)?,
     ));
     transport.datagram_send_buffer_size(config.datagram_send_buffer);
-    transport.datagram_receive_buffer_size(Some(config.datagram_send_buffer));
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     // One control stream, opened by the relay; the device may open none.
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());

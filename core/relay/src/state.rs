@@ -815,7 +815,8 @@ impl State {
         self.depart(shared, &call_ref, &me, true);
     }
 
-    /// `identity` is no longer a member of any of its calls.
+    /// `identity` (disconnected past the hold time) is no longer a member of any of its
+    /// calls; `Removed` for each is held for it, should it come back.
     fn gone(&mut self, shared: &Arc<Shared>, identity: &DeviceKey) {
         let calls: Vec<CallRef> = self
             .devices
@@ -824,6 +825,7 @@ impl State {
             .unwrap_or_default();
         for c in calls {
             self.depart(shared, &c, identity, true);
+            self.push(shared, identity, RelayMessage::Removed { call: c });
         }
     }
 

@@ -872,3 +872,53 @@ async fn a_bad_frame_is_answered_and_a_broken_stream_closes_only_its_connection(
     assert_eq!(relay.stats().bad_frames, 3);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_new_connection_of_an_identity_replaces_the_old_one_and_gets_the_held_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(100)).await;
+    let id = identity();
+    let mut first = Device::login(&relay, id.clone()).await;
+    let mut watcher = Device::new(&relay).await;
+    let call = CallRef([13; 16]);
+    open_call(&mut first, call).await;
+    let mut second = Device::login(&relay, id.clone()).await;
+    let closed = guard("the old connection's close", first.link.conn.closed()).await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 2u32.into()),
+        "{closed:?}"
+    );
+    // The new connection is the member now: its commit is accepted.
+    add(&mut second, call, 0, &mut [&mut watcher]).await;
+    assert_eq!(relay.stats().devices_online, 2);
+
+    // Gone past the hold time: the others hear it, and it hears it when it comes back.
+    second.link.conn.close(0u32.into(), b"bye");
+    drop(second);
+    assert_eq!(
+        watcher.recv().await,
+        RelayMessage::MemberGone {
+            call,
+            identity: id.public().to_bytes()
+        }
+    );
+    let mut third = Device::login(&relay, id).await;
+    assert_eq!(third.recv().await, RelayMessage::Removed { call });
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_without_room_is_skipped_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    // A datagram send buffer smaller than any datagram: every copy finds it full.
+    let relay = start_with(dir.path(), |c| c.datagram_send_buffer = 8).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let call = CallRef([14; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+    alice.send_datagram(&media(route, 1, 0, b"more than eight bytes"));
+    until(&relay, "the drop", |s| s.dropped_slow_receiver == 1).await;
+    assert_eq!(relay.stats().datagrams_forwarded, 0);
+    relay.shutdown().await;
+}
