@@ -385,7 +385,8 @@ impl Device {
             .map_err(|e| TransportError::Tls(e.to_string()))?
             .await
             .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let (send, recv) = conn.open_bi().await.map_err(io_error)?;
+        // The relay opens the control stream and speaks first (its challenge).
+        let (send, recv) = conn.accept_bi().await.map_err(io_error)?;
         let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
         let mut device = Self {
             config,

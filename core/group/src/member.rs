@@ -36,7 +36,7 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         Self {
-            suite: CipherSuite::ChaCha20Poly1305Sha256,
+            suite: CipherSuite::AesCtr128HmacSha256_80,
             transition_timeout: Duration::from_secs(2),
             retain_previous: Duration::from_secs(4),
         }

@@ -114,7 +114,7 @@ impl Default for GroupSessionConfig {
         Self {
             opus: OpusConfig::default(),
             jitter: JitterConfig::default(),
-            suite: CipherSuite::ChaCha20Poly1305Sha256,
+            suite: CipherSuite::AesCtr128HmacSha256_80,
             record: false,
         }
     }

@@ -1,0 +1,207 @@
+//! Group calls end to end: a real relay (`viska-relay`, QUIC on loopback, SQLite data dir) and
+//! three group phones, each sending its own tone through real sessions, MLS groups and SFrame.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use viska::group::{GroupCallSnapshot, GroupPhone, GroupPhoneConfig};
+use viska::identity::IdentityKeyPair;
+use viska::media::audio::{AudioIoError, AudioSink, AudioSource, SourceStatus};
+use viska::phone::AudioFactory;
+use viska::session::GroupSessionConfig;
+use viska_group::GroupConfig;
+use viska_relay::{Relay, RelayConfig, RelayHandle};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A tone in, the loudness of what is heard out.
+struct Tone {
+    hz: f64,
+    heard: Arc<Heard>,
+}
+
+#[derive(Default)]
+struct Heard {
+    frames: AtomicU64,
+    loud_frames: AtomicU64,
+}
+
+struct ToneSource {
+    hz: f64,
+    n: u64,
+}
+
+impl AudioSource for ToneSource {
+    fn read_frame(&mut self, out: &mut [i16]) -> Result<SourceStatus, AudioIoError> {
+        for s in out.iter_mut() {
+            let t = self.n as f64 / 48_000.0;
+            *s = (8000.0 * (2.0 * std::f64::consts::PI * self.hz * t).sin()) as i16;
+            self.n += 1;
+        }
+        Ok(SourceStatus::Audio)
+    }
+
+    fn has_own_clock(&self) -> bool {
+        false
+    }
+}
+
+struct LevelSink(Arc<Heard>);
+
+impl AudioSink for LevelSink {
+    fn write_frame(&mut self, pcm: &[i16]) -> Result<(), AudioIoError> {
+        self.0.frames.fetch_add(1, Ordering::Relaxed);
+        let energy = pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len() as f64;
+        if energy.sqrt() > 1000.0 {
+            self.0.loud_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl AudioFactory for Tone {
+    fn open_source(&self, _frame_samples: usize) -> Result<Box<dyn AudioSource>, AudioIoError> {
+        Ok(Box::new(ToneSource { hz: self.hz, n: 0 }))
+    }
+
+    fn open_sink(&self, _frame_samples: usize) -> Result<Box<dyn AudioSink>, AudioIoError> {
+        Ok(Box::new(LevelSink(Arc::clone(&self.heard))))
+    }
+}
+
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    relay: Option<RelayHandle>,
+    dir: std::path::PathBuf,
+}
+
+static DIRS: Mutex<u32> = Mutex::new(0);
+
+fn relay() -> Setup {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = {
+        let mut n = DIRS.lock().unwrap();
+        *n += 1;
+        *n
+    };
+    let dir = std::env::temp_dir().join(format!("viska-group-e2e-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    let relay = runtime.block_on(Relay::start(config)).unwrap();
+    Setup {
+        runtime,
+        relay: Some(relay),
+        dir,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            self.runtime.block_on(relay.shutdown());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn phone(setup: &Setup, seed: u8, hz: f64) -> (GroupPhone, Arc<Heard>) {
+    let relay = setup.relay.as_ref().unwrap();
+    let heard = Arc::new(Heard::default());
+    let config = GroupPhoneConfig {
+        relay: relay.local_addr(),
+        relay_fingerprint: relay.fingerprint(),
+        identity: IdentityKeyPair::from_secret_bytes(&[seed; 32]).unwrap(),
+        audio: Arc::new(Tone {
+            hz,
+            heard: Arc::clone(&heard),
+        }),
+        session: GroupSessionConfig::default(),
+        group: GroupConfig::default(),
+    };
+    (GroupPhone::connect(config).unwrap(), heard)
+}
+
+fn one(phone: &GroupPhone) -> GroupCallSnapshot {
+    phone.calls().into_iter().next().expect("a call")
+}
+
+#[test]
+fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
+    let setup = relay();
+    let (alice, alice_heard) = phone(&setup, 1, 400.0);
+    let (bob, bob_heard) = phone(&setup, 2, 600.0);
+    let (carol, _carol_heard) = phone(&setup, 3, 800.0);
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    alice.add(call, carol.identity()).unwrap();
+    let all_in = |p: &GroupPhone| {
+        p.wait_for(WAIT, |calls| {
+            calls
+                .get(&call)
+                .is_some_and(|c| c.roster.len() == 3 && c.sending_epoch == c.epoch)
+        })
+    };
+    assert!(all_in(&alice) && all_in(&bob) && all_in(&carol));
+    // Everyone receives both others' frames.
+    for p in [&alice, &bob, &carol] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| c
+                .received
+                .len()
+                == 2
+                && c.received.values().all(|&n| n > 150))),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    let codes: Vec<_> = [&alice, &bob, &carol]
+        .iter()
+        .map(|p| one(p).verification_code)
+        .collect();
+    assert!(codes[0].is_some());
+    assert!(codes.iter().all(|c| c == &codes[0]), "{codes:?}");
+    assert!(
+        alice_heard.loud_frames.load(Ordering::Relaxed) > 100,
+        "alice played {} frames, {} loud: {:?}",
+        alice_heard.frames.load(Ordering::Relaxed),
+        alice_heard.loud_frames.load(Ordering::Relaxed),
+        one(&alice)
+    );
+    assert!(bob_heard.loud_frames.load(Ordering::Relaxed) > 100);
+
+    // Carol leaves: the relay tells the others, Alice (the lowest leaf) commits her removal.
+    carol.leave(call).unwrap();
+    for p in [&alice, &bob] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| c
+                .roster
+                .len()
+                == 2
+                && c.sending_epoch == c.epoch)),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    assert_eq!(one(&alice).verification_code, one(&bob).verification_code);
+    assert_ne!(one(&alice).verification_code, codes[0]);
+    // Audio goes on between the two.
+    let before = one(&bob).media.frames_received;
+    assert!(bob.wait_for(WAIT, |calls| {
+        calls
+            .get(&call)
+            .is_some_and(|c| c.media.frames_received > before + 50)
+    }));
+    for p in [&alice, &bob] {
+        let s = one(p);
+        assert_eq!(s.media.decrypt_failures, 0, "{s:?}");
+        assert_eq!(s.group_failures, 0, "{s:?}");
+    }
+    let stats = setup.relay.as_ref().unwrap().stats();
+    assert!(stats.datagrams_forwarded > 300, "{stats:?}");
+}
