@@ -21,15 +21,18 @@ use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, oneshot};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
-use viska_group::{GroupConfig, GroupEvent, GroupMember, GroupOutput, ParticipantId};
+use viska_group::{GroupMember, GroupOutput, ParticipantId};
 use viska_media::audio::{AudioSink, AudioSource};
 use viska_proto::relay::{
-    AUTH_EXPORTER_LABEL, CallRef, DeviceKey, RelayDecoder, RelayErrorCode, RelayMessage,
-    auth_transcript, decode_route, encode_route,
+    AUTH_EXPORTER_LABEL, DeviceKey, RelayDecoder, RelayErrorCode, RelayMessage, auth_transcript,
+    decode_route, encode_route,
 };
 use viska_session::{
     AudioStatus, GroupSessionConfig, Input, MediaCounters, Output, Request, Session,
 };
+
+pub use viska_group::{GroupConfig, GroupEvent};
+pub use viska_proto::relay::CallRef;
 
 use crate::phone::AudioFactory;
 use crate::transport::TransportError;

@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use viska::group::{GroupCallSnapshot, GroupPhone, GroupPhoneConfig};
+use viska::group::{GroupCallSnapshot, GroupConfig, GroupPhone, GroupPhoneConfig};
 use viska::identity::IdentityKeyPair;
 use viska::media::audio::{AudioIoError, AudioSink, AudioSource, SourceStatus};
 use viska::phone::AudioFactory;
 use viska::session::GroupSessionConfig;
-use viska_group::GroupConfig;
 use viska_relay::{Relay, RelayConfig, RelayHandle};
 
 const WAIT: Duration = Duration::from_secs(20);

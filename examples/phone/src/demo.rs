@@ -68,6 +68,12 @@ pub(crate) struct DemoArgs {
     /// `SSLKEYLOGFILE`, so that a packet capture of the call can be decrypted.
     #[arg(long)]
     tls_key_log: bool,
+    /// Run a group call instead of the direct one: an in-process relay and this many phones
+    /// (2 to 32; 3 when the flag has no value) over real QUIC on loopback, one MLS group,
+    /// each phone speaking its share of `--input` in turn. The last JSON line then carries a
+    /// `participants` array.
+    #[arg(long, num_args = 0..=1, default_missing_value = "3")]
+    participants: Option<usize>,
     /// Leave the phones' media threads at normal priority (by default they ask for real-time
     /// priority, which the system may refuse).
     #[arg(long)]
@@ -253,6 +259,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
             path
         }
     };
+    if let Some(n) = args.participants {
+        return crate::group_demo::run(n, args.seconds, &input);
+    }
     let impairment = if args.loss > 0.0 || args.jitter > 0 || args.delay > 0 {
         Some(ImpairmentConfig::simple(
             args.loss,

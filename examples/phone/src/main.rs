@@ -22,6 +22,7 @@ use viska::sframe::CipherSuite;
 use viska::{CallHandle, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder, PhoneEvent};
 
 mod demo;
+mod group_demo;
 
 #[derive(Parser, Debug)]
 #[command(
