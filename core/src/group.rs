@@ -113,6 +113,9 @@ pub struct GroupCallSnapshot {
     pub media: MediaCounters,
     /// Frames received per participant.
     pub received: BTreeMap<ParticipantId, u64>,
+    /// How loud each participant was in the last frame played (RMS relative to full scale,
+    /// 0 to 1): who is speaking.
+    pub levels: BTreeMap<ParticipantId, f32>,
     /// Epoch changes seen.
     pub epochs_seen: u64,
     /// Group messages refused (forged, stale, undecryptable...).
@@ -132,6 +135,7 @@ impl GroupCallSnapshot {
             me: None,
             media: MediaCounters::default(),
             received: BTreeMap::new(),
+            levels: BTreeMap::new(),
             epochs_seen: 0,
             group_failures: 0,
             ended: false,
@@ -870,6 +874,11 @@ impl Device {
                         .participant_counters(*p)
                         .map(|c| (*p, c.received))
                 })
+                .collect();
+            s.levels = s
+                .roster
+                .keys()
+                .filter_map(|p| ctx.session.participant_level(*p).map(|l| (*p, l)))
                 .collect();
         }
         self.publish_snapshots();

@@ -154,7 +154,9 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
                 .received
                 .len()
                 == 2
-                && c.received.values().all(|&n| n > 150))),
+                && c.received.values().all(|&n| n > 150)
+                // Both others' tones are heard: each is speaking.
+                && c.levels.values().filter(|&&l| l > 0.05).count() == 2)),
             "{:?}",
             p.snapshot(call)
         );

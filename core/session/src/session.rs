@@ -788,6 +788,12 @@ impl Session {
         c
     }
 
+    /// How loud `participant` was in the last frame played: the RMS relative to full scale,
+    /// 0 (silent, or not heard: on hold) to 1. Who is speaking, for the application's roster.
+    pub fn participant_level(&self, participant: ParticipantId) -> Option<f32> {
+        self.stream(participant).map(|s| s.level)
+    }
+
     /// Playout counters of one participant's stream (loss, concealment, delays); its
     /// decryption and replay counts are summed into [`Session::counters`].
     pub fn participant_counters(&self, participant: ParticipantId) -> Option<JitterStats> {
@@ -1655,9 +1661,13 @@ fn play(m: &mut Media, deadline: Instant, receive: bool) {
         for stream in &mut m.streams {
             match stream.pull(deadline, &mut m.scratch) {
                 Ok(_) => {
+                    let mut energy = 0f64;
                     for (mix, &sample) in m.mix.iter_mut().zip(m.scratch.iter()) {
                         *mix = mix.saturating_add(sample);
+                        energy += f64::from(sample) * f64::from(sample);
                     }
+                    let rms = (energy / m.scratch.len().max(1) as f64).sqrt();
+                    stream.level = (rms / f64::from(i16::MAX)) as f32;
                 }
                 Err(e) => tracing::warn!(error = %e, "playout failed"),
             }
@@ -1665,6 +1675,7 @@ fn play(m: &mut Media, deadline: Instant, receive: bool) {
     } else {
         for stream in &mut m.streams {
             stream.last_played = None;
+            stream.level = 0.0;
         }
     }
     m.play_ready = true;

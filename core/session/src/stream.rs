@@ -47,6 +47,8 @@ pub(crate) struct Stream {
     /// The sender's index of the frame played last, and when it starts to be heard in its
     /// period.
     pub(crate) last_played: Option<(u64, Duration)>,
+    /// RMS of the last frame played, relative to full scale (0 to 1).
+    pub(crate) level: f32,
     /// Running totals of refusals per reason, and when each was last reported.
     pub(crate) rejections: RejectionLog,
 }
@@ -93,6 +95,7 @@ impl Stream {
             counters: StreamCounters::default(),
             reported: (0, 0),
             last_played: None,
+            level: 0.0,
             rejections: RejectionLog::default(),
         })
     }
