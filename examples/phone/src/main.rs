@@ -22,6 +22,7 @@ use viska::sframe::CipherSuite;
 use viska::{CallHandle, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder, PhoneEvent};
 
 mod demo;
+mod group_cli;
 mod group_demo;
 
 #[derive(Parser, Debug)]
@@ -56,6 +57,21 @@ enum Cmd {
     Call {
         /// The callee's address.
         addr: SocketAddr,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+    /// Register on a relay and take part in group calls: joins every call it is added to;
+    /// commands on standard input (create, add CALL IDENTITY, leave CALL, roster, quit).
+    Group {
+        /// The relay's address.
+        #[arg(long)]
+        relay: SocketAddr,
+        /// The relay's certificate fingerprint (64 hex digits, as the relay prints it).
+        #[arg(long, value_parser = group_cli::parse_fingerprint)]
+        relay_fingerprint: [u8; 32],
+        /// Identities (64 hex digits) this user has verified: shown as verified in rosters.
+        #[arg(long)]
+        verified: Vec<String>,
         #[command(flatten)]
         media: MediaArgs,
     },
@@ -140,6 +156,12 @@ fn main() {
         } => listen(bind, auto_answer, max_handshakes_per_source, media),
         Cmd::Call { addr, media } => call(addr, media),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Group {
+            relay,
+            relay_fingerprint,
+            verified,
+            media,
+        } => group_cli::run(relay, relay_fingerprint, verified, &media),
         Cmd::Devices => devices(),
     };
     if let Err(e) = result {
