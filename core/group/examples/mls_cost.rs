@@ -30,38 +30,54 @@ fn viska(seed: u32) -> Result<GroupMember, Error> {
     )?)
 }
 
-/// Commit, process and join times (ms, medians) through `GroupMember`.
-fn ours(size: usize, reps: usize) -> Result<[f64; 3], Error> {
-    let now = Instant::now();
-    let mut alice = viska(0)?;
-    alice.create(now, b"cost")?;
-    let mut bob = viska(1)?;
-    let mut packages = vec![bob.key_package(false)?];
-    for i in 2..size as u32 {
-        packages.push(viska(i)?.key_package(false)?);
+/// A group of `size` leaves through `GroupMember`: Alice commits, Bob processes.
+struct Ours {
+    alice: GroupMember,
+    bob: GroupMember,
+    next: u32,
+}
+
+impl Ours {
+    fn new(size: usize) -> Result<Self, Error> {
+        let now = Instant::now();
+        let mut alice = viska(0)?;
+        alice.create(now, b"cost")?;
+        let mut bob = viska(1)?;
+        let mut packages = vec![bob.key_package(false)?];
+        for i in 2..size as u32 {
+            packages.push(viska(i)?.key_package(false)?);
+        }
+        let commit = alice.add(&packages)?;
+        alice.commit_accepted(now)?;
+        bob.handle_message(now, commit.welcome.as_deref().ok_or("welcome")?)?;
+        Ok(Self {
+            alice,
+            bob,
+            next: 1_000_000,
+        })
     }
-    let commit = alice.add(&packages)?;
-    alice.commit_accepted(now)?;
-    bob.handle_message(now, commit.welcome.as_deref().ok_or("welcome")?)?;
-    let (mut c, mut p, mut j) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..reps as u32 {
-        let mut joiner = viska(1_000_000 + r)?;
+
+    /// Adds one device: commit (and its acceptance), processing at Bob, the joiner's Welcome.
+    fn step(&mut self) -> Result<[Duration; 3], Error> {
+        let now = Instant::now();
+        self.next += 1;
+        let mut joiner = viska(self.next)?;
         let package = joiner.key_package(false)?;
         let t = Instant::now();
-        let commit = alice.add(&[package])?;
-        alice.commit_accepted(now)?;
-        c.push(t.elapsed());
+        let commit = self.alice.add(&[package])?;
+        self.alice.commit_accepted(now)?;
+        let c = t.elapsed();
         let t = Instant::now();
-        bob.handle_message(now, &commit.commit)?;
-        p.push(t.elapsed());
+        self.bob.handle_message(now, &commit.commit)?;
+        let p = t.elapsed();
         let t = Instant::now();
         joiner.handle_message(now, commit.welcome.as_deref().ok_or("welcome")?)?;
-        j.push(t.elapsed());
-        for m in [&mut alice, &mut bob, &mut joiner] {
+        let j = t.elapsed();
+        for m in [&mut self.alice, &mut self.bob, &mut joiner] {
             while m.poll_output().is_some() {}
         }
+        Ok([c, p, j])
     }
-    Ok([median(c), median(p), median(j)])
 }
 
 struct Bare {
@@ -117,48 +133,84 @@ fn protocol_of(message: &MlsMessageOut) -> Result<ProtocolMessage, Error> {
     Ok(MlsMessageIn::tls_deserialize_exact(&bytes)?.try_into_protocol_message()?)
 }
 
-/// The same steps with openmls alone (the same wire-format policy and tree extension; no
-/// credential checks, no key export, no key updates).
-fn bare(size: usize, reps: usize) -> Result<[f64; 3], Error> {
-    let alice = Bare::new(0)?;
-    let mut group = MlsGroup::builder()
-        .ciphersuite(MLS_SUITE)
-        .use_ratchet_tree_extension(true)
-        .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build(&alice.provider, &alice.keys, alice.credential.clone())?;
-    let bob = Bare::new(1)?;
-    let mut packages = vec![bob.package()?];
-    for i in 2..size as u32 {
-        packages.push(Bare::new(i)?.package()?);
-    }
-    let (_, welcome, _) = group.add_members(&alice.provider, &alice.keys, &packages)?;
-    group.merge_pending_commit(&alice.provider)?;
-    let mut bob_group =
-        StagedWelcome::new_from_welcome(&bob.provider, &join_config(), welcome_of(welcome)?, None)?
-            .into_group(&bob.provider)?;
-    let (mut c, mut p, mut j) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..reps as u32 {
-        let joiner = Bare::new(1_000_000 + r)?;
-        let package = joiner.package()?;
-        let t = Instant::now();
-        let (commit, welcome, _) = group.add_members(&alice.provider, &alice.keys, &[package])?;
+/// The same steps with openmls alone: the key package parsed and validated as one from a
+/// relay must be, the same wire-format policy and tree extension; no credential checks, no key
+/// export, no key updates.
+struct BareGroup {
+    alice: Bare,
+    group: MlsGroup,
+    bob: Bare,
+    bob_group: MlsGroup,
+    next: u32,
+}
+
+impl BareGroup {
+    fn new(size: usize) -> Result<Self, Error> {
+        let alice = Bare::new(0)?;
+        let mut group = MlsGroup::builder()
+            .ciphersuite(MLS_SUITE)
+            .use_ratchet_tree_extension(true)
+            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .build(&alice.provider, &alice.keys, alice.credential.clone())?;
+        let bob = Bare::new(1)?;
+        let mut packages = vec![bob.package()?];
+        for i in 2..size as u32 {
+            packages.push(Bare::new(i)?.package()?);
+        }
+        let (_, welcome, _) = group.add_members(&alice.provider, &alice.keys, &packages)?;
         group.merge_pending_commit(&alice.provider)?;
-        c.push(t.elapsed());
+        let bob_group = StagedWelcome::new_from_welcome(
+            &bob.provider,
+            &join_config(),
+            welcome_of(welcome)?,
+            None,
+        )?
+        .into_group(&bob.provider)?;
+        Ok(Self {
+            alice,
+            group,
+            bob,
+            bob_group,
+            next: 1_000_000,
+        })
+    }
+
+    fn step(&mut self) -> Result<[Duration; 3], Error> {
+        self.next += 1;
+        let joiner = Bare::new(self.next)?;
+        let package = joiner.package()?;
+        // As a package fetched from a relay: parsed and its signature checked.
+        let bytes = MlsMessageOut::from(package).tls_serialize_detached()?;
+        let t = Instant::now();
+        let MlsMessageBodyIn::KeyPackage(package) =
+            MlsMessageIn::tls_deserialize_exact(&bytes)?.extract()
+        else {
+            return Err("not a key package".into());
+        };
+        let package = package.validate(self.alice.provider.crypto(), ProtocolVersion::Mls10)?;
+        let (commit, welcome, _) =
+            self.group
+                .add_members(&self.alice.provider, &self.alice.keys, &[package])?;
+        self.group.merge_pending_commit(&self.alice.provider)?;
+        let c = t.elapsed();
         let message = protocol_of(&commit)?;
         let t = Instant::now();
-        let processed = bob_group.process_message(&bob.provider, message)?;
+        let processed = self
+            .bob_group
+            .process_message(&self.bob.provider, message)?;
         if let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() {
-            bob_group.merge_staged_commit(&bob.provider, *staged)?;
+            self.bob_group
+                .merge_staged_commit(&self.bob.provider, *staged)?;
         }
-        p.push(t.elapsed());
+        let p = t.elapsed();
         let welcome = welcome_of(welcome)?;
         let t = Instant::now();
         let _joined =
             StagedWelcome::new_from_welcome(&joiner.provider, &join_config(), welcome, None)?
                 .into_group(&joiner.provider)?;
-        j.push(t.elapsed());
+        let j = t.elapsed();
+        Ok([c, p, j])
     }
-    Ok([median(c), median(p), median(j)])
 }
 
 fn main() -> Result<(), Error> {
@@ -174,16 +226,21 @@ fn main() -> Result<(), Error> {
     };
     println!("leaves  step      viska ms  openmls ms  ratio");
     for size in sizes {
-        // Alternate to share the machine's noise.
-        let b = bare(size, reps)?;
-        let o = ours(size, reps)?;
+        let mut ours = Ours::new(size)?;
+        let mut bare = BareGroup::new(size)?;
+        let (mut o, mut b) = (vec![Vec::new(); 3], vec![Vec::new(); 3]);
+        // Alternate, step by step, to share the machine's noise.
+        for _ in 0..reps {
+            for (i, d) in bare.step()?.into_iter().enumerate() {
+                b[i].push(d);
+            }
+            for (i, d) in ours.step()?.into_iter().enumerate() {
+                o[i].push(d);
+            }
+        }
         for (i, step) in ["commit", "process", "welcome"].iter().enumerate() {
-            println!(
-                "{size:6}  {step:8}  {:8.2}  {:10.2}  {:5.2}",
-                o[i],
-                b[i],
-                o[i] / b[i]
-            );
+            let (o, b) = (median(o[i].clone()), median(b[i].clone()));
+            println!("{size:6}  {step:8}  {o:8.2}  {b:10.2}  {:5.2}", o / b);
         }
     }
     Ok(())

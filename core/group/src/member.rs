@@ -465,9 +465,15 @@ impl GroupMember {
         let me = ParticipantId(group.own_leaf_index().u32());
         let mut roster = BTreeMap::new();
         for member in group.members() {
-            let identity = PublicIdentity::from_bytes(&member.signature_key)
-                .map_err(|_| GroupError::CredentialMismatch)?;
-            roster.insert(ParticipantId(member.index.u32()), identity);
+            let participant = ParticipantId(member.index.u32());
+            // A member already known keeps its parsed identity (parsing an Ed25519 key is
+            // the costly part of a large group's roster).
+            let identity = match self.roster.get(&participant) {
+                Some(known) if known.to_bytes()[..] == member.signature_key[..] => *known,
+                _ => PublicIdentity::from_bytes(&member.signature_key)
+                    .map_err(|_| GroupError::CredentialMismatch)?,
+            };
+            roster.insert(participant, identity);
         }
         let code = verification_code(group.epoch_authenticator().as_slice());
         // RFC 9605 section 5.2: the KIDs of epoch n are those of epoch n - 8; those keys go
@@ -565,7 +571,9 @@ fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
 fn check_credential(credential: &Credential, signature_key: &[u8]) -> Result<(), GroupError> {
     let basic = BasicCredential::try_from(credential.clone())
         .map_err(|_| GroupError::CredentialMismatch)?;
-    if basic.identity() != signature_key || PublicIdentity::from_bytes(signature_key).is_err() {
+    // The key itself is parsed (and refused if it is no Ed25519 key) when the member enters
+    // the roster.
+    if basic.identity() != signature_key || signature_key.len() != 32 {
         return Err(GroupError::CredentialMismatch);
     }
     Ok(())
