@@ -31,7 +31,8 @@ use viska_session::{
     AudioStatus, GroupSessionConfig, Input, MediaCounters, Output, Request, Session,
 };
 
-pub use viska_group::{GroupConfig, GroupEvent};
+pub use viska_call::Trust;
+pub use viska_group::{GroupConfig, GroupEvent, GroupFailure};
 pub use viska_proto::relay::CallRef;
 
 use crate::phone::AudioFactory;
@@ -56,6 +57,100 @@ pub struct GroupPhoneConfig {
     pub session: GroupSessionConfig,
     /// Epoch transition timers of each call's group.
     pub group: GroupConfig,
+    /// Identities the user verified (compared the verification code or a safety number):
+    /// shown as [`Trust::Verified`] in rosters and events, everyone else as
+    /// [`Trust::Unverified`].
+    pub verified_peers: Vec<PublicIdentity>,
+}
+
+/// Something a group phone's application should know, delivered to its [`GroupListener`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum GroupCallEvent {
+    /// This device is in `call` (it created it, or was added).
+    Joined {
+        /// The call.
+        call: CallRef,
+    },
+    /// A device joined the call (also each member already there, when this device joins).
+    ParticipantJoined {
+        /// The call.
+        call: CallRef,
+        /// Its participant id.
+        participant: ParticipantId,
+        /// Its identity.
+        identity: PublicIdentity,
+        /// How far the user trusts it: an unverified member is flagged to everyone.
+        trust: Trust,
+    },
+    /// A device left the call.
+    ParticipantLeft {
+        /// The call.
+        call: CallRef,
+        /// Its participant id.
+        participant: ParticipantId,
+        /// Its identity.
+        identity: PublicIdentity,
+    },
+    /// The call's group moved to a new epoch: its verification code changed.
+    Epoch {
+        /// The call.
+        call: CallRef,
+        /// The epoch.
+        epoch: u64,
+        /// The code every member shows in this epoch.
+        verification_code: String,
+    },
+    /// A group message was refused (forged, stale, not for this device): a security event.
+    Failure {
+        /// The call.
+        call: CallRef,
+        /// Why.
+        reason: GroupFailure,
+    },
+    /// This device is no longer in the call (it left or was removed).
+    Ended {
+        /// The call.
+        call: CallRef,
+    },
+}
+
+/// Receives a group phone's events. Called on the phone's own dispatcher thread, one event at
+/// a time, never while a lock of the library is held; it must not block. A listener that
+/// panics is logged and the phone goes on.
+pub trait GroupListener: Send + Sync {
+    /// One event.
+    fn event(&self, event: GroupCallEvent);
+}
+
+enum Dispatch {
+    Listener(Arc<dyn GroupListener>),
+    Event(GroupCallEvent),
+}
+
+/// The dispatcher thread: events in order, to the listener set at the time.
+fn spawn_dispatcher() -> Result<std::sync::mpsc::Sender<Dispatch>, std::io::Error> {
+    let (tx, rx) = std::sync::mpsc::channel::<Dispatch>();
+    std::thread::Builder::new()
+        .name("vk-group-events".into())
+        .spawn(move || {
+            let mut listener: Option<Arc<dyn GroupListener>> = None;
+            for item in rx {
+                match item {
+                    Dispatch::Listener(l) => listener = Some(l),
+                    Dispatch::Event(event) => {
+                        if let Some(l) = &listener {
+                            let l = Arc::clone(l);
+                            let run = std::panic::AssertUnwindSafe(move || l.event(event));
+                            if std::panic::catch_unwind(run).is_err() {
+                                tracing::warn!("a group listener panicked; events go on");
+                            }
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl std::fmt::Debug for GroupPhoneConfig {
@@ -120,6 +215,10 @@ pub struct GroupCallSnapshot {
     pub epochs_seen: u64,
     /// Group messages refused (forged, stale, undecryptable...).
     pub group_failures: u64,
+    /// How far the user trusts each member (this device is [`Trust::Verified`]).
+    pub trust: BTreeMap<ParticipantId, Trust>,
+    /// Members not verified: what every participant is warned of.
+    pub unverified: usize,
     /// Whether this device left or was removed.
     pub ended: bool,
 }
@@ -138,6 +237,8 @@ impl GroupCallSnapshot {
             levels: BTreeMap::new(),
             epochs_seen: 0,
             group_failures: 0,
+            trust: BTreeMap::new(),
+            unverified: 0,
             ended: false,
         }
     }
@@ -165,6 +266,7 @@ enum Command {
 /// A device connected to a relay, in any number of group calls.
 pub struct GroupPhone {
     identity: PublicIdentity,
+    events: std::sync::mpsc::Sender<Dispatch>,
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -189,6 +291,8 @@ impl GroupPhone {
             .map_err(TransportError::Io)?;
         let identity = config.identity.public();
         let shared = Arc::new(Shared::default());
+        let events = spawn_dispatcher().map_err(TransportError::Io)?;
+        let task_events = events.clone();
         let (commands, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let task_shared = Arc::clone(&shared);
@@ -196,7 +300,7 @@ impl GroupPhone {
             .name("vk-group".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match Device::connect(config, task_shared.clone()).await {
+                    match Device::connect(config, task_shared.clone(), task_events).await {
                         Ok(device) => {
                             let _ = ready_tx.send(Ok(()));
                             device.run(rx).await;
@@ -213,6 +317,7 @@ impl GroupPhone {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self {
                 identity,
+                events,
                 commands,
                 shared,
                 thread: Some(thread),
@@ -228,6 +333,12 @@ impl GroupPhone {
     /// This device's identity.
     pub fn identity(&self) -> PublicIdentity {
         self.identity
+    }
+
+    /// Sets the listener of this phone's events, replacing any previous one; events before
+    /// it was set are not replayed (the snapshots hold the state).
+    pub fn set_listener(&self, listener: Arc<dyn GroupListener>) {
+        let _ = self.events.send(Dispatch::Listener(listener));
     }
 
     /// Opens a new call with this device alone in it; add others with [`GroupPhone::add`].
@@ -352,6 +463,7 @@ struct Device {
     fetching: HashMap<u32, (CallRef, DeviceKey)>,
     next_request: u32,
     shared: Arc<Shared>,
+    events: std::sync::mpsc::Sender<Dispatch>,
     out: Vec<u8>,
 }
 
@@ -363,6 +475,7 @@ impl Device {
     async fn connect(
         config: GroupPhoneConfig,
         shared: Arc<Shared>,
+        events: std::sync::mpsc::Sender<Dispatch>,
     ) -> Result<Self, GroupPhoneError> {
         let runtime = PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
         let bind: SocketAddr = if config.relay.is_ipv4() {
@@ -409,6 +522,7 @@ impl Device {
             fetching: HashMap::new(),
             next_request: 1,
             shared,
+            events,
             out: Vec::new(),
         };
         device.authenticate().await?;
@@ -600,6 +714,9 @@ impl Device {
                         let _ = sink.finish();
                     }
                     ctx.snapshot.ended = true;
+                    let _ = self
+                        .events
+                        .send(Dispatch::Event(GroupCallEvent::Ended { call }));
                     lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
                     self.shared.changed.notify_all();
                 }
@@ -774,6 +891,9 @@ impl Device {
                         .session
                         .handle_input(Input::Command(now, viska_call::Command::Hangup));
                     ctx.snapshot.ended = true;
+                    let _ = self
+                        .events
+                        .send(Dispatch::Event(GroupCallEvent::Ended { call }));
                     lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
                     self.shared.changed.notify_all();
                 }
@@ -816,6 +936,9 @@ impl Device {
         };
         self.calls.insert(call, ctx);
         self.routes.insert(route, call);
+        let _ = self
+            .events
+            .send(Dispatch::Event(GroupCallEvent::Joined { call }));
         Ok(())
     }
 
@@ -850,11 +973,47 @@ impl Device {
                         call: *call,
                         epoch: epoch.0,
                     }),
-                    GroupOutput::Event(event) => match event {
-                        GroupEvent::Epoch { .. } => ctx.snapshot.epochs_seen += 1,
-                        GroupEvent::Failure { .. } => ctx.snapshot.group_failures += 1,
-                        _ => {}
-                    },
+                    GroupOutput::Event(event) => {
+                        let call = *call;
+                        let out = match event {
+                            GroupEvent::Epoch {
+                                epoch,
+                                verification_code,
+                            } => {
+                                ctx.snapshot.epochs_seen += 1;
+                                Some(GroupCallEvent::Epoch {
+                                    call,
+                                    epoch: epoch.0,
+                                    verification_code,
+                                })
+                            }
+                            GroupEvent::Failure { reason } => {
+                                ctx.snapshot.group_failures += 1;
+                                Some(GroupCallEvent::Failure { call, reason })
+                            }
+                            GroupEvent::Joined {
+                                participant,
+                                identity,
+                            } => Some(GroupCallEvent::ParticipantJoined {
+                                call,
+                                participant,
+                                identity,
+                                trust: trust_of(&self.config.verified_peers, &identity),
+                            }),
+                            GroupEvent::Left {
+                                participant,
+                                identity,
+                            } => Some(GroupCallEvent::ParticipantLeft {
+                                call,
+                                participant,
+                                identity,
+                            }),
+                            _ => None,
+                        };
+                        if let Some(event) = out {
+                            let _ = self.events.send(Dispatch::Event(event));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -866,6 +1025,19 @@ impl Device {
             s.roster = ctx.member.roster().clone();
             s.me = ctx.member.own_participant();
             s.media = ctx.session.counters();
+            s.trust = s
+                .roster
+                .iter()
+                .map(|(p, id)| {
+                    let trust = if Some(*p) == s.me {
+                        Trust::Verified
+                    } else {
+                        trust_of(&self.config.verified_peers, id)
+                    };
+                    (*p, trust)
+                })
+                .collect();
+            s.unverified = s.trust.values().filter(|t| **t != Trust::Verified).count();
             s.received = s
                 .roster
                 .keys()
@@ -955,5 +1127,13 @@ fn drain_session(
             }
             _ => {}
         }
+    }
+}
+
+fn trust_of(verified: &[PublicIdentity], identity: &PublicIdentity) -> Trust {
+    if verified.contains(identity) {
+        Trust::Verified
+    } else {
+        Trust::Unverified
     }
 }

@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use viska::group::{GroupCallSnapshot, GroupConfig, GroupPhone, GroupPhoneConfig};
+use viska::group::{
+    GroupCallEvent, GroupCallSnapshot, GroupConfig, GroupListener, GroupPhone, GroupPhoneConfig,
+    Trust,
+};
 use viska::identity::IdentityKeyPair;
+use viska::identity::PublicIdentity;
 use viska::media::audio::{AudioIoError, AudioSink, AudioSource, SourceStatus};
 use viska::phone::AudioFactory;
 use viska::session::GroupSessionConfig;
@@ -109,7 +113,32 @@ impl Drop for Setup {
     }
 }
 
-fn phone(setup: &Setup, seed: u8, hz: f64) -> (GroupPhone, Arc<Heard>) {
+fn public(seed: u8) -> PublicIdentity {
+    IdentityKeyPair::from_secret_bytes(&[seed; 32])
+        .unwrap()
+        .public()
+}
+
+/// Keeps every event; panics on each one when `panics` is set (the phone must go on).
+#[derive(Default)]
+struct Log {
+    events: Mutex<Vec<GroupCallEvent>>,
+    panics: bool,
+}
+
+impl GroupListener for Log {
+    fn event(&self, event: GroupCallEvent) {
+        self.events.lock().unwrap().push(event);
+        assert!(!self.panics, "a listener that throws");
+    }
+}
+
+fn phone(
+    setup: &Setup,
+    seed: u8,
+    hz: f64,
+    verified: Vec<PublicIdentity>,
+) -> (GroupPhone, Arc<Heard>) {
     let relay = setup.relay.as_ref().unwrap();
     let heard = Arc::new(Heard::default());
     let config = GroupPhoneConfig {
@@ -122,6 +151,7 @@ fn phone(setup: &Setup, seed: u8, hz: f64) -> (GroupPhone, Arc<Heard>) {
         }),
         session: GroupSessionConfig::default(),
         group: GroupConfig::default(),
+        verified_peers: verified,
     };
     (GroupPhone::connect(config).unwrap(), heard)
 }
@@ -133,9 +163,17 @@ fn one(phone: &GroupPhone) -> GroupCallSnapshot {
 #[test]
 fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
     let setup = relay();
-    let (alice, alice_heard) = phone(&setup, 1, 400.0);
-    let (bob, bob_heard) = phone(&setup, 2, 600.0);
-    let (carol, _carol_heard) = phone(&setup, 3, 800.0);
+    // Alice has verified Bob, not Carol.
+    let (alice, alice_heard) = phone(&setup, 1, 400.0, vec![public(2)]);
+    let (bob, bob_heard) = phone(&setup, 2, 600.0, Vec::new());
+    let (carol, _carol_heard) = phone(&setup, 3, 800.0, Vec::new());
+    let alice_log = Arc::new(Log::default());
+    alice.set_listener(alice_log.clone());
+    let bob_log = Arc::new(Log {
+        panics: true,
+        ..Log::default()
+    });
+    bob.set_listener(bob_log.clone());
     let call = alice.create_call().unwrap();
     alice.add(call, bob.identity()).unwrap();
     alice.add(call, carol.identity()).unwrap();
@@ -167,6 +205,20 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
         .collect();
     assert!(codes[0].is_some());
     assert!(codes.iter().all(|c| c == &codes[0]), "{codes:?}");
+    // Alice's roster flags Carol, the one member she has not verified.
+    let roster = one(&alice);
+    assert_eq!(roster.unverified, 1, "{roster:?}");
+    assert_eq!(
+        roster.trust.get(&roster.me.unwrap()),
+        Some(&Trust::Verified)
+    );
+    let carol_leaf = roster
+        .roster
+        .iter()
+        .find(|(_, id)| **id == carol.identity())
+        .map(|(p, _)| *p)
+        .unwrap();
+    assert_eq!(roster.trust.get(&carol_leaf), Some(&Trust::Unverified));
     assert!(
         alice_heard.loud_frames.load(Ordering::Relaxed) > 100,
         "alice played {} frames, {} loud: {:?}",
@@ -203,6 +255,35 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
         assert_eq!(s.media.decrypt_failures, 0, "{s:?}");
         assert_eq!(s.group_failures, 0, "{s:?}");
     }
+    // Alice's listener heard it all, in order: joined, Bob and Carol joining with their trust,
+    // an epoch per change, Carol leaving.
+    let events = alice_log.events.lock().unwrap().clone();
+    assert_eq!(events.first(), Some(&GroupCallEvent::Joined { call }));
+    let joined: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            GroupCallEvent::ParticipantJoined {
+                identity, trust, ..
+            } => Some((*identity, *trust)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        joined,
+        vec![
+            (bob.identity(), Trust::Verified),
+            (carol.identity(), Trust::Unverified)
+        ]
+    );
+    assert!(events.iter().any(|e| matches!(e,
+        GroupCallEvent::ParticipantLeft { identity, .. } if *identity == carol.identity())));
+    let epochs = events
+        .iter()
+        .filter(|e| matches!(e, GroupCallEvent::Epoch { .. }))
+        .count();
+    assert_eq!(epochs, 4, "epochs 0 to 3: {events:?}");
+    // Bob's listener panicked at every event, and his call went on (checked above).
+    assert!(bob_log.events.lock().unwrap().len() >= 3);
     let stats = setup.relay.as_ref().unwrap().stats();
     assert!(stats.datagrams_forwarded > 300, "{stats:?}");
 }

@@ -26,7 +26,7 @@ pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
     parse_hex::<32>(s).map_err(|e| e.to_string())
 }
 
-fn print_roster(phone: &GroupPhone, verified: &BTreeSet<[u8; 32]>) {
+fn print_roster(phone: &GroupPhone) {
     for call in phone.calls() {
         println!(
             "call {} epoch {:?}{}",
@@ -38,13 +38,12 @@ fn print_roster(phone: &GroupPhone, verified: &BTreeSet<[u8; 32]>) {
             println!("  verification code: {code}");
         }
         for (participant, identity) in &call.roster {
-            let me = call.me == Some(*participant);
-            let trust = if me {
-                "this device"
-            } else if verified.contains(&identity.to_bytes()) {
-                "verified"
+            let trust = if call.me == Some(*participant) {
+                "this device".to_string()
             } else {
-                "unverified"
+                call.trust
+                    .get(participant)
+                    .map_or("unknown".into(), |t| format!("{t:?}").to_lowercase())
             };
             println!(
                 "  {participant}: {} [{trust}] level {:.2}",
@@ -74,6 +73,10 @@ pub(crate) fn run(
         audio: audio_for(media)?,
         session: GroupSessionConfig::default(),
         group: GroupConfig::default(),
+        verified_peers: verified
+            .iter()
+            .map(|v| PublicIdentity::from_bytes(v))
+            .collect::<Result<_, _>>()?,
     })?);
     println!("registered on {relay}");
     println!("identity {}", hex::encode(phone.identity().to_bytes()));
@@ -121,7 +124,7 @@ pub(crate) fn run(
                 Ok(())
             })(),
             ["roster"] | [] => {
-                print_roster(&phone, &verified);
+                print_roster(&phone);
                 Ok(())
             }
             ["quit"] => break,

@@ -144,6 +144,7 @@ pub(crate) fn run(n: usize, seconds: f64, input: &Path) -> Result<(), BoxError> 
             }),
             session: GroupSessionConfig::default(),
             group: GroupConfig::default(),
+            verified_peers: Vec::new(),
         };
         phones.push(GroupPhone::connect(config)?);
     }
