@@ -536,3 +536,82 @@ fn a_last_resort_key_package_adds_its_device() {
         .expect("bob joins");
     assert_eq!(bob.verification_code(), members[0].verification_code());
 }
+
+#[test]
+fn a_relay_that_drops_reorders_replays_or_forges_commits_is_caught() {
+    let now = Instant::now();
+    let suite = CipherSuite::AesCtr128HmacSha256_80;
+    let mut members = vec![member(90, suite)];
+    members[0].create(now, b"call-10").expect("create");
+    let mut bob = member(91, suite);
+    add(now, 0, &mut bob, &mut members);
+    members.push(bob);
+    drain(&mut members[1]);
+    // Alice makes two commits in a row (epochs 1 and 2).
+    let first = members[0]
+        .add(&[member(92, suite).key_package(false).expect("kp")])
+        .expect("first");
+    members[0].commit_accepted(now).expect("accepted");
+    let second = members[0]
+        .add(&[member(93, suite).key_package(false).expect("kp")])
+        .expect("second");
+    members[0].commit_accepted(now).expect("accepted");
+    // Reordered (or the first dropped): the second is for an epoch Bob has not reached.
+    let failure = |m: &mut GroupMember| {
+        drain(m).events.into_iter().find_map(|e| match e {
+            GroupEvent::Failure { reason } => Some(reason),
+            _ => None,
+        })
+    };
+    let err = members[1]
+        .handle_message(now, &second.commit)
+        .expect_err("future");
+    assert!(matches!(err, GroupError::FutureEpoch { .. }), "{err:?}");
+    assert_eq!(failure(&mut members[1]), Some(GroupFailure::FutureEpoch));
+    // In order it works; replayed, it is stale.
+    members[1]
+        .handle_message(now, &first.commit)
+        .expect("first");
+    members[1]
+        .handle_message(now, &second.commit)
+        .expect("second");
+    drain(&mut members[1]);
+    let err = members[1]
+        .handle_message(now, &first.commit)
+        .expect_err("replay");
+    assert!(matches!(err, GroupError::StaleEpoch { .. }), "{err:?}");
+    assert_eq!(failure(&mut members[1]), Some(GroupFailure::StaleEpoch));
+    assert_eq!(
+        members[1].verification_code(),
+        members[0].verification_code()
+    );
+
+    // A relay adding a device of its own: it is in no group, so it builds a group of the same
+    // id up to the same epoch and commits there. Bob refuses it as unauthenticated.
+    let mut relay = member(94, suite);
+    relay.create(now, b"call-10").expect("relay group");
+    for seed in 95..97 {
+        relay
+            .add(&[member(seed, suite).key_package(false).expect("kp")])
+            .expect("relay add");
+        relay.commit_accepted(now).expect("ok");
+    }
+    let epoch = members[1].epoch().expect("epoch");
+    while relay.epoch() < Some(epoch) {
+        relay
+            .add(&[member(97, suite).key_package(false).expect("kp")])
+            .expect("relay add");
+        relay.commit_accepted(now).expect("ok");
+    }
+    assert_eq!(relay.epoch(), Some(epoch));
+    let forged = relay
+        .add(&[member(98, suite).key_package(false).expect("kp")])
+        .expect("relay's commit");
+    let err = members[1]
+        .handle_message(now, &forged.commit)
+        .expect_err("a relay's own commit");
+    assert!(matches!(err, GroupError::Invalid(_)), "{err:?}");
+    assert_eq!(failure(&mut members[1]), Some(GroupFailure::Authentication));
+    assert_eq!(members[1].epoch(), Some(epoch), "Bob's group is unchanged");
+    assert_eq!(members[1].roster().len(), members[0].roster().len());
+}
