@@ -219,6 +219,8 @@ pub struct GroupCallSnapshot {
     pub trust: BTreeMap<ParticipantId, Trust>,
     /// Members not verified: what every participant is warned of.
     pub unverified: usize,
+    /// Times this device lost step with the group and was added back.
+    pub rejoins: u64,
     /// Whether this device left or was removed.
     pub ended: bool,
 }
@@ -239,6 +241,7 @@ impl GroupCallSnapshot {
             group_failures: 0,
             trust: BTreeMap::new(),
             unverified: 0,
+            rejoins: 0,
             ended: false,
         }
     }
@@ -260,6 +263,9 @@ enum Command {
     Add(CallRef, DeviceKey),
     Remove(CallRef, DeviceKey),
     Leave(CallRef),
+    /// Testing: drop the next group message from the relay (as if it were lost).
+    #[cfg(feature = "testing")]
+    DropNextHandshake,
     Close,
 }
 
@@ -411,6 +417,13 @@ impl GroupPhone {
             .map_err(|_| GroupPhoneError::Closed)
     }
 
+    /// Testing: the next group message from the relay is dropped, as if lost (this device
+    /// then falls out of step with its group and must be added back).
+    #[cfg(feature = "testing")]
+    pub fn drop_next_handshake(&self) -> Result<(), GroupPhoneError> {
+        self.send(Command::DropNextHandshake)
+    }
+
     /// Leaves every call and closes the connection.
     pub fn close(mut self) {
         let _ = self.commands.send(Command::Close);
@@ -465,6 +478,10 @@ struct Device {
     shared: Arc<Shared>,
     events: std::sync::mpsc::Sender<Dispatch>,
     out: Vec<u8>,
+    /// Calls this device asked to be added back to, with how often.
+    rejoins: HashMap<CallRef, u64>,
+    #[cfg(feature = "testing")]
+    drop_next_handshake: bool,
 }
 
 fn io_error(e: impl std::fmt::Display) -> GroupPhoneError {
@@ -524,6 +541,9 @@ impl Device {
             shared,
             events,
             out: Vec::new(),
+            rejoins: HashMap::new(),
+            #[cfg(feature = "testing")]
+            drop_next_handshake: false,
         };
         device.authenticate().await?;
         device.publish().await?;
@@ -722,8 +742,32 @@ impl Device {
                 }
                 outgoing.push(RelayMessage::Leave { call });
             }
+            #[cfg(feature = "testing")]
+            Command::DropNextHandshake => self.drop_next_handshake = true,
             Command::Close => {}
         }
+    }
+
+    /// This device lost step with `call`'s group: it asks the relay to take it out and have
+    /// it added back, and forgets the call until its new Welcome.
+    fn rejoin(&mut self, call: CallRef, out: &mut Vec<RelayMessage>) {
+        let Some(mut ctx) = self.calls.remove(&call) else {
+            return;
+        };
+        tracing::warn!("out of step with a group call; asking to be added back");
+        self.routes.remove(&ctx.route);
+        let now = Instant::now();
+        let _ = ctx
+            .session
+            .handle_input(Input::Command(now, viska_call::Command::Hangup));
+        if let Some(sink) = ctx.sink.as_mut() {
+            let _ = sink.finish();
+        }
+        ctx.snapshot.rejoins += 1;
+        self.rejoins.insert(call, ctx.snapshot.rejoins);
+        lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
+        self.shared.changed.notify_all();
+        out.push(RelayMessage::Rejoin { call });
     }
 
     fn commit_removal(&mut self, call: CallRef, identity: DeviceKey, out: &mut Vec<RelayMessage>) {
@@ -817,10 +861,25 @@ impl Device {
                 }
             }
             RelayMessage::Handshake { call, message, .. } => {
-                if let Some(ctx) = self.calls.get_mut(&call) {
-                    if let Err(e) = ctx.member.handle_message(now, &message) {
-                        tracing::warn!(error = %e, "group message refused");
-                    }
+                #[cfg(feature = "testing")]
+                if std::mem::take(&mut self.drop_next_handshake) {
+                    return;
+                }
+                let lost = match self.calls.get_mut(&call) {
+                    Some(ctx) => match ctx.member.handle_message(now, &message) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "group message refused");
+                            // The relay ordered it for everyone: a member that cannot take it
+                            // (missed an earlier one, or holds a state the others left) is out
+                            // of step. A replay of an old one is only stale.
+                            !matches!(e, viska_group::GroupError::StaleEpoch { .. })
+                        }
+                    },
+                    None => false,
+                };
+                if lost {
+                    self.rejoin(call, out);
                 }
             }
             RelayMessage::Welcome {
@@ -864,8 +923,41 @@ impl Device {
                 });
             }
             RelayMessage::Switch { call, epoch } => {
-                if let Some(ctx) = self.calls.get_mut(&call) {
-                    ctx.member.switch(now, viska_group::Epoch(epoch));
+                let behind = match self.calls.get_mut(&call) {
+                    Some(ctx) => {
+                        ctx.member.switch(now, viska_group::Epoch(epoch));
+                        // Everyone holds an epoch this member never saw: it missed a commit.
+                        ctx.member.epoch().is_some_and(|e| e.0 < epoch)
+                    }
+                    None => false,
+                };
+                if behind {
+                    self.rejoin(call, out);
+                }
+            }
+            RelayMessage::Readd { call, identity } => {
+                // The remaining member with the lowest leaf removes it and adds it back; only a
+                // device in the roster is taken back in (the relay cannot bring in another).
+                let Some(ctx) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let me = ctx.member.own_participant();
+                let roster = ctx.member.roster();
+                let known = roster.values().any(|id| id.to_bytes() == identity);
+                let first = roster
+                    .iter()
+                    .find(|(_, id)| id.to_bytes() != identity)
+                    .map(|(p, _)| *p);
+                if known && me.is_some() && me == first {
+                    self.commit_removal(call, identity, out);
+                    if let Some(ctx) = self.calls.get_mut(&call) {
+                        ctx.queued.push_back(Command::Add(call, identity));
+                        if !ctx.committing {
+                            if let Some(next) = ctx.queued.pop_front() {
+                                self.on_command(next, out);
+                            }
+                        }
+                    }
                 }
             }
             RelayMessage::MemberGone { call, identity } => {
@@ -932,7 +1024,10 @@ impl Device {
             deadline: now,
             committing: false,
             queued: VecDeque::new(),
-            snapshot: GroupCallSnapshot::new(call),
+            snapshot: GroupCallSnapshot {
+                rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
+                ..GroupCallSnapshot::new(call)
+            },
         };
         self.calls.insert(call, ctx);
         self.routes.insert(route, call);

@@ -287,3 +287,42 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
     let stats = setup.relay.as_ref().unwrap().stats();
     assert!(stats.datagrams_forwarded > 300, "{stats:?}");
 }
+
+#[test]
+fn a_member_that_misses_a_commit_is_added_back_and_hears_again() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 11, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 12, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 13, 800.0, Vec::new());
+    let (dave, _) = phone(&setup, 14, 1000.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    let settled = |p: &GroupPhone, n: usize| {
+        p.wait_for(WAIT, |calls| {
+            calls
+                .get(&call)
+                .is_some_and(|c| !c.ended && c.roster.len() == n && c.sending_epoch == c.epoch)
+        })
+    };
+    assert!(settled(&alice, 2) && settled(&bob, 2));
+    // Bob loses the commit adding Carol: he is out of step from then on.
+    bob.drop_next_handshake().unwrap();
+    alice.add(call, carol.identity()).unwrap();
+    assert!(settled(&alice, 3) && settled(&carol, 3));
+    // The next commit tells him so: he asks to be added back, Alice (the lowest leaf) removes
+    // and re-adds him, and the four end in one epoch with one code.
+    alice.add(call, dave.identity()).unwrap();
+    for p in [&alice, &bob, &carol, &dave] {
+        assert!(settled(p, 4), "{:?}", p.snapshot(call));
+    }
+    assert_eq!(one(&bob).rejoins, 1);
+    let code = one(&alice).verification_code;
+    for p in [&bob, &carol, &dave] {
+        assert_eq!(one(p).verification_code, code);
+    }
+    // Bob hears the three others again.
+    assert!(bob.wait_for(WAIT, |calls| calls.get(&call).is_some_and(
+        |c| c.received.len() == 3 && c.received.values().all(|&n| n > 50)
+    )));
+    assert_eq!(one(&bob).media.decrypt_failures, 0);
+}

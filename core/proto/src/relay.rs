@@ -219,6 +219,21 @@ pub enum RelayMessage {
         /// Who.
         identity: DeviceKey,
     },
+    /// [device → relay] This device cannot follow `call`'s group any more (it missed or could
+    /// not process a commit): take it out and have it added back. Forwarding to it stops at
+    /// once, as for a leave.
+    Rejoin {
+        /// The call.
+        call: CallRef,
+    },
+    /// [relay → device] A member asked to be added back ([`RelayMessage::Rejoin`]): a
+    /// remaining member should commit its removal and add it again from a fresh key package.
+    Readd {
+        /// The call.
+        call: CallRef,
+        /// Who.
+        identity: DeviceKey,
+    },
     /// [relay → device] The device is no longer a member of `call`.
     Removed {
         /// The call.
@@ -302,6 +317,10 @@ impl std::fmt::Debug for RelayMessage {
                 write!(f, "MemberGone({}, {})", hex8(&call.0), hex8(identity))
             }
             Self::Removed { call } => write!(f, "Removed({})", hex8(&call.0)),
+            Self::Rejoin { call } => write!(f, "Rejoin({})", hex8(&call.0)),
+            Self::Readd { call, identity } => {
+                write!(f, "Readd({}, {})", hex8(&call.0), hex8(identity))
+            }
             Self::Error { code, call } => write!(
                 f,
                 "Error({code:?}, {})",
@@ -334,6 +353,8 @@ mod tag {
     pub(super) const MEMBER_GONE: u8 = 0x10;
     pub(super) const REMOVED: u8 = 0x11;
     pub(super) const ERROR: u8 = 0x12;
+    pub(super) const REJOIN: u8 = 0x13;
+    pub(super) const READD: u8 = 0x14;
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -548,6 +569,15 @@ impl RelayMessage {
                 out.push(tag::REMOVED);
                 out.extend_from_slice(&call.0);
             }
+            Self::Rejoin { call } => {
+                out.push(tag::REJOIN);
+                out.extend_from_slice(&call.0);
+            }
+            Self::Readd { call, identity } => {
+                out.push(tag::READD);
+                out.extend_from_slice(&call.0);
+                out.extend_from_slice(identity);
+            }
             Self::Error { code, call } => {
                 out.push(tag::ERROR);
                 out.extend_from_slice(&code.to_u16().to_be_bytes());
@@ -643,6 +673,13 @@ impl RelayMessage {
             },
             tag::REMOVED => Self::Removed {
                 call: call(&mut r)?,
+            },
+            tag::REJOIN => Self::Rejoin {
+                call: call(&mut r)?,
+            },
+            tag::READD => Self::Readd {
+                call: call(&mut r)?,
+                identity: r.array()?,
             },
             tag::ERROR => {
                 let code = RelayErrorCode::from_u16(r.u16()?);
@@ -836,6 +873,11 @@ mod tests {
                 identity: [3; 32],
             },
             RelayMessage::Removed { call },
+            RelayMessage::Rejoin { call },
+            RelayMessage::Readd {
+                call,
+                identity: [5; 32],
+            },
             RelayMessage::Error {
                 code: RelayErrorCode::NotMember,
                 call: Some(call),

@@ -343,6 +343,11 @@ impl Shared {
                 st.leave(self, me, call);
                 st.settle(self);
             }
+            RelayMessage::Rejoin { call } => {
+                let mut st = self.lock();
+                st.rejoin(self, me, call);
+                st.settle(self);
+            }
             other => {
                 bump(&self.stats.bad_frames);
                 tracing::debug!(device = %short(&me), message = ?other, "message out of place");
@@ -813,6 +818,34 @@ impl State {
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "left");
         self.depart(shared, &call_ref, &me, true);
+    }
+
+    /// A member that lost track of the group: out of forwarding at once, like a leave, and the
+    /// others are asked to add it back (`Readd`) rather than told it is gone.
+    fn rejoin(&mut self, shared: &Arc<Shared>, me: DeviceKey, call_ref: CallRef) {
+        let Some(call) = self.calls.get(&call_ref) else {
+            return self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
+        };
+        if !call.members.contains_key(&me) {
+            return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+        }
+        tracing::info!(call = %short(&call_ref.0), device = %short(&me), "asks to be added back");
+        self.depart(shared, &call_ref, &me, false);
+        let remaining: Vec<DeviceKey> = self
+            .calls
+            .get(&call_ref)
+            .map(|c| c.members.keys().copied().collect())
+            .unwrap_or_default();
+        for m in &remaining {
+            self.push(
+                shared,
+                m,
+                RelayMessage::Readd {
+                    call: call_ref,
+                    identity: me,
+                },
+            );
+        }
     }
 
     /// `identity` (disconnected past the hold time) is no longer a member of any of its
