@@ -181,6 +181,10 @@ pub enum GroupPhoneError {
     /// No such call on this phone.
     #[error("no such call")]
     NoSuchCall,
+    /// The direct call cannot be moved: it has no authenticated peer, or it could not be hung
+    /// up.
+    #[error("direct call: {0}")]
+    Direct(String),
     /// The phone is closed.
     #[error("the group phone is closed")]
     Closed,
@@ -415,6 +419,62 @@ impl GroupPhone {
         self.commands
             .send(command)
             .map_err(|_| GroupPhoneError::Closed)
+    }
+
+    /// Turns a running direct call into a conference: opens a group call on the relay, adds
+    /// the direct call's peer (the identity its handshake authenticated: a device's identity
+    /// key is also its group identity) and `others`. The direct call goes on until
+    /// [`GroupPhone::handover`] ends it; the peer's side calls `handover` too when the group
+    /// call with this device reaches it ([`GroupCallEvent::Joined`]).
+    pub fn escalate(
+        &self,
+        direct: &crate::CallHandle,
+        others: &[PublicIdentity],
+    ) -> Result<CallRef, GroupPhoneError> {
+        let peer = direct
+            .snapshot()
+            .peer
+            .ok_or_else(|| GroupPhoneError::Direct("no authenticated peer".into()))?;
+        let call = self.create_call()?;
+        self.add(call, peer)?;
+        for other in others {
+            self.add(call, *other)?;
+        }
+        Ok(call)
+    }
+
+    /// Moves from a direct call to the group call `call` without a gap: waits until this
+    /// device hears the direct call's peer in the group call (its frames are being received
+    /// and played), then hangs up the direct call. Until then both carry audio; after it only
+    /// the group call does. Gives up after `timeout`, leaving the direct call as it was.
+    pub fn handover(
+        &self,
+        direct: &crate::CallHandle,
+        call: CallRef,
+        timeout: Duration,
+    ) -> Result<(), GroupPhoneError> {
+        let peer = direct
+            .snapshot()
+            .peer
+            .ok_or_else(|| GroupPhoneError::Direct("no authenticated peer".into()))?;
+        let heard = self.wait_for(timeout, |calls| {
+            calls.get(&call).is_some_and(|c| {
+                !c.ended
+                    && c.sending_epoch == c.epoch
+                    && c.roster
+                        .iter()
+                        .any(|(p, id)| *id == peer && c.received.get(p).is_some_and(|&n| n > 0))
+            })
+        });
+        if !heard {
+            return Err(GroupPhoneError::Timeout);
+        }
+        match direct.hangup() {
+            Ok(()) => Ok(()),
+            // The peer handed over first and its hang-up ended the call: done as well.
+            Err(_) if direct.is_ended() => Ok(()),
+            Err(e) => Err(GroupPhoneError::Direct(e.to_string())),
+        }
     }
 
     /// Testing: the next group message from the relay is dropped, as if lost (this device

@@ -326,3 +326,59 @@ fn a_member_that_misses_a_commit_is_added_back_and_hears_again() {
     )));
     assert_eq!(one(&bob).media.decrypt_failures, 0);
 }
+
+#[test]
+fn a_direct_call_becomes_a_conference_without_a_gap() {
+    use viska::call::CallState;
+    use viska::{Phone, PhoneConfig, PhoneEvent};
+    let setup = relay();
+    let key = |seed: u8| IdentityKeyPair::from_secret_bytes(&[seed; 32]).unwrap();
+    // Alice calls Bob directly; Bob answers.
+    let alice_phone = Phone::new(PhoneConfig::builder("alice", key(21)).build().unwrap()).unwrap();
+    let bob_phone = Phone::new(PhoneConfig::builder("bob", key(22)).build().unwrap()).unwrap();
+    let (tx, incoming) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    bob_phone.set_listener(Arc::new(move |event: PhoneEvent| {
+        if let PhoneEvent::IncomingCall { call, .. } = event {
+            call.answer().unwrap();
+            let _ = tx.lock().unwrap().send(call);
+        }
+    }));
+    let addr = bob_phone.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let alice_direct = alice_phone.call(addr).unwrap();
+    let bob_direct = incoming.recv_timeout(WAIT).unwrap();
+    let active = |s: &CallState| matches!(s, CallState::Active { .. });
+    assert!(active(&alice_direct.wait_for(WAIT, active)));
+    // The same devices on the relay, and Carol.
+    let (alice, _) = phone(&setup, 21, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 22, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 23, 800.0, Vec::new());
+    let call = alice.escalate(&alice_direct, &[carol.identity()]).unwrap();
+    // Bob's group phone is added; his side hands over once it hears Alice there.
+    assert!(bob.wait_for(WAIT, |calls| calls.contains_key(&call)));
+    std::thread::scope(|s| {
+        let a = s.spawn(|| alice.handover(&alice_direct, call, WAIT));
+        bob.handover(&bob_direct, call, WAIT).unwrap();
+        a.join().unwrap().unwrap();
+    });
+    // The direct call is over, hung up; the conference carries the three.
+    let ended = |s: &CallState| s.is_ended();
+    assert!(ended(&alice_direct.wait_for(WAIT, ended)));
+    assert!(ended(&bob_direct.wait_for(WAIT, ended)));
+    for p in [&alice, &bob, &carol] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| c
+                .roster
+                .len()
+                == 3
+                && c.received.len() == 2
+                && c.received.values().all(|&n| n > 50))),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    // The direct call's peer is the same authenticated identity in the group.
+    assert!(one(&bob).roster.values().any(|id| *id == alice.identity()));
+    assert_eq!(bob_direct.snapshot().peer, Some(alice.identity()));
+    assert_eq!(alice_direct.snapshot().peer, Some(bob.identity()));
+}
