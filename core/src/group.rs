@@ -108,6 +108,19 @@ pub enum GroupCallEvent {
         /// Why.
         reason: GroupFailure,
     },
+    /// Media of a participant was refused (forged, replayed, under a key this device does not
+    /// hold): rate-limited, `count` is the running total for that reason. What "I can't hear
+    /// Bob" is traced to.
+    MediaRejected {
+        /// The call.
+        call: CallRef,
+        /// Whose frames.
+        participant: ParticipantId,
+        /// Why.
+        reason: viska_call::MediaRejection,
+        /// Refused for this reason so far.
+        count: u64,
+    },
     /// This device is no longer in the call (it left or was removed).
     Ended {
         /// The call.
@@ -223,6 +236,8 @@ pub struct GroupCallSnapshot {
     pub trust: BTreeMap<ParticipantId, Trust>,
     /// Members not verified: what every participant is warned of.
     pub unverified: usize,
+    /// Media refused per participant and reason (running totals, as last reported).
+    pub rejected: HashMap<(ParticipantId, viska_call::MediaRejection), u64>,
     /// Times this device lost step with the group and was added back.
     pub rejoins: u64,
     /// Whether this device left or was removed.
@@ -246,6 +261,7 @@ impl GroupCallSnapshot {
             trust: BTreeMap::new(),
             unverified: 0,
             rejoins: 0,
+            rejected: HashMap::new(),
             ended: false,
         }
     }
@@ -270,6 +286,9 @@ enum Command {
     /// Testing: drop the next group message from the relay (as if it were lost).
     #[cfg(feature = "testing")]
     DropNextHandshake,
+    /// Testing: send these bytes as a media frame of the call (after its route).
+    #[cfg(feature = "testing")]
+    Inject(CallRef, Vec<u8>),
     Close,
 }
 
@@ -472,7 +491,8 @@ impl GroupPhone {
         match direct.hangup() {
             Ok(()) => Ok(()),
             // The peer handed over first and its hang-up ended the call: done as well.
-            Err(_) if direct.is_ended() => Ok(()),
+            // (Its handle may learn of the end a moment after its driver refused the hang-up.)
+            Err(_) if direct.wait_ended(Duration::from_secs(2)) => Ok(()),
             Err(e) => Err(GroupPhoneError::Direct(e.to_string())),
         }
     }
@@ -482,6 +502,12 @@ impl GroupPhone {
     #[cfg(feature = "testing")]
     pub fn drop_next_handshake(&self) -> Result<(), GroupPhoneError> {
         self.send(Command::DropNextHandshake)
+    }
+
+    /// Testing: sends `frame` to the relay as a media frame of `call` (a forgery, a replay).
+    #[cfg(feature = "testing")]
+    pub fn inject(&self, call: CallRef, frame: Vec<u8>) -> Result<(), GroupPhoneError> {
+        self.send(Command::Inject(call, frame))
     }
 
     /// Leaves every call and closes the connection.
@@ -804,6 +830,16 @@ impl Device {
             }
             #[cfg(feature = "testing")]
             Command::DropNextHandshake => self.drop_next_handshake = true,
+            #[cfg(feature = "testing")]
+            Command::Inject(call, frame) => {
+                if let Some(ctx) = self.calls.get(&call) {
+                    let mut datagram = Vec::new();
+                    if encode_route(ctx.route, &mut datagram).is_ok() {
+                        datagram.extend_from_slice(&frame);
+                        let _ = self.conn.send_datagram(Bytes::from(datagram));
+                    }
+                }
+            }
             Command::Close => {}
         }
     }
@@ -1172,7 +1208,19 @@ impl Device {
                     _ => {}
                 }
             }
-            drain_session(ctx, &self.conn, &*audio, now, &mut self.out);
+            for (participant, reason, count) in
+                drain_session(ctx, &self.conn, &*audio, now, &mut self.out)
+            {
+                ctx.snapshot.rejected.insert((participant, reason), count);
+                let _ = self
+                    .events
+                    .send(Dispatch::Event(GroupCallEvent::MediaRejected {
+                        call: *call,
+                        participant,
+                        reason,
+                        count,
+                    }));
+            }
             let s = &mut ctx.snapshot;
             s.epoch = ctx.member.epoch().map(|e| e.0);
             s.sending_epoch = ctx.member.sending_epoch().map(|e| e.0);
@@ -1222,14 +1270,16 @@ impl Device {
 }
 
 /// Drains one call's session: datagrams to the relay with the call's route, capture and
-/// playout through the audio end points, audio opened when asked.
+/// playout through the audio end points, audio opened when asked. Returns the media
+/// rejections the session reported.
 fn drain_session(
     ctx: &mut CallCtx,
     conn: &quinn::Connection,
     audio: &dyn AudioFactory,
     now: Instant,
     scratch: &mut Vec<u8>,
-) {
+) -> Vec<(ParticipantId, viska_call::MediaRejection, u64)> {
+    let mut rejected = Vec::new();
     loop {
         match ctx.session.poll_output() {
             Output::Datagram(bytes) => {
@@ -1276,9 +1326,16 @@ fn drain_session(
                 };
                 let _ = ctx.session.handle_input(Input::Audio(now, status));
             }
+            Output::Event(viska_session::SessionEvent::Security(
+                viska_call::SecurityEvent::MediaRejected {
+                    participant,
+                    reason,
+                    count,
+                },
+            )) => rejected.push((participant, reason, count)),
             Output::Timeout(at) => {
                 ctx.deadline = at;
-                return;
+                return rejected;
             }
             _ => {}
         }

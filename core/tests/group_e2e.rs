@@ -228,6 +228,28 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
     );
     assert!(bob_heard.loud_frames.load(Ordering::Relaxed) > 100);
 
+    // Bob forges frames under Alice's key id: Carol refuses them as unauthenticated and names
+    // Alice's stream as the one attacked.
+    let alice_leaf = one(&carol)
+        .roster
+        .iter()
+        .find(|(_, id)| **id == alice.identity())
+        .map(|(p, _)| *p)
+        .unwrap();
+    let epoch = one(&carol).epoch.unwrap();
+    let kid = viska_group::kid::key_id(alice_leaf, viska_group::Epoch(epoch)).unwrap();
+    let mut forged = vec![0u8; 64];
+    let n = viska::sframe::SframeHeader { kid, ctr: 1 << 30 }
+        .encode(&mut forged)
+        .unwrap();
+    forged.truncate(n + 40);
+    bob.inject(call, forged).unwrap();
+    assert!(
+        carol.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| c
+            .rejected
+            .get(&(alice_leaf, viska::call::MediaRejection::Authentication))
+            .is_some_and(|&n| n >= 1)))
+    );
     // Carol leaves: the relay tells the others, Alice (the lowest leaf) commits her removal.
     carol.leave(call).unwrap();
     for p in [&alice, &bob] {
