@@ -411,17 +411,24 @@ impl Conference {
 /// Three devices stay in the call throughout; three more join and leave in turn, 20 changes
 /// in all, while everyone sends a tone.
 fn churn(path: ImpairmentConfig) -> Conference {
-    let mut c = Conference::new(6, path);
+    churn_with(6, 3, 20, path)
+}
+
+/// `hosts` devices stay in the call throughout, the other `devices - hosts` join and leave in
+/// turn, `changes` commits in all, 400 ms apart, while everyone sends a tone.
+fn churn_with(devices: usize, hosts: usize, changes: usize, path: ImpairmentConfig) -> Conference {
+    let mut c = Conference::new(devices, path);
     c.start();
-    c.add(0, 1);
-    c.run_for(300 * MS);
-    c.add(1, 2);
-    c.run_for(500 * MS);
-    let mut changes = 0;
+    for h in 1..hosts {
+        c.add(h - 1, h);
+        c.run_for(300 * MS);
+    }
+    c.run_for(200 * MS);
+    let guests = devices - hosts;
     let mut round = 0usize;
-    while changes < 20 {
-        let guest = 3 + round % 3;
-        let host = round % 3;
+    while round < changes {
+        let guest = hosts + round % guests;
+        let host = round % hosts;
         if c.relay.members.contains(&guest) {
             c.remove(host, guest);
         } else {
@@ -431,7 +438,6 @@ fn churn(path: ImpairmentConfig) -> Conference {
             }
             c.add(host, guest);
         }
-        changes += 1;
         round += 1;
         c.run_for(400 * MS);
     }
@@ -507,4 +513,27 @@ fn with_five_percent_loss_nothing_fails_to_decrypt_beyond_the_loss() {
         lost += k.playout.lost;
     }
     assert!(lost <= dropped, "lost {lost} of {dropped} dropped");
+}
+
+#[test]
+fn a_hundred_transitions_in_a_ten_member_call_lose_nothing() {
+    // Seven stay, three come and go: a hundred epochs with audio flowing (the figure
+    // docs/performance.md reports).
+    let c = churn_with(10, 7, 100, ImpairmentConfig::default());
+    assert!(c.relay.epoch >= 106, "epochs: {}", c.relay.epoch);
+    let (mut lost, mut failures, mut received) = (0, 0, 0);
+    for d in &c.devices {
+        let Some(s) = d.session.as_ref() else {
+            continue;
+        };
+        let k = s.counters();
+        lost += k.playout.lost + k.playout.concealed;
+        failures += k.decrypt_failures;
+        received += k.frames_received;
+    }
+    println!(
+        "100 transitions, 10 members: {received} frames received, {lost} lost or concealed, {failures} undecryptable"
+    );
+    assert_eq!((lost, failures), (0, 0));
+    assert!(received > 10_000);
 }
