@@ -87,7 +87,13 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
     .await
     .map_err(|e| RelayError::Task(e.to_string()))??;
     let fingerprint = identity.fingerprint();
-    let endpoint = quinn::Endpoint::server(server_config(&identity, &config)?, config.bind)?;
+    let socket = bind_socket(config.bind)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config(&identity, &config)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     let local_addr = endpoint.local_addr()?;
     let (db_tx, db_thread) = spawn_database(database)?;
     let loaded = calls.len();
@@ -322,4 +328,27 @@ async fn datagram_loop(shared: Arc<Shared>, conn_id: u64, conn: quinn::Connectio
     while let Ok(datagram) = conn.read_datagram().await {
         shared.forward(conn_id, datagram);
     }
+}
+
+/// The UDP receive buffer the relay asks for: every member's datagrams arrive on this one
+/// socket, and under load the kernel drops what does not fit (the system default, about
+/// 208 KiB, is what loses packets first). The kernel caps the request at
+/// `net.core.rmem_max` (docs/operations.md).
+const RECV_BUFFER: usize = 4 << 20;
+
+fn bind_socket(addr: std::net::SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    if let Err(e) = state.set_recv_buffer_size((&socket).into(), RECV_BUFFER) {
+        tracing::warn!(error = %e, "UDP receive buffer not raised");
+    }
+    let granted = state.recv_buffer_size((&socket).into()).unwrap_or(0);
+    if granted < RECV_BUFFER {
+        tracing::info!(
+            granted,
+            wanted = RECV_BUFFER,
+            "UDP receive buffer capped by the system (raise net.core.rmem_max)"
+        );
+    }
+    Ok(socket)
 }
