@@ -261,7 +261,6 @@ async fn read_loop(
     mut recv: quinn::RecvStream,
     mut decoder: RelayDecoder,
 ) {
-    let mut buf = vec![0u8; READ_CHUNK];
     loop {
         loop {
             match decoder.next_message() {
@@ -285,8 +284,10 @@ async fn read_loop(
                 }
             }
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => decoder.push(&buf[..n]),
+        // quinn's own buffers, not one of ours per connection: an idle device costs no read
+        // buffer of the relay's.
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
             Ok(None) => {
                 conn.close(close::PROTOCOL.into(), b"control stream finished");
                 return;
