@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
 use viska_group::{GroupMember, GroupOutput, ParticipantId};
 use viska_media::audio::{AudioSink, AudioSource};
@@ -41,6 +41,9 @@ use crate::transport::runtime::PromptRuntime;
 
 /// One-use key packages a device keeps published on the relay.
 const KEY_PACKAGES: usize = 8;
+
+/// How long a request the relay answers (opening a call) may take.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a group phone connects, as who, with what audio.
 pub struct GroupPhoneConfig {
@@ -240,6 +243,10 @@ pub struct GroupCallSnapshot {
     pub rejected: HashMap<(ParticipantId, viska_call::MediaRejection), u64>,
     /// Times this device lost step with the group and was added back.
     pub rejoins: u64,
+    /// Whether the call was taken: one this device created, or one it was added to and
+    /// [`GroupPhone::accept`]ed. Until then it is held: nothing captured is sent and nothing
+    /// received is played.
+    pub accepted: bool,
     /// Whether this device left or was removed.
     pub ended: bool,
 }
@@ -262,6 +269,7 @@ impl GroupCallSnapshot {
             unverified: 0,
             rejoins: 0,
             rejected: HashMap::new(),
+            accepted: false,
             ended: false,
         }
     }
@@ -279,10 +287,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 enum Command {
-    Create(CallRef, oneshot::Sender<Result<(), GroupPhoneError>>),
+    Create(
+        CallRef,
+        std::sync::mpsc::Sender<Result<(), GroupPhoneError>>,
+    ),
     Add(CallRef, DeviceKey),
     Remove(CallRef, DeviceKey),
     Leave(CallRef),
+    Accept(CallRef),
     /// Testing: drop the next group message from the relay (as if it were lost).
     #[cfg(feature = "testing")]
     DropNextHandshake,
@@ -375,16 +387,26 @@ impl GroupPhone {
         let mut id = [0u8; 16];
         rand::fill(&mut id);
         let call = CallRef(id);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         self.send(Command::Create(call, tx))?;
-        rx.blocking_recv().map_err(|_| GroupPhoneError::Closed)??;
-        Ok(call)
+        match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(result) => result.map(|()| call),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(GroupPhoneError::Timeout),
+            Err(_) => Err(GroupPhoneError::Closed),
+        }
     }
 
     /// Adds the device `identity` to `call` (its key package is fetched from the relay). The
     /// change shows in the call's roster once the relay ordered the commit.
     pub fn add(&self, call: CallRef, identity: PublicIdentity) -> Result<(), GroupPhoneError> {
         self.send(Command::Add(call, identity.to_bytes()))
+    }
+
+    /// Takes a call this device was added to ([`GroupCallEvent::Joined`]): until then the
+    /// call is held, so that nobody can add a device to a call and hear its microphone
+    /// without its user's consent.
+    pub fn accept(&self, call: CallRef) -> Result<(), GroupPhoneError> {
+        self.send(Command::Accept(call))
     }
 
     /// Removes the device `identity` from `call`.
@@ -476,6 +498,8 @@ impl GroupPhone {
             .snapshot()
             .peer
             .ok_or_else(|| GroupPhoneError::Direct("no authenticated peer".into()))?;
+        // Moving the call is the user's consent to the group call.
+        self.accept(call)?;
         let heard = self.wait_for(timeout, |calls| {
             calls.get(&call).is_some_and(|c| {
                 !c.ended
@@ -528,6 +552,22 @@ impl Drop for GroupPhone {
     }
 }
 
+/// A membership change this device is committing.
+#[derive(Clone, Copy)]
+enum Change {
+    Add(DeviceKey),
+    Remove(DeviceKey),
+}
+
+impl Change {
+    fn command(self, call: CallRef) -> Command {
+        match self {
+            Self::Add(id) => Command::Add(call, id),
+            Self::Remove(id) => Command::Remove(call, id),
+        }
+    }
+}
+
 /// One call on this device.
 struct CallCtx {
     member: GroupMember,
@@ -541,6 +581,10 @@ struct CallCtx {
     committing: bool,
     /// Adds and removes waiting for our pending commit to be decided.
     queued: VecDeque<Command>,
+    /// What our pending commit does: tried again if another commit wins the epoch.
+    in_flight: Option<Change>,
+    /// The user took the call (a call this device was added to waits, held, until then).
+    accepted: bool,
     snapshot: GroupCallSnapshot,
 }
 
@@ -557,7 +601,13 @@ struct Device {
     calls: HashMap<CallRef, CallCtx>,
     routes: HashMap<u32, CallRef>,
     /// Creations waiting for `CallOpened`.
-    creating: HashMap<CallRef, (GroupMember, oneshot::Sender<Result<(), GroupPhoneError>>)>,
+    creating: HashMap<
+        CallRef,
+        (
+            GroupMember,
+            std::sync::mpsc::Sender<Result<(), GroupPhoneError>>,
+        ),
+    >,
     /// Key-package fetches: request id -> the call and device to add.
     fetching: HashMap<u32, (CallRef, DeviceKey)>,
     next_request: u32,
@@ -742,6 +792,10 @@ impl Device {
                             let _ = self.write(m).await;
                         }
                         let _ = self.send.finish();
+                        // The leaves reach the relay before the connection goes (closing
+                        // discards what is not delivered yet).
+                        let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped())
+                            .await;
                         return self.shutdown().await;
                     }
                     Some(command) => self.on_command(command, &mut outgoing),
@@ -777,6 +831,7 @@ impl Device {
         }
         self.publish_snapshots();
         self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
     }
 
     fn on_command(&mut self, command: Command, outgoing: &mut Vec<RelayMessage>) {
@@ -806,9 +861,22 @@ impl Device {
                 self.next_request = self.next_request.wrapping_add(1);
                 self.fetching.insert(request, (call, identity));
                 ctx.committing = true;
+                ctx.in_flight = Some(Change::Add(identity));
                 outgoing.push(RelayMessage::FetchKeyPackage { request, identity });
             }
             Command::Remove(call, identity) => self.commit_removal(call, identity, outgoing),
+            Command::Accept(call) => {
+                if let Some(ctx) = self.calls.get_mut(&call) {
+                    if !ctx.accepted {
+                        ctx.accepted = true;
+                        ctx.snapshot.accepted = true;
+                        let now = Instant::now();
+                        let _ = ctx
+                            .session
+                            .handle_input(Input::Command(now, viska_call::Command::Resume));
+                    }
+                }
+            }
             Command::Leave(call) => {
                 if let Some(mut ctx) = self.calls.remove(&call) {
                     self.routes.remove(&ctx.route);
@@ -851,6 +919,16 @@ impl Device {
             return;
         };
         tracing::warn!("out of step with a group call; asking to be added back");
+        // What the member reported on its way out (a forged commit, a missed one) still
+        // reaches the application.
+        while let Some(output) = ctx.member.poll_output() {
+            if let GroupOutput::Event(GroupEvent::Failure { reason }) = output {
+                ctx.snapshot.group_failures += 1;
+                let _ = self
+                    .events
+                    .send(Dispatch::Event(GroupCallEvent::Failure { call, reason }));
+            }
+        }
         self.routes.remove(&ctx.route);
         let now = Instant::now();
         let _ = ctx
@@ -864,6 +942,31 @@ impl Device {
         lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
         self.shared.changed.notify_all();
         out.push(RelayMessage::Rejoin { call });
+    }
+
+    /// Our pending change is decided (or could not be made): run the queued ones until one is
+    /// committing. A change whose commit lost the epoch (`retry`) goes first again.
+    fn commit_done(&mut self, call: CallRef, retry: bool, out: &mut Vec<RelayMessage>) {
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        ctx.committing = false;
+        if let (true, Some(change)) = (retry, ctx.in_flight.take()) {
+            ctx.queued.push_front(change.command(call));
+        }
+        ctx.in_flight = None;
+        loop {
+            let Some(ctx) = self.calls.get_mut(&call) else {
+                return;
+            };
+            if ctx.committing {
+                return;
+            }
+            let Some(next) = ctx.queued.pop_front() else {
+                return;
+            };
+            self.on_command(next, out);
+        }
     }
 
     fn commit_removal(&mut self, call: CallRef, identity: DeviceKey, out: &mut Vec<RelayMessage>) {
@@ -887,6 +990,7 @@ impl Device {
         match ctx.member.remove(&leaves) {
             Ok(commit) => {
                 ctx.committing = true;
+                ctx.in_flight = Some(Change::Remove(identity));
                 out.push(RelayMessage::Commit {
                     call,
                     epoch: commit.epoch.0,
@@ -908,7 +1012,7 @@ impl Device {
                     let result = member
                         .create(now, &call.0)
                         .map_err(GroupPhoneError::from)
-                        .and_then(|()| self.open_call(call, route, member));
+                        .and_then(|()| self.open_call(call, route, member, true));
                     let _ = reply.send(result);
                 }
             }
@@ -921,9 +1025,17 @@ impl Device {
                 let Some(ctx) = self.calls.get_mut(&call) else {
                     return;
                 };
+                // The package must be the requested device's: a relay answering with one of
+                // its own is refused.
                 let commit = package
                     .ok_or(GroupPhoneError::Refused(RelayErrorCode::NoKeyPackage))
-                    .and_then(|p| ctx.member.add(&[p]).map_err(Into::into));
+                    .and_then(|p| {
+                        let expected = PublicIdentity::from_bytes(&identity)
+                            .map_err(|e| GroupPhoneError::Protocol(e.to_string()))?;
+                        ctx.member
+                            .add_expecting(&[p], &[expected])
+                            .map_err(Into::into)
+                    });
                 match commit {
                     Ok(commit) => out.push(RelayMessage::Commit {
                         call,
@@ -935,7 +1047,7 @@ impl Device {
                     }),
                     Err(e) => {
                         tracing::warn!(error = %e, "device not added");
-                        ctx.committing = false;
+                        self.commit_done(call, false, out);
                     }
                 }
             }
@@ -943,7 +1055,6 @@ impl Device {
                 let Some(ctx) = self.calls.get_mut(&call) else {
                     return;
                 };
-                ctx.committing = false;
                 let result = if accepted {
                     ctx.member.commit_accepted(now)
                 } else {
@@ -952,9 +1063,8 @@ impl Device {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "commit verdict not applied");
                 }
-                if let Some(next) = ctx.queued.pop_front() {
-                    self.on_command(next, out);
-                }
+                // Another commit won the epoch: ours is made again on top of it.
+                self.commit_done(call, !accepted, out);
             }
             RelayMessage::Handshake { call, message, .. } => {
                 #[cfg(feature = "testing")]
@@ -997,11 +1107,22 @@ impl Device {
                         }
                     };
                 let mut member = std::mem::replace(&mut self.lobby, fresh);
+                member.expect_group(&call.0);
                 if let Err(e) = member.handle_message(now, &welcome) {
                     tracing::warn!(error = %e, "welcome refused");
+                    // The lobby keeps its keys (its packages are still on the relay), and the
+                    // relay drops this device from a call it cannot join.
+                    self.lobby = member;
+                    out.push(RelayMessage::Leave { call });
+                    let _ = self.events.send(Dispatch::Event(GroupCallEvent::Failure {
+                        call,
+                        reason: GroupFailure::Undecryptable,
+                    }));
                     return;
                 }
-                if let Err(e) = self.open_call(call, route, member) {
+                // A device added back after losing step was in the call already: it goes on.
+                let rejoined = self.rejoins.contains_key(&call);
+                if let Err(e) = self.open_call(call, route, member, rejoined) {
                     tracing::warn!(error = %e, "call not opened");
                     return;
                 }
@@ -1092,8 +1213,15 @@ impl Device {
                     if let Some((_, reply)) = self.creating.remove(&call) {
                         let _ = reply.send(Err(GroupPhoneError::Refused(code)));
                     }
-                    if let Some(ctx) = self.calls.get_mut(&call) {
-                        ctx.committing = false;
+                    let pending = self.calls.get_mut(&call).is_some_and(|ctx| {
+                        let pending = ctx.committing;
+                        if pending {
+                            let _ = ctx.member.commit_refused();
+                        }
+                        pending
+                    });
+                    if pending {
+                        self.commit_done(call, false, out);
                     }
                 }
             }
@@ -1101,15 +1229,23 @@ impl Device {
         }
     }
 
+    /// A call this device is now in; `accepted` for one it created, held until
+    /// [`GroupPhone::accept`] for one it was added to.
     fn open_call(
         &mut self,
         call: CallRef,
         route: u32,
         member: GroupMember,
+        accepted: bool,
     ) -> Result<(), GroupPhoneError> {
         let now = Instant::now();
-        let session = Session::group(self.config.session.clone(), now)
+        let mut session = Session::group(self.config.session.clone(), now)
             .map_err(|e| GroupPhoneError::Protocol(e.to_string()))?;
+        if !accepted {
+            session
+                .handle_input(Input::Command(now, viska_call::Command::Hold))
+                .map_err(|e| GroupPhoneError::Protocol(e.to_string()))?;
+        }
         let ctx = CallCtx {
             member,
             session,
@@ -1120,8 +1256,11 @@ impl Device {
             deadline: now,
             committing: false,
             queued: VecDeque::new(),
+            in_flight: None,
+            accepted,
             snapshot: GroupCallSnapshot {
                 rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
+                accepted,
                 ..GroupCallSnapshot::new(call)
             },
         };

@@ -156,6 +156,12 @@ fn phone(
     (GroupPhone::connect(config).unwrap(), heard)
 }
 
+/// Waits until `p` is in `call`, then takes it.
+fn accept(p: &GroupPhone, call: viska::group::CallRef) {
+    assert!(p.wait_for(WAIT, |calls| calls.contains_key(&call)));
+    p.accept(call).unwrap();
+}
+
 fn one(phone: &GroupPhone) -> GroupCallSnapshot {
     phone.calls().into_iter().next().expect("a call")
 }
@@ -177,6 +183,19 @@ fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
     let call = alice.create_call().unwrap();
     alice.add(call, bob.identity()).unwrap();
     alice.add(call, carol.identity()).unwrap();
+    // Added is not answered: until Bob takes the call it is held, and nothing he captures
+    // leaves his phone.
+    assert!(bob.wait_for(WAIT, |calls| {
+        calls
+            .get(&call)
+            .is_some_and(|c| c.roster.len() == 3 && c.sending_epoch == c.epoch)
+    }));
+    let held = one(&bob);
+    assert!(!held.accepted);
+    assert!(one(&alice).accepted, "the creator's own call is taken");
+    assert_eq!(held.media.frames_sent, 0, "{held:?}");
+    accept(&bob, call);
+    accept(&carol, call);
     let all_in = |p: &GroupPhone| {
         p.wait_for(WAIT, |calls| {
             calls
@@ -319,6 +338,7 @@ fn a_member_that_misses_a_commit_is_added_back_and_hears_again() {
     let (dave, _) = phone(&setup, 14, 1000.0, Vec::new());
     let call = alice.create_call().unwrap();
     alice.add(call, bob.identity()).unwrap();
+    accept(&bob, call);
     let settled = |p: &GroupPhone, n: usize| {
         p.wait_for(WAIT, |calls| {
             calls
@@ -330,10 +350,12 @@ fn a_member_that_misses_a_commit_is_added_back_and_hears_again() {
     // Bob loses the commit adding Carol: he is out of step from then on.
     bob.drop_next_handshake().unwrap();
     alice.add(call, carol.identity()).unwrap();
+    accept(&carol, call);
     assert!(settled(&alice, 3) && settled(&carol, 3));
     // The next commit tells him so: he asks to be added back, Alice (the lowest leaf) removes
     // and re-adds him, and the four end in one epoch with one code.
     alice.add(call, dave.identity()).unwrap();
+    accept(&dave, call);
     for p in [&alice, &bob, &carol, &dave] {
         assert!(settled(p, 4), "{:?}", p.snapshot(call));
     }
@@ -376,6 +398,7 @@ fn a_direct_call_becomes_a_conference_without_a_gap() {
     let (bob, _) = phone(&setup, 22, 600.0, Vec::new());
     let (carol, _) = phone(&setup, 23, 800.0, Vec::new());
     let call = alice.escalate(&alice_direct, &[carol.identity()]).unwrap();
+    accept(&carol, call);
     // Bob's group phone is added; his side hands over once it hears Alice there.
     assert!(bob.wait_for(WAIT, |calls| calls.contains_key(&call)));
     std::thread::scope(|s| {

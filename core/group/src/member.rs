@@ -103,6 +103,7 @@ pub struct GroupMember {
     pending: Option<PendingSend>,
     retire: Option<(Epoch, Instant)>,
     out: VecDeque<GroupOutput>,
+    expected_group: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for GroupMember {
@@ -143,6 +144,7 @@ impl GroupMember {
             pending: None,
             retire: None,
             out: VecDeque::new(),
+            expected_group: None,
         })
     }
 
@@ -245,9 +247,35 @@ impl GroupMember {
 
     /// A commit adding the devices of `key_packages` (serialized MLS key-package messages).
     /// It takes effect when the delivery service accepts it ([`GroupMember::commit_accepted`]).
+    /// A package from a delivery service should go through [`GroupMember::add_expecting`]:
+    /// this one adds whoever the package names.
     pub fn add(&mut self, key_packages: &[Vec<u8>]) -> Result<Commit, GroupError> {
+        self.add_checked(key_packages, None)
+    }
+
+    /// Like [`GroupMember::add`], for the packages of the devices `expected` (in order): a
+    /// package of any other identity is refused with [`GroupError::CredentialMismatch`], so a
+    /// delivery service cannot answer "the package of Bob" with one of its own.
+    pub fn add_expecting(
+        &mut self,
+        key_packages: &[Vec<u8>],
+        expected: &[PublicIdentity],
+    ) -> Result<Commit, GroupError> {
+        if key_packages.len() != expected.len() {
+            return Err(GroupError::Malformed(
+                "one expected identity per package".into(),
+            ));
+        }
+        self.add_checked(key_packages, Some(expected))
+    }
+
+    fn add_checked(
+        &mut self,
+        key_packages: &[Vec<u8>],
+        expected: Option<&[PublicIdentity]>,
+    ) -> Result<Commit, GroupError> {
         let mut packages = Vec::with_capacity(key_packages.len());
-        for bytes in key_packages {
+        for (i, bytes) in key_packages.iter().enumerate() {
             let message = MlsMessageIn::tls_deserialize_exact(bytes)
                 .map_err(|e| GroupError::Malformed(e.to_string()))?;
             let MlsMessageBodyIn::KeyPackage(package) = message.extract() else {
@@ -260,6 +288,13 @@ impl GroupMember {
                 package.leaf_node().credential(),
                 package.leaf_node().signature_key().as_slice(),
             )?;
+            let key = package.leaf_node().signature_key().as_slice();
+            if expected
+                .and_then(|e| e.get(i))
+                .is_some_and(|want| want.to_bytes()[..] != *key)
+            {
+                return Err(GroupError::CredentialMismatch);
+            }
             packages.push(package);
         }
         let group = self.group.as_mut().ok_or(GroupError::NotInGroup)?;
@@ -318,6 +353,12 @@ impl GroupMember {
             .map_err(|e| GroupError::Mls(e.to_string()))
     }
 
+    /// Requires the next Welcome to be into the group `group_id` (the call it is delivered
+    /// for); any other is refused as undecryptable.
+    pub fn expect_group(&mut self, group_id: &[u8]) {
+        self.expected_group = Some(group_id.to_vec());
+    }
+
     /// A message from the delivery service: a commit of another member, or the Welcome into a
     /// group. A message that cannot be used is refused with an error and reported
     /// ([`GroupEvent::Failure`]); the member stays in its epoch.
@@ -348,6 +389,15 @@ impl GroupMember {
         let group = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
             .and_then(|staged| staged.into_group(&self.provider))
             .map_err(|e| GroupError::Undecryptable(e.to_string()))?;
+        let expected = self.expected_group.take();
+        if expected.is_some_and(|want| group.group_id().as_slice() != want.as_slice()) {
+            // A Welcome into another group than the call it was delivered for.
+            let mut group = group;
+            let _ = group.delete(self.provider.storage());
+            return Err(GroupError::Undecryptable(
+                "welcome into another group".into(),
+            ));
+        }
         for member in group.members() {
             check_credential(&member.credential, &member.signature_key)?;
         }
@@ -524,11 +574,25 @@ impl GroupMember {
         }
         self.roster = roster;
         let kid = key_id(me, epoch).ok_or(GroupError::TooManyMembers)?;
+        // The transition timeout runs from the first epoch this member holds without sending
+        // under it: commits in quick succession do not push the switch back for ever.
+        let deadline = self
+            .pending
+            .as_ref()
+            .map_or(now + self.config.transition_timeout, |p| p.deadline);
         self.pending = Some(PendingSend {
             epoch,
             key: SendKey::new(kid, base),
-            deadline: now + self.config.transition_timeout,
+            deadline,
         });
+        // Never send more than seven epochs behind the newest (the rollover rule: receivers
+        // drop the keys of epoch n - 8 when they install n, whose KIDs are the same).
+        if self
+            .sending
+            .is_some_and(|s| epoch.0.saturating_sub(s.0) >= EPOCHS_DISTINGUISHED - 1)
+        {
+            self.switch_now(now);
+        }
         self.out.push_back(GroupOutput::Event(GroupEvent::Epoch {
             epoch,
             verification_code: code.unwrap_or_default(),

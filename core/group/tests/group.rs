@@ -615,3 +615,27 @@ fn a_relay_that_drops_reorders_replays_or_forges_commits_is_caught() {
     assert_eq!(members[1].epoch(), Some(epoch), "Bob's group is unchanged");
     assert_eq!(members[1].roster().len(), members[0].roster().len());
 }
+
+#[test]
+fn a_package_of_another_device_than_the_one_asked_for_is_refused() {
+    // A delivery service asked for Bob's package answers with Mallory's.
+    let now = Instant::now();
+    let suite = CipherSuite::AesCtr128HmacSha256_80;
+    let mut alice = member(100, suite);
+    alice.create(now, b"call-11").expect("create");
+    let bob = member(101, suite);
+    let mut mallory = member(102, suite);
+    let package = mallory.key_package(false).expect("kp");
+    assert_eq!(
+        alice
+            .add_expecting(std::slice::from_ref(&package), &[*bob.identity()])
+            .err(),
+        Some(GroupError::CredentialMismatch)
+    );
+    // Asked for Mallory, it is hers.
+    assert!(
+        alice
+            .add_expecting(&[package], &[*mallory.identity()])
+            .is_ok()
+    );
+}

@@ -1,6 +1,7 @@
 //! `viska-phone group --relay ADDR --relay-fingerprint HEX`: a device on a relay, driven from
 //! the terminal. It registers (authenticates and publishes key packages), joins every call it
-//! is added to, and reads commands: `create`, `add CALL IDENTITY`, `leave CALL`, `roster`,
+//! is added to (held until `accept CALL`), and reads commands: `create`, `add CALL IDENTITY`,
+//! `accept CALL`, `leave CALL`, `roster`,
 //! `quit`. Calls and identities are hex; the roster shows each member's identity, trust and
 //! level, and the call's verification code.
 
@@ -81,7 +82,7 @@ pub(crate) fn run(
     println!("registered on {relay}");
     println!("identity {}", hex::encode(phone.identity().to_bytes()));
     println!("fingerprint {}", phone.identity().fingerprint());
-    println!("commands: create | add CALL IDENTITY | leave CALL | roster | quit");
+    println!("commands: create | add CALL IDENTITY | accept CALL | leave CALL | roster | quit");
     // Calls this device is added to, announced as they come.
     let watcher = std::sync::Arc::clone(&phone);
     std::thread::spawn(move || {
@@ -93,7 +94,15 @@ pub(crate) fn run(
             if watcher.wait_for(std::time::Duration::from_secs(3600), new) {
                 for call in watcher.calls() {
                     if known.insert(call.call) {
-                        println!("in call {}", hex::encode(call.call.0));
+                        if call.accepted {
+                            println!("in call {}", hex::encode(call.call.0));
+                        } else {
+                            println!(
+                                "added to call {} (held; type: accept {})",
+                                hex::encode(call.call.0),
+                                hex::encode(call.call.0)
+                            );
+                        }
                     }
                 }
             } else if watcher.calls().is_empty() && known.is_empty() {
@@ -117,6 +126,10 @@ pub(crate) fn run(
                 let call = CallRef(parse_hex::<16>(call)?);
                 let who = PublicIdentity::from_bytes(&parse_hex::<32>(who)?)?;
                 phone.add(call, who)?;
+                Ok(())
+            })(),
+            ["accept", call] => (|| {
+                phone.accept(CallRef(parse_hex::<16>(call)?))?;
                 Ok(())
             })(),
             ["leave", call] => (|| {

@@ -152,6 +152,13 @@ pub(crate) fn run(n: usize, seconds: f64, input: &Path) -> Result<(), BoxError> 
     for p in &phones[1..] {
         phones[0].add(call, p.identity())?;
     }
+    // Everyone added takes the call (until then it is held).
+    for p in &phones[1..] {
+        if !p.wait_for(SETUP, |calls| calls.contains_key(&call)) {
+            return Err("a phone was not added".into());
+        }
+        p.accept(call)?;
+    }
     for (i, p) in phones.iter().enumerate() {
         let joined = p.wait_for(SETUP, |calls| {
             calls

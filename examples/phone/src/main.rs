@@ -61,7 +61,7 @@ enum Cmd {
         media: MediaArgs,
     },
     /// Register on a relay and take part in group calls: joins every call it is added to;
-    /// commands on standard input (create, add CALL IDENTITY, leave CALL, roster, quit).
+    /// commands on standard input (create, add CALL IDENTITY, accept CALL, leave CALL, roster, quit).
     Group {
         /// The relay's address.
         #[arg(long)]
