@@ -585,6 +585,12 @@ struct CallCtx {
     in_flight: Option<Change>,
     /// The user took the call (a call this device was added to waits, held, until then).
     accepted: bool,
+    /// Devices the relay says are gone (or asked to be added back) that are still in the
+    /// roster: the first member not among them commits their removal, whenever the group
+    /// changes, until none is left (a remover that leaves itself is replaced by the next).
+    departed: std::collections::BTreeSet<DeviceKey>,
+    /// Devices to add back once removed (they lost step with the group).
+    readd: std::collections::BTreeSet<DeviceKey>,
     snapshot: GroupCallSnapshot,
 }
 
@@ -944,6 +950,38 @@ impl Device {
         out.push(RelayMessage::Rejoin { call });
     }
 
+    /// Departed members still in the roster are removed, and devices that asked to be added
+    /// back are added once out: by the first member that is not departed, one commit at a
+    /// time, again after every change until nothing is left to do.
+    fn sweep(&mut self, call: CallRef, out: &mut Vec<RelayMessage>) {
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if ctx.committing {
+            return;
+        }
+        let roster = ctx.member.roster();
+        let present = |id: &DeviceKey| roster.values().any(|r| r.to_bytes() == *id);
+        ctx.departed.retain(|id| present(id));
+        // Added back (by whoever did it) and not departed again: done.
+        let departed = &ctx.departed;
+        ctx.readd.retain(|id| !present(id) || departed.contains(id));
+        let me = ctx.member.own_participant();
+        let remover = roster
+            .iter()
+            .find(|(_, id)| !ctx.departed.contains(&id.to_bytes()))
+            .map(|(p, _)| *p);
+        if me.is_none() || me != remover {
+            return;
+        }
+        if let Some(id) = ctx.departed.iter().next().copied() {
+            self.commit_removal(call, id, out);
+        } else if let Some(id) = ctx.readd.iter().find(|id| !present(id)).copied() {
+            ctx.readd.remove(&id);
+            self.on_command(Command::Add(call, id), out);
+        }
+    }
+
     /// Our pending change is decided (or could not be made): run the queued ones until one is
     /// committing. A change whose commit lost the epoch (`retry`) goes first again.
     fn commit_done(&mut self, call: CallRef, retry: bool, out: &mut Vec<RelayMessage>) {
@@ -1153,44 +1191,24 @@ impl Device {
                 }
             }
             RelayMessage::Readd { call, identity } => {
-                // The remaining member with the lowest leaf removes it and adds it back; only a
-                // device in the roster is taken back in (the relay cannot bring in another).
-                let Some(ctx) = self.calls.get_mut(&call) else {
-                    return;
-                };
-                let me = ctx.member.own_participant();
-                let roster = ctx.member.roster();
-                let known = roster.values().any(|id| id.to_bytes() == identity);
-                let first = roster
-                    .iter()
-                    .find(|(_, id)| id.to_bytes() != identity)
-                    .map(|(p, _)| *p);
-                if known && me.is_some() && me == first {
-                    self.commit_removal(call, identity, out);
-                    if let Some(ctx) = self.calls.get_mut(&call) {
-                        ctx.queued.push_back(Command::Add(call, identity));
-                        if !ctx.committing {
-                            if let Some(next) = ctx.queued.pop_front() {
-                                self.on_command(next, out);
-                            }
-                        }
+                // Only a device in the roster is taken back in (the relay cannot bring in
+                // another): it is removed, then added from a fresh key package (`sweep`).
+                if let Some(ctx) = self.calls.get_mut(&call) {
+                    if ctx
+                        .member
+                        .roster()
+                        .values()
+                        .any(|id| id.to_bytes() == identity)
+                    {
+                        ctx.departed.insert(identity);
+                        ctx.readd.insert(identity);
                     }
                 }
             }
             RelayMessage::MemberGone { call, identity } => {
-                // The remaining member with the lowest leaf commits the removal.
-                let Some(ctx) = self.calls.get(&call) else {
-                    return;
-                };
-                let me = ctx.member.own_participant();
-                let first = ctx
-                    .member
-                    .roster()
-                    .iter()
-                    .find(|(_, id)| id.to_bytes() != identity)
-                    .map(|(p, _)| *p);
-                if me.is_some() && me == first {
-                    self.commit_removal(call, identity, out);
+                // Removed by whoever is first among those still here (`sweep`).
+                if let Some(ctx) = self.calls.get_mut(&call) {
+                    ctx.departed.insert(identity);
                 }
             }
             RelayMessage::Removed { call } => {
@@ -1258,6 +1276,8 @@ impl Device {
             queued: VecDeque::new(),
             in_flight: None,
             accepted,
+            departed: std::collections::BTreeSet::new(),
+            readd: std::collections::BTreeSet::new(),
             snapshot: GroupCallSnapshot {
                 rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
                 accepted,
@@ -1289,6 +1309,9 @@ impl Device {
     /// Moves every call's member outputs into its session and the relay, then drains the
     /// sessions.
     fn pump_all(&mut self, out: &mut Vec<RelayMessage>) {
+        for call in self.calls.keys().copied().collect::<Vec<_>>() {
+            self.sweep(call, out);
+        }
         let now = Instant::now();
         let audio = Arc::clone(&self.config.audio);
         for (call, ctx) in self.calls.iter_mut() {

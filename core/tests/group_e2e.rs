@@ -427,3 +427,37 @@ fn a_direct_call_becomes_a_conference_without_a_gap() {
     assert_eq!(bob_direct.snapshot().peer, Some(alice.identity()));
     assert_eq!(alice_direct.snapshot().peer, Some(bob.identity()));
 }
+
+#[test]
+fn two_members_leaving_at_once_are_both_removed_even_the_one_who_would_remove_the_other() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 31, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 32, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 33, 800.0, Vec::new());
+    let (dave, _) = phone(&setup, 34, 1000.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    for p in [&bob, &carol, &dave] {
+        alice.add(call, p.identity()).unwrap();
+        accept(p, call);
+    }
+    let settled = |p: &GroupPhone, n: usize| {
+        p.wait_for(WAIT, |calls| {
+            calls
+                .get(&call)
+                .is_some_and(|c| !c.ended && c.roster.len() == n && c.sending_epoch == c.epoch)
+        })
+    };
+    for p in [&alice, &bob, &carol, &dave] {
+        assert!(settled(p, 4));
+    }
+    // Alice (leaf 0, who would remove anyone else) and Carol leave together: Bob, now the
+    // first member still here, removes both.
+    alice.leave(call).unwrap();
+    carol.leave(call).unwrap();
+    for p in [&bob, &dave] {
+        assert!(settled(p, 2), "{:?}", p.snapshot(call));
+    }
+    assert_eq!(one(&bob).verification_code, one(&dave).verification_code);
+    let roster: Vec<_> = one(&bob).roster.values().copied().collect();
+    assert!(roster.contains(&bob.identity()) && roster.contains(&dave.identity()));
+}
