@@ -42,6 +42,10 @@ use crate::transport::runtime::PromptRuntime;
 /// One-use key packages a device keeps published on the relay.
 const KEY_PACKAGES: usize = 8;
 
+/// How often the calls' snapshots follow their media counters (roster and membership changes
+/// are published at once).
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long a request the relay answers (opening a call) may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -622,6 +626,8 @@ struct Device {
     out: Vec<u8>,
     /// Calls this device asked to be added back to, with how often.
     rejoins: HashMap<CallRef, u64>,
+    /// When the snapshots are next rebuilt for media alone.
+    next_snapshot: Instant,
     #[cfg(feature = "testing")]
     drop_next_handshake: bool,
 }
@@ -684,6 +690,7 @@ impl Device {
             events,
             out: Vec::new(),
             rejoins: HashMap::new(),
+            next_snapshot: Instant::now(),
             #[cfg(feature = "testing")]
             drop_next_handshake: false,
         };
@@ -761,6 +768,8 @@ impl Device {
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let mut outgoing: Vec<RelayMessage> = Vec::new();
+            // Media alone (datagrams, frame timers) does not rebuild the snapshots each time.
+            let mut changed = true;
             tokio::select! {
                 read = self.recv.read(&mut buf) => match read {
                     Ok(Some(n)) => {
@@ -783,7 +792,10 @@ impl Device {
                     }
                 },
                 datagram = self.conn.read_datagram() => match datagram {
-                    Ok(d) => self.on_datagram(&d),
+                    Ok(d) => {
+                        changed = false;
+                        self.on_datagram(&d);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "relay connection lost");
                         return self.shutdown().await;
@@ -808,9 +820,11 @@ impl Device {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
+                    changed = false;
                     for ctx in self.calls.values_mut() {
                         if ctx.member.next_timeout().is_some_and(|t| t <= now) {
                             ctx.member.handle_timeout(now);
+                            changed = true;
                         }
                         if ctx.deadline <= now {
                             let _ = ctx.session.handle_input(Input::Timeout(now));
@@ -818,7 +832,7 @@ impl Device {
                     }
                 }
             }
-            self.pump_all(&mut outgoing);
+            self.pump_all(&mut outgoing, changed);
             for m in outgoing {
                 if let Err(e) = self.write(&m).await {
                     tracing::warn!(error = %e, "relay write failed");
@@ -1308,11 +1322,15 @@ impl Device {
 
     /// Moves every call's member outputs into its session and the relay, then drains the
     /// sessions.
-    fn pump_all(&mut self, out: &mut Vec<RelayMessage>) {
+    /// `changed`: something besides media happened (a relay message, a command), so the
+    /// snapshots are rebuilt now; otherwise at most every [`SNAPSHOT_INTERVAL`], not for
+    /// every datagram.
+    fn pump_all(&mut self, out: &mut Vec<RelayMessage>, changed: bool) {
         for call in self.calls.keys().copied().collect::<Vec<_>>() {
             self.sweep(call, out);
         }
         let now = Instant::now();
+        let refresh = changed || now >= self.next_snapshot;
         let audio = Arc::clone(&self.config.audio);
         for (call, ctx) in self.calls.iter_mut() {
             while let Some(output) = ctx.member.poll_output() {
@@ -1383,6 +1401,9 @@ impl Device {
                         count,
                     }));
             }
+            if !refresh {
+                continue;
+            }
             let s = &mut ctx.snapshot;
             s.epoch = ctx.member.epoch().map(|e| e.0);
             s.sending_epoch = ctx.member.sending_epoch().map(|e| e.0);
@@ -1418,7 +1439,10 @@ impl Device {
                 .filter_map(|p| ctx.session.participant_level(*p).map(|l| (*p, l)))
                 .collect();
         }
-        self.publish_snapshots();
+        if refresh {
+            self.next_snapshot = now + SNAPSHOT_INTERVAL;
+            self.publish_snapshots();
+        }
     }
 
     fn publish_snapshots(&self) {
