@@ -898,22 +898,7 @@ impl Device {
                 }
             }
             Command::Leave(call) => {
-                if let Some(mut ctx) = self.calls.remove(&call) {
-                    self.routes.remove(&ctx.route);
-                    let now = Instant::now();
-                    let _ = ctx
-                        .session
-                        .handle_input(Input::Command(now, viska_call::Command::Hangup));
-                    if let Some(sink) = ctx.sink.as_mut() {
-                        let _ = sink.finish();
-                    }
-                    ctx.snapshot.ended = true;
-                    let _ = self
-                        .events
-                        .send(Dispatch::Event(GroupCallEvent::Ended { call }));
-                    lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
-                    self.shared.changed.notify_all();
-                }
+                self.end_call(call);
                 outgoing.push(RelayMessage::Leave { call });
             }
             #[cfg(feature = "testing")]
@@ -935,7 +920,7 @@ impl Device {
     /// This device lost step with `call`'s group: it asks the relay to take it out and have
     /// it added back, and forgets the call until its new Welcome.
     fn rejoin(&mut self, call: CallRef, out: &mut Vec<RelayMessage>) {
-        let Some(mut ctx) = self.calls.remove(&call) else {
+        let Some(mut ctx) = self.take_call(call) else {
             return;
         };
         tracing::warn!("out of step with a group call; asking to be added back");
@@ -949,19 +934,39 @@ impl Device {
                     .send(Dispatch::Event(GroupCallEvent::Failure { call, reason }));
             }
         }
+        ctx.snapshot.rejoins += 1;
+        self.rejoins.insert(call, ctx.snapshot.rejoins);
+        self.publish_one(&ctx.snapshot);
+        out.push(RelayMessage::Rejoin { call });
+    }
+
+    /// Takes `call` off this device: its route, its session hung up, its recording flushed.
+    fn take_call(&mut self, call: CallRef) -> Option<CallCtx> {
+        let mut ctx = self.calls.remove(&call)?;
         self.routes.remove(&ctx.route);
-        let now = Instant::now();
         let _ = ctx
             .session
-            .handle_input(Input::Command(now, viska_call::Command::Hangup));
+            .handle_input(Input::Command(Instant::now(), viska_call::Command::Hangup));
         if let Some(sink) = ctx.sink.as_mut() {
             let _ = sink.finish();
         }
-        ctx.snapshot.rejoins += 1;
-        self.rejoins.insert(call, ctx.snapshot.rejoins);
-        lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
+        Some(ctx)
+    }
+
+    /// This device is out of `call` (it left, or was removed): the application is told.
+    fn end_call(&mut self, call: CallRef) {
+        if let Some(mut ctx) = self.take_call(call) {
+            ctx.snapshot.ended = true;
+            let _ = self
+                .events
+                .send(Dispatch::Event(GroupCallEvent::Ended { call }));
+            self.publish_one(&ctx.snapshot);
+        }
+    }
+
+    fn publish_one(&self, snapshot: &GroupCallSnapshot) {
+        lock(&self.shared.calls).insert(snapshot.call, snapshot.clone());
         self.shared.changed.notify_all();
-        out.push(RelayMessage::Rejoin { call });
     }
 
     /// Departed members still in the roster are removed, and devices that asked to be added
@@ -1225,20 +1230,7 @@ impl Device {
                     ctx.departed.insert(identity);
                 }
             }
-            RelayMessage::Removed { call } => {
-                if let Some(mut ctx) = self.calls.remove(&call) {
-                    self.routes.remove(&ctx.route);
-                    let _ = ctx
-                        .session
-                        .handle_input(Input::Command(now, viska_call::Command::Hangup));
-                    ctx.snapshot.ended = true;
-                    let _ = self
-                        .events
-                        .send(Dispatch::Event(GroupCallEvent::Ended { call }));
-                    lock(&self.shared.calls).insert(call, ctx.snapshot.clone());
-                    self.shared.changed.notify_all();
-                }
-            }
+            RelayMessage::Removed { call } => self.end_call(call),
             RelayMessage::Error { code, call } => {
                 tracing::warn!(?code, "relay refused a request");
                 if let Some(call) = call {

@@ -169,6 +169,26 @@ fn one(phone: &GroupPhone) -> GroupCallSnapshot {
 #[test]
 fn three_phones_hear_each_other_through_the_relay_and_one_leaves() {
     let setup = relay();
+    // A relay whose certificate is not the pinned one is refused.
+    let relay_handle = setup.relay.as_ref().unwrap();
+    let mut wrong = relay_handle.fingerprint();
+    wrong[0] ^= 1;
+    let refused = GroupPhone::connect(GroupPhoneConfig {
+        relay: relay_handle.local_addr(),
+        relay_fingerprint: wrong,
+        identity: IdentityKeyPair::from_secret_bytes(&[9; 32]).unwrap(),
+        audio: Arc::new(Tone {
+            hz: 300.0,
+            heard: Arc::new(Heard::default()),
+        }),
+        session: GroupSessionConfig::default(),
+        group: GroupConfig::default(),
+        verified_peers: Vec::new(),
+    });
+    assert!(
+        refused.is_err(),
+        "a relay with another certificate was accepted"
+    );
     // Alice has verified Bob, not Carol.
     let (alice, alice_heard) = phone(&setup, 1, 400.0, vec![public(2)]);
     let (bob, bob_heard) = phone(&setup, 2, 600.0, Vec::new());

@@ -84,16 +84,19 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Accepts any certificate, but still checks that the peer signed the TLS handshake with the
-/// certificate's key (so the fingerprint is meaningful).
+/// certificate's key (so the fingerprint is meaningful). With a `pin` (a relay, which no
+/// end-to-end handshake authenticates) the server's certificate must also have that SHA-256.
 #[derive(Debug)]
 struct BoundByEndToEnd {
     algorithms: WebPkiSupportedAlgorithms,
+    pin: Option<[u8; 32]>,
 }
 
 impl BoundByEndToEnd {
     fn new(provider: &CryptoProvider) -> Self {
         Self {
             algorithms: provider.signature_verification_algorithms,
+            pin: None,
         }
     }
 
@@ -130,13 +133,21 @@ fn exactly_one(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error
 impl ServerCertVerifier for BoundByEndToEnd {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         exactly_one(intermediates)?;
+        if let Some(pin) = &self.pin {
+            let seen = cert_fingerprint(end_entity.as_ref());
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&seen[..], &pin[..])) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -249,64 +260,13 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
-/// A relay's certificate, accepted only when its SHA-256 is the pinned fingerprint (the one
-/// the relay prints on start): a relay is not authenticated by the end-to-end handshake.
-#[derive(Debug)]
-struct PinnedRelay {
-    inner: BoundByEndToEnd,
-    pin: [u8; 32],
-}
-
-impl ServerCertVerifier for PinnedRelay {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        exactly_one(intermediates)?;
-        let seen = cert_fingerprint(end_entity.as_ref());
-        if subtle::ConstantTimeEq::ct_eq(&seen[..], &self.pin[..]).into() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.tls12()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.algorithms.supported_schemes()
-    }
-}
-
 /// rustls client configuration for a relay connection: TLS 1.3, ALPN `viska-relay/1`, the
 /// relay's certificate pinned, no client certificate (devices authenticate in-band).
 pub(crate) fn relay_client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedRelay {
-        inner: BoundByEndToEnd::new(&provider),
-        pin,
+    let verifier = Arc::new(BoundByEndToEnd {
+        pin: Some(pin),
+        ..BoundByEndToEnd::new(&provider)
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
