@@ -1,1 +1,3 @@
 //! Viska FFI.
+
+pub mod c;
