@@ -917,6 +917,17 @@ struct ViskaError *viska_call_peer(const struct ViskaCall *call,
                                    bool *known_out);
 
 /**
+ * The SFrame suite of the call's media and control data (a `VISKA_SUITE_*` id) into
+ * `*out`; 0 until the keys are ready.
+ *
+ * # Safety
+ *
+ * `call` is a live call handle; `out` a valid pointer.
+ */
+struct ViskaError *viska_call_suite(const struct ViskaCall *call,
+                                    uint16_t *out);
+
+/**
  * The call's id (the same at both ends), `VISKA_CALL_ID_LEN` bytes into `out`.
  *
  * # Safety

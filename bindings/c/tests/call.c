@@ -562,6 +562,15 @@ int main(int argc, char **argv) {
     if (memcmp(id_a, id_b, sizeof id_a) != 0) {
         fail("the two ends have different call ids");
     }
+    uint16_t suite_a = 0, suite_b = 0;
+    check(viska_call_suite(call, &suite_a), "suite");
+    check(viska_call_suite(answered, &suite_b), "suite");
+    /* The caller offers its first suite the callee accepts: the callee takes ChaCha20 first. */
+    if (suite_a != suite_b || (suite_a != VISKA_SUITE_CHACHA20_POLY1305_SHA256 &&
+                               suite_a != VISKA_SUITE_AES_128_GCM_SHA256)) {
+        fail("suites %#x and %#x", (unsigned)suite_a, (unsigned)suite_b);
+    }
+    printf("  ok: suite %#06x at both ends\n", (unsigned)suite_a);
     ViskaTrust trust;
     bool known = false;
     check(viska_call_peer(call, peer_key, &trust, &known), "peer");

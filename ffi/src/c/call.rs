@@ -530,6 +530,28 @@ pub unsafe extern "C" fn viska_call_peer(
     })
 }
 
+/// The SFrame suite of the call's media and control data (a `VISKA_SUITE_*` id) into
+/// `*out`; 0 until the keys are ready.
+///
+/// # Safety
+///
+/// `call` is a live call handle; `out` a valid pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_call_suite(
+    call: *const ViskaCall,
+    out: *mut u16,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: NULL or live per the caller.
+        let call = unsafe { call_ref(call) }?;
+        let out = out_arg(out, "out")?;
+        let suite = call.snapshot().suite.map_or(0, |s| s.id());
+        // SAFETY: non-NULL and writable per the caller.
+        unsafe { write(out, suite) };
+        Ok(())
+    })
+}
+
 /// The call's id (the same at both ends), `VISKA_CALL_ID_LEN` bytes into `out`.
 ///
 /// # Safety
