@@ -231,6 +231,28 @@ pub struct ViskaPhoneCallbacks {
     pub on_closed: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
 }
 
+impl Default for ViskaPhoneCallbacks {
+    /// No `user_data`, no callbacks (as a zeroed struct in C).
+    fn default() -> Self {
+        Self {
+            user_data: std::ptr::null_mut(),
+            on_incoming_call: None,
+            on_missed_call: None,
+            on_call_state: None,
+            on_keys_ready: None,
+            on_trust_changed: None,
+            on_dtmf: None,
+            on_data: None,
+            on_peer_hold: None,
+            on_peer_mute: None,
+            on_stats: None,
+            on_audio_event: None,
+            on_security_event: None,
+            on_closed: None,
+        }
+    }
+}
+
 /// The callbacks, shared by the phone's listener and its calls' listeners.
 pub(crate) struct Callbacks(ViskaPhoneCallbacks);
 

@@ -50,24 +50,7 @@ pub unsafe extern "C" fn viska_phone_new(
         // SAFETY: NULL or live per the caller.
         let config = unsafe { borrow(config, "config") }?;
         // SAFETY: NULL or a valid struct per the caller.
-        let callbacks = unsafe { callbacks.as_ref() }
-            .copied()
-            .unwrap_or(ViskaPhoneCallbacks {
-                user_data: std::ptr::null_mut(),
-                on_incoming_call: None,
-                on_missed_call: None,
-                on_call_state: None,
-                on_keys_ready: None,
-                on_trust_changed: None,
-                on_dtmf: None,
-                on_data: None,
-                on_peer_hold: None,
-                on_peer_mute: None,
-                on_stats: None,
-                on_audio_event: None,
-                on_security_event: None,
-                on_closed: None,
-            });
+        let callbacks = unsafe { callbacks.as_ref() }.copied().unwrap_or_default();
         let out = out_arg(out, "out")?;
         let phone = Phone::new(config.builder().build()?)?;
         let callbacks = Callbacks::new(callbacks);
