@@ -7,12 +7,14 @@
  * records what it hears to a WAV file. The test checks that both directions carry sound, that
  * the incoming call shows the caller's identity as unverified, that the SAS agrees, that DTMF,
  * call data, hold and resume reach the other end, that hanging up ends both ends, that a
- * misuse is refused with an error, and, in a second call, that a verified peer and an
- * expected key are trusted.
+ * misuse is refused with an error, that every callback runs on its phone's listener thread
+ * (vk-<name>-ev), and, in a second call, that a verified peer and an expected key are
+ * trusted.
  *
  * Usage: call <speech.wav> <scratch directory>. Exits non-zero with a message on failure.
  * Conditions are awaited by polling with a generous timeout; nothing asserts on timing.
  */
+#define _GNU_SOURCE /* pthread_getname_np */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -170,6 +172,7 @@ static double rms(const int16_t *s, size_t n) {
 
 typedef struct Seen {
     const char *name;
+    const char *thread; /* the phone's listener thread, where every callback must run */
     pthread_mutex_t lock; /* guards the arrays and strings below */
     ViskaCall *incoming[MAX_CALLS];
     uint8_t caller_key[MAX_CALLS][VISKA_PUBLIC_KEY_LEN];
@@ -194,11 +197,26 @@ typedef struct Seen {
     atomic_int security_events;
     atomic_int audio_failures;
     atomic_int closed;
+    atomic_int callbacks;
+    atomic_int wrong_thread;
 } Seen;
+
+/* Counts a callback, and whether it runs on another thread than the phone's listener. */
+static void on_thread(Seen *s) {
+    char name[32] = "";
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    atomic_fetch_add(&s->callbacks, 1);
+    if (strcmp(name, s->thread) != 0) {
+        fprintf(stderr, "  [%s] a callback ran on thread \"%s\", not %s\n", s->name, name,
+                s->thread);
+        atomic_fetch_add(&s->wrong_thread, 1);
+    }
+}
 
 static void on_incoming_call(void *ud, ViskaCall *call, const uint8_t *caller_key,
                              ViskaTrust trust, const char *remote_addr) {
     Seen *s = ud;
+    on_thread(s);
     pthread_mutex_lock(&s->lock);
     int n = atomic_load(&s->incoming_count);
     if (n < MAX_CALLS) {
@@ -216,6 +234,7 @@ static void on_incoming_call(void *ud, ViskaCall *call, const uint8_t *caller_ke
 
 static void on_call_state(void *ud, const ViskaCall *call, const ViskaCallState *state) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     if (state->kind == VISKA_CALL_STATE_KIND_ACTIVE) {
         atomic_fetch_add(&s->active_states, 1);
@@ -229,6 +248,7 @@ static void on_call_state(void *ud, const ViskaCall *call, const ViskaCallState 
 
 static void on_keys_ready(void *ud, const ViskaCall *call, const char *sas, ViskaTrust trust) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     pthread_mutex_lock(&s->lock);
     snprintf(s->sas, sizeof s->sas, "%s", sas);
@@ -239,12 +259,14 @@ static void on_keys_ready(void *ud, const ViskaCall *call, const char *sas, Visk
 
 static void on_trust_changed(void *ud, const ViskaCall *call, ViskaTrust trust) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     atomic_store(&s->trust_changed_to, (int)trust);
 }
 
 static void on_dtmf(void *ud, const ViskaCall *call, char digit, uint16_t duration_ms) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     (void)duration_ms;
     pthread_mutex_lock(&s->lock);
@@ -259,6 +281,7 @@ static void on_dtmf(void *ud, const ViskaCall *call, char digit, uint16_t durati
 
 static void on_data(void *ud, const ViskaCall *call, const uint8_t *data, size_t len) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     pthread_mutex_lock(&s->lock);
     s->data_len = len < sizeof s->data ? len : sizeof s->data;
@@ -269,18 +292,21 @@ static void on_data(void *ud, const ViskaCall *call, const uint8_t *data, size_t
 
 static void on_peer_hold(void *ud, const ViskaCall *call, bool on_hold) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     atomic_fetch_add(on_hold ? &s->peer_hold_on : &s->peer_hold_off, 1);
 }
 
 static void on_peer_mute(void *ud, const ViskaCall *call, bool muted) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     atomic_store(&s->peer_muted, muted ? 1 : 2);
 }
 
 static void on_stats(void *ud, const ViskaCall *call, const ViskaCallStats *stats) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     (void)stats;
     atomic_fetch_add(&s->stats_count, 1);
@@ -289,6 +315,7 @@ static void on_stats(void *ud, const ViskaCall *call, const ViskaCallStats *stat
 static void on_audio_event(void *ud, const ViskaCall *call, ViskaAudioEventKind kind,
                            ViskaAudioDirection direction, const char *detail) {
     Seen *s = ud;
+    on_thread(s);
     (void)call;
     printf("  [%s] audio event %u (direction %u): %s\n", s->name, (unsigned)kind,
            (unsigned)direction, detail);
@@ -300,6 +327,7 @@ static void on_audio_event(void *ud, const ViskaCall *call, ViskaAudioEventKind 
 static void on_security_event(void *ud, const ViskaCall *call, ViskaSecurityEventKind kind,
                               const char *description) {
     Seen *s = ud;
+    on_thread(s);
     printf("  [%s] security event %u (%s): %s\n", s->name, (unsigned)kind,
            call ? "call" : "phone", description);
     atomic_fetch_add(&s->security_events, 1);
@@ -307,6 +335,7 @@ static void on_security_event(void *ud, const ViskaCall *call, ViskaSecurityEven
 
 static void on_closed(void *ud) {
     Seen *s = ud;
+    on_thread(s);
     atomic_store(&s->closed, 1);
 }
 
@@ -460,8 +489,8 @@ int main(int argc, char **argv) {
 
     /* The callee plays the WAV into the call and records what it hears. */
     printf("phones\n");
-    Seen callee_seen = {.name = "callee", .lock = PTHREAD_MUTEX_INITIALIZER};
-    Seen caller_seen = {.name = "caller", .lock = PTHREAD_MUTEX_INITIALIZER};
+    Seen callee_seen = {.name = "callee", .thread = "vk-c-callee-ev", .lock = PTHREAD_MUTEX_INITIALIZER};
+    Seen caller_seen = {.name = "caller", .thread = "vk-c-caller-ev", .lock = PTHREAD_MUTEX_INITIALIZER};
     ViskaPhoneConfig *callee_cfg = NULL, *caller_cfg = NULL, *bad_cfg = NULL;
     check(viska_phone_config_new("c-callee", callee_id, &callee_cfg), "callee config");
     check(viska_phone_config_set_audio_files(callee_cfg, speech_path, true, heard_path),
@@ -698,6 +727,11 @@ int main(int argc, char **argv) {
     }
     expect_error(viska_phone_call(caller, addr, &call2), VISKA_ERROR_CODE_CLOSED,
                  VISKA_ERROR_CODE_CLOSED, "calling from a closed phone");
+    if (atomic_load(&caller_seen.wrong_thread) || atomic_load(&callee_seen.wrong_thread)) {
+        fail("callbacks ran on other threads than the phones' listener threads");
+    }
+    printf("  ok: %d and %d callbacks, all on vk-c-caller-ev and vk-c-callee-ev\n",
+           atomic_load(&caller_seen.callbacks), atomic_load(&callee_seen.callbacks));
     if (atomic_load(&caller_seen.audio_failures) || atomic_load(&callee_seen.audio_failures)) {
         fail("a call's audio failed to start");
     }
