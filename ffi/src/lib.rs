@@ -21,6 +21,7 @@
 //! Python `ViskaError`). A Rust panic never crosses the boundary: UniFFI catches it and raises
 //! the language's internal-error exception.
 
+pub mod c;
 mod call;
 mod error;
 mod group;
