@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     routes: RwLock<HashMap<u32, Arc<RouteTable>>>,
     pub(crate) stats: Counters,
     pub(crate) config: RelayConfig,
+    /// Connections not authenticated yet.
+    pub(crate) places: Arc<crate::places::Places>,
+    /// Rate limit of the log lines about them.
+    pub(crate) places_log: crate::places::LogLimit,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -139,6 +143,11 @@ impl Shared {
             state: Mutex::new(state),
             routes: RwLock::new(HashMap::new()),
             stats: Counters::default(),
+            places: crate::places::Places::new(
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_source,
+            ),
+            places_log: crate::places::LogLimit::default(),
             config,
             shutdown,
         });
