@@ -80,6 +80,9 @@ struct Call {
     pending: bool,
     /// Distinguishes this call from an earlier one with the same id.
     incarnation: u64,
+    /// Former members gone past the hold time (not left): one that comes back may ask to be
+    /// added back (`Rejoin`). In memory only.
+    gone: HashSet<DeviceKey>,
 }
 
 #[derive(Default)]
@@ -136,6 +139,7 @@ impl Shared {
                     switched: None,
                     pending: false,
                     incarnation: state.next_id,
+                    gone: HashSet::new(),
                 },
             );
         }
@@ -572,6 +576,7 @@ impl State {
                 switched: None,
                 pending: false,
                 incarnation: self.next_id,
+                gone: HashSet::new(),
             },
         );
         self.routes_used.insert(route, call_ref);
@@ -710,6 +715,7 @@ impl State {
         };
         for a in &added {
             call.members.insert(*a, next);
+            call.gone.remove(a);
         }
         bump(&shared.stats.accepted);
         tracing::info!(
@@ -836,7 +842,32 @@ impl State {
             return self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
         };
         if !call.members.contains_key(&me) {
-            return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+            // A member gone past the hold time that came back: the others are asked to add it
+            // back (they do only if it was in their group).
+            let came_back = self
+                .calls
+                .get_mut(&call_ref)
+                .is_some_and(|c| c.gone.remove(&me));
+            if !came_back {
+                return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+            }
+            tracing::info!(call = %short(&call_ref.0), device = %short(&me), "came back; asks to be added back");
+            let members: Vec<DeviceKey> = self
+                .calls
+                .get(&call_ref)
+                .map(|c| c.members.keys().copied().collect())
+                .unwrap_or_default();
+            for m in &members {
+                self.push(
+                    shared,
+                    m,
+                    RelayMessage::Readd {
+                        call: call_ref,
+                        identity: me,
+                    },
+                );
+            }
+            return;
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "asks to be added back");
         self.depart(shared, &call_ref, &me, false);
@@ -867,6 +898,9 @@ impl State {
             .unwrap_or_default();
         for c in calls {
             self.depart(shared, &c, identity, true);
+            if let Some(call) = self.calls.get_mut(&c) {
+                call.gone.insert(*identity);
+            }
             self.push(shared, identity, RelayMessage::Removed { call: c });
         }
     }

@@ -1009,3 +1009,69 @@ async fn a_connection_that_does_not_authenticate_in_time_is_closed() {
     alice.sync().await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_device_back_after_the_hold_time_may_ask_to_be_added_back_and_a_leaver_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(100)).await;
+    let mut alice = Device::new(&relay).await;
+    let bob_id = identity();
+    let mut bob = Device::login(&relay, bob_id.clone()).await;
+    let mut carol = Device::new(&relay).await;
+    let call = CallRef([14; 16]);
+    open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+    let bob_key = bob.key();
+    bob.link.conn.close(0u32.into(), b"network gone");
+    drop(bob);
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::MemberGone {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    // Bob comes back: he hears he is out, asks to be added back, and the members are asked.
+    let mut bob = Device::login(&relay, bob_id).await;
+    assert_eq!(bob.recv().await, RelayMessage::Removed { call });
+    bob.send(RelayMessage::Rejoin { call }).await;
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::Readd {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    // Once only: a second Rejoin of his is refused (he is not a member).
+    bob.send(RelayMessage::Rejoin { call }).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    // A member that left is not asked back for.
+    carol.send(RelayMessage::Leave { call }).await;
+    carol.sync().await;
+    carol.send(RelayMessage::Rejoin { call }).await;
+    assert_eq!(
+        carol.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::MemberGone {
+            call,
+            identity: carol.key()
+        }
+    );
+    relay.shutdown().await;
+}
