@@ -7,6 +7,12 @@
 //! calls, adds devices to them, joins the calls it is added to, and leaves. The relay routes
 //! ciphertext and orders the group's commits; it never holds a key.
 //!
+//! A lost connection to the relay does not end the calls: the phone reconnects with back-off
+//! (100 ms doubling to 5 s), authenticates again and resumes them, from the messages the relay
+//! held within its hold time, or by being added back past it
+//! ([`GroupCallEvent::RelayDisconnected`], [`GroupCallEvent::RelayReconnected`];
+//! `docs/protocol-relay.md` §7).
+//!
 //! The driver is thin, as the direct call's is: one task per device moves relay messages to
 //! the members, datagrams to the sessions, and the sessions' frames to the audio end points;
 //! the policy is in the session and the member.
@@ -672,6 +678,8 @@ struct Device {
     out: Vec<u8>,
     /// Calls this device asked to be added back to, with how often.
     rejoins: HashMap<CallRef, u64>,
+    /// Of those, the calls the user had not accepted yet: added back, they stay held.
+    rejoins_held: std::collections::HashSet<CallRef>,
     /// When the snapshots are next rebuilt for media alone.
     next_snapshot: Instant,
     #[cfg(feature = "testing")]
@@ -879,6 +887,7 @@ impl Device {
             events,
             out: Vec::new(),
             rejoins: HashMap::new(),
+            rejoins_held: std::collections::HashSet::new(),
             next_snapshot: Instant::now(),
             #[cfg(feature = "testing")]
             drop_next_handshake: false,
@@ -1227,6 +1236,11 @@ impl Device {
         }
         ctx.snapshot.rejoins += 1;
         self.rejoins.insert(call, ctx.snapshot.rejoins);
+        if ctx.accepted {
+            self.rejoins_held.remove(&call);
+        } else {
+            self.rejoins_held.insert(call);
+        }
         self.publish_one(&ctx.snapshot);
         out.push(RelayMessage::Rejoin { call });
     }
@@ -1234,6 +1248,7 @@ impl Device {
     /// The relay refused to have this device added back to `call`: it is out.
     fn rejoin_refused(&mut self, call: CallRef) {
         self.rejoins.remove(&call);
+        self.rejoins_held.remove(&call);
         let snapshot = lock(&self.shared.calls).get(&call).cloned();
         if let Some(mut snapshot) = snapshot.filter(|s| !s.ended) {
             snapshot.ended = true;
@@ -1259,6 +1274,10 @@ impl Device {
 
     /// This device is out of `call` (it left, or was removed): the application is told.
     fn end_call(&mut self, call: CallRef) {
+        // A call this device is out of is never taken back without its user: a Welcome into
+        // it later is held like any other.
+        self.rejoins.remove(&call);
+        self.rejoins_held.remove(&call);
         if let Some(mut ctx) = self.take_call(call) {
             ctx.snapshot.ended = true;
             let _ = self
@@ -1482,7 +1501,8 @@ impl Device {
                     return;
                 }
                 // A device added back after losing step was in the call already: it goes on.
-                let rejoined = self.rejoins.contains_key(&call);
+                let rejoined =
+                    self.rejoins.contains_key(&call) && !self.rejoins_held.contains(&call);
                 if let Err(e) = self.open_call(call, route, member, rejoined) {
                     tracing::warn!(error = %e, "call not opened");
                     return;
