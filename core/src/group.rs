@@ -7,6 +7,12 @@
 //! calls, adds devices to them, joins the calls it is added to, and leaves. The relay routes
 //! ciphertext and orders the group's commits; it never holds a key.
 //!
+//! A lost connection to the relay does not end the calls: the phone reconnects with back-off
+//! (100 ms doubling to 5 s), authenticates again and resumes them, from the messages the relay
+//! held within its hold time, or by being added back past it
+//! ([`GroupCallEvent::RelayDisconnected`], [`GroupCallEvent::RelayReconnected`];
+//! `docs/protocol-relay.md` §7).
+//!
 //! The driver is thin, as the direct call's is: one task per device moves relay messages to
 //! the members, datagrams to the sessions, and the sessions' frames to the audio end points;
 //! the policy is in the session and the member.
@@ -132,6 +138,18 @@ pub enum GroupCallEvent {
     Ended {
         /// The call.
         call: CallRef,
+    },
+    /// The connection to the relay was lost (relay restart, network drop). The calls are
+    /// kept, their media goes nowhere, and the phone reconnects with back-off (100 ms doubling
+    /// to 5 s).
+    RelayDisconnected,
+    /// The phone is connected and authenticated to the relay again, after `attempts`
+    /// attempts: the messages the relay held follow, media resumes, and a call this device
+    /// lost step with (a message lost with the connection, or the hold time passed) is
+    /// recovered by being added back.
+    RelayReconnected {
+        /// Connection attempts it took, this one included.
+        attempts: u32,
     },
 }
 
@@ -305,6 +323,12 @@ enum Command {
     /// Testing: send these bytes as a media frame of the call (after its route).
     #[cfg(feature = "testing")]
     Inject(CallRef, Vec<u8>),
+    /// Testing: close the relay connection, and do not reconnect until `ResumeRelay`.
+    #[cfg(feature = "testing")]
+    DropRelay,
+    /// Testing: reconnect to the relay now.
+    #[cfg(feature = "testing")]
+    ResumeRelay,
     Close,
 }
 
@@ -538,6 +562,19 @@ impl GroupPhone {
         self.send(Command::Inject(call, frame))
     }
 
+    /// Testing: closes the connection to the relay (as a network drop would) and holds back
+    /// reconnecting until [`GroupPhone::reconnect_relay`].
+    #[cfg(feature = "testing")]
+    pub fn drop_relay_connection(&self) -> Result<(), GroupPhoneError> {
+        self.send(Command::DropRelay)
+    }
+
+    /// Testing: reconnects to the relay now (after [`GroupPhone::drop_relay_connection`]).
+    #[cfg(feature = "testing")]
+    pub fn reconnect_relay(&self) -> Result<(), GroupPhoneError> {
+        self.send(Command::ResumeRelay)
+    }
+
     /// Leaves every call and closes the connection.
     pub fn close(mut self) {
         let _ = self.commands.send(Command::Close);
@@ -595,16 +632,31 @@ struct CallCtx {
     departed: std::collections::BTreeSet<DeviceKey>,
     /// Devices to add back once removed (they lost step with the group).
     readd: std::collections::BTreeSet<DeviceKey>,
+    /// Members the relay said were gone: one that comes back may be added back (`Readd`).
+    former: std::collections::BTreeSet<DeviceKey>,
     snapshot: GroupCallSnapshot,
 }
 
+/// A reconnection attempt under way.
+type Attempt = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, GroupPhoneError>>>>;
+
 struct Device {
     config: GroupPhoneConfig,
-    conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: RelayDecoder,
+    /// The authenticated connection to the relay; none while reconnecting.
+    link: Option<Link>,
+    /// A reconnection under way.
+    attempt: Option<Attempt>,
+    /// When the next reconnection starts (while there is neither a link nor an attempt).
+    next_attempt: Option<Instant>,
+    /// The wait before the next attempt after this one fails.
+    backoff: Duration,
+    /// Failed attempts since the connection was lost.
+    attempts: u32,
+    /// Control messages made while there was no link: sent, in order, once there is one.
+    unsent: Vec<RelayMessage>,
+    /// Testing: reconnection held back until asked.
+    #[cfg(feature = "testing")]
+    paused: bool,
     /// The member whose key packages are published: it becomes the member of the next call
     /// this device is added to.
     lobby: GroupMember,
@@ -626,6 +678,8 @@ struct Device {
     out: Vec<u8>,
     /// Calls this device asked to be added back to, with how often.
     rejoins: HashMap<CallRef, u64>,
+    /// Of those, the calls the user had not accepted yet: added back, they stay held.
+    rejoins_held: std::collections::HashSet<CallRef>,
     /// When the snapshots are next rebuilt for media alone.
     next_snapshot: Instant,
     #[cfg(feature = "testing")]
@@ -636,14 +690,46 @@ fn io_error(e: impl std::fmt::Display) -> GroupPhoneError {
     GroupPhoneError::Protocol(e.to_string())
 }
 
-impl Device {
-    async fn connect(
-        config: GroupPhoneConfig,
-        shared: Arc<Shared>,
-        events: std::sync::mpsc::Sender<Dispatch>,
+/// First wait before reconnecting to the relay; it doubles after every failed attempt.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between reconnection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long one connection attempt (QUIC handshake, challenge, `Auth`) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC keep-alive towards the relay.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// A relay that sends nothing for this long is taken for lost (and reconnected to): well
+/// within the relay's hold time (30 s by default), so a device that lost its network comes
+/// back as the same member.
+const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most control messages kept while there is no link; beyond that the oldest go (the calls
+/// then find themselves out of step and rejoin).
+const MAX_UNSENT: usize = 1024;
+
+/// One authenticated connection to the relay.
+struct Link {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: RelayDecoder,
+}
+
+impl Link {
+    /// Connects (a fresh UDP socket each time: the network may have changed), pins the
+    /// relay's certificate and authenticates.
+    async fn dial(
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        identity: IdentityKeyPair,
     ) -> Result<Self, GroupPhoneError> {
         let runtime = PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
-        let bind: SocketAddr = if config.relay.is_ipv4() {
+        let bind: SocketAddr = if relay.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -658,45 +744,45 @@ impl Device {
             runtime,
         )
         .map_err(TransportError::Io)?;
-        let tls = crate::transport::tls::relay_client_config(config.relay_fingerprint)?;
+        let tls = crate::transport::tls::relay_client_config(fingerprint)?;
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.max_idle_timeout(
+            quinn::IdleTimeout::try_from(RELAY_IDLE_TIMEOUT)
+                .map_err(|e| TransportError::Tls(e.to_string()))
+                .ok(),
+        );
         client.transport_config(Arc::new(transport));
         let conn = endpoint
-            .connect_with(client, config.relay, "viska-relay.invalid")
+            .connect_with(client, relay, "viska-relay.invalid")
             .map_err(|e| TransportError::Tls(e.to_string()))?
             .await
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         // The relay opens the control stream and speaks first (its challenge).
         let (send, recv) = conn.accept_bi().await.map_err(io_error)?;
-        let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
-        let mut device = Self {
-            config,
+        let mut link = Self {
+            endpoint,
             conn,
-            _endpoint: endpoint,
             send,
             recv,
             decoder: RelayDecoder::new(),
-            lobby,
-            calls: HashMap::new(),
-            routes: HashMap::new(),
-            creating: HashMap::new(),
-            fetching: HashMap::new(),
-            next_request: 1,
-            shared,
-            events,
-            out: Vec::new(),
-            rejoins: HashMap::new(),
-            next_snapshot: Instant::now(),
-            #[cfg(feature = "testing")]
-            drop_next_handshake: false,
         };
-        device.authenticate().await?;
-        device.publish().await?;
-        Ok(device)
+        link.authenticate(&identity).await?;
+        Ok(link)
+    }
+
+    /// [`Link::dial`] within [`DIAL_TIMEOUT`].
+    async fn dial_bounded(
+        relay: SocketAddr,
+        fingerprint: [u8; 32],
+        identity: IdentityKeyPair,
+    ) -> Result<Self, GroupPhoneError> {
+        tokio::time::timeout(DIAL_TIMEOUT, Self::dial(relay, fingerprint, identity))
+            .await
+            .unwrap_or(Err(GroupPhoneError::Timeout))
     }
 
     async fn read_message(&mut self) -> Result<RelayMessage, GroupPhoneError> {
@@ -717,7 +803,7 @@ impl Device {
         self.send.write_all(&frame).await.map_err(io_error)
     }
 
-    async fn authenticate(&mut self) -> Result<(), GroupPhoneError> {
+    async fn authenticate(&mut self, identity: &IdentityKeyPair) -> Result<(), GroupPhoneError> {
         let RelayMessage::Challenge { nonce } = self.read_message().await? else {
             return Err(GroupPhoneError::Protocol("expected a challenge".into()));
         };
@@ -725,12 +811,9 @@ impl Device {
         self.conn
             .export_keying_material(&mut exporter, AUTH_EXPORTER_LABEL, b"")
             .map_err(|_| GroupPhoneError::Protocol("no TLS exporter".into()))?;
-        let signature = self
-            .config
-            .identity
-            .sign(&auth_transcript(&exporter, &nonce));
+        let signature = identity.sign(&auth_transcript(&exporter, &nonce));
         let auth = RelayMessage::Auth {
-            identity: self.config.identity.public().to_bytes(),
+            identity: identity.public().to_bytes(),
             signature,
         };
         self.write(&auth).await?;
@@ -740,6 +823,204 @@ impl Device {
             other => Err(GroupPhoneError::Protocol(format!(
                 "expected AuthOk, got {other:?}"
             ))),
+        }
+    }
+}
+
+/// Reads from the link, or waits forever without one.
+async fn read_link(
+    link: &mut Option<Link>,
+    buf: &mut [u8],
+) -> Result<Option<usize>, quinn::ReadError> {
+    match link.as_mut() {
+        Some(link) => link.recv.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The reconnection attempt's outcome, or waits forever without one.
+async fn run_attempt(attempt: &mut Option<Attempt>) -> Result<Link, GroupPhoneError> {
+    match attempt.as_mut() {
+        Some(a) => a.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A datagram from the connection, or waits forever without one.
+async fn read_datagram(conn: Option<&quinn::Connection>) -> Result<Bytes, quinn::ConnectionError> {
+    match conn {
+        Some(c) => c.read_datagram().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Device {
+    async fn connect(
+        config: GroupPhoneConfig,
+        shared: Arc<Shared>,
+        events: std::sync::mpsc::Sender<Dispatch>,
+    ) -> Result<Self, GroupPhoneError> {
+        let link = Link::dial_bounded(
+            config.relay,
+            config.relay_fingerprint,
+            config.identity.clone(),
+        )
+        .await?;
+        let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
+        let mut device = Self {
+            config,
+            link: Some(link),
+            attempt: None,
+            next_attempt: None,
+            backoff: BACKOFF_MIN,
+            attempts: 0,
+            unsent: Vec::new(),
+            #[cfg(feature = "testing")]
+            paused: false,
+            lobby,
+            calls: HashMap::new(),
+            routes: HashMap::new(),
+            creating: HashMap::new(),
+            fetching: HashMap::new(),
+            next_request: 1,
+            shared,
+            events,
+            out: Vec::new(),
+            rejoins: HashMap::new(),
+            rejoins_held: std::collections::HashSet::new(),
+            next_snapshot: Instant::now(),
+            #[cfg(feature = "testing")]
+            drop_next_handshake: false,
+        };
+        device.publish().await?;
+        Ok(device)
+    }
+
+    async fn write(&mut self, message: &RelayMessage) -> Result<(), GroupPhoneError> {
+        match self.link.as_mut() {
+            Some(link) => link.write(message).await,
+            None => Err(GroupPhoneError::Protocol("not connected".into())),
+        }
+    }
+
+    /// Messages the link's decoder holds already (they came with the bytes before them).
+    fn drain_decoder(&mut self, out: &mut Vec<RelayMessage>) -> bool {
+        let mut messages = Vec::new();
+        let mut broken = false;
+        if let Some(link) = self.link.as_mut() {
+            loop {
+                match link.decoder.next_message() {
+                    Ok(Some(m)) => messages.push(m),
+                    Ok(None) => break,
+                    Err(e) if link.decoder.has_failed() => {
+                        tracing::warn!(error = %e, "relay stream broken");
+                        broken = true;
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "relay message refused"),
+                }
+            }
+        }
+        for m in messages {
+            self.on_message(m, out);
+        }
+        !broken
+    }
+
+    /// The connection to the relay is gone: the calls stay (their media goes nowhere) and a
+    /// reconnection is due after the back-off.
+    fn lose_link(&mut self) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        link.conn.close(0u32.into(), b"lost");
+        self.fetching_lost();
+        self.backoff = BACKOFF_MIN;
+        self.attempts = 0;
+        self.next_attempt = Some(Instant::now() + self.backoff);
+        tracing::warn!("relay connection lost; reconnecting");
+        let _ = self
+            .events
+            .send(Dispatch::Event(GroupCallEvent::RelayDisconnected));
+    }
+
+    /// Key-package requests in flight on a lost connection are asked again on the next one
+    /// (their answers may be lost with it; a duplicate answer is ignored).
+    fn fetching_lost(&mut self) {
+        for (request, (_, identity)) in &self.fetching {
+            self.unsent.push(RelayMessage::FetchKeyPackage {
+                request: *request,
+                identity: *identity,
+            });
+        }
+    }
+
+    /// Starts a reconnection attempt if one is due.
+    fn maybe_attempt(&mut self, now: Instant) {
+        #[cfg(feature = "testing")]
+        if self.paused {
+            return;
+        }
+        if self.link.is_some() || self.attempt.is_some() {
+            return;
+        }
+        if self.next_attempt.is_some_and(|at| at <= now) {
+            self.next_attempt = None;
+            self.attempt = Some(Box::pin(Link::dial_bounded(
+                self.config.relay,
+                self.config.relay_fingerprint,
+                self.config.identity.clone(),
+            )));
+        }
+    }
+
+    /// A reconnection attempt ended.
+    fn attempted(&mut self, result: Result<Link, GroupPhoneError>, out: &mut Vec<RelayMessage>) {
+        self.attempt = None;
+        match result {
+            Ok(link) => {
+                tracing::info!(attempts = self.attempts + 1, "relay reconnected");
+                self.link = Some(link);
+                let attempts = std::mem::take(&mut self.attempts) + 1;
+                self.backoff = BACKOFF_MIN;
+                let _ = self
+                    .events
+                    .send(Dispatch::Event(GroupCallEvent::RelayReconnected {
+                        attempts,
+                    }));
+                // What was made offline goes first, then what the relay held for this device
+                // (already in the decoder) is taken.
+                out.append(&mut self.unsent);
+                if !self.drain_decoder(out) {
+                    self.lose_link();
+                }
+            }
+            Err(e) => {
+                self.attempts += 1;
+                tracing::debug!(error = %e, attempts = self.attempts, "relay reconnection failed");
+                self.next_attempt = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Sends `outgoing` on the link, or keeps it for the next one.
+    async fn flush(&mut self, outgoing: Vec<RelayMessage>) {
+        let mut rest = outgoing.into_iter();
+        if self.link.is_some() {
+            for m in rest.by_ref() {
+                if let Err(e) = self.write(&m).await {
+                    tracing::warn!(error = %e, "relay write failed");
+                    self.unsent.push(m);
+                    self.lose_link();
+                    break;
+                }
+            }
+        }
+        self.unsent.extend(rest);
+        if self.unsent.len() > MAX_UNSENT {
+            let excess = self.unsent.len() - MAX_UNSENT;
+            self.unsent.drain(..excess);
         }
     }
 
@@ -759,61 +1040,69 @@ impl Device {
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; 16 * 1024];
+        // Held messages that came with the AuthOk.
+        let mut first = Vec::new();
+        if !self.drain_decoder(&mut first) {
+            self.lose_link();
+        }
+        self.pump_all(&mut first, true);
+        self.flush(first).await;
         loop {
-            let deadline = self
+            let mut deadline = self
                 .calls
                 .values()
                 .flat_map(|c| [Some(c.deadline), c.member.next_timeout()])
                 .flatten()
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if self.link.is_none() && self.attempt.is_none() {
+                if let Some(at) = self.next_attempt {
+                    deadline = deadline.min(at);
+                }
+            }
+            let conn = self.link.as_ref().map(|l| l.conn.clone());
             let mut outgoing: Vec<RelayMessage> = Vec::new();
             // Media alone (datagrams, frame timers) does not rebuild the snapshots each time.
             let mut changed = true;
             tokio::select! {
-                read = self.recv.read(&mut buf) => match read {
+                read = read_link(&mut self.link, &mut buf) => match read {
                     Ok(Some(n)) => {
-                        self.decoder.push(&buf[..n]);
-                        loop {
-                            match self.decoder.next_message() {
-                                Ok(Some(m)) => self.on_message(m, &mut outgoing),
-                                Ok(None) => break,
-                                Err(e) if self.decoder.has_failed() => {
-                                    tracing::warn!(error = %e, "relay stream broken");
-                                    return self.shutdown().await;
-                                }
-                                Err(e) => tracing::debug!(error = %e, "relay message refused"),
-                            }
+                        if let Some(link) = self.link.as_mut() {
+                            link.decoder.push(&buf[..n]);
+                        }
+                        if !self.drain_decoder(&mut outgoing) {
+                            self.lose_link();
                         }
                     }
-                    _ => {
-                        tracing::warn!("relay connection lost");
-                        return self.shutdown().await;
-                    }
+                    Ok(None) | Err(_) => self.lose_link(),
                 },
-                datagram = self.conn.read_datagram() => match datagram {
+                datagram = read_datagram(conn.as_ref()) => match datagram {
                     Ok(d) => {
                         changed = false;
                         self.on_datagram(&d);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "relay connection lost");
-                        return self.shutdown().await;
+                        tracing::debug!(error = %e, "relay connection closed");
+                        self.lose_link();
                     }
                 },
+                result = run_attempt(&mut self.attempt) => self.attempted(result, &mut outgoing),
                 command = commands.recv() => match command {
                     Some(Command::Close) | None => {
                         for call in self.calls.keys().copied().collect::<Vec<_>>() {
                             outgoing.push(RelayMessage::Leave { call });
                         }
-                        for m in &outgoing {
-                            let _ = self.write(m).await;
+                        if let Some(link) = self.link.as_mut() {
+                            for m in &outgoing {
+                                let _ = link.write(m).await;
+                            }
+                            let _ = link.send.finish();
+                            // The leaves reach the relay before the connection goes (closing
+                            // discards what is not delivered yet).
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(2), link.send.stopped())
+                                    .await;
                         }
-                        let _ = self.send.finish();
-                        // The leaves reach the relay before the connection goes (closing
-                        // discards what is not delivered yet).
-                        let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped())
-                            .await;
                         return self.shutdown().await;
                     }
                     Some(command) => self.on_command(command, &mut outgoing),
@@ -830,15 +1119,11 @@ impl Device {
                             let _ = ctx.session.handle_input(Input::Timeout(now));
                         }
                     }
+                    self.maybe_attempt(now);
                 }
             }
             self.pump_all(&mut outgoing, changed);
-            for m in outgoing {
-                if let Err(e) = self.write(&m).await {
-                    tracing::warn!(error = %e, "relay write failed");
-                    return self.shutdown().await;
-                }
-            }
+            self.flush(outgoing).await;
         }
     }
 
@@ -850,8 +1135,10 @@ impl Device {
             ctx.snapshot.ended = true;
         }
         self.publish_snapshots();
-        self.conn.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+        if let Some(link) = self.link.take() {
+            link.conn.close(0u32.into(), b"bye");
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
+        }
     }
 
     fn on_command(&mut self, command: Command, outgoing: &mut Vec<RelayMessage>) {
@@ -909,9 +1196,22 @@ impl Device {
                     let mut datagram = Vec::new();
                     if encode_route(ctx.route, &mut datagram).is_ok() {
                         datagram.extend_from_slice(&frame);
-                        let _ = self.conn.send_datagram(Bytes::from(datagram));
+                        if let Some(link) = &self.link {
+                            let _ = link.conn.send_datagram(Bytes::from(datagram));
+                        }
                     }
                 }
+            }
+            #[cfg(feature = "testing")]
+            Command::DropRelay => {
+                self.lose_link();
+                self.paused = true;
+            }
+            #[cfg(feature = "testing")]
+            Command::ResumeRelay => {
+                self.paused = false;
+                self.next_attempt = Some(Instant::now());
+                self.maybe_attempt(Instant::now());
             }
             Command::Close => {}
         }
@@ -936,8 +1236,27 @@ impl Device {
         }
         ctx.snapshot.rejoins += 1;
         self.rejoins.insert(call, ctx.snapshot.rejoins);
+        if ctx.accepted {
+            self.rejoins_held.remove(&call);
+        } else {
+            self.rejoins_held.insert(call);
+        }
         self.publish_one(&ctx.snapshot);
         out.push(RelayMessage::Rejoin { call });
+    }
+
+    /// The relay refused to have this device added back to `call`: it is out.
+    fn rejoin_refused(&mut self, call: CallRef) {
+        self.rejoins.remove(&call);
+        self.rejoins_held.remove(&call);
+        let snapshot = lock(&self.shared.calls).get(&call).cloned();
+        if let Some(mut snapshot) = snapshot.filter(|s| !s.ended) {
+            snapshot.ended = true;
+            let _ = self
+                .events
+                .send(Dispatch::Event(GroupCallEvent::Ended { call }));
+            self.publish_one(&snapshot);
+        }
     }
 
     /// Takes `call` off this device: its route, its session hung up, its recording flushed.
@@ -955,6 +1274,10 @@ impl Device {
 
     /// This device is out of `call` (it left, or was removed): the application is told.
     fn end_call(&mut self, call: CallRef) {
+        // A call this device is out of is never taken back without its user: a Welcome into
+        // it later is held like any other.
+        self.rejoins.remove(&call);
+        self.rejoins_held.remove(&call);
         if let Some(mut ctx) = self.take_call(call) {
             ctx.snapshot.ended = true;
             let _ = self
@@ -1178,7 +1501,8 @@ impl Device {
                     return;
                 }
                 // A device added back after losing step was in the call already: it goes on.
-                let rejoined = self.rejoins.contains_key(&call);
+                let rejoined =
+                    self.rejoins.contains_key(&call) && !self.rejoins_held.contains(&call);
                 if let Err(e) = self.open_call(call, route, member, rejoined) {
                     tracing::warn!(error = %e, "call not opened");
                     return;
@@ -1212,6 +1536,9 @@ impl Device {
             RelayMessage::Readd { call, identity } => {
                 // Only a device in the roster is taken back in (the relay cannot bring in
                 // another): it is removed, then added from a fresh key package (`sweep`).
+                // A member the relay said was gone, and that this member's group removed, is
+                // added back too (it came back after the hold time): still never a device that
+                // was not in the group.
                 if let Some(ctx) = self.calls.get_mut(&call) {
                     if ctx
                         .member
@@ -1221,19 +1548,52 @@ impl Device {
                     {
                         ctx.departed.insert(identity);
                         ctx.readd.insert(identity);
+                    } else if ctx.former.contains(&identity) {
+                        ctx.readd.insert(identity);
                     }
                 }
             }
             RelayMessage::MemberGone { call, identity } => {
                 // Removed by whoever is first among those still here (`sweep`).
                 if let Some(ctx) = self.calls.get_mut(&call) {
+                    if ctx
+                        .member
+                        .roster()
+                        .values()
+                        .any(|id| id.to_bytes() == identity)
+                    {
+                        ctx.former.insert(identity);
+                    }
                     ctx.departed.insert(identity);
                 }
             }
-            RelayMessage::Removed { call } => self.end_call(call),
+            RelayMessage::Removed { call } => {
+                // Removed without a commit removing this member (it would have left its group
+                // on the commit): the relay took it for gone (the hold time passed while it
+                // was away, or its held messages overflowed). It asks to be added back; the
+                // relay refuses if it was not gone but removed.
+                let gone = self
+                    .calls
+                    .get(&call)
+                    .is_some_and(|ctx| ctx.member.epoch().is_some());
+                if gone {
+                    tracing::info!("gone from a group call while away; asking to be added back");
+                    self.rejoin(call, out);
+                } else {
+                    self.end_call(call);
+                }
+            }
             RelayMessage::Error { code, call } => {
                 tracing::warn!(?code, "relay refused a request");
                 if let Some(call) = call {
+                    // A rejoin the relay refused (the call ended, or this device was removed):
+                    // out of the call.
+                    if !self.calls.contains_key(&call)
+                        && self.rejoins.contains_key(&call)
+                        && matches!(code, RelayErrorCode::NotMember | RelayErrorCode::NoSuchCall)
+                    {
+                        self.rejoin_refused(call);
+                    }
                     if let Some((_, reply)) = self.creating.remove(&call) {
                         let _ = reply.send(Err(GroupPhoneError::Refused(code)));
                     }
@@ -1284,6 +1644,7 @@ impl Device {
             accepted,
             departed: std::collections::BTreeSet::new(),
             readd: std::collections::BTreeSet::new(),
+            former: std::collections::BTreeSet::new(),
             snapshot: GroupCallSnapshot {
                 rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
                 accepted,
@@ -1324,6 +1685,7 @@ impl Device {
         let now = Instant::now();
         let refresh = changed || now >= self.next_snapshot;
         let audio = Arc::clone(&self.config.audio);
+        let conn = self.link.as_ref().map(|l| l.conn.clone());
         for (call, ctx) in self.calls.iter_mut() {
             while let Some(output) = ctx.member.poll_output() {
                 match output {
@@ -1381,7 +1743,7 @@ impl Device {
                 }
             }
             for (participant, reason, count) in
-                drain_session(ctx, &self.conn, &*audio, now, &mut self.out)
+                drain_session(ctx, conn.as_ref(), &*audio, now, &mut self.out)
             {
                 ctx.snapshot.rejected.insert((participant, reason), count);
                 let _ = self
@@ -1452,7 +1814,7 @@ impl Device {
 /// rejections the session reported.
 fn drain_session(
     ctx: &mut CallCtx,
-    conn: &quinn::Connection,
+    conn: Option<&quinn::Connection>,
     audio: &dyn AudioFactory,
     now: Instant,
     scratch: &mut Vec<u8>,
@@ -1466,7 +1828,10 @@ fn drain_session(
                     continue;
                 }
                 scratch.extend_from_slice(bytes);
-                if conn.send_datagram(Bytes::copy_from_slice(scratch)).is_err() {
+                // Without a connection (reconnecting) the frame goes nowhere, refused.
+                let sent =
+                    conn.is_some_and(|c| c.send_datagram(Bytes::copy_from_slice(scratch)).is_ok());
+                if !sent {
                     let _ = ctx.session.handle_input(Input::DatagramRefused(now));
                 }
             }

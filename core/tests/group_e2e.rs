@@ -78,11 +78,55 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
     relay: Option<RelayHandle>,
     dir: std::path::PathBuf,
+    hold_time: Duration,
 }
 
 static DIRS: Mutex<u32> = Mutex::new(0);
 
 fn relay() -> Setup {
+    relay_holding(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "".into()).hold_time)
+}
+
+impl Setup {
+    /// Stops the relay and starts it again on the same port and data directory (its held
+    /// messages, in memory, are lost).
+    fn restart(&mut self) {
+        let relay = self.relay.take().unwrap();
+        let addr = relay.local_addr();
+        self.runtime.block_on(relay.shutdown());
+        // The port is free once the old endpoint's tasks have ended.
+        for _ in 0..200 {
+            let mut config = RelayConfig::new(addr, self.dir.clone());
+            config.hold_time = self.hold_time;
+            match self.runtime.block_on(Relay::start(config)) {
+                Ok(relay) => {
+                    self.relay = Some(relay);
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(25)),
+            }
+        }
+        panic!("the relay did not start again on {addr}");
+    }
+
+    fn online(&self) -> u64 {
+        self.relay.as_ref().unwrap().stats().devices_online
+    }
+}
+
+/// Waits until `cond` holds (polling), or panics after [`WAIT`].
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn relay_holding(hold_time: Duration) -> Setup {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -95,12 +139,14 @@ fn relay() -> Setup {
     };
     let dir = std::env::temp_dir().join(format!("viska-group-e2e-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    config.hold_time = hold_time;
     let relay = runtime.block_on(Relay::start(config)).unwrap();
     Setup {
         runtime,
         relay: Some(relay),
         dir,
+        hold_time,
     }
 }
 
@@ -480,4 +526,160 @@ fn two_members_leaving_at_once_are_both_removed_even_the_one_who_would_remove_th
     assert_eq!(one(&bob).verification_code, one(&dave).verification_code);
     let roster: Vec<_> = one(&bob).roster.values().copied().collect();
     assert!(roster.contains(&bob.identity()) && roster.contains(&dave.identity()));
+}
+
+/// Every phone is in `call` with `n` members, sending under the group's epoch.
+fn settled(p: &GroupPhone, call: viska::group::CallRef, n: usize) -> bool {
+    p.wait_for(WAIT, |calls| {
+        calls
+            .get(&call)
+            .is_some_and(|c| !c.ended && c.roster.len() == n && c.sending_epoch == c.epoch)
+    })
+}
+
+/// `p` receives more than `more` new frames from each of the `n` others.
+fn hears_again(p: &GroupPhone, call: viska::group::CallRef, n: usize, more: u64) -> bool {
+    let before = one(p).received;
+    p.wait_for(WAIT, |calls| {
+        calls.get(&call).is_some_and(|c| {
+            c.received.len() == n
+                && c.received
+                    .iter()
+                    .all(|(leaf, &got)| got > before.get(leaf).copied().unwrap_or(0) + more)
+        })
+    })
+}
+
+fn count(log: &Log, f: impl Fn(&GroupCallEvent) -> bool) -> usize {
+    log.events.lock().unwrap().iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn members_reconnect_after_a_relay_restart_and_hear_each_other_again() {
+    let mut setup = relay();
+    let (alice, _) = phone(&setup, 41, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 42, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 43, 800.0, Vec::new());
+    let logs: Vec<Arc<Log>> = (0..3).map(|_| Arc::new(Log::default())).collect();
+    for (p, log) in [&alice, &bob, &carol].into_iter().zip(&logs) {
+        p.set_listener(log.clone());
+    }
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    alice.add(call, carol.identity()).unwrap();
+    accept(&bob, call);
+    accept(&carol, call);
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+        assert!(hears_again(p, call, 2, 20), "{:?}", p.snapshot(call));
+    }
+    let before = one(&alice);
+
+    setup.restart();
+    // Every phone sees the connection go and comes back, authenticated again.
+    for log in &logs {
+        eventually("a reconnection", || {
+            count(log, |e| {
+                matches!(e, GroupCallEvent::RelayReconnected { .. })
+            }) == 1
+        });
+        assert_eq!(
+            count(log, |e| matches!(e, GroupCallEvent::RelayDisconnected)),
+            1
+        );
+    }
+    eventually("three devices online", || setup.online() == 3);
+    // The same group, epoch and code everywhere, and media flows again.
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+        assert!(hears_again(p, call, 2, 50), "{:?}", p.snapshot(call));
+        let s = one(p);
+        assert_eq!(s.epoch, before.epoch, "{s:?}");
+        assert_eq!(s.verification_code, before.verification_code);
+        assert_eq!(s.rejoins, 0, "{s:?}");
+        assert_eq!(s.group_failures, 0, "{s:?}");
+    }
+    // And the group goes on: a change after the restart is ordered and taken by all.
+    alice.remove(call, carol.identity()).unwrap();
+    assert!(settled(&alice, call, 2) && settled(&bob, call, 2));
+    assert_eq!(one(&alice).verification_code, one(&bob).verification_code);
+}
+
+#[test]
+fn a_member_whose_connection_drops_gets_the_held_commit_when_it_reconnects() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 51, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 52, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 53, 800.0, Vec::new());
+    let (dave, _) = phone(&setup, 54, 1000.0, Vec::new());
+    let bob_log = Arc::new(Log::default());
+    bob.set_listener(bob_log.clone());
+    let call = alice.create_call().unwrap();
+    for p in [&bob, &carol] {
+        alice.add(call, p.identity()).unwrap();
+        accept(p, call);
+    }
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3));
+    }
+    bob.drop_relay_connection().unwrap();
+    eventually("bob offline", || setup.online() == 3);
+    // Dave is added while Bob is away: the relay holds the commit for him.
+    alice.add(call, dave.identity()).unwrap();
+    accept(&dave, call);
+    for p in [&alice, &carol, &dave] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls
+                .get(&call)
+                .is_some_and(|c| c.roster.len() == 4)),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    assert_eq!(one(&bob).roster.len(), 3, "bob has not heard of it yet");
+    bob.reconnect_relay().unwrap();
+    for p in [&alice, &bob, &carol, &dave] {
+        assert!(settled(p, call, 4), "{:?}", p.snapshot(call));
+    }
+    let s = one(&bob);
+    assert_eq!(s.rejoins, 0, "the held commit, not a rejoin: {s:?}");
+    assert_eq!(s.verification_code, one(&alice).verification_code);
+    assert!(hears_again(&bob, call, 3, 30), "{:?}", one(&bob));
+    assert_eq!(
+        count(&bob_log, |e| matches!(
+            e,
+            GroupCallEvent::RelayReconnected { .. }
+        )),
+        1
+    );
+}
+
+#[test]
+fn a_member_back_after_the_hold_time_is_added_back() {
+    let setup = relay_holding(Duration::from_millis(300));
+    let (alice, _) = phone(&setup, 61, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 62, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 63, 800.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    for p in [&bob, &carol] {
+        alice.add(call, p.identity()).unwrap();
+        accept(p, call);
+    }
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3));
+    }
+    bob.drop_relay_connection().unwrap();
+    // Past the hold time Bob is gone: Alice removes him.
+    assert!(settled(&alice, call, 2) && settled(&carol, call, 2));
+    bob.reconnect_relay().unwrap();
+    // Bob learns he is gone, asks to be added back, and Alice adds him.
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+    }
+    let s = one(&bob);
+    assert_eq!(s.rejoins, 1, "{s:?}");
+    assert!(!s.ended && s.accepted, "{s:?}");
+    assert_eq!(s.verification_code, one(&alice).verification_code);
+    assert!(hears_again(&bob, call, 2, 30), "{:?}", one(&bob));
+    assert!(hears_again(&alice, call, 2, 30), "{:?}", one(&alice));
 }

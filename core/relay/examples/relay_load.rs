@@ -142,7 +142,10 @@ async fn serve(bare: bool) -> Res<()> {
         endpoint.close(0u32.into(), b"done");
     } else {
         let dir = tempfile::tempdir()?;
-        let config = RelayConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf());
+        let mut config = RelayConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf());
+        // Every simulated device comes from the one loopback address: the per-source bound on
+        // unauthenticated connections would refuse them.
+        config.max_unauthenticated_per_source = config.max_unauthenticated;
         let relay = Relay::start(config).await?;
         println!(
             "ready {} {}",

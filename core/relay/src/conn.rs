@@ -12,6 +12,7 @@ use viska_proto::relay::{
     AUTH_EXPORTER_LABEL, RELAY_ALPN, RelayDecoder, RelayErrorCode, RelayMessage, auth_transcript,
 };
 
+use crate::places::{Place, SourceFull};
 use crate::state::{Shared, close, short, spawn_database};
 use crate::{DeviceKey, RelayConfig, RelayError, RelayHandle, bump, cert, db};
 
@@ -114,14 +115,48 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
+        // Address validation first (a Retry round trip): the source a place is counted under
+        // is then one the device can receive at, not a forged one.
+        if !incoming.remote_address_validated() {
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(error = %e, "retry not possible; dropping the attempt");
+            }
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let place = match shared.places.take(remote.ip()) {
+            Ok(taking) => {
+                if taking.took_back {
+                    bump(&shared.stats.taken_back);
+                    limited_log(
+                        &shared,
+                        remote,
+                        "all unauthenticated places taken: the oldest of the biggest holder closed",
+                    );
+                }
+                taking.place
+            }
+            Err(SourceFull) => {
+                bump(&shared.stats.refused_source_full);
+                limited_log(
+                    &shared,
+                    remote,
+                    "refused: its source holds its share of unauthenticated connections",
+                );
+                incoming.refuse();
+                continue;
+            }
+        };
         bump(&shared.stats.connections);
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            match incoming.await {
-                Ok(conn) => serve(shared, conn).await,
-                Err(e) => tracing::debug!(error = %e, "handshake failed"),
-            }
-        });
+        tokio::spawn(serve(shared, incoming, place));
+    }
+}
+
+/// One line at most a second about connections refused or cut off before authenticating.
+fn limited_log(shared: &Shared, remote: SocketAddr, what: &'static str) {
+    if let Some(left_out) = shared.places_log.allow() {
+        tracing::info!(%remote, left_out, "{what}");
     }
 }
 
@@ -134,7 +169,47 @@ enum AuthFailure {
     Refused(&'static str, quinn::SendStream),
 }
 
-async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+/// Waits for `f`, unless the deadline passes or the place is taken back first.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    place: &Place,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Cut> {
+    tokio::select! {
+        v = f => Ok(v),
+        () = tokio::time::sleep_until(deadline) => Err(Cut::Timeout),
+        () = place.taken_back() => Err(Cut::TakenBack),
+    }
+}
+
+/// Why a connection was closed before it authenticated, not by its own doing.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    Timeout,
+    TakenBack,
+}
+
+async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, place: Place) {
+    let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    // Dropping the handshake closes its connection.
+    let conn = match bounded(deadline, &place, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(cut) => {
+            count_cut(&shared, cut);
+            return;
+        }
+    };
     let alpn_ok = conn
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())
@@ -147,9 +222,10 @@ async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         );
         return;
     }
-    let timeout = shared.config.auth_timeout;
     let mut decoder = RelayDecoder::new();
-    let auth = tokio::time::timeout(timeout, authenticate(&shared, &conn, &mut decoder)).await;
+    let auth = bounded(deadline, &place, authenticate(&shared, &conn, &mut decoder)).await;
+    // Authenticated or not, this connection no longer waits for a place's worth of work.
+    drop(place);
     let (identity, send, recv) = match auth {
         Ok(Ok(ok)) => ok,
         Ok(Err(AuthFailure::Refused(why, mut send))) => {
@@ -168,9 +244,18 @@ async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
             conn.close(close::UNAUTHENTICATED.into(), b"unauthenticated");
             return;
         }
-        Ok(Err(AuthFailure::Transport)) | Err(_) => {
+        Ok(Err(AuthFailure::Transport)) => {
             bump(&shared.stats.auth_failures);
             conn.close(close::UNAUTHENTICATED.into(), b"unauthenticated");
+            return;
+        }
+        Err(cut) => {
+            count_cut(&shared, cut);
+            let why: &[u8] = match cut {
+                Cut::Timeout => b"authentication timed out",
+                Cut::TakenBack => b"too many unauthenticated connections",
+            };
+            conn.close(close::UNAUTHENTICATED.into(), why);
             return;
         }
     };
@@ -192,6 +277,18 @@ async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     writer.abort();
     datagrams.abort();
     tracing::info!(device = %short(&identity), "disconnected");
+}
+
+fn count_cut(shared: &Shared, cut: Cut) {
+    match cut {
+        Cut::Timeout => {
+            bump(&shared.stats.auth_failures);
+            bump(&shared.stats.auth_timeouts);
+            tracing::debug!("a connection did not authenticate in time");
+        }
+        // Counted and logged when the place was taken.
+        Cut::TakenBack => {}
+    }
 }
 
 /// The control stream and the challenge on it, then exactly one `Auth` with a valid signature over this connection's

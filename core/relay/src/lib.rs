@@ -29,6 +29,7 @@
 mod cert;
 mod conn;
 mod db;
+mod places;
 mod state;
 
 use std::fmt;
@@ -97,8 +98,15 @@ pub struct RelayConfig {
     /// Most control messages held for one identity; beyond that the oldest go and the device
     /// is treated as gone from its calls.
     pub max_held: usize,
-    /// A connection that has not authenticated within this time is closed.
+    /// A connection that has not authenticated within this time after its first packet
+    /// (QUIC handshake, challenge and `Auth` together) is closed.
     pub auth_timeout: Duration,
+    /// Most connections that have not authenticated yet, from all sources together. When all
+    /// are taken, a newcomer takes back the oldest place of the source holding the most.
+    pub max_unauthenticated: usize,
+    /// Most connections that have not authenticated yet from one source (an IPv4 address or
+    /// an IPv6 /64); a newcomer from a source holding that many is refused.
+    pub max_unauthenticated_per_source: usize,
     /// Bytes of outgoing datagrams quinn may queue per connection; a forwarded datagram that
     /// does not fit is dropped (and counted), never queued behind.
     pub datagram_send_buffer: usize,
@@ -116,6 +124,11 @@ impl fmt::Debug for RelayConfig {
             .field("hold_time", &self.hold_time)
             .field("max_held", &self.max_held)
             .field("auth_timeout", &self.auth_timeout)
+            .field("max_unauthenticated", &self.max_unauthenticated)
+            .field(
+                "max_unauthenticated_per_source",
+                &self.max_unauthenticated_per_source,
+            )
             .field("datagram_send_buffer", &self.datagram_send_buffer)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
@@ -124,15 +137,17 @@ impl fmt::Debug for RelayConfig {
 
 impl RelayConfig {
     /// A configuration with the defaults: hold time 30 s, 256 held messages per identity,
-    /// 10 s to authenticate, 64 KiB datagram send buffer, 30 s idle timeout, every identity
-    /// admitted.
+    /// 5 s to authenticate, at most 512 connections not authenticated yet (16 per source),
+    /// 64 KiB datagram send buffer, 30 s idle timeout, every identity admitted.
     pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             bind,
             data_dir,
             hold_time: Duration::from_secs(30),
             max_held: 256,
-            auth_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(5),
+            max_unauthenticated: 512,
+            max_unauthenticated_per_source: 16,
             datagram_send_buffer: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             admission: Arc::new(AllowAll),
@@ -167,8 +182,19 @@ pub struct RelayStats {
     /// Connections that authenticated.
     pub authenticated: u64,
     /// Connections whose authentication failed (bad signature, wrong message, refused
-    /// identity, timeout).
+    /// identity, wrong ALPN, timeout).
     pub auth_failures: u64,
+    /// Of those, connections closed because they had not authenticated within
+    /// [`RelayConfig::auth_timeout`].
+    pub auth_timeouts: u64,
+    /// Connections refused before their handshake: their source already held
+    /// [`RelayConfig::max_unauthenticated_per_source`] connections not authenticated yet.
+    pub refused_source_full: u64,
+    /// Connections not authenticated yet closed to make room for a newcomer (all
+    /// [`RelayConfig::max_unauthenticated`] places were taken).
+    pub unauthenticated_taken_back: u64,
+    /// Connections (and handshakes) not authenticated yet, now.
+    pub unauthenticated: u64,
     /// Devices connected and authenticated now.
     pub devices_online: u64,
     /// Control frames that did not decode or were not allowed (each answered or closed).
@@ -188,6 +214,9 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     pub(crate) authenticated: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
+    pub(crate) auth_timeouts: AtomicU64,
+    pub(crate) refused_source_full: AtomicU64,
+    pub(crate) taken_back: AtomicU64,
     pub(crate) online: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
 }
@@ -197,7 +226,7 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
-    fn snapshot(&self) -> RelayStats {
+    fn snapshot(&self, unauthenticated: usize) -> RelayStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RelayStats {
             datagrams_forwarded: g(&self.forwarded),
@@ -211,6 +240,10 @@ impl Counters {
             connections: g(&self.connections),
             authenticated: g(&self.authenticated),
             auth_failures: g(&self.auth_failures),
+            auth_timeouts: g(&self.auth_timeouts),
+            refused_source_full: g(&self.refused_source_full),
+            unauthenticated_taken_back: g(&self.taken_back),
+            unauthenticated: unauthenticated as u64,
             devices_online: g(&self.online),
             bad_frames: g(&self.bad_frames),
         }
@@ -257,7 +290,8 @@ impl RelayHandle {
 
     /// The counters now.
     pub fn stats(&self) -> RelayStats {
-        self.inner.shared.stats.snapshot()
+        let shared = &self.inner.shared;
+        shared.stats.snapshot(shared.places.held())
     }
 
     /// Closes every connection, stops listening and closes the database (after the writes

@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     routes: RwLock<HashMap<u32, Arc<RouteTable>>>,
     pub(crate) stats: Counters,
     pub(crate) config: RelayConfig,
+    /// Connections not authenticated yet.
+    pub(crate) places: Arc<crate::places::Places>,
+    /// Rate limit of the log lines about them.
+    pub(crate) places_log: crate::places::LogLimit,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -76,6 +80,9 @@ struct Call {
     pending: bool,
     /// Distinguishes this call from an earlier one with the same id.
     incarnation: u64,
+    /// Former members gone past the hold time (not left): one that comes back may ask to be
+    /// added back (`Rejoin`). In memory only.
+    gone: HashSet<DeviceKey>,
 }
 
 #[derive(Default)]
@@ -132,6 +139,7 @@ impl Shared {
                     switched: None,
                     pending: false,
                     incarnation: state.next_id,
+                    gone: HashSet::new(),
                 },
             );
         }
@@ -139,6 +147,11 @@ impl Shared {
             state: Mutex::new(state),
             routes: RwLock::new(HashMap::new()),
             stats: Counters::default(),
+            places: crate::places::Places::new(
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_source,
+            ),
+            places_log: crate::places::LogLimit::default(),
             config,
             shutdown,
         });
@@ -563,6 +576,7 @@ impl State {
                 switched: None,
                 pending: false,
                 incarnation: self.next_id,
+                gone: HashSet::new(),
             },
         );
         self.routes_used.insert(route, call_ref);
@@ -701,6 +715,7 @@ impl State {
         };
         for a in &added {
             call.members.insert(*a, next);
+            call.gone.remove(a);
         }
         bump(&shared.stats.accepted);
         tracing::info!(
@@ -827,7 +842,32 @@ impl State {
             return self.error(shared, &me, RelayErrorCode::NoSuchCall, call_ref);
         };
         if !call.members.contains_key(&me) {
-            return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+            // A member gone past the hold time that came back: the others are asked to add it
+            // back (they do only if it was in their group).
+            let came_back = self
+                .calls
+                .get_mut(&call_ref)
+                .is_some_and(|c| c.gone.remove(&me));
+            if !came_back {
+                return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
+            }
+            tracing::info!(call = %short(&call_ref.0), device = %short(&me), "came back; asks to be added back");
+            let members: Vec<DeviceKey> = self
+                .calls
+                .get(&call_ref)
+                .map(|c| c.members.keys().copied().collect())
+                .unwrap_or_default();
+            for m in &members {
+                self.push(
+                    shared,
+                    m,
+                    RelayMessage::Readd {
+                        call: call_ref,
+                        identity: me,
+                    },
+                );
+            }
+            return;
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "asks to be added back");
         self.depart(shared, &call_ref, &me, false);
@@ -858,6 +898,9 @@ impl State {
             .unwrap_or_default();
         for c in calls {
             self.depart(shared, &c, identity, true);
+            if let Some(call) = self.calls.get_mut(&c) {
+                call.gone.insert(*identity);
+            }
             self.push(shared, identity, RelayMessage::Removed { call: c });
         }
     }

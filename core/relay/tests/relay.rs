@@ -108,6 +108,15 @@ struct Link {
 }
 
 async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Link, String> {
+    connect_from("127.0.0.1", addr, fingerprint).await
+}
+
+/// A connection from the loopback address `local` (any of 127/8 on Linux: another source).
+async fn connect_from(
+    local: &str,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+) -> Result<Link, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
         fingerprint,
@@ -122,7 +131,7 @@ async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Link, String
             .with_no_client_auth();
     tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
     let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local.parse().unwrap(), 0)).unwrap();
     endpoint.set_default_client_config(client);
     let conn = endpoint
         .connect(addr, "viska-relay.invalid")
@@ -190,7 +199,11 @@ fn identity() -> IdentityKeyPair {
 
 impl Device {
     async fn login(relay: &RelayHandle, id: IdentityKeyPair) -> Self {
-        let mut link = connect(relay.local_addr(), relay.fingerprint())
+        Self::login_from("127.0.0.1", relay, id).await
+    }
+
+    async fn login_from(local: &str, relay: &RelayHandle, id: IdentityKeyPair) -> Self {
+        let mut link = connect_from(local, relay.local_addr(), relay.fingerprint())
             .await
             .unwrap();
         let signature = id.sign(&auth_transcript(&link.exporter(), &link.nonce));
@@ -920,5 +933,145 @@ async fn a_receiver_without_room_is_skipped_not_queued() {
     alice.send_datagram(&media(route, 1, 0, b"more than eight bytes"));
     until(&relay, "the drop", |s| s.dropped_slow_receiver == 1).await;
     assert_eq!(relay.stats().datagrams_forwarded, 0);
+    relay.shutdown().await;
+}
+
+/// The close code of a connection the relay closed.
+async fn closed_with(conn: &quinn::Connection) -> u64 {
+    match guard("the relay closing the connection", conn.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn stalled_connections_from_one_source_do_not_keep_a_device_from_authenticating() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| {
+        c.max_unauthenticated = 6;
+        c.max_unauthenticated_per_source = 3;
+        // Nothing times out during the test: the places alone decide.
+        c.auth_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let (addr, fp) = (relay.local_addr(), relay.fingerprint());
+    // One source opens five connections and never authenticates: three are held, two refused.
+    let mut stalled = Vec::new();
+    let mut refused = 0;
+    for _ in 0..5 {
+        match connect_from("127.0.0.2", addr, fp).await {
+            Ok(link) => stalled.push(link),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((stalled.len(), refused), (3, 2));
+    let stats = relay.stats();
+    assert_eq!(stats.refused_source_full, 2, "{stats:?}");
+    assert_eq!(stats.unauthenticated, 3, "{stats:?}");
+    // A device from another source authenticates beside them.
+    let _alice = Device::login_from("127.0.0.1", &relay, identity()).await;
+    // A second source fills the remaining places.
+    for _ in 0..3 {
+        stalled.push(connect_from("127.0.0.3", addr, fp).await.unwrap());
+    }
+    until(&relay, "every place taken", |s| s.unauthenticated == 6).await;
+    // Every place is taken: a newcomer takes back the oldest place of the biggest holder
+    // (both hold three: the older), and authenticates.
+    let mut bob = Device::login_from("127.0.0.4", &relay, identity()).await;
+    assert_eq!(closed_with(&stalled[0].conn).await, 1, "close code 1");
+    bob.sync().await;
+    let stats = relay.stats();
+    assert_eq!(stats.unauthenticated_taken_back, 1, "{stats:?}");
+    assert_eq!(stats.authenticated, 2, "{stats:?}");
+    assert_eq!(stats.devices_online, 2, "{stats:?}");
+    assert!(stalled[1..].iter().all(|l| l.conn.close_reason().is_none()));
+    // Places given back are free again: the first source gets one back.
+    drop(stalled.remove(1));
+    until(&relay, "a place given back", |s| s.unauthenticated == 4).await;
+    let _carol = Device::login_from("127.0.0.2", &relay, identity()).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.auth_timeout = Duration::from_millis(200)).await;
+    let stalled = connect(relay.local_addr(), relay.fingerprint())
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&stalled.conn).await, 1);
+    until(&relay, "the timeout counted", |s| {
+        s.auth_timeouts == 1 && s.auth_failures == 1 && s.unauthenticated == 0
+    })
+    .await;
+    // A device that authenticates in time stays.
+    let mut alice = Device::new(&relay).await;
+    alice.sync().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_device_back_after_the_hold_time_may_ask_to_be_added_back_and_a_leaver_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(100)).await;
+    let mut alice = Device::new(&relay).await;
+    let bob_id = identity();
+    let mut bob = Device::login(&relay, bob_id.clone()).await;
+    let mut carol = Device::new(&relay).await;
+    let call = CallRef([14; 16]);
+    open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+    let bob_key = bob.key();
+    bob.link.conn.close(0u32.into(), b"network gone");
+    drop(bob);
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::MemberGone {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    // Bob comes back: he hears he is out, asks to be added back, and the members are asked.
+    let mut bob = Device::login(&relay, bob_id).await;
+    assert_eq!(bob.recv().await, RelayMessage::Removed { call });
+    bob.send(RelayMessage::Rejoin { call }).await;
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::Readd {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    // Once only: a second Rejoin of his is refused (he is not a member).
+    bob.send(RelayMessage::Rejoin { call }).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    // A member that left is not asked back for.
+    carol.send(RelayMessage::Leave { call }).await;
+    carol.sync().await;
+    carol.send(RelayMessage::Rejoin { call }).await;
+    assert_eq!(
+        carol.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::MemberGone {
+            call,
+            identity: carol.key()
+        }
+    );
     relay.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! `viska-relay`: runs a Viska relay (group calls' SFU and MLS delivery service) until Ctrl-C.
 //!
 //! ```text
-//! viska-relay --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30]
+//! viska-relay --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30] [--auth-secs 5]
+//!     [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
 //! ```
 //!
 //! Prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once it is up.
@@ -29,6 +30,15 @@ struct Args {
     /// Seconds a disconnected device stays a member of its calls.
     #[arg(long, default_value_t = 30)]
     hold_secs: u64,
+    /// Seconds a connection has to authenticate before it is closed.
+    #[arg(long, default_value_t = 5)]
+    auth_secs: u64,
+    /// Most connections not authenticated yet, in total.
+    #[arg(long, default_value_t = 512)]
+    max_unauthenticated: usize,
+    /// Most connections not authenticated yet from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = 16)]
+    max_unauthenticated_per_source: usize,
 }
 
 #[tokio::main]
@@ -42,6 +52,9 @@ async fn main() -> ExitCode {
         .init();
     let mut config = RelayConfig::new(args.bind, args.data_dir);
     config.hold_time = Duration::from_secs(args.hold_secs);
+    config.auth_timeout = Duration::from_secs(args.auth_secs);
+    config.max_unauthenticated = args.max_unauthenticated;
+    config.max_unauthenticated_per_source = args.max_unauthenticated_per_source;
     let relay = match Relay::start(config).await {
         Ok(relay) => relay,
         Err(e) => {
