@@ -178,6 +178,14 @@ pub enum GroupEvent {
         /// The call.
         call: String,
     },
+    /// The connection to the relay was lost; the phone reconnects by itself and its calls
+    /// carry on once it is back.
+    RelayDisconnected,
+    /// The phone is connected to the relay again, after `attempts` attempts; media resumes.
+    RelayReconnected {
+        /// Connection attempts it took, this one included.
+        attempts: u32,
+    },
 }
 
 impl GroupEvent {
@@ -233,6 +241,8 @@ impl GroupEvent {
             GroupCallEvent::Ended { call } => Self::Ended {
                 call: call_hex(call),
             },
+            GroupCallEvent::RelayDisconnected => Self::RelayDisconnected,
+            GroupCallEvent::RelayReconnected { attempts } => Self::RelayReconnected { attempts },
             _ => return None,
         })
     }
@@ -318,7 +328,7 @@ impl GroupPhone {
             .iter()
             .map(|k| public_identity(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let (audio, app) = audio_factory(settings.audio.unwrap_or(AudioSetup::None));
+        let (audio, app) = audio_factory(settings.audio.unwrap_or(AudioSetup::None))?;
         let phone = core_group::GroupPhone::connect(core_group::GroupPhoneConfig {
             relay,
             relay_fingerprint,

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use viska::phone::{
-    AppAudio, AppAudioConfig, AppCapture, AppPlayback, AudioFactory, DeviceAudio, FileAudio,
-    MissedCall, NullAudio,
+    AppAudio, AppAudioConfig, AppCapture, AppPlayback, AudioFactory, FileAudio, MissedCall,
+    NullAudio,
 };
 use viska::{PhoneConfig, PhoneEvent as CoreEvent};
 
@@ -230,8 +230,10 @@ impl AppEnds {
 }
 
 /// The audio end points for `setup`, and the application's ends of app-fed audio.
-pub(crate) fn audio_factory(setup: AudioSetup) -> (Arc<dyn AudioFactory>, Option<AppEnds>) {
-    match setup {
+pub(crate) fn audio_factory(
+    setup: AudioSetup,
+) -> Result<(Arc<dyn AudioFactory>, Option<AppEnds>), ViskaError> {
+    Ok(match setup {
         AudioSetup::None => (Arc::new(NullAudio), None),
         AudioSetup::Files {
             input,
@@ -263,8 +265,15 @@ pub(crate) fn audio_factory(setup: AudioSetup) -> (Arc<dyn AudioFactory>, Option
             };
             (Arc::new(factory), Some(ends))
         }
-        AudioSetup::Devices => (Arc::new(DeviceAudio::default()), None),
-    }
+        #[cfg(feature = "device")]
+        AudioSetup::Devices => (Arc::new(viska::phone::DeviceAudio::default()), None),
+        #[cfg(not(feature = "device"))]
+        AudioSetup::Devices => {
+            return Err(ViskaError::Audio {
+                detail: "built without sound devices (feature `device`)".into(),
+            });
+        }
+    })
 }
 
 /// A softphone: places and receives end-to-end encrypted calls. Closing it (Kotlin
@@ -296,7 +305,7 @@ impl Phone {
     #[uniffi::constructor]
     pub fn new(settings: PhoneSettings) -> Result<Arc<Self>, ViskaError> {
         let mut builder = PhoneConfig::builder(settings.name, settings.identity.key.clone());
-        let (factory, app) = audio_factory(settings.audio.unwrap_or(AudioSetup::None));
+        let (factory, app) = audio_factory(settings.audio.unwrap_or(AudioSetup::None))?;
         builder = builder.audio(factory);
         if !settings.suites.is_empty() {
             builder = builder.suites(settings.suites.into_iter().map(Into::into).collect());

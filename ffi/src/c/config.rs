@@ -8,12 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use viska::identity::{IdentityKeyPair, PublicIdentity};
-use viska::phone::{AppAudio, AppAudioConfig, AudioFactory, DeviceAudio, FileAudio, NullAudio};
+#[cfg(feature = "device")]
+use viska::phone::DeviceAudio;
+use viska::phone::{AppAudio, AppAudioConfig, AudioFactory, FileAudio, NullAudio};
 use viska::sframe::CipherSuite;
 use viska::{PhoneConfig, PhoneConfigBuilder};
 
 use super::audio::{ViskaAppCapture, ViskaAppPlayback};
 use super::error::ViskaError;
+#[cfg(not(feature = "device"))]
+use super::error::ViskaErrorCode;
 use super::identity::{ViskaIdentity, public_key_arg};
 use super::util::{Result, borrow, bytes_arg, opt_str_arg, out_arg, run, str_arg, write};
 
@@ -204,11 +208,22 @@ pub unsafe extern "C" fn viska_phone_config_set_audio_device(
         let input = unsafe { opt_str_arg(input_device, "input_device") }?;
         // SAFETY: NULL or NUL-terminated per the caller.
         let output = unsafe { opt_str_arg(output_device, "output_device") }?;
-        config.audio = Some(Arc::new(DeviceAudio {
-            input: input.map(str::to_owned),
-            output: output.map(str::to_owned),
-        }));
-        Ok(())
+        #[cfg(feature = "device")]
+        {
+            config.audio = Some(Arc::new(DeviceAudio {
+                input: input.map(str::to_owned),
+                output: output.map(str::to_owned),
+            }));
+            Ok(())
+        }
+        #[cfg(not(feature = "device"))]
+        {
+            let _ = (config, input, output);
+            Err(ViskaError::new(
+                ViskaErrorCode::Audio,
+                "built without sound devices (feature `device`)",
+            ))
+        }
     })
 }
 

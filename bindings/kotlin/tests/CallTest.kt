@@ -1,0 +1,172 @@
+// A real encrypted call between two phones over loopback QUIC, through the Kotlin bindings
+// alone: incoming call with identity and trust, answer, audio from a WAV both ways (recorded
+// at each end and checked), SAS, DTMF, call data, hold and resume, a listener that throws,
+// hang-up, one misuse, and `use {}` closing the phones.
+package org.viska.tests
+
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlin.math.sqrt
+import kotlin.system.exitProcess
+import org.viska.*
+
+const val TIMEOUT_MS = 20_000L
+
+fun expect(condition: Boolean, what: String) {
+    if (!condition) throw AssertionError(what)
+}
+
+fun waitUntil(what: String, pred: () -> Boolean) {
+    val end = System.currentTimeMillis() + TIMEOUT_MS
+    while (System.currentTimeMillis() < end) {
+        if (pred()) return
+        Thread.sleep(10)
+    }
+    throw AssertionError("timed out waiting for $what")
+}
+
+/** The OS name of the current thread (Linux), to check where callbacks run. */
+fun osThreadName(): String = File("/proc/thread-self/comm").readText().trim()
+
+/** Keeps every event. Runs on the phone's dispatcher thread: records and returns. */
+class Recorder(private val throwOnStats: Boolean = false) : PhoneListener, CallListener {
+    val events = CopyOnWriteArrayList<CallEvent>()
+    val incoming = CopyOnWriteArrayList<PhoneEvent.IncomingCall>()
+    val threads = java.util.concurrent.ConcurrentHashMap.newKeySet<String>()
+
+    override fun onEvent(event: PhoneEvent) {
+        threads.add(osThreadName())
+        if (event is PhoneEvent.IncomingCall) incoming.add(event)
+    }
+
+    override fun onEvent(callId: String, event: CallEvent) {
+        threads.add(osThreadName())
+        events.add(event)
+        if (throwOnStats && event is CallEvent.Stats) {
+            throw IllegalStateException("a listener that throws must not break the call")
+        }
+    }
+
+    inline fun <reified T : CallEvent> of(): List<T> = events.filterIsInstance<T>()
+}
+
+/** RMS of a 16-bit PCM WAV's samples (the data chunk found by walking the RIFF chunks). */
+fun wavRms(path: String): Pair<Int, Double> {
+    val bytes = File(path).readBytes()
+    val buf = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN)
+    var pos = 12
+    while (pos + 8 <= bytes.size) {
+        val id = String(bytes, pos, 4, Charsets.US_ASCII)
+        val len = buf.getInt(pos + 4)
+        if (id == "data") {
+            val n = minOf(len, bytes.size - pos - 8) / 2
+            var sum = 0.0
+            for (i in 0 until n) {
+                val s = buf.getShort(pos + 8 + 2 * i).toDouble()
+                sum += s * s
+            }
+            return Pair(n, if (n == 0) 0.0 else sqrt(sum / n))
+        }
+        pos += 8 + len + (len and 1)
+    }
+    return Pair(0, 0.0)
+}
+
+fun aRealCall(speech: String, dir: File) {
+    val callerHeard = File(dir, "caller-heard.wav").path
+    val calleeHeard = File(dir, "callee-heard.wav").path
+    val callerId = Identity.generate()
+    val calleeId = Identity.generate()
+    expect(Identity.fromSecret(callerId.secretBytes()).public() == callerId.public(), "identity round trip")
+
+    Phone(PhoneSettings(name = "kt-callee", identity = calleeId, realtime = false,
+        audio = AudioSetup.Files(input = speech, loopInput = true, output = calleeHeard))).use { callee ->
+    Phone(PhoneSettings(name = "kt-caller", identity = callerId, realtime = false,
+        audio = AudioSetup.Files(input = speech, loopInput = true, output = callerHeard))).use { caller ->
+        val calleeEvents = Recorder(throwOnStats = true)
+        val callerEvents = Recorder()
+        callee.setListener(calleeEvents)
+        caller.setListener(callerEvents)
+        val addr = callee.listen("127.0.0.1:0")
+
+        val out = caller.call(addr)
+        out.setListener(callerEvents)
+        waitUntil("the incoming call") { calleeEvents.incoming.isNotEmpty() }
+        val incoming = calleeEvents.incoming[0]
+        expect(incoming.caller.identity.publicKey.contentEquals(callerId.public().publicKey), "caller identity")
+        expect(incoming.caller.trust == Trust.UNVERIFIED, "caller trust ${incoming.caller.trust}")
+        val call = incoming.call
+        call.setListener(calleeEvents)
+        expect(call.state() is CallState.Ringing, "ringing")
+        call.answer()
+
+        waitUntil("both ends active") { out.state() is CallState.Active && call.state() is CallState.Active }
+        val sas = out.sas()
+        expect(sas != null && sas == call.sas(), "the SAS matches on both sides")
+        waitUntil("keys-ready events") {
+            callerEvents.of<CallEvent.KeysReady>().isNotEmpty() && calleeEvents.of<CallEvent.KeysReady>().isNotEmpty()
+        }
+        expect(callerEvents.of<CallEvent.KeysReady>()[0].sas == sas, "caller's KeysReady SAS")
+        expect(calleeEvents.of<CallEvent.KeysReady>()[0].sas == sas, "callee's KeysReady SAS")
+        expect(out.id() == call.id(), "one call id")
+
+        // Let audio flow both ways for a while.
+        waitUntil("audio both ways") { out.stats().packetsReceived > 100u && call.stats().packetsReceived > 100u }
+
+        out.sendDtmf("42*")
+        out.sendData("crm:case=99".toByteArray())
+        waitUntil("DTMF") { calleeEvents.of<CallEvent.Dtmf>().size == 3 }
+        expect(calleeEvents.of<CallEvent.Dtmf>().joinToString("") { it.digit } == "42*", "DTMF digits")
+        waitUntil("call data") { calleeEvents.of<CallEvent.Data>().isNotEmpty() }
+        expect(String(calleeEvents.of<CallEvent.Data>()[0].data) == "crm:case=99", "call data")
+
+        call.hold()
+        waitUntil("peer hold") { callerEvents.of<CallEvent.PeerHold>().any { it.onHold } }
+        call.resume()
+        waitUntil("peer resume") { callerEvents.of<CallEvent.PeerHold>().lastOrNull()?.onHold == false }
+
+        waitUntil("a listener failure") { callee.listenerFailures() > 0u }
+        expect(call.state() is CallState.Active, "the call survives a throwing listener")
+
+        call.hangup()
+        expect(out.waitEnded(10_000u) && call.waitEnded(10_000u), "hang-up ends both")
+        val end = out.state()
+        expect(end is CallState.Ended && end.reason is EndReason.Hangup &&
+            (end.reason as EndReason.Hangup).by == Side.REMOTE, "caller sees the remote hang-up: $end")
+
+        var refused = false
+        try {
+            call.answer()
+        } catch (e: ViskaException.CallEnded) {
+            refused = true
+        }
+        expect(refused, "answering an ended call throws ViskaException.CallEnded")
+        expect(calleeEvents.threads == setOf("vk-kt-callee-ev"), "callee callbacks on ${calleeEvents.threads}")
+        expect(callerEvents.threads == setOf("vk-kt-caller-ev"), "caller callbacks on ${callerEvents.threads}")
+    }
+    }
+    // Both phones are closed (use {}), so both recordings are finished.
+    for (path in listOf(callerHeard, calleeHeard)) {
+        val (n, rms) = wavRms(path)
+        expect(n > 48_000, "$path holds more than a second")
+        expect(rms > 100.0, "$path is not silent (RMS $rms)")
+    }
+}
+
+fun main() {
+    val speech = System.getenv("VISKA_SPEECH") ?: "examples/phone/assets/speech.wav"
+    val dir = kotlin.io.path.createTempDirectory("viska-kt").toFile()
+    try {
+        aRealCall(speech, dir)
+        minimalExample()
+        println("kotlin: all passed")
+    } catch (e: Throwable) {
+        e.printStackTrace()
+        exitProcess(1)
+    } finally {
+        dir.deleteRecursively()
+    }
+    exitProcess(0)
+}

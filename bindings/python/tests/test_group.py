@@ -1,0 +1,104 @@
+"""A 3-party group call through a real relay (the viska-relay binary) and the Python
+bindings alone: create, add, accept, everyone hears everyone, one verification code, leave."""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+import viska
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SPEECH = os.path.join(ROOT, "examples", "phone", "assets", "speech.wav")
+
+
+@pytest.fixture
+def relay(tmp_path):
+    binary = os.environ.get("VISKA_RELAY")
+    if not binary:
+        pytest.fail("VISKA_RELAY must name the viska-relay binary (scripts/test-bindings sets it)")
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay")],
+                            stdout=subprocess.PIPE, text=True)
+    fingerprint = address = None
+    for line in proc.stdout:
+        if line.startswith("fingerprint "):
+            fingerprint = line.split()[1]
+        elif line.startswith("listening on "):
+            address = line.split()[2]
+            break
+    assert fingerprint and address, "the relay did not print its fingerprint and address"
+    yield address, fingerprint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+class Accepting(viska.GroupListener):
+    """Accepts every call it is added to (as a user tapping "join" would) and keeps events."""
+
+    def __init__(self):
+        self.phone = None
+        self.events = []
+        self.lock = threading.Lock()
+
+    def on_event(self, event):
+        with self.lock:
+            self.events.append(event)
+        if isinstance(event, viska.GroupEvent.JOINED) and self.phone is not None:
+            self.phone.accept(event.call)
+
+    def of(self, kind):
+        with self.lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+def test_three_party_call(relay):
+    address, fingerprint = relay
+    ids = [viska.Identity.generate() for _ in range(3)]
+    phones, listeners = [], []
+    for identity in ids:
+        phone = viska.GroupPhone.connect(viska.GroupSettings(
+            relay=address, relay_fingerprint=fingerprint, identity=identity,
+            audio=viska.AudioSetup.FILES(input=SPEECH, loop_input=True, output=None)))
+        listener = Accepting()
+        listener.phone = phone
+        phone.set_listener(listener)
+        phones.append(phone)
+        listeners.append(listener)
+    alice, bob, carol = phones
+
+    call = alice.create_call()
+    alice.add(call, ids[1].public().public_key)
+    alice.add(call, ids[2].public().public_key)
+
+    # Every member hears the two others, all under the group's epoch.
+    for phone in phones:
+        assert phone.wait_heard(call, 3, 30_000), "a member did not hear the two others"
+    infos = [phone.info(call) for phone in phones]
+    codes = {info.verification_code for info in infos}
+    assert len(codes) == 1 and None not in codes, "the members show different verification codes"
+    for info in infos:
+        keys = sorted(p.identity.public_key for p in info.participants)
+        assert keys == sorted(i.public().public_key for i in ids)
+        assert info.accepted and not info.ended
+        assert info.unverified == 2  # nobody has verified the other two
+    for listener in listeners:
+        assert listener.of(viska.GroupEvent.EPOCH), "no epoch event"
+
+    # Carol leaves: the two others see her go and go on hearing each other.
+    carol.leave(call)
+    for phone, listener in ((alice, listeners[0]), (bob, listeners[1])):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not listener.of(viska.GroupEvent.PARTICIPANT_LEFT):
+            time.sleep(0.01)
+        left = listener.of(viska.GroupEvent.PARTICIPANT_LEFT)
+        assert left and left[0].identity.public_key == ids[2].public().public_key
+        assert phone.wait_heard(call, 2, 30_000)
+
+    with pytest.raises(viska.ViskaError.InvalidArgument):
+        alice.add("not a call id", ids[1].public().public_key)
+    for phone in phones:
+        phone.shutdown()
+    with pytest.raises(viska.ViskaError.Closed):
+        alice.create_call()

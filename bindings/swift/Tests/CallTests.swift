@@ -1,0 +1,192 @@
+// A real encrypted call between two phones over loopback QUIC, through the Swift bindings
+// alone: incoming call with identity and trust, answer, audio from a WAV both ways (recorded
+// at each end and checked), SAS, DTMF, call data, hold and resume, a listener that throws,
+// hang-up, and one misuse.
+import Foundation
+import XCTest
+
+#if canImport(Viska)
+    import Viska
+#endif
+
+let timeout: TimeInterval = 20
+
+func waitUntil(_ what: String, _ pred: () -> Bool) {
+    let end = Date().addingTimeInterval(timeout)
+    while Date() < end {
+        if pred() { return }
+        Thread.sleep(forTimeInterval: 0.01)
+    }
+    XCTFail("timed out waiting for \(what)")
+}
+
+/// The OS name of the current thread (Linux), to check where callbacks run.
+func osThreadName() -> String {
+    let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?"
+    return name.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+struct ListenerThrew: Error {}
+
+/// Keeps every event. Runs on the phone's dispatcher thread: records and returns.
+final class Recorder: PhoneListener, CallListener, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _events: [CallEvent] = []
+    private var _incoming: [(Call, CallerInfo)] = []
+    private var _threads: Set<String> = []
+    let throwOnStats: Bool
+
+    init(throwOnStats: Bool = false) { self.throwOnStats = throwOnStats }
+
+    func onEvent(event: PhoneEvent) throws {
+        lock.lock(); defer { lock.unlock() }
+        _threads.insert(osThreadName())
+        if case let .incomingCall(call, caller) = event { _incoming.append((call, caller)) }
+    }
+
+    func onEvent(callId: String, event: CallEvent) throws {
+        lock.lock()
+        _threads.insert(osThreadName())
+        _events.append(event)
+        lock.unlock()
+        if throwOnStats, case .stats = event { throw ListenerThrew() }
+    }
+
+    var events: [CallEvent] { lock.lock(); defer { lock.unlock() }; return _events }
+    var incoming: [(Call, CallerInfo)] { lock.lock(); defer { lock.unlock() }; return _incoming }
+    var threads: Set<String> { lock.lock(); defer { lock.unlock() }; return _threads }
+
+    var dtmf: String {
+        events.compactMap { if case let .dtmf(_, digit, _) = $0 { return digit } else { return nil } }.joined()
+    }
+    var data: [Data] {
+        events.compactMap { if case let .data(_, data) = $0 { return data } else { return nil } }
+    }
+    var holds: [Bool] {
+        events.compactMap { if case let .peerHold(_, onHold) = $0 { return onHold } else { return nil } }
+    }
+    var keysReadySas: [String] {
+        events.compactMap { if case let .keysReady(sas, _) = $0 { return sas } else { return nil } }
+    }
+}
+
+/// Sample count and RMS of a 16-bit PCM WAV (its data chunk found by walking the chunks).
+func wavRms(_ path: String) -> (Int, Double) {
+    guard let bytes = FileManager.default.contents(atPath: path) else { return (0, 0) }
+    let b = [UInt8](bytes)
+    func u32(_ i: Int) -> Int { Int(b[i]) | Int(b[i + 1]) << 8 | Int(b[i + 2]) << 16 | Int(b[i + 3]) << 24 }
+    var pos = 12
+    while pos + 8 <= b.count {
+        let id = String(decoding: b[pos..<pos + 4], as: UTF8.self)
+        let len = u32(pos + 4)
+        if id == "data" {
+            let n = min(len, b.count - pos - 8) / 2
+            var sum = 0.0
+            for i in 0..<n {
+                let s = Double(Int16(bitPattern: UInt16(b[pos + 8 + 2 * i]) | UInt16(b[pos + 9 + 2 * i]) << 8))
+                sum += s * s
+            }
+            return (n, n == 0 ? 0 : (sum / Double(n)).squareRoot())
+        }
+        pos += 8 + len + (len & 1)
+    }
+    return (0, 0)
+}
+
+final class CallTests: XCTestCase {
+    static let allTests = [
+        ("testARealCall", testARealCall),
+        ("testMinimalExample", testMinimalExample),
+    ]
+
+    func testARealCall() throws {
+        let speech = ProcessInfo.processInfo.environment["VISKA_SPEECH"] ?? "speech.wav"
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viska-swift-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let callerHeard = dir.appendingPathComponent("caller-heard.wav").path
+        let calleeHeard = dir.appendingPathComponent("callee-heard.wav").path
+
+        let callerId = Identity.generate()
+        let calleeId = Identity.generate()
+        XCTAssertEqual(try Identity.fromSecret(secret: callerId.secretBytes()).public(), callerId.public())
+
+        let calleeEvents = Recorder(throwOnStats: true)
+        let callerEvents = Recorder()
+        do {
+            let callee = try Phone(settings: PhoneSettings(
+                name: "sw-callee", identity: calleeId,
+                audio: .files(input: speech, loopInput: true, output: calleeHeard), realtime: false))
+            let caller = try Phone(settings: PhoneSettings(
+                name: "sw-caller", identity: callerId,
+                audio: .files(input: speech, loopInput: true, output: callerHeard), realtime: false))
+            callee.setListener(listener: calleeEvents)
+            caller.setListener(listener: callerEvents)
+            let addr = try callee.listen(addr: "127.0.0.1:0")
+
+            let out = try caller.call(addr: addr)
+            out.setListener(listener: callerEvents)
+            waitUntil("the incoming call") { !calleeEvents.incoming.isEmpty }
+            let (call, info) = calleeEvents.incoming[0]
+            XCTAssertEqual(info.identity.publicKey, callerId.public().publicKey)
+            XCTAssertEqual(info.trust, .unverified)
+            call.setListener(listener: calleeEvents)
+            XCTAssertEqual(call.state(), .ringing)
+            try call.answer()
+
+            waitUntil("both ends active") {
+                if case .active = out.state(), case .active = call.state() { return true }
+                return false
+            }
+            let sas = out.sas()
+            XCTAssertNotNil(sas)
+            XCTAssertEqual(sas, call.sas())
+            waitUntil("keys-ready events") { !callerEvents.keysReadySas.isEmpty && !calleeEvents.keysReadySas.isEmpty }
+            XCTAssertEqual(callerEvents.keysReadySas.first, sas)
+            XCTAssertEqual(calleeEvents.keysReadySas.first, sas)
+            XCTAssertEqual(out.id(), call.id())
+
+            waitUntil("audio both ways") { out.stats().packetsReceived > 100 && call.stats().packetsReceived > 100 }
+
+            try out.sendDtmf(digits: "7#0")
+            try out.sendData(data: Data("crm:lead=7".utf8))
+            waitUntil("DTMF") { calleeEvents.dtmf.count == 3 }
+            XCTAssertEqual(calleeEvents.dtmf, "7#0")
+            waitUntil("call data") { !calleeEvents.data.isEmpty }
+            XCTAssertEqual(calleeEvents.data.first, Data("crm:lead=7".utf8))
+
+            try out.hold()
+            waitUntil("peer hold") { calleeEvents.holds.contains(true) }
+            try out.resume()
+            waitUntil("peer resume") { calleeEvents.holds.last == false }
+
+            waitUntil("a listener failure") { callee.listenerFailures() > 0 }
+            if case .active = call.state() {} else { XCTFail("the call did not survive a throwing listener") }
+
+            try out.hangup()
+            XCTAssertTrue(out.waitEnded(timeoutMs: 10_000))
+            XCTAssertTrue(call.waitEnded(timeoutMs: 10_000))
+            guard case let .ended(reason) = call.state(), case let .hangup(by, _) = reason else {
+                return XCTFail("the callee's call is not ended by a hang-up: \(call.state())")
+            }
+            XCTAssertEqual(by, .remote)
+
+            XCTAssertThrowsError(try call.answer()) { error in
+                XCTAssertEqual(error as? ViskaError, .CallEnded)
+            }
+            XCTAssertEqual(calleeEvents.threads, ["vk-sw-callee-ev"])
+            XCTAssertEqual(callerEvents.threads, ["vk-sw-caller-ev"])
+            XCTAssertTrue(caller.shutdown(timeoutMs: 10_000))
+            XCTAssertTrue(callee.shutdown(timeoutMs: 10_000))
+        }
+        for path in [callerHeard, calleeHeard] {
+            let (n, rms) = wavRms(path)
+            XCTAssertGreaterThan(n, 48_000, "\(path) holds more than a second")
+            XCTAssertGreaterThan(rms, 100, "\(path) is not silent")
+        }
+    }
+
+    func testMinimalExample() throws {
+        try minimalExample()
+    }
+}
