@@ -399,6 +399,14 @@ impl OpusDecoder {
         written.map_err(CodecError::from_opus)
     }
 
+    /// Forgets the stream so far, as a new decoder (the settings stay). For the first packet
+    /// of a talkspurt after a DTX pause: after seconds of comfort noise the libopus decoder
+    /// brings the new speech up over some 200 ms (measured: a 300 Hz tone at a quarter of its
+    /// level in the first frames), while a decoder that starts afresh plays it at once.
+    pub fn reset(&mut self) -> Result<(), CodecError> {
+        self.raw.reset().map_err(CodecError::from_opus)
+    }
+
     /// Rebuilds a lost frame from the DRED deep redundancy carried in a LATER packet.
     ///
     /// `offset_samples` is how far before the start of `later_packet` the lost frame begins

@@ -558,6 +558,16 @@ impl JitterBuffer {
         self.comfort
     }
 
+    /// Whether the next pop ends a DTX pause with speech: comfort noise is being played and
+    /// the packet at the playout position is buffered and is no comfort-noise update.
+    pub fn head_ends_comfort_noise(&self) -> bool {
+        self.comfort
+            && self
+                .slot(self.next_seq)
+                .and_then(|index| self.slots.get(index))
+                .is_some_and(|slot| !slot.dtx)
+    }
+
     /// Whether the two frames at the playout position are both buffered, so one can be
     /// dropped without a gap.
     pub fn two_ready(&self) -> bool {

@@ -207,6 +207,13 @@ impl RawDecoder {
         if rc == ffi::OPUS_OK { Ok(()) } else { Err(rc) }
     }
 
+    /// Back to the state of a new decoder (`OPUS_RESET_STATE`); the settings stay.
+    pub(crate) fn reset(&mut self) -> Result<(), c_int> {
+        // SAFETY: `state` is live; OPUS_RESET_STATE takes no argument.
+        let rc = unsafe { ffi::opus_decoder_ctl(self.state.as_ptr(), ffi::OPUS_RESET_STATE) };
+        if rc == ffi::OPUS_OK { Ok(()) } else { Err(rc) }
+    }
+
     /// Decodes `packet` (or conceals when `None`) into `out`, whose length is passed as the
     /// frame size: the maximum for a normal decode, the exact duration for PLC and FEC.
     pub(crate) fn decode(

@@ -571,8 +571,14 @@ impl Playout {
         adjustment: DelayAdjustment,
         out: &mut [i16],
     ) -> PullOutcome {
+        let onset = self.buffer.head_ends_comfort_noise();
         match self.buffer.pop(now) {
             Next::Packet(packet) => {
+                if onset {
+                    // Speech after a DTX pause starts from a fresh decoder (see
+                    // `OpusDecoder::reset`); failing that, it is decoded as it is.
+                    let _ = self.decoder.reset();
+                }
                 let quiet_hint = packet.len() <= 2;
                 if !decode_into(&mut self.decoder, packet, out) {
                     self.decode_errors += 1;
