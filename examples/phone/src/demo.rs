@@ -330,11 +330,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         tls_key_log: args.tls_key_log,
         ..viska::TransportConfig::default()
     };
+    let opus = viska::media::codec::OpusConfig {
+        bitrate_bps: args.bitrate,
+        dtx: !args.no_dtx,
+        ..viska::media::codec::OpusConfig::default()
+    };
     let callee = demo_phone(
         "callee",
         args.suite,
-        args.bitrate,
-        !args.no_dtx,
+        opus,
         FileAudio {
             input: None,
             loop_input: false,
@@ -353,8 +357,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let caller = demo_phone(
         "caller",
         args.suite,
-        args.bitrate,
-        !args.no_dtx,
+        opus,
         FileAudio {
             input: Some(input.clone()),
             loop_input: true,

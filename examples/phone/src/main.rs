@@ -528,8 +528,7 @@ pub(crate) struct DemoLink {
 pub(crate) fn demo_phone(
     name: &str,
     suite: SuiteArg,
-    bitrate: u32,
-    dtx: bool,
+    opus: OpusConfig,
     audio: FileAudio,
     link: DemoLink,
     probe: Option<Arc<LatencyProbe>>,
@@ -542,11 +541,7 @@ pub(crate) fn demo_phone(
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
         .transport(transport)
-        .opus(OpusConfig {
-            bitrate_bps: bitrate,
-            dtx,
-            ..OpusConfig::default()
-        })
+        .opus(opus)
         .audio(Arc::new(audio))
         .realtime(realtime);
     if let Some(probe) = probe {
