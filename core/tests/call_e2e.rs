@@ -922,3 +922,78 @@ fn failed_handshakes_are_security_events_with_the_source_and_rate_limited() {
         "{events:?}"
     );
 }
+
+/// The IP-level bitrate a phone's connection sent over at least `span`, every packet counted
+/// (media, ACK-only packets, keep-alives, signaling; IPv4 and UDP headers added): measured
+/// between two refreshes of the call's counters (once a second), seen within 5 ms.
+fn wire_bps(call: &CallHandle, span: Duration) -> f64 {
+    use viska::WireCounters;
+    let refresh = |after: WireCounters| {
+        assert!(
+            eventually(|| call.snapshot().wire != after),
+            "counters not refreshed"
+        );
+        (std::time::Instant::now(), call.snapshot().wire)
+    };
+    let (t0, w0) = refresh(call.snapshot().wire);
+    std::thread::sleep(span);
+    let (t1, w1) = refresh(call.snapshot().wire);
+    let bytes = w1.since(&w0).wire_bytes(WireCounters::IPV4_UDP_HEADER);
+    bytes as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
+}
+
+/// Both ends silent (the caller plays digital zero, the callee has no input): with DTX, the
+/// default, each connection sends well under 8 kbit/s at the IP level, every layer and packet
+/// counted, and the callee plays comfort noise without counting loss or concealment. With
+/// DTX off the same call sends several times that.
+#[test]
+fn a_silent_call_sends_under_8_kbits_with_dtx() {
+    let dir = temp_dir("dtx");
+    let silence = dir.join("silence.wav");
+    let mut sink = WavSink::create(&silence).expect("create wav");
+    for _ in 0..50 {
+        sink.write_frame(&[0i16; 960]).expect("write");
+    }
+    sink.finish().expect("finish");
+    let mut rates = Vec::new();
+    for dtx in [true, false] {
+        let input = silence.clone();
+        let pair = connect(&dir, |callee, _| {
+            (
+                callee.dtx(dtx),
+                config("e2e-caller").dtx(dtx).audio(Arc::new(FileAudio {
+                    input: Some(input),
+                    loop_input: true,
+                    output: None,
+                })),
+            )
+        });
+        // Past the call's first second (signaling, the encoders' first frames).
+        let_media_flow(&pair.call, 5);
+        std::thread::sleep(Duration::from_millis(1500));
+        let caller = wire_bps(&pair.call, Duration::from_secs(3));
+        let callee = wire_bps(&pair.answered, Duration::from_secs(1));
+        hang_up(&pair);
+        let heard = pair.answered.snapshot().media;
+        assert_eq!(heard.playout.lost, 0, "{:?}", heard.playout);
+        assert_eq!(heard.playout.concealed, 0, "{:?}", heard.playout);
+        if dtx {
+            assert!(heard.playout.comfort_noise > 50, "{:?}", heard.playout);
+            let sent = pair.call.snapshot().media;
+            assert!(
+                sent.comfort_noise_sent * 2 > sent.frames_sent,
+                "mostly comfort-noise updates: {sent:?}"
+            );
+        }
+        rates.push((dtx, caller, callee));
+    }
+    for &(dtx, caller, callee) in &rates {
+        if dtx {
+            assert!(caller <= 8_000.0, "caller {caller} bit/s with DTX");
+            assert!(callee <= 8_000.0, "callee {callee} bit/s with DTX");
+        } else {
+            assert!(caller > 16_000.0, "caller {caller} bit/s without DTX");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -18,6 +18,8 @@ enum Op {
         far_jump: Option<u64>,
         len: u16,
         marker: bool,
+        /// The packet is flagged as a comfort-noise update.
+        dtx: bool,
     },
     /// A playout period `advance_us` after the previous operation (time may step back a bit).
     Pop {
@@ -60,6 +62,7 @@ fuzz_target!(|input: Input| {
                 far_jump,
                 len,
                 marker,
+                dtx,
             } => {
                 now += Duration::from_micros(u64::from(advance_us));
                 seq = match far_jump {
@@ -69,7 +72,7 @@ fuzz_target!(|input: Input| {
                 // The first 8 bytes name the frame, so pops can be checked.
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
                 let len = usize::from(len) % payload.len();
-                let _ = buffer.push(now, seq, &payload[..len], PushMeta { marker });
+                let _ = buffer.push(now, seq, &payload[..len], PushMeta { marker, dtx });
             }
             Op::Pop { advance_us, back } => {
                 let step = Duration::from_micros(u64::from(advance_us));

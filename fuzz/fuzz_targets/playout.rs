@@ -25,7 +25,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use viska_media::audio::SAMPLE_RATE;
 use viska_media::codec::{FrameDuration, OpusConfig, OpusDecoder, OpusEncoder};
-use viska_media::jitter::JitterConfig;
+use viska_media::jitter::{JitterConfig, PushMeta};
 use viska_media::playout::{JitterStats, Playout, PlayoutConfig, PullOutcome};
 use viska_media::stretch::{StretchConfig, TimeStretcher};
 
@@ -56,6 +56,8 @@ enum Op {
         seq_delta: i8,
         payload: Payload,
         marker: bool,
+        /// The packet is flagged as a comfort-noise update.
+        dtx: bool,
     },
     /// A pull one frame period after the last one, `jitter_us` early or late.
     Pull {
@@ -336,6 +338,7 @@ fuzz_target!(|input: Input| {
                 seq_delta,
                 payload,
                 marker,
+                dtx,
             } => {
                 steps += 1;
                 now += Duration::from_micros(u64::from(advance_us));
@@ -349,7 +352,7 @@ fuzz_target!(|input: Input| {
                     Payload::Silence => &packets.silence,
                     Payload::Bytes(bytes) => bytes,
                 };
-                let _ = playout.push(now, seq, bytes, marker);
+                let _ = playout.push(now, seq, bytes, PushMeta { marker, dtx });
                 checker.check_monotonic(&playout);
             }
             Op::Pull { jitter_us } => {
@@ -391,7 +394,7 @@ fuzz_target!(|input: Input| {
                     let arrived = in_flight.partition_point(|&(at, _, _)| at <= period_start);
                     for (at, packet_seq, index) in in_flight.drain(..arrived) {
                         now = now.max(at);
-                        let _ = playout.push(now, packet_seq, &packets.voiced[index], false);
+                        let _ = playout.push(now, packet_seq, &packets.voiced[index], PushMeta::default());
                         checker.check_monotonic(&playout);
                     }
                     now = period_start;
@@ -401,7 +404,7 @@ fuzz_target!(|input: Input| {
                 }
                 for (at, packet_seq, index) in in_flight {
                     now = now.max(at);
-                    let _ = playout.push(now, packet_seq, &packets.voiced[index], false);
+                    let _ = playout.push(now, packet_seq, &packets.voiced[index], PushMeta::default());
                     checker.check_monotonic(&playout);
                 }
             }

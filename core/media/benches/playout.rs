@@ -64,7 +64,12 @@ fn bench(c: &mut Criterion) {
             let len = encoder.encode(frame, &mut packet).expect("encode");
             // Virtual clock: the packet arrives 30 ms after its frame, the pull runs every 20 ms.
             let sent = epoch + Duration::from_millis(seq * 20);
-            playout.push(sent + Duration::from_millis(30), seq, &packet[..len], false);
+            playout.push(
+                sent + Duration::from_millis(30),
+                seq,
+                &packet[..len],
+                PushMeta::default(),
+            );
             let pulled = playout
                 .pull(sent + Duration::from_millis(47), &mut out)
                 .expect("pull");

@@ -37,6 +37,7 @@ use viska_media::codec::{
     FrameDuration, MAX_PACKET_BYTES, MAX_PACKET_SAMPLES, OpusConfig, OpusDecoder, OpusEncoder,
     packet_has_fec,
 };
+use viska_media::jitter::PushMeta;
 use viska_media::playout::{Playout, PlayoutConfig, PullOutcome};
 use viska_media::wav::{WavSink, WavSource};
 
@@ -187,6 +188,9 @@ fn run(args: &Args) -> Result<Counters, String> {
         expected_loss_pct: args.expected_loss,
         dred_duration_ms: args.dred_ms,
         decoder_complexity: args.decoder_complexity,
+        // Every frame is sent and scored here, as the loss models assume; DTX is measured in
+        // real calls (`viska-phone demo`, performance.md "Silence (DTX)").
+        dtx: false,
         ..OpusConfig::default()
     };
     let frame = config.frame_samples();
@@ -345,7 +349,15 @@ fn receive_with_playout(
                 break;
             }
             let payload = packets.get(j).map(Vec::as_slice).unwrap_or_default();
-            playout.push(at(arrival), j as u64, payload, j == 0);
+            playout.push(
+                at(arrival),
+                j as u64,
+                payload,
+                PushMeta {
+                    marker: j == 0,
+                    dtx: false,
+                },
+            );
             next_arrival += 1;
         }
         let outcome = playout

@@ -104,7 +104,9 @@ pub struct OpusConfig {
     /// Loss rate the encoder prepares for, percent (0..=100); drives how much FEC and DRED
     /// it spends bits on.
     pub expected_loss_pct: u8,
-    /// Discontinuous transmission: near-empty packets during silence.
+    /// Discontinuous transmission (on by default): while the input is silent the encoder
+    /// emits a comfort-noise update every 400 ms and 1-byte packets, which are not sent, in
+    /// between (see [`OpusEncoder::encode`]).
     pub dtx: bool,
     /// Encoder complexity 0..=10.
     pub complexity: u8,
@@ -123,7 +125,7 @@ impl Default for OpusConfig {
             bitrate_bps: 32_000,
             fec: true,
             expected_loss_pct: 10,
-            dtx: false,
+            dtx: true,
             complexity: 9,
             decoder_complexity: 7,
             dred_duration_ms: 0,
@@ -215,7 +217,8 @@ impl OpusEncoder {
 
     /// Encodes one frame (exactly [`OpusConfig::frame_samples`] samples) into `out` and returns
     /// the packet length. `out` of [`MAX_PACKET_BYTES`] always suffices. With DTX on, a packet
-    /// of 1 or 2 bytes means "silence, nothing worth sending".
+    /// of 1 or 2 bytes means "silence, nothing worth sending"; [`Self::in_dtx`] tells a
+    /// comfort-noise update from speech.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         if pcm.len() != self.frame_samples {
             return Err(CodecError::FrameSize {
@@ -224,6 +227,13 @@ impl OpusEncoder {
             });
         }
         self.raw.encode(pcm, out).map_err(CodecError::from_opus)
+    }
+
+    /// Whether the frame encoded last was produced in DTX: a packet of more than 2 bytes is
+    /// then a comfort-noise update (the background's level and spectrum, sent every 400 ms
+    /// while the input stays silent), one of at most 2 bytes a frame that needs no sending.
+    pub fn in_dtx(&mut self) -> Result<bool, CodecError> {
+        self.raw.in_dtx().map_err(CodecError::from_opus)
     }
 
     /// Changes the target bitrate (bits per second, 6000..=510000).
@@ -271,6 +281,9 @@ fn bitrate_i32(bitrate_bps: u32) -> Result<i32, CodecError> {
     })
 }
 
+/// The lowest decoder complexity at which libopus 1.5+ conceals with its neural PLC.
+const DEEP_PLC_COMPLEXITY: i32 = 5;
+
 /// Samples one DRED latent vector covers (40 ms at 48 kHz).
 const DRED_LATENT_SAMPLES: i32 = 1_920;
 
@@ -289,6 +302,7 @@ struct DredCache {
 pub struct OpusDecoder {
     raw: RawDecoder,
     frame_samples: usize,
+    complexity: i32,
     dred: Option<DredCache>,
 }
 
@@ -298,11 +312,13 @@ impl OpusDecoder {
     pub fn new(config: &OpusConfig) -> Result<Self, CodecError> {
         config.validate()?;
         let mut raw = RawDecoder::new().map_err(CodecError::from_opus)?;
-        raw.set_complexity(i32::from(config.decoder_complexity))
+        let complexity = i32::from(config.decoder_complexity);
+        raw.set_complexity(complexity)
             .map_err(CodecError::from_opus)?;
         Ok(Self {
             raw,
             frame_samples: config.frame_samples(),
+            complexity,
             dred: None,
         })
     }
@@ -354,6 +370,41 @@ impl OpusDecoder {
         self.raw
             .decode(None, dest, false)
             .map_err(CodecError::from_opus)
+    }
+
+    /// Plays one frame of a DTX pause (the sender sent nothing for it, on purpose), writing
+    /// one frame into `out`: libopus' comfort noise, shaped by the last comfort-noise update
+    /// decoded. This is libopus' own DTX path (a decode without data) at a complexity below
+    /// the neural concealment's, so that seconds of silence are not run through a network
+    /// meant to bridge lost speech; the configured complexity is back for the next call.
+    pub fn comfort_noise(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
+        let frame = self.frame_samples;
+        let got = out.len();
+        let dest = out.get_mut(..frame).ok_or(CodecError::FrameSize {
+            expected: frame,
+            got,
+        })?;
+        let lowered = self.complexity >= DEEP_PLC_COMPLEXITY;
+        if lowered {
+            self.raw
+                .set_complexity(DEEP_PLC_COMPLEXITY - 1)
+                .map_err(CodecError::from_opus)?;
+        }
+        let written = self.raw.decode(None, dest, false);
+        if lowered {
+            self.raw
+                .set_complexity(self.complexity)
+                .map_err(CodecError::from_opus)?;
+        }
+        written.map_err(CodecError::from_opus)
+    }
+
+    /// Forgets the stream so far, as a new decoder (the settings stay). For the first packet
+    /// of a talkspurt after a DTX pause: after seconds of comfort noise the libopus decoder
+    /// brings the new speech up over some 200 ms (measured: a 300 Hz tone at a quarter of its
+    /// level in the first frames), while a decoder that starts afresh plays it at once.
+    pub fn reset(&mut self) -> Result<(), CodecError> {
+        self.raw.reset().map_err(CodecError::from_opus)
     }
 
     /// Rebuilds a lost frame from the DRED deep redundancy carried in a LATER packet.

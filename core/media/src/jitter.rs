@@ -46,7 +46,9 @@
 //! * A missing frame with later packets buffered is a loss ([`Next::Conceal`] or
 //!   [`Next::RecoverFec`]). A missing frame with nothing buffered ([`Next::Gap`]) may be a
 //!   loss, a stall or a DTX pause: it is counted when the next packet arrives, as lost unless
-//!   that packet starts a new talkspurt. So is a jump past the ring (the peer held the call
+//!   that packet starts a new talkspurt. After a comfort-noise update ([`PushMeta::dtx`]) the
+//!   sender has said it pauses: such a frame is [`Next::Comfort`], counted as a pause at
+//!   once and never as loss, until a packet is played again. So is a jump past the ring (the peer held the call
 //!   while this end played nothing from the buffer): a pause if the packet is marked, else
 //!   losses.
 //! * A sequence number far outside the window (further back than the capacity behind both the
@@ -196,6 +198,10 @@ pub struct PushMeta {
     /// The packet starts a new talkspurt (RTP-style marker): the sequence numbers skipped
     /// before it were silence the sender did not transmit (DTX, hold, mute), not losses.
     pub marker: bool,
+    /// The packet is a comfort-noise update (the media flag D): the sender is in DTX and
+    /// sends nothing more until its next update or the next talkspurt, so the frames missing
+    /// after it are silence, known as such before anything else arrives.
+    pub dtx: bool,
 }
 
 /// What [`JitterBuffer::push`] did with a packet.
@@ -241,6 +247,10 @@ pub enum Next<'a> {
     /// Nothing is buffered for this frame: a loss, a stall or a pause in transmission
     /// (settled when the next packet arrives). Play a concealment / comfort frame.
     Gap,
+    /// Nothing is buffered for this frame and the last packet played was a comfort-noise
+    /// update ([`PushMeta::dtx`]): the sender is in DTX and did not send it. Counted as a
+    /// pause at once, never as loss. Play comfort noise.
+    Comfort,
     /// The frame is missing and the buffer chose to wait for it (the delay grows by one
     /// frame): play a filler frame; the playout position did not move.
     Wait,
@@ -282,8 +292,13 @@ pub struct BufferStats {
     pub lost: u64,
     /// Of `lost`, the frames handed out as [`Next::Gap`] and later settled as loss.
     pub lost_in_gaps: u64,
-    /// Frames of transmission pauses (before a talkspurt start), not counted as lost.
+    /// Frames of transmission pauses (before a talkspurt start, or after a comfort-noise
+    /// update), not counted as lost.
     pub dtx_frames: u64,
+    /// Of `dtx_frames`, those handed out as [`Next::Comfort`].
+    pub comfort_frames: u64,
+    /// Packets pushed that carried [`PushMeta::dtx`] (comfort-noise updates).
+    pub received_dtx: u64,
     /// Frames handed out as [`Next::Gap`] and not settled yet.
     pub unsettled_gaps: u64,
     /// Silent frames skipped before a talkspurt start to shrink the delay.
@@ -302,6 +317,7 @@ struct Slot {
     len: usize,
     filled: bool,
     marker: bool,
+    dtx: bool,
     data: Box<[u8]>,
 }
 
@@ -431,6 +447,9 @@ pub struct JitterBuffer {
     estimator: DelayEstimator,
     /// Waits since a packet was last played.
     episode_waits: usize,
+    /// The last packet played was a comfort-noise update and only [`Next::Comfort`] frames
+    /// have followed it: the sender is in DTX.
+    comfort: bool,
     stats: BufferStats,
 }
 
@@ -444,6 +463,7 @@ impl JitterBuffer {
                 len: 0,
                 filled: false,
                 marker: false,
+                dtx: false,
                 data: vec![0; config.slot_bytes].into_boxed_slice(),
             })
             .collect();
@@ -463,6 +483,7 @@ impl JitterBuffer {
             last_stall_us: None,
             estimator: DelayEstimator::new(),
             episode_waits: 0,
+            comfort: false,
             stats: BufferStats::default(),
         })
     }
@@ -530,6 +551,23 @@ impl JitterBuffer {
         self.started && self.slot(self.next_seq).is_some()
     }
 
+    /// Whether the sender is in DTX as far as playout has gone: the last packet played was a
+    /// comfort-noise update and only [`Next::Comfort`] frames have followed. A filler frame
+    /// played now should be comfort noise too.
+    pub fn in_comfort_noise(&self) -> bool {
+        self.comfort
+    }
+
+    /// Whether the next pop ends a DTX pause with speech: comfort noise is being played and
+    /// the packet at the playout position is buffered and is no comfort-noise update.
+    pub fn head_ends_comfort_noise(&self) -> bool {
+        self.comfort
+            && self
+                .slot(self.next_seq)
+                .and_then(|index| self.slots.get(index))
+                .is_some_and(|slot| !slot.dtx)
+    }
+
     /// Whether the two frames at the playout position are both buffered, so one can be
     /// dropped without a gap.
     pub fn two_ready(&self) -> bool {
@@ -569,6 +607,9 @@ impl JitterBuffer {
     /// Stores a packet that arrived at `now`.
     pub fn push(&mut self, now: Instant, seq: u64, payload: &[u8], meta: PushMeta) -> PushOutcome {
         self.stats.received = self.stats.received.saturating_add(1);
+        if meta.dtx {
+            self.stats.received_dtx = self.stats.received_dtx.saturating_add(1);
+        }
         self.epoch.get_or_insert(now);
         if payload.is_empty() || payload.len() > self.config.slot_bytes {
             self.stats.oversized = self.stats.oversized.saturating_add(1);
@@ -584,7 +625,7 @@ impl JitterBuffer {
             self.anchor(now, seq);
             self.settle_gaps(meta.marker);
             self.record_arrival(t, seq);
-            self.store(seq, payload, meta.marker);
+            self.store(seq, payload, meta);
             return PushOutcome::Accepted;
         }
 
@@ -606,7 +647,7 @@ impl JitterBuffer {
             self.restart_state();
             self.anchor(now, seq);
             self.record_arrival(t, seq);
-            self.store(seq, payload, meta.marker);
+            self.store(seq, payload, meta);
             return PushOutcome::Resynced { dropped };
         }
 
@@ -633,7 +674,14 @@ impl JitterBuffer {
                     };
                     self.next_seq = seq;
                     self.record_arrival(t, seq);
-                    self.store(seq, payload, true);
+                    self.store(
+                        seq,
+                        payload,
+                        PushMeta {
+                            marker: true,
+                            ..meta
+                        },
+                    );
                     return PushOutcome::Accepted;
                 }
                 let back = behind - 1;
@@ -685,7 +733,7 @@ impl JitterBuffer {
         }
         self.settle_gaps(meta.marker);
         self.record_arrival(t, seq);
-        self.store(seq, payload, meta.marker);
+        self.store(seq, payload, meta);
         outcome
     }
 
@@ -716,6 +764,13 @@ impl JitterBuffer {
                         self.stats.waits = self.stats.waits.saturating_add(1);
                         return Next::Wait;
                     }
+                    if self.comfort {
+                        // The sender said it pauses: silence, not a loss to settle later.
+                        self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(1);
+                        self.stats.comfort_frames = self.stats.comfort_frames.saturating_add(1);
+                        self.advance(false);
+                        return Next::Comfort;
+                    }
                     self.stats.unsettled_gaps = self.stats.unsettled_gaps.saturating_add(1);
                     self.advance(false);
                     self.gapped |= 1;
@@ -742,10 +797,15 @@ impl JitterBuffer {
                         }
                         self.stats.dtx_frames = self.stats.dtx_frames.saturating_add(1);
                         self.advance(false);
+                        if self.comfort {
+                            self.stats.comfort_frames = self.stats.comfort_frames.saturating_add(1);
+                            return Next::Comfort;
+                        }
                         return Next::Gap;
                     }
                 }
                 Some((first_seq, false)) => {
+                    self.comfort = false;
                     self.stats.lost = self.stats.lost.saturating_add(1);
                     self.advance(false);
                     if first_seq == self.next_seq {
@@ -767,6 +827,7 @@ impl JitterBuffer {
                 }
                 self.count = self.count.saturating_sub(1);
                 self.advance(true);
+                self.comfort = self.slots.get(index).is_some_and(|slot| slot.dtx);
                 self.packet_at(index, false)
             }
             None => Next::Conceal,
@@ -816,6 +877,7 @@ impl JitterBuffer {
         self.gapped = 0;
         self.last_stall_us = None;
         self.episode_waits = 0;
+        self.comfort = false;
         self.stats.unsettled_gaps = 0;
         self.estimator.clear();
     }
@@ -848,7 +910,7 @@ impl JitterBuffer {
         self.estimator.record(t, offset, decay, 2.0 * max_us);
     }
 
-    fn store(&mut self, seq: u64, payload: &[u8], marker: bool) {
+    fn store(&mut self, seq: u64, payload: &[u8], meta: PushMeta) {
         let index = self.index(seq);
         let Some(slot) = self.slots.get_mut(index) else {
             return;
@@ -862,7 +924,8 @@ impl JitterBuffer {
         }
         slot.seq = seq;
         slot.len = payload.len();
-        slot.marker = marker;
+        slot.marker = meta.marker;
+        slot.dtx = meta.dtx;
         slot.filled = true;
         self.highest = self.highest.max(seq);
         self.stats.accepted = self.stats.accepted.saturating_add(1);

@@ -117,6 +117,26 @@ impl RawEncoder {
         }
     }
 
+    /// Whether the last frame encoded was a comfort-noise update or not encoded because of
+    /// DTX (`OPUS_GET_IN_DTX`).
+    pub(crate) fn in_dtx(&mut self) -> Result<bool, c_int> {
+        let mut value: i32 = 0;
+        // SAFETY: `state` is live; OPUS_GET_IN_DTX writes one `opus_int32` through the
+        // pointer, which points at a local that outlives the call.
+        let rc = unsafe {
+            ffi::opus_encoder_ctl(
+                self.state.as_ptr(),
+                ffi::OPUS_GET_IN_DTX_REQUEST,
+                &mut value as *mut i32,
+            )
+        };
+        if rc == ffi::OPUS_OK {
+            Ok(value != 0)
+        } else {
+            Err(rc)
+        }
+    }
+
     /// Encodes exactly `pcm.len()` samples (a valid Opus frame size) into `out`.
     pub(crate) fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, c_int> {
         let frame = len_i32(pcm.len())?;
@@ -184,6 +204,13 @@ impl RawDecoder {
                 complexity,
             )
         };
+        if rc == ffi::OPUS_OK { Ok(()) } else { Err(rc) }
+    }
+
+    /// Back to the state of a new decoder (`OPUS_RESET_STATE`); the settings stay.
+    pub(crate) fn reset(&mut self) -> Result<(), c_int> {
+        // SAFETY: `state` is live; OPUS_RESET_STATE takes no argument.
+        let rc = unsafe { ffi::opus_decoder_ctl(self.state.as_ptr(), ffi::OPUS_RESET_STATE) };
         if rc == ffi::OPUS_OK { Ok(()) } else { Err(rc) }
     }
 

@@ -49,6 +49,15 @@
 //! [`OpusConfig::dred_duration_ms`] says it carries DRED) from the deep redundancy of the
 //! earliest later packet in hand, else concealed. Nothing is waited for. DRED costs about
 //! 0.7 ms of CPU per rebuilt frame, well inside a 20 ms period.
+//!
+//! # Silence (DTX)
+//!
+//! A sender in DTX sends a comfort-noise update every 400 ms and nothing in between. The
+//! frames after an update are played as libopus' comfort noise ([`PullOutcome::ComfortNoise`],
+//! [`OpusDecoder::comfort_noise`]): no concealment, no loss, no FEC or DRED attempt, and they
+//! count as a pause for the delay rules above (growing inserts comfort noise; the buffer
+//! skips silence before the next talkspurt), while a request for a change made during one
+//! never makes the speech after it stretched.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -133,6 +142,9 @@ pub enum PullOutcome {
     Concealed,
     /// Nothing was buffered (loss, stall or transmission pause): concealment / comfort audio.
     Gap,
+    /// The sender is in DTX (its last packet was a comfort-noise update) and sent nothing for
+    /// this frame: comfort noise, not concealment.
+    ComfortNoise,
     /// A filler frame inserted to grow the delay (during a pause, or while the stream stalled).
     Inserted,
     /// A quiet frame was dropped to shrink the delay and the next one decoded instead.
@@ -176,6 +188,12 @@ pub struct JitterStats {
     pub stretch_inserted: Duration,
     /// Frames of transmission pauses (DTX, hold), not counted as lost.
     pub dtx_frames: u64,
+    /// Frames played as comfort noise through the sender's DTX pauses (those of
+    /// `dtx_frames` handed out after a comfort-noise update, and fillers inserted in such a
+    /// pause to grow the delay); never counted in `concealed` or `lost`.
+    pub comfort_noise: u64,
+    /// Comfort-noise updates received (packets flagged D), included in `received`.
+    pub received_dtx: u64,
     /// Packets the decoder rejected (concealed instead; included in `concealed`, not `lost`).
     pub decode_errors: u64,
     /// Buffered packets discarded by overflow or resync.
@@ -210,6 +228,8 @@ impl JitterStats {
         self.stretch_removed += other.stretch_removed;
         self.stretch_inserted += other.stretch_inserted;
         self.dtx_frames += other.dtx_frames;
+        self.comfort_noise += other.comfort_noise;
+        self.received_dtx += other.received_dtx;
         self.decode_errors += other.decode_errors;
         self.overflow_dropped += other.overflow_dropped;
         self.resyncs += other.resyncs;
@@ -236,6 +256,8 @@ pub struct Playout {
     dropped_for_delay: u64,
     inserted_for_delay: u64,
     decode_errors: u64,
+    /// Frames played as comfort noise (DTX pauses, and fillers inserted in them).
+    comfort_noise: u64,
     current_delay: Duration,
     target_delay: Duration,
     /// `None` when time-stretching is off.
@@ -312,6 +334,7 @@ impl Playout {
             dropped_for_delay: 0,
             inserted_for_delay: 0,
             decode_errors: 0,
+            comfort_noise: 0,
             current_delay: Duration::ZERO,
             target_delay: Duration::ZERO,
             stretcher,
@@ -363,10 +386,10 @@ impl Playout {
         &self.buffer
     }
 
-    /// Hands a received packet to the jitter buffer. `marker` flags the first packet of a
-    /// talkspurt (after DTX silence, hold or mute).
-    pub fn push(&mut self, now: Instant, seq: u64, payload: &[u8], marker: bool) -> PushOutcome {
-        self.buffer.push(now, seq, payload, PushMeta { marker })
+    /// Hands a received packet to the jitter buffer. `meta.marker` flags the first packets of
+    /// a talkspurt (after DTX silence, hold or mute), `meta.dtx` a comfort-noise update.
+    pub fn push(&mut self, now: Instant, seq: u64, payload: &[u8], meta: PushMeta) -> PushOutcome {
+        self.buffer.push(now, seq, payload, meta)
     }
 
     /// Flushes the buffer and waits for a new stream (after a key change); the decoder keeps
@@ -409,7 +432,7 @@ impl Playout {
         }
         let mut frame = std::mem::take(&mut self.frame_buf);
         let outcome = if adjustment == DelayAdjustment::Grow && self.quiet_run > 0 {
-            self.conceal(&mut frame);
+            self.filler(&mut frame);
             self.inserted_for_delay += 1;
             PullOutcome::Inserted
         } else {
@@ -421,6 +444,8 @@ impl Playout {
             PullOutcome::Decoded | PullOutcome::Dropped if is_quiet(&frame, self.quiet_rms) => {
                 self.quiet_run.saturating_add(1)
             }
+            // Comfort noise is the sender's own word that the talker is silent.
+            PullOutcome::ComfortNoise => self.quiet_run.saturating_add(1),
             PullOutcome::Inserted | PullOutcome::Silence => self.quiet_run,
             _ => 0,
         };
@@ -432,6 +457,10 @@ impl Playout {
         // the delay unheard; only a talker who does not pause gets stretched.
         self.asked_for = match (adjustment, self.asked_for) {
             (DelayAdjustment::Hold, _) => (DelayAdjustment::Hold, 0),
+            // A DTX pause is where the delay moves by whole frames (inserted comfort noise,
+            // silence skipped before the talkspurt): what was asked for through it is no
+            // talker who does not pause, and the speech after it is not stretched for it.
+            _ if outcome == PullOutcome::ComfortNoise => (DelayAdjustment::Hold, 0),
             (w, (previous, run)) if w == previous => (w, run.saturating_add(1)),
             (w, _) => (w, 1),
         };
@@ -542,8 +571,14 @@ impl Playout {
         adjustment: DelayAdjustment,
         out: &mut [i16],
     ) -> PullOutcome {
+        let onset = self.buffer.head_ends_comfort_noise();
         match self.buffer.pop(now) {
             Next::Packet(packet) => {
+                if onset {
+                    // Speech after a DTX pause starts from a fresh decoder (see
+                    // `OpusDecoder::reset`); failing that, it is decoded as it is.
+                    let _ = self.decoder.reset();
+                }
                 let quiet_hint = packet.len() <= 2;
                 if !decode_into(&mut self.decoder, packet, out) {
                     self.decode_errors += 1;
@@ -585,8 +620,12 @@ impl Playout {
                 self.conceal(out);
                 PullOutcome::Gap
             }
+            Next::Comfort => {
+                self.comfort_noise(out);
+                PullOutcome::ComfortNoise
+            }
             Next::Wait => {
-                self.conceal(out);
+                self.filler(out);
                 self.inserted_for_delay += 1;
                 PullOutcome::Inserted
             }
@@ -624,6 +663,24 @@ impl Playout {
         conceal_into(&mut self.decoder, out);
     }
 
+    fn comfort_noise(&mut self, out: &mut [i16]) {
+        self.comfort_noise += 1;
+        match self.decoder.comfort_noise(out) {
+            Ok(written) => zero_tail(out, written),
+            Err(_) => out.fill(0),
+        }
+    }
+
+    /// A frame inserted to grow the delay: comfort noise while the sender is in DTX, else the
+    /// decoder's continuation of what was played.
+    fn filler(&mut self, out: &mut [i16]) {
+        if self.buffer.in_comfort_noise() {
+            self.comfort_noise(out);
+        } else {
+            self.conceal(out);
+        }
+    }
+
     /// Counters so far, with the delays measured at the last pull.
     pub fn stats(&self) -> JitterStats {
         let buffer = self.buffer.stats();
@@ -642,6 +699,8 @@ impl Playout {
             stretch_removed: self.samples_duration(self.samples_removed),
             stretch_inserted: self.samples_duration(self.samples_inserted),
             dtx_frames: buffer.dtx_frames,
+            comfort_noise: self.comfort_noise,
+            received_dtx: buffer.received_dtx,
             decode_errors: self.decode_errors,
             overflow_dropped: buffer.overflow_dropped,
             resyncs: buffer.resyncs,

@@ -201,7 +201,13 @@ fn dtx_sends_tiny_packets_in_silence() {
         },
         &silence,
     );
-    let without = encode_all(&OpusConfig::default(), &silence);
+    let without = encode_all(
+        &OpusConfig {
+            dtx: false,
+            ..OpusConfig::default()
+        },
+        &silence,
+    );
     let tiny = |packets: &[Vec<u8>]| packets.iter().skip(25).filter(|p| p.len() <= 2).count();
     let steady = with_dtx.len() - 25;
     assert!(
@@ -210,6 +216,135 @@ fn dtx_sends_tiny_packets_in_silence() {
         tiny(&with_dtx)
     );
     assert_eq!(tiny(&without), 0, "tiny packets without dtx");
+}
+
+/// DTX is the default. In a long silence the encoder sends one comfort-noise update every
+/// 420 ms (more than 2 bytes, flagged by `in_dtx`) and 1-byte frames in between; speech is
+/// never flagged.
+#[test]
+fn dtx_is_on_by_default_and_flags_its_comfort_noise_updates() {
+    assert!(OpusConfig::default().dtx);
+    let config = OpusConfig::default();
+    let mut encoder = OpusEncoder::new(&config).expect("encoder");
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut pcm = voiced(1.0);
+    pcm.extend(vec![0i16; 48_000 * 4]);
+    pcm.extend(voiced(1.0));
+    let mut frames = Vec::new();
+    for frame in pcm.chunks_exact(FRAME) {
+        let len = encoder.encode(frame, &mut buf).expect("encode");
+        frames.push((len, encoder.in_dtx().expect("in_dtx")));
+    }
+    // Speech (1 s) is never DTX.
+    assert!(
+        frames[..50].iter().all(|&(len, dtx)| !dtx && len > 2),
+        "{frames:?}"
+    );
+    // The last 3 s of the silence: updates every 20 frames, nothing else worth sending.
+    let quiet = &frames[100..250];
+    let updates: Vec<usize> = (0..quiet.len()).filter(|&i| quiet[i].0 > 2).collect();
+    assert!(quiet.iter().all(|&(len, dtx)| dtx || len <= 2), "{quiet:?}");
+    assert!((7..=8).contains(&updates.len()), "updates at {updates:?}");
+    // libopus counts 20 frames without sending, then sends the update: one every 21 frames.
+    assert!(updates.windows(2).all(|w| w[1] - w[0] == 21), "{updates:?}");
+    let update_bytes: usize = updates.iter().map(|&i| quiet[i].0).sum();
+    // What the updates carry of Opus: well under 1 kbit/s.
+    assert!(update_bytes * 8 < 3 * 1000, "{update_bytes} bytes in 3 s");
+    // Speech after the silence is sent again at once.
+    assert!(
+        frames[250..]
+            .iter()
+            .skip(1)
+            .all(|&(len, dtx)| !dtx && len > 2)
+    );
+}
+
+/// The frames between comfort-noise updates are played as libopus' comfort noise: quiet (as
+/// the silence was), one frame each, and without the neural concealment (a noise burst's
+/// continuation would be loud).
+#[test]
+fn comfort_noise_continues_the_background_quietly() {
+    let config = OpusConfig::default();
+    let mut encoder = OpusEncoder::new(&config).expect("encoder");
+    let mut decoder = OpusDecoder::new(&config).expect("decoder");
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut out = vec![0i16; MAX_PACKET_SAMPLES];
+    let mut pcm = voiced(1.0);
+    pcm.extend(vec![0i16; 48_000 * 2]);
+    let mut played = Vec::new();
+    let mut gap_frames = Vec::new();
+    let mut comfort = 0;
+    for frame in pcm.chunks_exact(FRAME) {
+        let len = encoder.encode(frame, &mut buf).expect("encode");
+        if len <= 2 {
+            let n = decoder.comfort_noise(&mut out).expect("comfort noise");
+            assert_eq!(n, FRAME);
+            comfort += 1;
+            played.extend_from_slice(&out[..n]);
+            gap_frames.extend_from_slice(&out[..n]);
+        } else {
+            let n = decoder.decode(&buf[..len], &mut out).expect("decode");
+            played.extend_from_slice(&out[..n]);
+        }
+    }
+    assert!(comfort >= 60, "{comfort} comfort-noise frames");
+    // It is libopus' classic DTX path: what a decoder below the neural PLC's complexity
+    // plays for the same frames, and not what the configured one conceals with.
+    let classic = play_silence_gaps(&pcm, 4, false);
+    let neural = play_silence_gaps(&pcm, config.decoder_complexity, false);
+    let ours = play_silence_gaps(&pcm, config.decoder_complexity, true);
+    assert_eq!(ours, gap_frames);
+    let gaps = |a: &[i16], b: &[i16]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+    assert_eq!(
+        gaps(&ours, &classic),
+        0,
+        "comfort noise is the classic path"
+    );
+    assert!(
+        gaps(&ours, &neural) > 0,
+        "the neural concealment plays something else"
+    );
+    let tail = &played[played.len() - 48_000..];
+    let rms = (tail.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+    assert!(rms < 30.0, "comfort noise rms {rms}");
+    // The decoder still decodes speech after it.
+    let speech = voiced(0.2);
+    for frame in speech.chunks_exact(FRAME) {
+        let len = encoder.encode(frame, &mut buf).expect("encode");
+        assert_eq!(
+            decoder.decode(&buf[..len], &mut out).expect("decode"),
+            FRAME
+        );
+    }
+}
+
+/// Encodes `pcm` with DTX and plays it back with a decoder of `complexity`, filling the
+/// frames not sent with comfort noise (`comfort`) or concealment; only those frames are kept.
+fn play_silence_gaps(pcm: &[i16], complexity: u8, comfort: bool) -> Vec<i16> {
+    let config = OpusConfig {
+        decoder_complexity: complexity,
+        ..OpusConfig::default()
+    };
+    let mut encoder = OpusEncoder::new(&OpusConfig::default()).expect("encoder");
+    let mut decoder = OpusDecoder::new(&config).expect("decoder");
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut out = vec![0i16; MAX_PACKET_SAMPLES];
+    let mut gaps = Vec::new();
+    for frame in pcm.chunks_exact(FRAME) {
+        let len = encoder.encode(frame, &mut buf).expect("encode");
+        if len <= 2 {
+            let n = if comfort {
+                decoder.comfort_noise(&mut out)
+            } else {
+                decoder.conceal(&mut out)
+            }
+            .expect("gap frame");
+            gaps.extend_from_slice(&out[..n]);
+        } else {
+            decoder.decode(&buf[..len], &mut out).expect("decode");
+        }
+    }
+    gaps
 }
 
 #[test]

@@ -68,6 +68,7 @@ fn random_operation_sequences_keep_the_invariants() {
                         &payload[..len],
                         PushMeta {
                             marker: rng.below(8) == 0,
+                            dtx: rng.below(8) == 0,
                         },
                     );
                     pushes += 1;

@@ -217,6 +217,7 @@ fn run(
                 &payload(packet.seq),
                 PushMeta {
                     marker: packet.marker,
+                    ..PushMeta::default()
                 },
             );
             trace.outcomes.push(outcome);
@@ -583,7 +584,12 @@ fn a_jump_past_the_ring_after_a_hold_is_a_pause_not_loss() {
             110 > capacity,
             "the jump must pass the ring ({capacity} frames)"
         );
-        let outcome = buffer.push(at(2_300), resumed, &payload(resumed), PushMeta { marker });
+        let outcome = buffer.push(
+            at(2_300),
+            resumed,
+            &payload(resumed),
+            PushMeta { marker, dtx: false },
+        );
         assert!(
             matches!(outcome, PushOutcome::Overflow { .. }),
             "{outcome:?}"
@@ -626,7 +632,10 @@ fn a_long_hold_keeps_what_the_buffer_learned() {
         at(122_000),
         resumed,
         &payload(resumed),
-        PushMeta { marker: true },
+        PushMeta {
+            marker: true,
+            dtx: false,
+        },
     );
     assert!(
         matches!(outcome, PushOutcome::Overflow { .. }),
@@ -675,7 +684,10 @@ fn a_talkspurt_behind_the_position_after_a_pause_plays() {
         at(530 * 20),
         resumed,
         &payload(resumed),
-        PushMeta { marker: true },
+        PushMeta {
+            marker: true,
+            dtx: false,
+        },
     );
     assert_eq!(outcome, PushOutcome::Accepted);
     assert_eq!(

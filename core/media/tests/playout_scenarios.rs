@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use viska_media::codec::{OpusConfig, OpusDecoder, OpusEncoder, packet_has_fec};
+use viska_media::jitter::PushMeta;
 use viska_media::playout::{Playout, PlayoutConfig, PlayoutError, PullOutcome};
 
 const FRAME_US: u64 = 20_000;
@@ -201,7 +202,10 @@ fn simulate(config: PlayoutConfig, arrivals: &[Arrival<'_>], periods: u64) -> (P
                 at(arrival.at_us),
                 arrival.packet.seq,
                 &arrival.packet.payload,
-                arrival.marker,
+                PushMeta {
+                    marker: arrival.marker,
+                    ..PushMeta::default()
+                },
             );
             run.max_len = run.max_len.max(playout.buffer().len());
         }
@@ -542,8 +546,8 @@ fn garbage_packets_are_concealed_not_fatal() {
     let mut playout = new_playout(default_config());
     let mut frame = vec![0i16; FRAME_SAMPLES];
     // An Opus TOC byte announcing a code-3 packet with an impossible frame count.
-    playout.push(at(0), 0, &[0xFF, 0xFF, 0xFF], false);
-    playout.push(at(1), 1, &[0x0B], false);
+    playout.push(at(0), 0, &[0xFF, 0xFF, 0xFF], PushMeta::default());
+    playout.push(at(1), 1, &[0x0B], PushMeta::default());
     let mut outcomes = Vec::new();
     for period in 0..4 {
         outcomes.push(

@@ -13,6 +13,8 @@ pub(crate) struct SendCounters {
     pub(crate) frames_sent: u64,
     pub(crate) frames_refused: u64,
     pub(crate) frames_skipped: u64,
+    /// Of `frames_sent`, comfort-noise updates (flag D).
+    pub(crate) comfort_noise_sent: u64,
     pub(crate) bytes_sent: u64,
     pub(crate) opus_bytes_sent: u64,
 }
@@ -27,6 +29,7 @@ pub(crate) struct MediaSender {
     /// How many of the next packets carry the talkspurt marker (after a pause).
     marked_left: u8,
     last_opus_len: usize,
+    last_comfort_noise: bool,
     opus_buf: Vec<u8>,
     payload_buf: Vec<u8>,
     pub(crate) counters: SendCounters,
@@ -59,6 +62,7 @@ impl MediaSender {
             next_index: 0,
             marked_left: MARKED_AFTER_PAUSE,
             last_opus_len: 0,
+            last_comfort_noise: false,
             opus_buf: vec![0; MAX_DATAGRAM],
             payload_buf: vec![0; MAX_DATAGRAM],
             counters: SendCounters::default(),
@@ -100,14 +104,18 @@ impl MediaSender {
         out: &mut [u8],
     ) -> Result<Option<usize>, MediaError> {
         let opus_len = self.encoder.encode(pcm, &mut self.opus_buf)?;
-        // libopus signals "nothing worth sending" (DTX) with packets of at most 2 bytes.
+        // libopus signals "nothing worth sending" (DTX) with packets of at most 2 bytes: the
+        // frame is not sent, its index is skipped, and the next packet is marked.
         if opus_len <= 2 {
             self.skipped(index)?;
             return Ok(None);
         }
+        // A larger packet produced in DTX is a comfort-noise update: flag D tells the
+        // receiver that what follows until the next packet is silence, not loss.
+        let comfort_noise = self.encoder.in_dtx()?;
         let header = MediaHeader {
             marker: self.marked_left > 0,
-            dtx: false,
+            dtx: comfort_noise,
             duration: self.duration,
             timestamp: None,
         };
@@ -118,7 +126,9 @@ impl MediaSender {
         let len = self.sframe.protect(&[], payload, out)?;
         self.marked_left = self.marked_left.saturating_sub(1);
         self.last_opus_len = opus_len;
+        self.last_comfort_noise = comfort_noise;
         self.counters.frames_sent += 1;
+        self.counters.comfort_noise_sent += u64::from(comfort_noise);
         self.counters.bytes_sent += len as u64;
         self.counters.opus_bytes_sent += opus_len as u64;
         Ok(Some(len))
@@ -155,6 +165,9 @@ impl MediaSender {
     pub(crate) fn refused(&mut self, datagram_len: usize) {
         let c = &mut self.counters;
         c.frames_sent = c.frames_sent.saturating_sub(1);
+        if self.last_comfort_noise {
+            c.comfort_noise_sent = c.comfort_noise_sent.saturating_sub(1);
+        }
         c.bytes_sent = c.bytes_sent.saturating_sub(datagram_len as u64);
         c.opus_bytes_sent = c.opus_bytes_sent.saturating_sub(self.last_opus_len as u64);
         c.frames_refused += 1;

@@ -398,6 +398,8 @@ pub struct MediaCounters {
     pub frames_refused: u64,
     /// Frame periods in which nothing was sent (mute, hold, DTX silence, before the answer).
     pub frames_skipped: u64,
+    /// Of `frames_sent`, comfort-noise updates sent in DTX silence (media flag D).
+    pub comfort_noise_sent: u64,
     /// Media bytes (whole datagrams) sent.
     pub bytes_sent: u64,
     /// Opus payload bytes sent (to compute the overhead).
@@ -760,6 +762,7 @@ impl Session {
             c.frames_sent = s.frames_sent;
             c.frames_refused = s.frames_refused;
             c.frames_skipped = s.frames_skipped;
+            c.comfort_noise_sent = s.comfort_noise_sent;
             c.bytes_sent = s.bytes_sent;
             c.opus_bytes_sent = s.opus_bytes_sent;
             c.fec_expected_loss_pct = sender.expected_loss_pct;
@@ -1700,9 +1703,12 @@ fn reception_report(m: &mut Media) -> Option<(u16, u16)> {
     let (mut lost, mut received, mut jitter) = (0u64, 0u64, Duration::ZERO);
     for stream in &mut m.streams {
         let p = stream.playout_stats();
+        // Comfort-noise updates are not the speech FEC protects: an interval of DTX silence
+        // (a few updates, nothing lost) must not read as a clean path.
+        let speech = p.received.saturating_sub(p.received_dtx);
         lost += p.lost.saturating_sub(stream.reported.0);
-        received += p.received.saturating_sub(stream.reported.1);
-        stream.reported = (p.lost, p.received);
+        received += speech.saturating_sub(stream.reported.1);
+        stream.reported = (p.lost, speech);
         jitter = jitter.max(p.jitter);
     }
     let expected = lost + received;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use viska_call::MediaRejection;
 use viska_e2ee::keys::{Epoch, ParticipantId, SframeKey};
 use viska_media::codec::{OpusConfig, OpusDecoder};
-use viska_media::jitter::{JitterConfig, PushOutcome};
+use viska_media::jitter::{JitterConfig, PushMeta, PushOutcome};
 use viska_media::playout::{JitterStats, Playout, PlayoutConfig, PullOutcome};
 use viska_sframe::{CipherSuite, KeyId, ReplayConfig, SframeError, SframeReceiver};
 
@@ -166,7 +166,11 @@ impl Stream {
             }
         };
         self.counters.frames_received += 1;
-        match self.playout.push(now, unprotected.ctr, opus, header.marker) {
+        let meta = PushMeta {
+            marker: header.marker,
+            dtx: header.dtx,
+        };
+        match self.playout.push(now, unprotected.ctr, opus, meta) {
             PushOutcome::Accepted | PushOutcome::Overflow { .. } | PushOutcome::Resynced { .. } => {
             }
             _ => self.counters.refused_by_buffer += 1,

@@ -310,6 +310,162 @@ fn a_muted_end_sends_nothing_and_its_fec_is_not_switched_off_by_silence() {
     assert_eq!(net.peers[ALICE].session.counters().fec_expected_loss_pct, 0);
 }
 
+/// Bytes each media packet carries below the SFrame frame the session emits, assumed for the
+/// IP-level bound: IPv4 20 + UDP 8 + QUIC short header with an 8-byte connection ID and a
+/// packet number of up to 4 bytes 13 + DATAGRAM frame type and length 3 + QUIC AEAD tag 16.
+/// (The end-to-end test over real QUIC counts the real bytes instead.)
+const ASSUMED_BYTES_BELOW_SFRAME: u64 = 60;
+
+/// Frames of 20 ms in `pcm` whose RMS is above `level`, by index.
+fn loud_frames(pcm: &[i16], level: f64) -> Vec<usize> {
+    pcm.chunks_exact(960)
+        .enumerate()
+        .filter(|(_, f)| rms(f) > level)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Speech, 5 s of silence, speech: in the silence the talker's session sends a comfort-noise
+/// update every 420 ms and nothing else (under 8 kbit/s at the IP level with the assumed
+/// per-packet overhead, against 30-odd kbit/s in speech); the listener counts no loss and no
+/// concealment, plays comfort noise through the gap, and hears the speech after it with the
+/// same delay as before it, without time-stretching.
+#[test]
+fn dtx_silence_costs_little_and_is_played_as_comfort_noise_not_loss() {
+    let mut net = Net::pair();
+    net.peers[BOB].source = Source::Silence;
+    net.answer();
+    net.run_for(secs(3));
+    let speech = (
+        net.peers[ALICE].datagrams_sent,
+        net.peers[ALICE].datagram_bytes_sent,
+    );
+    net.run_for(secs(1));
+    let speech_packets = net.peers[ALICE].datagrams_sent - speech.0;
+    let speech_bytes = net.peers[ALICE].datagram_bytes_sent - speech.1;
+    let delay_in_speech = net.peers[BOB].session.counters().playout.current_delay;
+    let before = net.peers[BOB].session.counters().playout;
+
+    // Alice falls silent (digital zero) for 5 s.
+    net.peers[ALICE].source = Source::Silence;
+    let fell_silent = net.peers[BOB].heard.len();
+    net.run_for(secs(1));
+    let quiet = (
+        net.peers[ALICE].datagrams_sent,
+        net.peers[ALICE].datagram_bytes_sent,
+    );
+    let c0 = net.peers[ALICE].session.counters();
+    net.run_for(secs(4));
+    let quiet_packets = net.peers[ALICE].datagrams_sent - quiet.0;
+    let quiet_bytes = net.peers[ALICE].datagram_bytes_sent - quiet.1;
+    let c1 = net.peers[ALICE].session.counters();
+    // One comfort-noise update every 21 frames: 9 or 10 in 4 s, all flagged.
+    assert!((9..=10).contains(&quiet_packets), "{quiet_packets} packets");
+    assert_eq!(c1.comfort_noise_sent - c0.comfort_noise_sent, quiet_packets);
+    let ip_bps = (quiet_bytes + quiet_packets * ASSUMED_BYTES_BELOW_SFRAME) * 8 / 4;
+    assert!(ip_bps <= 8_000, "{ip_bps} bit/s at the IP level in silence");
+    let speech_bps = (speech_bytes + speech_packets * ASSUMED_BYTES_BELOW_SFRAME) * 8;
+    assert!(
+        ip_bps * 10 < speech_bps,
+        "{ip_bps} against {speech_bps} bit/s"
+    );
+
+    // Speech again.
+    net.peers[ALICE].source = Source::Tone {
+        hz: 300.0,
+        amplitude: 6000.0,
+    };
+    let spoke_again = net.peers[BOB].heard.len();
+    net.run_for(secs(3));
+
+    let after = net.peers[BOB].session.counters().playout;
+    assert_eq!(after.lost, before.lost, "{after:?}");
+    assert_eq!(after.concealed, before.concealed, "{after:?}");
+    assert_eq!(after.late, before.late, "{after:?}");
+    assert!(
+        after.comfort_noise - before.comfort_noise >= 200,
+        "the gap is comfort noise: {after:?}"
+    );
+    assert!(after.dtx_frames - before.dtx_frames >= 200, "{after:?}");
+    assert_eq!(after.stretch_removed, before.stretch_removed, "{after:?}");
+    assert_eq!(after.stretch_inserted, before.stretch_inserted, "{after:?}");
+    assert_eq!(last_stats(&net, BOB).loss_percent(), 0.0);
+    // The delay after the gap is the delay before it.
+    let delay_after = after.current_delay;
+    let diff = delay_after.abs_diff(delay_in_speech);
+    assert!(
+        diff <= frames(1),
+        "delay {delay_in_speech:?} in speech, {delay_after:?} after the gap"
+    );
+    // What Bob heard: the tone up to Alice's silence, quiet comfort noise, the tone again
+    // after the same mouth-to-ear delay as the tone's end had.
+    let heard = &net.peers[BOB].heard;
+    let loud = loud_frames(heard, 1000.0);
+    let last_before = loud
+        .iter()
+        .copied()
+        .filter(|&f| f * 960 < spoke_again)
+        .max()
+        .unwrap();
+    let first_after = loud
+        .iter()
+        .copied()
+        .find(|&f| f * 960 >= spoke_again)
+        .unwrap();
+    let end_lag = (last_before + 1) as i64 * 960 - fell_silent as i64;
+    let start_lag = first_after as i64 * 960 - spoke_again as i64;
+    assert!(
+        (end_lag - start_lag).abs() <= 960 + 480,
+        "speech ended {end_lag} samples after Alice fell silent, came back {start_lag} after she spoke"
+    );
+    let gap = &heard[(last_before + 3) * 960..first_after * 960];
+    assert!(rms(gap) < 30.0, "comfort noise rms {}", rms(gap));
+    // At full level at once, as before the pause: no fade-in over the first words.
+    let level = rms(&heard[(last_before - 10) * 960..(last_before - 5) * 960]);
+    let onset = rms(&heard[(first_after + 1) * 960..(first_after + 4) * 960]);
+    assert!(
+        onset > 0.7 * level,
+        "onset rms {onset} against {level} before the pause"
+    );
+    let resumed = &heard[(first_after + 2) * 960..];
+    assert!(tone_level(resumed, 300.0) > 3000.0);
+    // Bob said nothing all along: his side sent comfort-noise updates only, after the first.
+    let bob = net.peers[BOB].session.counters();
+    assert!(bob.frames_sent - bob.comfort_noise_sent <= 12, "{bob:?}");
+}
+
+/// On a lossy path the listener's reception reports leave comfort-noise updates out: a long
+/// DTX silence (a few updates a second, none of them noticed missing) does not read as a clean
+/// path and switch the talker's FEC off just before it speaks again.
+#[test]
+fn dtx_silence_does_not_switch_off_the_talkers_fec() {
+    let mut net = Net::pair();
+    net.impair(
+        ALICE,
+        BOB,
+        ImpairmentConfig {
+            delay: 10 * MS,
+            loss: LossModel::random_percent(10.0).unwrap(),
+            seed: 3,
+            ..ImpairmentConfig::default()
+        },
+    );
+    net.answer();
+    net.run_for(secs(6));
+    let sized = net.peers[ALICE].session.counters().fec_expected_loss_pct;
+    assert!(sized >= 5, "FEC sized from Bob's reports: {sized} %");
+    net.peers[ALICE].source = Source::Silence;
+    net.run_for(secs(8));
+    let c = net.peers[ALICE].session.counters();
+    assert!(c.comfort_noise_sent >= 15, "{c:?}");
+    assert!(
+        c.fec_expected_loss_pct >= 5,
+        "FEC still sized for the path after the silence: {c:?}"
+    );
+    let p = net.peers[BOB].session.counters().playout;
+    assert!(p.comfort_noise >= 300, "{p:?}");
+}
+
 /// A microphone (a clocked source) is read at every period on hold and before the answer, and
 /// what it captured is thrown away: none of it is sent after the resume.
 #[test]

@@ -243,6 +243,14 @@ impl PhoneConfigBuilder {
         self
     }
 
+    /// Discontinuous transmission while the local talker is silent (on by default): a
+    /// comfort-noise update every 420 ms instead of a packet every frame. Off, every frame
+    /// is sent. Same as setting [`OpusConfig::dtx`].
+    pub fn dtx(mut self, on: bool) -> Self {
+        self.config.opus.dtx = on;
+        self
+    }
+
     /// Jitter buffer bounds.
     pub fn jitter(mut self, jitter: JitterConfig) -> Self {
         self.config.jitter = jitter;

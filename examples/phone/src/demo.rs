@@ -40,6 +40,10 @@ pub(crate) struct DemoArgs {
     /// Opus bitrate in bits per second.
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
+    /// Both phones send every frame, also while silent (DTX, on by default, sends a
+    /// comfort-noise update every 420 ms instead).
+    #[arg(long)]
+    no_dtx: bool,
     /// WAV the caller plays (default: a bundled speech sample).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -110,6 +114,16 @@ pub(crate) struct Summary {
     wire_bytes_per_packet: Option<f64>,
     /// Breakdown of `wire_bytes_per_packet`.
     wire: Option<WirePerPacket>,
+    /// IP-level bitrate each phone's connection sent while the call ran (see `WireRate`),
+    /// kbit/s. The callee says nothing (digital zero): with DTX its figure is a silent
+    /// talker's.
+    wire_kbps_caller: Option<f64>,
+    wire_kbps_callee: Option<f64>,
+    /// Media packets each phone sent that were comfort-noise updates (DTX).
+    comfort_noise_sent_caller: u64,
+    comfort_noise_sent_callee: u64,
+    /// Frames the callee played as comfort noise (the caller's DTX pauses).
+    frames_comfort_noise: u64,
     opus_bytes_per_packet: Option<f64>,
     jitter_buffer_delay_ms: f64,
     /// Audio the callee's playout cut out of / added to speech by time-stretching.
@@ -160,6 +174,39 @@ pub(crate) struct WirePerPacket {
     non_media_datagrams: f64,
     /// Media packets measured.
     media_packets: u64,
+}
+
+/// A connection's IP-level bitrate between the first and the last refresh of its counters
+/// seen (read every 250 ms; the session refreshes them once a second): every packet it sent,
+/// media, ACK-only packets, keep-alives and signaling, with 28 bytes of IPv4 and UDP header
+/// each.
+#[derive(Default)]
+struct WireRate {
+    first: Option<(Instant, viska::transport::WireCounters)>,
+    last: Option<(Instant, viska::transport::WireCounters)>,
+}
+
+impl WireRate {
+    fn observe(&mut self, snap: &viska::phone::CallSnapshot) {
+        if snap.media.frames_sent == 0 && snap.media.frames_skipped == 0 {
+            return;
+        }
+        let seen = (Instant::now(), snap.wire);
+        match (&self.first, &self.last) {
+            (None, _) => self.first = Some(seen),
+            (Some((_, first)), None) if *first != snap.wire => self.last = Some(seen),
+            (_, Some((_, last))) if *last != snap.wire => self.last = Some(seen),
+            _ => {}
+        }
+    }
+
+    fn kbps(&self) -> Option<f64> {
+        use viska::transport::WireCounters;
+        let ((t0, w0), (t1, w1)) = (self.first.as_ref()?, self.last.as_ref()?);
+        let secs = t1.saturating_duration_since(*t0).as_secs_f64();
+        let bits = w1.since(w0).wire_bytes(WireCounters::IPV4_UDP_HEADER) as f64 * 8.0;
+        (secs > 0.0).then(|| (bits / secs / 10.0).round() / 100.0)
+    }
 }
 
 /// `WirePerPacket` between two snapshots of one call, `None` without media in between.
@@ -283,10 +330,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         tls_key_log: args.tls_key_log,
         ..viska::TransportConfig::default()
     };
+    let opus = viska::media::codec::OpusConfig {
+        bitrate_bps: args.bitrate,
+        dtx: !args.no_dtx,
+        ..viska::media::codec::OpusConfig::default()
+    };
     let callee = demo_phone(
         "callee",
         args.suite,
-        args.bitrate,
+        opus,
         FileAudio {
             input: None,
             loop_input: false,
@@ -305,7 +357,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let caller = demo_phone(
         "caller",
         args.suite,
-        args.bitrate,
+        opus,
         FileAudio {
             input: Some(input.clone()),
             loop_input: true,
@@ -350,12 +402,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     // The wire is measured from the first counters read with media flowing (the session
     // refreshes them once a second), so the handshake and setup are left out.
     let mut wire_base = None;
+    let mut rates = [WireRate::default(), WireRate::default()];
     while t0.elapsed() < talk && !call.is_ended() {
         std::thread::sleep(Duration::from_millis(250).min(talk.saturating_sub(t0.elapsed())));
+        let snap = call.snapshot();
         if wire_base.is_none() {
-            let snap = call.snapshot();
-            wire_base = (snap.media.frames_sent > 0).then_some(snap);
+            wire_base = (snap.media.frames_sent > 0).then(|| snap.clone());
         }
+        rates[0].observe(&snap);
+        rates[1].observe(&callee_call.snapshot());
     }
     let wall = t0.elapsed();
     let cpu1 = (caller.cpu_time(), callee.cpu_time());
@@ -459,6 +514,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         bytes_overhead_per_packet: overhead,
         wire_bytes_per_packet: wire.as_ref().map(|w| w.bytes_above_opus),
         wire,
+        wire_kbps_caller: rates[0].kbps(),
+        wire_kbps_callee: rates[1].kbps(),
+        comfort_noise_sent_caller: a.media.comfort_noise_sent,
+        comfort_noise_sent_callee: b.media.comfort_noise_sent,
+        frames_comfort_noise: b.media.playout.comfort_noise,
         opus_bytes_per_packet: per_packet(a.media.opus_bytes_sent, a.media.frames_sent),
         jitter_buffer_delay_ms: ms(b.media.playout.current_delay),
         stretch_removed_ms: ms(b.media.playout.stretch_removed),

@@ -127,6 +127,10 @@ struct MediaArgs {
     /// Opus bitrate in bits per second.
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
+    /// Send every frame, also while silent (DTX, on by default, sends a comfort-noise update
+    /// every 420 ms instead).
+    #[arg(long)]
+    no_dtx: bool,
     /// Preferred SFrame cipher suite.
     #[arg(long, value_enum, default_value_t = SuiteArg::AesCtrHmac80)]
     suite: SuiteArg,
@@ -207,6 +211,7 @@ fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfigBuilder, Box
         .suites(media.suite.suites())
         .opus(OpusConfig {
             bitrate_bps: media.bitrate,
+            dtx: !media.no_dtx,
             ..OpusConfig::default()
         })
         .audio(audio_for(media)?);
@@ -523,7 +528,7 @@ pub(crate) struct DemoLink {
 pub(crate) fn demo_phone(
     name: &str,
     suite: SuiteArg,
-    bitrate: u32,
+    opus: OpusConfig,
     audio: FileAudio,
     link: DemoLink,
     probe: Option<Arc<LatencyProbe>>,
@@ -536,10 +541,7 @@ pub(crate) fn demo_phone(
     let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
         .suites(suite.suites())
         .transport(transport)
-        .opus(OpusConfig {
-            bitrate_bps: bitrate,
-            ..OpusConfig::default()
-        })
+        .opus(opus)
         .audio(Arc::new(audio))
         .realtime(realtime);
     if let Some(probe) = probe {

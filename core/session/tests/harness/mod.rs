@@ -71,6 +71,8 @@ pub struct Peer {
     pub heard: Vec<i16>,
     pub recorded: Vec<i16>,
     pub datagrams_sent: u64,
+    /// Bytes of those datagrams (the SFrame frames the session emitted).
+    pub datagram_bytes_sent: u64,
     /// Signaling frames written (copies), for inspection.
     pub signaling_sent: Vec<Vec<u8>>,
     /// Outputs in order, by kind: "event:…", "signaling", "request:…".
@@ -155,6 +157,7 @@ impl Net {
                     heard: Vec::new(),
                     recorded: Vec::new(),
                     datagrams_sent: 0,
+                    datagram_bytes_sent: 0,
                     signaling_sent: Vec::new(),
                     trace: Vec::new(),
                     deadline: origin,
@@ -257,6 +260,7 @@ impl Net {
             match peer.session.poll_output() {
                 Output::Datagram(bytes) => {
                     peer.datagrams_sent += 1;
+                    peer.datagram_bytes_sent += bytes.len() as u64;
                     let bytes = bytes.to_vec();
                     let targets = std::iter::once(peer.peer).chain(peer.fanout.iter().copied());
                     for to in targets.collect::<Vec<_>>() {
