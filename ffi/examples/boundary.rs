@@ -2,7 +2,9 @@
 //! the same call as `bindings/python/bench/boundary.py` and `bindings/kotlin/bench/Boundary.kt`,
 //! driven from Rust through `viska` directly, with a Rust listener.
 //!
-//! `cargo run --release -p viska-ffi --example boundary -- events [N]` prints one JSON line.
+//! `cargo run -p viska-ffi --example boundary -- events [N]` (call-data events per second to a
+//! Rust listener) or `-- cpu [SECONDS]` (the CPU of a process running one call between two
+//! phones with WAV audio both ways) prints one JSON line.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,80 @@ fn phone(name: &str) -> Phone {
     Phone::new(config).expect("phone")
 }
 
+/// User + system CPU time of this process so far (Linux, `/proc/self/stat`, 100 Hz ticks).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn cpu(seconds: u64) {
+    let speech = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/phone/assets/speech.wav"
+    );
+    let dir = std::env::temp_dir().join(format!("viska-boundary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let files = |name: &str| -> Arc<dyn viska::phone::AudioFactory> {
+        Arc::new(viska::phone::FileAudio {
+            input: Some(speech.into()),
+            loop_input: true,
+            output: Some(dir.join(name)),
+        })
+    };
+    let before = process_cpu();
+    let make = |name: &str, audio| {
+        let config = PhoneConfig::builder(name, viska::phone::generate_identity())
+            .realtime(false)
+            .audio(audio)
+            .build()
+            .expect("config");
+        Phone::new(config).expect("phone")
+    };
+    let callee = make("rc-callee", files("b.wav"));
+    let caller = make("rc-caller", files("a.wav"));
+    callee.set_listener(Arc::new(|event: PhoneEvent| {
+        if let PhoneEvent::IncomingCall { call, .. } = event {
+            let _ = call.answer();
+        }
+    }));
+    let addr = callee
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let call = caller.call(addr).expect("call");
+    call.wait_for(Duration::from_secs(20), |s| {
+        matches!(s, viska::call::CallState::Active { .. })
+    });
+    std::thread::sleep(Duration::from_secs(seconds));
+    let received = call.stats().packets_received;
+    let _ = call.hangup();
+    call.wait_ended(Duration::from_secs(10));
+    caller.shutdown();
+    callee.shutdown();
+    let used = process_cpu() - before;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{{\"what\":\"rust_call_cpu\",\"call_seconds\":{seconds},\"cpu_seconds\":{used:.3},\"packets_received\":{received}}}"
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("cpu") {
+        let seconds = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(10);
+        cpu(seconds);
+        return;
+    }
     let n: u64 = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())

@@ -74,6 +74,10 @@ pub struct PhoneSettings {
     /// Raise the media thread's priority (needs the privilege; harmless without).
     #[uniffi(default = true)]
     pub realtime: bool,
+    /// Discontinuous transmission: while the user is silent, send only comfort-noise updates
+    /// (a few kbit/s instead of the full rate). On by default.
+    #[uniffi(default = true)]
+    pub dtx: bool,
 }
 
 /// Who is calling, as far as cryptography can tell.
@@ -321,7 +325,10 @@ impl Phone {
             .iter()
             .map(|k| public_identity(k))
             .collect::<Result<Vec<_>, _>>()?;
-        builder = builder.verified_peers(verified).realtime(settings.realtime);
+        builder = builder
+            .verified_peers(verified)
+            .realtime(settings.realtime)
+            .dtx(settings.dtx);
         let config = builder.build().map_err(viska::PhoneError::from)?;
         Ok(Arc::new(Self {
             phone: viska::Phone::new(config)?,

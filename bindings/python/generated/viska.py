@@ -3615,7 +3615,7 @@ class PhoneSettings:
     """
     Everything a phone is set up with. Only `name` and `identity` are required.
 """
-    def __init__(self, *, name:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, suites:typing.List[Suite] = _DEFAULT, ring_timeout_ms:typing.Optional[int] = _DEFAULT, max_calls:typing.Optional[int] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, realtime:bool = True):
+    def __init__(self, *, name:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, suites:typing.List[Suite] = _DEFAULT, ring_timeout_ms:typing.Optional[int] = _DEFAULT, max_calls:typing.Optional[int] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, realtime:bool = True, dtx:bool = True):
         self.name = name
         self.identity = identity
         if audio is _DEFAULT:
@@ -3639,12 +3639,13 @@ class PhoneSettings:
         else:
             self.verified_peers = verified_peers
         self.realtime = realtime
+        self.dtx = dtx
         
         
 
     
     def __str__(self):
-        return "PhoneSettings(name={}, identity={}, audio={}, suites={}, ring_timeout_ms={}, max_calls={}, verified_peers={}, realtime={})".format(self.name, self.identity, self.audio, self.suites, self.ring_timeout_ms, self.max_calls, self.verified_peers, self.realtime)
+        return "PhoneSettings(name={}, identity={}, audio={}, suites={}, ring_timeout_ms={}, max_calls={}, verified_peers={}, realtime={}, dtx={})".format(self.name, self.identity, self.audio, self.suites, self.ring_timeout_ms, self.max_calls, self.verified_peers, self.realtime, self.dtx)
     def __eq__(self, other):
         if self.name != other.name:
             return False
@@ -3662,6 +3663,8 @@ class PhoneSettings:
             return False
         if self.realtime != other.realtime:
             return False
+        if self.dtx != other.dtx:
+            return False
         return True
 
 class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
@@ -3676,6 +3679,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
             max_calls=_UniffiFfiConverterOptionalUInt32.read(buf),
             verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
             realtime=_UniffiFfiConverterBoolean.read(buf),
+            dtx=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -3688,6 +3692,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalUInt32.check_lower(value.max_calls)
         _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
         _UniffiFfiConverterBoolean.check_lower(value.realtime)
+        _UniffiFfiConverterBoolean.check_lower(value.dtx)
 
     @staticmethod
     def write(value, buf):
@@ -3699,6 +3704,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalUInt32.write(value.max_calls, buf)
         _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
         _UniffiFfiConverterBoolean.write(value.realtime, buf)
+        _UniffiFfiConverterBoolean.write(value.dtx, buf)
 
 
 

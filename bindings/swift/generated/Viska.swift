@@ -3699,6 +3699,11 @@ public struct PhoneSettings {
      * Raise the media thread's priority (needs the privilege; harmless without).
      */
     public var realtime: Bool
+    /**
+     * Discontinuous transmission: while the user is silent, send only comfort-noise updates
+     * (a few kbit/s instead of the full rate). On by default.
+     */
+    public var dtx: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3727,7 +3732,11 @@ public struct PhoneSettings {
          */verifiedPeers: [Data] = [], 
         /**
          * Raise the media thread's priority (needs the privilege; harmless without).
-         */realtime: Bool = true) {
+         */realtime: Bool = true, 
+        /**
+         * Discontinuous transmission: while the user is silent, send only comfort-noise updates
+         * (a few kbit/s instead of the full rate). On by default.
+         */dtx: Bool = true) {
         self.name = name
         self.identity = identity
         self.audio = audio
@@ -3736,6 +3745,7 @@ public struct PhoneSettings {
         self.maxCalls = maxCalls
         self.verifiedPeers = verifiedPeers
         self.realtime = realtime
+        self.dtx = dtx
     }
 
     
@@ -3761,7 +3771,8 @@ public struct FfiConverterTypePhoneSettings: FfiConverterRustBuffer {
                 ringTimeoutMs: FfiConverterOptionUInt32.read(from: &buf), 
                 maxCalls: FfiConverterOptionUInt32.read(from: &buf), 
                 verifiedPeers: FfiConverterSequenceData.read(from: &buf), 
-                realtime: FfiConverterBool.read(from: &buf)
+                realtime: FfiConverterBool.read(from: &buf), 
+                dtx: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3774,6 +3785,7 @@ public struct FfiConverterTypePhoneSettings: FfiConverterRustBuffer {
         FfiConverterOptionUInt32.write(value.maxCalls, into: &buf)
         FfiConverterSequenceData.write(value.verifiedPeers, into: &buf)
         FfiConverterBool.write(value.realtime, into: &buf)
+        FfiConverterBool.write(value.dtx, into: &buf)
     }
 }
 

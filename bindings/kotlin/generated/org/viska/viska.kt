@@ -5714,6 +5714,12 @@ data class PhoneSettings (
      * Raise the media thread's priority (needs the privilege; harmless without).
      */
     var `realtime`: kotlin.Boolean = true 
+    , 
+    /**
+     * Discontinuous transmission: while the user is silent, send only comfort-noise updates
+     * (a few kbit/s instead of the full rate). On by default.
+     */
+    var `dtx`: kotlin.Boolean = true 
     
 ): Disposable{
     
@@ -5732,7 +5738,8 @@ data class PhoneSettings (
         this.`ringTimeoutMs`,
         this.`maxCalls`,
         this.`verifiedPeers`,
-        this.`realtime`
+        this.`realtime`,
+        this.`dtx`
     )
     }
     
@@ -5753,6 +5760,7 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterOptionalUInt.read(buf),
             FfiConverterSequenceByteArray.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -5764,7 +5772,8 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterOptionalUInt.allocationSize(value.`ringTimeoutMs`) +
             FfiConverterOptionalUInt.allocationSize(value.`maxCalls`) +
             FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`) +
-            FfiConverterBoolean.allocationSize(value.`realtime`)
+            FfiConverterBoolean.allocationSize(value.`realtime`) +
+            FfiConverterBoolean.allocationSize(value.`dtx`)
     )
 
     override fun write(value: PhoneSettings, buf: ByteBuffer) {
@@ -5776,6 +5785,7 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterOptionalUInt.write(value.`maxCalls`, buf)
             FfiConverterSequenceByteArray.write(value.`verifiedPeers`, buf)
             FfiConverterBoolean.write(value.`realtime`, buf)
+            FfiConverterBoolean.write(value.`dtx`, buf)
     }
 }
 
