@@ -431,6 +431,12 @@ impl Phone {
         self.phone.security_events()
     }
 
+    /// Events dropped because the listeners fell far behind (past 8192 waiting events, call
+    /// data and DTMF are dropped and counted here; states and keys never are).
+    pub fn events_dropped(&self) -> u64 {
+        self.phone.listener_trouble().0
+    }
+
     /// Listener calls that returned an error or threw, so far.
     pub fn listener_failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed) + self.phone.listener_trouble().1

@@ -622,6 +622,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_calls() != 50958:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_phone_events_dropped() != 11002:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_identity() != 63382:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_listen() != 5459:
@@ -820,6 +822,9 @@ _UniffiLib.uniffi_viska_ffi_checksum_method_phone_call_expecting.restype = ctype
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_calls.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_calls.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_phone_events_dropped.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_phone_events_dropped.restype = ctypes.c_uint16
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_identity.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_identity.restype = ctypes.c_uint16
@@ -1131,6 +1136,11 @@ _UniffiLib.uniffi_viska_ffi_fn_method_phone_calls.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_viska_ffi_fn_method_phone_calls.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_phone_events_dropped.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_phone_events_dropped.restype = ctypes.c_uint64
 _UniffiLib.uniffi_viska_ffi_fn_method_phone_identity.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -7611,6 +7621,12 @@ class PhoneProtocol(typing.Protocol):
         The calls the phone runs now (placed, ringing or active).
 """
         raise NotImplementedError
+    def events_dropped(self, ) -> int:
+        """
+        Events dropped because the listeners fell far behind (past 8192 waiting events, call
+        data and DTMF are dropped and counted here; states and keys never are).
+"""
+        raise NotImplementedError
     def identity(self, ) -> PeerIdentity:
         """
         This phone's identity.
@@ -7778,6 +7794,22 @@ class Phone(PhoneProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_viska_ffi_fn_method_phone_calls,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def events_dropped(self, ) -> int:
+        """
+        Events dropped because the listeners fell far behind (past 8192 waiting events, call
+        data and DTMF are dropped and counted here; states and keys never are).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterUInt64.lift
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_phone_events_dropped,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)

@@ -2181,6 +2181,12 @@ public protocol PhoneProtocol: AnyObject, Sendable {
     func calls()  -> [Call]
     
     /**
+     * Events dropped because the listeners fell far behind (past 8192 waiting events, call
+     * data and DTMF are dropped and counted here; states and keys never are).
+     */
+    func eventsDropped()  -> UInt64
+    
+    /**
      * This phone's identity.
      */
     func identity()  -> PeerIdentity
@@ -2354,6 +2360,19 @@ open func calls() -> [Call]  {
     return try!  FfiConverterSequenceTypeCall.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_viska_ffi_fn_method_phone_calls(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Events dropped because the listeners fell far behind (past 8192 waiting events, call
+     * data and DTMF are dropped and counted here; states and keys never are).
+     */
+open func eventsDropped() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_phone_events_dropped(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -6540,6 +6559,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_viska_ffi_checksum_method_phone_calls() != 50958) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_phone_events_dropped() != 11002) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_viska_ffi_checksum_method_phone_identity() != 63382) {

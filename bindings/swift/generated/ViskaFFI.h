@@ -602,6 +602,11 @@ uint64_t uniffi_viska_ffi_fn_method_phone_call_expecting(uint64_t ptr, RustBuffe
 RustBuffer uniffi_viska_ffi_fn_method_phone_calls(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_EVENTS_DROPPED
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_EVENTS_DROPPED
+uint64_t uniffi_viska_ffi_fn_method_phone_events_dropped(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_IDENTITY
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_IDENTITY
 RustBuffer uniffi_viska_ffi_fn_method_phone_identity(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -1210,6 +1215,12 @@ uint16_t uniffi_viska_ffi_checksum_method_phone_call_expecting(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALLS
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALLS
 uint16_t uniffi_viska_ffi_checksum_method_phone_calls(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_EVENTS_DROPPED
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_EVENTS_DROPPED
+uint16_t uniffi_viska_ffi_checksum_method_phone_events_dropped(void
     
 );
 #endif

@@ -833,6 +833,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_calls(
     ): Int
+    external fun uniffi_viska_ffi_checksum_method_phone_events_dropped(
+    ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_identity(
     ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_listen(
@@ -1008,6 +1010,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_viska_ffi_fn_method_phone_calls(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_phone_events_dropped(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_viska_ffi_fn_method_phone_identity(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_viska_ffi_fn_method_phone_listen(`ptr`: Long,`addr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1293,6 +1297,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_viska_ffi_checksum_method_phone_calls() and 0xFFFF) != 50958) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_phone_events_dropped() and 0xFFFF) != 11002) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_viska_ffi_checksum_method_phone_identity() and 0xFFFF) != 63382) {
@@ -4210,6 +4217,12 @@ public interface PhoneInterface {
     fun `calls`(): List<Call>
     
     /**
+     * Events dropped because the listeners fell far behind (past 8192 waiting events, call
+     * data and DTMF are dropped and counted here; states and keys never are).
+     */
+    fun `eventsDropped`(): kotlin.ULong
+    
+    /**
      * This phone's identity.
      */
     fun `identity`(): PeerIdentity
@@ -4449,6 +4462,23 @@ open class Phone: Disposable, AutoCloseable, PhoneInterface
     callWithHandle {
     uniffiRustCall() { _status ->
     UniffiLib.uniffi_viska_ffi_fn_method_phone_calls(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Events dropped because the listeners fell far behind (past 8192 waiting events, call
+     * data and DTMF are dropped and counted here; states and keys never are).
+     */override fun `eventsDropped`(): kotlin.ULong {
+            return FfiConverterULong.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_phone_events_dropped(
         it,
         _status)
 }
