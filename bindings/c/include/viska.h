@@ -54,6 +54,11 @@
 #define VISKA_SUITE_CHACHA20_POLY1305_SHA256 61441
 
 /**
+ * Length of a group call's id in hex digits (without the terminating NUL).
+ */
+#define VISKA_GROUP_CALL_HEX_LEN 32
+
+/**
  * Where a call is.
  */
 enum ViskaCallStateKind
@@ -281,6 +286,11 @@ enum ViskaErrorCode
      */
     VISKA_ERROR_CODE_RUNTIME = 10,
     /**
+     * The relay refused a request or broke its protocol, or the MLS group refused an
+     * operation.
+     */
+    VISKA_ERROR_CODE_GROUP = 11,
+    /**
      * A bug: a panic inside the library was caught, or an error this version does not name.
      */
     VISKA_ERROR_CODE_INTERNAL = 255,
@@ -472,6 +482,11 @@ typedef struct ViskaCall ViskaCall;
 typedef struct ViskaError ViskaError;
 
 /**
+ * A device connected to a relay, in any number of group calls.
+ */
+typedef struct ViskaGroupPhone ViskaGroupPhone;
+
+/**
  * A device identity: an Ed25519 key pair. The secret half is wiped when freed.
  */
 typedef struct ViskaIdentity ViskaIdentity;
@@ -575,6 +590,103 @@ typedef struct ViskaCallStats {
      */
     uint32_t send_bitrate_bps;
 } ViskaCallStats;
+
+/**
+ * What a group phone tells the application. Every callback may be NULL (not wanted).
+ *
+ * All run on the group phone's dispatcher thread (`vk-group-events`), one at a time, in
+ * order, never while a lock of the library is held; they must not block. Strings and keys
+ * passed are valid for the duration of the callback only. By giving `user_data`, the caller
+ * declares it safe to use from that thread, and keeps it alive until
+ * `viska_group_phone_free` has returned.
+ */
+typedef struct ViskaGroupCallbacks {
+    /**
+     * Passed to every callback as is.
+     */
+    void *user_data;
+    /**
+     * This device is in `call` (it created it, or was added: accept it to take it).
+     */
+    void (*on_joined)(void *user_data,
+                      const char *call);
+    /**
+     * A device joined `call` (also each member already there when this device joins).
+     * `public_key` is `VISKA_PUBLIC_KEY_LEN` bytes.
+     */
+    void (*on_participant_joined)(void *user_data,
+                                  const char *call,
+                                  uint32_t participant,
+                                  const uint8_t *public_key,
+                                  ViskaTrust trust);
+    /**
+     * A device left `call`.
+     */
+    void (*on_participant_left)(void *user_data,
+                                const char *call,
+                                uint32_t participant,
+                                const uint8_t *public_key);
+    /**
+     * The call's group moved to a new epoch; `verification_code` is what every member shows.
+     */
+    void (*on_epoch)(void *user_data,
+                     const char *call,
+                     uint64_t epoch,
+                     const char *verification_code);
+    /**
+     * A group message or media was refused (forged, stale, not for this device): a security
+     * event; `detail` says which, for logs.
+     */
+    void (*on_security)(void *user_data,
+                        const char *call,
+                        const char *detail);
+    /**
+     * This device is no longer in `call` (it left or was removed).
+     */
+    void (*on_ended)(void *user_data,
+                     const char *call);
+    /**
+     * The connection to the relay was lost (`connected` false) or is back (`connected`
+     * true, after `attempts` attempts); calls carry on once it is back.
+     */
+    void (*on_relay)(void *user_data,
+                     bool connected,
+                     uint32_t attempts);
+} ViskaGroupCallbacks;
+
+/**
+ * What a group call looks like from this device (`viska_group_phone_call_info`).
+ */
+typedef struct ViskaGroupCallInfo {
+    /**
+     * Members, this device included.
+     */
+    uint32_t members;
+    /**
+     * Members this device has received audio from.
+     */
+    uint32_t members_heard;
+    /**
+     * Members not verified by the user.
+     */
+    uint32_t unverified;
+    /**
+     * The group's epoch.
+     */
+    uint64_t epoch;
+    /**
+     * Whether this device sends under the group's epoch (the transition is complete).
+     */
+    bool sending_current_epoch;
+    /**
+     * Whether the call was taken (created here, or accepted).
+     */
+    bool accepted;
+    /**
+     * Whether this device left or was removed.
+     */
+    bool ended;
+} ViskaGroupCallInfo;
 
 /**
  * The application's callbacks: a `user_data` pointer passed back to each, and one function
@@ -1152,6 +1264,123 @@ void viska_error_free(struct ViskaError *error);
  * `string` is NULL or a string returned by this library and not yet freed.
  */
 void viska_string_free(char *string);
+
+/**
+ * Connects to the relay at `relay_addr` (`"ip:port"`) whose certificate fingerprint is
+ * `relay_fingerprint_hex` (64 hex digits, as the relay prints it), as the identity of
+ * `config`, with its audio and verified peers (its other settings are for direct calls);
+ * authenticates and publishes key packages, and returns once the relay accepted the device
+ * (blocking the calling thread that long) into `*out`.
+ *
+ * # Safety
+ *
+ * Strings are NUL-terminated; `config` is a live configuration (it stays the caller's);
+ * `callbacks` NULL or a valid struct whose `user_data` honours the contract of
+ * `ViskaGroupCallbacks`; `out` a valid pointer.
+ */
+struct ViskaError *viska_group_phone_connect(const char *relay_addr,
+                                             const char *relay_fingerprint_hex,
+                                             const struct ViskaPhoneConfig *config,
+                                             const struct ViskaGroupCallbacks *callbacks,
+                                             struct ViskaGroupPhone **out);
+
+/**
+ * Opens a new call on the relay with this device as its only member; its id (32 hex digits,
+ * the caller's: `viska_string_free`) into `*out_call`.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `out_call` a valid pointer.
+ */
+struct ViskaError *viska_group_phone_create_call(const struct ViskaGroupPhone *phone,
+                                                 char **out_call);
+
+/**
+ * Adds the device whose public key is `public_key` (`public_key_len` =
+ * `VISKA_PUBLIC_KEY_LEN` bytes) to
+ * `call`; it is held (hears and sends nothing) until it accepts.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `call` NUL-terminated; `public_key` points to
+ * `public_key_len` bytes (`VISKA_PUBLIC_KEY_LEN`).
+ */
+struct ViskaError *viska_group_phone_add(const struct ViskaGroupPhone *phone,
+                                         const char *call,
+                                         const uint8_t *public_key,
+                                         size_t public_key_len);
+
+/**
+ * Removes the device whose public key is `public_key` from `call`.
+ *
+ * # Safety
+ *
+ * As [`viska_group_phone_add`].
+ */
+struct ViskaError *viska_group_phone_remove(const struct ViskaGroupPhone *phone,
+                                            const char *call,
+                                            const uint8_t *public_key,
+                                            size_t public_key_len);
+
+/**
+ * Takes `call`, which this device was added to: from now on it sends and plays audio.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `call` NUL-terminated.
+ */
+struct ViskaError *viska_group_phone_accept(const struct ViskaGroupPhone *phone,
+                                            const char *call);
+
+/**
+ * Leaves `call`.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `call` NUL-terminated.
+ */
+struct ViskaError *viska_group_phone_leave(const struct ViskaGroupPhone *phone,
+                                           const char *call);
+
+/**
+ * What `call` looks like from this device into `*out`, and its verification code (what every
+ * member shows; the caller's: `viska_string_free`; NULL before the first epoch) into
+ * `*out_verification_code` unless that is NULL. Fails with
+ * `VISKA_ERROR_CODE_INVALID_ARGUMENT` when this device is not in the call.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `call` NUL-terminated; `out` a valid pointer;
+ * `out_verification_code` NULL or a valid pointer.
+ */
+struct ViskaError *viska_group_phone_call_info(const struct ViskaGroupPhone *phone,
+                                               const char *call,
+                                               struct ViskaGroupCallInfo *out,
+                                               char **out_verification_code);
+
+/**
+ * Blocks until `call` has `members` members, every other one heard and all sending under the
+ * group's epoch, or `timeout_ms` passed; `*out_done` says which. Not from a callback.
+ *
+ * # Safety
+ *
+ * `phone` is a live group phone; `call` NUL-terminated; `out_done` a valid pointer.
+ */
+struct ViskaError *viska_group_phone_wait_heard(const struct ViskaGroupPhone *phone,
+                                                const char *call,
+                                                uint32_t members,
+                                                uint32_t timeout_ms,
+                                                bool *out_done);
+
+/**
+ * Leaves every call, disconnects from the relay and frees the group phone (blocks until
+ * done). NULL is fine. After it returns no callback runs any more.
+ *
+ * # Safety
+ *
+ * `phone` is NULL or a group phone from `viska_group_phone_connect`, not used afterwards.
+ */
+void viska_group_phone_free(struct ViskaGroupPhone *phone);
 
 /**
  * Generates a new identity from the operating system's randomness into `*out` (free it with

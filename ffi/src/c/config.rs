@@ -61,6 +61,17 @@ impl ViskaPhoneConfig {
         }
         b
     }
+
+    /// The parts of the settings a group phone uses: identity, audio, verified peers.
+    pub(crate) fn group_parts(
+        &self,
+    ) -> (IdentityKeyPair, Arc<dyn AudioFactory>, Vec<PublicIdentity>) {
+        let audio = self
+            .audio
+            .clone()
+            .unwrap_or_else(|| Arc::new(NullAudio) as Arc<dyn AudioFactory>);
+        (self.identity.clone(), audio, self.verified_peers.clone())
+    }
 }
 
 /// Borrows a configuration mutably.

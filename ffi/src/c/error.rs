@@ -37,6 +37,9 @@ pub enum ViskaErrorCode {
     Audio = 9,
     /// The system refused a resource (a thread could not start).
     Runtime = 10,
+    /// The relay refused a request or broke its protocol, or the MLS group refused an
+    /// operation.
+    Group = 11,
     /// A bug: a panic inside the library was caught, or an error this version does not name.
     Internal = 255,
 }
@@ -81,6 +84,20 @@ impl ViskaError {
     /// The error's code.
     pub fn code(&self) -> ViskaErrorCode {
         self.code
+    }
+}
+
+impl From<viska::group::GroupPhoneError> for ViskaError {
+    fn from(e: viska::group::GroupPhoneError) -> Self {
+        use viska::group::GroupPhoneError as E;
+        let code = match &e {
+            E::Transport(_) => ViskaErrorCode::Transport,
+            E::Closed => ViskaErrorCode::Closed,
+            E::NoSuchCall => ViskaErrorCode::InvalidArgument,
+            E::Timeout => ViskaErrorCode::Transport,
+            _ => ViskaErrorCode::Group,
+        };
+        Self::new(code, e)
     }
 }
 

@@ -35,6 +35,7 @@ pub mod call;
 pub mod callbacks;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod identity;
 pub mod phone;
 mod util;
@@ -50,6 +51,7 @@ pub use callbacks::{
 };
 pub use config::ViskaPhoneConfig;
 pub use error::{ViskaError, ViskaErrorCode};
+pub use group::{ViskaGroupCallInfo, ViskaGroupCallbacks, ViskaGroupPhone};
 pub use identity::ViskaIdentity;
 pub use phone::ViskaPhone;
 
