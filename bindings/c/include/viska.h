@@ -1220,6 +1220,17 @@ struct ViskaError *viska_phone_config_set_realtime(struct ViskaPhoneConfig *conf
                                                    bool on);
 
 /**
+ * Discontinuous transmission (default true): while the user is silent, only comfort-noise
+ * updates are sent, a few kbit/s instead of the full rate.
+ *
+ * # Safety
+ *
+ * `config` is a live configuration.
+ */
+struct ViskaError *viska_phone_config_set_dtx(struct ViskaPhoneConfig *config,
+                                              bool on);
+
+/**
  * Frees a configuration (phones made from it keep running). NULL is fine.
  *
  * # Safety

@@ -498,6 +498,7 @@ int main(int argc, char **argv) {
     uint16_t suites[] = {VISKA_SUITE_CHACHA20_POLY1305_SHA256, VISKA_SUITE_AES_128_GCM_SHA256};
     check(viska_phone_config_set_suites(callee_cfg, suites, 2), "callee suites");
     check(viska_phone_config_set_realtime(callee_cfg, false), "callee realtime");
+    check(viska_phone_config_set_dtx(callee_cfg, true), "callee dtx");
     check(viska_phone_config_set_ring_timeout_ms(callee_cfg, 60000), "ring timeout");
     uint16_t bad_suite = 0x7777;
     expect_error(viska_phone_config_set_suites(callee_cfg, &bad_suite, 1),

@@ -32,6 +32,7 @@ pub struct ViskaPhoneConfig {
     max_calls: Option<usize>,
     recording: Option<PathBuf>,
     realtime: Option<bool>,
+    dtx: Option<bool>,
 }
 
 impl ViskaPhoneConfig {
@@ -58,6 +59,9 @@ impl ViskaPhoneConfig {
         }
         if let Some(on) = self.realtime {
             b = b.realtime(on);
+        }
+        if let Some(on) = self.dtx {
+            b = b.dtx(on);
         }
         b
     }
@@ -114,6 +118,7 @@ pub unsafe extern "C" fn viska_phone_config_new(
             max_calls: None,
             recording: None,
             realtime: None,
+            dtx: None,
         };
         // SAFETY: non-NULL and writable per the caller.
         unsafe { write(out, Box::into_raw(Box::new(config))) };
@@ -386,6 +391,25 @@ pub unsafe extern "C" fn viska_phone_config_set_realtime(
         // SAFETY: live and unshared per the caller.
         let config = unsafe { config_mut(config) }?;
         config.realtime = Some(on);
+        Ok(())
+    })
+}
+
+/// Discontinuous transmission (default true): while the user is silent, only comfort-noise
+/// updates are sent, a few kbit/s instead of the full rate.
+///
+/// # Safety
+///
+/// `config` is a live configuration.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_phone_config_set_dtx(
+    config: *mut ViskaPhoneConfig,
+    on: bool,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: live and unshared per the caller.
+        let config = unsafe { config_mut(config) }?;
+        config.dtx = Some(on);
         Ok(())
     })
 }
