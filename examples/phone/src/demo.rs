@@ -11,7 +11,7 @@ use serde::Serialize;
 use viska::CallHandle;
 use viska::PhoneEvent;
 use viska::call::CallState;
-use viska::netem::{ImpairmentConfig, MAX_DELAY};
+use viska::netem::{ImpairmentConfig, LossModel, MAX_DELAY};
 use viska::phone::{FileAudio, LatencyProbe, PhoneListener};
 
 use crate::{BoxError, DemoLink, SuiteArg, demo_phone};
@@ -25,10 +25,24 @@ pub(crate) struct DemoArgs {
     /// Seconds of audio to send after the call is answered (0 to 86400).
     #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     seconds: f64,
-    /// Random packet loss in percent (0 to 100), applied to each phone's outgoing packets.
+    /// Packet loss in percent (0 to 100), applied to each phone's outgoing packets:
+    /// independent per packet, or in bursts with `--burst`.
     #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     loss: f64,
-    /// Up to this many milliseconds of random extra delay per packet (at most an hour).
+    /// Mean length of a loss burst, in packets (1 or more): `--loss` is then the long-run
+    /// loss of a Gilbert-Elliott channel whose bursts last this long on average. Without the
+    /// flag, each packet is lost independently.
+    #[arg(long, value_parser = parse_burst)]
+    burst: Option<f64>,
+    /// Percentage of packets (0 to 100) held back by `--reorder-delay` so that later packets
+    /// overtake them.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    reorder: f64,
+    /// How long a packet picked by `--reorder` is held back, in milliseconds.
+    #[arg(long, default_value_t = 30, value_parser = parse_impairment_millis)]
+    reorder_delay: u64,
+    /// Up to this many milliseconds of random extra delay per packet (at most an hour). Packets
+    /// stay in order (jitter shows as bunching); `--reorder` reorders.
     #[arg(long, default_value_t = 0, value_parser = parse_impairment_millis)]
     jitter: u64,
     /// Fixed one-way delay in milliseconds (at most an hour).
@@ -92,6 +106,7 @@ pub(crate) struct Summary {
     frames_lost: u64,
     frames_concealed: u64,
     frames_fec_recovered: u64,
+    frames_dred_recovered: u64,
     decrypt_failures: u64,
     replays_rejected: u64,
     sas_caller: Option<String>,
@@ -151,6 +166,9 @@ pub(crate) struct Summary {
     cpu_floor_vs_codec: Option<f64>,
     seconds: f64,
     loss_pct: f64,
+    /// Mean loss burst in packets (`--burst`), absent for independent loss.
+    burst: Option<f64>,
+    reorder_pct: f64,
     jitter_ms: u64,
     delay_ms: u64,
     caller_end: String,
@@ -283,6 +301,33 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `--burst`: a finite mean burst length of at least one packet.
+fn parse_burst(text: &str) -> Result<f64, String> {
+    let burst: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if burst.is_finite() && (1.0..=1000.0).contains(&burst) {
+        Ok(burst)
+    } else {
+        Err("must be from 1 to 1000 packets".into())
+    }
+}
+
+/// The impairment the flags describe, `None` when they describe none.
+fn impairment(args: &DemoArgs) -> Result<Option<ImpairmentConfig>, BoxError> {
+    let mut config = ImpairmentConfig::simple(
+        args.loss,
+        Duration::from_millis(args.delay),
+        Duration::from_millis(args.jitter),
+        args.seed,
+    )?;
+    if let (Some(burst), true) = (args.burst, args.loss > 0.0) {
+        config.loss = LossModel::gilbert_elliott(args.loss, burst)?;
+    }
+    config.reorder_pct = args.reorder;
+    config.reorder_delay = Duration::from_millis(args.reorder_delay);
+    config.validate()?;
+    Ok((!config.is_identity()).then_some(config))
+}
+
 /// `--delay` and `--jitter`: milliseconds up to the impairment model's longest delay.
 fn parse_impairment_millis(text: &str) -> Result<u64, String> {
     let millis: u64 = text.parse().map_err(|e| format!("{e}"))?;
@@ -309,16 +354,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     if let Some(n) = args.participants {
         return crate::group_demo::run(n, args.seconds, &input);
     }
-    let impairment = if args.loss > 0.0 || args.jitter > 0 || args.delay > 0 {
-        Some(ImpairmentConfig::simple(
-            args.loss,
-            Duration::from_millis(args.delay),
-            Duration::from_millis(args.jitter),
-            args.seed,
-        )?)
-    } else {
-        None
-    };
+    let impairment = impairment(&args)?;
     let probe = Arc::new(LatencyProbe::new());
     let transport = viska::TransportConfig {
         connection_ids: if args.zero_length_connection_ids {
@@ -498,6 +534,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         frames_lost: b.media.playout.lost,
         frames_concealed: b.media.playout.concealed,
         frames_fec_recovered: b.media.playout.fec_recovered,
+        frames_dred_recovered: b.media.playout.dred_recovered,
         decrypt_failures: a.media.decrypt_failures + b.media.decrypt_failures,
         replays_rejected: a.media.replays_rejected + b.media.replays_rejected,
         sas_match: a.sas.is_some() && a.sas == b.sas,
@@ -546,6 +583,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         cpu_floor_vs_codec: floor_ratio,
         seconds: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         loss_pct: args.loss,
+        burst: args.burst,
+        reorder_pct: args.reorder,
         jitter_ms: args.jitter,
         delay_ms: args.delay,
         caller_end: format!("{:?}", a.state),
