@@ -17,9 +17,11 @@
 //! The *target delay* follows a peak detector on relative delays: it jumps up to a new peak
 //! at once (a spike) and decays exponentially (time constant [`JitterConfig::spike_decay`])
 //! afterwards, but not below the 97th percentile of the relative delays in the window (the
-//! last 256 packets, about five seconds); plus a small safety margin, clamped to
-//! `[min_delay, max_delay]`. The RFC 3550
-//! interarrival jitter is tracked too and reported in [`BufferStats::jitter`].
+//! last 256 packets, about five seconds); plus a small safety margin, plus one frame while the
+//! stream is losing packets (about 1 % of the last five seconds' frames or more,
+//! [`JitterBuffer::is_lossy`]: the packet after a lost frame, whose in-band FEC rebuilds it,
+//! is then in hand when the lost frame is due), clamped to `[min_delay, max_delay]`. The
+//! RFC 3550 interarrival jitter is tracked too and reported in [`BufferStats::jitter`].
 //!
 //! The buffer changes its delay only in whole frames. It grows the delay by *waiting*
 //! ([`Next::Wait`]: a filler frame is played and the playout position does not move) and
@@ -32,7 +34,10 @@
 //!   frame with nothing buffered after it is also waited for, up to
 //!   [`JitterConfig::burst_wait`] per episode and never beyond `max_delay`: a network that
 //!   stalls and then delivers a burst loses nothing. Bursts of *loss* (packets that never
-//!   come) do not turn it on, so they are concealed at once without growing the delay;
+//!   come) do not turn it on, so they are concealed at once without growing the delay; and a
+//!   wait that ends in a loss (later packets came, the one waited for did not) turns it off,
+//!   so one late packet (a thread scheduled late) does not make every later loss burst a
+//!   longer run of concealment and a longer delay;
 //! * silent frames before a new talkspurt (a packet flagged [`PushMeta::marker`]) are skipped
 //!   while the current delay is above the target.
 //!
@@ -87,6 +92,13 @@ const QUANTILE: f64 = 0.97;
 const SAFETY_MARGIN_US: f64 = 2_000.0;
 /// How long a stall (a gap whose packets came after all) keeps the burst rule on, microseconds.
 const STALL_MEMORY_US: i128 = 60_000_000;
+/// Frames over which the recent loss is averaged (about five seconds of 20 ms frames).
+const LOSS_AVERAGE_FRAMES: f64 = 256.0;
+/// The stream counts as losing packets once this share of recent frames is lost, and no
+/// longer once the share falls below [`LOSSY_OFF`].
+const LOSSY_ON: f64 = 0.01;
+/// See [`LOSSY_ON`].
+const LOSSY_OFF: f64 = 0.003;
 
 /// Errors from building a [`JitterBuffer`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -447,6 +459,11 @@ pub struct JitterBuffer {
     estimator: DelayEstimator,
     /// Waits since a packet was last played.
     episode_waits: usize,
+    /// Share of recent frames lost (exponentially weighted, time constant
+    /// [`LOSS_AVERAGE_FRAMES`] frames; pauses do not count), and whether it says the stream
+    /// is losing packets (with hysteresis).
+    loss_average: f64,
+    lossy: bool,
     /// The last packet played was a comfort-noise update and only [`Next::Comfort`] frames
     /// have followed it: the sender is in DTX.
     comfort: bool,
@@ -483,6 +500,8 @@ impl JitterBuffer {
             last_stall_us: None,
             estimator: DelayEstimator::new(),
             episode_waits: 0,
+            loss_average: 0.0,
+            lossy: false,
             comfort: false,
             stats: BufferStats::default(),
         })
@@ -697,6 +716,9 @@ impl JitterBuffer {
                     // network stalls rather than drops, so waiting would have saved it.
                     self.last_stall_us = Some(t);
                 }
+                // Its frame was counted as lost; the packet was held up or reordered, which
+                // the next packet's FEC would not have repaired.
+                self.unnote_loss();
                 self.stats.late = self.stats.late.saturating_add(1);
                 self.record_arrival(t, seq);
                 return PushOutcome::TooLate;
@@ -807,6 +829,14 @@ impl JitterBuffer {
                 Some((first_seq, false)) => {
                     self.comfort = false;
                     self.stats.lost = self.stats.lost.saturating_add(1);
+                    self.note_frame(true);
+                    if self.episode_waits > 0 {
+                        // The frame waited for never came while later ones did: this was a
+                        // loss, not a stall. Waiting for the next missing frames would only
+                        // turn each loss burst into more concealment and a longer delay.
+                        self.last_stall_us = None;
+                        self.episode_waits = 0;
+                    }
                     self.advance(false);
                     if first_seq == self.next_seq {
                         return match self.slot(first_seq) {
@@ -822,6 +852,7 @@ impl JitterBuffer {
         match self.slot(self.next_seq) {
             Some(index) => {
                 self.episode_waits = 0;
+                self.note_frame(false);
                 if let Some(slot) = self.slots.get_mut(index) {
                     slot.filled = false;
                 }
@@ -893,7 +924,33 @@ impl JitterBuffer {
         } else {
             self.stats.lost = self.stats.lost.saturating_add(gaps);
             self.stats.lost_in_gaps = self.stats.lost_in_gaps.saturating_add(gaps);
+            for _ in 0..gaps.min(LOSS_AVERAGE_FRAMES as u64) {
+                self.note_frame(true);
+            }
         }
+    }
+
+    /// Counts one frame due for the recent loss average: lost, or played from its packet.
+    fn note_frame(&mut self, lost: bool) {
+        let sample = if lost { 1.0 } else { 0.0 };
+        self.loss_average += (sample - self.loss_average) / LOSS_AVERAGE_FRAMES;
+        self.lossy = if self.lossy {
+            self.loss_average >= LOSSY_OFF
+        } else {
+            self.loss_average >= LOSSY_ON
+        };
+    }
+
+    /// Takes back one lost frame from the recent loss average: its packet came after all.
+    fn unnote_loss(&mut self) {
+        self.loss_average = (self.loss_average - 1.0 / LOSS_AVERAGE_FRAMES).max(0.0);
+        self.lossy = self.lossy && self.loss_average >= LOSSY_OFF;
+    }
+
+    /// Whether the stream has been losing packets lately (about 1 % of the last few seconds'
+    /// frames or more): the target delay then keeps the next frame's packet in hand.
+    pub fn is_lossy(&self) -> bool {
+        self.lossy
     }
 
     fn record_arrival(&mut self, t: i128, seq: u64) {
@@ -1012,7 +1069,16 @@ impl JitterBuffer {
         let peak = self.estimator.peak_at(t, decay);
         let min = self.config.min_delay.as_micros() as f64;
         let max = self.config.max_delay.as_micros() as f64;
-        (peak + SAFETY_MARGIN_US).clamp(min, max)
+        // While packets are being lost, a lost frame is rebuilt from the in-band FEC of the
+        // next packet, which must then be in hand when the lost frame is due: one frame later
+        // than the jitter alone asks for. Without it the next packet, due at the same moment,
+        // misses by a millisecond of scheduling as often as not and the frame is concealed.
+        let recovery = if self.lossy {
+            self.frame_us as f64
+        } else {
+            0.0
+        };
+        (peak + SAFETY_MARGIN_US + recovery).clamp(min, max)
     }
 }
 

@@ -874,3 +874,93 @@ fn invalid_configs_are_refused() {
         Err(JitterError::Capacity { min: 22, .. })
     ));
 }
+
+/// One stall teaches the buffer to wait for missing frames; loss bursts afterwards are packets
+/// that never come. The first wait that ends in a loss (later packets came, the one waited for
+/// did not) turns the burst rule off: later bursts are concealed at once, not waited for.
+#[test]
+fn a_wait_that_ends_in_a_loss_stops_waiting_for_loss_bursts() {
+    let frames = 2_000;
+    let stalled = generate(
+        &Network {
+            stall: Some((5.0, 80.0)),
+            ..Network::default()
+        },
+        frames,
+        11,
+    );
+    let (stall_buffer, stall_only) = run(JitterConfig::default(), &stalled, frames, 7_000);
+    // The stall: what it held up came after its frames were given up.
+    assert!(stall_buffer.stats().late > 0);
+    // Then bursts of four lost packets, every four seconds, in speech.
+    let bursts: Vec<u64> = [500, 700, 900, 1_100, 1_300, 1_500, 1_700]
+        .iter()
+        .flat_map(|&start| start..start + 4)
+        .collect();
+    let mut traffic = generate(
+        &Network {
+            stall: Some((5.0, 80.0)),
+            ..Network::default()
+        },
+        frames,
+        11,
+    );
+    traffic.packets.retain(|p| !bursts.contains(&p.seq));
+    let (buffer, trace) = run(JitterConfig::default(), &traffic, frames, 7_000);
+    // One burst may be waited for (at most `burst_wait`, five frames), and the recent loss
+    // may grow the delay by one frame (see the next scenario); nothing more.
+    assert!(
+        trace.waits <= stall_only.waits + 5 + 1,
+        "waits {} (stall alone {})",
+        trace.waits,
+        stall_only.waits
+    );
+    assert!(buffer.stats().lost >= bursts.len() as u64);
+    assert!(strictly_increasing(&trace.played));
+}
+
+/// While packets are lost, the target keeps one frame more than the jitter asks for, so the
+/// packet after a lost frame (whose in-band FEC rebuilds it) is in hand when the lost frame
+/// is due. Here playout starts 0.1 ms after the next frame's fastest arrival and packets come
+/// up to 3 ms late: without the extra frame nearly every isolated loss would be concealed.
+#[test]
+fn while_packets_are_lost_the_next_packet_is_in_hand_for_fec() {
+    let frames = 1_500;
+    let mut traffic = generate(
+        &Network {
+            latency_ms: 10.0,
+            jitter_ms: 3.0,
+            loss: Loss::Random(0.05),
+            ..Network::default()
+        },
+        frames,
+        5,
+    );
+    // The first packet on the fastest path, so that playout starts with a 20.1 ms delay.
+    let first = traffic
+        .packets
+        .iter_mut()
+        .min_by_key(|p| p.seq)
+        .expect("packets");
+    assert_eq!(first.seq, 0);
+    first.arrival_us = 10_000;
+    traffic.packets.sort_by_key(|packet| packet.arrival_us);
+    let (buffer, trace) = run(JitterConfig::default(), &traffic, frames, 10_100);
+    let stats = buffer.stats();
+    let lost = stats.lost;
+    assert!(lost > 50, "{stats:?}");
+    assert!(buffer.is_lossy());
+    // Consecutive losses (about 5 %) and the first second, before the loss is known, are
+    // concealed; the rest is rebuilt from FEC.
+    assert!(
+        trace.fec * 10 >= lost * 8,
+        "fec {} of {lost} lost (conceal {}, gaps {})",
+        trace.fec,
+        trace.conceal,
+        trace.gap
+    );
+    // The delay grew by about one frame, no more.
+    let (current, target) = trace.delay_at(25.0);
+    assert!((20.0..=45.0).contains(&target), "target {target}");
+    assert!(current <= 45.0, "current {current}");
+}
