@@ -650,8 +650,11 @@ fn statistics_report_loss_jitter_rtt_and_the_send_rate() {
         stats.concealed_frames + stats.fec_recovered <= stats.packets_lost,
         "{stats:?}"
     );
+    // On the PESQ-WB scale the estimate is calibrated to: below a clean call's 4.05, and
+    // for about 5 % loss with jitter (some of it concealed) near 3 (real calls with 5 % random
+    // loss and no jitter scored 3.4 to 3.9).
     let mos = stats.estimate_mos(60.0);
-    assert!(mos > 3.0 && mos < 4.4, "{mos}");
+    assert!(mos > 2.5 && mos < 4.0, "{mos} for {stats:?}");
     // Bob's trust and the call id are there for the application.
     assert_eq!(net.peers[BOB].session.trust(), Some(Trust::Unverified));
     assert_eq!(
