@@ -58,6 +58,11 @@ pub(crate) struct DemoArgs {
     /// comfort-noise update every 420 ms instead).
     #[arg(long)]
     no_dtx: bool,
+    /// Deep redundancy (Opus DRED) each packet carries, in milliseconds of history (a
+    /// multiple of 10, up to 1040; 0, the default, sends none). Receivers rebuild lost frames
+    /// from it when a later packet is in hand.
+    #[arg(long, default_value_t = 0)]
+    dred_ms: u16,
     /// WAV the caller plays (default: a bundled speech sample).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -369,6 +374,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
     let opus = viska::media::codec::OpusConfig {
         bitrate_bps: args.bitrate,
         dtx: !args.no_dtx,
+        dred_duration_ms: args.dred_ms,
         ..viska::media::codec::OpusConfig::default()
     };
     let callee = demo_phone(
