@@ -6,15 +6,22 @@
 //! ```
 //! The key is Argon2id(passphrase, salt, m_kib, t, p), 32 bytes; the associated data is every
 //! byte before the ciphertext, so no header field can be changed either.
+// Without the store, only the fuzz target uses the parser.
+#![cfg_attr(not(any(feature = "sqlite", fuzzing)), allow(dead_code))]
 
-use chacha20poly1305::XChaCha20Poly1305;
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
-use viska_passwords::{HashParams, check_password, derive_key};
-use zeroize::Zeroizing;
+use viska_passwords::HashParams;
 
-use crate::contacts::Contact;
-use crate::{Store, StoreError};
+use crate::StoreError;
+use crate::contact::Contact;
+#[cfg(feature = "sqlite")]
+use {
+    crate::Store,
+    chacha20poly1305::XChaCha20Poly1305,
+    chacha20poly1305::aead::{AeadInOut, KeyInit},
+    viska_passwords::{check_password, derive_key},
+    zeroize::Zeroizing,
+};
 
 /// The first bytes of every backup.
 pub const BACKUP_MAGIC: &[u8; 8] = b"VISKABAK";
@@ -54,9 +61,10 @@ fn parse_header(bytes: &[u8]) -> Result<Header, StoreError> {
         t: be32(&bytes[13..17]),
         p: be32(&bytes[17..21]),
     };
-    if !(8 * params.p..=MAX_M_KIB).contains(&params.m_kib)
+    // Lanes first: Argon2's memory floor is 8 KiB per lane, computed only for a bounded p.
+    if !(1..=MAX_P).contains(&params.p)
+        || !(8 * params.p..=MAX_M_KIB).contains(&params.m_kib)
         || !(1..=MAX_T).contains(&params.t)
-        || !(1..=MAX_P).contains(&params.p)
     {
         return Err(StoreError::BackupParams);
     }
@@ -82,11 +90,11 @@ fn put_time(out: &mut Vec<u8>, t: Option<i64>) {
     out.extend_from_slice(&t.unwrap_or(NO_TIME).to_be_bytes());
 }
 
-fn encode_payload(p: &Payload) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+fn encode_payload(p: &Payload) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
     let too_long = || StoreError::Corrupt {
         what: "value too long for a backup",
     };
-    let mut out = Zeroizing::new(Vec::new());
+    let mut out = zeroize::Zeroizing::new(Vec::new());
     out.extend_from_slice(p.identity.to_secret_bytes().expose_secret());
     out.extend_from_slice(
         &u32::try_from(p.contacts.len())
@@ -216,6 +224,7 @@ fn decode_payload(bytes: &[u8]) -> Result<Payload, StoreError> {
     })
 }
 
+#[cfg(feature = "sqlite")]
 fn cipher(key: &[u8; 32]) -> XChaCha20Poly1305 {
     XChaCha20Poly1305::new(key.into())
 }
@@ -228,6 +237,7 @@ pub fn fuzz_parse(bytes: &[u8]) {
     let _ = decode_payload(bytes);
 }
 
+#[cfg(feature = "sqlite")]
 impl Store {
     /// An encrypted backup of the identity, contacts and settings (not the MLS state or the
     /// call history: a restored device rejoins its calls). The passphrase must pass the
@@ -384,6 +394,10 @@ mod tests {
         b[9..13].copy_from_slice(&(MAX_M_KIB + 1).to_be_bytes());
         b[13..17].copy_from_slice(&1u32.to_be_bytes());
         b[17..21].copy_from_slice(&1u32.to_be_bytes());
+        assert!(matches!(parse_header(&b), Err(StoreError::BackupParams)));
+        // Found by the fuzz target: a lane count whose memory floor overflows.
+        b[9..13].copy_from_slice(&64u32.to_be_bytes());
+        b[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(parse_header(&b), Err(StoreError::BackupParams)));
         b[8] = 2;
         assert!(matches!(

@@ -50,6 +50,7 @@ pub enum StoreError {
     #[error("store file: {0}")]
     Io(#[from] std::io::Error),
     /// SQLite failed.
+    #[cfg(feature = "sqlite")]
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// openmls' storage schema could not be set up.

@@ -25,19 +25,31 @@
 //! ```
 
 mod backup;
+mod contact;
+#[cfg(feature = "sqlite")]
 mod contacts;
 mod error;
+#[cfg(feature = "sqlite")]
 mod history;
+#[cfg(feature = "sqlite")]
 mod key;
+#[cfg(feature = "sqlite")]
 mod mls;
+#[cfg(feature = "sqlite")]
 mod store;
 
 pub use backup::{BACKUP_MAGIC, BACKUP_VERSION};
-pub use contacts::{Contact, ContactDirectory, default_handle};
+pub use contact::{Contact, default_handle};
+#[cfg(feature = "sqlite")]
+pub use contacts::ContactDirectory;
 pub use error::StoreError;
+#[cfg(feature = "sqlite")]
 pub use history::{CallDirection, CallRecord};
+#[cfg(feature = "sqlite")]
 pub use key::StoreKey;
+#[cfg(feature = "sqlite")]
 pub use mls::StoreMlsProvider;
+#[cfg(feature = "sqlite")]
 pub use store::{SCHEMA_VERSION, Store};
 pub use viska_call::{PeerDirectory, Standing, Trust};
 
