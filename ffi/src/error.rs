@@ -59,6 +59,27 @@ pub enum ViskaError {
     /// The operation did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// The key (or passphrase) does not open the key store, or the file is not a store.
+    #[error("wrong key, or not a Viska store")]
+    WrongKey,
+    /// A backup passphrase the password policy refused.
+    #[error("passphrase refused: {detail}")]
+    WeakPassphrase {
+        /// Why.
+        detail: String,
+    },
+    /// A backup that does not open: a wrong passphrase, or it was changed or cut short.
+    #[error("{detail}")]
+    BadBackup {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The key store failed (its file, its database).
+    #[error("key store: {detail}")]
+    Store {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl ViskaError {

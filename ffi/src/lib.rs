@@ -27,6 +27,7 @@ mod error;
 mod group;
 mod identity;
 mod phone;
+mod store;
 mod types;
 
 pub use call::{Call, CallEvent, CallInfo, CallListener};
@@ -38,6 +39,7 @@ pub use identity::{Identity, PeerIdentity, fingerprint_of, safety_number};
 pub use phone::{
     AudioSetup, CallerInfo, MissedReason, Phone, PhoneEvent, PhoneListener, PhoneSettings,
 };
+pub use store::{CallHistoryEntry, ContactInfo, KeyStore};
 pub use types::{
     AudioDevice, AudioDirection, AudioNotice, CallState, CallStats, EndReason, SecurityKind,
     SecurityNotice, Side, Suite, Trust,
