@@ -145,10 +145,13 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Opens (or creates) the data directory `dir`; changes are recorded as done by
-    /// `cli:<operator>`.
+    /// Opens (or creates) the data directory `dir`, with the relay's certificate and audit key
+    /// (generated if missing); changes are recorded as done by `cli:<operator>`.
     pub fn open(dir: &Path, operator: &str) -> Result<Self, AdminError> {
         fs::create_dir_all(dir)?;
+        // The certificate exists from the first command on: its fingerprint is fixed before
+        // the relay first starts, and a backup always carries it.
+        cert::load_or_generate(dir)?;
         let conn = db::open_connection(dir)?;
         let checkpoints = Checkpointer::open(dir)?;
         Ok(Self {

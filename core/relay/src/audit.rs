@@ -304,7 +304,7 @@ pub enum AuditProblem {
         prev: u64,
     },
     /// Row `expected` is missing: the next row in the table is `found` (or none).
-    #[error("row {expected}: missing (the next row is {found:?})")]
+    #[error("row {expected}: missing (a row was deleted)")]
     Missing {
         /// The sequence number that should come next.
         expected: u64,
