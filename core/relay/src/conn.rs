@@ -610,6 +610,7 @@ async fn login(
     );
     let password_ok = {
         let _permit = shared.verifications.acquire().await;
+        bump(&shared.stats.password_checks);
         tokio::task::spawn_blocking(move || {
             viska_passwords::verify_password(&password, &hash).unwrap_or(false)
         })

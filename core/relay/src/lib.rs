@@ -258,6 +258,12 @@ pub struct RelayStats {
     /// Devices disconnected and taken out of their calls because they were revoked or their
     /// account disabled.
     pub evicted: u64,
+    /// Password verifications made: one per login attempt not locked out, unknown accounts
+    /// included (verified against a hash nobody knows, so they cost the same).
+    pub password_checks: u64,
+    /// Devices checked again after a change from the command line (revoked, account disabled
+    /// or enabled, role changed).
+    pub rechecked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -283,6 +289,8 @@ pub(crate) struct Counters {
     pub(crate) login_locked: AtomicU64,
     pub(crate) forbidden: AtomicU64,
     pub(crate) evicted: AtomicU64,
+    pub(crate) password_checks: AtomicU64,
+    pub(crate) rechecked: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -315,6 +323,8 @@ impl Counters {
             login_locked: g(&self.login_locked),
             forbidden: g(&self.forbidden),
             evicted: g(&self.evicted),
+            password_checks: g(&self.password_checks),
+            rechecked: g(&self.rechecked),
         }
     }
 }

@@ -344,6 +344,7 @@ impl Shared {
     /// taken out of its calls (the others hear `MemberGone`).
     pub(crate) fn recheck(self: &Arc<Self>, key: DeviceKey, status: DeviceStatus) {
         let mut st = self.lock();
+        bump(&self.stats.rechecked);
         match status {
             DeviceStatus::Registered { user, role } => {
                 if let Some(d) = st.devices.get_mut(&key)
