@@ -80,8 +80,9 @@ pub enum RelayError {
     Task(String),
 }
 
-/// Decides whether an authenticated identity may use the relay. The accounts work plugs in
-/// here; [`AllowAll`] admits every identity that proved its key.
+/// Decides whether an authenticated identity may use the relay, before (and besides) the
+/// accounts ([`AccountsMode`]) and revocations of the data directory; [`AllowAll`] admits
+/// every identity that proved its key.
 pub trait Admission: Send + Sync + 'static {
     /// Whether `identity` (which has just proved it holds the key) may log in.
     fn admit(&self, identity: &DeviceKey) -> bool;
