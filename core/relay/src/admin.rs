@@ -431,8 +431,7 @@ impl Admin {
         let target = dest.join(db::DB_FILE);
         {
             let mut out = Connection::open(&target)?;
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
-            backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+            copy_database(&self.conn, &mut out)?;
         }
         restrict(&target)?;
         let out = Connection::open(&target)?;
@@ -476,6 +475,24 @@ impl Admin {
 pub struct BackupReport {
     /// Rows of the audit log in it.
     pub audit_rows: u64,
+}
+
+/// Copies `src` into `dst` with SQLite's online backup API, all pages in one step: a step
+/// reads one consistent snapshot, and the relay writing meanwhile cannot make it start over
+/// (as it would between steps of a copy made a few pages at a time). A busy or locked source
+/// is tried again, a bounded number of times.
+fn copy_database(src: &Connection, dst: &mut Connection) -> Result<(), AdminError> {
+    use rusqlite::backup::{Backup, StepResult};
+    let backup = Backup::new(src, dst)?;
+    for _ in 0..200 {
+        match backup.step(-1)? {
+            StepResult::Done => return Ok(()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Err(AdminError::BadBackup(
+        "the database stayed busy for 10 s".into(),
+    ))
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -555,8 +572,7 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<AuditReport, AdminError> {
         let src =
             Connection::open_with_flags(&db_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let mut out = Connection::open(dir.join(db::DB_FILE))?;
-        let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
-        backup.run_to_completion(256, std::time::Duration::from_millis(0), None)?;
+        copy_database(&src, &mut out)?;
     }
     restrict(&dir.join(db::DB_FILE))?;
     let mut admin = Admin::open(dir, "restore")?;

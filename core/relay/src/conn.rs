@@ -99,6 +99,15 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
         .await
         .map_err(|e| RelayError::Task(e.to_string()))??;
     let fingerprint = identity.fingerprint();
+    if config.accounts == AccountsMode::Required {
+        // The hash unknown accounts are verified against, made now rather than at the first
+        // such login (which would then take longer than the others).
+        tokio::task::spawn_blocking(|| {
+            viska_passwords::dummy_hash();
+        })
+        .await
+        .map_err(|e| RelayError::Task(e.to_string()))?;
+    }
     let socket = bind_socket(config.bind)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

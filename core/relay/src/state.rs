@@ -83,6 +83,9 @@ struct State {
     routes_used: BTreeMap<u32, CallRef>,
     devices: HashMap<DeviceKey, Device>,
     overflowed: Vec<DeviceKey>,
+    /// Devices the command line revoked or disabled since the start: refused even if their
+    /// authentication looked them up just before the change.
+    refused_keys: HashSet<DeviceKey>,
     db: Option<mpsc::Sender<Op>>,
     next_id: u64,
 }
@@ -159,6 +162,7 @@ impl Shared {
             routes_used: BTreeMap::new(),
             devices: HashMap::new(),
             overflowed: Vec::new(),
+            refused_keys: HashSet::new(),
             db: Some(db),
             next_id: 0,
         };
@@ -235,6 +239,11 @@ impl Shared {
         let mut st = self.lock();
         st.next_id += 1;
         let id = st.next_id;
+        if st.refused_keys.contains(&identity) {
+            // Revoked (or disabled) between its lookup and now.
+            conn.close(close::REVOKED.into(), b"revoked");
+            return id;
+        }
         let device = st.devices.entry(identity).or_default();
         if let Some(old) = device.conn.take() {
             old.conn
@@ -345,6 +354,11 @@ impl Shared {
     pub(crate) fn recheck(self: &Arc<Self>, key: DeviceKey, status: DeviceStatus) {
         let mut st = self.lock();
         bump(&self.stats.rechecked);
+        if matches!(status, DeviceStatus::Revoked | DeviceStatus::Disabled) {
+            st.refused_keys.insert(key);
+        } else {
+            st.refused_keys.remove(&key);
+        }
         match status {
             DeviceStatus::Registered { user, role } => {
                 if let Some(d) = st.devices.get_mut(&key)
@@ -671,7 +685,7 @@ impl State {
                 None => continue,
             };
             for c in calls {
-                self.depart(shared, &c, &id, true);
+                self.depart(shared, &c, &id, true, "queue overflow");
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.queue.push_back(RelayMessage::Removed { call: c });
                 }
@@ -697,7 +711,7 @@ impl State {
         bump(&shared.stats.evicted);
         tracing::info!(device = %short(key), reason, calls = calls.len(), "device refused now: disconnected");
         for c in calls {
-            self.depart(shared, &c, key, true);
+            self.depart(shared, &c, key, true, "revoked or disabled");
         }
         if let Some(d) = self.devices.get_mut(key) {
             d.queue.clear();
@@ -1068,7 +1082,7 @@ impl State {
             return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "left");
-        self.depart(shared, &call_ref, &me, true);
+        self.depart(shared, &call_ref, &me, true, "left");
     }
 
     /// A member that lost track of the group: out of forwarding at once, like a leave, and the
@@ -1106,7 +1120,7 @@ impl State {
             return;
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "asks to be added back");
-        self.depart(shared, &call_ref, &me, false);
+        self.depart(shared, &call_ref, &me, false, "rejoin");
         let remaining: Vec<DeviceKey> = self
             .calls
             .get(&call_ref)
@@ -1133,7 +1147,7 @@ impl State {
             .map(|d| d.calls.iter().copied().collect())
             .unwrap_or_default();
         for c in calls {
-            self.depart(shared, &c, identity, true);
+            self.depart(shared, &c, identity, true, "hold time over");
             if let Some(call) = self.calls.get_mut(&c) {
                 call.gone.insert(*identity);
             }
@@ -1143,7 +1157,14 @@ impl State {
 
     /// Takes `identity` out of `call_ref` (forwarding stops at once); the others hear
     /// `MemberGone`; the last one out ends the call.
-    fn depart(&mut self, shared: &Shared, call_ref: &CallRef, identity: &DeviceKey, notify: bool) {
+    fn depart(
+        &mut self,
+        shared: &Shared,
+        call_ref: &CallRef,
+        identity: &DeviceKey,
+        notify: bool,
+        how: &'static str,
+    ) {
         if let Some(d) = self.devices.get_mut(identity) {
             d.calls.remove(call_ref);
         }
@@ -1164,9 +1185,8 @@ impl State {
             .get(identity)
             .map_or_else(|| device_actor(identity), |d| d.actor(identity));
         self.db(Op::Audit {
-            event: AuditEvent::new("call_leave", actor, hex(identity), "").with(
-                serde_json::json!({ "call": hex(&call_ref.0), "how": if notify { "left" } else { "rejoin" } }),
-            ),
+            event: AuditEvent::new("call_leave", actor, hex(identity), "")
+                .with(serde_json::json!({ "call": hex(&call_ref.0), "how": how })),
         });
         if remaining.is_empty() {
             return self.end_call(shared, call_ref);

@@ -463,7 +463,10 @@ async fn a_disabled_account_is_disconnected_until_it_is_enabled_again() {
             call: None
         }
     );
+    // Enabled again: admitted once the running relay has seen the change.
+    let rechecked = relay.stats().rechecked;
     admin.set_disabled("alice", false).unwrap();
+    until(&relay, "alice checked again", |s| s.rechecked > rechecked).await;
     let mut back = reconnect(&relay, id).await;
     back.sync().await;
     relay.shutdown().await;
@@ -655,4 +658,45 @@ async fn the_audit_log_of_a_running_relay_verifies_and_holds_no_secret() {
         }
     }
     assert!(!text.contains(accounts.secrets["alice"].to_base32().as_str()));
+}
+
+#[tokio::test]
+async fn a_device_revoked_while_offline_is_taken_out_of_its_calls_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut accounts = Accounts::create(dir.path());
+    // A long hold time: only the revocation can take bob out.
+    let relay = start_accounts(dir.path(), |c| c.hold_time = Duration::from_secs(600)).await;
+    let mut alice = login(&relay, &mut accounts, "alice").await;
+    let mut bob = login(&relay, &mut accounts, "bob").await;
+    let call = CallRef([5; 16]);
+    open_call(&mut alice, call).await;
+    assert_eq!(
+        commit(&mut alice, call, 0, vec![bob.key()], vec![]).await,
+        accepted(call, 0)
+    );
+    expect_welcome(&mut bob, call).await;
+    let bob_key = bob.key();
+    let bob_id = same_identity(&bob);
+    bob.link.conn.close(0u32.into(), b"away");
+    until(&relay, "bob offline", |s| s.devices_online == 1).await;
+    Admin::open(dir.path(), "test")
+        .unwrap()
+        .revoke_device(&bob_key)
+        .unwrap();
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::MemberGone {
+            call,
+            identity: bob_key
+        }
+    );
+    let mut link = auth_v2("127.0.0.1", &relay, &bob_id).await;
+    assert_eq!(
+        link.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::Revoked,
+            call: None
+        }
+    );
+    relay.shutdown().await;
 }
