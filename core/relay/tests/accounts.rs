@@ -34,7 +34,7 @@ fn unix_now() -> u64 {
 }
 
 impl Accounts {
-    /// alice and bob (agents), sam (supervisor), root (admin), each with TOTP.
+    /// alice and bob (agents), sam and sue (supervisors), root (admin), each with TOTP.
     fn create(dir: &Path) -> Self {
         let mut admin = Admin::open(dir, "test").unwrap();
         let mut secrets = HashMap::new();
@@ -42,6 +42,7 @@ impl Accounts {
             ("alice", Role::Agent),
             ("bob", Role::Agent),
             ("sam", Role::Supervisor),
+            ("sue", Role::Supervisor),
             ("root", Role::Admin),
         ] {
             admin.add_user(name, PASSWORD, role).unwrap();
@@ -698,5 +699,68 @@ async fn a_device_revoked_while_offline_is_taken_out_of_its_calls_at_once() {
             call: None
         }
     );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_other_refused_removals_and_additions_of_the_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut accounts = Accounts::create(dir.path());
+    let relay = start_accounts(dir.path(), |_| {}).await;
+    let mut root = login(&relay, &mut accounts, "root").await;
+    let mut alice = login(&relay, &mut accounts, "alice").await;
+    let mut sam = login(&relay, &mut accounts, "sam").await;
+    let mut sue = login(&relay, &mut accounts, "sue").await;
+    let bob = login(&relay, &mut accounts, "bob").await;
+    let bob_key = bob.key();
+    drop(bob);
+    let call = CallRef([6; 16]);
+    open_call(&mut root, call).await;
+    assert_eq!(
+        commit(
+            &mut root,
+            call,
+            0,
+            vec![alice.key(), sam.key(), sue.key()],
+            vec![]
+        )
+        .await,
+        accepted(call, 0)
+    );
+    for d in [&mut alice, &mut sam, &mut sue] {
+        expect_welcome(d, call).await;
+    }
+    // An agent removes neither a supervisor nor an admin; a supervisor not another one.
+    assert_eq!(
+        commit(&mut alice, call, 1, vec![], vec![sam.key()]).await,
+        forbidden(call)
+    );
+    assert_eq!(
+        commit(&mut alice, call, 1, vec![], vec![root.key()]).await,
+        forbidden(call)
+    );
+    assert_eq!(
+        commit(&mut sam, call, 1, vec![], vec![sue.key()]).await,
+        forbidden(call)
+    );
+    // Not even an admin adds a device of a disabled account, or a revoked one.
+    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    admin.set_disabled("bob", true).unwrap();
+    assert_eq!(
+        commit(&mut root, call, 1, vec![bob_key], vec![]).await,
+        forbidden(call)
+    );
+    admin.set_disabled("bob", false).unwrap();
+    admin.revoke_device(&bob_key).unwrap();
+    assert_eq!(
+        commit(&mut root, call, 1, vec![bob_key], vec![]).await,
+        forbidden(call)
+    );
+    // The call is unchanged by all that: the next commit is still for epoch 1.
+    assert_eq!(
+        commit(&mut root, call, 1, vec![], vec![sue.key()]).await,
+        accepted(call, 1)
+    );
+    assert_eq!(relay.stats().forbidden, 5);
     relay.shutdown().await;
 }
