@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-/// How a [`Throttle`] counts.
+/// How login failures of one kind of key (account names, or sources) are counted and locked
+/// out (`RelayConfig::account_throttle`, `RelayConfig::source_throttle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottlePolicy {
     /// Failures allowed before the first lock.
