@@ -401,11 +401,26 @@ impl Admin {
     /// Checks the audit log's chain and its signed checkpoints. `Ok(Err(problem))` names the
     /// first bad row.
     pub fn audit_verify(&self) -> Result<Result<AuditReport, AuditProblem>, AdminError> {
-        Ok(audit::verify(
-            &self.conn,
-            &self.dir.join(audit::CHECKPOINT_FILE),
-            &self.checkpoints.public(),
-        )?)
+        self.audit_verify_with(None, None)
+    }
+
+    /// [`Admin::audit_verify`] against the audit public key recorded elsewhere (64 hex digits;
+    /// an attacker who replaced `audit-key` and re-signed every checkpoint is caught by it),
+    /// and the checkpoints in `checkpoints` (a copy kept elsewhere) instead of the data
+    /// directory's. A key that does not parse is [`AdminError::BadKey`].
+    pub fn audit_verify_with(
+        &self,
+        key: Option<&str>,
+        checkpoints: Option<&Path>,
+    ) -> Result<Result<AuditReport, AuditProblem>, AdminError> {
+        let key = match key {
+            Some(hex) => viska_e2ee::identity::PublicIdentity::from_bytes(&parse_key(hex)?)
+                .map_err(|_| AdminError::BadKey(hex.to_string()))?,
+            None => self.checkpoints.public(),
+        };
+        let file =
+            checkpoints.map_or_else(|| self.dir.join(audit::CHECKPOINT_FILE), Path::to_path_buf);
+        Ok(audit::verify(&self.conn, &file, &key)?)
     }
 
     /// Writes the audit log as JSON lines; returns the number of rows.

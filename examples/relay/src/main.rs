@@ -9,7 +9,7 @@
 //! viska-relay --data-dir DIR user list | passwd NAME | disable NAME | enable NAME
 //!     | role NAME ROLE | totp-enroll NAME
 //! viska-relay --data-dir DIR device list [--user NAME] | revoke KEY
-//! viska-relay --data-dir DIR audit verify | export
+//! viska-relay --data-dir DIR audit verify [--key HEX] [--checkpoints FILE] | export
 //! viska-relay --data-dir DIR backup PATH
 //! viska-relay --data-dir DIR restore PATH
 //! ```
@@ -149,7 +149,15 @@ enum DeviceCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Checks the hash chain and the signed checkpoints; exits 1 naming the first bad row.
-    Verify,
+    Verify {
+        /// The audit public key as recorded elsewhere (64 hex digits), instead of the one of
+        /// the data directory's audit key.
+        #[arg(long)]
+        key: Option<String>,
+        /// A copy of the checkpoints kept elsewhere, instead of DIR/audit-checkpoints.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
     /// Writes the log as JSON lines to stdout.
     Export,
 }
@@ -293,7 +301,10 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
             admin.revoke_device(&key).map_err(err)?;
             println!("revoked {}", hex(&key));
         }
-        Command::Audit(AuditCommand::Verify) => match admin.audit_verify().map_err(err)? {
+        Command::Audit(AuditCommand::Verify { key, checkpoints }) => match admin
+            .audit_verify_with(key.as_deref(), checkpoints.as_deref())
+            .map_err(err)?
+        {
             Ok(report) => {
                 println!(
                     "audit log intact: {} rows, {} signed checkpoints (last at row {}); audit key {}",

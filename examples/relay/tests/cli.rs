@@ -467,3 +467,53 @@ fn device_commands_take_keys_and_revoke() {
     let row = list.lines().nth(1).unwrap();
     assert!(row.starts_with(&key) && !row.ends_with(" -"), "{list}");
 }
+
+#[test]
+fn a_replaced_audit_key_is_caught_by_the_key_recorded_elsewhere() {
+    let dir = populated();
+    let d = dir.path();
+    let (_, out) = verify(d);
+    let recorded = out.rsplit("audit key ").next().unwrap().trim().to_string();
+    assert_eq!(recorded.len(), 64, "{out}");
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(d.join("audit-checkpoints"), copy.path()).unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--key", &recorded];
+        args.extend_from_slice(extra);
+        let out = relay(d, &args, None);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    };
+    assert_eq!(with(&[]).0, 0);
+    // Someone with the data directory rewrites a row, makes a key of their own and re-signs:
+    // the directory alone then verifies, the recorded key does not.
+    db(d)
+        .execute("UPDATE audit SET subject = 'mallory' WHERE seq = 1", [])
+        .unwrap();
+    rechain(&db(d));
+    std::fs::remove_file(d.join("audit-key")).unwrap();
+    std::fs::remove_file(d.join("audit-checkpoints")).unwrap();
+    let out = relay(
+        d,
+        &["user", "add", "eve", "--role", "admin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.status.success());
+    // That made a new audit key, which signed the new last row: the data directory alone
+    // verifies, which is why the public key is recorded elsewhere.
+    assert_eq!(verify(d).0, 0);
+    let (code, text) = with(&[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("checkpoint file line 1"), "{text}");
+    // The checkpoints kept elsewhere name the rewritten row.
+    let (code, text) = with(&["--checkpoints", copy.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("row 1: differs from its signed checkpoint"),
+        "{text}"
+    );
+    let bad = relay(d, &["audit", "verify", "--key", "xyz"], None);
+    assert_eq!(bad.status.code(), Some(2));
+}
