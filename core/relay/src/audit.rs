@@ -102,7 +102,8 @@ pub struct AuditRow {
     pub subject: String,
     /// See [`AuditEvent::source`].
     pub source: String,
-    /// See [`AuditEvent::details`] (JSON text as stored).
+    /// See [`AuditEvent::details`] (JSON text as stored; exported as the JSON value).
+    #[serde(serialize_with = "as_json")]
     pub details: String,
     /// Hash of the row before (hex).
     #[serde(serialize_with = "as_hex")]
@@ -110,6 +111,14 @@ pub struct AuditRow {
     /// Hash of this row (hex).
     #[serde(serialize_with = "as_hex")]
     pub hash: Vec<u8>,
+}
+
+fn as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => serde::Serialize::serialize(&value, s),
+        // Not JSON (a damaged row): exported as the text it is.
+        Err(_) => s.serialize_str(text),
+    }
 }
 
 fn as_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

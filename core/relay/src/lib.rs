@@ -14,6 +14,12 @@
 //! - forwards each media datagram (`route || SFrame frame`) to the call's other members,
 //!   without copying it and without ever queueing for a slow receiver.
 //!
+//! With [`AccountsMode::Required`] it admits only devices registered to an account (a device
+//! registers once by logging in with the account's password and TOTP code, protocol version
+//! 2), checks every commit against the account's [`Role`], and acts at once on revocations and
+//! account changes made from the command line ([`admin`]). Security events go to a
+//! hash-chained audit log with signed checkpoints ([`AuditEvent`], [`AuditProblem`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), viska_relay::RelayError> {
 //! let config = viska_relay::RelayConfig::new("0.0.0.0:4433".parse().unwrap(), "relay-data".into());

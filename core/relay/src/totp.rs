@@ -63,8 +63,10 @@ impl TotpSecret {
         ))
     }
 
-    /// The code of `step` with `digits` digits (6 for logins; RFC 6238's vectors use 8).
+    /// The code of `step` with `digits` digits (6 for logins; RFC 6238's vectors use 8),
+    /// taken as 1 to 9 (HOTP's 31-bit value has no more).
     pub fn code_at_step(&self, step: u64, digits: u32) -> String {
+        let digits = digits.clamp(1, 9);
         // HMAC takes keys of any length: this cannot fail.
         let Ok(mut mac) = <Hmac<Sha1> as KeyInit>::new_from_slice(&self.0) else {
             return String::new();
@@ -168,6 +170,9 @@ mod tests {
         // Six digits are the last six of those.
         assert_eq!(secret.code_at(59), "287082");
         assert_eq!(secret.code_at(1_234_567_890), "005924");
+        // Out-of-range digit counts are clamped, not a panic.
+        assert_eq!(secret.code_at_step(1, 40).len(), 9);
+        assert_eq!(secret.code_at_step(1, 0).len(), 1);
     }
 
     /// RFC 4226 Appendix D: HOTP values for counters 0 to 9.

@@ -654,9 +654,10 @@ async fn the_audit_log_of_a_running_relay_verifies_and_holds_no_secret() {
     // No code in any text field (the hashes are hex and may hold any digits).
     for line in text.lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        for field in ["kind", "actor", "subject", "source", "details"] {
+        for field in ["kind", "actor", "subject", "source"] {
             assert!(!row[field].as_str().unwrap().contains("000000"), "{row}");
         }
+        assert!(!row["details"].to_string().contains("000000"), "{row}");
     }
     assert!(!text.contains(accounts.secrets["alice"].to_base32().as_str()));
 }

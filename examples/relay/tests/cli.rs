@@ -265,6 +265,10 @@ fn an_intact_log_verifies_and_exports_as_json_lines() {
         assert_eq!(r["hash"].as_str().unwrap().len(), 64);
     }
     assert_eq!(rows[1]["prev_hash"], rows[0]["hash"]);
+    assert_eq!(
+        rows[0]["details"]["role"], "agent",
+        "details are JSON objects"
+    );
     assert!(
         !export.contains(PASSWORD) && !export.contains("argon2"),
         "no secrets"
