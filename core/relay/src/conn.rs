@@ -8,6 +8,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use tokio::sync::Notify;
 use viska_e2ee::identity::PublicIdentity;
+use viska_passwords::HashParams;
 use viska_proto::relay::{
     AUTH_EXPORTER_LABEL, RELAY_ALPN, RELAY_ALPN_V2, RelayDecoder, RelayErrorCode, RelayMessage,
     auth_transcript,
@@ -561,6 +562,26 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A stored hash made with other parameters than [`HashParams::LOGIN`] (older, or weaker) is
+/// replaced by one made now from the password that just logged in.
+async fn rehash_if_weaker(shared: &Shared, user: &str, old: &str, password: Zeroizing<String>) {
+    if !viska_passwords::needs_rehash(old, HashParams::LOGIN) {
+        return;
+    }
+    let new = tokio::task::spawn_blocking(move || {
+        viska_passwords::hash_password(&password, HashParams::LOGIN)
+    })
+    .await;
+    if let Ok(Ok(new)) = new {
+        shared.db(Op::Rehash {
+            user: user.to_string(),
+            old: old.to_string(),
+            new,
+        });
+        tracing::info!(%user, "password hash renewed with the current parameters");
+    }
+}
+
 /// Seconds to wait, rounded up (a lock of 1.2 s is 2 s).
 fn ceil_secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
@@ -617,6 +638,9 @@ async fn login(
         || viska_passwords::dummy_hash().to_string(),
         |r| r.hash.clone(),
     );
+    // Kept for a rehash after a successful login (never before: its cost would tell a right
+    // password from a wrong one to someone without the code).
+    let kept = password.clone();
     let password_ok = {
         let _permit = shared.verifications.acquire().await;
         bump(&shared.stats.password_checks);
@@ -662,6 +686,7 @@ async fn login(
                         .account
                         .clear(&name_key);
                     tracing::info!(device = %short(&identity), user = %r.name, "logged in: device registered");
+                    rehash_if_weaker(shared, &r.name, &r.hash, kept).await;
                     return Ok((r.name, r.role));
                 }
                 Ok(Registered::StepTaken) => "one-time code used already",

@@ -129,6 +129,12 @@ pub(crate) enum Op {
     Audit {
         event: AuditEvent,
     },
+    /// Replaces `user`'s password hash `old` (if it is still that) by `new`.
+    Rehash {
+        user: String,
+        old: String,
+        new: String,
+    },
 }
 
 /// Opens the database, creates the schema, and loads the active calls.
@@ -288,6 +294,10 @@ pub(crate) fn run(mut conn: Connection, checkpoints: Checkpointer, ops: mpsc::Re
             Op::Rechecks { after, reply } => {
                 let _ = reply.send(accounts::rechecks(&conn, after));
             }
+            Op::Rehash { user, old, new } => log(
+                rehash(&mut conn, &checkpoints, &user, &old, &new),
+                "renewing a password hash",
+            ),
             Op::Audit { event } => log(
                 audit::record(&mut conn, &checkpoints, &event).map(drop),
                 "recording an audit event",
@@ -417,6 +427,29 @@ fn commit(conn: &mut Connection, record: &CommitRecord) -> Result<(), RelayError
         )?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+fn rehash(
+    conn: &mut Connection,
+    checkpoints: &Checkpointer,
+    user: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), RelayError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed = tx.execute(
+        "UPDATE users SET hash = ?1 WHERE name = ?2 AND hash = ?3",
+        params![new, user, old],
+    )?;
+    if changed == 0 {
+        // The password was changed meanwhile: that hash stands.
+        return Ok(());
+    }
+    let event = AuditEvent::new("password_rehash", user, user, "relay");
+    let (seq, hash) = audit::append(&tx, &event)?;
+    tx.commit()?;
+    checkpoints.write(seq, &hash)?;
     Ok(())
 }
 

@@ -765,3 +765,47 @@ async fn the_other_refused_removals_and_additions_of_the_matrix() {
     assert_eq!(relay.stats().forbidden, 5);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hash_made_with_weaker_parameters_is_renewed_at_the_next_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut accounts = Accounts::create(dir.path());
+    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    admin.set_hash_params(viska_passwords::HashParams::TEST);
+    admin
+        .set_password("alice", "another Long passphrase 77")
+        .unwrap();
+    let stored = |dir: &Path| -> String {
+        rusqlite::Connection::open(dir.join(viska_relay::DB_FILE))
+            .unwrap()
+            .query_row("SELECT hash FROM users WHERE name = 'alice'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert!(stored(dir.path()).starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+    let relay = start_accounts(dir.path(), |_| {}).await;
+    let code = accounts.code("alice");
+    login_from(
+        "127.0.0.1",
+        &relay,
+        identity(),
+        "alice",
+        "another Long passphrase 77",
+        &code,
+    )
+    .await
+    .unwrap();
+    relay.shutdown().await;
+    let renewed = stored(dir.path());
+    assert!(
+        renewed.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{renewed}"
+    );
+    assert!(viska_passwords::verify_password("another Long passphrase 77", &renewed).unwrap());
+    assert!(
+        audit_kinds(dir.path())
+            .iter()
+            .any(|k| k == "password_rehash")
+    );
+}
