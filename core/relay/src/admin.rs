@@ -104,13 +104,18 @@ pub struct DeviceInfo {
 }
 
 /// A new TOTP secret for an account: give the URI (or the base32 secret) to its user's
-/// authenticator app, once.
-#[derive(Debug)]
+/// authenticator app, once. Its `Debug` shows neither.
 pub struct TotpEnrollment {
     /// The secret.
     pub secret: TotpSecret,
-    /// `otpauth://totp/…`, for a QR code.
+    /// `otpauth://totp/…`, for a QR code (it holds the secret).
     pub uri: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment(***)")
+    }
 }
 
 /// Parses a device key from 64 hex digits.

@@ -46,7 +46,10 @@ impl Accounts {
             ("root", Role::Admin),
         ] {
             admin.add_user(name, PASSWORD, role).unwrap();
-            secrets.insert(name, admin.totp_enroll(name).unwrap().secret);
+            let enrollment = admin.totp_enroll(name).unwrap();
+            assert_eq!(format!("{enrollment:?}"), "TotpEnrollment(***)");
+            assert!(!format!("{admin:?}").contains(PASSWORD));
+            secrets.insert(name, enrollment.secret);
         }
         Self {
             secrets,
