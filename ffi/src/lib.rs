@@ -34,6 +34,7 @@ pub use call::{Call, CallEvent, CallInfo, CallListener};
 pub use error::{ListenerError, ViskaError};
 pub use group::{
     GroupCallInfo, GroupEvent, GroupListener, GroupParticipant, GroupPhone, GroupSettings,
+    RelayLogin,
 };
 pub use identity::{Identity, PeerIdentity, fingerprint_of, safety_number};
 pub use phone::{

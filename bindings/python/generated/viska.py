@@ -3860,11 +3860,82 @@ class _UniffiFfiConverterSequenceBytes(_UniffiConverterRustBuffer):
         ]
 
 @dataclass
+class RelayLogin:
+    """
+    An account login for a relay with accounts: name, password and the current one-time code
+    of the account's authenticator (TOTP). The password is wiped once used.
+"""
+    def __init__(self, *, account:str, password:str, code:str):
+        self.account = account
+        self.password = password
+        self.code = code
+        
+        
+
+    
+    def __str__(self):
+        return "RelayLogin(account={}, password={}, code={})".format(self.account, self.password, self.code)
+    def __eq__(self, other):
+        if self.account != other.account:
+            return False
+        if self.password != other.password:
+            return False
+        if self.code != other.code:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeRelayLogin(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return RelayLogin(
+            account=_UniffiFfiConverterString.read(buf),
+            password=_UniffiFfiConverterString.read(buf),
+            code=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.account)
+        _UniffiFfiConverterString.check_lower(value.password)
+        _UniffiFfiConverterString.check_lower(value.code)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.account, buf)
+        _UniffiFfiConverterString.write(value.password, buf)
+        _UniffiFfiConverterString.write(value.code, buf)
+
+class _UniffiFfiConverterOptionalTypeRelayLogin(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeRelayLogin.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeRelayLogin.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeRelayLogin.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
 class GroupSettings:
     """
     Where a group phone connects, as who, with what audio.
 """
-    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT):
+    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, login:typing.Optional[RelayLogin] = _DEFAULT):
         self.relay = relay
         self.relay_fingerprint = relay_fingerprint
         self.identity = identity
@@ -3876,12 +3947,16 @@ class GroupSettings:
             self.verified_peers = []
         else:
             self.verified_peers = verified_peers
+        if login is _DEFAULT:
+            self.login = None
+        else:
+            self.login = login
         
         
 
     
     def __str__(self):
-        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers)
+        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={}, login={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers, self.login)
     def __eq__(self, other):
         if self.relay != other.relay:
             return False
@@ -3892,6 +3967,8 @@ class GroupSettings:
         if self.audio != other.audio:
             return False
         if self.verified_peers != other.verified_peers:
+            return False
+        if self.login != other.login:
             return False
         return True
 
@@ -3904,6 +3981,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
             identity=_UniffiFfiConverterTypeIdentity.read(buf),
             audio=_UniffiFfiConverterOptionalTypeAudioSetup.read(buf),
             verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
+            login=_UniffiFfiConverterOptionalTypeRelayLogin.read(buf),
         )
 
     @staticmethod
@@ -3913,6 +3991,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeIdentity.check_lower(value.identity)
         _UniffiFfiConverterOptionalTypeAudioSetup.check_lower(value.audio)
         _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
+        _UniffiFfiConverterOptionalTypeRelayLogin.check_lower(value.login)
 
     @staticmethod
     def write(value, buf):
@@ -3921,6 +4000,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeIdentity.write(value.identity, buf)
         _UniffiFfiConverterOptionalTypeAudioSetup.write(value.audio, buf)
         _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
+        _UniffiFfiConverterOptionalTypeRelayLogin.write(value.login, buf)
 
 class _UniffiFfiConverterSequenceTypeSuite(_UniffiConverterRustBuffer):
     @classmethod
@@ -4174,6 +4254,32 @@ class ViskaError:  # type: ignore
         def __repr__(self):
             return "ViskaError.BadBackup({})".format(str(self))
     _UniffiTempViskaError.BadBackup = BadBackup # type: ignore
+    class LoginRequired(_UniffiTempViskaError):
+        """
+        The relay admits registered devices only and no login was given.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.LoginRequired({})".format(str(self))
+    _UniffiTempViskaError.LoginRequired = LoginRequired # type: ignore
+    class LoginFailed(_UniffiTempViskaError):
+        """
+        The relay refused the login (it does not say which part was wrong); try again after
+        `retry_after_secs` (0: at once).
+"""
+        
+        def __init__(self, retry_after_secs):
+            super().__init__(", ".join([
+                "retry_after_secs={!r}".format(retry_after_secs),
+            ]))
+            self.retry_after_secs = retry_after_secs
+
+        def __repr__(self):
+            return "ViskaError.LoginFailed({})".format(str(self))
+    _UniffiTempViskaError.LoginFailed = LoginFailed # type: ignore
     class Store(_UniffiTempViskaError):
         """
         The key store failed (its file, its database).
@@ -4249,6 +4355,13 @@ class _UniffiFfiConverterTypeViskaError(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 15:
+            return ViskaError.LoginRequired(
+            )
+        if variant == 16:
+            return ViskaError.LoginFailed(
+                _UniffiFfiConverterUInt32.read(buf),
+            )
+        if variant == 17:
             return ViskaError.Store(
                 _UniffiFfiConverterString.read(buf),
             )
@@ -4293,6 +4406,11 @@ class _UniffiFfiConverterTypeViskaError(_UniffiConverterRustBuffer):
         if isinstance(value, ViskaError.BadBackup):
             _UniffiFfiConverterString.check_lower(value.detail)
             return
+        if isinstance(value, ViskaError.LoginRequired):
+            return
+        if isinstance(value, ViskaError.LoginFailed):
+            _UniffiFfiConverterUInt32.check_lower(value.retry_after_secs)
+            return
         if isinstance(value, ViskaError.Store):
             _UniffiFfiConverterString.check_lower(value.detail)
             return
@@ -4336,8 +4454,13 @@ class _UniffiFfiConverterTypeViskaError(_UniffiConverterRustBuffer):
         if isinstance(value, ViskaError.BadBackup):
             buf.write_i32(14)
             _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.Store):
+        if isinstance(value, ViskaError.LoginRequired):
             buf.write_i32(15)
+        if isinstance(value, ViskaError.LoginFailed):
+            buf.write_i32(16)
+            _UniffiFfiConverterUInt32.write(value.retry_after_secs, buf)
+        if isinstance(value, ViskaError.Store):
+            buf.write_i32(17)
             _UniffiFfiConverterString.write(value.detail, buf)
 
 class _UniffiFfiConverterSequenceTypeCallHistoryEntry(_UniffiConverterRustBuffer):
@@ -9027,6 +9150,7 @@ __all__ = [
     "ContactInfo",
     "GroupParticipant",
     "GroupCallInfo",
+    "RelayLogin",
     "GroupSettings",
     "PhoneSettings",
     "SecurityNotice",

@@ -4175,6 +4175,12 @@ public struct GroupSettings {
      * Public keys (32 bytes each) the user verified: shown as verified in rosters.
      */
     public var verifiedPeers: [Data]
+    /**
+     * The account to log in as when the relay admits registered devices only and this
+     * device is not registered yet (the login registers it; later connections need only
+     * the device's key).
+     */
+    public var login: RelayLogin?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4194,12 +4200,18 @@ public struct GroupSettings {
          */audio: AudioSetup? = nil, 
         /**
          * Public keys (32 bytes each) the user verified: shown as verified in rosters.
-         */verifiedPeers: [Data] = []) {
+         */verifiedPeers: [Data] = [], 
+        /**
+         * The account to log in as when the relay admits registered devices only and this
+         * device is not registered yet (the login registers it; later connections need only
+         * the device's key).
+         */login: RelayLogin? = nil) {
         self.relay = relay
         self.relayFingerprint = relayFingerprint
         self.identity = identity
         self.audio = audio
         self.verifiedPeers = verifiedPeers
+        self.login = login
     }
 
     
@@ -4222,7 +4234,8 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
                 relayFingerprint: FfiConverterString.read(from: &buf), 
                 identity: FfiConverterTypeIdentity.read(from: &buf), 
                 audio: FfiConverterOptionTypeAudioSetup.read(from: &buf), 
-                verifiedPeers: FfiConverterSequenceData.read(from: &buf)
+                verifiedPeers: FfiConverterSequenceData.read(from: &buf), 
+                login: FfiConverterOptionTypeRelayLogin.read(from: &buf)
         )
     }
 
@@ -4232,6 +4245,7 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
         FfiConverterTypeIdentity.write(value.identity, into: &buf)
         FfiConverterOptionTypeAudioSetup.write(value.audio, into: &buf)
         FfiConverterSequenceData.write(value.verifiedPeers, into: &buf)
+        FfiConverterOptionTypeRelayLogin.write(value.login, into: &buf)
     }
 }
 
@@ -4476,6 +4490,86 @@ public func FfiConverterTypePhoneSettings_lift(_ buf: RustBuffer) throws -> Phon
 #endif
 public func FfiConverterTypePhoneSettings_lower(_ value: PhoneSettings) -> RustBuffer {
     return FfiConverterTypePhoneSettings.lower(value)
+}
+
+
+/**
+ * An account login for a relay with accounts: name, password and the current one-time code
+ * of the account's authenticator (TOTP). The password is wiped once used.
+ */
+public struct RelayLogin: Equatable, Hashable {
+    /**
+     * The account name.
+     */
+    public var account: String
+    /**
+     * Its password.
+     */
+    public var password: String
+    /**
+     * The authenticator's current 6-digit code.
+     */
+    public var code: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The account name.
+         */account: String, 
+        /**
+         * Its password.
+         */password: String, 
+        /**
+         * The authenticator's current 6-digit code.
+         */code: String) {
+        self.account = account
+        self.password = password
+        self.code = code
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RelayLogin: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRelayLogin: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RelayLogin {
+        return
+            try RelayLogin(
+                account: FfiConverterString.read(from: &buf), 
+                password: FfiConverterString.read(from: &buf), 
+                code: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RelayLogin, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.account, into: &buf)
+        FfiConverterString.write(value.password, into: &buf)
+        FfiConverterString.write(value.code, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayLogin_lift(_ buf: RustBuffer) throws -> RelayLogin {
+    return try FfiConverterTypeRelayLogin.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayLogin_lower(_ value: RelayLogin) -> RustBuffer {
+    return FfiConverterTypeRelayLogin.lower(value)
 }
 
 
@@ -6509,6 +6603,19 @@ enum ViskaError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          */detail: String
     )
     /**
+     * The relay admits registered devices only and no login was given.
+     */
+    case LoginRequired
+    /**
+     * The relay refused the login (it does not say which part was wrong); try again after
+     * `retry_after_secs` (0: at once).
+     */
+    case LoginFailed(
+        /**
+         * Seconds of lock-out left.
+         */retryAfterSecs: UInt32
+    )
+    /**
      * The key store failed (its file, its database).
      */
     case Store(
@@ -6577,7 +6684,11 @@ public struct FfiConverterTypeViskaError: FfiConverterRustBuffer {
         case 14: return .BadBackup(
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 15: return .Store(
+        case 15: return .LoginRequired
+        case 16: return .LoginFailed(
+            retryAfterSecs: try FfiConverterUInt32.read(from: &buf)
+            )
+        case 17: return .Store(
             detail: try FfiConverterString.read(from: &buf)
             )
 
@@ -6657,8 +6768,17 @@ public struct FfiConverterTypeViskaError: FfiConverterRustBuffer {
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Store(detail):
+        case .LoginRequired:
             writeInt(&buf, Int32(15))
+        
+        
+        case let .LoginFailed(retryAfterSecs):
+            writeInt(&buf, Int32(16))
+            FfiConverterUInt32.write(retryAfterSecs, into: &buf)
+            
+        
+        case let .Store(detail):
+            writeInt(&buf, Int32(17))
             FfiConverterString.write(detail, into: &buf)
             
         }
@@ -6891,6 +7011,30 @@ fileprivate struct FfiConverterOptionTypePeerIdentity: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypePeerIdentity.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeRelayLogin: FfiConverterRustBuffer {
+    typealias SwiftType = RelayLogin?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeRelayLogin.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeRelayLogin.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

@@ -6481,6 +6481,13 @@ data class GroupSettings (
      * Public keys (32 bytes each) the user verified: shown as verified in rosters.
      */
     var `verifiedPeers`: List<kotlin.ByteArray> = listOf() 
+    , 
+    /**
+     * The account to log in as when the relay admits registered devices only and this
+     * device is not registered yet (the login registers it; later connections need only
+     * the device's key).
+     */
+    var `login`: RelayLogin? = null 
     
 ): Disposable{
     
@@ -6496,7 +6503,8 @@ data class GroupSettings (
         this.`relayFingerprint`,
         this.`identity`,
         this.`audio`,
-        this.`verifiedPeers`
+        this.`verifiedPeers`,
+        this.`login`
     )
     }
     
@@ -6514,6 +6522,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterTypeIdentity.read(buf),
             FfiConverterOptionalTypeAudioSetup.read(buf),
             FfiConverterSequenceByteArray.read(buf),
+            FfiConverterOptionalTypeRelayLogin.read(buf),
         )
     }
 
@@ -6522,7 +6531,8 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterString.allocationSize(value.`relayFingerprint`) +
             FfiConverterTypeIdentity.allocationSize(value.`identity`) +
             FfiConverterOptionalTypeAudioSetup.allocationSize(value.`audio`) +
-            FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`)
+            FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`) +
+            FfiConverterOptionalTypeRelayLogin.allocationSize(value.`login`)
     )
 
     override fun write(value: GroupSettings, buf: ByteBuffer) {
@@ -6531,6 +6541,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterTypeIdentity.write(value.`identity`, buf)
             FfiConverterOptionalTypeAudioSetup.write(value.`audio`, buf)
             FfiConverterSequenceByteArray.write(value.`verifiedPeers`, buf)
+            FfiConverterOptionalTypeRelayLogin.write(value.`login`, buf)
     }
 }
 
@@ -6711,6 +6722,62 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterBoolean.write(value.`realtime`, buf)
             FfiConverterBoolean.write(value.`dtx`, buf)
             FfiConverterOptionalTypeKeyStore.write(value.`store`, buf)
+    }
+}
+
+
+
+/**
+ * An account login for a relay with accounts: name, password and the current one-time code
+ * of the account's authenticator (TOTP). The password is wiped once used.
+ */
+data class RelayLogin (
+    /**
+     * The account name.
+     */
+    var `account`: kotlin.String
+    , 
+    /**
+     * Its password.
+     */
+    var `password`: kotlin.String
+    , 
+    /**
+     * The authenticator's current 6-digit code.
+     */
+    var `code`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRelayLogin: FfiConverterRustBuffer<RelayLogin> {
+    override fun read(buf: ByteBuffer): RelayLogin {
+        return RelayLogin(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RelayLogin) = (
+            FfiConverterString.allocationSize(value.`account`) +
+            FfiConverterString.allocationSize(value.`password`) +
+            FfiConverterString.allocationSize(value.`code`)
+    )
+
+    override fun write(value: RelayLogin, buf: ByteBuffer) {
+            FfiConverterString.write(value.`account`, buf)
+            FfiConverterString.write(value.`password`, buf)
+            FfiConverterString.write(value.`code`, buf)
     }
 }
 
@@ -9146,6 +9213,30 @@ sealed class ViskaException: kotlin.Exception() {
     }
     
     /**
+     * The relay admits registered devices only and no login was given.
+     */
+    class LoginRequired(
+        ) : ViskaException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * The relay refused the login (it does not say which part was wrong); try again after
+     * `retry_after_secs` (0: at once).
+     */
+    class LoginFailed(
+        
+        /**
+         * Seconds of lock-out left.
+         */
+        val `retryAfterSecs`: kotlin.UInt
+        ) : ViskaException() {
+        override val message
+            get() = "retryAfterSecs=${ `retryAfterSecs` }"
+    }
+    
+    /**
      * The key store failed (its file, its database).
      */
     class Store(
@@ -9210,7 +9301,11 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
             14 -> ViskaException.BadBackup(
                 FfiConverterString.read(buf),
                 )
-            15 -> ViskaException.Store(
+            15 -> ViskaException.LoginRequired()
+            16 -> ViskaException.LoginFailed(
+                FfiConverterUInt.read(buf),
+                )
+            17 -> ViskaException.Store(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -9283,6 +9378,15 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is ViskaException.LoginRequired -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is ViskaException.LoginFailed -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterUInt.allocationSize(value.`retryAfterSecs`)
             )
             is ViskaException.Store -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -9359,8 +9463,17 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
-            is ViskaException.Store -> {
+            is ViskaException.LoginRequired -> {
                 buf.putInt(15)
+                Unit
+            }
+            is ViskaException.LoginFailed -> {
+                buf.putInt(16)
+                FfiConverterUInt.write(value.`retryAfterSecs`, buf)
+                Unit
+            }
+            is ViskaException.Store -> {
+                buf.putInt(17)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
@@ -9653,6 +9766,38 @@ public object FfiConverterOptionalTypePeerIdentity: FfiConverterRustBuffer<PeerI
         } else {
             buf.put(1)
             FfiConverterTypePeerIdentity.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeRelayLogin: FfiConverterRustBuffer<RelayLogin?> {
+    override fun read(buf: ByteBuffer): RelayLogin? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeRelayLogin.read(buf)
+    }
+
+    override fun allocationSize(value: RelayLogin?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeRelayLogin.allocationSize(value)
+        }
+    }
+
+    override fun write(value: RelayLogin?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeRelayLogin.write(value, buf)
         }
     }
 }
