@@ -76,6 +76,27 @@ pub struct GroupPhoneConfig {
     pub verified_peers: Vec<PublicIdentity>,
 }
 
+/// An account on a relay that admits registered devices only: given to
+/// [`GroupPhone::connect_with_login`] once, to register this device's key to the account.
+/// Later connections authenticate with the key alone.
+#[derive(Clone)]
+pub struct RelayLogin {
+    /// The account name.
+    pub account: String,
+    /// Its password (wiped on drop, never printed).
+    pub password: zeroize::Zeroizing<String>,
+    /// The current one-time code of its authenticator (TOTP, 6 digits).
+    pub code: String,
+}
+
+impl std::fmt::Debug for RelayLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayLogin")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Something a group phone's application should know, delivered to its [`GroupListener`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -210,6 +231,17 @@ pub enum GroupPhoneError {
     /// The relay refused a request.
     #[error("the relay refused: {0:?}")]
     Refused(RelayErrorCode),
+    /// The relay admits registered devices only and this one is not: connect with
+    /// [`GroupPhone::connect_with_login`].
+    #[error("the relay requires a login (account, password, one-time code)")]
+    LoginRequired,
+    /// The login was refused (the relay does not say which part was wrong); a new attempt can
+    /// succeed after `retry_after_secs` (0: at once).
+    #[error("login refused (retry after {retry_after_secs} s)")]
+    LoginFailed {
+        /// Seconds of lock-out left.
+        retry_after_secs: u32,
+    },
     /// The relay broke the protocol.
     #[error("relay protocol: {0}")]
     Protocol(String),
@@ -353,6 +385,23 @@ impl GroupPhone {
     /// Connects to the relay, pins its certificate, authenticates and publishes key packages;
     /// returns once the relay accepted the device.
     pub fn connect(config: GroupPhoneConfig) -> Result<Self, GroupPhoneError> {
+        Self::connect_inner(config, None)
+    }
+
+    /// [`GroupPhone::connect`] to a relay that admits registered devices only: if this
+    /// device is not registered yet, it logs in as `login`'s account (which registers it), and
+    /// from then on authenticates with its key alone.
+    pub fn connect_with_login(
+        config: GroupPhoneConfig,
+        login: RelayLogin,
+    ) -> Result<Self, GroupPhoneError> {
+        Self::connect_inner(config, Some(login))
+    }
+
+    fn connect_inner(
+        config: GroupPhoneConfig,
+        login: Option<RelayLogin>,
+    ) -> Result<Self, GroupPhoneError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("vk-group")
@@ -369,7 +418,7 @@ impl GroupPhone {
             .name("vk-group".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match Device::connect(config, task_shared.clone(), task_events).await {
+                    match Device::connect(config, login, task_shared.clone(), task_events).await {
                         Ok(device) => {
                             let _ = ready_tx.send(Ok(()));
                             device.run(rx).await;
@@ -727,6 +776,7 @@ impl Link {
         relay: SocketAddr,
         fingerprint: [u8; 32],
         identity: IdentityKeyPair,
+        login: Option<RelayLogin>,
     ) -> Result<Self, GroupPhoneError> {
         let runtime = PromptRuntime::current().ok_or(TransportError::NoRuntime)?;
         let bind: SocketAddr = if relay.is_ipv4() {
@@ -770,7 +820,7 @@ impl Link {
             recv,
             decoder: RelayDecoder::new(),
         };
-        link.authenticate(&identity).await?;
+        link.authenticate(&identity, login.as_ref()).await?;
         Ok(link)
     }
 
@@ -779,10 +829,14 @@ impl Link {
         relay: SocketAddr,
         fingerprint: [u8; 32],
         identity: IdentityKeyPair,
+        login: Option<RelayLogin>,
     ) -> Result<Self, GroupPhoneError> {
-        tokio::time::timeout(DIAL_TIMEOUT, Self::dial(relay, fingerprint, identity))
-            .await
-            .unwrap_or(Err(GroupPhoneError::Timeout))
+        tokio::time::timeout(
+            DIAL_TIMEOUT,
+            Self::dial(relay, fingerprint, identity, login),
+        )
+        .await
+        .unwrap_or(Err(GroupPhoneError::Timeout))
     }
 
     async fn read_message(&mut self) -> Result<RelayMessage, GroupPhoneError> {
@@ -803,7 +857,11 @@ impl Link {
         self.send.write_all(&frame).await.map_err(io_error)
     }
 
-    async fn authenticate(&mut self, identity: &IdentityKeyPair) -> Result<(), GroupPhoneError> {
+    async fn authenticate(
+        &mut self,
+        identity: &IdentityKeyPair,
+        login: Option<&RelayLogin>,
+    ) -> Result<(), GroupPhoneError> {
         let RelayMessage::Challenge { nonce } = self.read_message().await? else {
             return Err(GroupPhoneError::Protocol("expected a challenge".into()));
         };
@@ -817,8 +875,26 @@ impl Link {
             signature,
         };
         self.write(&auth).await?;
-        match self.read_message().await? {
+        let mut answer = self.read_message().await?;
+        if answer == RelayMessage::LoginRequired {
+            let login = login.ok_or(GroupPhoneError::LoginRequired)?;
+            self.write(&RelayMessage::Login {
+                account: login.account.clone(),
+                password: login.password.clone(),
+                code: login.code.clone(),
+            })
+            .await?;
+            answer = self.read_message().await?;
+        }
+        match answer {
             RelayMessage::AuthOk => Ok(()),
+            RelayMessage::LoginFailed { retry_after_secs } => {
+                Err(GroupPhoneError::LoginFailed { retry_after_secs })
+            }
+            RelayMessage::Error {
+                code: RelayErrorCode::LoginRequired,
+                ..
+            } => Err(GroupPhoneError::LoginRequired),
             RelayMessage::Error { code, .. } => Err(GroupPhoneError::Refused(code)),
             other => Err(GroupPhoneError::Protocol(format!(
                 "expected AuthOk, got {other:?}"
@@ -857,13 +933,17 @@ async fn read_datagram(conn: Option<&quinn::Connection>) -> Result<Bytes, quinn:
 impl Device {
     async fn connect(
         config: GroupPhoneConfig,
+        login: Option<RelayLogin>,
         shared: Arc<Shared>,
         events: std::sync::mpsc::Sender<Dispatch>,
     ) -> Result<Self, GroupPhoneError> {
+        // The login serves the first connection only: it registers the device, whose key
+        // alone authenticates it from then on.
         let link = Link::dial_bounded(
             config.relay,
             config.relay_fingerprint,
             config.identity.clone(),
+            login,
         )
         .await?;
         let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
@@ -970,6 +1050,7 @@ impl Device {
                 self.config.relay,
                 self.config.relay_fingerprint,
                 self.config.identity.clone(),
+                None,
             )));
         }
     }

@@ -34,6 +34,7 @@ pub use phone::{
 pub use transport::{ConnectionIds, TransportConfig, TransportError, WireCounters};
 pub use viska_e2ee::identity;
 pub use viska_session as session;
+pub use viska_store as store;
 
 /// Locks `m`, also after a thread panicked while holding it: every lock in this crate guards
 /// state that is updated in one step, so a poisoned lock still holds consistent data (and a

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use viska::group::{
     GroupCallEvent, GroupCallSnapshot, GroupConfig, GroupListener, GroupPhone, GroupPhoneConfig,
-    Trust,
+    GroupPhoneError, RelayLogin, Trust,
 };
 use viska::identity::IdentityKeyPair;
 use viska::identity::PublicIdentity;
@@ -127,6 +127,14 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
 }
 
 fn relay_holding(hold_time: Duration) -> Setup {
+    relay_with(|config| config.hold_time = hold_time, |_| {})
+}
+
+/// A relay configured by `tweak`, on a data directory `prepare` set up first.
+fn relay_with(
+    tweak: impl FnOnce(&mut RelayConfig),
+    prepare: impl FnOnce(&std::path::Path),
+) -> Setup {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -139,8 +147,10 @@ fn relay_holding(hold_time: Duration) -> Setup {
     };
     let dir = std::env::temp_dir().join(format!("viska-group-e2e-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    prepare(&dir);
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
-    config.hold_time = hold_time;
+    tweak(&mut config);
+    let hold_time = config.hold_time;
     let relay = runtime.block_on(Relay::start(config)).unwrap();
     Setup {
         runtime,
@@ -682,4 +692,98 @@ fn a_member_back_after_the_hold_time_is_added_back() {
     assert_eq!(s.verification_code, one(&alice).verification_code);
     assert!(hears_again(&bob, call, 2, 30), "{:?}", one(&bob));
     assert!(hears_again(&alice, call, 2, 30), "{:?}", one(&alice));
+}
+
+fn login_phone(
+    setup: &Setup,
+    seed: u8,
+    login: Option<RelayLogin>,
+) -> Result<GroupPhone, GroupPhoneError> {
+    let relay = setup.relay.as_ref().unwrap();
+    let config = GroupPhoneConfig {
+        relay: relay.local_addr(),
+        relay_fingerprint: relay.fingerprint(),
+        identity: IdentityKeyPair::from_secret_bytes(&[seed; 32]).unwrap(),
+        audio: Arc::new(Tone {
+            hz: 300.0 + f64::from(seed) * 100.0,
+            heard: Arc::new(Heard::default()),
+        }),
+        session: GroupSessionConfig::default(),
+        group: GroupConfig::default(),
+        verified_peers: Vec::new(),
+    };
+    match login {
+        Some(login) => GroupPhone::connect_with_login(config, login),
+        None => GroupPhone::connect(config),
+    }
+}
+
+#[test]
+fn phones_log_in_to_a_relay_that_requires_accounts_and_a_revoked_one_is_taken_out() {
+    const PASSWORD: &str = "vN4#qT9!mZ2@rL7x";
+    let secrets = Mutex::new(Vec::new());
+    let setup = relay_with(
+        |c| {
+            c.accounts = viska_relay::AccountsMode::Required;
+            c.recheck_interval = Duration::from_millis(50);
+        },
+        |dir| {
+            let mut admin = viska_relay::admin::Admin::open(dir, "test").unwrap();
+            for name in ["alice", "bob"] {
+                admin
+                    .add_user(name, PASSWORD, viska_relay::Role::Agent)
+                    .unwrap();
+                secrets
+                    .lock()
+                    .unwrap()
+                    .push(admin.totp_enroll(name).unwrap().secret);
+            }
+        },
+    );
+    let secrets = secrets.into_inner().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let login =
+        |account: &str, password: &str, secret: &viska_relay::totp::TotpSecret| RelayLogin {
+            account: account.into(),
+            password: zeroize::Zeroizing::new(password.into()),
+            code: secret.code_at(now),
+        };
+    assert!(matches!(
+        login_phone(&setup, 1, None),
+        Err(GroupPhoneError::LoginRequired)
+    ));
+    assert!(matches!(
+        login_phone(
+            &setup,
+            1,
+            Some(login("alice", "not the password 1!", &secrets[0]))
+        ),
+        Err(GroupPhoneError::LoginFailed {
+            retry_after_secs: 0
+        })
+    ));
+    let alice = login_phone(&setup, 1, Some(login("alice", PASSWORD, &secrets[0]))).unwrap();
+    let bob = login_phone(&setup, 2, Some(login("bob", PASSWORD, &secrets[1]))).unwrap();
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    accept(&bob, call);
+    assert!(settled(&alice, call, 2) && settled(&bob, call, 2));
+    assert!(hears_again(&alice, call, 1, 100));
+
+    // The operator revokes Bob's device while the call runs: the relay cuts it off at once,
+    // and Alice's phone commits its removal (new keys without Bob).
+    let epoch = one(&alice).epoch.unwrap();
+    viska_relay::admin::Admin::open(&setup.dir, "test")
+        .unwrap()
+        .revoke_device(&bob.identity().to_bytes())
+        .unwrap();
+    assert!(alice.wait_for(WAIT, |calls| {
+        calls
+            .get(&call)
+            .is_some_and(|c| c.roster.len() == 1 && c.epoch > Some(epoch))
+    }));
+    assert_eq!(setup.relay.as_ref().unwrap().stats().evicted, 1);
 }

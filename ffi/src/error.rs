@@ -59,6 +59,37 @@ pub enum ViskaError {
     /// The operation did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// The key (or passphrase) does not open the key store, or the file is not a store.
+    #[error("wrong key, or not a Viska store")]
+    WrongKey,
+    /// A backup passphrase the password policy refused.
+    #[error("passphrase refused: {detail}")]
+    WeakPassphrase {
+        /// Why.
+        detail: String,
+    },
+    /// A backup that does not open: a wrong passphrase, or it was changed or cut short.
+    #[error("{detail}")]
+    BadBackup {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The relay admits registered devices only and no login was given.
+    #[error("the relay requires an account login")]
+    LoginRequired,
+    /// The relay refused the login (it does not say which part was wrong); try again after
+    /// `retry_after_secs` (0: at once).
+    #[error("login refused (retry after {retry_after_secs} s)")]
+    LoginFailed {
+        /// Seconds of lock-out left.
+        retry_after_secs: u32,
+    },
+    /// The key store failed (its file, its database).
+    #[error("key store: {detail}")]
+    Store {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl ViskaError {
@@ -114,6 +145,8 @@ impl From<viska::group::GroupPhoneError> for ViskaError {
             E::NoSuchCall => Self::NoSuchCall,
             E::Closed => Self::Closed,
             E::Timeout => Self::Timeout,
+            E::LoginRequired => Self::LoginRequired,
+            E::LoginFailed { retry_after_secs } => Self::LoginFailed { retry_after_secs },
             e => Self::Group {
                 detail: e.to_string(),
             },

@@ -29,6 +29,31 @@ pub struct GroupSettings {
     /// Public keys (32 bytes each) the user verified: shown as verified in rosters.
     #[uniffi(default = [])]
     pub verified_peers: Vec<Vec<u8>>,
+    /// The account to log in as when the relay admits registered devices only and this
+    /// device is not registered yet (the login registers it; later connections need only
+    /// the device's key).
+    #[uniffi(default = None)]
+    pub login: Option<RelayLogin>,
+}
+
+/// An account login for a relay with accounts: name, password and the current one-time code
+/// of the account's authenticator (TOTP). The password is wiped once used.
+#[derive(uniffi::Record)]
+pub struct RelayLogin {
+    /// The account name.
+    pub account: String,
+    /// Its password.
+    pub password: String,
+    /// The authenticator's current 6-digit code.
+    pub code: String,
+}
+
+impl std::fmt::Debug for RelayLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayLogin")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A member of a group call, as this device sees it.
@@ -329,7 +354,7 @@ impl GroupPhone {
             .map(|k| public_identity(k))
             .collect::<Result<Vec<_>, _>>()?;
         let (audio, app) = audio_factory(settings.audio.unwrap_or(AudioSetup::None))?;
-        let phone = core_group::GroupPhone::connect(core_group::GroupPhoneConfig {
+        let config = core_group::GroupPhoneConfig {
             relay,
             relay_fingerprint,
             identity: settings.identity.key.clone(),
@@ -337,7 +362,18 @@ impl GroupPhone {
             session: viska::session::GroupSessionConfig::default(),
             group: core_group::GroupConfig::default(),
             verified_peers,
-        })?;
+        };
+        let phone = match settings.login {
+            None => core_group::GroupPhone::connect(config)?,
+            Some(login) => core_group::GroupPhone::connect_with_login(
+                config,
+                core_group::RelayLogin {
+                    account: login.account,
+                    password: zeroize::Zeroizing::new(login.password),
+                    code: login.code,
+                },
+            )?,
+        };
         Ok(Arc::new(Self {
             phone: RwLock::new(Some(phone)),
             app,

@@ -27,17 +27,20 @@ mod error;
 mod group;
 mod identity;
 mod phone;
+mod store;
 mod types;
 
 pub use call::{Call, CallEvent, CallInfo, CallListener};
 pub use error::{ListenerError, ViskaError};
 pub use group::{
     GroupCallInfo, GroupEvent, GroupListener, GroupParticipant, GroupPhone, GroupSettings,
+    RelayLogin,
 };
 pub use identity::{Identity, PeerIdentity, fingerprint_of, safety_number};
 pub use phone::{
     AudioSetup, CallerInfo, MissedReason, Phone, PhoneEvent, PhoneListener, PhoneSettings,
 };
+pub use store::{CallHistoryEntry, ContactInfo, KeyStore};
 pub use types::{
     AudioDevice, AudioDirection, AudioNotice, CallState, CallStats, EndReason, SecurityKind,
     SecurityNotice, Side, Suite, Trust,

@@ -14,6 +14,7 @@ use viska::{PhoneConfig, PhoneEvent as CoreEvent};
 use crate::call::Call;
 use crate::error::{ListenerError, ViskaError};
 use crate::identity::{Identity, PeerIdentity, public_identity};
+use crate::store::KeyStore;
 use crate::types::{AudioDevice, SecurityNotice, Suite, Trust};
 
 /// Where a phone's calls take their audio from and play it to.
@@ -78,6 +79,11 @@ pub struct PhoneSettings {
     /// (a few kbit/s instead of the full rate). On by default.
     #[uniffi(default = true)]
     pub dtx: bool,
+    /// The device's key store: calls take their trust from its contacts (trust on first use,
+    /// verification, changed keys) and are recorded in its history. `identity` should be the
+    /// store's. With a store, `verified_peers` is not consulted.
+    #[uniffi(default = None)]
+    pub store: Option<Arc<KeyStore>>,
 }
 
 /// Who is calling, as far as cryptography can tell.
@@ -329,6 +335,9 @@ impl Phone {
             .verified_peers(verified)
             .realtime(settings.realtime)
             .dtx(settings.dtx);
+        if let Some(store) = &settings.store {
+            builder = builder.store(store.store.clone());
+        }
         let config = builder.build().map_err(viska::PhoneError::from)?;
         Ok(Arc::new(Self {
             phone: viska::Phone::new(config)?,
@@ -362,6 +371,16 @@ impl Phone {
     /// call with [`Call::set_listener`].
     pub fn call(&self, addr: String) -> Result<Arc<Call>, ViskaError> {
         let handle = self.phone.call(parse_addr(&addr)?)?;
+        Ok(Call::wrap(handle, Arc::clone(&self.failures)))
+    }
+
+    /// Places a call to the contact `handle` at `addr`, its trust from the key store: the
+    /// first call pins the identity that answers (unverified); later calls are verified once
+    /// the user verified it, and key-changed (with a security event) in every call where
+    /// another identity answers, until the user verifies that one. Without a store the handle
+    /// only names the call.
+    pub fn call_contact(&self, handle: String, addr: String) -> Result<Arc<Call>, ViskaError> {
+        let handle = self.phone.call_contact(&handle, parse_addr(&addr)?)?;
         Ok(Call::wrap(handle, Arc::clone(&self.failures)))
     }
 

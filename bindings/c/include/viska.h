@@ -291,6 +291,22 @@ enum ViskaErrorCode
      */
     VISKA_ERROR_CODE_GROUP = 11,
     /**
+     * The key or passphrase does not open the key store, or the file is not a store.
+     */
+    VISKA_ERROR_CODE_WRONG_KEY = 12,
+    /**
+     * A backup passphrase the password policy refused.
+     */
+    VISKA_ERROR_CODE_WEAK_PASSPHRASE = 13,
+    /**
+     * A backup that does not open: a wrong passphrase, or it was changed or cut short.
+     */
+    VISKA_ERROR_CODE_BAD_BACKUP = 14,
+    /**
+     * The key store failed (its file, its database).
+     */
+    VISKA_ERROR_CODE_STORE = 15,
+    /**
      * A bug: a panic inside the library was caught, or an error this version does not name.
      */
     VISKA_ERROR_CODE_INTERNAL = 255,
@@ -501,6 +517,12 @@ typedef struct ViskaPhone ViskaPhone;
  * The settings of a phone, built up by the `viska_phone_config_*` functions.
  */
 typedef struct ViskaPhoneConfig ViskaPhoneConfig;
+
+/**
+ * An open key store. Free it with [`viska_store_free`]; a phone configured with it keeps its
+ * own reference.
+ */
+typedef struct ViskaStore ViskaStore;
 
 /**
  * A call's state, as a plain struct.
@@ -1231,6 +1253,20 @@ struct ViskaError *viska_phone_config_set_dtx(struct ViskaPhoneConfig *config,
                                               bool on);
 
 /**
+ * The device's key store (shared, not consumed: the handle stays the caller's). Calls take
+ * their trust from its contacts (trust on first use, verification, changed keys) and are
+ * recorded in its history; [`viska_phone_config_add_verified_peer`] is then not consulted.
+ * The identity given to [`viska_phone_config_new`] should be the store's
+ * (`viska_store_identity`).
+ *
+ * # Safety
+ *
+ * `config` is a live configuration; `store` a live store.
+ */
+struct ViskaError *viska_phone_config_set_store(struct ViskaPhoneConfig *config,
+                                                const struct ViskaStore *store);
+
+/**
  * Frees a configuration (phones made from it keep running). NULL is fine.
  *
  * # Safety
@@ -1529,6 +1565,22 @@ struct ViskaError *viska_phone_call_expecting(const struct ViskaPhone *phone,
                                               struct ViskaCall **out);
 
 /**
+ * Places a call to the contact `handle` at `addr`, its trust from the phone's key store
+ * (`viska_phone_config_set_store`): the first call pins the identity that answers
+ * (`VISKA_TRUST_UNVERIFIED`); later calls are `VISKA_TRUST_VERIFIED` once the user verified
+ * it, and `VISKA_TRUST_KEY_CHANGED` (with a security event) in every call where another
+ * identity answers, until the user verifies that one. Otherwise as [`viska_phone_call`].
+ *
+ * # Safety
+ *
+ * As [`viska_phone_call`]; `handle` is a NUL-terminated string.
+ */
+struct ViskaError *viska_phone_call_contact(const struct ViskaPhone *phone,
+                                            const char *handle,
+                                            const char *addr,
+                                            struct ViskaCall **out);
+
+/**
  * The phone's own public key, `VISKA_PUBLIC_KEY_LEN` bytes into `out`.
  *
  * # Safety
@@ -1589,6 +1641,121 @@ struct ViskaError *viska_phone_wait_closed(const struct ViskaPhone *phone,
  * `phone` is NULL or a phone not yet freed, not in use on another thread.
  */
 void viska_phone_free(struct ViskaPhone *phone);
+
+/**
+ * Opens (or creates) the store at `path` with a key derived from `passphrase` (Argon2id,
+ * 64 MiB; takes a few hundred milliseconds) into `*out`. `VISKA_ERROR_CODE_WRONG_KEY` when
+ * the passphrase does not open the file.
+ *
+ * # Safety
+ *
+ * `path` and `passphrase` are NUL-terminated strings; `out` a valid pointer.
+ */
+struct ViskaError *viska_store_open(const char *path,
+                                    const char *passphrase,
+                                    struct ViskaStore **out);
+
+/**
+ * Opens (or creates) the store at `path` with the 32-byte key at `key` (`len` = 32), one the
+ * platform keeps (a keychain, a TPM), into `*out`.
+ *
+ * # Safety
+ *
+ * `path` is a NUL-terminated string; `key` points to `len` readable bytes; `out` a valid
+ * pointer.
+ */
+struct ViskaError *viska_store_open_with_key(const char *path,
+                                             const uint8_t *key,
+                                             size_t len,
+                                             struct ViskaStore **out);
+
+/**
+ * The device's identity, made on first use and the same ever after, into `*out` (free it
+ * with `viska_identity_free`).
+ *
+ * # Safety
+ *
+ * `store` is a live store; `out` a valid pointer.
+ */
+struct ViskaError *viska_store_identity(const struct ViskaStore *store,
+                                        struct ViskaIdentity **out);
+
+/**
+ * What a call with the contact `handle` shows now, into `*out`: `VISKA_TRUST_UNKNOWN` when
+ * there is no such contact, `VISKA_TRUST_KEY_CHANGED` while a changed key awaits
+ * verification.
+ *
+ * # Safety
+ *
+ * `store` is a live store; `handle` a NUL-terminated string; `out` a valid pointer.
+ */
+struct ViskaError *viska_store_contact_trust(const struct ViskaStore *store,
+                                             const char *handle,
+                                             ViskaTrust *out);
+
+/**
+ * Adds or replaces the contact `handle` with the public key at `public_key` (`len` =
+ * `VISKA_PUBLIC_KEY_LEN`): `verified` when the application's source for it is one the user
+ * trusts (a directory).
+ *
+ * # Safety
+ *
+ * `store` is a live store; `handle` a NUL-terminated string; `public_key` points to `len`
+ * readable bytes.
+ */
+struct ViskaError *viska_store_add_contact(const struct ViskaStore *store,
+                                           const char *handle,
+                                           const uint8_t *public_key,
+                                           size_t len,
+                                           bool verified);
+
+/**
+ * An encrypted backup of the identity, contacts and settings into `*out` and `*out_len`
+ * (free it with [`viska_bytes_free`]). The passphrase must be at least 12 characters, not a
+ * common password and hard to guess (`VISKA_ERROR_CODE_WEAK_PASSPHRASE`).
+ *
+ * # Safety
+ *
+ * `store` is a live store; `passphrase` a NUL-terminated string; `out` and `out_len` valid
+ * pointers.
+ */
+struct ViskaError *viska_store_export_backup(const struct ViskaStore *store,
+                                             const char *passphrase,
+                                             uint8_t **out,
+                                             size_t *out_len);
+
+/**
+ * Restores the backup of `len` bytes at `backup` into this store, which must be fresh.
+ * `VISKA_ERROR_CODE_BAD_BACKUP` for a wrong passphrase or a changed or truncated backup.
+ *
+ * # Safety
+ *
+ * `store` is a live store; `backup` points to `len` readable bytes; `passphrase` a
+ * NUL-terminated string.
+ */
+struct ViskaError *viska_store_import_backup(const struct ViskaStore *store,
+                                             const uint8_t *backup,
+                                             size_t len,
+                                             const char *passphrase);
+
+/**
+ * Frees bytes the library returned (a backup). NULL is fine.
+ *
+ * # Safety
+ *
+ * `bytes` and `len` are exactly what a function of this library returned, not yet freed.
+ */
+void viska_bytes_free(uint8_t *bytes,
+                      size_t len);
+
+/**
+ * Frees a store handle (a phone using it keeps its own reference). NULL is fine.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a store from this library not yet freed.
+ */
+void viska_store_free(struct ViskaStore *store);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -614,9 +614,37 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_constructor_identity_generate() != 12009:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_add_contact() != 52630:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_call_history() != 43664:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_contact() != 35875:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_contacts() != 54138:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_export_backup() != 22622:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_forget_contact() != 21372:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_identity() != 36708:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_import_backup() != 49427:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_rename_contact() != 11570:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_set_setting() != 20571:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_setting() != 13184:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_constructor_keystore_open() != 57685:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_constructor_keystore_open_with_key() != 30145:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_audio_devices() != 4380:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_call() != 14962:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_phone_call_contact() != 6124:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_phone_call_expecting() != 14560:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -810,12 +838,54 @@ _UniffiLib.uniffi_viska_ffi_checksum_constructor_identity_from_secret.restype = 
 _UniffiLib.uniffi_viska_ffi_checksum_constructor_identity_generate.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_constructor_identity_generate.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_add_contact.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_add_contact.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_call_history.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_call_history.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contact.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contact.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contacts.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contacts.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_export_backup.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_export_backup.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_forget_contact.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_forget_contact.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_identity.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_identity.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_import_backup.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_import_backup.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_rename_contact.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_rename_contact.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_set_setting.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_set_setting.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_setting.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_setting.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_constructor_keystore_open.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_constructor_keystore_open.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_constructor_keystore_open_with_key.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_constructor_keystore_open_with_key.restype = ctypes.c_uint16
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_audio_devices.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_audio_devices.restype = ctypes.c_uint16
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_call.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_call.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_phone_call_contact.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_phone_call_contact.restype = ctypes.c_uint16
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_call_expecting.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_phone_call_expecting.restype = ctypes.c_uint16
@@ -1113,6 +1183,87 @@ _UniffiLib.uniffi_viska_ffi_fn_constructor_identity_generate.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_viska_ffi_fn_constructor_identity_generate.restype = ctypes.c_uint64
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_add_contact.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.c_int8,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_add_contact.restype = None
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint32,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_contact.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_contact.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_contacts.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_contacts.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_export_backup.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_export_backup.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_forget_contact.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_forget_contact.restype = ctypes.c_int8
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_identity.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_identity.restype = ctypes.c_uint64
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_import_backup.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_import_backup.restype = None
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_rename_contact.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_rename_contact.restype = ctypes.c_int8
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_set_setting.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_set_setting.restype = None
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_setting.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_setting.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open.restype = ctypes.c_uint64
+_UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open_with_key.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open_with_key.restype = ctypes.c_uint64
 _UniffiLib.uniffi_viska_ffi_fn_method_phone_audio_devices.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1124,6 +1275,13 @@ _UniffiLib.uniffi_viska_ffi_fn_method_phone_call.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_viska_ffi_fn_method_phone_call.restype = ctypes.c_uint64
+_UniffiLib.uniffi_viska_ffi_fn_method_phone_call_contact.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_phone_call_contact.restype = ctypes.c_uint64
 _UniffiLib.uniffi_viska_ffi_fn_method_phone_call_expecting.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1252,6 +1410,16 @@ _UniffiLib.uniffi_viska_ffi_fn_free_identity.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_viska_ffi_fn_free_identity.restype = None
+_UniffiLib.uniffi_viska_ffi_fn_clone_keystore.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_clone_keystore.restype = ctypes.c_uint64
+_UniffiLib.uniffi_viska_ffi_fn_free_keystore.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_free_keystore.restype = None
 _UniffiLib.uniffi_viska_ffi_fn_clone_phone.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1516,6 +1684,319 @@ class _UniffiFfiConverterTypeAudioDevice(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.is_default, buf)
         _UniffiFfiConverterUInt32.write(value.rate, buf)
         _UniffiFfiConverterUInt16.write(value.channels, buf)
+
+class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterString.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterString.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterString.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        size = buf.read_i32()
+        if size < 0:
+            raise InternalError("Unexpected negative byte string length")
+        return buf.read(size)
+
+    @staticmethod
+    def check_lower(value):
+        try:
+            memoryview(value)
+        except TypeError:
+            raise TypeError("a bytes-like object is required, not {!r}".format(type(value).__name__))
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_i32(len(value))
+        buf.write(value)
+
+@dataclass
+class PeerIdentity:
+    """
+    A device's public identity: its Ed25519 public key and the fingerprint shown to users.
+"""
+    def __init__(self, *, public_key:bytes, fingerprint:str):
+        self.public_key = public_key
+        self.fingerprint = fingerprint
+        
+        
+
+    
+    def __str__(self):
+        return "PeerIdentity(public_key={}, fingerprint={})".format(self.public_key, self.fingerprint)
+    def __eq__(self, other):
+        if self.public_key != other.public_key:
+            return False
+        if self.fingerprint != other.fingerprint:
+            return False
+        return True
+
+class _UniffiFfiConverterTypePeerIdentity(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return PeerIdentity(
+            public_key=_UniffiFfiConverterBytes.read(buf),
+            fingerprint=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterBytes.check_lower(value.public_key)
+        _UniffiFfiConverterString.check_lower(value.fingerprint)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterBytes.write(value.public_key, buf)
+        _UniffiFfiConverterString.write(value.fingerprint, buf)
+
+class _UniffiFfiConverterOptionalTypePeerIdentity(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypePeerIdentity.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypePeerIdentity.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypePeerIdentity.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+
+
+
+
+
+class Trust(enum.Enum):
+    """
+    How far a peer's identity is trusted.
+"""
+    
+    VERIFIED = 0
+    """
+    The identity is one the user verified (compared the SAS or a safety number).
+"""
+    
+    UNVERIFIED = 1
+    """
+    First contact: compare the SAS to verify.
+"""
+    
+    KEY_CHANGED = 2
+    """
+    A different identity than the one expected: possible interception, warn the user.
+"""
+    
+
+
+class _UniffiFfiConverterTypeTrust(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return Trust.VERIFIED
+        if variant == 2:
+            return Trust.UNVERIFIED
+        if variant == 3:
+            return Trust.KEY_CHANGED
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == Trust.VERIFIED:
+            return
+        if value == Trust.UNVERIFIED:
+            return
+        if value == Trust.KEY_CHANGED:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == Trust.VERIFIED:
+            buf.write_i32(1)
+        if value == Trust.UNVERIFIED:
+            buf.write_i32(2)
+        if value == Trust.KEY_CHANGED:
+            buf.write_i32(3)
+
+
+
+class _UniffiFfiConverterOptionalTypeTrust(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeTrust.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeTrust.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeTrust.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterInt64(_UniffiConverterPrimitiveInt):
+    CLASS_NAME = "i64"
+    VALUE_MIN = -2**63
+    VALUE_MAX = 2**63
+
+    @staticmethod
+    def read(buf):
+        return buf.read_i64()
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_i64(value)
+
+class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class CallHistoryEntry:
+    """
+    One call of the history: metadata only.
+"""
+    def __init__(self, *, call_id:typing.Optional[str], outgoing:bool, handle:typing.Optional[str], peer:typing.Optional[PeerIdentity], trust:typing.Optional[Trust], started_ms:int, answered_ms:typing.Optional[int], ended_ms:typing.Optional[int], end_reason:typing.Optional[str]):
+        self.call_id = call_id
+        self.outgoing = outgoing
+        self.handle = handle
+        self.peer = peer
+        self.trust = trust
+        self.started_ms = started_ms
+        self.answered_ms = answered_ms
+        self.ended_ms = ended_ms
+        self.end_reason = end_reason
+        
+        
+
+    
+    def __str__(self):
+        return "CallHistoryEntry(call_id={}, outgoing={}, handle={}, peer={}, trust={}, started_ms={}, answered_ms={}, ended_ms={}, end_reason={})".format(self.call_id, self.outgoing, self.handle, self.peer, self.trust, self.started_ms, self.answered_ms, self.ended_ms, self.end_reason)
+    def __eq__(self, other):
+        if self.call_id != other.call_id:
+            return False
+        if self.outgoing != other.outgoing:
+            return False
+        if self.handle != other.handle:
+            return False
+        if self.peer != other.peer:
+            return False
+        if self.trust != other.trust:
+            return False
+        if self.started_ms != other.started_ms:
+            return False
+        if self.answered_ms != other.answered_ms:
+            return False
+        if self.ended_ms != other.ended_ms:
+            return False
+        if self.end_reason != other.end_reason:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeCallHistoryEntry(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return CallHistoryEntry(
+            call_id=_UniffiFfiConverterOptionalString.read(buf),
+            outgoing=_UniffiFfiConverterBoolean.read(buf),
+            handle=_UniffiFfiConverterOptionalString.read(buf),
+            peer=_UniffiFfiConverterOptionalTypePeerIdentity.read(buf),
+            trust=_UniffiFfiConverterOptionalTypeTrust.read(buf),
+            started_ms=_UniffiFfiConverterInt64.read(buf),
+            answered_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            ended_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            end_reason=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterOptionalString.check_lower(value.call_id)
+        _UniffiFfiConverterBoolean.check_lower(value.outgoing)
+        _UniffiFfiConverterOptionalString.check_lower(value.handle)
+        _UniffiFfiConverterOptionalTypePeerIdentity.check_lower(value.peer)
+        _UniffiFfiConverterOptionalTypeTrust.check_lower(value.trust)
+        _UniffiFfiConverterInt64.check_lower(value.started_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.answered_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.ended_ms)
+        _UniffiFfiConverterOptionalString.check_lower(value.end_reason)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterOptionalString.write(value.call_id, buf)
+        _UniffiFfiConverterBoolean.write(value.outgoing, buf)
+        _UniffiFfiConverterOptionalString.write(value.handle, buf)
+        _UniffiFfiConverterOptionalTypePeerIdentity.write(value.peer, buf)
+        _UniffiFfiConverterOptionalTypeTrust.write(value.trust, buf)
+        _UniffiFfiConverterInt64.write(value.started_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.answered_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.ended_ms, buf)
+        _UniffiFfiConverterOptionalString.write(value.end_reason, buf)
 
 
 
@@ -2302,200 +2783,6 @@ class _UniffiFfiConverterTypeCallState(_UniffiConverterRustBuffer):
 
 
 
-class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterString.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterString.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterString.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
-class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        size = buf.read_i32()
-        if size < 0:
-            raise InternalError("Unexpected negative byte string length")
-        return buf.read(size)
-
-    @staticmethod
-    def check_lower(value):
-        try:
-            memoryview(value)
-        except TypeError:
-            raise TypeError("a bytes-like object is required, not {!r}".format(type(value).__name__))
-
-    @staticmethod
-    def write(value, buf):
-        buf.write_i32(len(value))
-        buf.write(value)
-
-@dataclass
-class PeerIdentity:
-    """
-    A device's public identity: its Ed25519 public key and the fingerprint shown to users.
-"""
-    def __init__(self, *, public_key:bytes, fingerprint:str):
-        self.public_key = public_key
-        self.fingerprint = fingerprint
-        
-        
-
-    
-    def __str__(self):
-        return "PeerIdentity(public_key={}, fingerprint={})".format(self.public_key, self.fingerprint)
-    def __eq__(self, other):
-        if self.public_key != other.public_key:
-            return False
-        if self.fingerprint != other.fingerprint:
-            return False
-        return True
-
-class _UniffiFfiConverterTypePeerIdentity(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        return PeerIdentity(
-            public_key=_UniffiFfiConverterBytes.read(buf),
-            fingerprint=_UniffiFfiConverterString.read(buf),
-        )
-
-    @staticmethod
-    def check_lower(value):
-        _UniffiFfiConverterBytes.check_lower(value.public_key)
-        _UniffiFfiConverterString.check_lower(value.fingerprint)
-
-    @staticmethod
-    def write(value, buf):
-        _UniffiFfiConverterBytes.write(value.public_key, buf)
-        _UniffiFfiConverterString.write(value.fingerprint, buf)
-
-class _UniffiFfiConverterOptionalTypePeerIdentity(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterTypePeerIdentity.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterTypePeerIdentity.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterTypePeerIdentity.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
-
-
-
-
-
-class Trust(enum.Enum):
-    """
-    How far a peer's identity is trusted.
-"""
-    
-    VERIFIED = 0
-    """
-    The identity is one the user verified (compared the SAS or a safety number).
-"""
-    
-    UNVERIFIED = 1
-    """
-    First contact: compare the SAS to verify.
-"""
-    
-    KEY_CHANGED = 2
-    """
-    A different identity than the one expected: possible interception, warn the user.
-"""
-    
-
-
-class _UniffiFfiConverterTypeTrust(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        variant = buf.read_i32()
-        if variant == 1:
-            return Trust.VERIFIED
-        if variant == 2:
-            return Trust.UNVERIFIED
-        if variant == 3:
-            return Trust.KEY_CHANGED
-        raise InternalError("Raw enum value doesn't match any cases")
-
-    @staticmethod
-    def check_lower(value):
-        if value == Trust.VERIFIED:
-            return
-        if value == Trust.UNVERIFIED:
-            return
-        if value == Trust.KEY_CHANGED:
-            return
-        raise ValueError(value)
-
-    @staticmethod
-    def write(value, buf):
-        if value == Trust.VERIFIED:
-            buf.write_i32(1)
-        if value == Trust.UNVERIFIED:
-            buf.write_i32(2)
-        if value == Trust.KEY_CHANGED:
-            buf.write_i32(3)
-
-
-
-class _UniffiFfiConverterOptionalTypeTrust(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterTypeTrust.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterTypeTrust.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterTypeTrust.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
 
 
 
@@ -2877,6 +3164,69 @@ class _UniffiFfiConverterTypeCallerInfo(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypePeerIdentity.write(value.identity, buf)
         _UniffiFfiConverterTypeTrust.write(value.trust, buf)
         _UniffiFfiConverterString.write(value.remote_addr, buf)
+
+@dataclass
+class ContactInfo:
+    """
+    A contact and how far it is trusted.
+"""
+    def __init__(self, *, handle:str, pinned:PeerIdentity, verified:bool, changed_to:typing.Optional[PeerIdentity], trust:Trust, first_seen_ms:int):
+        self.handle = handle
+        self.pinned = pinned
+        self.verified = verified
+        self.changed_to = changed_to
+        self.trust = trust
+        self.first_seen_ms = first_seen_ms
+        
+        
+
+    
+    def __str__(self):
+        return "ContactInfo(handle={}, pinned={}, verified={}, changed_to={}, trust={}, first_seen_ms={})".format(self.handle, self.pinned, self.verified, self.changed_to, self.trust, self.first_seen_ms)
+    def __eq__(self, other):
+        if self.handle != other.handle:
+            return False
+        if self.pinned != other.pinned:
+            return False
+        if self.verified != other.verified:
+            return False
+        if self.changed_to != other.changed_to:
+            return False
+        if self.trust != other.trust:
+            return False
+        if self.first_seen_ms != other.first_seen_ms:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeContactInfo(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ContactInfo(
+            handle=_UniffiFfiConverterString.read(buf),
+            pinned=_UniffiFfiConverterTypePeerIdentity.read(buf),
+            verified=_UniffiFfiConverterBoolean.read(buf),
+            changed_to=_UniffiFfiConverterOptionalTypePeerIdentity.read(buf),
+            trust=_UniffiFfiConverterTypeTrust.read(buf),
+            first_seen_ms=_UniffiFfiConverterInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.handle)
+        _UniffiFfiConverterTypePeerIdentity.check_lower(value.pinned)
+        _UniffiFfiConverterBoolean.check_lower(value.verified)
+        _UniffiFfiConverterOptionalTypePeerIdentity.check_lower(value.changed_to)
+        _UniffiFfiConverterTypeTrust.check_lower(value.trust)
+        _UniffiFfiConverterInt64.check_lower(value.first_seen_ms)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.handle, buf)
+        _UniffiFfiConverterTypePeerIdentity.write(value.pinned, buf)
+        _UniffiFfiConverterBoolean.write(value.verified, buf)
+        _UniffiFfiConverterOptionalTypePeerIdentity.write(value.changed_to, buf)
+        _UniffiFfiConverterTypeTrust.write(value.trust, buf)
+        _UniffiFfiConverterInt64.write(value.first_seen_ms, buf)
 
 class _UniffiFfiConverterFloat32(_UniffiConverterPrimitiveFloat):
     @staticmethod
@@ -3510,11 +3860,82 @@ class _UniffiFfiConverterSequenceBytes(_UniffiConverterRustBuffer):
         ]
 
 @dataclass
+class RelayLogin:
+    """
+    An account login for a relay with accounts: name, password and the current one-time code
+    of the account's authenticator (TOTP). The password is wiped once used.
+"""
+    def __init__(self, *, account:str, password:str, code:str):
+        self.account = account
+        self.password = password
+        self.code = code
+        
+        
+
+    
+    def __str__(self):
+        return "RelayLogin(account={}, password={}, code={})".format(self.account, self.password, self.code)
+    def __eq__(self, other):
+        if self.account != other.account:
+            return False
+        if self.password != other.password:
+            return False
+        if self.code != other.code:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeRelayLogin(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return RelayLogin(
+            account=_UniffiFfiConverterString.read(buf),
+            password=_UniffiFfiConverterString.read(buf),
+            code=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.account)
+        _UniffiFfiConverterString.check_lower(value.password)
+        _UniffiFfiConverterString.check_lower(value.code)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.account, buf)
+        _UniffiFfiConverterString.write(value.password, buf)
+        _UniffiFfiConverterString.write(value.code, buf)
+
+class _UniffiFfiConverterOptionalTypeRelayLogin(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeRelayLogin.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeRelayLogin.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeRelayLogin.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
 class GroupSettings:
     """
     Where a group phone connects, as who, with what audio.
 """
-    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT):
+    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, login:typing.Optional[RelayLogin] = _DEFAULT):
         self.relay = relay
         self.relay_fingerprint = relay_fingerprint
         self.identity = identity
@@ -3526,12 +3947,16 @@ class GroupSettings:
             self.verified_peers = []
         else:
             self.verified_peers = verified_peers
+        if login is _DEFAULT:
+            self.login = None
+        else:
+            self.login = login
         
         
 
     
     def __str__(self):
-        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers)
+        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={}, login={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers, self.login)
     def __eq__(self, other):
         if self.relay != other.relay:
             return False
@@ -3542,6 +3967,8 @@ class GroupSettings:
         if self.audio != other.audio:
             return False
         if self.verified_peers != other.verified_peers:
+            return False
+        if self.login != other.login:
             return False
         return True
 
@@ -3554,6 +3981,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
             identity=_UniffiFfiConverterTypeIdentity.read(buf),
             audio=_UniffiFfiConverterOptionalTypeAudioSetup.read(buf),
             verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
+            login=_UniffiFfiConverterOptionalTypeRelayLogin.read(buf),
         )
 
     @staticmethod
@@ -3563,6 +3991,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeIdentity.check_lower(value.identity)
         _UniffiFfiConverterOptionalTypeAudioSetup.check_lower(value.audio)
         _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
+        _UniffiFfiConverterOptionalTypeRelayLogin.check_lower(value.login)
 
     @staticmethod
     def write(value, buf):
@@ -3571,6 +4000,7 @@ class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeIdentity.write(value.identity, buf)
         _UniffiFfiConverterOptionalTypeAudioSetup.write(value.audio, buf)
         _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
+        _UniffiFfiConverterOptionalTypeRelayLogin.write(value.login, buf)
 
 class _UniffiFfiConverterSequenceTypeSuite(_UniffiConverterRustBuffer):
     @classmethod
@@ -3620,12 +4050,903 @@ class _UniffiFfiConverterOptionalUInt32(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+
+
+# ViskaError
+# We want to define each variant as a nested class that's also a subclass,
+# which is tricky in Python.  To accomplish this we're going to create each
+# class separately, then manually add the child classes to the base class's
+# __dict__.  All of this happens in dummy class to avoid polluting the module
+# namespace.
+class ViskaError(Exception):
+    """
+    Why a method of the bindings failed.
+"""
+    pass
+
+_UniffiTempViskaError = ViskaError
+
+class ViskaError:  # type: ignore
+    """
+    Why a method of the bindings failed.
+"""
+    
+    class InvalidArgument(_UniffiTempViskaError):
+        """
+        An argument the method cannot use (an address that does not parse, a key of the wrong
+        length, DTMF digits the protocol cannot carry).
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.InvalidArgument({})".format(str(self))
+    _UniffiTempViskaError.InvalidArgument = InvalidArgument # type: ignore
+    class CallEnded(_UniffiTempViskaError):
+        """
+        The call is over; the command was not sent.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.CallEnded({})".format(str(self))
+    _UniffiTempViskaError.CallEnded = CallEnded # type: ignore
+    class InvalidState(_UniffiTempViskaError):
+        """
+        The command is not possible in the call's current state (answering a call that is not
+        ringing, holding one not yet answered).
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.InvalidState({})".format(str(self))
+    _UniffiTempViskaError.InvalidState = InvalidState # type: ignore
+    class Closed(_UniffiTempViskaError):
+        """
+        The phone is closed.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.Closed({})".format(str(self))
+    _UniffiTempViskaError.Closed = Closed # type: ignore
+    class TooManyCalls(_UniffiTempViskaError):
+        """
+        The phone already runs as many calls as it takes.
+"""
+        
+        def __init__(self, limit):
+            super().__init__(", ".join([
+                "limit={!r}".format(limit),
+            ]))
+            self.limit = limit
+
+        def __repr__(self):
+            return "ViskaError.TooManyCalls({})".format(str(self))
+    _UniffiTempViskaError.TooManyCalls = TooManyCalls # type: ignore
+    class Transport(_UniffiTempViskaError):
+        """
+        A socket, TLS or QUIC failure.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.Transport({})".format(str(self))
+    _UniffiTempViskaError.Transport = Transport # type: ignore
+    class Config(_UniffiTempViskaError):
+        """
+        A setting the phone refused.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.Config({})".format(str(self))
+    _UniffiTempViskaError.Config = Config # type: ignore
+    class Audio(_UniffiTempViskaError):
+        """
+        Audio could not start, or the phone was not set up for app-fed audio.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.Audio({})".format(str(self))
+    _UniffiTempViskaError.Audio = Audio # type: ignore
+    class Group(_UniffiTempViskaError):
+        """
+        The relay refused a request, broke its protocol, or the MLS group refused an operation.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.Group({})".format(str(self))
+    _UniffiTempViskaError.Group = Group # type: ignore
+    class NoSuchCall(_UniffiTempViskaError):
+        """
+        No such call on this phone.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.NoSuchCall({})".format(str(self))
+    _UniffiTempViskaError.NoSuchCall = NoSuchCall # type: ignore
+    class Timeout(_UniffiTempViskaError):
+        """
+        The operation did not finish in time.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.Timeout({})".format(str(self))
+    _UniffiTempViskaError.Timeout = Timeout # type: ignore
+    class WrongKey(_UniffiTempViskaError):
+        """
+        The key (or passphrase) does not open the key store, or the file is not a store.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.WrongKey({})".format(str(self))
+    _UniffiTempViskaError.WrongKey = WrongKey # type: ignore
+    class WeakPassphrase(_UniffiTempViskaError):
+        """
+        A backup passphrase the password policy refused.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.WeakPassphrase({})".format(str(self))
+    _UniffiTempViskaError.WeakPassphrase = WeakPassphrase # type: ignore
+    class BadBackup(_UniffiTempViskaError):
+        """
+        A backup that does not open: a wrong passphrase, or it was changed or cut short.
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.BadBackup({})".format(str(self))
+    _UniffiTempViskaError.BadBackup = BadBackup # type: ignore
+    class LoginRequired(_UniffiTempViskaError):
+        """
+        The relay admits registered devices only and no login was given.
+"""
+        
+        def __init__(self):
+            pass
+
+        def __repr__(self):
+            return "ViskaError.LoginRequired({})".format(str(self))
+    _UniffiTempViskaError.LoginRequired = LoginRequired # type: ignore
+    class LoginFailed(_UniffiTempViskaError):
+        """
+        The relay refused the login (it does not say which part was wrong); try again after
+        `retry_after_secs` (0: at once).
+"""
+        
+        def __init__(self, retry_after_secs):
+            super().__init__(", ".join([
+                "retry_after_secs={!r}".format(retry_after_secs),
+            ]))
+            self.retry_after_secs = retry_after_secs
+
+        def __repr__(self):
+            return "ViskaError.LoginFailed({})".format(str(self))
+    _UniffiTempViskaError.LoginFailed = LoginFailed # type: ignore
+    class Store(_UniffiTempViskaError):
+        """
+        The key store failed (its file, its database).
+"""
+        
+        def __init__(self, detail):
+            super().__init__(", ".join([
+                "detail={!r}".format(detail),
+            ]))
+            self.detail = detail
+
+        def __repr__(self):
+            return "ViskaError.Store({})".format(str(self))
+    _UniffiTempViskaError.Store = Store # type: ignore
+
+ViskaError = _UniffiTempViskaError # type: ignore
+del _UniffiTempViskaError
+
+
+class _UniffiFfiConverterTypeViskaError(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return ViskaError.InvalidArgument(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 2:
+            return ViskaError.CallEnded(
+            )
+        if variant == 3:
+            return ViskaError.InvalidState(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 4:
+            return ViskaError.Closed(
+            )
+        if variant == 5:
+            return ViskaError.TooManyCalls(
+                _UniffiFfiConverterUInt32.read(buf),
+            )
+        if variant == 6:
+            return ViskaError.Transport(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 7:
+            return ViskaError.Config(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 8:
+            return ViskaError.Audio(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 9:
+            return ViskaError.Group(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 10:
+            return ViskaError.NoSuchCall(
+            )
+        if variant == 11:
+            return ViskaError.Timeout(
+            )
+        if variant == 12:
+            return ViskaError.WrongKey(
+            )
+        if variant == 13:
+            return ViskaError.WeakPassphrase(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 14:
+            return ViskaError.BadBackup(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 15:
+            return ViskaError.LoginRequired(
+            )
+        if variant == 16:
+            return ViskaError.LoginFailed(
+                _UniffiFfiConverterUInt32.read(buf),
+            )
+        if variant == 17:
+            return ViskaError.Store(
+                _UniffiFfiConverterString.read(buf),
+            )
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if isinstance(value, ViskaError.InvalidArgument):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.CallEnded):
+            return
+        if isinstance(value, ViskaError.InvalidState):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.Closed):
+            return
+        if isinstance(value, ViskaError.TooManyCalls):
+            _UniffiFfiConverterUInt32.check_lower(value.limit)
+            return
+        if isinstance(value, ViskaError.Transport):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.Config):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.Audio):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.Group):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.NoSuchCall):
+            return
+        if isinstance(value, ViskaError.Timeout):
+            return
+        if isinstance(value, ViskaError.WrongKey):
+            return
+        if isinstance(value, ViskaError.WeakPassphrase):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.BadBackup):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+        if isinstance(value, ViskaError.LoginRequired):
+            return
+        if isinstance(value, ViskaError.LoginFailed):
+            _UniffiFfiConverterUInt32.check_lower(value.retry_after_secs)
+            return
+        if isinstance(value, ViskaError.Store):
+            _UniffiFfiConverterString.check_lower(value.detail)
+            return
+
+    @staticmethod
+    def write(value, buf):
+        if isinstance(value, ViskaError.InvalidArgument):
+            buf.write_i32(1)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.CallEnded):
+            buf.write_i32(2)
+        if isinstance(value, ViskaError.InvalidState):
+            buf.write_i32(3)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.Closed):
+            buf.write_i32(4)
+        if isinstance(value, ViskaError.TooManyCalls):
+            buf.write_i32(5)
+            _UniffiFfiConverterUInt32.write(value.limit, buf)
+        if isinstance(value, ViskaError.Transport):
+            buf.write_i32(6)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.Config):
+            buf.write_i32(7)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.Audio):
+            buf.write_i32(8)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.Group):
+            buf.write_i32(9)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.NoSuchCall):
+            buf.write_i32(10)
+        if isinstance(value, ViskaError.Timeout):
+            buf.write_i32(11)
+        if isinstance(value, ViskaError.WrongKey):
+            buf.write_i32(12)
+        if isinstance(value, ViskaError.WeakPassphrase):
+            buf.write_i32(13)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.BadBackup):
+            buf.write_i32(14)
+            _UniffiFfiConverterString.write(value.detail, buf)
+        if isinstance(value, ViskaError.LoginRequired):
+            buf.write_i32(15)
+        if isinstance(value, ViskaError.LoginFailed):
+            buf.write_i32(16)
+            _UniffiFfiConverterUInt32.write(value.retry_after_secs, buf)
+        if isinstance(value, ViskaError.Store):
+            buf.write_i32(17)
+            _UniffiFfiConverterString.write(value.detail, buf)
+
+class _UniffiFfiConverterSequenceTypeCallHistoryEntry(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeCallHistoryEntry.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeCallHistoryEntry.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeCallHistoryEntry.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterOptionalTypeContactInfo(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeContactInfo.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeContactInfo.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeContactInfo.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterSequenceTypeContactInfo(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeContactInfo.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeContactInfo.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeContactInfo.read(buf) for i in range(count)
+        ]
+
+
+class KeyStoreProtocol(typing.Protocol):
+    """
+    The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+    [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+    its contacts and records the call history in it.
+"""
+    
+    def add_contact(self, handle: str,public_key: bytes,verified: bool) -> None:
+        """
+        Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+        source is one the user trusts.
+"""
+        raise NotImplementedError
+    def call_history(self, limit: int) -> typing.List[CallHistoryEntry]:
+        """
+        The latest `limit` calls, newest first.
+"""
+        raise NotImplementedError
+    def contact(self, handle: str) -> typing.Optional[ContactInfo]:
+        """
+        The contact with `handle`.
+"""
+        raise NotImplementedError
+    def contacts(self, ) -> typing.List[ContactInfo]:
+        """
+        Every contact, by handle.
+"""
+        raise NotImplementedError
+    def export_backup(self, passphrase: str) -> bytes:
+        """
+        An encrypted backup of the identity, contacts and settings. The passphrase must be at
+        least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+"""
+        raise NotImplementedError
+    def forget_contact(self, handle: str) -> bool:
+        """
+        Forgets a contact; false if there was none.
+"""
+        raise NotImplementedError
+    def identity(self, ) -> Identity:
+        """
+        The device's identity: made on first use, the same ever after.
+"""
+        raise NotImplementedError
+    def import_backup(self, backup: bytes,passphrase: str) -> None:
+        """
+        Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+        passphrase or a changed or truncated backup.
+"""
+        raise NotImplementedError
+    def rename_contact(self, _from: str,to: str) -> bool:
+        """
+        Renames a contact; false if there was none.
+"""
+        raise NotImplementedError
+    def set_setting(self, key: str,value: str) -> None:
+        """
+        Sets a setting.
+"""
+        raise NotImplementedError
+    def setting(self, key: str) -> typing.Optional[str]:
+        """
+        A setting's value.
+"""
+        raise NotImplementedError
+
+class KeyStore(KeyStoreProtocol):
+    """
+    The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+    [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+    its contacts and records the call history in it.
+"""
+    
+    _handle: ctypes.c_uint64
+    @classmethod
+    def open(cls, path: str,passphrase: str) -> KeyStore:
+        """
+        Opens (or creates) the store at `path` with a key derived from `passphrase` (Argon2id,
+        64 MiB; takes a few hundred milliseconds).
+
+        Errors: `WrongKey` when the passphrase does not open the file.
+"""
+        
+        _UniffiFfiConverterString.check_lower(path)
+
+        _UniffiFfiConverterString.check_lower(passphrase)
+        _uniffi_lowered_args = (
+            _UniffiFfiConverterString.lower(path),
+            _UniffiFfiConverterString.lower(passphrase),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeKeyStore.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open,
+            *_uniffi_lowered_args,
+        )
+        return cls._uniffi_make_instance(_uniffi_ffi_result)
+    @classmethod
+    def open_with_key(cls, path: str,key: bytes) -> KeyStore:
+        """
+        Opens (or creates) the store at `path` with a 32-byte key the platform keeps (iOS
+        Keychain, Android Keystore). The bytes given are wiped.
+"""
+        
+        _UniffiFfiConverterString.check_lower(path)
+
+        _UniffiFfiConverterBytes.check_lower(key)
+        _uniffi_lowered_args = (
+            _UniffiFfiConverterString.lower(path),
+            _UniffiFfiConverterBytes.lower(key),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeKeyStore.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open_with_key,
+            *_uniffi_lowered_args,
+        )
+        return cls._uniffi_make_instance(_uniffi_ffi_result)
+    
+    def __init__(self, *args, **kwargs):
+        raise ValueError("This class has no default constructor")
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_viska_ffi_fn_free_keystore, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_viska_ffi_fn_clone_keystore, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def add_contact(self, handle: str,public_key: bytes,verified: bool) -> None:
+        """
+        Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+        source is one the user trusts.
+"""
+        
+        _UniffiFfiConverterString.check_lower(handle)
+
+        _UniffiFfiConverterBytes.check_lower(public_key)
+
+        _UniffiFfiConverterBoolean.check_lower(verified)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(handle),
+            _UniffiFfiConverterBytes.lower(public_key),
+            _UniffiFfiConverterBoolean.lower(verified),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_add_contact,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def call_history(self, limit: int) -> typing.List[CallHistoryEntry]:
+        """
+        The latest `limit` calls, newest first.
+"""
+        
+        _UniffiFfiConverterUInt32.check_lower(limit)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt32.lower(limit),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeCallHistoryEntry.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def contact(self, handle: str) -> typing.Optional[ContactInfo]:
+        """
+        The contact with `handle`.
+"""
+        
+        _UniffiFfiConverterString.check_lower(handle)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(handle),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterOptionalTypeContactInfo.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_contact,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def contacts(self, ) -> typing.List[ContactInfo]:
+        """
+        Every contact, by handle.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeContactInfo.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_contacts,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def export_backup(self, passphrase: str) -> bytes:
+        """
+        An encrypted backup of the identity, contacts and settings. The passphrase must be at
+        least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+"""
+        
+        _UniffiFfiConverterString.check_lower(passphrase)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(passphrase),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterBytes.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_export_backup,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def forget_contact(self, handle: str) -> bool:
+        """
+        Forgets a contact; false if there was none.
+"""
+        
+        _UniffiFfiConverterString.check_lower(handle)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(handle),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterBoolean.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_forget_contact,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def identity(self, ) -> Identity:
+        """
+        The device's identity: made on first use, the same ever after.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeIdentity.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_identity,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def import_backup(self, backup: bytes,passphrase: str) -> None:
+        """
+        Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+        passphrase or a changed or truncated backup.
+"""
+        
+        _UniffiFfiConverterBytes.check_lower(backup)
+
+        _UniffiFfiConverterString.check_lower(passphrase)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterBytes.lower(backup),
+            _UniffiFfiConverterString.lower(passphrase),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_import_backup,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def rename_contact(self, _from: str,to: str) -> bool:
+        """
+        Renames a contact; false if there was none.
+"""
+        
+        _UniffiFfiConverterString.check_lower(_from)
+
+        _UniffiFfiConverterString.check_lower(to)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(_from),
+            _UniffiFfiConverterString.lower(to),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterBoolean.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_rename_contact,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def set_setting(self, key: str,value: str) -> None:
+        """
+        Sets a setting.
+"""
+        
+        _UniffiFfiConverterString.check_lower(key)
+
+        _UniffiFfiConverterString.check_lower(value)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(key),
+            _UniffiFfiConverterString.lower(value),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_set_setting,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def setting(self, key: str) -> typing.Optional[str]:
+        """
+        A setting's value.
+"""
+        
+        _UniffiFfiConverterString.check_lower(key)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(key),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterOptionalString.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_setting,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+
+class _UniffiFfiConverterTypeKeyStore:
+    @staticmethod
+    def lift(value: int) -> KeyStore:
+        return KeyStore._uniffi_make_instance(value)
+
+    @staticmethod
+    def check_lower(value: KeyStore):
+        if not isinstance(value, KeyStore):
+            raise TypeError("Expected KeyStore instance, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: KeyStore) -> ctypes.c_uint64:
+        return value._uniffi_clone_handle()
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer) -> KeyStore:
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: KeyStore, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
+class _UniffiFfiConverterOptionalTypeKeyStore(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeKeyStore.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeKeyStore.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeKeyStore.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
 @dataclass
 class PhoneSettings:
     """
     Everything a phone is set up with. Only `name` and `identity` are required.
 """
-    def __init__(self, *, name:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, suites:typing.List[Suite] = _DEFAULT, ring_timeout_ms:typing.Optional[int] = _DEFAULT, max_calls:typing.Optional[int] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, realtime:bool = True, dtx:bool = True):
+    def __init__(self, *, name:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, suites:typing.List[Suite] = _DEFAULT, ring_timeout_ms:typing.Optional[int] = _DEFAULT, max_calls:typing.Optional[int] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, realtime:bool = True, dtx:bool = True, store:typing.Optional[KeyStore] = _DEFAULT):
         self.name = name
         self.identity = identity
         if audio is _DEFAULT:
@@ -3650,12 +4971,16 @@ class PhoneSettings:
             self.verified_peers = verified_peers
         self.realtime = realtime
         self.dtx = dtx
+        if store is _DEFAULT:
+            self.store = None
+        else:
+            self.store = store
         
         
 
     
     def __str__(self):
-        return "PhoneSettings(name={}, identity={}, audio={}, suites={}, ring_timeout_ms={}, max_calls={}, verified_peers={}, realtime={}, dtx={})".format(self.name, self.identity, self.audio, self.suites, self.ring_timeout_ms, self.max_calls, self.verified_peers, self.realtime, self.dtx)
+        return "PhoneSettings(name={}, identity={}, audio={}, suites={}, ring_timeout_ms={}, max_calls={}, verified_peers={}, realtime={}, dtx={}, store={})".format(self.name, self.identity, self.audio, self.suites, self.ring_timeout_ms, self.max_calls, self.verified_peers, self.realtime, self.dtx, self.store)
     def __eq__(self, other):
         if self.name != other.name:
             return False
@@ -3675,6 +5000,8 @@ class PhoneSettings:
             return False
         if self.dtx != other.dtx:
             return False
+        if self.store != other.store:
+            return False
         return True
 
 class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
@@ -3690,6 +5017,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
             verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
             realtime=_UniffiFfiConverterBoolean.read(buf),
             dtx=_UniffiFfiConverterBoolean.read(buf),
+            store=_UniffiFfiConverterOptionalTypeKeyStore.read(buf),
         )
 
     @staticmethod
@@ -3703,6 +5031,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
         _UniffiFfiConverterBoolean.check_lower(value.realtime)
         _UniffiFfiConverterBoolean.check_lower(value.dtx)
+        _UniffiFfiConverterOptionalTypeKeyStore.check_lower(value.store)
 
     @staticmethod
     def write(value, buf):
@@ -3715,6 +5044,7 @@ class _UniffiFfiConverterTypePhoneSettings(_UniffiConverterRustBuffer):
         _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
         _UniffiFfiConverterBoolean.write(value.realtime, buf)
         _UniffiFfiConverterBoolean.write(value.dtx, buf)
+        _UniffiFfiConverterOptionalTypeKeyStore.write(value.store, buf)
 
 
 
@@ -5477,286 +6807,6 @@ class _UniffiFfiConverterTypeMissedReason(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.write(value.detail, buf)
 
 
-
-
-
-# ViskaError
-# We want to define each variant as a nested class that's also a subclass,
-# which is tricky in Python.  To accomplish this we're going to create each
-# class separately, then manually add the child classes to the base class's
-# __dict__.  All of this happens in dummy class to avoid polluting the module
-# namespace.
-class ViskaError(Exception):
-    """
-    Why a method of the bindings failed.
-"""
-    pass
-
-_UniffiTempViskaError = ViskaError
-
-class ViskaError:  # type: ignore
-    """
-    Why a method of the bindings failed.
-"""
-    
-    class InvalidArgument(_UniffiTempViskaError):
-        """
-        An argument the method cannot use (an address that does not parse, a key of the wrong
-        length, DTMF digits the protocol cannot carry).
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.InvalidArgument({})".format(str(self))
-    _UniffiTempViskaError.InvalidArgument = InvalidArgument # type: ignore
-    class CallEnded(_UniffiTempViskaError):
-        """
-        The call is over; the command was not sent.
-"""
-        
-        def __init__(self):
-            pass
-
-        def __repr__(self):
-            return "ViskaError.CallEnded({})".format(str(self))
-    _UniffiTempViskaError.CallEnded = CallEnded # type: ignore
-    class InvalidState(_UniffiTempViskaError):
-        """
-        The command is not possible in the call's current state (answering a call that is not
-        ringing, holding one not yet answered).
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.InvalidState({})".format(str(self))
-    _UniffiTempViskaError.InvalidState = InvalidState # type: ignore
-    class Closed(_UniffiTempViskaError):
-        """
-        The phone is closed.
-"""
-        
-        def __init__(self):
-            pass
-
-        def __repr__(self):
-            return "ViskaError.Closed({})".format(str(self))
-    _UniffiTempViskaError.Closed = Closed # type: ignore
-    class TooManyCalls(_UniffiTempViskaError):
-        """
-        The phone already runs as many calls as it takes.
-"""
-        
-        def __init__(self, limit):
-            super().__init__(", ".join([
-                "limit={!r}".format(limit),
-            ]))
-            self.limit = limit
-
-        def __repr__(self):
-            return "ViskaError.TooManyCalls({})".format(str(self))
-    _UniffiTempViskaError.TooManyCalls = TooManyCalls # type: ignore
-    class Transport(_UniffiTempViskaError):
-        """
-        A socket, TLS or QUIC failure.
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.Transport({})".format(str(self))
-    _UniffiTempViskaError.Transport = Transport # type: ignore
-    class Config(_UniffiTempViskaError):
-        """
-        A setting the phone refused.
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.Config({})".format(str(self))
-    _UniffiTempViskaError.Config = Config # type: ignore
-    class Audio(_UniffiTempViskaError):
-        """
-        Audio could not start, or the phone was not set up for app-fed audio.
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.Audio({})".format(str(self))
-    _UniffiTempViskaError.Audio = Audio # type: ignore
-    class Group(_UniffiTempViskaError):
-        """
-        The relay refused a request, broke its protocol, or the MLS group refused an operation.
-"""
-        
-        def __init__(self, detail):
-            super().__init__(", ".join([
-                "detail={!r}".format(detail),
-            ]))
-            self.detail = detail
-
-        def __repr__(self):
-            return "ViskaError.Group({})".format(str(self))
-    _UniffiTempViskaError.Group = Group # type: ignore
-    class NoSuchCall(_UniffiTempViskaError):
-        """
-        No such call on this phone.
-"""
-        
-        def __init__(self):
-            pass
-
-        def __repr__(self):
-            return "ViskaError.NoSuchCall({})".format(str(self))
-    _UniffiTempViskaError.NoSuchCall = NoSuchCall # type: ignore
-    class Timeout(_UniffiTempViskaError):
-        """
-        The operation did not finish in time.
-"""
-        
-        def __init__(self):
-            pass
-
-        def __repr__(self):
-            return "ViskaError.Timeout({})".format(str(self))
-    _UniffiTempViskaError.Timeout = Timeout # type: ignore
-
-ViskaError = _UniffiTempViskaError # type: ignore
-del _UniffiTempViskaError
-
-
-class _UniffiFfiConverterTypeViskaError(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        variant = buf.read_i32()
-        if variant == 1:
-            return ViskaError.InvalidArgument(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 2:
-            return ViskaError.CallEnded(
-            )
-        if variant == 3:
-            return ViskaError.InvalidState(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 4:
-            return ViskaError.Closed(
-            )
-        if variant == 5:
-            return ViskaError.TooManyCalls(
-                _UniffiFfiConverterUInt32.read(buf),
-            )
-        if variant == 6:
-            return ViskaError.Transport(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 7:
-            return ViskaError.Config(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 8:
-            return ViskaError.Audio(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 9:
-            return ViskaError.Group(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 10:
-            return ViskaError.NoSuchCall(
-            )
-        if variant == 11:
-            return ViskaError.Timeout(
-            )
-        raise InternalError("Raw enum value doesn't match any cases")
-
-    @staticmethod
-    def check_lower(value):
-        if isinstance(value, ViskaError.InvalidArgument):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.CallEnded):
-            return
-        if isinstance(value, ViskaError.InvalidState):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.Closed):
-            return
-        if isinstance(value, ViskaError.TooManyCalls):
-            _UniffiFfiConverterUInt32.check_lower(value.limit)
-            return
-        if isinstance(value, ViskaError.Transport):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.Config):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.Audio):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.Group):
-            _UniffiFfiConverterString.check_lower(value.detail)
-            return
-        if isinstance(value, ViskaError.NoSuchCall):
-            return
-        if isinstance(value, ViskaError.Timeout):
-            return
-
-    @staticmethod
-    def write(value, buf):
-        if isinstance(value, ViskaError.InvalidArgument):
-            buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.CallEnded):
-            buf.write_i32(2)
-        if isinstance(value, ViskaError.InvalidState):
-            buf.write_i32(3)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.Closed):
-            buf.write_i32(4)
-        if isinstance(value, ViskaError.TooManyCalls):
-            buf.write_i32(5)
-            _UniffiFfiConverterUInt32.write(value.limit, buf)
-        if isinstance(value, ViskaError.Transport):
-            buf.write_i32(6)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.Config):
-            buf.write_i32(7)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.Audio):
-            buf.write_i32(8)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.Group):
-            buf.write_i32(9)
-            _UniffiFfiConverterString.write(value.detail, buf)
-        if isinstance(value, ViskaError.NoSuchCall):
-            buf.write_i32(10)
-        if isinstance(value, ViskaError.Timeout):
-            buf.write_i32(11)
 
 
 class CallListener():
@@ -7609,6 +8659,15 @@ class PhoneProtocol(typing.Protocol):
         call with [`Call::set_listener`].
 """
         raise NotImplementedError
+    def call_contact(self, handle: str,addr: str) -> Call:
+        """
+        Places a call to the contact `handle` at `addr`, its trust from the key store: the
+        first call pins the identity that answers (unverified); later calls are verified once
+        the user verified it, and key-changed (with a security event) in every call where
+        another identity answers, until the user verifies that one. Without a store the handle
+        only names the call.
+"""
+        raise NotImplementedError
     def call_expecting(self, addr: str,public_key: bytes) -> Call:
         """
         Places a call to a contact whose public key the application knows: the call is
@@ -7756,6 +8815,31 @@ class Phone(PhoneProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_viska_ffi_fn_method_phone_call,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def call_contact(self, handle: str,addr: str) -> Call:
+        """
+        Places a call to the contact `handle` at `addr`, its trust from the key store: the
+        first call pins the identity that answers (unverified); later calls are verified once
+        the user verified it, and key-changed (with a security event) in every call where
+        another identity answers, until the user verifies that one. Without a store the handle
+        only names the call.
+"""
+        
+        _UniffiFfiConverterString.check_lower(handle)
+
+        _UniffiFfiConverterString.check_lower(addr)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(handle),
+            _UniffiFfiConverterString.lower(addr),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeCall.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_phone_call_contact,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -8043,27 +9127,30 @@ def safety_number(a: bytes,b: bytes) -> str:
 __all__ = [
     "InternalError",
     "AudioDirection",
+    "Trust",
     "Side",
     "EndReason",
     "CallState",
-    "Trust",
     "Suite",
     "AudioSetup",
+    "ViskaError",
     "SecurityKind",
     "AudioNotice",
     "CallEvent",
     "GroupEvent",
     "ListenerError",
     "MissedReason",
-    "ViskaError",
     "PhoneEvent",
     "AudioDevice",
     "PeerIdentity",
+    "CallHistoryEntry",
     "CallStats",
     "CallInfo",
     "CallerInfo",
+    "ContactInfo",
     "GroupParticipant",
     "GroupCallInfo",
+    "RelayLogin",
     "GroupSettings",
     "PhoneSettings",
     "SecurityNotice",
@@ -8071,6 +9158,8 @@ __all__ = [
     "safety_number",
     "Identity",
     "IdentityProtocol",
+    "KeyStore",
+    "KeyStoreProtocol",
     "CallListenerImpl",
     "CallListener",
     "Call",

@@ -102,3 +102,53 @@ def test_three_party_call(relay):
         phone.shutdown()
     with pytest.raises(viska.ViskaError.Closed):
         alice.create_call()
+
+
+def totp(secret_b32, at=None):
+    """RFC 6238 (SHA-1, 30 s, 6 digits), written here from the RFC."""
+    import base64, hashlib, hmac, struct
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    step = int((time.time() if at is None else at) // 30)
+    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    return "%06d" % ((struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000)
+
+
+def test_a_relay_with_accounts_admits_a_device_after_its_login(tmp_path):
+    binary = os.environ.get("VISKA_RELAY")
+    if not binary:
+        pytest.fail("VISKA_RELAY must name the viska-relay binary (scripts/test-bindings sets it)")
+    data = str(tmp_path / "relay")
+    password = "harbour lantern 4471 quietly"
+    subprocess.run([binary, "--data-dir", data, "user", "add", "agent7", "--role", "agent"],
+                   input=password + "\n", text=True, check=True, capture_output=True)
+    enrolled = subprocess.run([binary, "--data-dir", data, "user", "totp-enroll", "agent7"],
+                              text=True, check=True, capture_output=True).stdout
+    secret = next(line.split()[1] for line in enrolled.splitlines() if line.startswith("secret "))
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1:0", "--data-dir", data,
+                             "--require-accounts"], stdout=subprocess.PIPE, text=True)
+    try:
+        fingerprint = address = None
+        for line in proc.stdout:
+            if line.startswith("fingerprint "):
+                fingerprint = line.split()[1]
+            elif line.startswith("listening on "):
+                address = line.split()[2]
+                break
+        identity = viska.Identity.generate()
+        settings = lambda login: viska.GroupSettings(
+            relay=address, relay_fingerprint=fingerprint, identity=identity, login=login)
+        with pytest.raises(viska.ViskaError.LoginRequired):
+            viska.GroupPhone.connect(settings(None))
+        with pytest.raises(viska.ViskaError.LoginFailed):
+            viska.GroupPhone.connect(settings(viska.RelayLogin(
+                account="agent7", password=password + "x", code=totp(secret))))
+        phone = viska.GroupPhone.connect(settings(viska.RelayLogin(
+            account="agent7", password=password, code=totp(secret))))
+        phone.shutdown()
+        # Registered now: the device's key alone is enough.
+        again = viska.GroupPhone.connect(settings(None))
+        again.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

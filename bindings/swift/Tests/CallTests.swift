@@ -97,6 +97,7 @@ final class CallTests: XCTestCase {
     static let allTests = [
         ("testARealCall", testARealCall),
         ("testMinimalExample", testMinimalExample),
+        ("testKeyStore", testKeyStore),
     ]
 
     func testARealCall() throws {
@@ -184,6 +185,77 @@ final class CallTests: XCTestCase {
             XCTAssertGreaterThan(n, 48_000, "\(path) holds more than a second")
             XCTAssertGreaterThan(rms, 100, "\(path) is not silent")
         }
+    }
+
+    /// The key store: a wrong passphrase refused, trust on first use then verified in a
+    /// second call, and a backup restored into a fresh store, a tampered one refused.
+    func testKeyStore() throws {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("viska-sw-store-\(getpid())")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pass = "amber walrus sings 1931 softly"
+        let alicePath = dir.appendingPathComponent("alice.db").path
+        let aliceStore = try KeyStore.open(path: alicePath, passphrase: pass)
+        XCTAssertThrowsError(try KeyStore.open(path: alicePath, passphrase: pass + "!")) { error in
+            XCTAssertEqual(error as? ViskaError, .WrongKey)
+        }
+        let bobStore = try KeyStore.openWithKey(
+            path: dir.appendingPathComponent("bob.db").path, key: Data(repeating: 3, count: 32))
+        final class Answerer: PhoneListener, @unchecked Sendable {
+            let lock = NSLock()
+            var calls: [Call] = []
+            func onEvent(event: PhoneEvent) throws {
+                if case .incomingCall(let call, _) = event {
+                    try call.answer()
+                    lock.lock(); calls.append(call); lock.unlock()
+                }
+            }
+            func count() -> Int { lock.lock(); defer { lock.unlock() }; return calls.count }
+            func at(_ i: Int) -> Call { lock.lock(); defer { lock.unlock() }; return calls[i] }
+        }
+        let answerer = Answerer()
+        let alice = try Phone(settings: PhoneSettings(
+            name: "sw-alice", identity: try aliceStore.identity(), realtime: false, store: aliceStore))
+        let bob = try Phone(settings: PhoneSettings(
+            name: "sw-bob", identity: try bobStore.identity(), realtime: false, store: bobStore))
+        bob.setListener(listener: answerer)
+        let addr = try bob.listen(addr: "127.0.0.1:0")
+        for round in 1...2 {
+            let call = try alice.callContact(handle: "bob", addr: addr)
+            waitUntil("call \(round) active") {
+                if case .active = call.state(), answerer.count() == round { return true }
+                return false
+            }
+            XCTAssertEqual(call.info().trust, round == 1 ? .unverified : .verified)
+            if round == 1 {
+                try call.markVerified()
+                waitUntil("bob verified in the store") {
+                    (try? aliceStore.contact(handle: "bob"))??.verified == true
+                }
+            }
+            try call.hangup()
+            waitUntil("call \(round) ended") {
+                if case .ended = call.state(), case .ended = answerer.at(round - 1).state() { return true }
+                return false
+            }
+        }
+        XCTAssertTrue(alice.shutdown(timeoutMs: 10_000))
+        XCTAssertTrue(bob.shutdown(timeoutMs: 10_000))
+        let backup = try aliceStore.exportBackup(passphrase: pass)
+        let fresh = try KeyStore.openWithKey(
+            path: dir.appendingPathComponent("fresh.db").path, key: Data(repeating: 7, count: 32))
+        var tampered = backup
+        tampered[tampered.count / 2] ^= 1
+        XCTAssertThrowsError(try fresh.importBackup(backup: tampered, passphrase: pass)) { error in
+            guard case .BadBackup = error as? ViskaError else {
+                return XCTFail("expected BadBackup, got \(error)")
+            }
+        }
+        try fresh.importBackup(backup: backup, passphrase: pass)
+        XCTAssertEqual(try fresh.identity().public(), try aliceStore.identity().public())
+        XCTAssertEqual(try fresh.contacts(), try aliceStore.contacts())
     }
 
     func testMinimalExample() throws {

@@ -535,6 +535,22 @@ fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterInt64: FfiConverterPrimitive {
+    typealias FfiType = Int64
+    typealias SwiftType = Int64
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int64 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: Int64, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterFloat: FfiConverterPrimitive {
     typealias FfiType = Float
     typealias SwiftType = Float
@@ -2151,6 +2167,356 @@ public func FfiConverterTypeIdentity_lower(_ value: Identity) -> UInt64 {
 
 
 /**
+ * The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+ * [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+ * its contacts and records the call history in it.
+ */
+public protocol KeyStoreProtocol: AnyObject, Sendable {
+    
+    /**
+     * Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+     * source is one the user trusts.
+     */
+    func addContact(handle: String, publicKey: Data, verified: Bool) throws 
+    
+    /**
+     * The latest `limit` calls, newest first.
+     */
+    func callHistory(limit: UInt32) throws  -> [CallHistoryEntry]
+    
+    /**
+     * The contact with `handle`.
+     */
+    func contact(handle: String) throws  -> ContactInfo?
+    
+    /**
+     * Every contact, by handle.
+     */
+    func contacts() throws  -> [ContactInfo]
+    
+    /**
+     * An encrypted backup of the identity, contacts and settings. The passphrase must be at
+     * least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+     */
+    func exportBackup(passphrase: String) throws  -> Data
+    
+    /**
+     * Forgets a contact; false if there was none.
+     */
+    func forgetContact(handle: String) throws  -> Bool
+    
+    /**
+     * The device's identity: made on first use, the same ever after.
+     */
+    func identity() throws  -> Identity
+    
+    /**
+     * Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+     * passphrase or a changed or truncated backup.
+     */
+    func importBackup(backup: Data, passphrase: String) throws 
+    
+    /**
+     * Renames a contact; false if there was none.
+     */
+    func renameContact(from: String, to: String) throws  -> Bool
+    
+    /**
+     * Sets a setting.
+     */
+    func setSetting(key: String, value: String) throws 
+    
+    /**
+     * A setting's value.
+     */
+    func setting(key: String) throws  -> String?
+    
+}
+/**
+ * The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+ * [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+ * its contacts and records the call history in it.
+ */
+open class KeyStore: KeyStoreProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_viska_ffi_fn_clone_keystore(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_viska_ffi_fn_free_keystore(handle, $0) }
+    }
+
+    
+    /**
+     * Opens (or creates) the store at `path` with a key derived from `passphrase` (Argon2id,
+     * 64 MiB; takes a few hundred milliseconds).
+     *
+     * Errors: `WrongKey` when the passphrase does not open the file.
+     */
+public static func `open`(path: String, passphrase: String)throws  -> KeyStore  {
+    return try  FfiConverterTypeKeyStore_lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_constructor_keystore_open(
+        FfiConverterString.lower(path),
+        FfiConverterString.lower(passphrase),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Opens (or creates) the store at `path` with a 32-byte key the platform keeps (iOS
+     * Keychain, Android Keystore). The bytes given are wiped.
+     */
+public static func openWithKey(path: String, key: Data)throws  -> KeyStore  {
+    return try  FfiConverterTypeKeyStore_lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_constructor_keystore_open_with_key(
+        FfiConverterString.lower(path),
+        FfiConverterData.lower(key),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+     * source is one the user trusts.
+     */
+open func addContact(handle: String, publicKey: Data, verified: Bool)throws   {try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_add_contact(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(handle),
+        FfiConverterData.lower(publicKey),
+        FfiConverterBool.lower(verified),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * The latest `limit` calls, newest first.
+     */
+open func callHistory(limit: UInt32)throws  -> [CallHistoryEntry]  {
+    return try  FfiConverterSequenceTypeCallHistoryEntry.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_call_history(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt32.lower(limit),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The contact with `handle`.
+     */
+open func contact(handle: String)throws  -> ContactInfo?  {
+    return try  FfiConverterOptionTypeContactInfo.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_contact(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(handle),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every contact, by handle.
+     */
+open func contacts()throws  -> [ContactInfo]  {
+    return try  FfiConverterSequenceTypeContactInfo.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_contacts(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * An encrypted backup of the identity, contacts and settings. The passphrase must be at
+     * least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+     */
+open func exportBackup(passphrase: String)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_export_backup(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(passphrase),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Forgets a contact; false if there was none.
+     */
+open func forgetContact(handle: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_forget_contact(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(handle),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The device's identity: made on first use, the same ever after.
+     */
+open func identity()throws  -> Identity  {
+    return try  FfiConverterTypeIdentity_lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_identity(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+     * passphrase or a changed or truncated backup.
+     */
+open func importBackup(backup: Data, passphrase: String)throws   {try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_import_backup(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(backup),
+        FfiConverterString.lower(passphrase),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Renames a contact; false if there was none.
+     */
+open func renameContact(from: String, to: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_rename_contact(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(from),
+        FfiConverterString.lower(to),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Sets a setting.
+     */
+open func setSetting(key: String, value: String)throws   {try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_set_setting(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(key),
+        FfiConverterString.lower(value),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * A setting's value.
+     */
+open func setting(key: String)throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_setting(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(key),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeKeyStore: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = KeyStore
+
+    public static func lift(_ handle: UInt64) throws -> KeyStore {
+        return KeyStore(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: KeyStore) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> KeyStore {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: KeyStore, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeKeyStore_lift(_ handle: UInt64) throws -> KeyStore {
+    return try FfiConverterTypeKeyStore.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeKeyStore_lower(_ value: KeyStore) -> UInt64 {
+    return FfiConverterTypeKeyStore.lower(value)
+}
+
+
+
+
+
+
+/**
  * A softphone: places and receives end-to-end encrypted calls. Closing it (Kotlin
  * `close()`/`use {}`, Swift and Python when the last reference goes, or
  * [`shutdown`](Self::shutdown)) hangs up every call.
@@ -2167,6 +2533,15 @@ public protocol PhoneProtocol: AnyObject, Sendable {
      * call with [`Call::set_listener`].
      */
     func call(addr: String) throws  -> Call
+    
+    /**
+     * Places a call to the contact `handle` at `addr`, its trust from the key store: the
+     * first call pins the identity that answers (unverified); later calls are verified once
+     * the user verified it, and key-changed (with a security event) in every call where
+     * another identity answers, until the user verifies that one. Without a store the handle
+     * only names the call.
+     */
+    func callContact(handle: String, addr: String) throws  -> Call
     
     /**
      * Places a call to a contact whose public key the application knows: the call is
@@ -2332,6 +2707,24 @@ open func call(addr: String)throws  -> Call  {
         uniffiCallStatus in
     uniffi_viska_ffi_fn_method_phone_call(
             self.uniffiCloneHandle(),
+        FfiConverterString.lower(addr),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Places a call to the contact `handle` at `addr`, its trust from the key store: the
+     * first call pins the identity that answers (unverified); later calls are verified once
+     * the user verified it, and key-changed (with a security event) in every call where
+     * another identity answers, until the user verifies that one. Without a store the handle
+     * only names the call.
+     */
+open func callContact(handle: String, addr: String)throws  -> Call  {
+    return try  FfiConverterTypeCall_lift(try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_phone_call_contact(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(handle),
         FfiConverterString.lower(addr),uniffiCallStatus
     )
 })
@@ -2863,6 +3256,145 @@ public func FfiConverterTypeAudioDevice_lower(_ value: AudioDevice) -> RustBuffe
 
 
 /**
+ * One call of the history: metadata only.
+ */
+public struct CallHistoryEntry: Equatable, Hashable {
+    /**
+     * The call's id, lowercase hex, once known.
+     */
+    public var callId: String?
+    /**
+     * Whether this device placed the call.
+     */
+    public var outgoing: Bool
+    /**
+     * The contact's handle, if the call had one.
+     */
+    public var handle: String?
+    /**
+     * The identity the peer proved.
+     */
+    public var peer: PeerIdentity?
+    /**
+     * The trust the call ended with.
+     */
+    public var trust: Trust?
+    /**
+     * Unix milliseconds.
+     */
+    public var startedMs: Int64
+    /**
+     * When it was answered, if it was.
+     */
+    public var answeredMs: Int64?
+    /**
+     * When it ended.
+     */
+    public var endedMs: Int64?
+    /**
+     * Why it ended.
+     */
+    public var endReason: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The call's id, lowercase hex, once known.
+         */callId: String?, 
+        /**
+         * Whether this device placed the call.
+         */outgoing: Bool, 
+        /**
+         * The contact's handle, if the call had one.
+         */handle: String?, 
+        /**
+         * The identity the peer proved.
+         */peer: PeerIdentity?, 
+        /**
+         * The trust the call ended with.
+         */trust: Trust?, 
+        /**
+         * Unix milliseconds.
+         */startedMs: Int64, 
+        /**
+         * When it was answered, if it was.
+         */answeredMs: Int64?, 
+        /**
+         * When it ended.
+         */endedMs: Int64?, 
+        /**
+         * Why it ended.
+         */endReason: String?) {
+        self.callId = callId
+        self.outgoing = outgoing
+        self.handle = handle
+        self.peer = peer
+        self.trust = trust
+        self.startedMs = startedMs
+        self.answeredMs = answeredMs
+        self.endedMs = endedMs
+        self.endReason = endReason
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension CallHistoryEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCallHistoryEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CallHistoryEntry {
+        return
+            try CallHistoryEntry(
+                callId: FfiConverterOptionString.read(from: &buf), 
+                outgoing: FfiConverterBool.read(from: &buf), 
+                handle: FfiConverterOptionString.read(from: &buf), 
+                peer: FfiConverterOptionTypePeerIdentity.read(from: &buf), 
+                trust: FfiConverterOptionTypeTrust.read(from: &buf), 
+                startedMs: FfiConverterInt64.read(from: &buf), 
+                answeredMs: FfiConverterOptionInt64.read(from: &buf), 
+                endedMs: FfiConverterOptionInt64.read(from: &buf), 
+                endReason: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: CallHistoryEntry, into buf: inout [UInt8]) {
+        FfiConverterOptionString.write(value.callId, into: &buf)
+        FfiConverterBool.write(value.outgoing, into: &buf)
+        FfiConverterOptionString.write(value.handle, into: &buf)
+        FfiConverterOptionTypePeerIdentity.write(value.peer, into: &buf)
+        FfiConverterOptionTypeTrust.write(value.trust, into: &buf)
+        FfiConverterInt64.write(value.startedMs, into: &buf)
+        FfiConverterOptionInt64.write(value.answeredMs, into: &buf)
+        FfiConverterOptionInt64.write(value.endedMs, into: &buf)
+        FfiConverterOptionString.write(value.endReason, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCallHistoryEntry_lift(_ buf: RustBuffer) throws -> CallHistoryEntry {
+    return try FfiConverterTypeCallHistoryEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCallHistoryEntry_lower(_ value: CallHistoryEntry) -> RustBuffer {
+    return FfiConverterTypeCallHistoryEntry.lower(value)
+}
+
+
+/**
  * What can be read about a call at any time.
  */
 public struct CallInfo: Equatable, Hashable {
@@ -3250,6 +3782,115 @@ public func FfiConverterTypeCallerInfo_lower(_ value: CallerInfo) -> RustBuffer 
 
 
 /**
+ * A contact and how far it is trusted.
+ */
+public struct ContactInfo: Equatable, Hashable {
+    /**
+     * The application's name for the peer.
+     */
+    public var handle: String
+    /**
+     * The identity pinned for it (first seen, or last verified).
+     */
+    public var pinned: PeerIdentity
+    /**
+     * Whether the user verified `pinned`.
+     */
+    public var verified: Bool
+    /**
+     * A different identity seen under this handle since, not verified: the key changed.
+     */
+    public var changedTo: PeerIdentity?
+    /**
+     * What a call with this contact shows now.
+     */
+    public var trust: Trust
+    /**
+     * When it was first seen, Unix milliseconds.
+     */
+    public var firstSeenMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The application's name for the peer.
+         */handle: String, 
+        /**
+         * The identity pinned for it (first seen, or last verified).
+         */pinned: PeerIdentity, 
+        /**
+         * Whether the user verified `pinned`.
+         */verified: Bool, 
+        /**
+         * A different identity seen under this handle since, not verified: the key changed.
+         */changedTo: PeerIdentity?, 
+        /**
+         * What a call with this contact shows now.
+         */trust: Trust, 
+        /**
+         * When it was first seen, Unix milliseconds.
+         */firstSeenMs: Int64) {
+        self.handle = handle
+        self.pinned = pinned
+        self.verified = verified
+        self.changedTo = changedTo
+        self.trust = trust
+        self.firstSeenMs = firstSeenMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ContactInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeContactInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ContactInfo {
+        return
+            try ContactInfo(
+                handle: FfiConverterString.read(from: &buf), 
+                pinned: FfiConverterTypePeerIdentity.read(from: &buf), 
+                verified: FfiConverterBool.read(from: &buf), 
+                changedTo: FfiConverterOptionTypePeerIdentity.read(from: &buf), 
+                trust: FfiConverterTypeTrust.read(from: &buf), 
+                firstSeenMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ContactInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.handle, into: &buf)
+        FfiConverterTypePeerIdentity.write(value.pinned, into: &buf)
+        FfiConverterBool.write(value.verified, into: &buf)
+        FfiConverterOptionTypePeerIdentity.write(value.changedTo, into: &buf)
+        FfiConverterTypeTrust.write(value.trust, into: &buf)
+        FfiConverterInt64.write(value.firstSeenMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeContactInfo_lift(_ buf: RustBuffer) throws -> ContactInfo {
+    return try FfiConverterTypeContactInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeContactInfo_lower(_ value: ContactInfo) -> RustBuffer {
+    return FfiConverterTypeContactInfo.lower(value)
+}
+
+
+/**
  * What a group call looks like from this device.
  */
 public struct GroupCallInfo: Equatable, Hashable {
@@ -3534,6 +4175,12 @@ public struct GroupSettings {
      * Public keys (32 bytes each) the user verified: shown as verified in rosters.
      */
     public var verifiedPeers: [Data]
+    /**
+     * The account to log in as when the relay admits registered devices only and this
+     * device is not registered yet (the login registers it; later connections need only
+     * the device's key).
+     */
+    public var login: RelayLogin?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3553,12 +4200,18 @@ public struct GroupSettings {
          */audio: AudioSetup? = nil, 
         /**
          * Public keys (32 bytes each) the user verified: shown as verified in rosters.
-         */verifiedPeers: [Data] = []) {
+         */verifiedPeers: [Data] = [], 
+        /**
+         * The account to log in as when the relay admits registered devices only and this
+         * device is not registered yet (the login registers it; later connections need only
+         * the device's key).
+         */login: RelayLogin? = nil) {
         self.relay = relay
         self.relayFingerprint = relayFingerprint
         self.identity = identity
         self.audio = audio
         self.verifiedPeers = verifiedPeers
+        self.login = login
     }
 
     
@@ -3581,7 +4234,8 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
                 relayFingerprint: FfiConverterString.read(from: &buf), 
                 identity: FfiConverterTypeIdentity.read(from: &buf), 
                 audio: FfiConverterOptionTypeAudioSetup.read(from: &buf), 
-                verifiedPeers: FfiConverterSequenceData.read(from: &buf)
+                verifiedPeers: FfiConverterSequenceData.read(from: &buf), 
+                login: FfiConverterOptionTypeRelayLogin.read(from: &buf)
         )
     }
 
@@ -3591,6 +4245,7 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
         FfiConverterTypeIdentity.write(value.identity, into: &buf)
         FfiConverterOptionTypeAudioSetup.write(value.audio, into: &buf)
         FfiConverterSequenceData.write(value.verifiedPeers, into: &buf)
+        FfiConverterOptionTypeRelayLogin.write(value.login, into: &buf)
     }
 }
 
@@ -3723,6 +4378,12 @@ public struct PhoneSettings {
      * (a few kbit/s instead of the full rate). On by default.
      */
     public var dtx: Bool
+    /**
+     * The device's key store: calls take their trust from its contacts (trust on first use,
+     * verification, changed keys) and are recorded in its history. `identity` should be the
+     * store's. With a store, `verified_peers` is not consulted.
+     */
+    public var store: KeyStore?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3755,7 +4416,12 @@ public struct PhoneSettings {
         /**
          * Discontinuous transmission: while the user is silent, send only comfort-noise updates
          * (a few kbit/s instead of the full rate). On by default.
-         */dtx: Bool = true) {
+         */dtx: Bool = true, 
+        /**
+         * The device's key store: calls take their trust from its contacts (trust on first use,
+         * verification, changed keys) and are recorded in its history. `identity` should be the
+         * store's. With a store, `verified_peers` is not consulted.
+         */store: KeyStore? = nil) {
         self.name = name
         self.identity = identity
         self.audio = audio
@@ -3765,6 +4431,7 @@ public struct PhoneSettings {
         self.verifiedPeers = verifiedPeers
         self.realtime = realtime
         self.dtx = dtx
+        self.store = store
     }
 
     
@@ -3791,7 +4458,8 @@ public struct FfiConverterTypePhoneSettings: FfiConverterRustBuffer {
                 maxCalls: FfiConverterOptionUInt32.read(from: &buf), 
                 verifiedPeers: FfiConverterSequenceData.read(from: &buf), 
                 realtime: FfiConverterBool.read(from: &buf), 
-                dtx: FfiConverterBool.read(from: &buf)
+                dtx: FfiConverterBool.read(from: &buf), 
+                store: FfiConverterOptionTypeKeyStore.read(from: &buf)
         )
     }
 
@@ -3805,6 +4473,7 @@ public struct FfiConverterTypePhoneSettings: FfiConverterRustBuffer {
         FfiConverterSequenceData.write(value.verifiedPeers, into: &buf)
         FfiConverterBool.write(value.realtime, into: &buf)
         FfiConverterBool.write(value.dtx, into: &buf)
+        FfiConverterOptionTypeKeyStore.write(value.store, into: &buf)
     }
 }
 
@@ -3821,6 +4490,86 @@ public func FfiConverterTypePhoneSettings_lift(_ buf: RustBuffer) throws -> Phon
 #endif
 public func FfiConverterTypePhoneSettings_lower(_ value: PhoneSettings) -> RustBuffer {
     return FfiConverterTypePhoneSettings.lower(value)
+}
+
+
+/**
+ * An account login for a relay with accounts: name, password and the current one-time code
+ * of the account's authenticator (TOTP). The password is wiped once used.
+ */
+public struct RelayLogin: Equatable, Hashable {
+    /**
+     * The account name.
+     */
+    public var account: String
+    /**
+     * Its password.
+     */
+    public var password: String
+    /**
+     * The authenticator's current 6-digit code.
+     */
+    public var code: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The account name.
+         */account: String, 
+        /**
+         * Its password.
+         */password: String, 
+        /**
+         * The authenticator's current 6-digit code.
+         */code: String) {
+        self.account = account
+        self.password = password
+        self.code = code
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RelayLogin: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRelayLogin: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RelayLogin {
+        return
+            try RelayLogin(
+                account: FfiConverterString.read(from: &buf), 
+                password: FfiConverterString.read(from: &buf), 
+                code: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RelayLogin, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.account, into: &buf)
+        FfiConverterString.write(value.password, into: &buf)
+        FfiConverterString.write(value.code, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayLogin_lift(_ buf: RustBuffer) throws -> RelayLogin {
+    return try FfiConverterTypeRelayLogin.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayLogin_lower(_ value: RelayLogin) -> RustBuffer {
+    return FfiConverterTypeRelayLogin.lower(value)
 }
 
 
@@ -5833,6 +6582,47 @@ enum ViskaError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      * The operation did not finish in time.
      */
     case Timeout
+    /**
+     * The key (or passphrase) does not open the key store, or the file is not a store.
+     */
+    case WrongKey
+    /**
+     * A backup passphrase the password policy refused.
+     */
+    case WeakPassphrase(
+        /**
+         * Why.
+         */detail: String
+    )
+    /**
+     * A backup that does not open: a wrong passphrase, or it was changed or cut short.
+     */
+    case BadBackup(
+        /**
+         * What was wrong.
+         */detail: String
+    )
+    /**
+     * The relay admits registered devices only and no login was given.
+     */
+    case LoginRequired
+    /**
+     * The relay refused the login (it does not say which part was wrong); try again after
+     * `retry_after_secs` (0: at once).
+     */
+    case LoginFailed(
+        /**
+         * Seconds of lock-out left.
+         */retryAfterSecs: UInt32
+    )
+    /**
+     * The key store failed (its file, its database).
+     */
+    case Store(
+        /**
+         * What failed.
+         */detail: String
+    )
 
     
 
@@ -5887,6 +6677,20 @@ public struct FfiConverterTypeViskaError: FfiConverterRustBuffer {
             )
         case 10: return .NoSuchCall
         case 11: return .Timeout
+        case 12: return .WrongKey
+        case 13: return .WeakPassphrase(
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .BadBackup(
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 15: return .LoginRequired
+        case 16: return .LoginFailed(
+            retryAfterSecs: try FfiConverterUInt32.read(from: &buf)
+            )
+        case 17: return .Store(
+            detail: try FfiConverterString.read(from: &buf)
+            )
 
          default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5949,6 +6753,34 @@ public struct FfiConverterTypeViskaError: FfiConverterRustBuffer {
         case .Timeout:
             writeInt(&buf, Int32(11))
         
+        
+        case .WrongKey:
+            writeInt(&buf, Int32(12))
+        
+        
+        case let .WeakPassphrase(detail):
+            writeInt(&buf, Int32(13))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .BadBackup(detail):
+            writeInt(&buf, Int32(14))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case .LoginRequired:
+            writeInt(&buf, Int32(15))
+        
+        
+        case let .LoginFailed(retryAfterSecs):
+            writeInt(&buf, Int32(16))
+            FfiConverterUInt32.write(retryAfterSecs, into: &buf)
+            
+        
+        case let .Store(detail):
+            writeInt(&buf, Int32(17))
+            FfiConverterString.write(detail, into: &buf)
+            
         }
     }
 }
@@ -6019,6 +6851,30 @@ fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
+    typealias SwiftType = Int64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionDouble: FfiConverterRustBuffer {
     typealias SwiftType = Double?
 
@@ -6067,6 +6923,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeKeyStore: FfiConverterRustBuffer {
+    typealias SwiftType = KeyStore?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeKeyStore.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeKeyStore.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeContactInfo: FfiConverterRustBuffer {
+    typealias SwiftType = ContactInfo?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeContactInfo.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeContactInfo.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeGroupCallInfo: FfiConverterRustBuffer {
     typealias SwiftType = GroupCallInfo?
 
@@ -6107,6 +7011,30 @@ fileprivate struct FfiConverterOptionTypePeerIdentity: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypePeerIdentity.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeRelayLogin: FfiConverterRustBuffer {
+    typealias SwiftType = RelayLogin?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeRelayLogin.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeRelayLogin.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -6279,6 +7207,56 @@ fileprivate struct FfiConverterSequenceTypeAudioDevice: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeAudioDevice.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeCallHistoryEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [CallHistoryEntry]
+
+    public static func write(_ value: [CallHistoryEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeCallHistoryEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [CallHistoryEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [CallHistoryEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeCallHistoryEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeContactInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [ContactInfo]
+
+    public static func write(_ value: [ContactInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeContactInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ContactInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ContactInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeContactInfo.read(from: &buf))
         }
         return seq
     }
@@ -6555,6 +7533,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_viska_ffi_checksum_method_phone_call() != 14962) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_viska_ffi_checksum_method_phone_call_contact() != 6124) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_viska_ffi_checksum_method_phone_call_expecting() != 14560) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6594,6 +7575,39 @@ private let initializationResult: InitializationResult = {
     if (uniffi_viska_ffi_checksum_method_phonelistener_on_event() != 63784) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_viska_ffi_checksum_method_keystore_add_contact() != 52630) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_call_history() != 43664) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_contact() != 35875) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_contacts() != 54138) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_export_backup() != 22622) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_forget_contact() != 21372) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_identity() != 36708) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_import_backup() != 49427) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_rename_contact() != 11570) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_set_setting() != 20571) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_setting() != 13184) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_viska_ffi_checksum_constructor_groupphone_connect() != 45636) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6604,6 +7618,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_viska_ffi_checksum_constructor_phone_new() != 60303) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_constructor_keystore_open() != 57685) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_constructor_keystore_open_with_key() != 30145) {
         return InitializationResult.apiChecksumMismatch
     }
 

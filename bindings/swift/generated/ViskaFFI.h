@@ -592,6 +592,11 @@ RustBuffer uniffi_viska_ffi_fn_method_phone_audio_devices(uint64_t ptr, RustCall
 uint64_t uniffi_viska_ffi_fn_method_phone_call(uint64_t ptr, RustBuffer addr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_CALL_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_CALL_CONTACT
+uint64_t uniffi_viska_ffi_fn_method_phone_call_contact(uint64_t ptr, RustBuffer handle, RustBuffer addr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_CALL_EXPECTING
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONE_CALL_EXPECTING
 uint64_t uniffi_viska_ffi_fn_method_phone_call_expecting(uint64_t ptr, RustBuffer addr, RustBuffer public_key, RustCallStatus *_Nonnull out_status
@@ -670,6 +675,81 @@ void uniffi_viska_ffi_fn_init_callback_vtable_phonelistener(const UniffiVTableCa
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONELISTENER_ON_EVENT
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_PHONELISTENER_ON_EVENT
 void uniffi_viska_ffi_fn_method_phonelistener_on_event(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CLONE_KEYSTORE
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CLONE_KEYSTORE
+uint64_t uniffi_viska_ffi_fn_clone_keystore(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_FREE_KEYSTORE
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_FREE_KEYSTORE
+void uniffi_viska_ffi_fn_free_keystore(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CONSTRUCTOR_KEYSTORE_OPEN
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CONSTRUCTOR_KEYSTORE_OPEN
+uint64_t uniffi_viska_ffi_fn_constructor_keystore_open(RustBuffer path, RustBuffer passphrase, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CONSTRUCTOR_KEYSTORE_OPEN_WITH_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_CONSTRUCTOR_KEYSTORE_OPEN_WITH_KEY
+uint64_t uniffi_viska_ffi_fn_constructor_keystore_open_with_key(RustBuffer path, RustBuffer key, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_ADD_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_ADD_CONTACT
+void uniffi_viska_ffi_fn_method_keystore_add_contact(uint64_t ptr, RustBuffer handle, RustBuffer public_key, int8_t verified, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CALL_HISTORY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CALL_HISTORY
+RustBuffer uniffi_viska_ffi_fn_method_keystore_call_history(uint64_t ptr, uint32_t limit, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACT
+RustBuffer uniffi_viska_ffi_fn_method_keystore_contact(uint64_t ptr, RustBuffer handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACTS
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACTS
+RustBuffer uniffi_viska_ffi_fn_method_keystore_contacts(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_EXPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_EXPORT_BACKUP
+RustBuffer uniffi_viska_ffi_fn_method_keystore_export_backup(uint64_t ptr, RustBuffer passphrase, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_FORGET_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_FORGET_CONTACT
+int8_t uniffi_viska_ffi_fn_method_keystore_forget_contact(uint64_t ptr, RustBuffer handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_IDENTITY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_IDENTITY
+uint64_t uniffi_viska_ffi_fn_method_keystore_identity(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_IMPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_IMPORT_BACKUP
+void uniffi_viska_ffi_fn_method_keystore_import_backup(uint64_t ptr, RustBuffer backup, RustBuffer passphrase, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_RENAME_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_RENAME_CONTACT
+int8_t uniffi_viska_ffi_fn_method_keystore_rename_contact(uint64_t ptr, RustBuffer from, RustBuffer to, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_SET_SETTING
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_SET_SETTING
+void uniffi_viska_ffi_fn_method_keystore_set_setting(uint64_t ptr, RustBuffer key, RustBuffer value, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_SETTING
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_SETTING
+RustBuffer uniffi_viska_ffi_fn_method_keystore_setting(uint64_t ptr, RustBuffer key, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_FUNC_FINGERPRINT_OF
@@ -1206,6 +1286,12 @@ uint16_t uniffi_viska_ffi_checksum_method_phone_call(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALL_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALL_CONTACT
+uint16_t uniffi_viska_ffi_checksum_method_phone_call_contact(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALL_EXPECTING
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_PHONE_CALL_EXPECTING
 uint16_t uniffi_viska_ffi_checksum_method_phone_call_expecting(void
@@ -1284,6 +1370,72 @@ uint16_t uniffi_viska_ffi_checksum_method_phonelistener_on_event(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_ADD_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_ADD_CONTACT
+uint16_t uniffi_viska_ffi_checksum_method_keystore_add_contact(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CALL_HISTORY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CALL_HISTORY
+uint16_t uniffi_viska_ffi_checksum_method_keystore_call_history(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CONTACT
+uint16_t uniffi_viska_ffi_checksum_method_keystore_contact(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CONTACTS
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CONTACTS
+uint16_t uniffi_viska_ffi_checksum_method_keystore_contacts(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_EXPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_EXPORT_BACKUP
+uint16_t uniffi_viska_ffi_checksum_method_keystore_export_backup(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_FORGET_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_FORGET_CONTACT
+uint16_t uniffi_viska_ffi_checksum_method_keystore_forget_contact(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_IDENTITY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_IDENTITY
+uint16_t uniffi_viska_ffi_checksum_method_keystore_identity(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_IMPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_IMPORT_BACKUP
+uint16_t uniffi_viska_ffi_checksum_method_keystore_import_backup(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_RENAME_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_RENAME_CONTACT
+uint16_t uniffi_viska_ffi_checksum_method_keystore_rename_contact(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_SET_SETTING
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_SET_SETTING
+uint16_t uniffi_viska_ffi_checksum_method_keystore_set_setting(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_SETTING
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_SETTING
+uint16_t uniffi_viska_ffi_checksum_method_keystore_setting(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_GROUPPHONE_CONNECT
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_GROUPPHONE_CONNECT
 uint16_t uniffi_viska_ffi_checksum_constructor_groupphone_connect(void
@@ -1305,6 +1457,18 @@ uint16_t uniffi_viska_ffi_checksum_constructor_identity_generate(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_PHONE_NEW
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_PHONE_NEW
 uint16_t uniffi_viska_ffi_checksum_constructor_phone_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_KEYSTORE_OPEN
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_KEYSTORE_OPEN
+uint16_t uniffi_viska_ffi_checksum_constructor_keystore_open(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_KEYSTORE_OPEN_WITH_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_CONSTRUCTOR_KEYSTORE_OPEN_WITH_KEY
+uint16_t uniffi_viska_ffi_checksum_constructor_keystore_open_with_key(void
     
 );
 #endif

@@ -17,7 +17,7 @@ use viska_proto::{
 };
 use viska_sframe::{CipherSuite, ReplayConfig, SframeReceiver, SframeSender};
 
-use crate::config::CallConfig;
+use crate::config::{CallConfig, PeerDirectory, Standing};
 use crate::error::CallError;
 use crate::state::{
     CallEvent, CallState, Command, EndReason, HandshakeStage, Input, Output, Role, SecurityEvent,
@@ -42,6 +42,7 @@ pub struct Call {
     accepted_suites: Vec<CipherSuite>,
     expected_peer: Option<PublicIdentity>,
     verified_peers: Vec<PublicIdentity>,
+    directory: Option<std::sync::Arc<dyn PeerDirectory>>,
     features: Features,
     ring_timeout: Duration,
     setup_timeout: Duration,
@@ -125,6 +126,7 @@ impl Call {
             accepted_suites: config.suites,
             expected_peer: config.expected_peer,
             verified_peers: config.verified_peers,
+            directory: config.directory,
             features: config.features,
             ring_timeout: config.ring_timeout,
             setup_timeout: config.setup_timeout,
@@ -480,6 +482,9 @@ impl Call {
             }
             (Command::MarkVerified, state, _) if self.keys_ready && !state.is_ended() => {
                 if self.trust != Some(Trust::Verified) {
+                    if let (Some(directory), Some(peer)) = (&self.directory, &self.peer) {
+                        directory.verified(peer);
+                    }
                     self.trust = Some(Trust::Verified);
                     self.event(CallEvent::TrustChanged(Trust::Verified));
                 }
@@ -726,17 +731,23 @@ impl Call {
         self.keys_ready = true;
         self.suite = Some(suite);
 
-        let trust = match &self.expected_peer {
-            None if self.verified_peers.contains(&peer) => Trust::Verified,
-            None => Trust::Unverified,
-            Some(expected) if *expected == peer => Trust::Verified,
-            Some(expected) => {
+        let standing = match (&self.expected_peer, &self.directory) {
+            (Some(expected), _) if *expected == peer => Standing::Verified,
+            (Some(expected), _) => Standing::KeyChanged { pinned: *expected },
+            (None, Some(directory)) => directory.standing(&peer),
+            (None, None) if self.verified_peers.contains(&peer) => Standing::Verified,
+            (None, None) => Standing::Unverified,
+        };
+        let trust = match standing {
+            Standing::Verified => Trust::Verified,
+            Standing::KeyChanged { pinned } => {
                 self.event(CallEvent::Security(SecurityEvent::KeyChanged {
-                    expected: expected.fingerprint(),
+                    expected: pinned.fingerprint(),
                     actual: peer.fingerprint(),
                 }));
                 Trust::KeyChanged
             }
+            _ => Trust::Unverified,
         };
         self.trust = Some(trust);
         self.sas = Some(sas);

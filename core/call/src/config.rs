@@ -1,5 +1,7 @@
 //! What a call is set up with.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use viska_e2ee::direct::ChannelBinding;
@@ -37,6 +39,10 @@ pub struct CallConfig {
     /// [`crate::Command::MarkVerified`]). Without an `expected_peer`, a peer among them is
     /// `Verified`, any other `Unverified`.
     pub verified_peers: Vec<PublicIdentity>,
+    /// The user's record of the peers they know (trust on first use, verification, changed
+    /// keys), asked once per call when the peer proves its identity. Without an
+    /// `expected_peer` it decides [`crate::Trust`]; `verified_peers` is then ignored.
+    pub directory: Option<Arc<dyn PeerDirectory>>,
     /// Media parameters: proposed by a caller; a callee checks the caller's suite against
     /// `suites` and adopts the caller's parameters.
     pub media: MediaParams,
@@ -65,6 +71,7 @@ impl CallConfig {
             binding,
             expected_peer: None,
             verified_peers: Vec::new(),
+            directory: None,
             media: MediaParams {
                 frame: FrameDuration::Ms20,
                 bitrate_bps: DEFAULT_BITRATE_BPS,
@@ -108,4 +115,31 @@ impl CallConfig {
     pub(crate) fn accepts_suite(&self, id: SuiteId) -> bool {
         CipherSuite::from_id(id.0).is_some_and(|suite| self.suites.contains(&suite))
     }
+}
+
+/// Where a peer stands with this end's user, as a [`PeerDirectory`] records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Standing {
+    /// The user verified this identity (compared the SAS or the group code).
+    Verified,
+    /// Known but not verified, or seen for the first time (and now remembered).
+    Unverified,
+    /// The contact was known under another identity, which the user has not replaced by
+    /// verifying this one: possible interception, or a reinstalled device.
+    KeyChanged {
+        /// The identity the contact was known by.
+        pinned: PublicIdentity,
+    },
+}
+
+/// The user's record of the peers they know: the seam between a call and a contact store
+/// (trust on first use, verification, key changes), asked when the peer has proven its
+/// identity. An implementation may record what it learns (a first contact, a changed key);
+/// it must not block for long: it runs on the call's driver.
+pub trait PeerDirectory: Send + Sync + fmt::Debug {
+    /// Where `peer`, who has just proven its identity in this call, stands.
+    fn standing(&self, peer: &PublicIdentity) -> Standing;
+    /// The user verified `peer` in this call ([`crate::Command::MarkVerified`]).
+    fn verified(&self, peer: &PublicIdentity);
 }

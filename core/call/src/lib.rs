@@ -34,7 +34,7 @@ pub mod stats;
 pub use call::{CONTROL_AAD, Call};
 pub use config::{
     CallConfig, DEFAULT_BITRATE_BPS, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_RING_TIMEOUT,
-    DEFAULT_SETUP_TIMEOUT,
+    DEFAULT_SETUP_TIMEOUT, PeerDirectory, Standing,
 };
 pub use error::CallError;
 pub use state::{

@@ -8,7 +8,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use viska_call::{
     Call, CallConfig, CallError, CallEvent, CallState, Command, DtmfEvent, EndReason,
-    HandshakeStage, Input, Message, Output, Reason, Role, SecurityEvent, Side, Trust,
+    HandshakeStage, Input, Message, Output, PeerDirectory, Reason, Role, SecurityEvent, Side,
+    Standing, Trust,
 };
 use viska_e2ee::direct::{ChannelBinding, HandshakeError};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
@@ -347,6 +348,73 @@ fn pinned_peer_is_verified_and_a_different_key_is_reported() {
         CallEvent::Security(SecurityEvent::KeyChanged { expected, actual })
             if *expected == expected_fp && *actual == actual_fp
     )));
+}
+
+/// A directory that answers from a fixed table and records what the call told it.
+#[derive(Debug, Default)]
+struct Directory {
+    standing: std::sync::Mutex<Vec<(PublicIdentity, Standing)>>,
+    asked: std::sync::Mutex<Vec<PublicIdentity>>,
+    verified: std::sync::Mutex<Vec<PublicIdentity>>,
+}
+
+impl PeerDirectory for Directory {
+    fn standing(&self, peer: &PublicIdentity) -> Standing {
+        self.asked.lock().unwrap().push(*peer);
+        self.standing
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map_or(Standing::Unverified, |(_, s)| *s)
+    }
+
+    fn verified(&self, peer: &PublicIdentity) {
+        self.verified.lock().unwrap().push(*peer);
+    }
+}
+
+#[test]
+fn the_directory_decides_trust_reports_a_changed_key_and_learns_of_verification() {
+    let old_callee = identity(77).public();
+    let callee_public = identity(2).public();
+    let caller_dir = std::sync::Arc::new(Directory::default());
+    caller_dir
+        .standing
+        .lock()
+        .unwrap()
+        .push((callee_public, Standing::KeyChanged { pinned: old_callee }));
+    let callee_dir = std::sync::Arc::new(Directory::default());
+    let (cd, ed) = (caller_dir.clone(), callee_dir.clone());
+    let mut h = Harness::with(move |role, config| {
+        // The directory overrides the plain list of verified peers.
+        config.verified_peers = vec![identity(1).public(), identity(2).public()];
+        config.directory = Some(match role {
+            Role::Caller => cd.clone(),
+            _ => ed.clone(),
+        });
+    });
+    assert_eq!(h.identities[CALLEE], callee_public);
+    h.command(CALLER, Command::Dial).unwrap();
+    h.settle();
+    assert_eq!(h.peers[CALLER].call.trust(), Some(Trust::KeyChanged));
+    assert!(h.peers[CALLER].events.iter().any(|e| matches!(
+        e,
+        CallEvent::Security(SecurityEvent::KeyChanged { expected, actual })
+            if *expected == old_callee.fingerprint() && *actual == callee_public.fingerprint()
+    )));
+    assert_eq!(h.peers[CALLEE].call.trust(), Some(Trust::Unverified));
+    assert_eq!(*caller_dir.asked.lock().unwrap(), vec![callee_public]);
+    assert_eq!(
+        *callee_dir.asked.lock().unwrap(),
+        vec![identity(1).public()]
+    );
+    // The user compares the SAS and verifies: the directory is told, once.
+    h.command(CALLER, Command::MarkVerified).unwrap();
+    h.command(CALLER, Command::MarkVerified).unwrap();
+    assert_eq!(h.peers[CALLER].call.trust(), Some(Trust::Verified));
+    assert_eq!(*caller_dir.verified.lock().unwrap(), vec![callee_public]);
+    assert!(callee_dir.verified.lock().unwrap().is_empty());
 }
 
 #[test]

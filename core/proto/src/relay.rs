@@ -8,8 +8,25 @@
 
 use crate::error::{ProtoError, Reader};
 
-/// ALPN of a relay connection.
+use zeroize::Zeroizing;
+
+/// ALPN of a relay connection, protocol version 1 (no account login).
 pub const RELAY_ALPN: &[u8] = b"viska-relay/1";
+
+/// ALPN of a relay connection, protocol version 2: version 1 and the account login
+/// ([`RelayMessage::LoginRequired`], [`RelayMessage::Login`], [`RelayMessage::LoginFailed`]).
+/// A device offers both, version 2 first; the relay picks the highest it speaks. The choice is
+/// part of the TLS handshake, so nobody between can downgrade it.
+pub const RELAY_ALPN_V2: &[u8] = b"viska-relay/2";
+
+/// Most bytes of an account name in [`RelayMessage::Login`].
+pub const MAX_ACCOUNT_NAME: usize = 64;
+
+/// Most bytes of a password in [`RelayMessage::Login`].
+pub const MAX_LOGIN_PASSWORD: usize = 1024;
+
+/// Most bytes of a one-time code in [`RelayMessage::Login`].
+pub const MAX_LOGIN_CODE: usize = 16;
 
 /// Largest frame (type and body) either side sends or accepts: a Welcome into a group of a
 /// thousand members fits.
@@ -61,6 +78,13 @@ pub enum RelayErrorCode {
     CallExists,
     /// The request is not allowed (malformed, too large, out of place).
     BadRequest,
+    /// This relay admits only devices registered to an account, and this one is not: log in
+    /// (protocol version 2), or, on a version 1 connection, the device cannot be admitted.
+    LoginRequired,
+    /// The device's role does not allow the request (`docs/protocol-relay.md` §9).
+    Forbidden,
+    /// The device was revoked, or its account disabled: it cannot log in again.
+    Revoked,
     /// A code this implementation does not know.
     Other(u16),
 }
@@ -74,6 +98,9 @@ impl RelayErrorCode {
             Self::NoKeyPackage => 4,
             Self::CallExists => 5,
             Self::BadRequest => 6,
+            Self::LoginRequired => 7,
+            Self::Forbidden => 8,
+            Self::Revoked => 9,
             Self::Other(c) => c,
         }
     }
@@ -86,6 +113,9 @@ impl RelayErrorCode {
             4 => Self::NoKeyPackage,
             5 => Self::CallExists,
             6 => Self::BadRequest,
+            7 => Self::LoginRequired,
+            8 => Self::Forbidden,
+            9 => Self::Revoked,
             c => Self::Other(c),
         }
     }
@@ -246,6 +276,25 @@ pub enum RelayMessage {
         /// The call it concerned, if any.
         call: Option<CallRef>,
     },
+    /// [relay → device, version 2] The device proved its key, but the key is not registered
+    /// to an account: send [`RelayMessage::Login`].
+    LoginRequired,
+    /// [device → relay, version 2] Register this device's key to `account`.
+    Login {
+        /// The account name (UTF-8, 1 to [`MAX_ACCOUNT_NAME`] bytes).
+        account: String,
+        /// The account's password (UTF-8, at most [`MAX_LOGIN_PASSWORD`] bytes); wiped on drop
+        /// and never printed.
+        password: Zeroizing<String>,
+        /// The current one-time code (TOTP, 6 digits).
+        code: String,
+    },
+    /// [relay → device, version 2] The login failed (which part is not said); the device may
+    /// try again, after `retry_after_secs` if that is not 0.
+    LoginFailed {
+        /// Seconds before a new attempt can succeed (a lock-out), 0 if none.
+        retry_after_secs: u32,
+    },
 }
 
 impl std::fmt::Debug for RelayMessage {
@@ -321,6 +370,9 @@ impl std::fmt::Debug for RelayMessage {
             Self::Readd { call, identity } => {
                 write!(f, "Readd({}, {})", hex8(&call.0), hex8(identity))
             }
+            Self::LoginRequired => f.write_str("LoginRequired"),
+            Self::Login { account, .. } => write!(f, "Login({account:?}, ***)"),
+            Self::LoginFailed { retry_after_secs } => write!(f, "LoginFailed({retry_after_secs})"),
             Self::Error { code, call } => write!(
                 f,
                 "Error({code:?}, {})",
@@ -355,6 +407,9 @@ mod tag {
     pub(super) const ERROR: u8 = 0x12;
     pub(super) const REJOIN: u8 = 0x13;
     pub(super) const READD: u8 = 0x14;
+    pub(super) const LOGIN_REQUIRED: u8 = 0x15;
+    pub(super) const LOGIN: u8 = 0x16;
+    pub(super) const LOGIN_FAILED: u8 = 0x17;
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -417,6 +472,37 @@ fn count(r: &mut Reader<'_>) -> Result<usize, ProtoError> {
 fn keys(r: &mut Reader<'_>) -> Result<Vec<DeviceKey>, ProtoError> {
     let n = count(r)?;
     (0..n).map(|_| r.array()).collect()
+}
+
+fn check_len(what: &'static str, len: usize, min: usize, max: usize) -> Result<(), ProtoError> {
+    if len > max {
+        return Err(ProtoError::TooLarge { what, len, max });
+    }
+    if len < min {
+        return Err(ProtoError::InvalidField {
+            field: what,
+            value: len as u64,
+        });
+    }
+    Ok(())
+}
+
+/// A UTF-8 byte string of `min` to `max` bytes; the bytes of one that is not UTF-8 are wiped.
+fn text(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<String, ProtoError> {
+    let len = r.u32()? as usize;
+    check_len(what, len, min, max)?;
+    String::from_utf8(r.take(len)?.to_vec()).map_err(|e| {
+        zeroize::Zeroize::zeroize(&mut e.into_bytes());
+        ProtoError::InvalidField {
+            field: what,
+            value: len as u64,
+        }
+    })
 }
 
 fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, ProtoError> {
@@ -583,6 +669,24 @@ impl RelayMessage {
                 out.extend_from_slice(&code.to_u16().to_be_bytes());
                 put_opt(&mut out, call.as_ref().map(|c| &c.0[..]));
             }
+            Self::LoginRequired => out.push(tag::LOGIN_REQUIRED),
+            Self::Login {
+                account,
+                password,
+                code,
+            } => {
+                check_len("account name", account.len(), 1, MAX_ACCOUNT_NAME)?;
+                check_len("password", password.len(), 0, MAX_LOGIN_PASSWORD)?;
+                check_len("one-time code", code.len(), 0, MAX_LOGIN_CODE)?;
+                out.push(tag::LOGIN);
+                put_bytes(&mut out, account.as_bytes());
+                put_bytes(&mut out, password.as_bytes());
+                put_bytes(&mut out, code.as_bytes());
+            }
+            Self::LoginFailed { retry_after_secs } => {
+                out.push(tag::LOGIN_FAILED);
+                out.extend_from_slice(&retry_after_secs.to_be_bytes());
+            }
         }
         let len = out.len() - 4;
         if len > MAX_RELAY_FRAME {
@@ -694,6 +798,20 @@ impl RelayMessage {
                 };
                 Self::Error { code, call }
             }
+            tag::LOGIN_REQUIRED => Self::LoginRequired,
+            tag::LOGIN => {
+                let account = text(&mut r, "account name", 1, MAX_ACCOUNT_NAME)?;
+                let password = Zeroizing::new(text(&mut r, "password", 0, MAX_LOGIN_PASSWORD)?);
+                let code = text(&mut r, "one-time code", 0, MAX_LOGIN_CODE)?;
+                Self::Login {
+                    account,
+                    password,
+                    code,
+                }
+            }
+            tag::LOGIN_FAILED => Self::LoginFailed {
+                retry_after_secs: r.u32()?,
+            },
             other => {
                 return Err(ProtoError::InvalidField {
                     field: "relay message type",
@@ -886,6 +1004,19 @@ mod tests {
                 code: RelayErrorCode::Other(999),
                 call: None,
             },
+            RelayMessage::Error {
+                code: RelayErrorCode::Forbidden,
+                call: Some(call),
+            },
+            RelayMessage::LoginRequired,
+            RelayMessage::Login {
+                account: "alice".into(),
+                password: Zeroizing::new("correct horse battery staple".into()),
+                code: "123456".into(),
+            },
+            RelayMessage::LoginFailed {
+                retry_after_secs: 8,
+            },
         ]
     }
 
@@ -916,6 +1047,63 @@ mod tests {
         expected.extend_from_slice(&[0xaa; 16]);
         expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(m.encode().unwrap(), expected);
+    }
+
+    #[test]
+    fn login_layout_is_pinned_and_its_password_is_not_printed() {
+        let m = RelayMessage::Login {
+            account: "al".into(),
+            password: Zeroizing::new("pw".into()),
+            code: "1".into(),
+        };
+        assert_eq!(
+            m.encode().unwrap(),
+            [
+                &[0, 0, 0, 18, 0x16][..],
+                &[0, 0, 0, 2],
+                b"al",
+                &[0, 0, 0, 2],
+                b"pw",
+                &[0, 0, 0, 1],
+                b"1"
+            ]
+            .concat()
+        );
+        assert_eq!(format!("{m:?}"), "Login(\"al\", ***)");
+        let failed = RelayMessage::LoginFailed {
+            retry_after_secs: 0x0102,
+        };
+        assert_eq!(failed.encode().unwrap(), [0, 0, 0, 5, 0x17, 0, 0, 1, 2]);
+        assert_eq!(
+            RelayMessage::LoginRequired.encode().unwrap(),
+            [0, 0, 0, 1, 0x15]
+        );
+    }
+
+    #[test]
+    fn bad_logins_are_typed_errors() {
+        let login = |account: &[u8], password: &[u8]| {
+            let mut f = vec![0x16];
+            for b in [account, password, b"123456"] {
+                f.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                f.extend_from_slice(b);
+            }
+            RelayMessage::decode(&f)
+        };
+        assert!(login(b"alice", b"pw").is_ok());
+        assert!(login(b"", b"pw").is_err(), "an empty account name");
+        assert!(login(&[b'a'; 65], b"pw").is_err(), "a long account name");
+        assert!(
+            login(b"alice", &[0xff, 0xfe]).is_err(),
+            "a password not UTF-8"
+        );
+        assert!(login(b"alice", &[b'p'; 1025]).is_err(), "a long password");
+        let too_long = RelayMessage::Login {
+            account: "a".repeat(65),
+            password: Zeroizing::new(String::new()),
+            code: String::new(),
+        };
+        assert!(too_long.encode().is_err());
     }
 
     #[test]

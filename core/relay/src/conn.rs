@@ -8,13 +8,19 @@ use std::time::Duration;
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use tokio::sync::Notify;
 use viska_e2ee::identity::PublicIdentity;
+use viska_passwords::HashParams;
 use viska_proto::relay::{
-    AUTH_EXPORTER_LABEL, RELAY_ALPN, RelayDecoder, RelayErrorCode, RelayMessage, auth_transcript,
+    AUTH_EXPORTER_LABEL, RELAY_ALPN, RELAY_ALPN_V2, RelayDecoder, RelayErrorCode, RelayMessage,
+    auth_transcript,
 };
+use zeroize::Zeroizing;
 
-use crate::places::{Place, SourceFull};
-use crate::state::{Shared, close, short, spawn_database};
-use crate::{DeviceKey, RelayConfig, RelayError, RelayHandle, bump, cert, db};
+use crate::accounts::{self, DeviceStatus, Registered, normalize_name};
+use crate::audit::{AuditEvent, Checkpointer, hex};
+use crate::db::Op;
+use crate::places::{Place, SourceFull, source_of};
+use crate::state::{Account, Shared, close, device_actor, short, spawn_database};
+use crate::{AccountsMode, DeviceKey, RelayConfig, RelayError, RelayHandle, bump, cert, db};
 
 /// Bytes of received datagrams quinn holds per connection until the relay forwards them.
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
@@ -29,6 +35,7 @@ pub(crate) struct Running {
     pub(crate) shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
+    rechecks: tokio::task::JoinHandle<()>,
     db_thread: std::thread::JoinHandle<()>,
 }
 
@@ -36,6 +43,7 @@ impl Running {
     pub(crate) async fn shutdown(self) {
         let _ = self.shared.shutdown.send(true);
         self.accept.abort();
+        self.rechecks.abort();
         self.endpoint
             .close(close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -61,7 +69,8 @@ fn server_config(
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key())
         .map_err(tls_error)?;
-    tls.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    // The highest version first: rustls picks the first of these the device offers.
+    tls.alpn_protocols = vec![RELAY_ALPN_V2.to_vec(), RELAY_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -79,15 +88,27 @@ fn server_config(
 
 pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let dir = config.data_dir.clone();
-    let (identity, database, calls) = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let identity = cert::load_or_generate(&dir)?;
-        let (database, calls) = db::open(&dir)?;
-        Ok::<_, RelayError>((identity, database, calls))
-    })
-    .await
-    .map_err(|e| RelayError::Task(e.to_string()))??;
+    let (identity, database, calls, checkpoints, last_recheck) =
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let identity = cert::load_or_generate(&dir)?;
+            let (database, calls) = db::open(&dir)?;
+            let checkpoints = Checkpointer::open(&dir)?;
+            let last_recheck = accounts::last_recheck(&database)?;
+            Ok::<_, RelayError>((identity, database, calls, checkpoints, last_recheck))
+        })
+        .await
+        .map_err(|e| RelayError::Task(e.to_string()))??;
     let fingerprint = identity.fingerprint();
+    if config.accounts == AccountsMode::Required {
+        // The hash unknown accounts are verified against, made now rather than at the first
+        // such login (which would then take longer than the others).
+        tokio::task::spawn_blocking(|| {
+            viska_passwords::dummy_hash();
+        })
+        .await
+        .map_err(|e| RelayError::Task(e.to_string()))?;
+    }
     let socket = bind_socket(config.bind)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -96,10 +117,11 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
         Arc::new(quinn::TokioRuntime),
     )?;
     let local_addr = endpoint.local_addr()?;
-    let (db_tx, db_thread) = spawn_database(database)?;
+    let (db_tx, db_thread) = spawn_database(database, checkpoints)?;
     let loaded = calls.len();
     let shared = Shared::new(config, db_tx, calls);
     let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+    let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck));
     tracing::info!(%local_addr, calls = loaded, "relay listening");
     Ok(RelayHandle {
         inner: Running {
@@ -108,6 +130,7 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
             shared,
             endpoint,
             accept,
+            rechecks,
             db_thread,
         },
     })
@@ -160,13 +183,53 @@ fn limited_log(shared: &Shared, remote: SocketAddr, what: &'static str) {
     }
 }
 
+/// Looks for devices the command line asked the relay to check again (revoked, account
+/// disabled, role changed), every [`RelayConfig::recheck_interval`].
+async fn recheck_loop(shared: Arc<Shared>, mut after: i64) {
+    let mut tick = tokio::time::interval(shared.config.recheck_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match shared.ask(|reply| Op::Rechecks { after, reply }).await {
+            Ok(list) => {
+                for (seq, key, status) in list {
+                    after = seq;
+                    shared.recheck(key, status);
+                }
+            }
+            Err(RelayError::DatabaseStopped) => return,
+            Err(e) => tracing::error!(error = %e, "reading the devices to check again failed"),
+        }
+    }
+}
+
 /// Why a connection's authentication failed.
 #[derive(Debug)]
 enum AuthFailure {
     /// The stream or connection failed: nothing to answer.
     Transport,
-    /// Refused: `Error{Unauthenticated}` goes back before the close.
-    Refused(&'static str, quinn::SendStream),
+    /// Refused: `Error{code}` goes back before the close with `close`.
+    Refused {
+        why: &'static str,
+        send: quinn::SendStream,
+        code: RelayErrorCode,
+        close: u32,
+    },
+}
+
+impl AuthFailure {
+    fn unauthenticated(why: &'static str, send: quinn::SendStream) -> Self {
+        Self::Refused {
+            why,
+            send,
+            code: RelayErrorCode::Unauthenticated,
+            close: close::UNAUTHENTICATED,
+        }
+    }
 }
 
 /// Waits for `f`, unless the deadline passes or the place is taken back first.
@@ -210,38 +273,49 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, place: Place) {
             return;
         }
     };
-    let alpn_ok = conn
+    let version = conn
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())
-        .is_some_and(|d| d.protocol.as_deref() == Some(RELAY_ALPN));
-    if !alpn_ok {
+        .and_then(|d| match d.protocol.as_deref() {
+            Some(RELAY_ALPN) => Some(1u8),
+            Some(RELAY_ALPN_V2) => Some(2u8),
+            _ => None,
+        });
+    let Some(version) = version else {
         bump(&shared.stats.auth_failures);
         conn.close(
             close::UNAUTHENTICATED.into(),
-            b"ALPN viska-relay/1 required",
+            b"ALPN viska-relay/2 or viska-relay/1 required",
         );
         return;
-    }
+    };
     let mut decoder = RelayDecoder::new();
-    let auth = bounded(deadline, &place, authenticate(&shared, &conn, &mut decoder)).await;
+    let auth = bounded(
+        deadline,
+        &place,
+        authenticate(&shared, &conn, &mut decoder, version),
+    )
+    .await;
     // Authenticated or not, this connection no longer waits for a place's worth of work.
     drop(place);
-    let (identity, send, recv) = match auth {
+    let (identity, send, recv, account) = match auth {
         Ok(Ok(ok)) => ok,
-        Ok(Err(AuthFailure::Refused(why, mut send))) => {
+        Ok(Err(AuthFailure::Refused {
+            why,
+            mut send,
+            code,
+            close,
+        })) => {
             bump(&shared.stats.auth_failures);
             tracing::info!(remote = %conn.remote_address(), why, "authentication refused");
-            let refusal = RelayMessage::Error {
-                code: RelayErrorCode::Unauthenticated,
-                call: None,
-            };
+            let refusal = RelayMessage::Error { code, call: None };
             if let Ok(frame) = refusal.encode() {
                 let _ = send.write_all(&frame).await;
             }
             let _ = send.finish();
             // Let the refusal arrive before the close (bounded).
             let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-            conn.close(close::UNAUTHENTICATED.into(), b"unauthenticated");
+            conn.close(close.into(), why.as_bytes());
             return;
         }
         Ok(Err(AuthFailure::Transport)) => {
@@ -262,7 +336,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, place: Place) {
     bump(&shared.stats.authenticated);
     tracing::info!(device = %short(&identity), remote = %conn.remote_address(), "authenticated");
     let wake = Arc::new(Notify::new());
-    let conn_id = shared.register(identity, conn.clone(), Arc::clone(&wake));
+    let conn_id = shared.register(identity, conn.clone(), Arc::clone(&wake), account);
     let writer = tokio::spawn(write_loop(
         Arc::clone(&shared),
         identity,
@@ -291,13 +365,42 @@ fn count_cut(shared: &Shared, cut: Cut) {
     }
 }
 
-/// The control stream and the challenge on it, then exactly one `Auth` with a valid signature over this connection's
-/// exporter and the nonce, from an admitted identity.
+/// What a successful authentication gives: the device, its control stream, its account.
+type Authenticated = (
+    DeviceKey,
+    quinn::SendStream,
+    quinn::RecvStream,
+    Option<Account>,
+);
+
+/// The next message of the control stream.
+async fn next_message(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut RelayDecoder,
+) -> Result<Result<RelayMessage, ()>, AuthFailure> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match decoder.next_message() {
+            Ok(Some(m)) => return Ok(Ok(m)),
+            Ok(None) => {}
+            Err(_) => return Ok(Err(())),
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => decoder.push(&buf[..n]),
+            Ok(None) | Err(_) => return Err(AuthFailure::Transport),
+        }
+    }
+}
+
+/// The control stream and the challenge on it, then exactly one `Auth` with a valid signature
+/// over this connection's exporter and the nonce, from an admitted identity that is not
+/// revoked; on a relay that requires accounts, from a registered device or one that logs in.
 async fn authenticate(
     shared: &Shared,
     conn: &quinn::Connection,
     decoder: &mut RelayDecoder,
-) -> Result<(DeviceKey, quinn::SendStream, quinn::RecvStream), AuthFailure> {
+    version: u8,
+) -> Result<Authenticated, AuthFailure> {
     // The relay opens the control stream: a QUIC stream the device opened would stay
     // invisible to the relay until the device wrote on it, and the device has nothing to
     // say before the challenge.
@@ -310,17 +413,8 @@ async fn authenticate(
     send.write_all(&challenge)
         .await
         .map_err(|_| AuthFailure::Transport)?;
-    let mut buf = vec![0u8; READ_CHUNK];
-    let first = loop {
-        match decoder.next_message() {
-            Ok(Some(m)) => break m,
-            Ok(None) => {}
-            Err(_) => return Err(AuthFailure::Refused("malformed frame", send)),
-        }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => decoder.push(&buf[..n]),
-            Ok(None) | Err(_) => return Err(AuthFailure::Transport),
-        }
+    let Ok(first) = next_message(&mut recv, decoder).await? else {
+        return Err(AuthFailure::unauthenticated("malformed frame", send));
     };
     let RelayMessage::Auth {
         identity,
@@ -328,7 +422,7 @@ async fn authenticate(
     } = first
     else {
         bump(&shared.stats.bad_frames);
-        return Err(AuthFailure::Refused("a message before Auth", send));
+        return Err(AuthFailure::unauthenticated("a message before Auth", send));
     };
     let mut exporter = [0u8; 32];
     if conn
@@ -342,12 +436,289 @@ async fn authenticate(
         .and_then(|key| key.verify(&transcript, &signature))
         .is_ok();
     if !verified {
-        return Err(AuthFailure::Refused("bad signature", send));
+        return Err(AuthFailure::unauthenticated("bad signature", send));
     }
     if !shared.config.admission.admit(&identity) {
-        return Err(AuthFailure::Refused("identity not admitted", send));
+        return Err(AuthFailure::unauthenticated("identity not admitted", send));
     }
-    Ok((identity, send, recv))
+    let remote = conn.remote_address();
+    let source = remote.ip().to_string();
+    let status = match shared
+        .ask(|reply| Op::DeviceStatus {
+            key: identity,
+            reply,
+        })
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a device failed");
+            return Err(AuthFailure::unauthenticated("database", send));
+        }
+    };
+    let required = shared.config.accounts == AccountsMode::Required;
+    let refuse = |why: &'static str, send, code, close| {
+        shared.audit(
+            AuditEvent::new(
+                "auth_refused",
+                device_actor(&identity),
+                hex(&identity),
+                source.clone(),
+            )
+            .with(serde_json::json!({ "why": why })),
+        );
+        Err(AuthFailure::Refused {
+            why,
+            send,
+            code,
+            close,
+        })
+    };
+    match status {
+        DeviceStatus::Revoked => {
+            return refuse(
+                "device revoked",
+                send,
+                RelayErrorCode::Revoked,
+                close::REVOKED,
+            );
+        }
+        DeviceStatus::Disabled => {
+            return refuse(
+                "account disabled",
+                send,
+                RelayErrorCode::Revoked,
+                close::REVOKED,
+            );
+        }
+        DeviceStatus::Registered { user, role } => {
+            shared.audit(
+                AuditEvent::new("device_auth", user.clone(), hex(&identity), source)
+                    .with(serde_json::json!({ "role": role.as_str(), "protocol": version })),
+            );
+            let account = required.then_some((user, role));
+            return Ok((identity, send, recv, account));
+        }
+        DeviceStatus::Unknown if !required => {
+            shared.audit(
+                AuditEvent::new(
+                    "device_auth",
+                    device_actor(&identity),
+                    hex(&identity),
+                    source,
+                )
+                .with(serde_json::json!({ "protocol": version })),
+            );
+            return Ok((identity, send, recv, None));
+        }
+        DeviceStatus::Unknown => {}
+    }
+    if version < 2 {
+        return refuse(
+            "login required (protocol version 1 cannot log in)",
+            send,
+            RelayErrorCode::LoginRequired,
+            close::LOGIN_REQUIRED,
+        );
+    }
+    write(&mut send, &RelayMessage::LoginRequired).await?;
+    for _ in 0..shared.config.max_login_attempts.max(1) {
+        let message = match next_message(&mut recv, decoder).await? {
+            Ok(m) => m,
+            Err(()) => return Err(AuthFailure::unauthenticated("malformed frame", send)),
+        };
+        let RelayMessage::Login {
+            account,
+            password,
+            code,
+        } = message
+        else {
+            bump(&shared.stats.bad_frames);
+            return Err(AuthFailure::unauthenticated(
+                "a message other than Login",
+                send,
+            ));
+        };
+        match login(shared, identity, remote.ip(), account, password, code).await {
+            Ok(account) => return Ok((identity, send, recv, Some(account))),
+            Err(retry_after_secs) => {
+                write(&mut send, &RelayMessage::LoginFailed { retry_after_secs }).await?;
+            }
+        }
+    }
+    Err(AuthFailure::unauthenticated("too many failed logins", send))
+}
+
+async fn write(send: &mut quinn::SendStream, message: &RelayMessage) -> Result<(), AuthFailure> {
+    let frame = message.encode().map_err(|_| AuthFailure::Transport)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|_| AuthFailure::Transport)
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A stored hash made with other parameters than [`HashParams::LOGIN`] (older, or weaker) is
+/// replaced by one made now from the password that just logged in.
+async fn rehash_if_weaker(shared: &Shared, user: &str, old: &str, password: Zeroizing<String>) {
+    if !viska_passwords::needs_rehash(old, HashParams::LOGIN) {
+        return;
+    }
+    let new = tokio::task::spawn_blocking(move || {
+        viska_passwords::hash_password(&password, HashParams::LOGIN)
+    })
+    .await;
+    if let Ok(Ok(new)) = new {
+        shared.db(Op::Rehash {
+            user: user.to_string(),
+            old: old.to_string(),
+            new,
+        });
+        tracing::info!(%user, "password hash renewed with the current parameters");
+    }
+}
+
+/// Seconds to wait, rounded up (a lock of 1.2 s is 2 s).
+fn ceil_secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+}
+
+/// One login attempt of `identity` from `remote`: on success the device is registered to the
+/// account. A failure says nothing of why (unknown account, wrong password or code, disabled
+/// account, a code used already cost the same and answer the same); it returns the seconds
+/// until the account name or source may try again (0 while failures are free).
+async fn login(
+    shared: &Shared,
+    identity: DeviceKey,
+    remote: std::net::IpAddr,
+    account: String,
+    password: Zeroizing<String>,
+    code: String,
+) -> Result<Account, u32> {
+    let name = normalize_name(&account);
+    let name_key = name.clone().unwrap_or_else(|| account.to_lowercase());
+    let source = source_of(remote);
+    let now = std::time::Instant::now();
+    let locked = {
+        let t = shared.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        t.account
+            .locked(&name_key, now)
+            .max(t.source.locked(&source, now))
+    };
+    let event = |kind: &str, details: serde_json::Value| {
+        AuditEvent::new(kind, name_key.clone(), hex(&identity), remote.to_string()).with(details)
+    };
+    if let Some(wait) = locked {
+        bump(&shared.stats.login_locked);
+        shared.audit(event(
+            "login_locked",
+            serde_json::json!({ "retry_after_secs": ceil_secs(wait) }),
+        ));
+        return Err(ceil_secs(wait));
+    }
+    let record = match &name {
+        Some(n) => shared
+            .ask(|reply| Op::User {
+                name: n.clone(),
+                reply,
+            })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "looking up an account failed");
+                None
+            }),
+        None => None,
+    };
+    // An unknown account costs one verification too, against a hash nobody knows.
+    let hash = record.as_ref().map_or_else(
+        || viska_passwords::dummy_hash().to_string(),
+        |r| r.hash.clone(),
+    );
+    // Kept for a rehash after a successful login (never before: its cost would tell a right
+    // password from a wrong one to someone without the code).
+    let kept = password.clone();
+    let password_ok = {
+        let _permit = shared.verifications.acquire().await;
+        bump(&shared.stats.password_checks);
+        tokio::task::spawn_blocking(move || {
+            viska_passwords::verify_password(&password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    };
+    let unix = unix_secs();
+    let outcome = match &record {
+        None => Err("unknown account"),
+        Some(r) if r.disabled => Err("account disabled"),
+        Some(_) if !password_ok => Err("wrong password"),
+        Some(r) => match &r.totp {
+            None => Err("no TOTP secret enrolled"),
+            Some(secret) => secret
+                .verify(&code, unix, r.last_step)
+                .ok_or("wrong or used one-time code"),
+        },
+    };
+    let failure = match (outcome, record) {
+        (Ok(step), Some(r)) => {
+            let registered = shared
+                .ask(|reply| Op::Register {
+                    user: r.name.clone(),
+                    key: identity,
+                    step,
+                    audit: event(
+                        "login",
+                        serde_json::json!({ "role": r.role.as_str(), "device": "registered" }),
+                    ),
+                    reply,
+                })
+                .await;
+            match registered {
+                Ok(Registered::Yes) => {
+                    bump(&shared.stats.logins);
+                    shared
+                        .throttles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .account
+                        .clear(&name_key);
+                    tracing::info!(device = %short(&identity), user = %r.name, "logged in: device registered");
+                    rehash_if_weaker(shared, &r.name, &r.hash, kept).await;
+                    return Ok((r.name, r.role));
+                }
+                Ok(Registered::StepTaken) => "one-time code used already",
+                Ok(Registered::KeyTaken) => "device key registered to another account or revoked",
+                Err(e) => {
+                    tracing::error!(error = %e, "registering a device failed");
+                    "database"
+                }
+            }
+        }
+        (Err(why), _) => why,
+        (Ok(_), None) => "unknown account",
+    };
+    bump(&shared.stats.login_failures);
+    let lock = {
+        let mut t = shared.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        let a = t.account.fail(&name_key, now);
+        let s = t.source.fail(&source, now);
+        a.max(s)
+    };
+    shared.audit(event("login_failed", serde_json::json!({ "why": failure })));
+    tracing::info!(device = %short(&identity), %remote, "login failed");
+    match lock {
+        Some(lock) => {
+            shared.audit(event(
+                "lockout",
+                serde_json::json!({ "secs": ceil_secs(lock) }),
+            ));
+            Err(ceil_secs(lock))
+        }
+        None => Err(0),
+    }
 }
 
 /// Control messages from the device, handled in order, until the stream ends or breaks.

@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use crate::accounts::{self, DeviceStatus, Registered, Role, UserRecord};
+use crate::audit::{self, AuditEvent, Checkpointer};
 use crate::{CallRef, DeviceKey, RelayError};
 
 /// File of the database in the data directory.
@@ -95,11 +97,60 @@ pub(crate) enum Op {
     EndCall {
         call: CallRef,
     },
+    /// What the relay knows of a device key.
+    DeviceStatus {
+        key: DeviceKey,
+        reply: Reply<DeviceStatus>,
+    },
+    /// The account a login names.
+    User {
+        name: String,
+        reply: Reply<Option<UserRecord>>,
+    },
+    /// Registers a device after a good login (and records it).
+    Register {
+        user: String,
+        key: DeviceKey,
+        step: u64,
+        audit: AuditEvent,
+        reply: Reply<Registered>,
+    },
+    /// The accounts and roles of devices (none: not registered to an enabled account).
+    Roles {
+        keys: Vec<DeviceKey>,
+        reply: Reply<HashMap<DeviceKey, Option<(String, Role)>>>,
+    },
+    /// Devices the command line asked to be checked again, after entry `after`.
+    Rechecks {
+        after: i64,
+        reply: Reply<Vec<(i64, DeviceKey, DeviceStatus)>>,
+    },
+    /// Appends a security event to the audit log.
+    Audit {
+        event: AuditEvent,
+    },
+    /// Replaces `user`'s password hash `old` (if it is still that) by `new`.
+    Rehash {
+        user: String,
+        old: String,
+        new: String,
+    },
 }
 
 /// Opens the database, creates the schema, and loads the active calls.
 pub(crate) fn open(dir: &Path) -> Result<(Connection, HashMap<CallRef, StoredCall>), RelayError> {
+    let conn = open_connection(dir)?;
+    let calls = load_calls(&conn)?;
+    Ok((conn, calls))
+}
+
+/// How long a writer waits for another (the relay and the command line share the file).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens (or creates) the database in `dir` in WAL mode with the whole schema.
+pub(crate) fn open_connection(dir: &Path) -> Result<Connection, RelayError> {
     let conn = Connection::open(dir.join(DB_FILE))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(RelayError::Corrupt(format!(
@@ -110,8 +161,9 @@ pub(crate) fn open(dir: &Path) -> Result<(Connection, HashMap<CallRef, StoredCal
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
-    let calls = load_calls(&conn)?;
-    Ok((conn, calls))
+    conn.execute_batch(accounts::SCHEMA)?;
+    conn.execute_batch(audit::SCHEMA)?;
+    Ok(conn)
 }
 
 fn call_ref(blob: Vec<u8>) -> Result<CallRef, RelayError> {
@@ -169,7 +221,7 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
 }
 
 /// Runs the database thread until every sender is gone.
-pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
+pub(crate) fn run(mut conn: Connection, checkpoints: Checkpointer, ops: mpsc::Receiver<Op>) {
     for op in ops {
         match op {
             Op::Publish {
@@ -204,6 +256,52 @@ pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
                 "removing a member",
             ),
             Op::EndCall { call } => log(end_call(&mut conn, &call), "ending a call"),
+            Op::DeviceStatus { key, reply } => {
+                let _ = reply.send(accounts::device_status(&conn, &key));
+            }
+            Op::User { name, reply } => {
+                let _ = reply.send(accounts::user(&conn, &name));
+            }
+            Op::Register {
+                user,
+                key,
+                step,
+                audit,
+                reply,
+            } => {
+                let result = accounts::register_device(&mut conn, &user, &key, step, &audit)
+                    .and_then(|(outcome, appended)| {
+                        if let Some((seq, hash)) = appended {
+                            checkpoints.write(seq, &hash)?;
+                        }
+                        Ok(outcome)
+                    });
+                let _ = reply.send(result);
+            }
+            Op::Roles { keys, reply } => {
+                let result = keys
+                    .into_iter()
+                    .map(|k| {
+                        let role = match accounts::device_status(&conn, &k)? {
+                            DeviceStatus::Registered { user, role } => Some((user, role)),
+                            _ => None,
+                        };
+                        Ok((k, role))
+                    })
+                    .collect();
+                let _ = reply.send(result);
+            }
+            Op::Rechecks { after, reply } => {
+                let _ = reply.send(accounts::rechecks(&conn, after));
+            }
+            Op::Rehash { user, old, new } => log(
+                rehash(&mut conn, &checkpoints, &user, &old, &new),
+                "renewing a password hash",
+            ),
+            Op::Audit { event } => log(
+                audit::record(&mut conn, &checkpoints, &event).map(drop),
+                "recording an audit event",
+            ),
         }
     }
 }
@@ -329,6 +427,29 @@ fn commit(conn: &mut Connection, record: &CommitRecord) -> Result<(), RelayError
         )?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+fn rehash(
+    conn: &mut Connection,
+    checkpoints: &Checkpointer,
+    user: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), RelayError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed = tx.execute(
+        "UPDATE users SET hash = ?1 WHERE name = ?2 AND hash = ?3",
+        params![new, user, old],
+    )?;
+    if changed == 0 {
+        // The password was changed meanwhile: that hash stands.
+        return Ok(());
+    }
+    let event = AuditEvent::new("password_rehash", user, user, "relay");
+    let (seq, hash) = audit::append(&tx, &event)?;
+    tx.commit()?;
+    checkpoints.write(seq, &hash)?;
     Ok(())
 }
 

@@ -14,6 +14,12 @@
 //! - forwards each media datagram (`route || SFrame frame`) to the call's other members,
 //!   without copying it and without ever queueing for a slow receiver.
 //!
+//! With [`AccountsMode::Required`] it admits only devices registered to an account (a device
+//! registers once by logging in with the account's password and TOTP code, protocol version
+//! 2), checks every commit against the account's [`Role`], and acts at once on revocations and
+//! account changes made from the command line ([`admin`]). Security events go to a
+//! hash-chained audit log with signed checkpoints ([`AuditEvent`], [`AuditProblem`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), viska_relay::RelayError> {
 //! let config = viska_relay::RelayConfig::new("0.0.0.0:4433".parse().unwrap(), "relay-data".into());
@@ -26,11 +32,23 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod accounts;
+pub mod admin;
+mod audit;
 mod cert;
 mod conn;
 mod db;
 mod places;
 mod state;
+mod throttle;
+pub mod totp;
+
+pub use accounts::{DeviceStatus, MAX_NAME, Role, UnknownRole, normalize_name};
+pub use audit::{AUDIT_KEY_FILE, AuditEvent, AuditProblem, AuditReport, AuditRow, CHECKPOINT_FILE};
+pub use throttle::ThrottlePolicy;
+
+/// File of the relay's database in its data directory.
+pub const DB_FILE: &str = db::DB_FILE;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -68,8 +86,9 @@ pub enum RelayError {
     Task(String),
 }
 
-/// Decides whether an authenticated identity may use the relay. The accounts work plugs in
-/// here; [`AllowAll`] admits every identity that proved its key.
+/// Decides whether an authenticated identity may use the relay, before (and besides) the
+/// accounts ([`AccountsMode`]) and revocations of the data directory; [`AllowAll`] admits
+/// every identity that proved its key.
 pub trait Admission: Send + Sync + 'static {
     /// Whether `identity` (which has just proved it holds the key) may log in.
     fn admit(&self, identity: &DeviceKey) -> bool;
@@ -83,6 +102,19 @@ impl Admission for AllowAll {
     fn admit(&self, _identity: &DeviceKey) -> bool {
         true
     }
+}
+
+/// Which devices a relay admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AccountsMode {
+    /// Every device that proves its key (and passes [`RelayConfig::admission`]), except
+    /// revoked ones; roles are not checked.
+    #[default]
+    Open,
+    /// Only devices registered to an enabled account: an unregistered device logs in (account,
+    /// password, TOTP code) on a protocol version 2 connection, and every operation is checked
+    /// against the account's role (`docs/protocol-relay.md` §9).
+    Required,
 }
 
 /// How a relay runs.
@@ -114,6 +146,17 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Who may log in.
     pub admission: Arc<dyn Admission>,
+    /// Whether devices must be registered to an account.
+    pub accounts: AccountsMode,
+    /// How often the relay looks for devices the command line revoked, disabled or changed
+    /// the role of (in the database's queue of devices to check again).
+    pub recheck_interval: Duration,
+    /// Lock-out of login failures per account name (known or not).
+    pub account_throttle: ThrottlePolicy,
+    /// Lock-out of login failures per source (IPv4 address or IPv6 /64).
+    pub source_throttle: ThrottlePolicy,
+    /// Login attempts allowed on one connection before it is closed.
+    pub max_login_attempts: u32,
 }
 
 impl fmt::Debug for RelayConfig {
@@ -131,6 +174,11 @@ impl fmt::Debug for RelayConfig {
             )
             .field("datagram_send_buffer", &self.datagram_send_buffer)
             .field("idle_timeout", &self.idle_timeout)
+            .field("accounts", &self.accounts)
+            .field("recheck_interval", &self.recheck_interval)
+            .field("account_throttle", &self.account_throttle)
+            .field("source_throttle", &self.source_throttle)
+            .field("max_login_attempts", &self.max_login_attempts)
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +186,9 @@ impl fmt::Debug for RelayConfig {
 impl RelayConfig {
     /// A configuration with the defaults: hold time 30 s, 256 held messages per identity,
     /// 5 s to authenticate, at most 512 connections not authenticated yet (16 per source),
-    /// 64 KiB datagram send buffer, 30 s idle timeout, every identity admitted.
+    /// 64 KiB datagram send buffer, 30 s idle timeout, every identity admitted (open mode),
+    /// revocations noticed within 1 s, lock-outs [`ThrottlePolicy::ACCOUNT`] and
+    /// [`ThrottlePolicy::SOURCE`], 3 login attempts per connection.
     pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             bind,
@@ -151,6 +201,11 @@ impl RelayConfig {
             datagram_send_buffer: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             admission: Arc::new(AllowAll),
+            accounts: AccountsMode::Open,
+            recheck_interval: Duration::from_secs(1),
+            account_throttle: ThrottlePolicy::ACCOUNT,
+            source_throttle: ThrottlePolicy::SOURCE,
+            max_login_attempts: 3,
         }
     }
 }
@@ -199,6 +254,23 @@ pub struct RelayStats {
     pub devices_online: u64,
     /// Control frames that did not decode or were not allowed (each answered or closed).
     pub bad_frames: u64,
+    /// Devices registered by a successful login.
+    pub logins: u64,
+    /// Logins refused (wrong name, password or code, disabled account, a reused code).
+    pub login_failures: u64,
+    /// Login attempts refused unchecked because the account name or the source was locked.
+    pub login_locked: u64,
+    /// Requests refused by the role matrix.
+    pub forbidden: u64,
+    /// Devices disconnected and taken out of their calls because they were revoked or their
+    /// account disabled.
+    pub evicted: u64,
+    /// Password verifications made: one per login attempt not locked out, unknown accounts
+    /// included (verified against a hash nobody knows, so they cost the same).
+    pub password_checks: u64,
+    /// Devices checked again after a change from the command line (revoked, account disabled
+    /// or enabled, role changed).
+    pub rechecked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +291,13 @@ pub(crate) struct Counters {
     pub(crate) taken_back: AtomicU64,
     pub(crate) online: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
+    pub(crate) logins: AtomicU64,
+    pub(crate) login_failures: AtomicU64,
+    pub(crate) login_locked: AtomicU64,
+    pub(crate) forbidden: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) password_checks: AtomicU64,
+    pub(crate) rechecked: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -246,6 +325,13 @@ impl Counters {
             unauthenticated: unauthenticated as u64,
             devices_online: g(&self.online),
             bad_frames: g(&self.bad_frames),
+            logins: g(&self.logins),
+            login_failures: g(&self.login_failures),
+            login_locked: g(&self.login_locked),
+            forbidden: g(&self.forbidden),
+            evicted: g(&self.evicted),
+            password_checks: g(&self.password_checks),
+            rechecked: g(&self.rechecked),
         }
     }
 }

@@ -13,8 +13,11 @@ use tokio::sync::{Notify, oneshot, watch};
 use viska_proto::relay::{RelayErrorCode, RelayMessage, decode_route};
 use viska_sframe::SframeHeader;
 
+use crate::accounts::{DeviceStatus, Role};
+use crate::audit::{AuditEvent, Checkpointer, hex};
 use crate::db::{self, CommitRecord, Op, StoredCall};
-use crate::{CallRef, Counters, DeviceKey, RelayConfig, RelayError, bump};
+use crate::throttle::Throttle;
+use crate::{AccountsMode, CallRef, Counters, DeviceKey, RelayConfig, RelayError, bump};
 
 /// Application close codes of relay connections.
 pub(crate) mod close {
@@ -28,6 +31,19 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: u32 = 3;
     /// The device did not take its control messages: it is gone from its calls.
     pub(crate) const TOO_SLOW: u32 = 4;
+    /// Protocol version 1 on a relay that admits registered devices only, and this one is not.
+    pub(crate) const LOGIN_REQUIRED: u32 = 5;
+    /// The device was revoked or its account disabled.
+    pub(crate) const REVOKED: u32 = 6;
+}
+
+/// The account a connected device is registered to.
+pub(crate) type Account = (String, Role);
+
+/// Login failures per account name and per source.
+pub(crate) struct Throttles {
+    pub(crate) account: Throttle<String>,
+    pub(crate) source: Throttle<std::net::IpAddr>,
 }
 
 /// Largest route (a QUIC varint of at most 4 bytes).
@@ -44,6 +60,10 @@ pub(crate) struct Shared {
     /// Rate limit of the log lines about them.
     pub(crate) places_log: crate::places::LogLimit,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Login failures.
+    pub(crate) throttles: Mutex<Throttles>,
+    /// Password verifications at once (each takes Argon2's memory and a core for a while).
+    pub(crate) verifications: tokio::sync::Semaphore,
 }
 
 /// The members of one call that media is forwarded to (those connected now).
@@ -63,6 +83,9 @@ struct State {
     routes_used: BTreeMap<u32, CallRef>,
     devices: HashMap<DeviceKey, Device>,
     overflowed: Vec<DeviceKey>,
+    /// Devices the command line revoked or disabled since the start: refused even if their
+    /// authentication looked them up just before the change.
+    refused_keys: HashSet<DeviceKey>,
     db: Option<mpsc::Sender<Op>>,
     next_id: u64,
 }
@@ -92,6 +115,25 @@ struct Device {
     calls: HashSet<CallRef>,
     /// Changes at every connect and disconnect: a hold timer armed for an older value is void.
     generation: u64,
+    /// The account of its current connection (relays that require accounts).
+    account: Option<Account>,
+    /// Revoked (or its account disabled) while connected: what it still sends is ignored.
+    refused: bool,
+}
+
+impl Device {
+    /// Who this device is in the audit log.
+    fn actor(&self, key: &DeviceKey) -> String {
+        match &self.account {
+            Some((user, _)) => user.clone(),
+            None => device_actor(key),
+        }
+    }
+}
+
+/// `device:<key hex>`: a device without an account in the audit log.
+pub(crate) fn device_actor(key: &DeviceKey) -> String {
+    format!("device:{}", hex(key))
 }
 
 struct Live {
@@ -120,6 +162,7 @@ impl Shared {
             routes_used: BTreeMap::new(),
             devices: HashMap::new(),
             overflowed: Vec::new(),
+            refused_keys: HashSet::new(),
             db: Some(db),
             next_id: 0,
         };
@@ -152,6 +195,11 @@ impl Shared {
                 config.max_unauthenticated_per_source,
             ),
             places_log: crate::places::LogLimit::default(),
+            throttles: Mutex::new(Throttles {
+                account: Throttle::new(config.account_throttle, 100_000),
+                source: Throttle::new(config.source_throttle, 100_000),
+            }),
+            verifications: tokio::sync::Semaphore::new(2),
             config,
             shutdown,
         });
@@ -186,10 +234,16 @@ impl Shared {
         identity: DeviceKey,
         conn: quinn::Connection,
         wake: Arc<Notify>,
+        account: Option<Account>,
     ) -> u64 {
         let mut st = self.lock();
         st.next_id += 1;
         let id = st.next_id;
+        if st.refused_keys.contains(&identity) {
+            // Revoked (or disabled) between its lookup and now.
+            conn.close(close::REVOKED.into(), b"revoked");
+            return id;
+        }
         let device = st.devices.entry(identity).or_default();
         if let Some(old) = device.conn.take() {
             old.conn
@@ -201,6 +255,8 @@ impl Shared {
         }
         device.conn = Some(Live { id, conn, wake });
         device.generation = id;
+        device.account = account;
+        device.refused = false;
         device.queue.push_front(RelayMessage::AuthOk);
         bump(&self.stats.online);
         if let Some(live) = &device.conn {
@@ -257,14 +313,155 @@ impl Shared {
     }
 
     /// Queues a database operation (in state order).
-    fn db(&self, op: Op) {
+    pub(crate) fn db(&self, op: Op) {
         if let Some(db) = &self.lock().db {
             let _ = db.send(op);
         }
     }
 
+    /// Records a security event (after the state changes queued before it).
+    pub(crate) fn audit(&self, event: AuditEvent) {
+        self.db(Op::Audit { event });
+    }
+
+    /// Sends `op` to the database thread and waits for its answer.
+    pub(crate) async fn ask<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, RelayError>>) -> Op,
+    ) -> Result<T, RelayError> {
+        let (reply, rx) = oneshot::channel();
+        self.db(op(reply));
+        rx.await.map_err(|_| RelayError::DatabaseStopped)?
+    }
+
+    /// The account of `me`'s connection, and whether what it sends is to be ignored.
+    fn account_of(&self, me: &DeviceKey) -> (Option<Account>, bool) {
+        let st = self.lock();
+        match st.devices.get(me) {
+            Some(d) => (d.account.clone(), d.refused),
+            None => (None, false),
+        }
+    }
+
+    /// Whether the relay checks roles (it requires accounts).
+    fn checks_roles(&self) -> bool {
+        self.config.accounts == AccountsMode::Required
+    }
+
+    /// The running relay's answer to a device the command line changed: a new role applies
+    /// at once; a revoked device, or one whose account was disabled, is disconnected and
+    /// taken out of its calls (the others hear `MemberGone`).
+    pub(crate) fn recheck(self: &Arc<Self>, key: DeviceKey, status: DeviceStatus) {
+        let mut st = self.lock();
+        bump(&self.stats.rechecked);
+        if matches!(status, DeviceStatus::Revoked | DeviceStatus::Disabled) {
+            st.refused_keys.insert(key);
+        } else {
+            st.refused_keys.remove(&key);
+        }
+        match status {
+            DeviceStatus::Registered { user, role } => {
+                if let Some(d) = st.devices.get_mut(&key)
+                    && d.conn.is_some()
+                    && self.checks_roles()
+                {
+                    tracing::info!(device = %short(&key), %user, %role, "account changed");
+                    d.account = Some((user, role));
+                }
+            }
+            DeviceStatus::Unknown => {}
+            DeviceStatus::Revoked | DeviceStatus::Disabled => {
+                let reason = if status == DeviceStatus::Revoked {
+                    "revoked"
+                } else {
+                    "account disabled"
+                };
+                st.evict(self, &key, reason);
+                st.settle(self);
+            }
+        }
+    }
+
+    /// Whether `me` (with `account`) may make the membership change of a commit, given the
+    /// accounts of the devices it names; `Err` is the first refused device.
+    fn may_commit(
+        &self,
+        me: &DeviceKey,
+        account: &Account,
+        call_ref: &CallRef,
+        added: &[DeviceKey],
+        removed: &[DeviceKey],
+        accounts: &HashMap<DeviceKey, Option<Account>>,
+    ) -> Result<(), (&'static str, DeviceKey)> {
+        let (my_user, my_role) = account;
+        for a in added {
+            match accounts.get(a).cloned().flatten() {
+                Some((_, role)) if my_role.may_add(role) => {}
+                Some(_) => return Err(("adding a device of a higher role", *a)),
+                None => return Err(("adding a device that is not registered", *a)),
+            }
+        }
+        let st = self.lock();
+        let members = st.calls.get(call_ref).map(|c| &c.members);
+        for r in removed {
+            let current = members.is_some_and(|m| m.contains_key(r)) && r != me;
+            if !current {
+                // Taking out a device that left (or itself): the group's own housekeeping.
+                continue;
+            }
+            match accounts.get(r).cloned().flatten() {
+                Some((user, _)) if &user == my_user => {}
+                Some((_, role)) if my_role.may_remove(role) => {}
+                None => {}
+                Some(_) => return Err(("removing a member of another account", *r)),
+            }
+        }
+        Ok(())
+    }
+
     /// One control message from the authenticated device `me`.
     pub(crate) async fn handle(self: &Arc<Self>, me: DeviceKey, message: RelayMessage) {
+        let (account, refused) = self.account_of(&me);
+        if refused || (self.checks_roles() && account.is_none()) {
+            return;
+        }
+        if let (
+            RelayMessage::Commit {
+                call,
+                added,
+                removed,
+                ..
+            },
+            true,
+            Some(account),
+        ) = (&message, self.checks_roles(), &account)
+        {
+            let keys: Vec<DeviceKey> = added.iter().chain(removed.iter()).copied().collect();
+            let accounts = match self.ask(|reply| Op::Roles { keys, reply }).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "looking up roles failed");
+                    HashMap::new()
+                }
+            };
+            if let Err((why, who)) = self.may_commit(&me, account, call, added, removed, &accounts)
+            {
+                bump(&self.stats.forbidden);
+                tracing::info!(device = %short(&me), user = %account.0, why, "commit forbidden");
+                self.audit(
+                    AuditEvent::new("forbidden", account.0.clone(), hex(&who), "")
+                        .with(serde_json::json!({ "call": hex(&call.0), "why": why })),
+                );
+                self.reply(
+                    &me,
+                    RelayMessage::Error {
+                        code: RelayErrorCode::Forbidden,
+                        call: Some(*call),
+                    },
+                );
+                return;
+            }
+        }
         match message {
             RelayMessage::PublishKeyPackages {
                 packages,
@@ -488,7 +685,7 @@ impl State {
                 None => continue,
             };
             for c in calls {
-                self.depart(shared, &c, &id, true);
+                self.depart(shared, &c, &id, true, "queue overflow");
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.queue.push_back(RelayMessage::Removed { call: c });
                 }
@@ -498,6 +695,35 @@ impl State {
                     .close(close::TOO_SLOW.into(), b"control messages not taken");
             }
         }
+    }
+
+    /// A revoked device, or one of a disabled account: its connection is closed, it is out of
+    /// its calls (the others hear `MemberGone`), and nothing is held for it.
+    fn evict(&mut self, shared: &Arc<Shared>, key: &DeviceKey, reason: &'static str) {
+        let Some(device) = self.devices.get_mut(key) else {
+            return;
+        };
+        device.queue.clear();
+        device.refused = true;
+        let actor = device.actor(key);
+        let calls: Vec<CallRef> = device.calls.iter().copied().collect();
+        let live = device.conn.as_ref().map(|l| l.conn.clone());
+        bump(&shared.stats.evicted);
+        tracing::info!(device = %short(key), reason, calls = calls.len(), "device refused now: disconnected");
+        for c in calls {
+            self.depart(shared, &c, key, true, "revoked or disabled");
+        }
+        if let Some(d) = self.devices.get_mut(key) {
+            d.queue.clear();
+        }
+        self.db(Op::Audit {
+            event: AuditEvent::new("device_disconnect", actor, hex(key), "")
+                .with(serde_json::json!({ "reason": reason })),
+        });
+        if let Some(conn) = live {
+            conn.close(close::REVOKED.into(), reason.as_bytes());
+        }
+        self.forget_if_idle(key);
     }
 
     /// Drops the entry of a device that holds nothing.
@@ -585,6 +811,14 @@ impl State {
             call: call_ref,
             route,
             member: me,
+        });
+        let actor = self
+            .devices
+            .get(&me)
+            .map_or_else(|| device_actor(&me), |d| d.actor(&me));
+        self.db(Op::Audit {
+            event: AuditEvent::new("call_join", actor, hex(&me), "")
+                .with(serde_json::json!({ "call": hex(&call_ref.0), "how": "created" })),
         });
         tracing::info!(call = %short(&call_ref.0), route, "call opened");
         self.push(
@@ -727,6 +961,22 @@ impl State {
         );
         // The removed members stop receiving media at once.
         self.rebuild(shared, &call_ref);
+        let actor = self
+            .devices
+            .get(&me)
+            .map_or_else(|| device_actor(&me), |d| d.actor(&me));
+        for (kind, keys) in [("call_join", &added), ("call_leave", &removed)] {
+            for k in keys
+                .iter()
+                .filter(|k| kind == "call_join" || old_members.contains(k))
+            {
+                self.db(Op::Audit {
+                    event: AuditEvent::new(kind, actor.clone(), hex(k), "").with(
+                        serde_json::json!({ "call": hex(&call_ref.0), "how": "commit", "epoch": next }),
+                    ),
+                });
+            }
+        }
         for m in old_members.iter().filter(|m| **m != me) {
             self.push(
                 shared,
@@ -832,7 +1082,7 @@ impl State {
             return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "left");
-        self.depart(shared, &call_ref, &me, true);
+        self.depart(shared, &call_ref, &me, true, "left");
     }
 
     /// A member that lost track of the group: out of forwarding at once, like a leave, and the
@@ -870,7 +1120,7 @@ impl State {
             return;
         }
         tracing::info!(call = %short(&call_ref.0), device = %short(&me), "asks to be added back");
-        self.depart(shared, &call_ref, &me, false);
+        self.depart(shared, &call_ref, &me, false, "rejoin");
         let remaining: Vec<DeviceKey> = self
             .calls
             .get(&call_ref)
@@ -897,7 +1147,7 @@ impl State {
             .map(|d| d.calls.iter().copied().collect())
             .unwrap_or_default();
         for c in calls {
-            self.depart(shared, &c, identity, true);
+            self.depart(shared, &c, identity, true, "hold time over");
             if let Some(call) = self.calls.get_mut(&c) {
                 call.gone.insert(*identity);
             }
@@ -907,7 +1157,14 @@ impl State {
 
     /// Takes `identity` out of `call_ref` (forwarding stops at once); the others hear
     /// `MemberGone`; the last one out ends the call.
-    fn depart(&mut self, shared: &Shared, call_ref: &CallRef, identity: &DeviceKey, notify: bool) {
+    fn depart(
+        &mut self,
+        shared: &Shared,
+        call_ref: &CallRef,
+        identity: &DeviceKey,
+        notify: bool,
+        how: &'static str,
+    ) {
         if let Some(d) = self.devices.get_mut(identity) {
             d.calls.remove(call_ref);
         }
@@ -922,6 +1179,14 @@ impl State {
         self.db(Op::RemoveMember {
             call: *call_ref,
             identity: *identity,
+        });
+        let actor = self
+            .devices
+            .get(identity)
+            .map_or_else(|| device_actor(identity), |d| d.actor(identity));
+        self.db(Op::Audit {
+            event: AuditEvent::new("call_leave", actor, hex(identity), "")
+                .with(serde_json::json!({ "call": hex(&call_ref.0), "how": how })),
         });
         if remaining.is_empty() {
             return self.end_call(shared, call_ref);
@@ -966,11 +1231,12 @@ impl State {
 /// Starts the database thread on an opened database.
 pub(crate) fn spawn_database(
     conn: rusqlite::Connection,
+    checkpoints: Checkpointer,
 ) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>), RelayError> {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("viska-relay-db".into())
-        .spawn(move || db::run(conn, rx))?;
+        .spawn(move || db::run(conn, checkpoints, rx))?;
     Ok((tx, thread))
 }
 

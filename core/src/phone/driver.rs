@@ -72,12 +72,18 @@ pub(super) struct Setup {
     place: Option<Place>,
     /// The identity the application expects the peer to have (a call to a known contact).
     expected_peer: Option<PublicIdentity>,
+    /// The contact the application called, by its handle (trust from the key store).
+    contact: Option<String>,
     /// A caller's call id (the callee learns it from the Invite).
     call_id: Option<CallId>,
 }
 
 impl Setup {
-    pub(super) fn outgoing(shared: &CallShared, expected_peer: Option<PublicIdentity>) -> Self {
+    pub(super) fn outgoing(
+        shared: &CallShared,
+        expected_peer: Option<PublicIdentity>,
+        contact: Option<String>,
+    ) -> Self {
         let mut id = [0u8; CallId::LEN];
         rand::RngExt::fill(&mut rand::rng(), &mut id);
         let call_id = CallId(id);
@@ -88,6 +94,7 @@ impl Setup {
             started: Instant::now(),
             place: None,
             expected_peer,
+            contact,
             call_id: Some(call_id),
         }
     }
@@ -120,6 +127,7 @@ pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
                         started: Instant::now(),
                         place: Some(place),
                         expected_peer: None,
+                        contact: None,
                         call_id: None,
                     };
                     run_call(inner, conn, handle.shared, commands, setup).await;
@@ -364,6 +372,9 @@ fn new_session(
     call.ring_timeout = config.ring_timeout;
     call.expected_peer = setup.expected_peer;
     call.verified_peers = lock(&inner.verified).clone();
+    call.directory = config.store.as_ref().map(|store| {
+        Arc::new(store.directory(setup.contact.as_deref())) as Arc<dyn viska_call::PeerDirectory>
+    });
     call.call_id = setup.call_id;
     if let Some(first) = config.suites.first() {
         call.media.suite = viska_proto::SuiteId(first.id());
@@ -603,6 +614,10 @@ impl Call {
                 snap.trust = Some(trust);
                 snap.suite = Some(suite);
                 snap.setup_time = Some(self.setup.started.elapsed());
+                drop(snap);
+                if let (Some(log), Some(id)) = (shared.log.get(), shared.id.get()) {
+                    log.keys(*id, peer, trust);
+                }
                 CallUpdate::KeysReady { sas, trust }
             }
             SessionEvent::Incoming {
@@ -611,6 +626,15 @@ impl Call {
                 trust,
             } => {
                 let _ = shared.id.set(call_id);
+                if let Some(writer) = &self.inner.store_writer {
+                    let log = super::history::CallLog::start(
+                        writer,
+                        viska_store::CallDirection::Incoming,
+                        None,
+                    );
+                    log.keys(call_id, peer, trust);
+                    let _ = shared.log.set(log);
+                }
                 let (state, sas) = {
                     let mut snap = shared.snapshot();
                     snap.call_id = call_id;

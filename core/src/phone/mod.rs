@@ -15,6 +15,7 @@ mod admission;
 mod audio;
 mod driver;
 mod events;
+mod history;
 mod metrics;
 mod places;
 
@@ -147,6 +148,7 @@ pub struct PhoneConfig {
     max_ringing_per_source: usize,
     tls_deadline: Duration,
     verified_peers: Vec<PublicIdentity>,
+    store: Option<viska_store::Store>,
     realtime: bool,
     #[cfg(feature = "testing")]
     testing: TestingConfig,
@@ -195,6 +197,7 @@ impl PhoneConfig {
                 max_ringing_per_source: 2,
                 tls_deadline: Duration::from_secs(3),
                 verified_peers: Vec::new(),
+                store: None,
                 realtime: true,
                 #[cfg(feature = "testing")]
                 testing: TestingConfig::default(),
@@ -322,6 +325,16 @@ impl PhoneConfigBuilder {
     /// saved them from [`Phone::verified_peers`]: a peer among them is [`Trust::Verified`].
     pub fn verified_peers(mut self, peers: Vec<PublicIdentity>) -> Self {
         self.config.verified_peers = peers;
+        self
+    }
+
+    /// The device's key store: it decides every call's [`Trust`] from its contacts (trust on
+    /// first use per contact, verification, changed keys; see [`viska_store::Store::observe`]),
+    /// records what the user verifies, and keeps the call history (metadata only). The
+    /// phone's identity should be the store's ([`viska_store::Store::identity`]). With a
+    /// store, [`PhoneConfigBuilder::verified_peers`] is not consulted.
+    pub fn store(mut self, store: viska_store::Store) -> Self {
+        self.config.store = Some(store);
         self
     }
 
@@ -727,6 +740,8 @@ struct CallShared {
     /// closed).
     torn_down: AtomicBool,
     ended: tokio::sync::watch::Sender<bool>,
+    /// The call's entry in the store's history, once it is one the user sees.
+    log: OnceLock<history::CallLog>,
 }
 
 impl fmt::Debug for CallShared {
@@ -760,6 +775,13 @@ impl CallShared {
 
     /// Queues an event of this call for its listener.
     fn notify(&self, update: CallUpdate) {
+        if let Some(log) = self.log.get() {
+            match &update {
+                CallUpdate::StateChanged(state) => log.state(state),
+                CallUpdate::TrustChanged(trust) => log.trust(*trust),
+                _ => {}
+            }
+        }
         self.events.push(Item::Call {
             key: self.key,
             id: self.id(),
@@ -816,6 +838,7 @@ impl CallHandle {
             events: Arc::clone(events),
             torn_down: AtomicBool::new(false),
             ended,
+            log: OnceLock::new(),
         });
         (Self { shared }, rx)
     }
@@ -1050,6 +1073,8 @@ struct PhoneInner {
     security_events: AtomicU64,
     /// Every endpoint the phone bound, closed once its calls are down.
     endpoints: Mutex<Vec<QuicEndpoint>>,
+    /// Writes call history to the key store, off the media runtime.
+    store_writer: Option<history::StoreWriter>,
 }
 
 impl PhoneInner {
@@ -1242,7 +1267,12 @@ impl Phone {
     pub fn new(config: PhoneConfig) -> Result<Self, PhoneError> {
         let cert = Arc::new(LocalCertificate::generate()?);
         let events = EventQueue::start(&config.name)?;
+        let store_writer = match &config.store {
+            Some(store) => Some(history::StoreWriter::start(&config.name, store.clone())?),
+            None => None,
+        };
         let inner = Arc::new(PhoneInner {
+            store_writer,
             cert,
             admission: admission::Admission::new(config.max_calls, config.max_ringing_per_source),
             places: places::Places::new(config.max_handshakes, config.max_handshakes_per_source),
@@ -1329,7 +1359,19 @@ impl Phone {
     /// its [`CallHandle`] and [`CallListener`]. A listening phone calls from its listening
     /// address; otherwise from an ephemeral port (on loopback for a loopback peer).
     pub fn call(&self, addr: SocketAddr) -> Result<CallHandle, PhoneError> {
-        self.dial(addr, None)
+        self.dial(addr, None, None)
+    }
+
+    /// Places a call to the contact `handle` (the application's name for it: an account, an
+    /// extension) at `addr`, its trust decided by the phone's key store
+    /// ([`PhoneConfigBuilder::store`]): the first call pins the identity the peer proves
+    /// (trust on first use, [`Trust::Unverified`]); later calls are [`Trust::Verified`] once the
+    /// user verified it, and [`Trust::KeyChanged`] (with a [`SecurityEvent::KeyChanged`]) when
+    /// another identity answers, in this call and every later one until the user verifies the
+    /// new identity. The call is not refused: the application decides. Without a store the
+    /// handle only names the call in its history.
+    pub fn call_contact(&self, handle: &str, addr: SocketAddr) -> Result<CallHandle, PhoneError> {
+        self.dial(addr, None, Some(handle.to_owned()))
     }
 
     /// Places a call to a contact whose identity the application knows: the call is
@@ -1341,13 +1383,14 @@ impl Phone {
         addr: SocketAddr,
         expected: PublicIdentity,
     ) -> Result<CallHandle, PhoneError> {
-        self.dial(addr, Some(expected))
+        self.dial(addr, Some(expected), None)
     }
 
     fn dial(
         &self,
         addr: SocketAddr,
         expected: Option<PublicIdentity>,
+        contact: Option<String>,
     ) -> Result<CallHandle, PhoneError> {
         if self.inner.is_closing() {
             return Err(PhoneError::Closed);
@@ -1378,7 +1421,15 @@ impl Phone {
                 limit: self.inner.config.max_calls,
             });
         }
-        let setup = driver::Setup::outgoing(&handle.shared, expected);
+        if let Some(writer) = &self.inner.store_writer {
+            let log = history::CallLog::start(
+                writer,
+                viska_store::CallDirection::Outgoing,
+                contact.clone(),
+            );
+            let _ = handle.shared.log.set(log);
+        }
+        let setup = driver::Setup::outgoing(&handle.shared, expected, contact);
         let inner = Arc::clone(&self.inner);
         let shared = Arc::clone(&handle.shared);
         self.runtime()

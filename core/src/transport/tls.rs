@@ -274,6 +274,10 @@ pub(crate) fn relay_client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig,
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    config.alpn_protocols = vec![viska_proto::relay::RELAY_ALPN.to_vec()];
+    // Version 2 (account login) first; a relay that speaks only version 1 picks that.
+    config.alpn_protocols = vec![
+        viska_proto::relay::RELAY_ALPN_V2.to_vec(),
+        viska_proto::relay::RELAY_ALPN.to_vec(),
+    ];
     Ok(config)
 }

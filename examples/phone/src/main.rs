@@ -51,12 +51,21 @@ enum Cmd {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
         max_handshakes_per_source: u16,
         #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
         media: MediaArgs,
     },
     /// Call a listening phone.
     Call {
         /// The callee's address.
         addr: SocketAddr,
+        /// Call it as this contact: its trust comes from the key store (`--store`): pinned on
+        /// the first call, verified once you verify it, key-changed when another identity
+        /// answers.
+        #[arg(long)]
+        contact: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(flatten)]
         media: MediaArgs,
     },
@@ -113,6 +122,37 @@ impl SuiteArg {
     }
 }
 
+/// The device's key store.
+#[derive(Args, Debug, Clone)]
+struct StoreArgs {
+    /// The key store (an encrypted SQLite file, made on first use): the phone's identity, its
+    /// contacts and their trust, call history. Its passphrase comes from the environment
+    /// variable VISKA_STORE_PASSPHRASE, or is asked for on the terminal. Without it the phone
+    /// has a fresh identity each run and remembers nothing.
+    #[arg(long)]
+    store: Option<std::path::PathBuf>,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<Option<viska::store::Store>, BoxError> {
+        let Some(path) = &self.store else {
+            return Ok(None);
+        };
+        let passphrase = match std::env::var("VISKA_STORE_PASSPHRASE") {
+            Ok(p) => zeroize::Zeroizing::new(p),
+            Err(_) => zeroize::Zeroizing::new(rpassword::prompt_password(format!(
+                "passphrase of {}: ",
+                path.display()
+            ))?),
+        };
+        let store = viska::store::Store::open(
+            path,
+            viska::store::StoreKey::passphrase(passphrase.as_str()),
+        )?;
+        Ok(Some(store))
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct MediaArgs {
     /// Play this WAV file into the call instead of the microphone.
@@ -156,9 +196,19 @@ fn main() {
             bind,
             auto_answer,
             max_handshakes_per_source,
+            store,
             media,
-        } => listen(bind, auto_answer, max_handshakes_per_source, media),
-        Cmd::Call { addr, media } => call(addr, media),
+        } => store
+            .open()
+            .and_then(|store| listen(bind, auto_answer, max_handshakes_per_source, store, media)),
+        Cmd::Call {
+            addr,
+            contact,
+            store,
+            media,
+        } => store
+            .open()
+            .and_then(|store| call(addr, contact.as_deref(), store, media)),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Group {
             relay,
@@ -206,8 +256,16 @@ fn devices() -> Result<(), BoxError> {
     Ok(())
 }
 
-fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfigBuilder, BoxError> {
-    let mut config = PhoneConfig::builder(name, viska::phone::generate_identity())
+fn phone_config(
+    name: &str,
+    store: Option<viska::store::Store>,
+    media: &MediaArgs,
+) -> Result<PhoneConfigBuilder, BoxError> {
+    let identity = match &store {
+        Some(store) => store.identity()?,
+        None => viska::phone::generate_identity(),
+    };
+    let mut config = PhoneConfig::builder(name, identity)
         .suites(media.suite.suites())
         .opus(OpusConfig {
             bitrate_bps: media.bitrate,
@@ -217,6 +275,9 @@ fn phone_config(name: &str, media: &MediaArgs) -> Result<PhoneConfigBuilder, Box
         .audio(audio_for(media)?);
     if let Some(record) = &media.record {
         config = config.recording(record);
+    }
+    if let Some(store) = store {
+        config = config.store(store);
     }
     Ok(config)
 }
@@ -298,10 +359,11 @@ fn listen(
     bind: SocketAddr,
     auto_answer: bool,
     per_source: u16,
+    store: Option<viska::store::Store>,
     media: MediaArgs,
 ) -> Result<(), BoxError> {
     let per_source = usize::from(per_source);
-    let config = phone_config("listen", &media)?
+    let config = phone_config("listen", store, &media)?
         .max_handshakes_per_source(per_source)
         // One source may hold every place, but not more.
         .max_handshakes(per_source.max(16))
@@ -339,10 +401,18 @@ fn listen(
     Ok(())
 }
 
-fn call(addr: SocketAddr, media: MediaArgs) -> Result<(), BoxError> {
-    let phone = Phone::new(phone_config("call", &media)?.build()?)?;
+fn call(
+    addr: SocketAddr,
+    contact: Option<&str>,
+    store: Option<viska::store::Store>,
+    media: MediaArgs,
+) -> Result<(), BoxError> {
+    let phone = Phone::new(phone_config("call", store, &media)?.build()?)?;
     eprintln!("identity fingerprint: {}", phone.identity().fingerprint());
-    let call = phone.call(addr)?;
+    let call = match contact {
+        Some(contact) => phone.call_contact(contact, addr)?,
+        None => phone.call(addr)?,
+    };
     call.set_listener(Arc::new(Printer));
     let (tx, events) = mpsc::channel();
     read_stdin(tx);

@@ -55,8 +55,14 @@ impl CliPhone {
     /// Starts `viska-phone ARGS`; `typed` says whether the test types on its stdin (else it is
     /// closed from the start).
     fn spawn(args: &[&str], typed: bool) -> Self {
+        Self::spawn_with(args, typed, &[])
+    }
+
+    /// [`CliPhone::spawn`] with extra environment variables.
+    fn spawn_with(args: &[&str], typed: bool, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(exe())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(if typed { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -522,4 +528,71 @@ fn demo_refuses_out_of_range_numbers() {
         assert!(err.contains(args[0]), "{args:?} named: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+/// `--store` and `--contact`: a caller whose key store pins the listener on the first call,
+/// remembers the user's verification into the next process, and keeps its own identity; a
+/// wrong passphrase is refused with a clear error.
+#[test]
+fn the_key_store_keeps_identity_and_trust_across_runs() {
+    let dir = Scratch::new("store");
+    let heard = dir.file("heard.wav");
+    let store = dir.file("caller.db");
+    let store = store.to_str().expect("utf-8 path");
+    let pass = [("VISKA_STORE_PASSPHRASE", "ochre falcon 5512 drifts")];
+    let (mut listener, addr) = CliPhone::listener(true, &heard);
+    let mut fingerprints = Vec::new();
+    for (round, trust) in [(1, "Unverified"), (2, "Verified")] {
+        let caller_heard = dir.file(&format!("caller-heard-{round}.wav"));
+        let mut caller = CliPhone::spawn_with(
+            &[
+                "call",
+                &addr,
+                "--contact",
+                "front-desk",
+                "--store",
+                store,
+                "--input",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/assets/speech.wav"),
+                "--output",
+                caller_heard.to_str().expect("utf-8 path"),
+            ],
+            true,
+            &pass,
+        );
+        let line = caller.wait_line(|l| l.starts_with("identity fingerprint: "));
+        fingerprints.push(line);
+        caller.wait_line(|l| l.contains(&format!("end-to-end keys ready ({trust})")));
+        caller.wait_line(|l| l.starts_with("* call: Active"));
+        if round == 1 {
+            caller.type_line("verify");
+            caller.wait_line(|l| l.contains("peer marked verified"));
+        }
+        caller.type_line("quit");
+        let status = caller.wait_exit(PATIENCE);
+        assert!(
+            status.success(),
+            "caller exit {status:?}:\n{}",
+            caller.output()
+        );
+        listener.wait_line(|l| l.starts_with("* call ended: Ended"));
+    }
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "the same identity from the store"
+    );
+    let mut wrong = CliPhone::spawn_with(
+        &["call", &addr, "--store", store],
+        false,
+        &[("VISKA_STORE_PASSPHRASE", "not the passphrase")],
+    );
+    let status = wrong.wait_exit(PATIENCE);
+    let output = wrong.output();
+    assert!(
+        !status.success(),
+        "opened with a wrong passphrase:\n{output}"
+    );
+    assert!(output.contains("wrong key"), "{output}");
+    listener.type_line("quit");
+    assert!(listener.wait_exit(Duration::from_secs(5)).success());
 }

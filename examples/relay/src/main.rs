@@ -1,36 +1,51 @@
-//! `viska-relay`: runs a Viska relay (group calls' SFU and MLS delivery service) until Ctrl-C.
+//! `viska-relay`: runs a Viska relay (group calls' SFU and MLS delivery service) until Ctrl-C,
+//! or administers its data directory.
 //!
 //! ```text
 //! viska-relay --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30] [--auth-secs 5]
 //!     [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
+//!     [--require-accounts] [--recheck-ms 1000]
+//! viska-relay --data-dir DIR user add NAME --role agent|supervisor|admin
+//! viska-relay --data-dir DIR user list | passwd NAME | disable NAME | enable NAME
+//!     | role NAME ROLE | totp-enroll NAME
+//! viska-relay --data-dir DIR device list [--user NAME] | revoke KEY
+//! viska-relay --data-dir DIR audit verify [--key HEX] [--checkpoints FILE] | export
+//! viska-relay --data-dir DIR backup PATH
+//! viska-relay --data-dir DIR restore PATH
 //! ```
 //!
-//! Prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once it is up.
-//! Logs go to stderr; `RUST_LOG` filters them (default `info`).
+//! Running, it prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once
+//! it is up. Logs go to stderr; `RUST_LOG` filters them (default `info`). Passwords are read
+//! from standard input when it is not a terminal (one line), and prompted for without echo
+//! otherwise. Every administrative change is recorded in the audit log.
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use viska_relay::{Relay, RelayConfig};
+use viska_relay::admin::{self, Admin, AdminError};
+use viska_relay::{AccountsMode, Relay, RelayConfig, Role};
+use zeroize::Zeroizing;
 
-/// Runs a Viska relay.
+/// Runs a Viska relay, or administers its data directory.
 #[derive(Debug, Parser)]
 #[command(name = "viska-relay", version, about)]
 struct Args {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:4433")]
     bind: SocketAddr,
-    /// Directory of the certificate, its key and the database (created if missing).
+    /// Directory of the certificate, its key, the database and the audit checkpoints (created
+    /// if missing).
     #[arg(long)]
     data_dir: PathBuf,
     /// Seconds a disconnected device stays a member of its calls.
     #[arg(long, default_value_t = 30)]
     hold_secs: u64,
-    /// Seconds a connection has to authenticate before it is closed.
+    /// Seconds a connection has to authenticate (and log in) before it is closed.
     #[arg(long, default_value_t = 5)]
     auth_secs: u64,
     /// Most connections not authenticated yet, in total.
@@ -39,6 +54,288 @@ struct Args {
     /// Most connections not authenticated yet from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = 16)]
     max_unauthenticated_per_source: usize,
+    /// Admit only devices registered to an account (unregistered ones log in with account,
+    /// password and TOTP code), and check every operation against the account's role.
+    #[arg(long)]
+    require_accounts: bool,
+    /// Milliseconds between looks for devices revoked, disabled or changed from the command
+    /// line.
+    #[arg(long, default_value_t = 1000)]
+    recheck_ms: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Devices registered to accounts.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Backs the data directory up into the new directory PATH (safe while the relay runs).
+    Backup {
+        /// Where (a directory that does not exist or is empty).
+        path: PathBuf,
+    },
+    /// Restores the backup in PATH into the data directory, which must be fresh.
+    Restore {
+        /// The backup directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Adds an account (the password is read from stdin or prompted for).
+    Add {
+        /// The account name (a-z, 0-9, '.', '_', '-', '@').
+        name: String,
+        /// agent, supervisor or admin.
+        #[arg(long)]
+        role: Role,
+    },
+    /// Lists the accounts.
+    List,
+    /// Sets an account's password.
+    Passwd {
+        /// The account.
+        name: String,
+    },
+    /// Disables an account: its devices are disconnected and refused.
+    Disable {
+        /// The account.
+        name: String,
+    },
+    /// Enables a disabled account again.
+    Enable {
+        /// The account.
+        name: String,
+    },
+    /// Changes an account's role.
+    Role {
+        /// The account.
+        name: String,
+        /// agent, supervisor or admin.
+        role: Role,
+    },
+    /// Enrolls a new TOTP secret: prints the otpauth:// URI and the base32 secret.
+    TotpEnroll {
+        /// The account.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Lists registered devices.
+    List {
+        /// Only this account's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revokes a device (64 hex digits of its identity key): disconnected at once, out of its
+    /// calls, refused from then on.
+    Revoke {
+        /// The device's identity key.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain and the signed checkpoints; exits 1 naming the first bad row.
+    Verify {
+        /// The audit public key as recorded elsewhere (64 hex digits), instead of the one of
+        /// the data directory's audit key.
+        #[arg(long)]
+        key: Option<String>,
+        /// A copy of the checkpoints kept elsewhere, instead of DIR/audit-checkpoints.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Writes the log as JSON lines to stdout.
+    Export,
+}
+
+/// Who runs the command, for the audit log.
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A password from stdin (one line) or, on a terminal, prompted twice without echo.
+fn read_password(what: &str) -> Result<Zeroizing<String>, String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = Zeroizing::new(String::new());
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        let trimmed = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+        return Ok(trimmed);
+    }
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("{what}: ")).map_err(|e| format!("prompt: {e}"))?,
+    );
+    let again = Zeroizing::new(
+        rpassword::prompt_password(format!("{what} again: "))
+            .map_err(|e| format!("prompt: {e}"))?,
+    );
+    if *first != *again {
+        return Err("the passwords differ".into());
+    }
+    Ok(first)
+}
+
+fn time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs an administrative command; the exit code.
+fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
+    let err = |e: AdminError| e.to_string();
+    if let Command::Restore { path } = &command {
+        let report = admin::restore(path, dir).map_err(err)?;
+        println!(
+            "restored {} into {} ({} audit rows, chain intact)",
+            path.display(),
+            dir.display(),
+            report.rows
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut admin = Admin::open(dir, &operator()).map_err(err)?;
+    match command {
+        Command::User(UserCommand::Add { name, role }) => {
+            let password = read_password("password")?;
+            admin.add_user(&name, &password, role).map_err(err)?;
+            println!("added {name} ({role}); enroll TOTP with: user totp-enroll {name}");
+        }
+        Command::User(UserCommand::List) => {
+            println!(
+                "{:<24} {:<10} {:<8} {:<5} devices",
+                "name", "role", "state", "totp"
+            );
+            for u in admin.users().map_err(err)? {
+                println!(
+                    "{:<24} {:<10} {:<8} {:<5} {}",
+                    u.name,
+                    u.role,
+                    if u.disabled { "disabled" } else { "enabled" },
+                    if u.totp { "yes" } else { "no" },
+                    u.devices
+                );
+            }
+        }
+        Command::User(UserCommand::Passwd { name }) => {
+            let password = read_password("new password")?;
+            admin.set_password(&name, &password).map_err(err)?;
+            println!("password of {name} changed");
+        }
+        Command::User(UserCommand::Disable { name }) => {
+            admin.set_disabled(&name, true).map_err(err)?;
+            println!("{name} disabled; its devices are disconnected");
+        }
+        Command::User(UserCommand::Enable { name }) => {
+            admin.set_disabled(&name, false).map_err(err)?;
+            println!("{name} enabled");
+        }
+        Command::User(UserCommand::Role { name, role }) => {
+            admin.set_role(&name, role).map_err(err)?;
+            println!("{name} is now {role}");
+        }
+        Command::User(UserCommand::TotpEnroll { name }) => {
+            let enrollment = admin.totp_enroll(&name).map_err(err)?;
+            let secret = enrollment.secret.to_base32();
+            println!("{}", enrollment.uri.as_str());
+            println!("secret {}", secret.as_str());
+        }
+        Command::Device(DeviceCommand::List { user }) => {
+            println!("{:<64} {:<24} {:<20} revoked", "key", "user", "registered");
+            for d in admin.devices(user.as_deref()).map_err(err)? {
+                println!(
+                    "{} {:<24} {:<20} {}",
+                    hex(&d.key),
+                    d.user,
+                    time(d.registered_ms),
+                    d.revoked_ms.map_or_else(|| "-".to_string(), time)
+                );
+            }
+        }
+        Command::Device(DeviceCommand::Revoke { key }) => {
+            let key = admin::parse_key(&key).map_err(err)?;
+            admin.revoke_device(&key).map_err(err)?;
+            println!("revoked {}", hex(&key));
+        }
+        Command::Audit(AuditCommand::Verify { key, checkpoints }) => match admin
+            .audit_verify_with(key.as_deref(), checkpoints.as_deref())
+            .map_err(err)?
+        {
+            Ok(report) => {
+                println!(
+                    "audit log intact: {} rows, {} signed checkpoints (last at row {}); audit key {}",
+                    report.rows,
+                    report.checkpoints,
+                    report.last_checkpoint,
+                    admin.audit_public_key()
+                );
+            }
+            Err(problem) => {
+                println!("audit log damaged: {problem}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Audit(AuditCommand::Export) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            admin.audit_export(&mut out).map_err(err)?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
+        Command::Backup { path } => {
+            let report = admin.backup(&path).map_err(err)?;
+            println!(
+                "backed up into {} ({} audit rows)",
+                path.display(),
+                report.audit_rows
+            );
+        }
+        Command::Restore { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
@@ -50,11 +347,24 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(command) = args.command {
+        return match administer(&args.data_dir, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("viska-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut config = RelayConfig::new(args.bind, args.data_dir);
     config.hold_time = Duration::from_secs(args.hold_secs);
     config.auth_timeout = Duration::from_secs(args.auth_secs);
     config.max_unauthenticated = args.max_unauthenticated;
     config.max_unauthenticated_per_source = args.max_unauthenticated_per_source;
+    config.recheck_interval = Duration::from_millis(args.recheck_ms.max(10));
+    if args.require_accounts {
+        config.accounts = AccountsMode::Required;
+    }
     let relay = match Relay::start(config).await {
         Ok(relay) => relay,
         Err(e) => {
@@ -62,7 +372,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("fingerprint {}", hex::encode(relay.fingerprint()));
+    println!("fingerprint {}", hex(&relay.fingerprint()));
     println!("listening on {}", relay.local_addr());
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("viska-relay: waiting for Ctrl-C: {e}");
@@ -70,4 +380,16 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down");
     relay.shutdown().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
 }

@@ -33,6 +33,7 @@ pub struct ViskaPhoneConfig {
     recording: Option<PathBuf>,
     realtime: Option<bool>,
     dtx: Option<bool>,
+    store: Option<viska::store::Store>,
 }
 
 impl ViskaPhoneConfig {
@@ -59,6 +60,9 @@ impl ViskaPhoneConfig {
         }
         if let Some(on) = self.realtime {
             b = b.realtime(on);
+        }
+        if let Some(store) = &self.store {
+            b = b.store(store.clone());
         }
         if let Some(on) = self.dtx {
             b = b.dtx(on);
@@ -119,6 +123,7 @@ pub unsafe extern "C" fn viska_phone_config_new(
             recording: None,
             realtime: None,
             dtx: None,
+            store: None,
         };
         // SAFETY: non-NULL and writable per the caller.
         unsafe { write(out, Box::into_raw(Box::new(config))) };
@@ -410,6 +415,30 @@ pub unsafe extern "C" fn viska_phone_config_set_dtx(
         // SAFETY: live and unshared per the caller.
         let config = unsafe { config_mut(config) }?;
         config.dtx = Some(on);
+        Ok(())
+    })
+}
+
+/// The device's key store (shared, not consumed: the handle stays the caller's). Calls take
+/// their trust from its contacts (trust on first use, verification, changed keys) and are
+/// recorded in its history; [`viska_phone_config_add_verified_peer`] is then not consulted.
+/// The identity given to [`viska_phone_config_new`] should be the store's
+/// (`viska_store_identity`).
+///
+/// # Safety
+///
+/// `config` is a live configuration; `store` a live store.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_phone_config_set_store(
+    config: *mut ViskaPhoneConfig,
+    store: *const super::store::ViskaStore,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: live and unshared per the caller.
+        let config = unsafe { config_mut(config) }?;
+        // SAFETY: NULL or live per the caller.
+        let store = unsafe { borrow(store, "store") }?;
+        config.store = Some(store.store.clone());
         Ok(())
     })
 }

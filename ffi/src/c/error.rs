@@ -40,6 +40,14 @@ pub enum ViskaErrorCode {
     /// The relay refused a request or broke its protocol, or the MLS group refused an
     /// operation.
     Group = 11,
+    /// The key or passphrase does not open the key store, or the file is not a store.
+    WrongKey = 12,
+    /// A backup passphrase the password policy refused.
+    WeakPassphrase = 13,
+    /// A backup that does not open: a wrong passphrase, or it was changed or cut short.
+    BadBackup = 14,
+    /// The key store failed (its file, its database).
+    Store = 15,
     /// A bug: a panic inside the library was caught, or an error this version does not name.
     Internal = 255,
 }
@@ -125,6 +133,19 @@ impl From<PhoneError> for ViskaError {
 impl From<ConfigError> for ViskaError {
     fn from(e: ConfigError) -> Self {
         Self::new(ViskaErrorCode::Config, e)
+    }
+}
+
+impl From<viska::store::StoreError> for ViskaError {
+    fn from(e: viska::store::StoreError) -> Self {
+        use viska::store::StoreError as E;
+        let code = match &e {
+            E::WrongKey => ViskaErrorCode::WrongKey,
+            E::WeakPassphrase(_) => ViskaErrorCode::WeakPassphrase,
+            E::BadBackup | E::BackupVersion(_) | E::BackupParams => ViskaErrorCode::BadBackup,
+            _ => ViskaErrorCode::Store,
+        };
+        Self::new(code, e)
     }
 }
 

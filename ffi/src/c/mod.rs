@@ -38,6 +38,7 @@ pub mod error;
 pub mod group;
 pub mod identity;
 pub mod phone;
+pub mod store;
 mod util;
 
 pub use audio::{ViskaAppCapture, ViskaAppPlayback};
@@ -54,6 +55,7 @@ pub use error::{ViskaError, ViskaErrorCode};
 pub use group::{ViskaGroupCallInfo, ViskaGroupCallbacks, ViskaGroupPhone};
 pub use identity::ViskaIdentity;
 pub use phone::ViskaPhone;
+pub use store::ViskaStore;
 
 /// Length of a public identity key (Ed25519), in bytes.
 pub const VISKA_PUBLIC_KEY_LEN: usize = 32;

@@ -155,6 +155,38 @@ pub unsafe extern "C" fn viska_phone_call_expecting(
     })
 }
 
+/// Places a call to the contact `handle` at `addr`, its trust from the phone's key store
+/// (`viska_phone_config_set_store`): the first call pins the identity that answers
+/// (`VISKA_TRUST_UNVERIFIED`); later calls are `VISKA_TRUST_VERIFIED` once the user verified
+/// it, and `VISKA_TRUST_KEY_CHANGED` (with a security event) in every call where another
+/// identity answers, until the user verifies that one. Otherwise as [`viska_phone_call`].
+///
+/// # Safety
+///
+/// As [`viska_phone_call`]; `handle` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_phone_call_contact(
+    phone: *const ViskaPhone,
+    handle: *const c_char,
+    addr: *const c_char,
+    out: *mut *mut ViskaCall,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: NULL or live per the caller.
+        let phone = unsafe { phone_ref(phone) }?;
+        // SAFETY: NUL-terminated per the caller.
+        let handle = unsafe { str_arg(handle, "handle") }?;
+        // SAFETY: NUL-terminated per the caller.
+        let addr = addr_arg(unsafe { str_arg(addr, "addr") }?, "addr")?;
+        let out = out_arg(out, "out")?;
+        let call = phone.phone.call_contact(handle, addr)?;
+        phone.callbacks.follow(&call);
+        // SAFETY: non-NULL and writable per the caller.
+        unsafe { write(out, Box::into_raw(Box::new(ViskaCall { handle: call }))) };
+        Ok(())
+    })
+}
+
 /// The phone's own public key, `VISKA_PUBLIC_KEY_LEN` bytes into `out`.
 ///
 /// # Safety

@@ -829,6 +829,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_call(
     ): Int
+    external fun uniffi_viska_ffi_checksum_method_phone_call_contact(
+    ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_call_expecting(
     ): Int
     external fun uniffi_viska_ffi_checksum_method_phone_calls(
@@ -855,6 +857,28 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_viska_ffi_checksum_method_phonelistener_on_event(
     ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_add_contact(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_call_history(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_contact(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_contacts(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_export_backup(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_forget_contact(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_identity(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_import_backup(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_rename_contact(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_set_setting(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_setting(
+    ): Int
     external fun uniffi_viska_ffi_checksum_constructor_groupphone_connect(
     ): Int
     external fun uniffi_viska_ffi_checksum_constructor_identity_from_secret(
@@ -862,6 +886,10 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_viska_ffi_checksum_constructor_identity_generate(
     ): Int
     external fun uniffi_viska_ffi_checksum_constructor_phone_new(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_constructor_keystore_open(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_constructor_keystore_open_with_key(
     ): Int
     external fun ffi_viska_ffi_uniffi_contract_version(
     ): Int
@@ -1006,6 +1034,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_viska_ffi_fn_method_phone_call(`ptr`: Long,`addr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_viska_ffi_fn_method_phone_call_contact(`ptr`: Long,`handle`: RustBuffer.ByValue,`addr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_viska_ffi_fn_method_phone_call_expecting(`ptr`: Long,`addr`: RustBuffer.ByValue,`publicKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_viska_ffi_fn_method_phone_calls(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1038,6 +1068,36 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_viska_ffi_fn_method_phonelistener_on_event(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_viska_ffi_fn_clone_keystore(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_viska_ffi_fn_free_keystore(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_viska_ffi_fn_constructor_keystore_open(`path`: RustBuffer.ByValue,`passphrase`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_viska_ffi_fn_constructor_keystore_open_with_key(`path`: RustBuffer.ByValue,`key`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_viska_ffi_fn_method_keystore_add_contact(`ptr`: Long,`handle`: RustBuffer.ByValue,`publicKey`: RustBuffer.ByValue,`verified`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_viska_ffi_fn_method_keystore_call_history(`ptr`: Long,`limit`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_keystore_contact(`ptr`: Long,`handle`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_keystore_contacts(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_keystore_export_backup(`ptr`: Long,`passphrase`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_keystore_forget_contact(`ptr`: Long,`handle`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_viska_ffi_fn_method_keystore_identity(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_viska_ffi_fn_method_keystore_import_backup(`ptr`: Long,`backup`: RustBuffer.ByValue,`passphrase`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_viska_ffi_fn_method_keystore_rename_contact(`ptr`: Long,`from`: RustBuffer.ByValue,`to`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_viska_ffi_fn_method_keystore_set_setting(`ptr`: Long,`key`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_viska_ffi_fn_method_keystore_setting(`ptr`: Long,`key`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_viska_ffi_fn_func_fingerprint_of(`publicKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_viska_ffi_fn_func_safety_number(`a`: RustBuffer.ByValue,`b`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1293,6 +1353,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_viska_ffi_checksum_method_phone_call() and 0xFFFF) != 14962) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_viska_ffi_checksum_method_phone_call_contact() and 0xFFFF) != 6124) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_viska_ffi_checksum_method_phone_call_expecting() and 0xFFFF) != 14560) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1332,6 +1395,39 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_viska_ffi_checksum_method_phonelistener_on_event() and 0xFFFF) != 63784) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_add_contact() and 0xFFFF) != 52630) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_call_history() and 0xFFFF) != 43664) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_contact() and 0xFFFF) != 35875) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_contacts() and 0xFFFF) != 54138) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_export_backup() and 0xFFFF) != 22622) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_forget_contact() and 0xFFFF) != 21372) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_identity() and 0xFFFF) != 36708) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_import_backup() and 0xFFFF) != 49427) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_rename_contact() and 0xFFFF) != 11570) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_set_setting() and 0xFFFF) != 20571) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_setting() and 0xFFFF) != 13184) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_viska_ffi_checksum_constructor_groupphone_connect() and 0xFFFF) != 45636) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1342,6 +1438,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_viska_ffi_checksum_constructor_phone_new() and 0xFFFF) != 60303) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_constructor_keystore_open() and 0xFFFF) != 57685) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_constructor_keystore_open_with_key() and 0xFFFF) != 30145) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1625,6 +1727,29 @@ public object FfiConverterULong: FfiConverter<ULong, Long> {
 
     override fun write(value: ULong, buf: ByteBuffer) {
         buf.putLong(value.toLong())
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterLong: FfiConverter<Long, Long> {
+    override fun lift(value: Long): Long {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Long {
+        return buf.getLong()
+    }
+
+    override fun lower(value: Long): Long {
+        return value
+    }
+
+    override fun allocationSize(value: Long) = 8UL
+
+    override fun write(value: Long, buf: ByteBuffer) {
+        buf.putLong(value)
     }
 }
 
@@ -4187,6 +4312,551 @@ public object FfiConverterTypeIdentity: FfiConverter<Identity, Long> {
 
 
 /**
+ * The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+ * [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+ * its contacts and records the call history in it.
+ */
+public interface KeyStoreInterface {
+    
+    /**
+     * Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+     * source is one the user trusts.
+     */
+    fun `addContact`(`handle`: kotlin.String, `publicKey`: kotlin.ByteArray, `verified`: kotlin.Boolean)
+    
+    /**
+     * The latest `limit` calls, newest first.
+     */
+    fun `callHistory`(`limit`: kotlin.UInt): List<CallHistoryEntry>
+    
+    /**
+     * The contact with `handle`.
+     */
+    fun `contact`(`handle`: kotlin.String): ContactInfo?
+    
+    /**
+     * Every contact, by handle.
+     */
+    fun `contacts`(): List<ContactInfo>
+    
+    /**
+     * An encrypted backup of the identity, contacts and settings. The passphrase must be at
+     * least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+     */
+    fun `exportBackup`(`passphrase`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Forgets a contact; false if there was none.
+     */
+    fun `forgetContact`(`handle`: kotlin.String): kotlin.Boolean
+    
+    /**
+     * The device's identity: made on first use, the same ever after.
+     */
+    fun `identity`(): Identity
+    
+    /**
+     * Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+     * passphrase or a changed or truncated backup.
+     */
+    fun `importBackup`(`backup`: kotlin.ByteArray, `passphrase`: kotlin.String)
+    
+    /**
+     * Renames a contact; false if there was none.
+     */
+    fun `renameContact`(`from`: kotlin.String, `to`: kotlin.String): kotlin.Boolean
+    
+    /**
+     * Sets a setting.
+     */
+    fun `setSetting`(`key`: kotlin.String, `value`: kotlin.String)
+    
+    /**
+     * A setting's value.
+     */
+    fun `setting`(`key`: kotlin.String): kotlin.String?
+    
+    companion object
+}
+
+/**
+ * The device's key store: one SQLCipher database (`docs/store.md`). Give it to
+ * [`PhoneSettings::store`](crate::PhoneSettings) and the phone takes every call's trust from
+ * its contacts and records the call history in it.
+ */
+open class KeyStore: Disposable, AutoCloseable, KeyStoreInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_viska_ffi_fn_free_keystore(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_viska_ffi_fn_clone_keystore(handle, status)
+        }
+    }
+
+    
+    /**
+     * Adds or replaces a contact known from elsewhere (a directory): `verified` when that
+     * source is one the user trusts.
+     */
+    @Throws(ViskaException::class)override fun `addContact`(`handle`: kotlin.String, `publicKey`: kotlin.ByteArray, `verified`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_add_contact(
+        it,
+        
+        FfiConverterString.lower(`handle`),
+        FfiConverterByteArray.lower(`publicKey`),
+        FfiConverterBoolean.lower(`verified`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * The latest `limit` calls, newest first.
+     */
+    @Throws(ViskaException::class)override fun `callHistory`(`limit`: kotlin.UInt): List<CallHistoryEntry> {
+            return FfiConverterSequenceTypeCallHistoryEntry.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history(
+        it,
+        
+        FfiConverterUInt.lower(`limit`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The contact with `handle`.
+     */
+    @Throws(ViskaException::class)override fun `contact`(`handle`: kotlin.String): ContactInfo? {
+            return FfiConverterOptionalTypeContactInfo.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_contact(
+        it,
+        
+        FfiConverterString.lower(`handle`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Every contact, by handle.
+     */
+    @Throws(ViskaException::class)override fun `contacts`(): List<ContactInfo> {
+            return FfiConverterSequenceTypeContactInfo.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_contacts(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * An encrypted backup of the identity, contacts and settings. The passphrase must be at
+     * least 12 characters, not a common password, and hard to guess (`WeakPassphrase`).
+     */
+    @Throws(ViskaException::class)override fun `exportBackup`(`passphrase`: kotlin.String): kotlin.ByteArray {
+            return FfiConverterByteArray.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_export_backup(
+        it,
+        
+        FfiConverterString.lower(`passphrase`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Forgets a contact; false if there was none.
+     */
+    @Throws(ViskaException::class)override fun `forgetContact`(`handle`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_forget_contact(
+        it,
+        
+        FfiConverterString.lower(`handle`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The device's identity: made on first use, the same ever after.
+     */
+    @Throws(ViskaException::class)override fun `identity`(): Identity {
+            return FfiConverterTypeIdentity.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_identity(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Restores a backup into this store, which must be fresh. `BadBackup` for a wrong
+     * passphrase or a changed or truncated backup.
+     */
+    @Throws(ViskaException::class)override fun `importBackup`(`backup`: kotlin.ByteArray, `passphrase`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_import_backup(
+        it,
+        
+        FfiConverterByteArray.lower(`backup`),
+        FfiConverterString.lower(`passphrase`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Renames a contact; false if there was none.
+     */
+    @Throws(ViskaException::class)override fun `renameContact`(`from`: kotlin.String, `to`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_rename_contact(
+        it,
+        
+        FfiConverterString.lower(`from`),
+        FfiConverterString.lower(`to`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Sets a setting.
+     */
+    @Throws(ViskaException::class)override fun `setSetting`(`key`: kotlin.String, `value`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_set_setting(
+        it,
+        
+        FfiConverterString.lower(`key`),
+        FfiConverterString.lower(`value`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * A setting's value.
+     */
+    @Throws(ViskaException::class)override fun `setting`(`key`: kotlin.String): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_setting(
+        it,
+        
+        FfiConverterString.lower(`key`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * Opens (or creates) the store at `path` with a key derived from `passphrase` (Argon2id,
+     * 64 MiB; takes a few hundred milliseconds).
+     *
+     * Errors: `WrongKey` when the passphrase does not open the file.
+     */
+    @Throws(ViskaException::class) fun `open`(`path`: kotlin.String, `passphrase`: kotlin.String): KeyStore {
+            return FfiConverterTypeKeyStore.lift(
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open(
+    
+        
+        FfiConverterString.lower(`path`),
+        FfiConverterString.lower(`passphrase`),_status)
+}
+    )
+    }
+    
+
+        
+    /**
+     * Opens (or creates) the store at `path` with a 32-byte key the platform keeps (iOS
+     * Keychain, Android Keystore). The bytes given are wiped.
+     */
+    @Throws(ViskaException::class) fun `openWithKey`(`path`: kotlin.String, `key`: kotlin.ByteArray): KeyStore {
+            return FfiConverterTypeKeyStore.lift(
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_constructor_keystore_open_with_key(
+    
+        
+        FfiConverterString.lower(`path`),
+        FfiConverterByteArray.lower(`key`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeKeyStore: FfiConverter<KeyStore, Long> {
+    override fun lower(value: KeyStore): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): KeyStore {
+        return KeyStore(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): KeyStore {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: KeyStore) = 8UL
+
+    override fun write(value: KeyStore, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A softphone: places and receives end-to-end encrypted calls. Closing it (Kotlin
  * `close()`/`use {}`, Swift and Python when the last reference goes, or
  * [`shutdown`](Self::shutdown)) hangs up every call.
@@ -4203,6 +4873,15 @@ public interface PhoneInterface {
      * call with [`Call::set_listener`].
      */
     fun `call`(`addr`: kotlin.String): Call
+    
+    /**
+     * Places a call to the contact `handle` at `addr`, its trust from the key store: the
+     * first call pins the identity that answers (unverified); later calls are verified once
+     * the user verified it, and key-changed (with a security event) in every call where
+     * another identity answers, until the user verifies that one. Without a store the handle
+     * only names the call.
+     */
+    fun `callContact`(`handle`: kotlin.String, `addr`: kotlin.String): Call
     
     /**
      * Places a call to a contact whose public key the application knows: the call is
@@ -4426,6 +5105,29 @@ open class Phone: Disposable, AutoCloseable, PhoneInterface
     UniffiLib.uniffi_viska_ffi_fn_method_phone_call(
         it,
         
+        FfiConverterString.lower(`addr`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Places a call to the contact `handle` at `addr`, its trust from the key store: the
+     * first call pins the identity that answers (unverified); later calls are verified once
+     * the user verified it, and key-changed (with a security event) in every call where
+     * another identity answers, until the user verifies that one. Without a store the handle
+     * only names the call.
+     */
+    @Throws(ViskaException::class)override fun `callContact`(`handle`: kotlin.String, `addr`: kotlin.String): Call {
+            return FfiConverterTypeCall.lift(
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_phone_call_contact(
+        it,
+        
+        FfiConverterString.lower(`handle`),
         FfiConverterString.lower(`addr`),_status)
 }
     }
@@ -5093,6 +5795,109 @@ public object FfiConverterTypeAudioDevice: FfiConverterRustBuffer<AudioDevice> {
 
 
 /**
+ * One call of the history: metadata only.
+ */
+data class CallHistoryEntry (
+    /**
+     * The call's id, lowercase hex, once known.
+     */
+    var `callId`: kotlin.String?
+    , 
+    /**
+     * Whether this device placed the call.
+     */
+    var `outgoing`: kotlin.Boolean
+    , 
+    /**
+     * The contact's handle, if the call had one.
+     */
+    var `handle`: kotlin.String?
+    , 
+    /**
+     * The identity the peer proved.
+     */
+    var `peer`: PeerIdentity?
+    , 
+    /**
+     * The trust the call ended with.
+     */
+    var `trust`: Trust?
+    , 
+    /**
+     * Unix milliseconds.
+     */
+    var `startedMs`: kotlin.Long
+    , 
+    /**
+     * When it was answered, if it was.
+     */
+    var `answeredMs`: kotlin.Long?
+    , 
+    /**
+     * When it ended.
+     */
+    var `endedMs`: kotlin.Long?
+    , 
+    /**
+     * Why it ended.
+     */
+    var `endReason`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCallHistoryEntry: FfiConverterRustBuffer<CallHistoryEntry> {
+    override fun read(buf: ByteBuffer): CallHistoryEntry {
+        return CallHistoryEntry(
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalTypePeerIdentity.read(buf),
+            FfiConverterOptionalTypeTrust.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: CallHistoryEntry) = (
+            FfiConverterOptionalString.allocationSize(value.`callId`) +
+            FfiConverterBoolean.allocationSize(value.`outgoing`) +
+            FfiConverterOptionalString.allocationSize(value.`handle`) +
+            FfiConverterOptionalTypePeerIdentity.allocationSize(value.`peer`) +
+            FfiConverterOptionalTypeTrust.allocationSize(value.`trust`) +
+            FfiConverterLong.allocationSize(value.`startedMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`answeredMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`endedMs`) +
+            FfiConverterOptionalString.allocationSize(value.`endReason`)
+    )
+
+    override fun write(value: CallHistoryEntry, buf: ByteBuffer) {
+            FfiConverterOptionalString.write(value.`callId`, buf)
+            FfiConverterBoolean.write(value.`outgoing`, buf)
+            FfiConverterOptionalString.write(value.`handle`, buf)
+            FfiConverterOptionalTypePeerIdentity.write(value.`peer`, buf)
+            FfiConverterOptionalTypeTrust.write(value.`trust`, buf)
+            FfiConverterLong.write(value.`startedMs`, buf)
+            FfiConverterOptionalLong.write(value.`answeredMs`, buf)
+            FfiConverterOptionalLong.write(value.`endedMs`, buf)
+            FfiConverterOptionalString.write(value.`endReason`, buf)
+    }
+}
+
+
+
+/**
  * What can be read about a call at any time.
  */
 data class CallInfo (
@@ -5378,6 +6183,85 @@ public object FfiConverterTypeCallerInfo: FfiConverterRustBuffer<CallerInfo> {
 
 
 /**
+ * A contact and how far it is trusted.
+ */
+data class ContactInfo (
+    /**
+     * The application's name for the peer.
+     */
+    var `handle`: kotlin.String
+    , 
+    /**
+     * The identity pinned for it (first seen, or last verified).
+     */
+    var `pinned`: PeerIdentity
+    , 
+    /**
+     * Whether the user verified `pinned`.
+     */
+    var `verified`: kotlin.Boolean
+    , 
+    /**
+     * A different identity seen under this handle since, not verified: the key changed.
+     */
+    var `changedTo`: PeerIdentity?
+    , 
+    /**
+     * What a call with this contact shows now.
+     */
+    var `trust`: Trust
+    , 
+    /**
+     * When it was first seen, Unix milliseconds.
+     */
+    var `firstSeenMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeContactInfo: FfiConverterRustBuffer<ContactInfo> {
+    override fun read(buf: ByteBuffer): ContactInfo {
+        return ContactInfo(
+            FfiConverterString.read(buf),
+            FfiConverterTypePeerIdentity.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTypePeerIdentity.read(buf),
+            FfiConverterTypeTrust.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ContactInfo) = (
+            FfiConverterString.allocationSize(value.`handle`) +
+            FfiConverterTypePeerIdentity.allocationSize(value.`pinned`) +
+            FfiConverterBoolean.allocationSize(value.`verified`) +
+            FfiConverterOptionalTypePeerIdentity.allocationSize(value.`changedTo`) +
+            FfiConverterTypeTrust.allocationSize(value.`trust`) +
+            FfiConverterLong.allocationSize(value.`firstSeenMs`)
+    )
+
+    override fun write(value: ContactInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`handle`, buf)
+            FfiConverterTypePeerIdentity.write(value.`pinned`, buf)
+            FfiConverterBoolean.write(value.`verified`, buf)
+            FfiConverterOptionalTypePeerIdentity.write(value.`changedTo`, buf)
+            FfiConverterTypeTrust.write(value.`trust`, buf)
+            FfiConverterLong.write(value.`firstSeenMs`, buf)
+    }
+}
+
+
+
+/**
  * What a group call looks like from this device.
  */
 data class GroupCallInfo (
@@ -5597,6 +6481,13 @@ data class GroupSettings (
      * Public keys (32 bytes each) the user verified: shown as verified in rosters.
      */
     var `verifiedPeers`: List<kotlin.ByteArray> = listOf() 
+    , 
+    /**
+     * The account to log in as when the relay admits registered devices only and this
+     * device is not registered yet (the login registers it; later connections need only
+     * the device's key).
+     */
+    var `login`: RelayLogin? = null 
     
 ): Disposable{
     
@@ -5612,7 +6503,8 @@ data class GroupSettings (
         this.`relayFingerprint`,
         this.`identity`,
         this.`audio`,
-        this.`verifiedPeers`
+        this.`verifiedPeers`,
+        this.`login`
     )
     }
     
@@ -5630,6 +6522,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterTypeIdentity.read(buf),
             FfiConverterOptionalTypeAudioSetup.read(buf),
             FfiConverterSequenceByteArray.read(buf),
+            FfiConverterOptionalTypeRelayLogin.read(buf),
         )
     }
 
@@ -5638,7 +6531,8 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterString.allocationSize(value.`relayFingerprint`) +
             FfiConverterTypeIdentity.allocationSize(value.`identity`) +
             FfiConverterOptionalTypeAudioSetup.allocationSize(value.`audio`) +
-            FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`)
+            FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`) +
+            FfiConverterOptionalTypeRelayLogin.allocationSize(value.`login`)
     )
 
     override fun write(value: GroupSettings, buf: ByteBuffer) {
@@ -5647,6 +6541,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterTypeIdentity.write(value.`identity`, buf)
             FfiConverterOptionalTypeAudioSetup.write(value.`audio`, buf)
             FfiConverterSequenceByteArray.write(value.`verifiedPeers`, buf)
+            FfiConverterOptionalTypeRelayLogin.write(value.`login`, buf)
     }
 }
 
@@ -5750,6 +6645,13 @@ data class PhoneSettings (
      * (a few kbit/s instead of the full rate). On by default.
      */
     var `dtx`: kotlin.Boolean = true 
+    , 
+    /**
+     * The device's key store: calls take their trust from its contacts (trust on first use,
+     * verification, changed keys) and are recorded in its history. `identity` should be the
+     * store's. With a store, `verified_peers` is not consulted.
+     */
+    var `store`: KeyStore? = null 
     
 ): Disposable{
     
@@ -5769,7 +6671,8 @@ data class PhoneSettings (
         this.`maxCalls`,
         this.`verifiedPeers`,
         this.`realtime`,
-        this.`dtx`
+        this.`dtx`,
+        this.`store`
     )
     }
     
@@ -5791,6 +6694,7 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterSequenceByteArray.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTypeKeyStore.read(buf),
         )
     }
 
@@ -5803,7 +6707,8 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterOptionalUInt.allocationSize(value.`maxCalls`) +
             FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`) +
             FfiConverterBoolean.allocationSize(value.`realtime`) +
-            FfiConverterBoolean.allocationSize(value.`dtx`)
+            FfiConverterBoolean.allocationSize(value.`dtx`) +
+            FfiConverterOptionalTypeKeyStore.allocationSize(value.`store`)
     )
 
     override fun write(value: PhoneSettings, buf: ByteBuffer) {
@@ -5816,6 +6721,63 @@ public object FfiConverterTypePhoneSettings: FfiConverterRustBuffer<PhoneSetting
             FfiConverterSequenceByteArray.write(value.`verifiedPeers`, buf)
             FfiConverterBoolean.write(value.`realtime`, buf)
             FfiConverterBoolean.write(value.`dtx`, buf)
+            FfiConverterOptionalTypeKeyStore.write(value.`store`, buf)
+    }
+}
+
+
+
+/**
+ * An account login for a relay with accounts: name, password and the current one-time code
+ * of the account's authenticator (TOTP). The password is wiped once used.
+ */
+data class RelayLogin (
+    /**
+     * The account name.
+     */
+    var `account`: kotlin.String
+    , 
+    /**
+     * Its password.
+     */
+    var `password`: kotlin.String
+    , 
+    /**
+     * The authenticator's current 6-digit code.
+     */
+    var `code`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRelayLogin: FfiConverterRustBuffer<RelayLogin> {
+    override fun read(buf: ByteBuffer): RelayLogin {
+        return RelayLogin(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RelayLogin) = (
+            FfiConverterString.allocationSize(value.`account`) +
+            FfiConverterString.allocationSize(value.`password`) +
+            FfiConverterString.allocationSize(value.`code`)
+    )
+
+    override fun write(value: RelayLogin, buf: ByteBuffer) {
+            FfiConverterString.write(value.`account`, buf)
+            FfiConverterString.write(value.`password`, buf)
+            FfiConverterString.write(value.`code`, buf)
     }
 }
 
@@ -8213,6 +9175,81 @@ sealed class ViskaException: kotlin.Exception() {
             get() = ""
     }
     
+    /**
+     * The key (or passphrase) does not open the key store, or the file is not a store.
+     */
+    class WrongKey(
+        ) : ViskaException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * A backup passphrase the password policy refused.
+     */
+    class WeakPassphrase(
+        
+        /**
+         * Why.
+         */
+        val `detail`: kotlin.String
+        ) : ViskaException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+    /**
+     * A backup that does not open: a wrong passphrase, or it was changed or cut short.
+     */
+    class BadBackup(
+        
+        /**
+         * What was wrong.
+         */
+        val `detail`: kotlin.String
+        ) : ViskaException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+    /**
+     * The relay admits registered devices only and no login was given.
+     */
+    class LoginRequired(
+        ) : ViskaException() {
+        override val message
+            get() = ""
+    }
+    
+    /**
+     * The relay refused the login (it does not say which part was wrong); try again after
+     * `retry_after_secs` (0: at once).
+     */
+    class LoginFailed(
+        
+        /**
+         * Seconds of lock-out left.
+         */
+        val `retryAfterSecs`: kotlin.UInt
+        ) : ViskaException() {
+        override val message
+            get() = "retryAfterSecs=${ `retryAfterSecs` }"
+    }
+    
+    /**
+     * The key store failed (its file, its database).
+     */
+    class Store(
+        
+        /**
+         * What failed.
+         */
+        val `detail`: kotlin.String
+        ) : ViskaException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
 
     
 
@@ -8257,6 +9294,20 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
                 )
             10 -> ViskaException.NoSuchCall()
             11 -> ViskaException.Timeout()
+            12 -> ViskaException.WrongKey()
+            13 -> ViskaException.WeakPassphrase(
+                FfiConverterString.read(buf),
+                )
+            14 -> ViskaException.BadBackup(
+                FfiConverterString.read(buf),
+                )
+            15 -> ViskaException.LoginRequired()
+            16 -> ViskaException.LoginFailed(
+                FfiConverterUInt.read(buf),
+                )
+            17 -> ViskaException.Store(
+                FfiConverterString.read(buf),
+                )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
     }
@@ -8314,6 +9365,34 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
             )
+            is ViskaException.WrongKey -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is ViskaException.WeakPassphrase -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is ViskaException.BadBackup -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is ViskaException.LoginRequired -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+            )
+            is ViskaException.LoginFailed -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterUInt.allocationSize(value.`retryAfterSecs`)
+            )
+            is ViskaException.Store -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
         }
     }
 
@@ -8368,6 +9447,34 @@ public object FfiConverterTypeViskaError : FfiConverterRustBuffer<ViskaException
             }
             is ViskaException.Timeout -> {
                 buf.putInt(11)
+                Unit
+            }
+            is ViskaException.WrongKey -> {
+                buf.putInt(12)
+                Unit
+            }
+            is ViskaException.WeakPassphrase -> {
+                buf.putInt(13)
+                FfiConverterString.write(value.`detail`, buf)
+                Unit
+            }
+            is ViskaException.BadBackup -> {
+                buf.putInt(14)
+                FfiConverterString.write(value.`detail`, buf)
+                Unit
+            }
+            is ViskaException.LoginRequired -> {
+                buf.putInt(15)
+                Unit
+            }
+            is ViskaException.LoginFailed -> {
+                buf.putInt(16)
+                FfiConverterUInt.write(value.`retryAfterSecs`, buf)
+                Unit
+            }
+            is ViskaException.Store -> {
+                buf.putInt(17)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -8445,6 +9552,38 @@ public object FfiConverterOptionalULong: FfiConverterRustBuffer<kotlin.ULong?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
+    override fun read(buf: ByteBuffer): kotlin.Long? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterLong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Long?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterLong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Long?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterLong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalDouble: FfiConverterRustBuffer<kotlin.Double?> {
     override fun read(buf: ByteBuffer): kotlin.Double? {
         if (buf.get().toInt() == 0) {
@@ -8509,6 +9648,70 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeKeyStore: FfiConverterRustBuffer<KeyStore?> {
+    override fun read(buf: ByteBuffer): KeyStore? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeKeyStore.read(buf)
+    }
+
+    override fun allocationSize(value: KeyStore?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeKeyStore.allocationSize(value)
+        }
+    }
+
+    override fun write(value: KeyStore?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeKeyStore.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeContactInfo: FfiConverterRustBuffer<ContactInfo?> {
+    override fun read(buf: ByteBuffer): ContactInfo? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeContactInfo.read(buf)
+    }
+
+    override fun allocationSize(value: ContactInfo?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeContactInfo.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ContactInfo?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeContactInfo.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeGroupCallInfo: FfiConverterRustBuffer<GroupCallInfo?> {
     override fun read(buf: ByteBuffer): GroupCallInfo? {
         if (buf.get().toInt() == 0) {
@@ -8563,6 +9766,38 @@ public object FfiConverterOptionalTypePeerIdentity: FfiConverterRustBuffer<PeerI
         } else {
             buf.put(1)
             FfiConverterTypePeerIdentity.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeRelayLogin: FfiConverterRustBuffer<RelayLogin?> {
+    override fun read(buf: ByteBuffer): RelayLogin? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeRelayLogin.read(buf)
+    }
+
+    override fun allocationSize(value: RelayLogin?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeRelayLogin.allocationSize(value)
+        }
+    }
+
+    override fun write(value: RelayLogin?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeRelayLogin.write(value, buf)
         }
     }
 }
@@ -8771,6 +10006,62 @@ public object FfiConverterSequenceTypeAudioDevice: FfiConverterRustBuffer<List<A
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeAudioDevice.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeCallHistoryEntry: FfiConverterRustBuffer<List<CallHistoryEntry>> {
+    override fun read(buf: ByteBuffer): List<CallHistoryEntry> {
+        val len = buf.getInt()
+        return List<CallHistoryEntry>(len) {
+            FfiConverterTypeCallHistoryEntry.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<CallHistoryEntry>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeCallHistoryEntry.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<CallHistoryEntry>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeCallHistoryEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeContactInfo: FfiConverterRustBuffer<List<ContactInfo>> {
+    override fun read(buf: ByteBuffer): List<ContactInfo> {
+        val len = buf.getInt()
+        return List<ContactInfo>(len) {
+            FfiConverterTypeContactInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ContactInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeContactInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ContactInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeContactInfo.write(it, buf)
         }
     }
 }

@@ -1,0 +1,607 @@
+//! Administration of a relay's data directory from the same machine: accounts, devices, the
+//! audit log, backup and restore. The command line (`viska-relay user …`, `device …`,
+//! `audit …`, `backup`, `restore`) is a thin front end of this module. It may run while the
+//! relay runs: both use the same SQLite file (WAL mode, writers wait for each other), and the
+//! running relay acts on revocations, disabled accounts and role changes within
+//! [`crate::RelayConfig::recheck_interval`] (it polls the queue of devices to check again).
+//!
+//! Whoever can run this can read and write the data directory: account management is
+//! admin-only by local access, and every change is recorded in the audit log as done by
+//! `cli:<user>`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use viska_passwords::{HashParams, PasswordError, WeakPassword};
+use zeroize::Zeroizing;
+
+use crate::accounts::{self, Role, normalize_name};
+use crate::audit::{self, AuditEvent, AuditProblem, AuditReport, Checkpointer, hex};
+use crate::totp::TotpSecret;
+use crate::{DeviceKey, RelayError, cert, db};
+
+/// Issuer shown by authenticator apps for the relay's accounts.
+pub const TOTP_ISSUER: &str = "Viska relay";
+
+/// Errors of administration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The account name is not 1 to 64 of `a-z 0-9 . _ - @`.
+    #[error("bad account name {0:?} (1 to 64 of a-z, 0-9, '.', '_', '-', '@')")]
+    BadName(String),
+    /// An account of that name exists.
+    #[error("account {0} exists already")]
+    UserExists(String),
+    /// No account of that name.
+    #[error("no account {0}")]
+    NoSuchUser(String),
+    /// The password does not meet the policy.
+    #[error("password refused: {0}")]
+    WeakPassword(#[from] WeakPassword),
+    /// Hashing failed.
+    #[error("password hashing: {0}")]
+    Password(#[from] PasswordError),
+    /// No device with that key.
+    #[error("no device {0}")]
+    NoSuchDevice(String),
+    /// A device key is not 64 hex digits.
+    #[error("bad device key {0:?} (64 hex digits)")]
+    BadKey(String),
+    /// The restore target holds a relay database already, or the backup target exists.
+    #[error("{0} is not empty")]
+    NotEmpty(PathBuf),
+    /// The backup is incomplete or unreadable.
+    #[error("bad backup: {0}")]
+    BadBackup(String),
+    /// The database or a file failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+impl From<rusqlite::Error> for AdminError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Relay(RelayError::Database(e))
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Relay(RelayError::Io(e))
+    }
+}
+
+/// An account as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserInfo {
+    /// The name.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// Whether logins and its devices are refused.
+    pub disabled: bool,
+    /// Whether a TOTP secret is enrolled (logins need one).
+    pub totp: bool,
+    /// Devices registered and not revoked.
+    pub devices: u64,
+}
+
+/// A device as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceInfo {
+    /// The device's identity key.
+    pub key: DeviceKey,
+    /// The account it is registered to.
+    pub user: String,
+    /// When it was registered (ms since the Unix epoch).
+    pub registered_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+/// A new TOTP secret for an account: give the URI (or the base32 secret) to its user's
+/// authenticator app, once. Its `Debug` shows neither.
+pub struct TotpEnrollment {
+    /// The secret.
+    pub secret: TotpSecret,
+    /// `otpauth://totp/…`, for a QR code (it holds the secret).
+    pub uri: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment(***)")
+    }
+}
+
+/// Parses a device key from 64 hex digits.
+pub fn parse_key(s: &str) -> Result<DeviceKey, AdminError> {
+    let bad = || AdminError::BadKey(s.to_string());
+    if s.len() != 64 {
+        return Err(bad());
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(key)
+}
+
+/// The data directory of a relay, opened for administration.
+pub struct Admin {
+    conn: Connection,
+    dir: PathBuf,
+    checkpoints: Checkpointer,
+    actor: String,
+    params: HashParams,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("dir", &self.dir)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Opens (or creates) the data directory `dir`, with the relay's certificate and audit key
+    /// (generated if missing); changes are recorded as done by `cli:<operator>`.
+    pub fn open(dir: &Path, operator: &str) -> Result<Self, AdminError> {
+        fs::create_dir_all(dir)?;
+        // The certificate exists from the first command on: its fingerprint is fixed before
+        // the relay first starts, and a backup always carries it.
+        cert::load_or_generate(dir)?;
+        let conn = db::open_connection(dir)?;
+        let checkpoints = Checkpointer::open(dir)?;
+        Ok(Self {
+            conn,
+            dir: dir.to_path_buf(),
+            checkpoints,
+            actor: format!("cli:{operator}"),
+            params: HashParams::LOGIN,
+        })
+    }
+
+    /// Hashes new passwords with `params` instead of [`HashParams::LOGIN`] (tests).
+    pub fn set_hash_params(&mut self, params: HashParams) {
+        self.params = params;
+    }
+
+    /// The public audit key (64 hex digits): record it apart from the relay, to verify
+    /// checkpoints with.
+    pub fn audit_public_key(&self) -> String {
+        hex(&self.checkpoints.public().to_bytes())
+    }
+
+    fn event(&self, kind: &str, subject: &str) -> AuditEvent {
+        AuditEvent::new(kind, self.actor.clone(), subject, "local")
+    }
+
+    /// Runs `change` and appends `event` in one immediate transaction, then checkpoints.
+    fn change<T>(
+        &mut self,
+        event: AuditEvent,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = change(&tx)?;
+        let (seq, hash) = audit::append(&tx, &event)?;
+        tx.commit()?;
+        self.checkpoints.write(seq, &hash)?;
+        Ok(value)
+    }
+
+    fn name(name: &str) -> Result<String, AdminError> {
+        normalize_name(name).ok_or_else(|| AdminError::BadName(name.to_string()))
+    }
+
+    fn exists(tx: &Connection, name: &str) -> Result<bool, AdminError> {
+        Ok(tx
+            .query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Adds an account; the password must pass [`viska_passwords::check_password`] (with the
+    /// name as a user input).
+    pub fn add_user(&mut self, name: &str, password: &str, role: Role) -> Result<(), AdminError> {
+        let name = Self::name(name)?;
+        viska_passwords::check_password(password, &[&name])?;
+        let hash = viska_passwords::hash_password(password, self.params)?;
+        let event = self
+            .event("user_add", &name)
+            .with(serde_json::json!({ "role": role.as_str() }));
+        self.change(event, |tx| {
+            if Self::exists(tx, &name)? {
+                return Err(AdminError::UserExists(name.clone()));
+            }
+            tx.execute(
+                "INSERT INTO users (name, hash, role, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![name, hash, role.as_str(), audit::now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every account, by name.
+    pub fn users(&self) -> Result<Vec<UserInfo>, AdminError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT u.name, u.role, u.disabled, u.totp_secret IS NOT NULL,
+                    (SELECT COUNT(*) FROM devices d WHERE d.user = u.name AND d.revoked_ms IS NULL)
+             FROM users u ORDER BY u.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, u64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, disabled, totp, devices) = row?;
+            out.push(UserInfo {
+                name,
+                role: role
+                    .parse()
+                    .map_err(|e: accounts::UnknownRole| RelayError::Corrupt(e.to_string()))?,
+                disabled,
+                totp,
+                devices,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets a new password (checked against the policy).
+    pub fn set_password(&mut self, name: &str, password: &str) -> Result<(), AdminError> {
+        let name = Self::name(name)?;
+        viska_passwords::check_password(password, &[&name])?;
+        let hash = viska_passwords::hash_password(password, self.params)?;
+        let event = self.event("user_passwd", &name);
+        self.change(event, |tx| {
+            let n = tx.execute(
+                "UPDATE users SET hash = ?1 WHERE name = ?2",
+                params![hash, name],
+            )?;
+            if n == 0 {
+                return Err(AdminError::NoSuchUser(name.clone()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Disables (or enables again) an account. A disabled account cannot log in, its devices
+    /// are refused, and the running relay disconnects them and takes them out of their calls.
+    pub fn set_disabled(&mut self, name: &str, disabled: bool) -> Result<(), AdminError> {
+        let name = Self::name(name)?;
+        let kind = if disabled {
+            "user_disable"
+        } else {
+            "user_enable"
+        };
+        let event = self.event(kind, &name);
+        self.change(event, |tx| {
+            let n = tx.execute(
+                "UPDATE users SET disabled = ?1 WHERE name = ?2",
+                params![disabled, name],
+            )?;
+            if n == 0 {
+                return Err(AdminError::NoSuchUser(name.clone()));
+            }
+            accounts::recheck_user(tx, &name)?;
+            Ok(())
+        })
+    }
+
+    /// Changes an account's role; the running relay applies it to connected devices.
+    pub fn set_role(&mut self, name: &str, role: Role) -> Result<(), AdminError> {
+        let name = Self::name(name)?;
+        let event = self
+            .event("user_role", &name)
+            .with(serde_json::json!({ "role": role.as_str() }));
+        self.change(event, |tx| {
+            let n = tx.execute(
+                "UPDATE users SET role = ?1 WHERE name = ?2",
+                params![role.as_str(), name],
+            )?;
+            if n == 0 {
+                return Err(AdminError::NoSuchUser(name.clone()));
+            }
+            accounts::recheck_user(tx, &name)?;
+            Ok(())
+        })
+    }
+
+    /// Enrolls a new TOTP secret for an account (replacing any earlier one).
+    pub fn totp_enroll(&mut self, name: &str) -> Result<TotpEnrollment, AdminError> {
+        let name = Self::name(name)?;
+        let secret = TotpSecret::generate();
+        let event = self.event("totp_enroll", &name);
+        self.change(event, |tx| {
+            let n = tx.execute(
+                "UPDATE users SET totp_secret = ?1, totp_last_step = NULL WHERE name = ?2",
+                params![secret.expose(), name],
+            )?;
+            if n == 0 {
+                return Err(AdminError::NoSuchUser(name.clone()));
+            }
+            Ok(())
+        })?;
+        let uri = secret.otpauth_uri(TOTP_ISSUER, &name);
+        Ok(TotpEnrollment { secret, uri })
+    }
+
+    /// Registered devices, of one account or all.
+    pub fn devices(&self, user: Option<&str>) -> Result<Vec<DeviceInfo>, AdminError> {
+        let user = user.map(Self::name).transpose()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT key, user, registered_ms, revoked_ms FROM devices
+             WHERE ?1 IS NULL OR user = ?1 ORDER BY user, registered_ms",
+        )?;
+        let rows = stmt.query_map([user], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, user, registered_ms, revoked_ms) = row?;
+            let key = DeviceKey::try_from(key)
+                .map_err(|_| RelayError::Corrupt("a device key not 32 bytes".into()))?;
+            out.push(DeviceInfo {
+                key,
+                user,
+                registered_ms,
+                revoked_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes a device for good: the running relay disconnects it and takes it out of its
+    /// calls (their members are told, as when a member leaves), and refuses it from then on.
+    pub fn revoke_device(&mut self, key: &DeviceKey) -> Result<(), AdminError> {
+        let event = self.event("device_revoke", &hex(key));
+        let key = *key;
+        self.change(event, |tx| {
+            let n = tx.execute(
+                "UPDATE devices SET revoked_ms = ?1 WHERE key = ?2 AND revoked_ms IS NULL",
+                params![audit::now_ms(), &key[..]],
+            )?;
+            if n == 0 {
+                let known = tx
+                    .query_row("SELECT 1 FROM devices WHERE key = ?1", [&key[..]], |_| {
+                        Ok(())
+                    })
+                    .optional()?
+                    .is_some();
+                if !known {
+                    // A device never registered (an open relay's) is revoked all the same.
+                    tx.execute(
+                        "INSERT INTO devices (key, user, registered_ms, revoked_ms)
+                         VALUES (?1, '', ?2, ?2)",
+                        params![&key[..], audit::now_ms()],
+                    )?;
+                }
+            }
+            tx.execute("INSERT INTO rechecks (key) VALUES (?1)", [&key[..]])?;
+            Ok(())
+        })
+    }
+
+    /// Checks the audit log's chain and its signed checkpoints. `Ok(Err(problem))` names the
+    /// first bad row.
+    pub fn audit_verify(&self) -> Result<Result<AuditReport, AuditProblem>, AdminError> {
+        self.audit_verify_with(None, None)
+    }
+
+    /// [`Admin::audit_verify`] against the audit public key recorded elsewhere (64 hex digits;
+    /// an attacker who replaced `audit-key` and re-signed every checkpoint is caught by it),
+    /// and the checkpoints in `checkpoints` (a copy kept elsewhere) instead of the data
+    /// directory's. A key that does not parse is [`AdminError::BadKey`].
+    pub fn audit_verify_with(
+        &self,
+        key: Option<&str>,
+        checkpoints: Option<&Path>,
+    ) -> Result<Result<AuditReport, AuditProblem>, AdminError> {
+        let key = match key {
+            Some(hex) => viska_e2ee::identity::PublicIdentity::from_bytes(&parse_key(hex)?)
+                .map_err(|_| AdminError::BadKey(hex.to_string()))?,
+            None => self.checkpoints.public(),
+        };
+        let file =
+            checkpoints.map_or_else(|| self.dir.join(audit::CHECKPOINT_FILE), Path::to_path_buf);
+        Ok(audit::verify(&self.conn, &file, &key)?)
+    }
+
+    /// Writes the audit log as JSON lines; returns the number of rows.
+    pub fn audit_export(&self, out: &mut dyn Write) -> Result<u64, AdminError> {
+        Ok(audit::export(&self.conn, out)?)
+    }
+
+    /// Records `event` in the audit log (for tools built on this module).
+    pub fn record(&mut self, event: &AuditEvent) -> Result<u64, AdminError> {
+        Ok(audit::record(&mut self.conn, &self.checkpoints, event)?)
+    }
+
+    /// Backs the data directory up into the new directory `dest` (created, owner-only): the
+    /// database through SQLite's online backup API (consistent while the relay runs), then
+    /// the certificate and its key (so devices' pins still hold after a restore), the audit
+    /// key and the checkpoints of the rows backed up. The backup holds secrets (password
+    /// hashes, TOTP secrets, private keys): keep it as safe as the data directory.
+    pub fn backup(&mut self, dest: &Path) -> Result<BackupReport, AdminError> {
+        if dest.exists() && fs::read_dir(dest)?.next().is_some() {
+            return Err(AdminError::NotEmpty(dest.to_path_buf()));
+        }
+        create_private_dir(dest)?;
+        let target = dest.join(db::DB_FILE);
+        {
+            let mut out = Connection::open(&target)?;
+            copy_database(&self.conn, &mut out)?;
+        }
+        restrict(&target)?;
+        let out = Connection::open(&target)?;
+        let rows: u64 =
+            out.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))?;
+        drop(out);
+        for file in [cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
+            let from = self.dir.join(file);
+            if from.exists() {
+                copy_private(&from, &dest.join(file))?;
+            }
+        }
+        // Checkpoints of rows after the snapshot would read as a truncation: leave them out.
+        let checkpoints = match fs::read_to_string(self.dir.join(audit::CHECKPOINT_FILE)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let kept: String = checkpoints
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_none_or(|seq| seq <= rows)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_private(&dest.join(audit::CHECKPOINT_FILE), kept.as_bytes())?;
+        let event = self
+            .event("backup", &dest.display().to_string())
+            .with(serde_json::json!({ "audit_rows": rows }));
+        self.record(&event)?;
+        Ok(BackupReport { audit_rows: rows })
+    }
+}
+
+/// What a backup holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// Rows of the audit log in it.
+    pub audit_rows: u64,
+}
+
+/// Copies `src` into `dst` with SQLite's online backup API, all pages in one step: a step
+/// reads one consistent snapshot, and the relay writing meanwhile cannot make it start over
+/// (as it would between steps of a copy made a few pages at a time). A busy or locked source
+/// is tried again, a bounded number of times.
+fn copy_database(src: &Connection, dst: &mut Connection) -> Result<(), AdminError> {
+    use rusqlite::backup::{Backup, StepResult};
+    let backup = Backup::new(src, dst)?;
+    for _ in 0..200 {
+        match backup.step(-1)? {
+            StepResult::Done => return Ok(()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Err(AdminError::BadBackup(
+        "the database stayed busy for 10 s".into(),
+    ))
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let _ = path;
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    let bytes = Zeroizing::new(fs::read(from)?);
+    write_private(to, &bytes)
+}
+
+/// Restores the backup in `backup` into the data directory `dir`, which must hold no relay
+/// database yet (a fresh directory). Checks the database's integrity and the audit log
+/// before anything is written to `dir`.
+pub fn restore(backup: &Path, dir: &Path) -> Result<AuditReport, AdminError> {
+    let db_file = backup.join(db::DB_FILE);
+    if !db_file.is_file() {
+        return Err(AdminError::BadBackup(format!("no {} in it", db::DB_FILE)));
+    }
+    for file in [cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
+        if !backup.join(file).is_file() {
+            return Err(AdminError::BadBackup(format!("no {file} in it")));
+        }
+    }
+    if dir.join(db::DB_FILE).exists() {
+        return Err(AdminError::NotEmpty(dir.to_path_buf()));
+    }
+    {
+        let conn =
+            Connection::open_with_flags(&db_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(AdminError::BadBackup(format!("integrity check: {check}")));
+        }
+        let key = audit::load_or_generate_key(backup)?;
+        match audit::verify(&conn, &backup.join(audit::CHECKPOINT_FILE), &key.public())? {
+            Ok(_) => {}
+            Err(problem) => {
+                return Err(AdminError::BadBackup(format!("audit log: {problem}")));
+            }
+        }
+    }
+    create_private_dir(dir)?;
+    for file in [
+        cert::CERT_FILE,
+        cert::KEY_FILE,
+        audit::AUDIT_KEY_FILE,
+        audit::CHECKPOINT_FILE,
+    ] {
+        let from = backup.join(file);
+        if from.exists() {
+            copy_private(&from, &dir.join(file))?;
+        }
+    }
+    {
+        let src =
+            Connection::open_with_flags(&db_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut out = Connection::open(dir.join(db::DB_FILE))?;
+        copy_database(&src, &mut out)?;
+    }
+    restrict(&dir.join(db::DB_FILE))?;
+    let mut admin = Admin::open(dir, "restore")?;
+    let event = admin
+        .event("restore", &backup.display().to_string())
+        .with(serde_json::json!({}));
+    admin.record(&event)?;
+    match admin.audit_verify()? {
+        Ok(report) => Ok(report),
+        Err(problem) => Err(AdminError::BadBackup(format!("audit log: {problem}"))),
+    }
+}
