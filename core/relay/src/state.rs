@@ -218,6 +218,13 @@ impl Shared {
         shared
     }
 
+    /// Active calls and their members, now.
+    pub(crate) fn call_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let members = st.calls.values().map(|c| c.members.len()).sum();
+        (st.calls.len(), members)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

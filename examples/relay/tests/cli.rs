@@ -521,3 +521,39 @@ fn a_replaced_audit_key_is_caught_by_the_key_recorded_elsewhere() {
     let bad = relay(d, &["audit", "verify", "--key", "xyz"], None);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_configuration_file_with_an_unknown_key_is_refused_naming_it_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "bind = \"127.0.0.1:0\"\n[limits]\nhold_secs = 5\nhold_time = 9\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay.toml"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("unknown field `hold_time`"), "{err}");
+    assert!(!dir.path().join("data").exists(), "nothing started");
+    // A bad network on the command line is refused by the flag parser.
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .args(["--allow", "10.0.0.0/40", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a prefix length"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
