@@ -96,7 +96,7 @@ fn server_config(
 pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let dir = config.data_dir.clone();
     let certificate = config.certificate.clone();
-    let (identity, database, calls, checkpoints, last_recheck) =
+    let (identity, database, calls, checkpoints, (last_recheck, last_rekey)) =
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             let identity = match &certificate {
@@ -105,8 +105,11 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
             };
             let (database, calls) = db::open(&dir)?;
             let checkpoints = Checkpointer::open(&dir)?;
-            let last_recheck = accounts::last_recheck(&database)?;
-            Ok::<_, RelayError>((identity, database, calls, checkpoints, last_recheck))
+            let last = (
+                accounts::last_recheck(&database)?,
+                accounts::last_rekey(&database)?,
+            );
+            Ok::<_, RelayError>((identity, database, calls, checkpoints, last))
         })
         .await
         .map_err(|e| RelayError::Task(e.to_string()))??;
@@ -132,7 +135,7 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
     let loaded = calls.len();
     let shared = Shared::new(config, db_tx, calls);
     let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-    let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck));
+    let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck, last_rekey));
     let (metrics, metrics_addr) = match shared.config.metrics_bind {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -218,8 +221,9 @@ fn limited_log(shared: &Shared, remote: SocketAddr, what: &'static str) {
 }
 
 /// Looks for devices the command line asked the relay to check again (revoked, account
-/// disabled, role changed), every [`RelayConfig::recheck_interval`].
-async fn recheck_loop(shared: Arc<Shared>, mut after: i64) {
+/// disabled, role changed) and calls it asked to rekey, every
+/// [`RelayConfig::recheck_interval`].
+async fn recheck_loop(shared: Arc<Shared>, mut after: i64, mut rekeys_after: i64) {
     let mut tick = tokio::time::interval(shared.config.recheck_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = shared.shutdown.subscribe();
@@ -237,6 +241,22 @@ async fn recheck_loop(shared: Arc<Shared>, mut after: i64) {
             }
             Err(RelayError::DatabaseStopped) => return,
             Err(e) => tracing::error!(error = %e, "reading the devices to check again failed"),
+        }
+        match shared
+            .ask(|reply| Op::Rekeys {
+                after: rekeys_after,
+                reply,
+            })
+            .await
+        {
+            Ok(list) => {
+                for (seq, call) in list {
+                    rekeys_after = seq;
+                    shared.rekey(call);
+                }
+            }
+            Err(RelayError::DatabaseStopped) => return,
+            Err(e) => tracing::error!(error = %e, "reading the calls to rekey failed"),
         }
     }
 }

@@ -180,3 +180,39 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rekey_from_the_command_line_reaches_every_member_within_the_recheck_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| {
+        c.recheck_interval = Duration::from_millis(20)
+    })
+    .await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let call = CallRef([9; 16]);
+    open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+    let mut admin = viska_relay::admin::Admin::open(dir.path(), "test").unwrap();
+    admin.rekey_call(&call).unwrap();
+    for d in [&mut alice, &mut bob] {
+        assert_eq!(d.recv().await, RelayMessage::Rekey { call, epoch: 1 });
+    }
+    // Both answer with an update commit at epoch 1: the first wins, the other is refused.
+    for d in [&mut alice, &mut bob] {
+        d.send(RelayMessage::Commit {
+            call,
+            epoch: 1,
+            commit: b"update".to_vec(),
+            welcome: None,
+            added: vec![],
+            removed: vec![],
+        })
+        .await;
+    }
+    until(&relay, "one commit accepted, one refused", |s| {
+        s.commits_accepted == 2 && s.commits_refused == 1 && s.rekeys == 1
+    })
+    .await;
+    relay.shutdown().await;
+}

@@ -10,6 +10,7 @@
 //! viska-relay --data-dir DIR user list | passwd NAME | disable NAME | enable NAME
 //!     | role NAME ROLE | totp-enroll NAME
 //! viska-relay --data-dir DIR device list [--user NAME] | revoke KEY
+//! viska-relay --data-dir DIR call list | rekey ID
 //! viska-relay --data-dir DIR audit verify [--key HEX] [--checkpoints FILE] | export
 //! viska-relay --data-dir DIR backup PATH
 //! viska-relay --data-dir DIR restore PATH
@@ -99,6 +100,9 @@ enum Command {
     /// Devices registered to accounts.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Active calls: list them, rekey one.
+    #[command(subcommand)]
+    Call(CallCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -168,6 +172,18 @@ enum DeviceCommand {
     Revoke {
         /// The device's identity key.
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CallCommand {
+    /// Lists the active calls: id (32 hex digits), route, epoch, members.
+    List,
+    /// Emergency rekey: within --recheck-ms the running relay asks the call's members to
+    /// commit new keys.
+    Rekey {
+        /// The call's id (32 hex digits, as `call list` shows it).
+        id: String,
     },
 }
 
@@ -325,6 +341,27 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
             let key = admin::parse_key(&key).map_err(err)?;
             admin.revoke_device(&key).map_err(err)?;
             println!("revoked {}", hex(&key));
+        }
+        Command::Call(CallCommand::List) => {
+            println!("{:<32} {:>6} {:>8} members", "call", "route", "epoch");
+            for c in admin.calls().map_err(err)? {
+                let members: Vec<String> = c.members.iter().map(|k| hex(k)).collect();
+                println!(
+                    "{} {:>6} {:>8} {}",
+                    hex(&c.call.0),
+                    c.route,
+                    c.epoch,
+                    members.join(",")
+                );
+            }
+        }
+        Command::Call(CallCommand::Rekey { id }) => {
+            let call = admin::parse_call(&id).map_err(err)?;
+            admin.rekey_call(&call).map_err(err)?;
+            println!(
+                "rekey of {} queued; the running relay asks its members within --recheck-ms",
+                hex(&call.0)
+            );
         }
         Command::Audit(AuditCommand::Verify { key, checkpoints }) => match admin
             .audit_verify_with(key.as_deref(), checkpoints.as_deref())

@@ -557,3 +557,42 @@ fn a_configuration_file_with_an_unknown_key_is_refused_naming_it_and_its_line() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn call_list_and_rekey_name_active_calls_and_refuse_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let listed = ok(d, &["call", "list"], None);
+    assert_eq!(listed.lines().count(), 1, "a header only: {listed}");
+    // A call as the relay stores it.
+    db(d)
+        .execute(
+            "INSERT INTO calls (call, route, epoch) VALUES (?1, 3, 7)",
+            [&[0xab_u8; 16][..]],
+        )
+        .unwrap();
+    db(d)
+        .execute(
+            "INSERT INTO members (call, identity, join_epoch) VALUES (?1, ?2, 0)",
+            params![&[0xab_u8; 16][..], &[0x11_u8; 32][..]],
+        )
+        .unwrap();
+    let listed = ok(d, &["call", "list"], None);
+    let row = listed.lines().nth(1).unwrap();
+    assert!(row.starts_with(&"ab".repeat(16)), "{listed}");
+    assert!(row.contains(&"11".repeat(32)), "{listed}");
+    let out = ok(d, &["call", "rekey", &"ab".repeat(16)], None);
+    assert!(out.contains("rekey of"), "{out}");
+    let queued: i64 = db(d)
+        .query_row("SELECT COUNT(*) FROM rekeys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 1);
+    let bad = relay(d, &["call", "rekey", &"cd".repeat(16)], None);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no active call"));
+    let bad = relay(d, &["call", "rekey", "xyz"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad call id"));
+    let export = ok(d, &["audit", "export"], None);
+    assert_eq!(export.matches("\"call_rekey\"").count(), 1, "{export}");
+    assert_eq!(verify(d).0, 0);
+}
