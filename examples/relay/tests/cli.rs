@@ -596,3 +596,76 @@ fn call_list_and_rekey_name_active_calls_and_refuse_others() {
     assert_eq!(export.matches("\"call_rekey\"").count(), 1, "{export}");
     assert_eq!(verify(d).0, 0);
 }
+
+#[test]
+fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\nbind = \"127.0.0.1:0\"\nlog_format = \"json\"\n\
+             [network]\nallowed = [\"127.0.0.0/8\", \"::1/128\"]\n\
+             [metrics]\nbind = \"127.0.0.1:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_string());
+    }
+    assert!(
+        lines[0].starts_with("fingerprint ") && lines[0].len() == 12 + 64,
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("listening on 127.0.0.1:"), "{lines:?}");
+    let url = lines[2].strip_prefix("metrics on http://").unwrap();
+    let addr = url.strip_suffix("/metrics").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("\nviska_relay_up 1\n"), "{response}");
+    assert!(
+        response.contains("\nviska_relay_connections_total 0\n"),
+        "{response}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut events = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        events += 1;
+    }
+    assert!(
+        stderr.contains("devices admitted from these networks only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("127.0.0.0/8 ::1/128"), "{stderr}");
+    assert!(events >= 2, "{stderr}");
+}
