@@ -20,6 +20,12 @@
 //! account changes made from the command line ([`admin`]). Security events go to a
 //! hash-chained audit log with signed checkpoints ([`AuditEvent`], [`AuditProblem`]).
 //!
+//! For operations: connections from outside [`RelayConfig::allowed_networks`] are refused
+//! before any TLS work; [`RelayConfig::metrics_bind`] serves the counters ([`RelayStats`]) in
+//! the Prometheus text format at `GET /metrics`; an emergency rekey of a call
+//! ([`admin::Admin::rekey_call`]) asks its members to commit new keys within
+//! [`RelayConfig::recheck_interval`].
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), viska_relay::RelayError> {
 //! let config = viska_relay::RelayConfig::new("0.0.0.0:4433".parse().unwrap(), "relay-data".into());
