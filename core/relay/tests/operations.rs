@@ -51,6 +51,37 @@ async fn a_connection_from_outside_the_allowed_networks_is_refused_before_tls() 
 }
 
 #[tokio::test]
+async fn an_ipv6_source_is_matched_against_ipv6_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |allowed: &'static [&'static str]| {
+        let mut config = RelayConfig::new("[::1]:0".parse().unwrap(), dir.path().to_path_buf());
+        config.allowed_networks = allowed.iter().map(|n| n.parse().unwrap()).collect();
+        Relay::start(config)
+    };
+    let relay = start(&["10.0.0.0/8", "2001:db8::/32"]).await.unwrap();
+    let refused = guard(
+        "the refusal",
+        connect_from("::1", relay.local_addr(), relay.fingerprint()),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "::1 accepted with only 2001:db8::/32 allowed"
+    );
+    assert_eq!(relay.stats().refused_network, 1);
+    relay.shutdown().await;
+    let relay = start(&["::1/128"]).await.unwrap();
+    let link = guard(
+        "the challenge",
+        connect_from("::1", relay.local_addr(), relay.fingerprint()),
+    )
+    .await;
+    assert!(link.is_ok(), "{:?}", link.err());
+    assert_eq!(relay.stats().refused_network, 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_operator_certificate_is_presented_and_pinned_by_its_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["relay.example".into()]).unwrap();
