@@ -1465,6 +1465,34 @@ impl Device {
         }
     }
 
+    /// The relay asks for an emergency rekey of `call` (protocol-relay.md §4.6): a member
+    /// still at `epoch` with no commit of its own pending commits an update. One that lost the
+    /// epoch to another member's commit does not try again: that commit gave the fresh keys.
+    fn rekey(&mut self, call: CallRef, epoch: u64, out: &mut Vec<RelayMessage>) {
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if ctx.committing || ctx.member.epoch().map(|e| e.0) != Some(epoch) {
+            return;
+        }
+        match ctx.member.update() {
+            Ok(commit) => {
+                ctx.committing = true;
+                ctx.in_flight = None;
+                tracing::info!(epoch, "emergency rekey: committing an update");
+                out.push(RelayMessage::Commit {
+                    call,
+                    epoch: commit.epoch.0,
+                    commit: commit.commit,
+                    welcome: None,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "rekey not committed"),
+        }
+    }
+
     fn on_message(&mut self, message: RelayMessage, out: &mut Vec<RelayMessage>) {
         let now = Instant::now();
         match message {
@@ -1634,6 +1662,7 @@ impl Device {
                     }
                 }
             }
+            RelayMessage::Rekey { call, epoch } => self.rekey(call, epoch, out),
             RelayMessage::MemberGone { call, identity } => {
                 // Removed by whoever is first among those still here (`sweep`).
                 if let Some(ctx) = self.calls.get_mut(&call) {

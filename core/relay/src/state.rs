@@ -218,6 +218,13 @@ impl Shared {
         shared
     }
 
+    /// Active calls and their members, now.
+    pub(crate) fn call_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let members = st.calls.values().map(|c| c.members.len()).sum();
+        (st.calls.len(), members)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -380,6 +387,36 @@ impl Shared {
                 st.settle(self);
             }
         }
+    }
+
+    /// An emergency rekey of `call` asked for from the command line: every member is asked
+    /// (`Rekey`) to commit an update at the call's current epoch; the first commit wins as
+    /// always, so the call moves on by one epoch with fresh keys.
+    pub(crate) fn rekey(self: &Arc<Self>, call_ref: CallRef) {
+        let mut st = self.lock();
+        let Some(call) = st.calls.get(&call_ref) else {
+            tracing::info!(call = %short(&call_ref.0), "rekey asked for a call that is not active");
+            return;
+        };
+        let epoch = call.epoch;
+        let members: Vec<DeviceKey> = call.members.keys().copied().collect();
+        bump(&self.stats.rekeys);
+        tracing::info!(call = %short(&call_ref.0), epoch, members = members.len(), "emergency rekey: members asked to commit new keys");
+        for m in &members {
+            st.push(
+                self,
+                m,
+                RelayMessage::Rekey {
+                    call: call_ref,
+                    epoch,
+                },
+            );
+        }
+        st.db(Op::Audit {
+            event: AuditEvent::new("call_rekey_sent", "relay", hex(&call_ref.0), "")
+                .with(serde_json::json!({ "epoch": epoch, "members": members.len() })),
+        });
+        st.settle(self);
     }
 
     /// Whether `me` (with `account`) may make the membership change of a commit, given the
