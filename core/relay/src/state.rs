@@ -625,7 +625,12 @@ impl Shared {
                 Reuse::TooOld => &self.stats.counter_too_old,
                 Reuse::TooManyKeys => &self.stats.counter_too_many_keys,
             });
-            tracing::debug!(kid = header.kid.0, ctr = header.ctr, ?why, "SFrame counter refused");
+            tracing::debug!(
+                kid = header.kid.0,
+                ctr = header.ctr,
+                ?why,
+                "SFrame counter refused"
+            );
             return;
         }
         for t in table.targets.iter().filter(|t| t.conn_id != from) {
