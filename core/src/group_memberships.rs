@@ -96,6 +96,7 @@ pub fn recorded(store: &Store, call: &CallRef) -> Result<Option<bool>, viska_sto
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
