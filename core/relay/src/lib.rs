@@ -47,6 +47,7 @@ mod db;
 mod metrics;
 pub mod net;
 mod places;
+mod replay;
 mod state;
 mod throttle;
 pub mod totp;
@@ -264,6 +265,15 @@ pub struct RelayStats {
     /// Datagram copies not sent to one receiver: the frame's epoch is before the one it
     /// joined at.
     pub dropped_before_join: u64,
+    /// Datagrams dropped: their SFrame counter was seen already from the same sender under the
+    /// same key (KID and epoch): a replay, or a sender reusing a counter.
+    pub dropped_counter_repeat: u64,
+    /// Datagrams dropped: their SFrame counter is more than the replay window below the
+    /// highest one seen from the same sender under the same key.
+    pub dropped_counter_too_old: u64,
+    /// Datagrams dropped: their sender already showed more keys (KID and epoch) than a real
+    /// sender has, so the new one's counters could not be tracked.
+    pub dropped_counter_too_many_keys: u64,
     /// Commits accepted (each moved its call one epoch on).
     pub commits_accepted: u64,
     /// Commits refused (stale epoch, or another commit for the epoch won).
@@ -321,6 +331,16 @@ pub struct RelayStats {
     pub members: u64,
 }
 
+impl RelayStats {
+    /// Datagrams dropped by the SFrame counter check, for every reason: zero on a relay whose
+    /// senders never reused a counter under a key and nobody replayed their frames.
+    pub fn counter_reuse_dropped(&self) -> u64 {
+        self.dropped_counter_repeat
+            + self.dropped_counter_too_old
+            + self.dropped_counter_too_many_keys
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) forwarded: AtomicU64,
@@ -329,6 +349,9 @@ pub(crate) struct Counters {
     pub(crate) malformed: AtomicU64,
     pub(crate) slow: AtomicU64,
     pub(crate) before_join: AtomicU64,
+    pub(crate) counter_repeat: AtomicU64,
+    pub(crate) counter_too_old: AtomicU64,
+    pub(crate) counter_too_many_keys: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) connections: AtomicU64,
@@ -365,6 +388,9 @@ impl Counters {
             dropped_malformed: g(&self.malformed),
             dropped_slow_receiver: g(&self.slow),
             dropped_before_join: g(&self.before_join),
+            dropped_counter_repeat: g(&self.counter_repeat),
+            dropped_counter_too_old: g(&self.counter_too_old),
+            dropped_counter_too_many_keys: g(&self.counter_too_many_keys),
             commits_accepted: g(&self.accepted),
             commits_refused: g(&self.refused),
             connections: g(&self.connections),
