@@ -41,6 +41,8 @@ pub use viska_call::Trust;
 pub use viska_group::{GroupConfig, GroupEvent, GroupFailure};
 pub use viska_proto::relay::CallRef;
 
+use crate::group_memberships as memberships;
+pub use crate::group_memberships::recorded as recorded_membership;
 use crate::phone::AudioFactory;
 use crate::transport::TransportError;
 use crate::transport::runtime::PromptRuntime;
@@ -385,7 +387,22 @@ impl GroupPhone {
     /// Connects to the relay, pins its certificate, authenticates and publishes key packages;
     /// returns once the relay accepted the device.
     pub fn connect(config: GroupPhoneConfig) -> Result<Self, GroupPhoneError> {
-        Self::connect_inner(config, None)
+        Self::connect_inner(config, None, None)
+    }
+
+    /// [`GroupPhone::connect`] (with `login` as [`GroupPhone::connect_with_login`] when
+    /// given) for a device with a key store: the group calls it joins are recorded in
+    /// `store`, and those it was in when it last stopped (it crashed, was killed, or was
+    /// restarted) it asks to be put back into. Holding no key of their epochs, it says it lost
+    /// step (`Rejoin`); the others take it out and add it back into a new epoch. A call its
+    /// user had accepted goes on at once, without asking again; one not accepted yet stays
+    /// held. See docs/security.md.
+    pub fn connect_with_store(
+        config: GroupPhoneConfig,
+        store: viska_store::Store,
+        login: Option<RelayLogin>,
+    ) -> Result<Self, GroupPhoneError> {
+        Self::connect_inner(config, login, Some(store))
     }
 
     /// [`GroupPhone::connect`] to a relay that admits registered devices only: if this
@@ -395,12 +412,13 @@ impl GroupPhone {
         config: GroupPhoneConfig,
         login: RelayLogin,
     ) -> Result<Self, GroupPhoneError> {
-        Self::connect_inner(config, Some(login))
+        Self::connect_inner(config, Some(login), None)
     }
 
     fn connect_inner(
         config: GroupPhoneConfig,
         login: Option<RelayLogin>,
+        store: Option<viska_store::Store>,
     ) -> Result<Self, GroupPhoneError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -418,7 +436,9 @@ impl GroupPhone {
             .name("vk-group".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match Device::connect(config, login, task_shared.clone(), task_events).await {
+                    match Device::connect(config, login, store, task_shared.clone(), task_events)
+                        .await
+                    {
                         Ok(device) => {
                             let _ = ready_tx.send(Ok(()));
                             device.run(rx).await;
@@ -731,6 +751,8 @@ struct Device {
     rejoins_held: std::collections::HashSet<CallRef>,
     /// When the snapshots are next rebuilt for media alone.
     next_snapshot: Instant,
+    /// Where the calls this device is in are recorded, if it has a store.
+    store: Option<viska_store::Store>,
     #[cfg(feature = "testing")]
     drop_next_handshake: bool,
 }
@@ -934,6 +956,7 @@ impl Device {
     async fn connect(
         config: GroupPhoneConfig,
         login: Option<RelayLogin>,
+        store: Option<viska_store::Store>,
         shared: Arc<Shared>,
         events: std::sync::mpsc::Sender<Dispatch>,
     ) -> Result<Self, GroupPhoneError> {
@@ -969,6 +992,7 @@ impl Device {
             rejoins: HashMap::new(),
             rejoins_held: std::collections::HashSet::new(),
             next_snapshot: Instant::now(),
+            store,
             #[cfg(feature = "testing")]
             drop_next_handshake: false,
         };
@@ -1123,9 +1147,17 @@ impl Device {
         let mut buf = vec![0u8; 16 * 1024];
         // Held messages that came with the AuthOk.
         let mut first = Vec::new();
+        // Read before them: a call the relay took this device out of while it was away (its
+        // held `Removed`) is still asked back into.
+        let recorded = self
+            .store
+            .as_ref()
+            .map(memberships::load)
+            .unwrap_or_default();
         if !self.drain_decoder(&mut first) {
             self.lose_link();
         }
+        self.resume_recorded(recorded, &mut first);
         self.pump_all(&mut first, true);
         self.flush(first).await;
         loop {
@@ -1171,6 +1203,7 @@ impl Device {
                 command = commands.recv() => match command {
                     Some(Command::Close) | None => {
                         for call in self.calls.keys().copied().collect::<Vec<_>>() {
+                            self.forget_membership(&call);
                             outgoing.push(RelayMessage::Leave { call });
                         }
                         if let Some(link) = self.link.as_mut() {
@@ -1258,6 +1291,9 @@ impl Device {
                     if !ctx.accepted {
                         ctx.accepted = true;
                         ctx.snapshot.accepted = true;
+                        if let Some(store) = &self.store {
+                            memberships::record(store, &call, true);
+                        }
                         let now = Instant::now();
                         let _ = ctx
                             .session
@@ -1326,8 +1362,40 @@ impl Device {
         out.push(RelayMessage::Rejoin { call });
     }
 
+    /// The calls the store says this device was in when it last stopped, and that it holds
+    /// nothing of now (a restart): it asks to be added back to each, like a member that lost
+    /// step. One its user had accepted goes on once added back; one not accepted stays held.
+    fn resume_recorded(
+        &mut self,
+        recorded: Vec<memberships::Membership>,
+        out: &mut Vec<RelayMessage>,
+    ) {
+        for m in recorded {
+            if self.calls.contains_key(&m.call) || self.rejoins.contains_key(&m.call) {
+                continue;
+            }
+            tracing::info!(
+                accepted = m.accepted,
+                "in a group call before the restart; asking to be added back"
+            );
+            self.rejoins.insert(m.call, 1);
+            if !m.accepted {
+                self.rejoins_held.insert(m.call);
+            }
+            out.push(RelayMessage::Rejoin { call: m.call });
+        }
+    }
+
+    /// Removes the store's record of `call` (this device is out of it).
+    fn forget_membership(&self, call: &CallRef) {
+        if let Some(store) = &self.store {
+            memberships::forget(store, call);
+        }
+    }
+
     /// The relay refused to have this device added back to `call`: it is out.
     fn rejoin_refused(&mut self, call: CallRef) {
+        self.forget_membership(&call);
         self.rejoins.remove(&call);
         self.rejoins_held.remove(&call);
         let snapshot = lock(&self.shared.calls).get(&call).cloned();
@@ -1359,6 +1427,7 @@ impl Device {
         // it later is held like any other.
         self.rejoins.remove(&call);
         self.rejoins_held.remove(&call);
+        self.forget_membership(&call);
         if let Some(mut ctx) = self.take_call(call) {
             ctx.snapshot.ended = true;
             let _ = self
@@ -1462,6 +1531,34 @@ impl Device {
                 });
             }
             Err(e) => tracing::warn!(error = %e, "removal not committed"),
+        }
+    }
+
+    /// The relay asks for an emergency rekey of `call` (protocol-relay.md §4.6): a member
+    /// still at `epoch` with no commit of its own pending commits an update. One that lost the
+    /// epoch to another member's commit does not try again: that commit gave the fresh keys.
+    fn rekey(&mut self, call: CallRef, epoch: u64, out: &mut Vec<RelayMessage>) {
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if ctx.committing || ctx.member.epoch().map(|e| e.0) != Some(epoch) {
+            return;
+        }
+        match ctx.member.update() {
+            Ok(commit) => {
+                ctx.committing = true;
+                ctx.in_flight = None;
+                tracing::info!(epoch, "emergency rekey: committing an update");
+                out.push(RelayMessage::Commit {
+                    call,
+                    epoch: commit.epoch.0,
+                    commit: commit.commit,
+                    welcome: None,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "rekey not committed"),
         }
     }
 
@@ -1574,6 +1671,10 @@ impl Device {
                     // The lobby keeps its keys (its packages are still on the relay), and the
                     // relay drops this device from a call it cannot join.
                     self.lobby = member;
+                    if self.rejoins.remove(&call).is_some() {
+                        self.rejoins_held.remove(&call);
+                        self.forget_membership(&call);
+                    }
                     out.push(RelayMessage::Leave { call });
                     let _ = self.events.send(Dispatch::Event(GroupCallEvent::Failure {
                         call,
@@ -1634,6 +1735,7 @@ impl Device {
                     }
                 }
             }
+            RelayMessage::Rekey { call, epoch } => self.rekey(call, epoch, out),
             RelayMessage::MemberGone { call, identity } => {
                 // Removed by whoever is first among those still here (`sweep`).
                 if let Some(ctx) = self.calls.get_mut(&call) {
@@ -1734,6 +1836,9 @@ impl Device {
         };
         self.calls.insert(call, ctx);
         self.routes.insert(route, call);
+        if let Some(store) = &self.store {
+            memberships::record(store, &call, accepted);
+        }
         let _ = self
             .events
             .send(Dispatch::Event(GroupCallEvent::Joined { call }));

@@ -18,6 +18,7 @@ pub use viska_proto as proto;
 pub use viska_sframe as sframe;
 
 pub mod group;
+mod group_memberships;
 pub mod phone;
 /// The QUIC transport (quinn): public only with the `testing` feature, for the transport
 /// benchmark and tests; applications use the [`Phone`].

@@ -787,3 +787,64 @@ fn phones_log_in_to_a_relay_that_requires_accounts_and_a_revoked_one_is_taken_ou
     }));
     assert_eq!(setup.relay.as_ref().unwrap().stats().evicted, 1);
 }
+
+#[test]
+fn an_emergency_rekey_from_the_command_line_moves_the_call_to_new_keys_and_audio_goes_on() {
+    let setup = relay_with(|c| c.recheck_interval = Duration::from_millis(50), |_| {});
+    let (alice, _) = phone(&setup, 41, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 42, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 43, 800.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    accept(&bob, call);
+    alice.add(call, carol.identity()).unwrap();
+    accept(&carol, call);
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+    }
+    assert!(hears_again(&bob, call, 2, 20));
+    let epoch = one(&alice).epoch.unwrap();
+    let code = one(&alice).verification_code;
+
+    // The operator finds the call and rekeys it while the relay runs.
+    let mut admin = viska_relay::admin::Admin::open(&setup.dir, "test").unwrap();
+    let calls = admin.calls().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].call, calls[0].epoch), (call, epoch));
+    assert_eq!(calls[0].members.len(), 3);
+    admin.rekey_call(&call).unwrap();
+
+    // One commit wins (every member is asked; the relay keeps the first): the call is one
+    // epoch on, every phone sends under it, and all three show one new code.
+    for p in [&alice, &bob, &carol] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| {
+                c.epoch == Some(epoch + 1) && c.sending_epoch == c.epoch && c.roster.len() == 3
+            })),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    let new_code = one(&alice).verification_code;
+    assert_ne!(new_code, code);
+    assert_eq!(one(&bob).verification_code, new_code);
+    assert_eq!(one(&carol).verification_code, new_code);
+    let stats = setup.relay.as_ref().unwrap().stats();
+    assert_eq!(stats.rekeys, 1, "{stats:?}");
+    // Audio goes on under the new keys.
+    for p in [&alice, &bob, &carol] {
+        assert!(hears_again(p, call, 2, 50), "{:?}", p.snapshot(call));
+        assert_eq!(one(p).media.decrypt_failures, 0);
+    }
+    // A call that is not active is refused, and the rekey is in the audit log.
+    let other = viska::group::CallRef([0xee; 16]);
+    assert!(matches!(
+        admin.rekey_call(&other),
+        Err(viska_relay::admin::AdminError::NoSuchCall(_))
+    ));
+    let mut export = Vec::new();
+    admin.audit_export(&mut export).unwrap();
+    let export = String::from_utf8(export).unwrap();
+    assert_eq!(export.matches("\"call_rekey\"").count(), 1, "{export}");
+    assert!(export.contains("\"call_rekey_sent\""), "{export}");
+}

@@ -330,6 +330,23 @@ impl GroupMember {
         })
     }
 
+    /// A commit that updates this member's own leaf and changes nobody's membership: the
+    /// group's next epoch has keys none of the current epoch's holders can derive without
+    /// processing it (an emergency rekey). It takes effect when the delivery service accepts
+    /// it ([`GroupMember::commit_accepted`]).
+    pub fn update(&mut self) -> Result<Commit, GroupError> {
+        let group = self.group.as_mut().ok_or(GroupError::NotInGroup)?;
+        let epoch = Epoch(group.epoch().as_u64());
+        let bundle = group
+            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        Ok(Commit {
+            commit: serialize(bundle.commit())?,
+            welcome: None,
+            epoch,
+        })
+    }
+
     /// The delivery service put this member's pending commit in the call's order: it takes
     /// effect.
     pub fn commit_accepted(&mut self, now: Instant) -> Result<(), GroupError> {

@@ -264,6 +264,15 @@ pub enum RelayMessage {
         /// Who.
         identity: DeviceKey,
     },
+    /// [relay → device] An operator asked for an emergency rekey of `call`: a member still
+    /// at `epoch` commits an update of its own leaf (fresh keys for the call; the relay's
+    /// first-commit-wins order keeps one). Version 2; a device that predates it ignores it.
+    Rekey {
+        /// The call.
+        call: CallRef,
+        /// The call's epoch when the rekey was asked for.
+        epoch: u64,
+    },
     /// [relay → device] The device is no longer a member of `call`.
     Removed {
         /// The call.
@@ -367,6 +376,7 @@ impl std::fmt::Debug for RelayMessage {
             }
             Self::Removed { call } => write!(f, "Removed({})", hex8(&call.0)),
             Self::Rejoin { call } => write!(f, "Rejoin({})", hex8(&call.0)),
+            Self::Rekey { call, epoch } => write!(f, "Rekey({}, {epoch})", hex8(&call.0)),
             Self::Readd { call, identity } => {
                 write!(f, "Readd({}, {})", hex8(&call.0), hex8(identity))
             }
@@ -410,6 +420,7 @@ mod tag {
     pub(super) const LOGIN_REQUIRED: u8 = 0x15;
     pub(super) const LOGIN: u8 = 0x16;
     pub(super) const LOGIN_FAILED: u8 = 0x17;
+    pub(super) const REKEY: u8 = 0x18;
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -659,6 +670,11 @@ impl RelayMessage {
                 out.push(tag::REJOIN);
                 out.extend_from_slice(&call.0);
             }
+            Self::Rekey { call, epoch } => {
+                out.push(tag::REKEY);
+                out.extend_from_slice(&call.0);
+                out.extend_from_slice(&epoch.to_be_bytes());
+            }
             Self::Readd { call, identity } => {
                 out.push(tag::READD);
                 out.extend_from_slice(&call.0);
@@ -780,6 +796,10 @@ impl RelayMessage {
             },
             tag::REJOIN => Self::Rejoin {
                 call: call(&mut r)?,
+            },
+            tag::REKEY => Self::Rekey {
+                call: call(&mut r)?,
+                epoch: r.u64()?,
             },
             tag::READD => Self::Readd {
                 call: call(&mut r)?,
@@ -996,6 +1016,7 @@ mod tests {
                 call,
                 identity: [5; 32],
             },
+            RelayMessage::Rekey { call, epoch: 9 },
             RelayMessage::Error {
                 code: RelayErrorCode::NotMember,
                 call: Some(call),
@@ -1074,6 +1095,18 @@ mod tests {
             retry_after_secs: 0x0102,
         };
         assert_eq!(failed.encode().unwrap(), [0, 0, 0, 5, 0x17, 0, 0, 1, 2]);
+        let mut rekey = vec![0, 0, 0, 0x19, 0x18];
+        rekey.extend_from_slice(&[0xaa; 16]);
+        rekey.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(
+            RelayMessage::Rekey {
+                call: CallRef([0xaa; 16]),
+                epoch: 0x0102
+            }
+            .encode()
+            .unwrap(),
+            rekey
+        );
         assert_eq!(
             RelayMessage::LoginRequired.encode().unwrap(),
             [0, 0, 0, 1, 0x15]

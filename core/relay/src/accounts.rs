@@ -10,7 +10,7 @@ use std::str::FromStr;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::totp::TotpSecret;
-use crate::{DeviceKey, RelayError};
+use crate::{CallRef, DeviceKey, RelayError};
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -32,6 +32,10 @@ CREATE INDEX IF NOT EXISTS devices_user ON devices (user);
 CREATE TABLE IF NOT EXISTS rechecks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rekeys (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    call BLOB NOT NULL
 );
 ";
 
@@ -289,6 +293,25 @@ pub(crate) fn rechecks(
         out.push((seq, key, status));
     }
     Ok(out)
+}
+
+/// Calls the command line asked to rekey whose entry comes after `after`.
+pub(crate) fn rekeys(conn: &Connection, after: i64) -> Result<Vec<(i64, CallRef)>, RelayError> {
+    let mut stmt = conn.prepare("SELECT seq, call FROM rekeys WHERE seq > ?1 ORDER BY seq")?;
+    let rows = stmt
+        .query_map([after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, call)| Some((seq, CallRef(<[u8; 16]>::try_from(call).ok()?))))
+        .collect())
+}
+
+/// The last entry of the rekey queue (0 if none).
+pub(crate) fn last_rekey(conn: &Connection) -> Result<i64, RelayError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM rekeys", [], |r| r.get(0))?)
 }
 
 /// The last entry of the recheck queue (0 if none).

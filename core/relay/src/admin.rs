@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::accounts::{self, Role, normalize_name};
 use crate::audit::{self, AuditEvent, AuditProblem, AuditReport, Checkpointer, hex};
 use crate::totp::TotpSecret;
-use crate::{DeviceKey, RelayError, cert, db};
+use crate::{CallRef, DeviceKey, RelayError, cert, db};
 
 /// Issuer shown by authenticator apps for the relay's accounts.
 pub const TOTP_ISSUER: &str = "Viska relay";
@@ -47,6 +47,12 @@ pub enum AdminError {
     /// No device with that key.
     #[error("no device {0}")]
     NoSuchDevice(String),
+    /// No active call with that id.
+    #[error("no active call {0}")]
+    NoSuchCall(String),
+    /// A call id is not 32 hex digits.
+    #[error("bad call id {0:?} (32 hex digits)")]
+    BadCall(String),
     /// A device key is not 64 hex digits.
     #[error("bad device key {0:?} (64 hex digits)")]
     BadKey(String),
@@ -129,6 +135,33 @@ pub fn parse_key(s: &str) -> Result<DeviceKey, AdminError> {
         *k = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
     }
     Ok(key)
+}
+
+/// Parses a call id (32 hex digits, as `call list` shows it).
+pub fn parse_call(s: &str) -> Result<CallRef, AdminError> {
+    let bad = || AdminError::BadCall(s.to_string());
+    if s.len() != 32 {
+        return Err(bad());
+    }
+    let mut call = [0u8; 16];
+    for (i, c) in call.iter_mut().enumerate() {
+        *c = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(CallRef(call))
+}
+
+/// An active call, as `call list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallInfo {
+    /// The call's id (its MLS group id).
+    pub call: CallRef,
+    /// Its route (the datagrams' prefix).
+    pub route: u32,
+    /// Its epoch now.
+    pub epoch: u64,
+    /// Its members (connected or within the hold time), by identity key.
+    pub members: Vec<DeviceKey>,
 }
 
 /// The data directory of a relay, opened for administration.
@@ -399,6 +432,68 @@ impl Admin {
                 }
             }
             tx.execute("INSERT INTO rechecks (key) VALUES (?1)", [&key[..]])?;
+            Ok(())
+        })
+    }
+
+    /// The active calls, with their epoch and members.
+    pub fn calls(&self) -> Result<Vec<CallInfo>, AdminError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT call, route, epoch FROM calls ORDER BY route")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let corrupt = |what: &str| AdminError::Relay(RelayError::Corrupt(what.into()));
+        let mut out = Vec::with_capacity(rows.len());
+        for (call, route, epoch) in rows {
+            let call =
+                CallRef(<[u8; 16]>::try_from(call).map_err(|_| corrupt("a call id not 16 bytes"))?);
+            let mut stmt = self.conn.prepare(
+                "SELECT identity FROM members WHERE call = ?1 ORDER BY join_epoch, identity",
+            )?;
+            let members = stmt
+                .query_map([&call.0[..]], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|k| DeviceKey::try_from(k).map_err(|_| corrupt("a member key not 32 bytes")))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(CallInfo {
+                call,
+                route: u32::try_from(route).map_err(|_| corrupt("a route out of range"))?,
+                epoch: u64::try_from(epoch).map_err(|_| corrupt("a negative epoch"))?,
+                members,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Asks the running relay for an emergency rekey of `call`: within
+    /// [`crate::RelayConfig::recheck_interval`] it asks every member to commit an update,
+    /// which gives the call new keys (the old epoch's keys no longer decrypt what follows).
+    /// Recorded in the audit log (`call_rekey`).
+    pub fn rekey_call(&mut self, call: &CallRef) -> Result<(), AdminError> {
+        let event = self
+            .event("call_rekey", &hex(&call.0))
+            .with(serde_json::json!({ "reason": "operator" }));
+        let call = *call;
+        self.change(event, |tx| {
+            let active = tx
+                .query_row("SELECT 1 FROM calls WHERE call = ?1", [&call.0[..]], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !active {
+                return Err(AdminError::NoSuchCall(hex(&call.0)));
+            }
+            tx.execute("INSERT INTO rekeys (call) VALUES (?1)", [&call.0[..]])?;
             Ok(())
         })
     }

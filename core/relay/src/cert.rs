@@ -37,6 +37,24 @@ impl Drop for Identity {
     }
 }
 
+/// Loads a certificate and its key given by the operator (DER files).
+pub(crate) fn load_files(cert_path: &Path, key_path: &Path) -> Result<Identity, RelayError> {
+    let read = |p: &Path| {
+        fs::read(p).map_err(|e| RelayError::Certificate(format!("reading {}: {e}", p.display())))
+    };
+    let cert = read(cert_path)?;
+    let key = zeroize::Zeroizing::new(read(key_path)?);
+    if cert.is_empty() || key.is_empty() {
+        return Err(RelayError::Certificate(
+            "empty certificate or key file".into(),
+        ));
+    }
+    Ok(Identity {
+        cert: CertificateDer::from(cert),
+        key: PrivatePkcs8KeyDer::from(key.to_vec()),
+    })
+}
+
 /// Loads the certificate from `dir`, or generates and stores one if there is none.
 pub(crate) fn load_or_generate(dir: &Path) -> Result<Identity, RelayError> {
     let cert_path = dir.join(CERT_FILE);

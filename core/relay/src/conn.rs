@@ -20,7 +20,9 @@ use crate::audit::{AuditEvent, Checkpointer, hex};
 use crate::db::Op;
 use crate::places::{Place, SourceFull, source_of};
 use crate::state::{Account, Shared, close, device_actor, short, spawn_database};
-use crate::{AccountsMode, DeviceKey, RelayConfig, RelayError, RelayHandle, bump, cert, db};
+use crate::{
+    AccountsMode, DeviceKey, IpNetwork, RelayConfig, RelayError, RelayHandle, bump, cert, db,
+};
 
 /// Bytes of received datagrams quinn holds per connection until the relay forwards them.
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
@@ -32,10 +34,12 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Running {
     pub(crate) local_addr: SocketAddr,
     pub(crate) fingerprint: [u8; 32],
+    pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
     rechecks: tokio::task::JoinHandle<()>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
     db_thread: std::thread::JoinHandle<()>,
 }
 
@@ -44,6 +48,9 @@ impl Running {
         let _ = self.shared.shutdown.send(true);
         self.accept.abort();
         self.rechecks.abort();
+        if let Some(m) = &self.metrics {
+            m.abort();
+        }
         self.endpoint
             .close(close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -88,14 +95,21 @@ fn server_config(
 
 pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let dir = config.data_dir.clone();
-    let (identity, database, calls, checkpoints, last_recheck) =
+    let certificate = config.certificate.clone();
+    let (identity, database, calls, checkpoints, (last_recheck, last_rekey)) =
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            let identity = cert::load_or_generate(&dir)?;
+            let identity = match &certificate {
+                Some(files) => cert::load_files(&files.cert, &files.key)?,
+                None => cert::load_or_generate(&dir)?,
+            };
             let (database, calls) = db::open(&dir)?;
             let checkpoints = Checkpointer::open(&dir)?;
-            let last_recheck = accounts::last_recheck(&database)?;
-            Ok::<_, RelayError>((identity, database, calls, checkpoints, last_recheck))
+            let last = (
+                accounts::last_recheck(&database)?,
+                accounts::last_rekey(&database)?,
+            );
+            Ok::<_, RelayError>((identity, database, calls, checkpoints, last))
         })
         .await
         .map_err(|e| RelayError::Task(e.to_string()))??;
@@ -121,16 +135,33 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
     let loaded = calls.len();
     let shared = Shared::new(config, db_tx, calls);
     let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
-    let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck));
+    let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck, last_rekey));
+    let (metrics, metrics_addr) = match shared.config.metrics_bind {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            tracing::info!(%bound, "metrics served at /metrics");
+            (
+                Some(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    Arc::clone(&shared),
+                ))),
+                Some(bound),
+            )
+        }
+        None => (None, None),
+    };
     tracing::info!(%local_addr, calls = loaded, "relay listening");
     Ok(RelayHandle {
         inner: Running {
             local_addr,
             fingerprint,
+            metrics_addr,
             shared,
             endpoint,
             accept,
             rechecks,
+            metrics,
             db_thread,
         },
     })
@@ -147,6 +178,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             continue;
         }
         let remote = incoming.remote_address();
+        if !IpNetwork::allows(&shared.config.allowed_networks, remote.ip()) {
+            bump(&shared.stats.refused_network);
+            limited_log(&shared, remote, "refused: not from an allowed network");
+            incoming.refuse();
+            continue;
+        }
         let place = match shared.places.take(remote.ip()) {
             Ok(taking) => {
                 if taking.took_back {
@@ -184,8 +221,9 @@ fn limited_log(shared: &Shared, remote: SocketAddr, what: &'static str) {
 }
 
 /// Looks for devices the command line asked the relay to check again (revoked, account
-/// disabled, role changed), every [`RelayConfig::recheck_interval`].
-async fn recheck_loop(shared: Arc<Shared>, mut after: i64) {
+/// disabled, role changed) and calls it asked to rekey, every
+/// [`RelayConfig::recheck_interval`].
+async fn recheck_loop(shared: Arc<Shared>, mut after: i64, mut rekeys_after: i64) {
     let mut tick = tokio::time::interval(shared.config.recheck_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = shared.shutdown.subscribe();
@@ -203,6 +241,22 @@ async fn recheck_loop(shared: Arc<Shared>, mut after: i64) {
             }
             Err(RelayError::DatabaseStopped) => return,
             Err(e) => tracing::error!(error = %e, "reading the devices to check again failed"),
+        }
+        match shared
+            .ask(|reply| Op::Rekeys {
+                after: rekeys_after,
+                reply,
+            })
+            .await
+        {
+            Ok(list) => {
+                for (seq, call) in list {
+                    rekeys_after = seq;
+                    shared.rekey(call);
+                }
+            }
+            Err(RelayError::DatabaseStopped) => return,
+            Err(e) => tracing::error!(error = %e, "reading the calls to rekey failed"),
         }
     }
 }
@@ -711,6 +765,7 @@ async fn login(
     tracing::info!(device = %short(&identity), %remote, "login failed");
     match lock {
         Some(lock) => {
+            bump(&shared.stats.lockouts);
             shared.audit(event(
                 "lockout",
                 serde_json::json!({ "secs": ceil_secs(lock) }),

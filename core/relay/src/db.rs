@@ -125,6 +125,11 @@ pub(crate) enum Op {
         after: i64,
         reply: Reply<Vec<(i64, DeviceKey, DeviceStatus)>>,
     },
+    /// Calls the command line asked to rekey, after entry `after`.
+    Rekeys {
+        after: i64,
+        reply: Reply<Vec<(i64, CallRef)>>,
+    },
     /// Appends a security event to the audit log.
     Audit {
         event: AuditEvent,
@@ -293,6 +298,9 @@ pub(crate) fn run(mut conn: Connection, checkpoints: Checkpointer, ops: mpsc::Re
             }
             Op::Rechecks { after, reply } => {
                 let _ = reply.send(accounts::rechecks(&conn, after));
+            }
+            Op::Rekeys { after, reply } => {
+                let _ = reply.send(accounts::rekeys(&conn, after));
             }
             Op::Rehash { user, old, new } => log(
                 rehash(&mut conn, &checkpoints, &user, &old, &new),

@@ -20,6 +20,12 @@
 //! account changes made from the command line ([`admin`]). Security events go to a
 //! hash-chained audit log with signed checkpoints ([`AuditEvent`], [`AuditProblem`]).
 //!
+//! For operations: connections from outside [`RelayConfig::allowed_networks`] are refused
+//! before any TLS work; [`RelayConfig::metrics_bind`] serves the counters ([`RelayStats`]) in
+//! the Prometheus text format at `GET /metrics`; an emergency rekey of a call
+//! ([`admin::Admin::rekey_call`]) asks its members to commit new keys within
+//! [`RelayConfig::recheck_interval`].
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), viska_relay::RelayError> {
 //! let config = viska_relay::RelayConfig::new("0.0.0.0:4433".parse().unwrap(), "relay-data".into());
@@ -38,13 +44,17 @@ mod audit;
 mod cert;
 mod conn;
 mod db;
+mod metrics;
+pub mod net;
 mod places;
+mod replay;
 mod state;
 mod throttle;
 pub mod totp;
 
 pub use accounts::{DeviceStatus, MAX_NAME, Role, UnknownRole, normalize_name};
 pub use audit::{AUDIT_KEY_FILE, AuditEvent, AuditProblem, AuditReport, AuditRow, CHECKPOINT_FILE};
+pub use net::{IpNetwork, IpNetworkError};
 pub use throttle::ThrottlePolicy;
 
 /// File of the relay's database in its data directory.
@@ -157,6 +167,26 @@ pub struct RelayConfig {
     pub source_throttle: ThrottlePolicy,
     /// Login attempts allowed on one connection before it is closed.
     pub max_login_attempts: u32,
+    /// The networks devices may connect from; a connection from anywhere else is refused
+    /// before any TLS work (and counted, [`RelayStats::refused_network`]). Empty: every
+    /// address.
+    pub allowed_networks: Vec<IpNetwork>,
+    /// The certificate and its private key to present, instead of the self-signed pair the
+    /// relay generates in its data directory.
+    pub certificate: Option<CertificateFiles>,
+    /// Where to serve the counters in the Prometheus text format (`GET /metrics`, plain HTTP);
+    /// none: not served.
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// A certificate and its private key, each a DER file (the certificate as X.509 DER, the key
+/// as PKCS#8 DER), as the relay writes its own self-signed pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key (keep it readable by the relay's user only).
+    pub key: PathBuf,
 }
 
 impl fmt::Debug for RelayConfig {
@@ -179,6 +209,9 @@ impl fmt::Debug for RelayConfig {
             .field("account_throttle", &self.account_throttle)
             .field("source_throttle", &self.source_throttle)
             .field("max_login_attempts", &self.max_login_attempts)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("certificate", &self.certificate)
+            .field("metrics_bind", &self.metrics_bind)
             .finish_non_exhaustive()
     }
 }
@@ -188,7 +221,8 @@ impl RelayConfig {
     /// 5 s to authenticate, at most 512 connections not authenticated yet (16 per source),
     /// 64 KiB datagram send buffer, 30 s idle timeout, every identity admitted (open mode),
     /// revocations noticed within 1 s, lock-outs [`ThrottlePolicy::ACCOUNT`] and
-    /// [`ThrottlePolicy::SOURCE`], 3 login attempts per connection.
+    /// [`ThrottlePolicy::SOURCE`], 3 login attempts per connection, devices from every
+    /// network, the self-signed certificate of the data directory, no metrics endpoint.
     pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             bind,
@@ -206,6 +240,9 @@ impl RelayConfig {
             account_throttle: ThrottlePolicy::ACCOUNT,
             source_throttle: ThrottlePolicy::SOURCE,
             max_login_attempts: 3,
+            allowed_networks: Vec::new(),
+            certificate: None,
+            metrics_bind: None,
         }
     }
 }
@@ -228,6 +265,15 @@ pub struct RelayStats {
     /// Datagram copies not sent to one receiver: the frame's epoch is before the one it
     /// joined at.
     pub dropped_before_join: u64,
+    /// Datagrams dropped: their SFrame counter was seen already from the same sender under the
+    /// same key (KID and epoch): a replay, or a sender reusing a counter.
+    pub dropped_counter_repeat: u64,
+    /// Datagrams dropped: their SFrame counter is more than the replay window below the
+    /// highest one seen from the same sender under the same key.
+    pub dropped_counter_too_old: u64,
+    /// Datagrams dropped: their sender already showed more keys (KID and epoch) than a real
+    /// sender has, so the new one's counters could not be tracked.
+    pub dropped_counter_too_many_keys: u64,
     /// Commits accepted (each moved its call one epoch on).
     pub commits_accepted: u64,
     /// Commits refused (stale epoch, or another commit for the epoch won).
@@ -245,6 +291,9 @@ pub struct RelayStats {
     /// Connections refused before their handshake: their source already held
     /// [`RelayConfig::max_unauthenticated_per_source`] connections not authenticated yet.
     pub refused_source_full: u64,
+    /// Connections refused before their handshake: their address is in none of
+    /// [`RelayConfig::allowed_networks`].
+    pub refused_network: u64,
     /// Connections not authenticated yet closed to make room for a newcomer (all
     /// [`RelayConfig::max_unauthenticated`] places were taken).
     pub unauthenticated_taken_back: u64,
@@ -271,6 +320,25 @@ pub struct RelayStats {
     /// Devices checked again after a change from the command line (revoked, account disabled
     /// or enabled, role changed).
     pub rechecked: u64,
+    /// Lock-outs begun (an account name or a source locked after repeated login failures).
+    pub lockouts: u64,
+    /// Emergency rekeys of calls asked for from the command line and passed to the calls'
+    /// members.
+    pub rekeys: u64,
+    /// Active calls, now.
+    pub calls: u64,
+    /// Members of active calls (connected or within their hold time), now.
+    pub members: u64,
+}
+
+impl RelayStats {
+    /// Datagrams dropped by the SFrame counter check, for every reason: zero on a relay whose
+    /// senders never reused a counter under a key and nobody replayed their frames.
+    pub fn counter_reuse_dropped(&self) -> u64 {
+        self.dropped_counter_repeat
+            + self.dropped_counter_too_old
+            + self.dropped_counter_too_many_keys
+    }
 }
 
 #[derive(Debug, Default)]
@@ -281,6 +349,9 @@ pub(crate) struct Counters {
     pub(crate) malformed: AtomicU64,
     pub(crate) slow: AtomicU64,
     pub(crate) before_join: AtomicU64,
+    pub(crate) counter_repeat: AtomicU64,
+    pub(crate) counter_too_old: AtomicU64,
+    pub(crate) counter_too_many_keys: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) connections: AtomicU64,
@@ -298,6 +369,9 @@ pub(crate) struct Counters {
     pub(crate) evicted: AtomicU64,
     pub(crate) password_checks: AtomicU64,
     pub(crate) rechecked: AtomicU64,
+    pub(crate) refused_network: AtomicU64,
+    pub(crate) lockouts: AtomicU64,
+    pub(crate) rekeys: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -305,7 +379,7 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
-    fn snapshot(&self, unauthenticated: usize) -> RelayStats {
+    fn snapshot(&self, unauthenticated: usize, (calls, members): (usize, usize)) -> RelayStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RelayStats {
             datagrams_forwarded: g(&self.forwarded),
@@ -314,6 +388,9 @@ impl Counters {
             dropped_malformed: g(&self.malformed),
             dropped_slow_receiver: g(&self.slow),
             dropped_before_join: g(&self.before_join),
+            dropped_counter_repeat: g(&self.counter_repeat),
+            dropped_counter_too_old: g(&self.counter_too_old),
+            dropped_counter_too_many_keys: g(&self.counter_too_many_keys),
             commits_accepted: g(&self.accepted),
             commits_refused: g(&self.refused),
             connections: g(&self.connections),
@@ -332,6 +409,11 @@ impl Counters {
             evicted: g(&self.evicted),
             password_checks: g(&self.password_checks),
             rechecked: g(&self.rechecked),
+            refused_network: g(&self.refused_network),
+            lockouts: g(&self.lockouts),
+            rekeys: g(&self.rekeys),
+            calls: calls as u64,
+            members: members as u64,
         }
     }
 }
@@ -376,8 +458,19 @@ impl RelayHandle {
 
     /// The counters now.
     pub fn stats(&self) -> RelayStats {
-        let shared = &self.inner.shared;
-        shared.stats.snapshot(shared.places.held())
+        Self::stats_of(&self.inner.shared)
+    }
+
+    pub(crate) fn stats_of(shared: &state::Shared) -> RelayStats {
+        shared
+            .stats
+            .snapshot(shared.places.held(), shared.call_counts())
+    }
+
+    /// Where the metrics endpoint listens ([`RelayConfig::metrics_bind`], with the port the
+    /// system chose for port 0), if it is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
     }
 
     /// Closes every connection, stops listening and closes the database (after the writes

@@ -16,6 +16,7 @@ use viska_sframe::SframeHeader;
 use crate::accounts::{DeviceStatus, Role};
 use crate::audit::{AuditEvent, Checkpointer, hex};
 use crate::db::{self, CommitRecord, Op, StoredCall};
+use crate::replay::{CallCounters, Reuse};
 use crate::throttle::Throttle;
 use crate::{AccountsMode, CallRef, Counters, DeviceKey, RelayConfig, RelayError, bump};
 
@@ -46,6 +47,9 @@ pub(crate) struct Throttles {
     pub(crate) source: Throttle<std::net::IpAddr>,
 }
 
+/// Epochs a KID tells apart (its low three bits are the epoch's).
+pub(crate) const EPOCHS_NAMED: u64 = 8;
+
 /// Largest route (a QUIC varint of at most 4 bytes).
 const MAX_ROUTE: u32 = 0x3fff_ffff;
 
@@ -70,9 +74,14 @@ pub(crate) struct Shared {
 struct RouteTable {
     epoch: u64,
     targets: Vec<Target>,
+    /// The call this table is of (a route is reused once its call ended).
+    incarnation: u64,
+    /// Its senders' SFrame counters, carried over from one table of the call to the next.
+    counters: Arc<Mutex<CallCounters>>,
 }
 
 struct Target {
+    device: DeviceKey,
     conn_id: u64,
     conn: quinn::Connection,
     join_epoch: u64,
@@ -216,6 +225,13 @@ impl Shared {
         }
         drop(st);
         shared
+    }
+
+    /// Active calls and their members, now.
+    pub(crate) fn call_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let members = st.calls.values().map(|c| c.members.len()).sum();
+        (st.calls.len(), members)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -380,6 +396,36 @@ impl Shared {
                 st.settle(self);
             }
         }
+    }
+
+    /// An emergency rekey of `call` asked for from the command line: every member is asked
+    /// (`Rekey`) to commit an update at the call's current epoch; the first commit wins as
+    /// always, so the call moves on by one epoch with fresh keys.
+    pub(crate) fn rekey(self: &Arc<Self>, call_ref: CallRef) {
+        let mut st = self.lock();
+        let Some(call) = st.calls.get(&call_ref) else {
+            tracing::info!(call = %short(&call_ref.0), "rekey asked for a call that is not active");
+            return;
+        };
+        let epoch = call.epoch;
+        let members: Vec<DeviceKey> = call.members.keys().copied().collect();
+        bump(&self.stats.rekeys);
+        tracing::info!(call = %short(&call_ref.0), epoch, members = members.len(), "emergency rekey: members asked to commit new keys");
+        for m in &members {
+            st.push(
+                self,
+                m,
+                RelayMessage::Rekey {
+                    call: call_ref,
+                    epoch,
+                },
+            );
+        }
+        st.db(Op::Audit {
+            event: AuditEvent::new("call_rekey_sent", "relay", hex(&call_ref.0), "")
+                .with(serde_json::json!({ "epoch": epoch, "members": members.len() })),
+        });
+        st.settle(self);
     }
 
     /// Whether `me` (with `account`) may make the membership change of a commit, given the
@@ -591,14 +637,39 @@ impl Shared {
             bump(&self.stats.no_route);
             return;
         };
-        if !table.targets.iter().any(|t| t.conn_id == from) {
+        let Some(sender) = table.targets.iter().find(|t| t.conn_id == from) else {
             bump(&self.stats.not_member);
             return;
-        }
+        };
         let Some(frame_epoch) = frame_epoch(table.epoch, header.kid.0) else {
             bump(&self.stats.malformed);
             return;
         };
+        let checked = table
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(
+                &sender.device,
+                header.kid.0,
+                frame_epoch,
+                header.ctr,
+                table.epoch,
+            );
+        if let Err(why) = checked {
+            bump(match why {
+                Reuse::Repeat => &self.stats.counter_repeat,
+                Reuse::TooOld => &self.stats.counter_too_old,
+                Reuse::TooManyKeys => &self.stats.counter_too_many_keys,
+            });
+            tracing::debug!(
+                kid = header.kid.0,
+                ctr = header.ctr,
+                ?why,
+                "SFrame counter refused"
+            );
+            return;
+        }
         for t in table.targets.iter().filter(|t| t.conn_id != from) {
             if frame_epoch < t.join_epoch {
                 bump(&self.stats.before_join);
@@ -618,7 +689,7 @@ impl Shared {
 /// The epoch of a frame whose KID ends in `kid & 7`, in a call at `current`: the largest epoch
 /// not after `current` with that remainder (none if the call has not reached one).
 pub(crate) fn frame_epoch(current: u64, kid: u64) -> Option<u64> {
-    let back = current.wrapping_sub(kid & 7) & 7;
+    let back = current.wrapping_sub(kid & (EPOCHS_NAMED - 1)) & (EPOCHS_NAMED - 1);
     current.checked_sub(back)
 }
 
@@ -748,21 +819,26 @@ impl State {
             .filter_map(|(m, join)| {
                 let live = self.devices.get(m)?.conn.as_ref()?;
                 Some(Target {
+                    device: *m,
                     conn_id: live.id,
                     conn: live.conn.clone(),
                     join_epoch: *join,
                 })
             })
             .collect();
+        let mut routes = shared.routes.write().unwrap_or_else(|e| e.into_inner());
+        let counters = routes
+            .get(&call.route)
+            .filter(|t| t.incarnation == call.incarnation)
+            .map(|t| Arc::clone(&t.counters))
+            .unwrap_or_default();
         let table = Arc::new(RouteTable {
             epoch: call.epoch,
             targets,
+            incarnation: call.incarnation,
+            counters,
         });
-        shared
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(call.route, table);
+        routes.insert(call.route, table);
     }
 
     fn error(&mut self, shared: &Shared, to: &DeviceKey, code: RelayErrorCode, call: CallRef) {

@@ -741,3 +741,55 @@ async fn a_device_back_after_the_hold_time_may_ask_to_be_added_back_and_a_leaver
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_repeated_or_too_old_sframe_counter_is_dropped_and_counted_and_reordering_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut alice = Device::new(&relay).await;
+    let mut bob = Device::new(&relay).await;
+    let call = CallRef([15; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+
+    // Alice (leaf 0, epoch 1: KID 1): counters out of order inside the window all go through.
+    let frames: Vec<Vec<u8>> = [0, 1, 3, 2]
+        .iter()
+        .map(|&ctr| media(route, 1, ctr, format!("frame {ctr}").as_bytes()))
+        .collect();
+    for f in &frames {
+        alice.send_datagram(f);
+    }
+    let mut heard = Vec::new();
+    for _ in 0..frames.len() {
+        heard.push(bob.datagram().await.to_vec());
+    }
+    heard.sort();
+    let mut sent = frames.clone();
+    sent.sort();
+    assert_eq!(heard, sent);
+    until(&relay, "four forwarded", |s| s.datagrams_forwarded == 4).await;
+    assert_eq!(relay.stats().counter_reuse_dropped(), 0);
+
+    // The control: the very datagram again (a replay), or another frame under a counter
+    // already used (a sender reusing it), is not forwarded and is counted.
+    alice.send_datagram(&frames[2]);
+    alice.send_datagram(&media(route, 1, 1, b"another frame, counter 1 again"));
+    until(&relay, "two repeats", |s| s.dropped_counter_repeat == 2).await;
+    // Far ahead, then one more than the window behind it: too old.
+    let ahead = media(route, 1, 1000, b"counter 1000");
+    alice.send_datagram(&ahead);
+    assert_eq!(&bob.datagram().await[..], &ahead[..]);
+    alice.send_datagram(&media(route, 1, 1000 - 200, b"counter 800"));
+    until(&relay, "one too old", |s| s.dropped_counter_too_old == 1).await;
+
+    // Bob's counters are his own: his counter 1 under his KID (leaf 1: 9) goes through.
+    let bobs = media(route, 9, 1, b"bob's counter 1");
+    bob.send_datagram(&bobs);
+    assert_eq!(&alice.datagram().await[..], &bobs[..]);
+    until(&relay, "six forwarded", |s| s.datagrams_forwarded == 6).await;
+    let s = relay.stats();
+    assert_eq!(s.counter_reuse_dropped(), 3);
+    assert_eq!(s.dropped_counter_too_many_keys, 0);
+    relay.shutdown().await;
+}

@@ -35,7 +35,7 @@ impl Contact {
 }
 
 /// The handle a contact gets when the user verifies a caller the store did not know under a
-/// handle: the identity's 64 hex digits (rename it with [`Store::rename_contact`]).
+/// handle: the identity's 64 hex digits (rename it with `Store::rename_contact`).
 pub fn default_handle(peer: &PublicIdentity) -> String {
     peer.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }

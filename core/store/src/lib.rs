@@ -6,7 +6,7 @@
 //!   ([`Store::with_mls`], each operation one transaction);
 //! - contacts and how far each is trusted: trust on first use, verification, changed keys
 //!   ([`Store::directory`] is the [`viska_call::PeerDirectory`] a call asks);
-//! - settings ([`Store::setting`]) and call history, metadata only ([`Store::record_call`]).
+//! - settings ([`Store::setting`]) and call history, metadata only ([`Store::call_history`]).
 //!
 //! The database key comes from a passphrase (Argon2id, [`StoreKey::passphrase`]) or from the
 //! platform's keychain as 32 raw bytes ([`StoreKey::raw`]). A store opened with the wrong key

@@ -2,20 +2,23 @@
 //! or administers its data directory.
 //!
 //! ```text
-//! viska-relay --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30] [--auth-secs 5]
-//!     [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
-//!     [--require-accounts] [--recheck-ms 1000]
+//! viska-relay [--config FILE] --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30]
+//!     [--auth-secs 5] [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
+//!     [--require-accounts] [--recheck-ms 1000] [--allow CIDR]... [--metrics-bind ADDR]
+//!     [--tls-cert FILE --tls-key FILE] [--log-format text|json]
 //! viska-relay --data-dir DIR user add NAME --role agent|supervisor|admin
 //! viska-relay --data-dir DIR user list | passwd NAME | disable NAME | enable NAME
 //!     | role NAME ROLE | totp-enroll NAME
 //! viska-relay --data-dir DIR device list [--user NAME] | revoke KEY
+//! viska-relay --data-dir DIR call list | rekey ID
 //! viska-relay --data-dir DIR audit verify [--key HEX] [--checkpoints FILE] | export
 //! viska-relay --data-dir DIR backup PATH
 //! viska-relay --data-dir DIR restore PATH
 //! ```
 //!
 //! Running, it prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once
-//! it is up. Logs go to stderr; `RUST_LOG` filters them (default `info`). Passwords are read
+//! it is up (and `metrics on http://<addr>/metrics` when metrics are served). Logs go to
+//! stderr, as text or JSON lines (`--log-format`); `RUST_LOG` filters them (default `info`). Passwords are read
 //! from standard input when it is not a terminal (one line), and prompted for without echo
 //! otherwise. Every administrative change is recorded in the audit log.
 
@@ -28,40 +31,63 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use viska_relay::admin::{self, Admin, AdminError};
-use viska_relay::{AccountsMode, Relay, RelayConfig, Role};
+use viska_relay::{AccountsMode, CertificateFiles, IpNetwork, Relay, RelayConfig, Role};
 use zeroize::Zeroizing;
+
+use crate::config::{AccountsSetting, FileConfig, LogFormat};
+
+mod config;
 
 /// Runs a Viska relay, or administers its data directory.
 #[derive(Debug, Parser)]
 #[command(name = "viska-relay", version, about)]
 struct Args {
-    /// UDP address to listen on.
-    #[arg(long, default_value = "0.0.0.0:4433")]
-    bind: SocketAddr,
-    /// Directory of the certificate, its key, the database and the audit checkpoints (created
-    /// if missing).
+    /// A TOML configuration file; the flags below override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:4433].
     #[arg(long)]
-    data_dir: PathBuf,
-    /// Seconds a disconnected device stays a member of its calls.
-    #[arg(long, default_value_t = 30)]
-    hold_secs: u64,
-    /// Seconds a connection has to authenticate (and log in) before it is closed.
-    #[arg(long, default_value_t = 5)]
-    auth_secs: u64,
-    /// Most connections not authenticated yet, in total.
-    #[arg(long, default_value_t = 512)]
-    max_unauthenticated: usize,
-    /// Most connections not authenticated yet from one IPv4 address or IPv6 /64.
-    #[arg(long, default_value_t = 16)]
-    max_unauthenticated_per_source: usize,
+    bind: Option<SocketAddr>,
+    /// Directory of the certificate, its key, the database and the audit checkpoints (created
+    /// if missing); required here or in the configuration file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds a disconnected device stays a member of its calls [default: 30].
+    #[arg(long)]
+    hold_secs: Option<u64>,
+    /// Seconds a connection has to authenticate (and log in) before it is closed [default: 5].
+    #[arg(long)]
+    auth_secs: Option<u64>,
+    /// Most connections not authenticated yet, in total [default: 512].
+    #[arg(long)]
+    max_unauthenticated: Option<usize>,
+    /// Most connections not authenticated yet from one IPv4 address or IPv6 /64 [default: 16].
+    #[arg(long)]
+    max_unauthenticated_per_source: Option<usize>,
     /// Admit only devices registered to an account (unregistered ones log in with account,
     /// password and TOTP code), and check every operation against the account's role.
     #[arg(long)]
     require_accounts: bool,
-    /// Milliseconds between looks for devices revoked, disabled or changed from the command
-    /// line.
-    #[arg(long, default_value_t = 1000)]
-    recheck_ms: u64,
+    /// Milliseconds between looks for devices revoked, disabled or changed, and calls to
+    /// rekey, from the command line [default: 1000].
+    #[arg(long)]
+    recheck_ms: Option<u64>,
+    /// A network devices may connect from (CIDR, IPv4 or IPv6; repeatable). Replaces the
+    /// file's list; none anywhere: every address.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<IpNetwork>,
+    /// TCP address to serve Prometheus metrics at (GET /metrics) [default: not served].
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind: Option<SocketAddr>,
+    /// The certificate to present (DER), instead of the data directory's self-signed one.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PKCS#8 DER).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,6 +100,9 @@ enum Command {
     /// Devices registered to accounts.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Active calls: list them, rekey one.
+    #[command(subcommand)]
+    Call(CallCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -143,6 +172,18 @@ enum DeviceCommand {
     Revoke {
         /// The device's identity key.
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CallCommand {
+    /// Lists the active calls: id (32 hex digits), route, epoch, members.
+    List,
+    /// Emergency rekey: within --recheck-ms the running relay asks the call's members to
+    /// commit new keys.
+    Rekey {
+        /// The call's id (32 hex digits, as `call list` shows it).
+        id: String,
     },
 }
 
@@ -301,6 +342,27 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
             admin.revoke_device(&key).map_err(err)?;
             println!("revoked {}", hex(&key));
         }
+        Command::Call(CallCommand::List) => {
+            println!("{:<32} {:>6} {:>8} members", "call", "route", "epoch");
+            for c in admin.calls().map_err(err)? {
+                let members: Vec<String> = c.members.iter().map(|k| hex(k)).collect();
+                println!(
+                    "{} {:>6} {:>8} {}",
+                    hex(&c.call.0),
+                    c.route,
+                    c.epoch,
+                    members.join(",")
+                );
+            }
+        }
+        Command::Call(CallCommand::Rekey { id }) => {
+            let call = admin::parse_call(&id).map_err(err)?;
+            admin.rekey_call(&call).map_err(err)?;
+            println!(
+                "rekey of {} queued; the running relay asks its members within --recheck-ms",
+                hex(&call.0)
+            );
+        }
         Command::Audit(AuditCommand::Verify { key, checkpoints }) => match admin
             .audit_verify_with(key.as_deref(), checkpoints.as_deref())
             .map_err(err)?
@@ -338,17 +400,90 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The relay's configuration: a flag, else the file's value, else the default.
+fn relay_config(args: &Args, file: FileConfig, data_dir: PathBuf) -> RelayConfig {
+    let bind = args
+        .bind
+        .or(file.bind)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433)));
+    let limits = &file.limits;
+    let mut config = RelayConfig::new(bind, data_dir);
+    config.hold_time = Duration::from_secs(args.hold_secs.or(limits.hold_secs).unwrap_or(30));
+    config.auth_timeout = Duration::from_secs(args.auth_secs.or(limits.auth_secs).unwrap_or(5));
+    config.max_unauthenticated = args
+        .max_unauthenticated
+        .or(limits.max_unauthenticated)
+        .unwrap_or(512);
+    config.max_unauthenticated_per_source = args
+        .max_unauthenticated_per_source
+        .or(limits.max_unauthenticated_per_source)
+        .unwrap_or(16);
+    let recheck = args.recheck_ms.or(limits.recheck_ms).unwrap_or(1000);
+    config.recheck_interval = Duration::from_millis(recheck.max(10));
+    if let Some(idle) = limits.idle_secs {
+        config.idle_timeout = Duration::from_secs(idle.max(1));
+    }
+    if let Some(held) = limits.max_held {
+        config.max_held = held.max(1);
+    }
+    if let Some(attempts) = limits.max_login_attempts {
+        config.max_login_attempts = attempts.max(1);
+    }
+    if args.require_accounts || file.accounts == Some(AccountsSetting::Required) {
+        config.accounts = AccountsMode::Required;
+    }
+    config.allowed_networks = if args.allow.is_empty() {
+        file.network.allowed
+    } else {
+        args.allow.clone()
+    };
+    config.certificate = match (&args.tls_cert, &args.tls_key, file.tls) {
+        (Some(cert), Some(key), _) => Some(CertificateFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (_, _, Some(tls)) => Some(CertificateFiles {
+            cert: tls.cert,
+            key: tls.key,
+        }),
+        _ => None,
+    };
+    config.metrics_bind = args.metrics_bind.or(file.metrics.bind);
+    config
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Some(command) = args.command {
-        return match administer(&args.data_dir, command) {
+    let file = match &args.config {
+        Some(path) => match config::load(path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("viska-relay: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => FileConfig::default(),
+    };
+    init_logs(args.log_format.or(file.log_format).unwrap_or_default());
+    let Some(data_dir) = args.data_dir.clone().or_else(|| file.data_dir.clone()) else {
+        eprintln!("viska-relay: no data directory: give --data-dir or data_dir in --config");
+        return ExitCode::from(2);
+    };
+    let mut args = args;
+    if let Some(command) = args.command.take() {
+        return match administer(&data_dir, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("viska-relay: {e}");
@@ -356,14 +491,14 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let mut config = RelayConfig::new(args.bind, args.data_dir);
-    config.hold_time = Duration::from_secs(args.hold_secs);
-    config.auth_timeout = Duration::from_secs(args.auth_secs);
-    config.max_unauthenticated = args.max_unauthenticated;
-    config.max_unauthenticated_per_source = args.max_unauthenticated_per_source;
-    config.recheck_interval = Duration::from_millis(args.recheck_ms.max(10));
-    if args.require_accounts {
-        config.accounts = AccountsMode::Required;
+    let config = relay_config(&args, file, data_dir);
+    if !config.allowed_networks.is_empty() {
+        let list: Vec<String> = config
+            .allowed_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(allowed = %list.join(" "), "devices admitted from these networks only");
     }
     let relay = match Relay::start(config).await {
         Ok(relay) => relay,
@@ -374,6 +509,9 @@ async fn main() -> ExitCode {
     };
     println!("fingerprint {}", hex(&relay.fingerprint()));
     println!("listening on {}", relay.local_addr());
+    if let Some(addr) = relay.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("viska-relay: waiting for Ctrl-C: {e}");
     }

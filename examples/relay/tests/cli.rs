@@ -521,3 +521,151 @@ fn a_replaced_audit_key_is_caught_by_the_key_recorded_elsewhere() {
     let bad = relay(d, &["audit", "verify", "--key", "xyz"], None);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_configuration_file_with_an_unknown_key_is_refused_naming_it_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "bind = \"127.0.0.1:0\"\n[limits]\nhold_secs = 5\nhold_time = 9\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay.toml"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("unknown field `hold_time`"), "{err}");
+    assert!(!dir.path().join("data").exists(), "nothing started");
+    // A bad network on the command line is refused by the flag parser.
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .args(["--allow", "10.0.0.0/40", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a prefix length"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn call_list_and_rekey_name_active_calls_and_refuse_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let listed = ok(d, &["call", "list"], None);
+    assert_eq!(listed.lines().count(), 1, "a header only: {listed}");
+    // A call as the relay stores it.
+    db(d)
+        .execute(
+            "INSERT INTO calls (call, route, epoch) VALUES (?1, 3, 7)",
+            [&[0xab_u8; 16][..]],
+        )
+        .unwrap();
+    db(d)
+        .execute(
+            "INSERT INTO members (call, identity, join_epoch) VALUES (?1, ?2, 0)",
+            params![&[0xab_u8; 16][..], &[0x11_u8; 32][..]],
+        )
+        .unwrap();
+    let listed = ok(d, &["call", "list"], None);
+    let row = listed.lines().nth(1).unwrap();
+    assert!(row.starts_with(&"ab".repeat(16)), "{listed}");
+    assert!(row.contains(&"11".repeat(32)), "{listed}");
+    let out = ok(d, &["call", "rekey", &"ab".repeat(16)], None);
+    assert!(out.contains("rekey of"), "{out}");
+    let queued: i64 = db(d)
+        .query_row("SELECT COUNT(*) FROM rekeys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 1);
+    let bad = relay(d, &["call", "rekey", &"cd".repeat(16)], None);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no active call"));
+    let bad = relay(d, &["call", "rekey", "xyz"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad call id"));
+    let export = ok(d, &["audit", "export"], None);
+    assert_eq!(export.matches("\"call_rekey\"").count(), 1, "{export}");
+    assert_eq!(verify(d).0, 0);
+}
+
+#[test]
+fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\nbind = \"127.0.0.1:0\"\nlog_format = \"json\"\n\
+             [network]\nallowed = [\"127.0.0.0/8\", \"::1/128\"]\n\
+             [metrics]\nbind = \"127.0.0.1:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_string());
+    }
+    assert!(
+        lines[0].starts_with("fingerprint ") && lines[0].len() == 12 + 64,
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("listening on 127.0.0.1:"), "{lines:?}");
+    let url = lines[2].strip_prefix("metrics on http://").unwrap();
+    let addr = url.strip_suffix("/metrics").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("\nviska_relay_up 1\n"), "{response}");
+    assert!(
+        response.contains("\nviska_relay_connections_total 0\n"),
+        "{response}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut events = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        events += 1;
+    }
+    assert!(
+        stderr.contains("devices admitted from these networks only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("127.0.0.0/8 ::1/128"), "{stderr}");
+    assert!(events >= 2, "{stderr}");
+}
