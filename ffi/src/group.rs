@@ -34,6 +34,11 @@ pub struct GroupSettings {
     /// the device's key).
     #[uniffi(default = None)]
     pub login: Option<RelayLogin>,
+    /// The device's key store: the phone records the calls it is in (and whether the user
+    /// accepted them) and, after a restart, asks to be put back into them. `identity` should
+    /// be the store's.
+    #[uniffi(default = None)]
+    pub store: Option<Arc<crate::store::KeyStore>>,
 }
 
 /// An account login for a relay with accounts: name, password and the current one-time code
@@ -363,16 +368,17 @@ impl GroupPhone {
             group: core_group::GroupConfig::default(),
             verified_peers,
         };
-        let phone = match settings.login {
-            None => core_group::GroupPhone::connect(config)?,
-            Some(login) => core_group::GroupPhone::connect_with_login(
-                config,
-                core_group::RelayLogin {
-                    account: login.account,
-                    password: zeroize::Zeroizing::new(login.password),
-                    code: login.code,
-                },
-            )?,
+        let login = settings.login.map(|login| core_group::RelayLogin {
+            account: login.account,
+            password: zeroize::Zeroizing::new(login.password),
+            code: login.code,
+        });
+        let phone = match (settings.store, login) {
+            (Some(store), login) => {
+                core_group::GroupPhone::connect_with_store(config, store.store.clone(), login)?
+            }
+            (None, None) => core_group::GroupPhone::connect(config)?,
+            (None, Some(login)) => core_group::GroupPhone::connect_with_login(config, login)?,
         };
         Ok(Arc::new(Self {
             phone: RwLock::new(Some(phone)),

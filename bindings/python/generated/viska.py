@@ -3930,126 +3930,6 @@ class _UniffiFfiConverterOptionalTypeRelayLogin(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
-@dataclass
-class GroupSettings:
-    """
-    Where a group phone connects, as who, with what audio.
-"""
-    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, login:typing.Optional[RelayLogin] = _DEFAULT):
-        self.relay = relay
-        self.relay_fingerprint = relay_fingerprint
-        self.identity = identity
-        if audio is _DEFAULT:
-            self.audio = None
-        else:
-            self.audio = audio
-        if verified_peers is _DEFAULT:
-            self.verified_peers = []
-        else:
-            self.verified_peers = verified_peers
-        if login is _DEFAULT:
-            self.login = None
-        else:
-            self.login = login
-        
-        
-
-    
-    def __str__(self):
-        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={}, login={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers, self.login)
-    def __eq__(self, other):
-        if self.relay != other.relay:
-            return False
-        if self.relay_fingerprint != other.relay_fingerprint:
-            return False
-        if self.identity != other.identity:
-            return False
-        if self.audio != other.audio:
-            return False
-        if self.verified_peers != other.verified_peers:
-            return False
-        if self.login != other.login:
-            return False
-        return True
-
-class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        return GroupSettings(
-            relay=_UniffiFfiConverterString.read(buf),
-            relay_fingerprint=_UniffiFfiConverterString.read(buf),
-            identity=_UniffiFfiConverterTypeIdentity.read(buf),
-            audio=_UniffiFfiConverterOptionalTypeAudioSetup.read(buf),
-            verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
-            login=_UniffiFfiConverterOptionalTypeRelayLogin.read(buf),
-        )
-
-    @staticmethod
-    def check_lower(value):
-        _UniffiFfiConverterString.check_lower(value.relay)
-        _UniffiFfiConverterString.check_lower(value.relay_fingerprint)
-        _UniffiFfiConverterTypeIdentity.check_lower(value.identity)
-        _UniffiFfiConverterOptionalTypeAudioSetup.check_lower(value.audio)
-        _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
-        _UniffiFfiConverterOptionalTypeRelayLogin.check_lower(value.login)
-
-    @staticmethod
-    def write(value, buf):
-        _UniffiFfiConverterString.write(value.relay, buf)
-        _UniffiFfiConverterString.write(value.relay_fingerprint, buf)
-        _UniffiFfiConverterTypeIdentity.write(value.identity, buf)
-        _UniffiFfiConverterOptionalTypeAudioSetup.write(value.audio, buf)
-        _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
-        _UniffiFfiConverterOptionalTypeRelayLogin.write(value.login, buf)
-
-class _UniffiFfiConverterSequenceTypeSuite(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        for item in value:
-            _UniffiFfiConverterTypeSuite.check_lower(item)
-
-    @classmethod
-    def write(cls, value, buf):
-        items = len(value)
-        buf.write_i32(items)
-        for item in value:
-            _UniffiFfiConverterTypeSuite.write(item, buf)
-
-    @classmethod
-    def read(cls, buf):
-        count = buf.read_i32()
-        if count < 0:
-            raise InternalError("Unexpected negative sequence length")
-
-        return [
-            _UniffiFfiConverterTypeSuite.read(buf) for i in range(count)
-        ]
-
-class _UniffiFfiConverterOptionalUInt32(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterUInt32.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterUInt32.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterUInt32.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
 
 
 # ViskaError
@@ -4938,6 +4818,135 @@ class _UniffiFfiConverterOptionalTypeKeyStore(_UniffiConverterRustBuffer):
             return None
         elif flag == 1:
             return _UniffiFfiConverterTypeKeyStore.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class GroupSettings:
+    """
+    Where a group phone connects, as who, with what audio.
+"""
+    def __init__(self, *, relay:str, relay_fingerprint:str, identity:Identity, audio:typing.Optional[AudioSetup] = _DEFAULT, verified_peers:typing.List[bytes] = _DEFAULT, login:typing.Optional[RelayLogin] = _DEFAULT, store:typing.Optional[KeyStore] = _DEFAULT):
+        self.relay = relay
+        self.relay_fingerprint = relay_fingerprint
+        self.identity = identity
+        if audio is _DEFAULT:
+            self.audio = None
+        else:
+            self.audio = audio
+        if verified_peers is _DEFAULT:
+            self.verified_peers = []
+        else:
+            self.verified_peers = verified_peers
+        if login is _DEFAULT:
+            self.login = None
+        else:
+            self.login = login
+        if store is _DEFAULT:
+            self.store = None
+        else:
+            self.store = store
+        
+        
+
+    
+    def __str__(self):
+        return "GroupSettings(relay={}, relay_fingerprint={}, identity={}, audio={}, verified_peers={}, login={}, store={})".format(self.relay, self.relay_fingerprint, self.identity, self.audio, self.verified_peers, self.login, self.store)
+    def __eq__(self, other):
+        if self.relay != other.relay:
+            return False
+        if self.relay_fingerprint != other.relay_fingerprint:
+            return False
+        if self.identity != other.identity:
+            return False
+        if self.audio != other.audio:
+            return False
+        if self.verified_peers != other.verified_peers:
+            return False
+        if self.login != other.login:
+            return False
+        if self.store != other.store:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeGroupSettings(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return GroupSettings(
+            relay=_UniffiFfiConverterString.read(buf),
+            relay_fingerprint=_UniffiFfiConverterString.read(buf),
+            identity=_UniffiFfiConverterTypeIdentity.read(buf),
+            audio=_UniffiFfiConverterOptionalTypeAudioSetup.read(buf),
+            verified_peers=_UniffiFfiConverterSequenceBytes.read(buf),
+            login=_UniffiFfiConverterOptionalTypeRelayLogin.read(buf),
+            store=_UniffiFfiConverterOptionalTypeKeyStore.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.relay)
+        _UniffiFfiConverterString.check_lower(value.relay_fingerprint)
+        _UniffiFfiConverterTypeIdentity.check_lower(value.identity)
+        _UniffiFfiConverterOptionalTypeAudioSetup.check_lower(value.audio)
+        _UniffiFfiConverterSequenceBytes.check_lower(value.verified_peers)
+        _UniffiFfiConverterOptionalTypeRelayLogin.check_lower(value.login)
+        _UniffiFfiConverterOptionalTypeKeyStore.check_lower(value.store)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.relay, buf)
+        _UniffiFfiConverterString.write(value.relay_fingerprint, buf)
+        _UniffiFfiConverterTypeIdentity.write(value.identity, buf)
+        _UniffiFfiConverterOptionalTypeAudioSetup.write(value.audio, buf)
+        _UniffiFfiConverterSequenceBytes.write(value.verified_peers, buf)
+        _UniffiFfiConverterOptionalTypeRelayLogin.write(value.login, buf)
+        _UniffiFfiConverterOptionalTypeKeyStore.write(value.store, buf)
+
+class _UniffiFfiConverterSequenceTypeSuite(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeSuite.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeSuite.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeSuite.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterOptionalUInt32(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterUInt32.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterUInt32.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterUInt32.read(buf)
         else:
             raise InternalError("Unexpected flag byte for optional type")
 

@@ -152,3 +152,23 @@ def test_a_relay_with_accounts_admits_a_device_after_its_login(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_group_phone_with_a_store_records_its_calls(relay, tmp_path):
+    address, fingerprint = relay
+    store = viska.KeyStore.open_with_key(str(tmp_path / "g.db"), os.urandom(32))
+    phone = viska.GroupPhone.connect(viska.GroupSettings(
+        relay=address, relay_fingerprint=fingerprint, identity=store.identity(), store=store))
+    call = phone.create_call()
+    key = "viska.group.call." + call
+    deadline = time.monotonic() + 20
+    while store.setting(key) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The creator took its own call: recorded as accepted, for a restart to resume.
+    assert store.setting(key) == "accepted"
+    phone.leave(call)
+    deadline = time.monotonic() + 20
+    while store.setting(key) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.setting(key) is None, "leaving forgets the call"
+    phone.shutdown()

@@ -4181,6 +4181,12 @@ public struct GroupSettings {
      * the device's key).
      */
     public var login: RelayLogin?
+    /**
+     * The device's key store: the phone records the calls it is in (and whether the user
+     * accepted them) and, after a restart, asks to be put back into them. `identity` should
+     * be the store's.
+     */
+    public var store: KeyStore?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4205,13 +4211,19 @@ public struct GroupSettings {
          * The account to log in as when the relay admits registered devices only and this
          * device is not registered yet (the login registers it; later connections need only
          * the device's key).
-         */login: RelayLogin? = nil) {
+         */login: RelayLogin? = nil, 
+        /**
+         * The device's key store: the phone records the calls it is in (and whether the user
+         * accepted them) and, after a restart, asks to be put back into them. `identity` should
+         * be the store's.
+         */store: KeyStore? = nil) {
         self.relay = relay
         self.relayFingerprint = relayFingerprint
         self.identity = identity
         self.audio = audio
         self.verifiedPeers = verifiedPeers
         self.login = login
+        self.store = store
     }
 
     
@@ -4235,7 +4247,8 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
                 identity: FfiConverterTypeIdentity.read(from: &buf), 
                 audio: FfiConverterOptionTypeAudioSetup.read(from: &buf), 
                 verifiedPeers: FfiConverterSequenceData.read(from: &buf), 
-                login: FfiConverterOptionTypeRelayLogin.read(from: &buf)
+                login: FfiConverterOptionTypeRelayLogin.read(from: &buf), 
+                store: FfiConverterOptionTypeKeyStore.read(from: &buf)
         )
     }
 
@@ -4246,6 +4259,7 @@ public struct FfiConverterTypeGroupSettings: FfiConverterRustBuffer {
         FfiConverterOptionTypeAudioSetup.write(value.audio, into: &buf)
         FfiConverterSequenceData.write(value.verifiedPeers, into: &buf)
         FfiConverterOptionTypeRelayLogin.write(value.login, into: &buf)
+        FfiConverterOptionTypeKeyStore.write(value.store, into: &buf)
     }
 }
 

@@ -6488,6 +6488,13 @@ data class GroupSettings (
      * the device's key).
      */
     var `login`: RelayLogin? = null 
+    , 
+    /**
+     * The device's key store: the phone records the calls it is in (and whether the user
+     * accepted them) and, after a restart, asks to be put back into them. `identity` should
+     * be the store's.
+     */
+    var `store`: KeyStore? = null 
     
 ): Disposable{
     
@@ -6504,7 +6511,8 @@ data class GroupSettings (
         this.`identity`,
         this.`audio`,
         this.`verifiedPeers`,
-        this.`login`
+        this.`login`,
+        this.`store`
     )
     }
     
@@ -6523,6 +6531,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterOptionalTypeAudioSetup.read(buf),
             FfiConverterSequenceByteArray.read(buf),
             FfiConverterOptionalTypeRelayLogin.read(buf),
+            FfiConverterOptionalTypeKeyStore.read(buf),
         )
     }
 
@@ -6532,7 +6541,8 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterTypeIdentity.allocationSize(value.`identity`) +
             FfiConverterOptionalTypeAudioSetup.allocationSize(value.`audio`) +
             FfiConverterSequenceByteArray.allocationSize(value.`verifiedPeers`) +
-            FfiConverterOptionalTypeRelayLogin.allocationSize(value.`login`)
+            FfiConverterOptionalTypeRelayLogin.allocationSize(value.`login`) +
+            FfiConverterOptionalTypeKeyStore.allocationSize(value.`store`)
     )
 
     override fun write(value: GroupSettings, buf: ByteBuffer) {
@@ -6542,6 +6552,7 @@ public object FfiConverterTypeGroupSettings: FfiConverterRustBuffer<GroupSetting
             FfiConverterOptionalTypeAudioSetup.write(value.`audio`, buf)
             FfiConverterSequenceByteArray.write(value.`verifiedPeers`, buf)
             FfiConverterOptionalTypeRelayLogin.write(value.`login`, buf)
+            FfiConverterOptionalTypeKeyStore.write(value.`store`, buf)
     }
 }
 
