@@ -189,11 +189,7 @@ impl Store {
             None => {
                 let pair =
                     IdentityKeyPair::generate_from_os().map_err(|_| StoreError::Randomness)?;
-                let secret = pair.to_secret_bytes();
-                tx.execute(
-                    "INSERT INTO identity (id, secret, created_ms) VALUES (1, ?1, ?2)",
-                    params![&secret.expose_secret()[..], now_ms()],
-                )?;
+                Store::put_identity(&tx, &pair)?;
                 pair
             }
         };
