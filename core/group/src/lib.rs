@@ -8,14 +8,18 @@
 //! - Handshake messages are MLS `PublicMessage`s: the delivery service orders them per call
 //!   (the first valid commit for an epoch wins) without holding any key.
 //! - Keys: [`kid`] (the KID layout and the verification code), [`GroupMember`] (transitions).
+//! - State: [`storage`] (in memory, or a database through [`MlsStorage`], so that a device
+//!   started again resumes its groups).
 //!
 //! Like the rest of the call core it reads no clock and does no IO: time is passed in.
 #![forbid(unsafe_code)]
 
 pub mod kid;
 mod member;
+pub mod storage;
 
 pub use member::{Commit, GroupConfig, GroupMember, MLS_SUITE};
+pub use storage::{MemoryStorage, MlsStorage};
 pub use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId};
 
 use viska_e2ee::identity::PublicIdentity;
@@ -150,6 +154,9 @@ pub enum GroupError {
     /// The MLS library failed.
     #[error("MLS: {0}")]
     Mls(String),
+    /// The member's storage failed ([`MlsStorage`]); the operation was rolled back.
+    #[error("MLS storage: {0}")]
+    Storage(String),
 }
 
 impl GroupError {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
-use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_rust_crypto::RustCrypto;
 use openmls_traits::signatures::{Signer, SignerError};
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
 use viska_e2ee::keys::{Epoch, KeyUpdate, ParticipantId, SframeKey};
@@ -14,6 +14,7 @@ use viska_sframe::{BaseKey, CipherSuite, SendKey};
 use zeroize::Zeroizing;
 
 use crate::kid::{BASE_KEY_LABEL, EPOCHS_DISTINGUISHED, MAX_LEAVES, key_id, verification_code};
+use crate::storage::{MemoryStorage, MlsStorage};
 use crate::{GroupError, GroupEvent, GroupOutput};
 
 /// The MLS cipher suite of every Viska group.
@@ -91,8 +92,15 @@ pub struct Commit {
 /// delivery service says every member is ready (or [`GroupConfig::transition_timeout`]
 /// passed), so no receiver ever gets a frame it has no key for; the previous epochs' receive
 /// keys go [`GroupConfig::retain_previous`] after the switch.
-pub struct GroupMember {
-    provider: OpenMlsRustCrypto,
+///
+/// # State
+///
+/// The group's MLS state is written to the member's [`MlsStorage`] (memory by default), each
+/// operation in one transaction. A member on persistent storage can be built again after the
+/// process stopped and take up its group where it was ([`GroupMember::resume`]).
+pub struct GroupMember<S: MlsStorage = MemoryStorage> {
+    storage: S,
+    crypto: RustCrypto,
     signer: IdentitySigner,
     public: PublicIdentity,
     credential: CredentialWithKey,
@@ -104,9 +112,11 @@ pub struct GroupMember {
     retire: Option<(Epoch, Instant)>,
     out: VecDeque<GroupOutput>,
     expected_group: Option<Vec<u8>>,
+    /// Resumed from storage at this epoch: no send key for it or any before it.
+    send_after: Option<Epoch>,
 }
 
-impl fmt::Debug for GroupMember {
+impl<S: MlsStorage> fmt::Debug for GroupMember<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GroupMember")
             .field("identity", &self.public.fingerprint())
@@ -124,16 +134,28 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-impl GroupMember {
-    /// A device with `identity`, in no group yet.
+impl GroupMember<MemoryStorage> {
+    /// A device with `identity`, in no group yet, its MLS state in memory.
     pub fn new(identity: IdentityKeyPair, config: GroupConfig) -> Result<Self, GroupError> {
+        Self::with_storage(identity, config, MemoryStorage::default())
+    }
+}
+
+impl<S: MlsStorage> GroupMember<S> {
+    /// A device with `identity`, in no group yet, its MLS state in `storage`.
+    pub fn with_storage(
+        identity: IdentityKeyPair,
+        config: GroupConfig,
+        storage: S,
+    ) -> Result<Self, GroupError> {
         let public = identity.public();
         let credential = CredentialWithKey {
             credential: BasicCredential::new(public.to_bytes().to_vec()).into(),
             signature_key: public.to_bytes().to_vec().into(),
         };
         Ok(Self {
-            provider: OpenMlsRustCrypto::default(),
+            storage,
+            crypto: RustCrypto::default(),
             signer: IdentitySigner(identity),
             public,
             credential,
@@ -145,6 +167,7 @@ impl GroupMember {
             retire: None,
             out: VecDeque::new(),
             expected_group: None,
+            send_after: None,
         })
     }
 
@@ -193,7 +216,7 @@ impl GroupMember {
     ) -> Result<Zeroizing<Vec<u8>>, GroupError> {
         let group = self.group.as_ref().ok_or(GroupError::NotInGroup)?;
         group
-            .export_secret(self.provider.crypto(), label, context, len)
+            .export_secret(&self.crypto, label, context, len)
             .map(Zeroizing::new)
             .map_err(|e| GroupError::Mls(e.to_string()))
     }
@@ -212,14 +235,12 @@ impl GroupMember {
                 .mark_as_last_resort()
                 .leaf_node_capabilities(capabilities);
         }
-        let bundle = builder
-            .build(
-                MLS_SUITE,
-                &self.provider,
-                &self.signer,
-                self.credential.clone(),
-            )
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let (signer, credential) = (&self.signer, &self.credential);
+        let bundle = self.storage.transact(|provider| {
+            builder
+                .build(MLS_SUITE, provider, signer, credential.clone())
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         MlsMessageOut::from(bundle.key_package().clone())
             .tls_serialize_detached()
             .map_err(|e| GroupError::Mls(e.to_string()))
@@ -230,13 +251,16 @@ impl GroupMember {
         if self.group.is_some() {
             return Err(GroupError::AlreadyInGroup);
         }
-        let group = MlsGroup::builder()
-            .ciphersuite(MLS_SUITE)
-            .with_group_id(GroupId::from_slice(group_id))
-            .use_ratchet_tree_extension(true)
-            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .build(&self.provider, &self.signer, self.credential.clone())
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let (signer, credential) = (&self.signer, &self.credential);
+        let group = self.storage.transact(|provider| {
+            MlsGroup::builder()
+                .ciphersuite(MLS_SUITE)
+                .with_group_id(GroupId::from_slice(group_id))
+                .use_ratchet_tree_extension(true)
+                .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+                .build(provider, signer, credential.clone())
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         let base = export_base_key(&group, self.config.suite)?;
         self.group = Some(group);
         self.enter_epoch(now, base)?;
@@ -282,7 +306,7 @@ impl GroupMember {
                 return Err(GroupError::Malformed("not a key package".into()));
             };
             let package = package
-                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                .validate(&self.crypto, ProtocolVersion::Mls10)
                 .map_err(|e| GroupError::Malformed(e.to_string()))?;
             check_credential(
                 package.leaf_node().credential(),
@@ -302,9 +326,12 @@ impl GroupMember {
             return Err(GroupError::TooManyMembers);
         }
         let epoch = Epoch(group.epoch().as_u64());
-        let (commit, welcome, _) = group
-            .add_members(&self.provider, &self.signer, &packages)
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let signer = &self.signer;
+        let (commit, welcome, _) = self.storage.transact(|provider| {
+            group
+                .add_members(provider, signer, &packages)
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         Ok(Commit {
             commit: serialize(&commit)?,
             welcome: Some(serialize(&welcome)?),
@@ -320,9 +347,12 @@ impl GroupMember {
             .iter()
             .map(|p| LeafNodeIndex::new(p.0))
             .collect();
-        let (commit, welcome, _) = group
-            .remove_members(&self.provider, &self.signer, &leaves)
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let signer = &self.signer;
+        let (commit, welcome, _) = self.storage.transact(|provider| {
+            group
+                .remove_members(provider, signer, &leaves)
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         Ok(Commit {
             commit: serialize(&commit)?,
             welcome: welcome.as_ref().map(serialize).transpose()?,
@@ -337,9 +367,12 @@ impl GroupMember {
     pub fn update(&mut self) -> Result<Commit, GroupError> {
         let group = self.group.as_mut().ok_or(GroupError::NotInGroup)?;
         let epoch = Epoch(group.epoch().as_u64());
-        let bundle = group
-            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let signer = &self.signer;
+        let bundle = self.storage.transact(|provider| {
+            group
+                .self_update(provider, signer, LeafNodeParameters::default())
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         Ok(Commit {
             commit: serialize(bundle.commit())?,
             welcome: None,
@@ -354,10 +387,12 @@ impl GroupMember {
         let Some(staged) = group.pending_commit() else {
             return Err(GroupError::NoPendingCommit);
         };
-        let base = export_from_staged(staged, &self.provider, self.config.suite)?;
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(|e| GroupError::Mls(e.to_string()))?;
+        let base = export_from_staged(staged, &self.crypto, self.config.suite)?;
+        self.storage.transact(|provider| {
+            group
+                .merge_pending_commit(provider)
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })?;
         self.enter_epoch(now, base)
     }
 
@@ -365,9 +400,82 @@ impl GroupMember {
     /// arrives, and may commit again on top of it).
     pub fn commit_refused(&mut self) -> Result<(), GroupError> {
         let group = self.group.as_mut().ok_or(GroupError::NotInGroup)?;
-        group
-            .clear_pending_commit(self.provider.storage())
-            .map_err(|e| GroupError::Mls(e.to_string()))
+        self.storage.transact(|provider| {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(|e| GroupError::Mls(e.to_string()))
+        })
+    }
+
+    /// Takes up this device's state in the group `group_id` as its storage holds it: after a
+    /// restart, the member is back at the epoch it last merged, with every other member's
+    /// receive keys of that epoch installed, so it hears the call at once. Returns `false`
+    /// when the storage holds no such group (nothing changes then).
+    ///
+    /// It does **not** send under that epoch, nor under any it held before: the SFrame counters
+    /// it used under them went with the process, and a counter must never be used twice under
+    /// a key. It sends again from the next epoch on, whose keys are new: the driver commits an
+    /// [`GroupMember::update`] (or any other commit moves the group on). A commit of its own
+    /// that was waiting for the delivery service's verdict when it stopped is dropped: the
+    /// verdict is lost, and the delivery service's order says what happened to it.
+    pub fn resume(&mut self, now: Instant, group_id: &[u8]) -> Result<bool, GroupError> {
+        if self.group.is_some() {
+            return Err(GroupError::AlreadyInGroup);
+        }
+        let id = GroupId::from_slice(group_id);
+        let loaded = self.storage.transact(|provider| {
+            let Some(mut group) = MlsGroup::load(provider.storage(), &id)
+                .map_err(|e| GroupError::Storage(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            if group.pending_commit().is_some() {
+                group
+                    .clear_pending_commit(provider.storage())
+                    .map_err(|e| GroupError::Storage(e.to_string()))?;
+            }
+            Ok(Some(group))
+        })?;
+        let Some(group) = loaded else {
+            return Ok(false);
+        };
+        if !group.is_active() {
+            return Ok(false);
+        }
+        for member in group.members() {
+            check_credential(&member.credential, &member.signature_key)?;
+        }
+        let base = export_base_key(&group, self.config.suite)?;
+        let epoch = Epoch(group.epoch().as_u64());
+        self.group = Some(group);
+        self.send_after = Some(epoch);
+        self.enter_epoch(now, base)?;
+        Ok(true)
+    }
+
+    /// Whether this member was taken up from storage ([`GroupMember::resume`]) and does not
+    /// send yet: it waits for an epoch after the one it resumed at.
+    pub fn resumed_silent(&self) -> bool {
+        self.send_after.is_some() && self.sending.is_none() && self.pending.is_none()
+    }
+
+    /// Deletes this member's group from its storage, without a word to anyone: the device is
+    /// out of the call, or joins it again from a new Welcome.
+    pub fn discard(mut self) {
+        self.delete_group();
+    }
+
+    fn delete_group(&mut self) {
+        let Some(mut group) = self.group.take() else {
+            return;
+        };
+        if let Err(e) = self.storage.transact(|provider| {
+            group
+                .delete(provider.storage())
+                .map_err(|e| GroupError::Storage(e.to_string()))
+        }) {
+            tracing::warn!(error = %e, "a left group's state was not deleted");
+        }
     }
 
     /// Requires the next Welcome to be into the group `group_id` (the call it is delivered
@@ -403,21 +511,23 @@ impl GroupMember {
         if self.group.is_some() {
             return Err(GroupError::AlreadyInGroup);
         }
-        let group = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
-            .and_then(|staged| staged.into_group(&self.provider))
-            .map_err(|e| GroupError::Undecryptable(e.to_string()))?;
         let expected = self.expected_group.take();
-        if expected.is_some_and(|want| group.group_id().as_slice() != want.as_slice()) {
-            // A Welcome into another group than the call it was delivered for.
-            let mut group = group;
-            let _ = group.delete(self.provider.storage());
-            return Err(GroupError::Undecryptable(
-                "welcome into another group".into(),
-            ));
-        }
-        for member in group.members() {
-            check_credential(&member.credential, &member.signature_key)?;
-        }
+        // One transaction: a Welcome refused for its group or a member leaves nothing behind.
+        let group = self.storage.transact(|provider| {
+            let group = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+                .and_then(|staged| staged.into_group(provider))
+                .map_err(|e| GroupError::Undecryptable(e.to_string()))?;
+            if expected.is_some_and(|want| group.group_id().as_slice() != want.as_slice()) {
+                // A Welcome into another group than the call it was delivered for.
+                return Err(GroupError::Undecryptable(
+                    "welcome into another group".into(),
+                ));
+            }
+            for member in group.members() {
+                check_credential(&member.credential, &member.signature_key)?;
+            }
+            Ok(group)
+        })?;
         let base = export_base_key(&group, self.config.suite)?;
         self.group = Some(group);
         self.enter_epoch(now, base)
@@ -439,35 +549,49 @@ impl GroupMember {
                 current: Epoch(current),
             });
         }
-        let processed = group
-            .process_message(&self.provider, message)
-            .map_err(|e| GroupError::Invalid(e.to_string()))?;
-        match processed.into_content() {
-            ProcessedMessageContent::StagedCommitMessage(staged) => {
-                for add in staged.add_proposals() {
-                    let leaf = add.add_proposal().key_package().leaf_node();
-                    check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
-                }
-                if let Some(leaf) = staged.update_path_leaf_node() {
-                    check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
-                }
-                if staged.self_removed() {
+        let suite = self.config.suite;
+        let crypto = &self.crypto;
+        // Processing and merging in one transaction: a commit refused half-way (a credential
+        // that is not its identity) leaves the stored group where it was.
+        let outcome = self.storage.transact(|provider| {
+            let processed = group
+                .process_message(provider, message)
+                .map_err(|e| GroupError::Invalid(e.to_string()))?;
+            match processed.into_content() {
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    for add in staged.add_proposals() {
+                        let leaf = add.add_proposal().key_package().leaf_node();
+                        check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+                    }
+                    if let Some(leaf) = staged.update_path_leaf_node() {
+                        check_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+                    }
+                    if staged.self_removed() {
+                        group
+                            .merge_staged_commit(provider, *staged)
+                            .map_err(|e| GroupError::Mls(e.to_string()))?;
+                        return Ok(Processed::Removed);
+                    }
+                    let base = export_from_staged(&staged, crypto, suite)?;
                     group
-                        .merge_staged_commit(&self.provider, *staged)
+                        .merge_staged_commit(provider, *staged)
                         .map_err(|e| GroupError::Mls(e.to_string()))?;
-                    self.leave_group(now);
-                    return Ok(());
+                    Ok(Processed::Epoch(base))
                 }
-                let base = export_from_staged(&staged, &self.provider, self.config.suite)?;
-                group
-                    .merge_staged_commit(&self.provider, *staged)
-                    .map_err(|e| GroupError::Mls(e.to_string()))?;
-                self.enter_epoch(now, base)
+                ProcessedMessageContent::ProposalMessage(proposal) => group
+                    .store_pending_proposal(provider.storage(), *proposal)
+                    .map(|()| Processed::Proposal)
+                    .map_err(|e| GroupError::Mls(e.to_string())),
+                _ => Err(GroupError::Malformed("unexpected group content".into())),
             }
-            ProcessedMessageContent::ProposalMessage(proposal) => group
-                .store_pending_proposal(self.provider.storage(), *proposal)
-                .map_err(|e| GroupError::Mls(e.to_string())),
-            _ => Err(GroupError::Malformed("unexpected group content".into())),
+        })?;
+        match outcome {
+            Processed::Removed => {
+                self.leave_group(now);
+                Ok(())
+            }
+            Processed::Epoch(base) => self.enter_epoch(now, base),
+            Processed::Proposal => Ok(()),
         }
     }
 
@@ -597,11 +721,15 @@ impl GroupMember {
             .pending
             .as_ref()
             .map_or(now + self.config.transition_timeout, |p| p.deadline);
-        self.pending = Some(PendingSend {
-            epoch,
-            key: SendKey::new(kid, base),
-            deadline,
-        });
+        // A member resumed from storage may have sent under this epoch before it stopped,
+        // with counters it no longer knows: no send key for it (`resume`).
+        if self.send_after.is_none_or(|after| epoch > after) {
+            self.pending = Some(PendingSend {
+                epoch,
+                key: SendKey::new(kid, base),
+                deadline,
+            });
+        }
         // Never send more than seven epochs behind the newest (the rollover rule: receivers
         // drop the keys of epoch n - 8 when they install n, whose KIDs are the same).
         if self
@@ -621,13 +749,7 @@ impl GroupMember {
     fn leave_group(&mut self, _now: Instant) {
         // The group's state goes from storage too: the device may be added back later, into
         // the same group id.
-        if let Some(Err(e)) = self
-            .group
-            .take()
-            .map(|mut group| group.delete(self.provider.storage()))
-        {
-            tracing::warn!(error = %e, "left group's state not deleted");
-        }
+        self.delete_group();
         for participant in self.roster.keys().copied().collect::<Vec<_>>() {
             self.out
                 .push_back(GroupOutput::Keys(KeyUpdate::Remove { participant }));
@@ -668,13 +790,23 @@ fn export_base_key(group: &MlsGroup, suite: CipherSuite) -> Result<BaseKey, Grou
         .map_err(|e| GroupError::Mls(e.to_string()))
 }
 
+/// What processing a group message came to.
+enum Processed {
+    /// A commit into a new epoch, with its SFrame base key.
+    Epoch(BaseKey),
+    /// A commit that removed this member.
+    Removed,
+    /// A proposal, kept for a later commit.
+    Proposal,
+}
+
 fn export_from_staged(
     staged: &StagedCommit,
-    provider: &OpenMlsRustCrypto,
+    crypto: &RustCrypto,
     suite: CipherSuite,
 ) -> Result<BaseKey, GroupError> {
     staged
-        .export_secret(provider.crypto(), BASE_KEY_LABEL, b"", suite.key_len())
+        .export_secret(crypto, BASE_KEY_LABEL, b"", suite.key_len())
         .map(BaseKey::new)
         .map_err(|e| GroupError::Mls(e.to_string()))
 }

@@ -6,6 +6,8 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, TransactionBehavior};
 
+use viska_group::GroupError;
+
 use crate::{Store, StoreError};
 
 /// How openmls' values are encoded in their tables: JSON, as openmls' own tests do.
@@ -55,7 +57,50 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(|e| StoreError::MlsMigration(e.to_string()))
 }
 
+/// A group member's MLS state in the store ([`viska_group::GroupMember::with_storage`]): each
+/// operation in one transaction, so a device started again resumes its groups
+/// ([`viska_group::GroupMember::resume`]).
+impl viska_group::MlsStorage for Store {
+    type Provider<'a> = StoreMlsProvider<'a>;
+
+    fn transact<T>(
+        &self,
+        op: impl FnOnce(&Self::Provider<'_>) -> Result<T, GroupError>,
+    ) -> Result<T, GroupError> {
+        self.with_mls(|provider| op(provider).map_err(MlsOpError::Group))
+            .map_err(|e| match e {
+                MlsOpError::Group(e) => e,
+                MlsOpError::Store(e) => GroupError::Storage(e.to_string()),
+            })
+    }
+}
+
+/// An MLS operation's failure inside [`Store::with_mls`]: its own, or the store's.
+enum MlsOpError {
+    Group(GroupError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for MlsOpError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
 impl Store {
+    /// A store in memory, for a device that keeps nothing: the same tables (MLS state
+    /// included) and the same code paths as a file, gone with the value. Not encrypted: it is
+    /// never written anywhere.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        crate::store::migrate(&mut conn)?;
+        Ok(Self::from_connection(conn, ":memory:".into()))
+    }
+
     /// Runs one MLS operation with a provider whose storage is this database, in one
     /// transaction: committed when `op` returns `Ok`, rolled back when it returns `Err` (or
     /// panics), so a crash never leaves half an operation behind.

@@ -148,12 +148,16 @@ impl Store {
         )?;
         let mut conn = conn;
         migrate(&mut conn)?;
-        Ok(Self {
+        Ok(Self::from_connection(conn, path.to_owned()))
+    }
+
+    pub(crate) fn from_connection(conn: Connection, path: PathBuf) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                path: path.to_owned(),
+                path,
             }),
-        })
+        }
     }
 
     /// The database file.
@@ -254,7 +258,7 @@ impl Store {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {
