@@ -299,6 +299,9 @@ pub struct GroupCallSnapshot {
     pub rejected: HashMap<(ParticipantId, viska_call::MediaRejection), u64>,
     /// Times this device lost step with the group and was added back.
     pub rejoins: u64,
+    /// Times this device took the call up from its key store after a restart, in the same
+    /// group, without being added back ([`GroupPhone::connect_with_store`]).
+    pub resumes: u64,
     /// Whether the call was taken: one this device created, or one it was added to and
     /// [`GroupPhone::accept`]ed. Until then it is held: nothing captured is sent and nothing
     /// received is played.
@@ -324,6 +327,7 @@ impl GroupCallSnapshot {
             trust: BTreeMap::new(),
             unverified: 0,
             rejoins: 0,
+            resumes: 0,
             rejected: HashMap::new(),
             accepted: false,
             ended: false,
@@ -392,11 +396,16 @@ impl GroupPhone {
 
     /// [`GroupPhone::connect`] (with `login` as [`GroupPhone::connect_with_login`] when
     /// given) for a device with a key store: the group calls it joins are recorded in
-    /// `store`, and those it was in when it last stopped (it crashed, was killed, or was
-    /// restarted) it asks to be put back into. Holding no key of their epochs, it says it lost
-    /// step (`Rejoin`); the others take it out and add it back into a new epoch. A call its
-    /// user had accepted goes on at once, without asking again; one not accepted yet stays
-    /// held. See docs/security.md.
+    /// `store`, with their MLS state, each MLS operation in one transaction. The calls it was
+    /// in when it last stopped (it crashed, was killed, or was restarted) it takes up again:
+    /// it loads each group at the epoch it last merged, hears the others at once (the messages
+    /// the relay held for it bring it up to date) and commits an update of its own leaf, so
+    /// that it sends again only under a new epoch's keys, never under a key whose counters it
+    /// used before it stopped ([`GroupCallSnapshot::resumes`]). Where that cannot be done (no
+    /// stored group, a commit it missed, the relay's hold time passed) it says it lost step
+    /// (`Rejoin`) and the others take it out and add it back into a new epoch
+    /// ([`GroupCallSnapshot::rejoins`]). A call its user had accepted goes on at once,
+    /// without asking again; one not accepted yet stays held. See docs/security.md.
     pub fn connect_with_store(
         config: GroupPhoneConfig,
         store: viska_store::Store,
@@ -678,9 +687,25 @@ impl Change {
     }
 }
 
+/// A member of one call's group, its MLS state in the device's store (or an in-memory one).
+type Member = GroupMember<viska_store::Store>;
+
+/// How long a member resumed from its store waits, after its update was refused, for the
+/// commit that won the epoch before it asks to be added back: the winner was lost with the
+/// connection of its earlier run.
+const RESUME_WAIT: Duration = Duration::from_secs(3);
+
+/// A call taken up from the store after a restart, until the member sends again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Resume {
+    /// Its update was refused at this epoch and nothing moved the group on since: it waits
+    /// for the winner until the instant, then asks to be added back.
+    refused: Option<(u64, Instant)>,
+}
+
 /// One call on this device.
 struct CallCtx {
-    member: GroupMember,
+    member: Member,
     session: Session,
     route: u32,
     source: Option<Box<dyn AudioSource>>,
@@ -703,6 +728,8 @@ struct CallCtx {
     readd: std::collections::BTreeSet<DeviceKey>,
     /// Members the relay said were gone: one that comes back may be added back (`Readd`).
     former: std::collections::BTreeSet<DeviceKey>,
+    /// Taken up from the store after a restart, not sending yet.
+    resume: Option<Resume>,
     snapshot: GroupCallSnapshot,
 }
 
@@ -728,17 +755,11 @@ struct Device {
     paused: bool,
     /// The member whose key packages are published: it becomes the member of the next call
     /// this device is added to.
-    lobby: GroupMember,
+    lobby: Member,
     calls: HashMap<CallRef, CallCtx>,
     routes: HashMap<u32, CallRef>,
     /// Creations waiting for `CallOpened`.
-    creating: HashMap<
-        CallRef,
-        (
-            GroupMember,
-            std::sync::mpsc::Sender<Result<(), GroupPhoneError>>,
-        ),
-    >,
+    creating: HashMap<CallRef, (Member, std::sync::mpsc::Sender<Result<(), GroupPhoneError>>)>,
     /// Key-package fetches: request id -> the call and device to add.
     fetching: HashMap<u32, (CallRef, DeviceKey)>,
     next_request: u32,
@@ -753,6 +774,8 @@ struct Device {
     next_snapshot: Instant,
     /// Where the calls this device is in are recorded, if it has a store.
     store: Option<viska_store::Store>,
+    /// Where its members' MLS state is: the store, or one in memory.
+    mls: viska_store::Store,
     #[cfg(feature = "testing")]
     drop_next_handshake: bool,
 }
@@ -969,7 +992,14 @@ impl Device {
             login,
         )
         .await?;
-        let lobby = GroupMember::new(config.identity.clone(), config.group.clone())?;
+        let mls = match &store {
+            Some(store) => store.clone(),
+            None => viska_store::Store::in_memory().map_err(|e| {
+                GroupPhoneError::Group(viska_group::GroupError::Storage(e.to_string()))
+            })?,
+        };
+        let lobby =
+            GroupMember::with_storage(config.identity.clone(), config.group.clone(), mls.clone())?;
         let mut device = Self {
             config,
             link: Some(link),
@@ -993,6 +1023,7 @@ impl Device {
             rejoins_held: std::collections::HashSet::new(),
             next_snapshot: Instant::now(),
             store,
+            mls,
             #[cfg(feature = "testing")]
             drop_next_handshake: false,
         };
@@ -1154,6 +1185,9 @@ impl Device {
             .as_ref()
             .map(memberships::load)
             .unwrap_or_default();
+        // Calls whose MLS state the store holds are taken up before the held messages, which
+        // bring them up to the group's epoch; the others are asked back into below.
+        let recorded = self.resume_stored(recorded);
         if !self.drain_decoder(&mut first) {
             self.lose_link();
         }
@@ -1164,7 +1198,13 @@ impl Device {
             let mut deadline = self
                 .calls
                 .values()
-                .flat_map(|c| [Some(c.deadline), c.member.next_timeout()])
+                .flat_map(|c| {
+                    [
+                        Some(c.deadline),
+                        c.member.next_timeout(),
+                        c.resume.and_then(|r| r.refused).map(|(_, at)| at),
+                    ]
+                })
                 .flatten()
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -1206,6 +1246,7 @@ impl Device {
                             self.forget_membership(&call);
                             outgoing.push(RelayMessage::Leave { call });
                         }
+
                         if let Some(link) = self.link.as_mut() {
                             for m in &outgoing {
                                 let _ = link.write(m).await;
@@ -1217,7 +1258,12 @@ impl Device {
                                 tokio::time::timeout(Duration::from_secs(2), link.send.stopped())
                                     .await;
                         }
-                        return self.shutdown().await;
+                        self.shutdown().await;
+                        // Left: their groups' state goes from the store.
+                        for (_, ctx) in self.calls.drain() {
+                            ctx.member.discard();
+                        }
+                        return;
                     }
                     Some(command) => self.on_command(command, &mut outgoing),
                 },
@@ -1232,6 +1278,22 @@ impl Device {
                         if ctx.deadline <= now {
                             let _ = ctx.session.handle_input(Input::Timeout(now));
                         }
+                    }
+                    // A resumed member that waited in vain for the commit that beat its
+                    // update: it missed it, and asks to be added back.
+                    let stuck: Vec<CallRef> = self
+                        .calls
+                        .iter()
+                        .filter(|(_, c)| {
+                            c.resume.and_then(|r| r.refused).is_some_and(|(epoch, at)| {
+                                at <= now && c.member.epoch().map(|e| e.0) == Some(epoch)
+                            })
+                        })
+                        .map(|(call, _)| *call)
+                        .collect();
+                    for call in stuck {
+                        changed = true;
+                        self.rejoin(call, &mut outgoing);
                     }
                     self.maybe_attempt(now);
                 }
@@ -1258,15 +1320,13 @@ impl Device {
     fn on_command(&mut self, command: Command, outgoing: &mut Vec<RelayMessage>) {
         match command {
             Command::Create(call, reply) => {
-                let member =
-                    match GroupMember::new(self.config.identity.clone(), self.config.group.clone())
-                    {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = reply.send(Err(e.into()));
-                            return;
-                        }
-                    };
+                let member = match self.new_member() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return;
+                    }
+                };
                 self.creating.insert(call, (member, reply));
                 outgoing.push(RelayMessage::CreateCall { call });
             }
@@ -1292,7 +1352,7 @@ impl Device {
                         ctx.accepted = true;
                         ctx.snapshot.accepted = true;
                         if let Some(store) = &self.store {
-                            memberships::record(store, &call, true);
+                            memberships::record(store, &call, true, ctx.route);
                         }
                         let now = Instant::now();
                         let _ = ctx
@@ -1359,7 +1419,60 @@ impl Device {
             self.rejoins_held.insert(call);
         }
         self.publish_one(&ctx.snapshot);
+        // Its stored group is of no use any more: the Welcome brings the new one.
+        ctx.member.discard();
         out.push(RelayMessage::Rejoin { call });
+    }
+
+    /// Takes up the recorded calls whose group the store holds ([`GroupMember::resume`]):
+    /// the device hears them again at once and commits an update (`sweep`) to send again
+    /// under a new epoch. Returns the others.
+    fn resume_stored(
+        &mut self,
+        recorded: Vec<memberships::Membership>,
+    ) -> Vec<memberships::Membership> {
+        let now = Instant::now();
+        let mut rest = Vec::new();
+        for m in recorded {
+            let Some(route) = m.route else {
+                rest.push(m);
+                continue;
+            };
+            let mut member = match self.new_member() {
+                Ok(member) => member,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no member to resume a call");
+                    rest.push(m);
+                    continue;
+                }
+            };
+            match member.resume(now, &m.call.0) {
+                Ok(true) => {}
+                Ok(false) => {
+                    rest.push(m);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored group did not load; asking back in");
+                    member.discard();
+                    rest.push(m);
+                    continue;
+                }
+            }
+            tracing::info!(
+                accepted = m.accepted,
+                "in a group call before the restart; resuming it from the store"
+            );
+            if let Err(e) = self.open_call(m.call, route, member, m.accepted) {
+                tracing::warn!(error = %e, "a resumed call was not opened");
+                continue;
+            }
+            if let Some(ctx) = self.calls.get_mut(&m.call) {
+                ctx.resume = Some(Resume::default());
+                ctx.snapshot.resumes += 1;
+            }
+        }
+        rest
     }
 
     /// The calls the store says this device was in when it last stopped, and that it holds
@@ -1434,6 +1547,7 @@ impl Device {
                 .events
                 .send(Dispatch::Event(GroupCallEvent::Ended { call }));
             self.publish_one(&ctx.snapshot);
+            ctx.member.discard();
         }
     }
 
@@ -1451,6 +1565,38 @@ impl Device {
         };
         if ctx.committing {
             return;
+        }
+        if ctx.resume.is_some() {
+            if !ctx.member.resumed_silent() {
+                // A new epoch gave it a send key: it sends again once the call switches.
+                ctx.resume = None;
+            } else {
+                let epoch = ctx.member.epoch().map(|e| e.0);
+                let waiting = ctx
+                    .resume
+                    .and_then(|r| r.refused)
+                    .is_some_and(|(at, _)| Some(at) == epoch);
+                if !waiting {
+                    // Its own update moves the group to an epoch with keys it never used.
+                    match ctx.member.update() {
+                        Ok(commit) => {
+                            ctx.committing = true;
+                            ctx.in_flight = None;
+                            ctx.resume = Some(Resume::default());
+                            out.push(RelayMessage::Commit {
+                                call,
+                                epoch: commit.epoch.0,
+                                commit: commit.commit,
+                                welcome: None,
+                                added: Vec::new(),
+                                removed: Vec::new(),
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "resumed call's update not made"),
+                    }
+                }
+                return;
+            }
         }
         let roster = ctx.member.roster();
         let present = |id: &DeviceKey| roster.values().any(|r| r.to_bytes() == *id);
@@ -1621,6 +1767,13 @@ impl Device {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "commit verdict not applied");
                 }
+                // A resumed member's update lost the epoch: the winner comes next as a
+                // Handshake, unless it went with the connection of the earlier run.
+                if let Some(resume) = ctx.resume.as_mut().filter(|_| !accepted) {
+                    if ctx.member.resumed_silent() {
+                        resume.refused = ctx.member.epoch().map(|e| (e.0, now + RESUME_WAIT));
+                    }
+                }
                 // Another commit won the epoch: ours is made again on top of it.
                 self.commit_done(call, !accepted, out);
             }
@@ -1655,15 +1808,13 @@ impl Device {
                 if self.calls.contains_key(&call) {
                     return;
                 }
-                let fresh =
-                    match GroupMember::new(self.config.identity.clone(), self.config.group.clone())
-                    {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no member for the next call");
-                            return;
-                        }
-                    };
+                let fresh = match self.new_member() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no member for the next call");
+                        return;
+                    }
+                };
                 let mut member = std::mem::replace(&mut self.lobby, fresh);
                 member.expect_group(&call.0);
                 if let Err(e) = member.handle_message(now, &welcome) {
@@ -1769,6 +1920,14 @@ impl Device {
             RelayMessage::Error { code, call } => {
                 tracing::warn!(?code, "relay refused a request");
                 if let Some(call) = call {
+                    // A call resumed from the store that ended, or that this device was
+                    // taken out of, while it was away.
+                    if matches!(code, RelayErrorCode::NotMember | RelayErrorCode::NoSuchCall)
+                        && self.calls.get(&call).is_some_and(|c| c.resume.is_some())
+                    {
+                        self.end_call(call);
+                        return;
+                    }
                     // A rejoin the relay refused (the call ended, or this device was removed):
                     // out of the call.
                     if !self.calls.contains_key(&call)
@@ -1802,7 +1961,7 @@ impl Device {
         &mut self,
         call: CallRef,
         route: u32,
-        member: GroupMember,
+        member: Member,
         accepted: bool,
     ) -> Result<(), GroupPhoneError> {
         let now = Instant::now();
@@ -1828,6 +1987,7 @@ impl Device {
             departed: std::collections::BTreeSet::new(),
             readd: std::collections::BTreeSet::new(),
             former: std::collections::BTreeSet::new(),
+            resume: None,
             snapshot: GroupCallSnapshot {
                 rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
                 accepted,
@@ -1837,12 +1997,21 @@ impl Device {
         self.calls.insert(call, ctx);
         self.routes.insert(route, call);
         if let Some(store) = &self.store {
-            memberships::record(store, &call, accepted);
+            memberships::record(store, &call, accepted, route);
         }
         let _ = self
             .events
             .send(Dispatch::Event(GroupCallEvent::Joined { call }));
         Ok(())
+    }
+
+    /// A member in no group yet, its MLS state in this device's store.
+    fn new_member(&self) -> Result<Member, viska_group::GroupError> {
+        GroupMember::with_storage(
+            self.config.identity.clone(),
+            self.config.group.clone(),
+            self.mls.clone(),
+        )
     }
 
     fn on_datagram(&mut self, datagram: &Bytes) {

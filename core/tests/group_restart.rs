@@ -1,8 +1,9 @@
 //! A phone killed mid-call (`kill -9`, a real child process) and started again from its key
-//! store: it gets back into its group call, the others hear it again and it hears them, no
-//! SFrame counter went over the wire twice under a key (the relay checks every datagram it
-//! forwards and counts the reuse it drops), and what it committed to its store before the kill
-//! is still there.
+//! store: it takes up its group call from the MLS state in its store (same leaf, no one adds
+//! it back), the others hear it again and it hears them, no SFrame counter went over the wire
+//! twice under a key (the relay checks every datagram it forwards and counts the reuse it
+//! drops), and what it committed to its store before the kill is still there. Killed again
+//! while the group moves on without it, it still comes back.
 //!
 //! The child is this test binary itself, started again with [`CHILD_ENV`] set: it runs one
 //! group phone from a store file and prints what it sees on stdout, one `@child ...` line at a
@@ -168,12 +169,13 @@ fn restart_child() {
                 .map(|(_, n)| *n)
                 .collect::<Vec<_>>();
             println!(
-                "@child call {} roster={} accepted={} ended={} rejoins={} sent={} heard={}",
+                "@child call {} roster={} accepted={} ended={} rejoins={} resumes={} sent={} heard={}",
                 hex(&c.call.0),
                 c.roster.len(),
                 c.accepted,
                 c.ended,
                 c.rejoins,
+                c.resumes,
                 c.media.frames_sent,
                 if others.len() == 2 {
                     others.iter().min().copied().unwrap_or(0)
@@ -368,6 +370,13 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
     });
     let before = alice.snapshot(call).unwrap();
     let epoch_before = before.epoch.unwrap();
+    let leaf_of = |s: &viska::group::GroupCallSnapshot| {
+        s.roster
+            .iter()
+            .find(|(_, id)| **id == carol_id)
+            .map(|(leaf, _)| *leaf)
+    };
+    let carol_leaf = leaf_of(&before).unwrap();
     assert_eq!(relay.stats().counter_reuse_dropped(), 0);
 
     // Killed while audio flows: Alice and Bob are still receiving Carol's frames.
@@ -386,23 +395,25 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
         identity_before,
         "the same identity"
     );
-    assert_eq!(
-        carol.line("child stored"),
-        format!(
-            "setting=kept records=viska.group.call.{}=accepted",
-            hex(&call.0)
-        ),
-        "what was committed before the kill"
+    let stored = carol.line("child stored");
+    let want = format!(
+        "setting=kept records=viska.group.call.{}=accepted:",
+        hex(&call.0)
+    );
+    assert!(
+        stored.starts_with(&want) && stored[want.len()..].parse::<u32>().is_ok(),
+        "what was committed before the kill: {stored}"
     );
     carol.line("child connected");
 
-    // Taken out and added back into a new epoch: the others hear Carol again...
+    // Taken up from the store, in the same group and leaf: its update moves the call to a
+    // new epoch, whose keys it never used; the others hear Carol again...
     for p in [&alice, &bob] {
         assert!(
             p.wait_for(WAIT, |calls| calls.get(&call).is_some_and(|c| {
                 c.roster.len() == 3
-                    && c.roster.values().any(|id| *id == carol_id)
-                    && c.epoch.is_some_and(|e| e >= epoch_before + 2)
+                    && leaf_of(c) == Some(carol_leaf)
+                    && c.epoch.is_some_and(|e| e > epoch_before)
                     && c.sending_epoch == c.epoch
             })),
             "{:?}",
@@ -416,14 +427,61 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
             p.snapshot(call)
         );
     }
-    // ...and Carol hears them, sending without being asked to accept again.
-    carol.wait_call("back in the call, hearing both others", |c| {
+    // ...and Carol hears them, sending without being asked to accept again, never having been
+    // taken out and added back.
+    carol.wait_call("resumed, hearing both others", |c| {
         c.field("roster") == Some(3)
             && c.field("accepted") == Some(1)
-            && c.field("rejoins").is_some_and(|n| n >= 1)
+            && c.field("resumes") == Some(1)
+            && c.field("rejoins") == Some(0)
             && c.field("sent").is_some_and(|n| n > 100)
             && c.field("heard").is_some_and(|n| n > 100)
     });
+    let resumed = alice.snapshot(call).unwrap();
+    assert_eq!(leaf_of(&resumed), Some(carol_leaf));
+    assert_eq!(relay.stats().counter_reuse_dropped(), 0);
+
+    // Killed again, and the group moves on while it is down: an emergency rekey (every
+    // member asked, Alice's or Bob's update wins). What the relay sent to the dead process's
+    // connection is lost with it; started again, Carol finds out (its own update is refused
+    // and the winner never comes, or a held message is from an epoch it never reached) and
+    // is added back; or the relay held the commit for it, and it resumes past it.
+    let mut carol = carol;
+    carol.kill();
+    let epoch_down = alice.snapshot(call).unwrap().epoch.unwrap();
+    viska_relay::admin::Admin::open(&dir.path().join("relay"), "test")
+        .unwrap()
+        .rekey_call(&call)
+        .unwrap();
+    for p in [&alice, &bob] {
+        assert!(
+            p.wait_for(WAIT, |calls| calls
+                .get(&call)
+                .is_some_and(|c| c.epoch.is_some_and(|e| e > epoch_down))),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
+    let carol = ChildPhone::start(addr, fingerprint, &store_path);
+    assert_eq!(carol.line("child identity"), identity_before);
+    carol.line("child stored");
+    carol.line("child connected");
+    carol.wait_call("back after the group moved on", |c| {
+        c.field("roster") == Some(3)
+            && c.field("accepted") == Some(1)
+            && c.field("resumes").unwrap_or(0) + c.field("rejoins").unwrap_or(0) >= 1
+            && c.field("sent").is_some_and(|n| n > 100)
+            && c.field("heard").is_some_and(|n| n > 100)
+    });
+    for p in [&alice, &bob] {
+        let from = heard_from(&calls(p), call, &carol_id).unwrap_or(0);
+        assert!(
+            p.wait_for(WAIT, |c| heard_from(c, call, &carol_id)
+                .is_some_and(|m| m > from + 100)),
+            "{:?}",
+            p.snapshot(call)
+        );
+    }
     // Its store still says it is in the call, accepted.
     drop(carol);
     let store = Store::open(&store_path, StoreKey::raw(STORE_KEY)).unwrap();
