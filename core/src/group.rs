@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use viska_e2ee::identity::{IdentityKeyPair, PublicIdentity};
 use viska_group::{GroupMember, GroupOutput, ParticipantId};
@@ -358,6 +359,10 @@ enum Command {
     /// Testing: drop the next group message from the relay (as if it were lost).
     #[cfg(feature = "testing")]
     DropNextHandshake,
+    /// Testing: drop the next commit verdict from the relay, and the connection with it (a
+    /// verdict lost with a breaking connection).
+    #[cfg(feature = "testing")]
+    DropNextVerdict,
     /// Testing: send these bytes as a media frame of the call (after its route).
     #[cfg(feature = "testing")]
     Inject(CallRef, Vec<u8>),
@@ -634,6 +639,14 @@ impl GroupPhone {
         self.send(Command::DropNextHandshake)
     }
 
+    /// Testing: the next verdict on a commit of this device is lost, together with the
+    /// connection it came on (the device reconnects as after any loss).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn drop_next_verdict(&self) -> Result<(), GroupPhoneError> {
+        self.send(Command::DropNextVerdict)
+    }
+
     /// Testing: sends `frame` to the relay as a media frame of `call` (a forgery, a replay).
     #[cfg(feature = "testing")]
     pub fn inject(&self, call: CallRef, frame: Vec<u8>) -> Result<(), GroupPhoneError> {
@@ -730,6 +743,8 @@ struct CallCtx {
     former: std::collections::BTreeSet<DeviceKey>,
     /// Taken up from the store after a restart, not sending yet.
     resume: Option<Resume>,
+    /// Our pending commit as written to the relay: its SHA-256 and the connection it went on.
+    commit_sent: Option<([u8; 32], u64)>,
     snapshot: GroupCallSnapshot,
 }
 
@@ -776,8 +791,13 @@ struct Device {
     store: Option<viska_store::Store>,
     /// Where its members' MLS state is: the store, or one in memory.
     mls: viska_store::Store,
+    /// The connection to the relay now: one more at every reconnection. A commit written on
+    /// an earlier one may have lost its verdict with it (`CallStatus`).
+    link_gen: u64,
     #[cfg(feature = "testing")]
     drop_next_handshake: bool,
+    #[cfg(feature = "testing")]
+    drop_next_verdict: bool,
 }
 
 fn io_error(e: impl std::fmt::Display) -> GroupPhoneError {
@@ -1024,8 +1044,11 @@ impl Device {
             next_snapshot: Instant::now(),
             store,
             mls,
+            link_gen: 1,
             #[cfg(feature = "testing")]
             drop_next_handshake: false,
+            #[cfg(feature = "testing")]
+            drop_next_verdict: false,
         };
         device.publish().await?;
         Ok(device)
@@ -1117,6 +1140,7 @@ impl Device {
             Ok(link) => {
                 tracing::info!(attempts = self.attempts + 1, "relay reconnected");
                 self.link = Some(link);
+                self.link_gen += 1;
                 let attempts = std::mem::take(&mut self.attempts) + 1;
                 self.backoff = BACKOFF_MIN;
                 let _ = self
@@ -1150,6 +1174,11 @@ impl Device {
                     self.unsent.push(m);
                     self.lose_link();
                     break;
+                }
+                if let RelayMessage::Commit { call, commit, .. } = &m {
+                    if let Some(ctx) = self.calls.get_mut(call) {
+                        ctx.commit_sent = Some((Sha256::digest(commit).into(), self.link_gen));
+                    }
                 }
             }
         }
@@ -1367,6 +1396,8 @@ impl Device {
             }
             #[cfg(feature = "testing")]
             Command::DropNextHandshake => self.drop_next_handshake = true,
+            #[cfg(feature = "testing")]
+            Command::DropNextVerdict => self.drop_next_verdict = true,
             #[cfg(feature = "testing")]
             Command::Inject(call, frame) => {
                 if let Some(ctx) = self.calls.get(&call) {
@@ -1680,6 +1711,62 @@ impl Device {
         }
     }
 
+    /// Where the relay says `call` stands, after the messages it held for this device
+    /// (protocol-relay.md §4.7): a commit of ours written on an earlier connection whose
+    /// verdict never came is settled by it, and a member behind the call's epoch (it lost a
+    /// commit with an earlier connection) asks to be added back at once.
+    fn call_status(
+        &mut self,
+        call: CallRef,
+        epoch: u64,
+        last_commit: Option<[u8; 32]>,
+        out: &mut Vec<RelayMessage>,
+    ) {
+        let now = Instant::now();
+        let link_gen = self.link_gen;
+        let Some(ctx) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(mine) = ctx.member.epoch().map(|e| e.0) else {
+            return;
+        };
+        let lost_verdict = ctx
+            .commit_sent
+            .filter(|(_, sent_on)| ctx.committing && *sent_on < link_gen)
+            .map(|(hash, _)| hash);
+        if let Some(hash) = lost_verdict {
+            ctx.commit_sent = None;
+            if epoch == mine.saturating_add(1) && last_commit == Some(hash) {
+                tracing::info!("a commit's verdict was lost; the relay's order has it accepted");
+                if let Err(e) = ctx.member.commit_accepted(now) {
+                    tracing::warn!(error = %e, "commit verdict not applied");
+                }
+                self.commit_done(call, false, out);
+                return;
+            }
+            if let Err(e) = ctx.member.commit_refused() {
+                tracing::warn!(error = %e, "commit verdict not applied");
+            }
+            if epoch == mine {
+                // It never reached the relay (or lost to a commit that failed to be stored):
+                // made again.
+                tracing::info!("a commit was lost with the connection; committing again");
+                self.commit_done(call, true, out);
+                return;
+            }
+        }
+        if epoch > mine {
+            tracing::warn!(
+                mine,
+                epoch,
+                "behind the call's epoch after reconnecting; asking to be added back"
+            );
+            self.rejoin(call, out);
+        } else if epoch < mine {
+            tracing::warn!(mine, epoch, "ahead of the relay's epoch for a call");
+        }
+    }
+
     /// The relay asks for an emergency rekey of `call` (protocol-relay.md §4.6): a member
     /// still at `epoch` with no commit of its own pending commits an update. One that lost the
     /// epoch to another member's commit does not try again: that commit gave the fresh keys.
@@ -1756,9 +1843,15 @@ impl Device {
                 }
             }
             RelayMessage::CommitResult { call, accepted, .. } => {
+                #[cfg(feature = "testing")]
+                if std::mem::take(&mut self.drop_next_verdict) {
+                    self.lose_link();
+                    return;
+                }
                 let Some(ctx) = self.calls.get_mut(&call) else {
                     return;
                 };
+                ctx.commit_sent = None;
                 let result = if accepted {
                     ctx.member.commit_accepted(now)
                 } else {
@@ -1887,6 +1980,11 @@ impl Device {
                 }
             }
             RelayMessage::Rekey { call, epoch } => self.rekey(call, epoch, out),
+            RelayMessage::CallStatus {
+                call,
+                epoch,
+                last_commit,
+            } => self.call_status(call, epoch, last_commit, out),
             RelayMessage::MemberGone { call, identity } => {
                 // Removed by whoever is first among those still here (`sweep`).
                 if let Some(ctx) = self.calls.get_mut(&call) {
@@ -1988,6 +2086,7 @@ impl Device {
             readd: std::collections::BTreeSet::new(),
             former: std::collections::BTreeSet::new(),
             resume: None,
+            commit_sent: None,
             snapshot: GroupCallSnapshot {
                 rejoins: self.rejoins.get(&call).copied().unwrap_or(0),
                 accepted,

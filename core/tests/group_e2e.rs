@@ -665,6 +665,71 @@ fn a_member_whose_connection_drops_gets_the_held_commit_when_it_reconnects() {
 }
 
 #[test]
+fn a_member_that_loses_a_commit_with_its_connection_learns_it_on_reconnecting() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 71, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 72, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 73, 800.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    accept(&bob, call);
+    assert!(settled(&alice, call, 2) && settled(&bob, call, 2));
+    // The commit adding Carol is lost on its way to Bob, and then his connection breaks.
+    bob.drop_next_handshake().unwrap();
+    alice.add(call, carol.identity()).unwrap();
+    accept(&carol, call);
+    assert!(settled(&alice, call, 3) && settled(&carol, call, 3));
+    assert_eq!(one(&bob).roster.len(), 2);
+    bob.drop_relay_connection().unwrap();
+    eventually("bob offline", || setup.online() == 2);
+    bob.reconnect_relay().unwrap();
+    // Nothing else changes in the call: the relay's CallStatus after the reconnection tells
+    // him he is behind, and he is added back without waiting for another commit.
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+    }
+    let s = one(&bob);
+    assert_eq!(s.rejoins, 1, "{s:?}");
+    assert_eq!(s.verification_code, one(&alice).verification_code);
+    assert!(hears_again(&bob, call, 2, 30), "{:?}", one(&bob));
+    assert_eq!(one(&bob).media.decrypt_failures, 0);
+}
+
+#[test]
+fn a_commit_whose_verdict_is_lost_with_the_connection_is_settled_on_reconnecting() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 81, 400.0, Vec::new());
+    let (bob, _) = phone(&setup, 82, 600.0, Vec::new());
+    let (carol, _) = phone(&setup, 83, 800.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    alice.add(call, bob.identity()).unwrap();
+    accept(&bob, call);
+    assert!(settled(&alice, call, 2) && settled(&bob, call, 2));
+    let epoch = one(&alice).epoch.unwrap();
+    // Alice's commit adding Carol is accepted, but the verdict goes with her connection.
+    alice.drop_next_verdict().unwrap();
+    alice.add(call, carol.identity()).unwrap();
+    accept(&carol, call);
+    // The relay's order has her commit: she merges it on reconnecting, not adding anyone
+    // back, and the three meet in one epoch with one code.
+    for p in [&alice, &bob, &carol] {
+        assert!(settled(p, call, 3), "{:?}", p.snapshot(call));
+    }
+    for p in [&alice, &bob, &carol] {
+        let s = one(p);
+        assert_eq!(s.rejoins, 0, "{s:?}");
+        assert_eq!(s.epoch, Some(epoch + 1), "{s:?}");
+        assert_eq!(s.verification_code, one(&alice).verification_code);
+    }
+    assert!(hears_again(&alice, call, 2, 30), "{:?}", one(&alice));
+    assert!(hears_again(&carol, call, 2, 30), "{:?}", one(&carol));
+    // And her next change is ordered as usual.
+    alice.remove(call, bob.identity()).unwrap();
+    assert!(settled(&alice, call, 2) && settled(&carol, call, 2));
+    assert_eq!(one(&alice).epoch, Some(epoch + 2));
+}
+
+#[test]
 fn a_member_back_after_the_hold_time_is_added_back() {
     let setup = relay_holding(Duration::from_millis(300));
     let (alice, _) = phone(&setup, 61, 400.0, Vec::new());

@@ -273,6 +273,19 @@ pub enum RelayMessage {
         /// The call's epoch when the rekey was asked for.
         epoch: u64,
     },
+    /// [relay → device, version 2] Where `call` stands, sent after `AuthOk` and the messages
+    /// held for the device, for each call it is a member of (none is sent for a call whose
+    /// next commit is being stored): a device that lost a message with its previous
+    /// connection finds out here, not at the next change.
+    CallStatus {
+        /// The call.
+        call: CallRef,
+        /// The call's epoch.
+        epoch: u64,
+        /// SHA-256 of the commit that moved the call into `epoch` (its `commit` bytes as the
+        /// committer sent them); absent for epoch 0 or when the relay no longer has it.
+        last_commit: Option<[u8; 32]>,
+    },
     /// [relay → device] The device is no longer a member of `call`.
     Removed {
         /// The call.
@@ -377,6 +390,9 @@ impl std::fmt::Debug for RelayMessage {
             Self::Removed { call } => write!(f, "Removed({})", hex8(&call.0)),
             Self::Rejoin { call } => write!(f, "Rejoin({})", hex8(&call.0)),
             Self::Rekey { call, epoch } => write!(f, "Rekey({}, {epoch})", hex8(&call.0)),
+            Self::CallStatus { call, epoch, .. } => {
+                write!(f, "CallStatus({}, {epoch})", hex8(&call.0))
+            }
             Self::Readd { call, identity } => {
                 write!(f, "Readd({}, {})", hex8(&call.0), hex8(identity))
             }
@@ -421,6 +437,7 @@ mod tag {
     pub(super) const LOGIN: u8 = 0x16;
     pub(super) const LOGIN_FAILED: u8 = 0x17;
     pub(super) const REKEY: u8 = 0x18;
+    pub(super) const CALL_STATUS: u8 = 0x19;
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -675,6 +692,16 @@ impl RelayMessage {
                 out.extend_from_slice(&call.0);
                 out.extend_from_slice(&epoch.to_be_bytes());
             }
+            Self::CallStatus {
+                call,
+                epoch,
+                last_commit,
+            } => {
+                out.push(tag::CALL_STATUS);
+                out.extend_from_slice(&call.0);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                put_opt(&mut out, last_commit.as_ref().map(|h| &h[..]));
+            }
             Self::Readd { call, identity } => {
                 out.push(tag::READD);
                 out.extend_from_slice(&call.0);
@@ -720,125 +747,145 @@ impl RelayMessage {
     pub fn decode(frame: &[u8]) -> Result<Self, ProtoError> {
         let mut r = Reader::new(frame, "relay message");
         let call = |r: &mut Reader<'_>| r.array().map(CallRef);
-        let message = match r.u8()? {
-            tag::CHALLENGE => Self::Challenge { nonce: r.array()? },
-            tag::AUTH => Self::Auth {
-                identity: r.array()?,
-                signature: r.array()?,
-            },
-            tag::AUTH_OK => Self::AuthOk,
-            tag::PUBLISH => {
-                let n = count(&mut r)?;
-                let packages = (0..n).map(|_| bytes(&mut r)).collect::<Result<_, _>>()?;
-                Self::PublishKeyPackages {
-                    packages,
-                    last_resort: opt(&mut r)?,
+        let message =
+            match r.u8()? {
+                tag::CHALLENGE => Self::Challenge { nonce: r.array()? },
+                tag::AUTH => Self::Auth {
+                    identity: r.array()?,
+                    signature: r.array()?,
+                },
+                tag::AUTH_OK => Self::AuthOk,
+                tag::PUBLISH => {
+                    let n = count(&mut r)?;
+                    let packages = (0..n).map(|_| bytes(&mut r)).collect::<Result<_, _>>()?;
+                    Self::PublishKeyPackages {
+                        packages,
+                        last_resort: opt(&mut r)?,
+                    }
                 }
-            }
-            tag::FETCH => Self::FetchKeyPackage {
-                request: r.u32()?,
-                identity: r.array()?,
-            },
-            tag::KEY_PACKAGE => Self::KeyPackage {
-                request: r.u32()?,
-                identity: r.array()?,
-                package: opt(&mut r)?,
-            },
-            tag::CREATE => Self::CreateCall {
-                call: call(&mut r)?,
-            },
-            tag::OPENED => Self::CallOpened {
-                call: call(&mut r)?,
-                route: r.u32()?,
-                epoch: r.u64()?,
-            },
-            tag::COMMIT => Self::Commit {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-                commit: bytes(&mut r)?,
-                welcome: opt(&mut r)?,
-                added: keys(&mut r)?,
-                removed: keys(&mut r)?,
-            },
-            tag::COMMIT_RESULT => Self::CommitResult {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-                accepted: flag(&mut r, "accepted")?,
-            },
-            tag::HANDSHAKE => Self::Handshake {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-                message: bytes(&mut r)?,
-            },
-            tag::WELCOME => Self::Welcome {
-                call: call(&mut r)?,
-                route: r.u32()?,
-                epoch: r.u64()?,
-                welcome: bytes(&mut r)?,
-            },
-            tag::READY => Self::Ready {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-            },
-            tag::SWITCH => Self::Switch {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-            },
-            tag::LEAVE => Self::Leave {
-                call: call(&mut r)?,
-            },
-            tag::MEMBER_GONE => Self::MemberGone {
-                call: call(&mut r)?,
-                identity: r.array()?,
-            },
-            tag::REMOVED => Self::Removed {
-                call: call(&mut r)?,
-            },
-            tag::REJOIN => Self::Rejoin {
-                call: call(&mut r)?,
-            },
-            tag::REKEY => Self::Rekey {
-                call: call(&mut r)?,
-                epoch: r.u64()?,
-            },
-            tag::READD => Self::Readd {
-                call: call(&mut r)?,
-                identity: r.array()?,
-            },
-            tag::ERROR => {
-                let code = RelayErrorCode::from_u16(r.u16()?);
-                let call = match opt(&mut r)? {
-                    None => None,
-                    Some(b) => Some(CallRef(b.try_into().map_err(|b: Vec<u8>| {
-                        ProtoError::InvalidField {
-                            field: "call",
-                            value: b.len() as u64,
-                        }
-                    })?)),
-                };
-                Self::Error { code, call }
-            }
-            tag::LOGIN_REQUIRED => Self::LoginRequired,
-            tag::LOGIN => {
-                let account = text(&mut r, "account name", 1, MAX_ACCOUNT_NAME)?;
-                let password = Zeroizing::new(text(&mut r, "password", 0, MAX_LOGIN_PASSWORD)?);
-                let code = text(&mut r, "one-time code", 0, MAX_LOGIN_CODE)?;
-                Self::Login {
-                    account,
-                    password,
-                    code,
+                tag::FETCH => Self::FetchKeyPackage {
+                    request: r.u32()?,
+                    identity: r.array()?,
+                },
+                tag::KEY_PACKAGE => Self::KeyPackage {
+                    request: r.u32()?,
+                    identity: r.array()?,
+                    package: opt(&mut r)?,
+                },
+                tag::CREATE => Self::CreateCall {
+                    call: call(&mut r)?,
+                },
+                tag::OPENED => Self::CallOpened {
+                    call: call(&mut r)?,
+                    route: r.u32()?,
+                    epoch: r.u64()?,
+                },
+                tag::COMMIT => Self::Commit {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                    commit: bytes(&mut r)?,
+                    welcome: opt(&mut r)?,
+                    added: keys(&mut r)?,
+                    removed: keys(&mut r)?,
+                },
+                tag::COMMIT_RESULT => Self::CommitResult {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                    accepted: flag(&mut r, "accepted")?,
+                },
+                tag::HANDSHAKE => Self::Handshake {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                    message: bytes(&mut r)?,
+                },
+                tag::WELCOME => Self::Welcome {
+                    call: call(&mut r)?,
+                    route: r.u32()?,
+                    epoch: r.u64()?,
+                    welcome: bytes(&mut r)?,
+                },
+                tag::READY => Self::Ready {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                },
+                tag::SWITCH => Self::Switch {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                },
+                tag::LEAVE => Self::Leave {
+                    call: call(&mut r)?,
+                },
+                tag::MEMBER_GONE => Self::MemberGone {
+                    call: call(&mut r)?,
+                    identity: r.array()?,
+                },
+                tag::REMOVED => Self::Removed {
+                    call: call(&mut r)?,
+                },
+                tag::REJOIN => Self::Rejoin {
+                    call: call(&mut r)?,
+                },
+                tag::REKEY => Self::Rekey {
+                    call: call(&mut r)?,
+                    epoch: r.u64()?,
+                },
+                tag::CALL_STATUS => {
+                    let call = call(&mut r)?;
+                    let epoch = r.u64()?;
+                    let last_commit =
+                        match opt(&mut r)? {
+                            None => None,
+                            Some(b) => Some(b.try_into().map_err(|b: Vec<u8>| {
+                                ProtoError::InvalidField {
+                                    field: "last_commit",
+                                    value: b.len() as u64,
+                                }
+                            })?),
+                        };
+                    Self::CallStatus {
+                        call,
+                        epoch,
+                        last_commit,
+                    }
                 }
-            }
-            tag::LOGIN_FAILED => Self::LoginFailed {
-                retry_after_secs: r.u32()?,
-            },
-            other => {
-                return Err(ProtoError::InvalidField {
-                    field: "relay message type",
-                    value: u64::from(other),
-                });
-            }
-        };
+                tag::READD => Self::Readd {
+                    call: call(&mut r)?,
+                    identity: r.array()?,
+                },
+                tag::ERROR => {
+                    let code = RelayErrorCode::from_u16(r.u16()?);
+                    let call = match opt(&mut r)? {
+                        None => None,
+                        Some(b) => Some(CallRef(b.try_into().map_err(|b: Vec<u8>| {
+                            ProtoError::InvalidField {
+                                field: "call",
+                                value: b.len() as u64,
+                            }
+                        })?)),
+                    };
+                    Self::Error { code, call }
+                }
+                tag::LOGIN_REQUIRED => Self::LoginRequired,
+                tag::LOGIN => {
+                    let account = text(&mut r, "account name", 1, MAX_ACCOUNT_NAME)?;
+                    let password = Zeroizing::new(text(&mut r, "password", 0, MAX_LOGIN_PASSWORD)?);
+                    let code = text(&mut r, "one-time code", 0, MAX_LOGIN_CODE)?;
+                    Self::Login {
+                        account,
+                        password,
+                        code,
+                    }
+                }
+                tag::LOGIN_FAILED => Self::LoginFailed {
+                    retry_after_secs: r.u32()?,
+                },
+                other => {
+                    return Err(ProtoError::InvalidField {
+                        field: "relay message type",
+                        value: u64::from(other),
+                    });
+                }
+            };
         if !r.rest().is_empty() {
             return Err(ProtoError::InvalidField {
                 field: "relay message trailing bytes",
@@ -1017,6 +1064,16 @@ mod tests {
                 identity: [5; 32],
             },
             RelayMessage::Rekey { call, epoch: 9 },
+            RelayMessage::CallStatus {
+                call,
+                epoch: 9,
+                last_commit: Some([6; 32]),
+            },
+            RelayMessage::CallStatus {
+                call,
+                epoch: 0,
+                last_commit: None,
+            },
             RelayMessage::Error {
                 code: RelayErrorCode::NotMember,
                 call: Some(call),
@@ -1111,6 +1168,27 @@ mod tests {
             RelayMessage::LoginRequired.encode().unwrap(),
             [0, 0, 0, 1, 0x15]
         );
+        let mut status = vec![0, 0, 0, 0x3e, 0x19];
+        status.extend_from_slice(&[0xaa; 16]);
+        status.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]);
+        status.extend_from_slice(&[1, 0, 0, 0, 0x20]);
+        status.extend_from_slice(&[0xbb; 32]);
+        assert_eq!(
+            RelayMessage::CallStatus {
+                call: CallRef([0xaa; 16]),
+                epoch: 3,
+                last_commit: Some([0xbb; 32]),
+            }
+            .encode()
+            .unwrap(),
+            status
+        );
+        // A hash of any other length is refused.
+        let mut short = vec![0x19];
+        short.extend_from_slice(&[0xaa; 16]);
+        short.extend_from_slice(&[0; 8]);
+        short.extend_from_slice(&[1, 0, 0, 0, 2, 1, 2]);
+        assert!(RelayMessage::decode(&short).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use crate::accounts::{self, DeviceStatus, Registered, Role, UserRecord};
@@ -54,6 +55,8 @@ pub(crate) struct StoredCall {
     pub(crate) epoch: u64,
     /// Members and the epoch each joined at.
     pub(crate) members: Vec<(DeviceKey, u64)>,
+    /// SHA-256 of the commit that moved the call into `epoch`.
+    pub(crate) last_commit: Option<[u8; 32]>,
 }
 
 /// An accepted commit to store, and the membership change it makes.
@@ -200,6 +203,7 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
                 route,
                 epoch,
                 members: Vec::new(),
+                last_commit: None,
             },
         );
     }
@@ -222,6 +226,17 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
     }
     // A call without members has ended; it should not be there, but is harmless to drop.
     calls.retain(|_, c| !c.members.is_empty());
+    // The commit that moved each call into its epoch, for `CallStatus`.
+    let mut stmt = conn.prepare("SELECT message FROM commits WHERE call = ?1 AND epoch = ?2")?;
+    for (call, c) in calls.iter_mut() {
+        let Some(before) = c.epoch.checked_sub(1) else {
+            continue;
+        };
+        let message: Option<Vec<u8>> = stmt
+            .query_row(rusqlite::params![&call.0[..], before], |r| r.get(0))
+            .optional()?;
+        c.last_commit = message.map(|m| sha2::Sha256::digest(&m).into());
+    }
     Ok(calls)
 }
 

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
+use sha2::Digest as _;
 use tokio::sync::{Notify, oneshot, watch};
 use viska_proto::relay::{RelayErrorCode, RelayMessage, decode_route};
 use viska_sframe::SframeHeader;
@@ -110,6 +111,8 @@ struct Call {
     switched: Option<u64>,
     /// A commit for `epoch` is being stored.
     pending: bool,
+    /// SHA-256 of the commit that moved the call into `epoch` (`CallStatus`).
+    last_commit: Option<[u8; 32]>,
     /// Distinguishes this call from an earlier one with the same id.
     incarnation: u64,
     /// Former members gone past the hold time (not left): one that comes back may ask to be
@@ -190,6 +193,7 @@ impl Shared {
                     ready: HashSet::new(),
                     switched: None,
                     pending: false,
+                    last_commit: c.last_commit,
                     incarnation: state.next_id,
                     gone: HashSet::new(),
                 },
@@ -279,9 +283,25 @@ impl Shared {
             live.wake.notify_one();
         }
         let calls: Vec<CallRef> = device.calls.iter().copied().collect();
-        for c in calls {
-            st.rebuild(self, &c);
+        for c in &calls {
+            st.rebuild(self, c);
         }
+        // After the held messages: where each of its calls stands, so that a device that
+        // lost a message with its previous connection (a commit, or its own commit's verdict)
+        // finds out now. Not for a call whose next commit is being stored: its outcome follows.
+        for c in calls {
+            let Some(status) = st.calls.get(&c).filter(|call| !call.pending).map(|call| {
+                RelayMessage::CallStatus {
+                    call: c,
+                    epoch: call.epoch,
+                    last_commit: call.last_commit,
+                }
+            }) else {
+                continue;
+            };
+            st.push(self, &identity, status);
+        }
+        st.settle(self);
         id
     }
 
@@ -877,6 +897,7 @@ impl State {
                 ready: HashSet::new(),
                 switched: None,
                 pending: false,
+                last_commit: None,
                 incarnation: self.next_id,
                 gone: HashSet::new(),
             },
@@ -1011,6 +1032,7 @@ impl State {
         let old_members: Vec<DeviceKey> = call.members.keys().copied().collect();
         let next = epoch + 1;
         call.epoch = next;
+        call.last_commit = Some(sha2::Sha256::digest(&commit).into());
         call.ready.clear();
         let route = call.route;
         for r in &removed {
