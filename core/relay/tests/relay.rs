@@ -296,7 +296,8 @@ async fn a_welcome_is_held_until_the_device_connects_and_ready_from_all_brings_s
         RelayMessage::CommitResult { accepted: true, .. }
     ));
 
-    // Bob connects only now: AuthOk, then the held Welcome.
+    // Bob connects only now: AuthOk, then the held Welcome, then where the call stands
+    // (its epoch and the hash of the commit that made it).
     let mut bob = Device::login(&relay, bob_id).await;
     assert_eq!(
         bob.recv().await,
@@ -305,6 +306,14 @@ async fn a_welcome_is_held_until_the_device_connects_and_ready_from_all_brings_s
             route,
             epoch: 1,
             welcome: b"welcome bob".to_vec()
+        }
+    );
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::CallStatus {
+            call,
+            epoch: 1,
+            last_commit: Some(sha2::Sha256::digest(b"add bob").into()),
         }
     );
 
@@ -483,6 +492,15 @@ async fn the_commit_order_and_the_certificate_survive_a_restart() {
     let relay = start(dir.path()).await;
     assert_eq!(relay.fingerprint(), fingerprint, "the certificate is kept");
     let mut alice = Device::login(&relay, alice_id).await;
+    // Where the call stands, from the database: the last commit's hash survived too.
+    assert_eq!(
+        alice.recv().await,
+        RelayMessage::CallStatus {
+            call,
+            epoch: 1,
+            last_commit: Some(sha2::Sha256::digest(b"epoch 0").into()),
+        }
+    );
     let commit = |epoch: u64| RelayMessage::Commit {
         call,
         epoch,
@@ -575,7 +593,16 @@ async fn a_new_connection_of_an_identity_replaces_the_old_one_and_gets_the_held_
         matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 2u32.into()),
         "{closed:?}"
     );
-    // The new connection is the member now: its commit is accepted.
+    // The new connection is the member now: told where its call stands (epoch 0, no commit
+    // yet), and its commit is accepted.
+    assert_eq!(
+        second.recv().await,
+        RelayMessage::CallStatus {
+            call,
+            epoch: 0,
+            last_commit: None
+        }
+    );
     add(&mut second, call, 0, &mut [&mut watcher]).await;
     assert_eq!(relay.stats().devices_online, 2);
 
