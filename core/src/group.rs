@@ -1275,7 +1275,6 @@ impl Device {
                             self.forget_membership(&call);
                             outgoing.push(RelayMessage::Leave { call });
                         }
-
                         if let Some(link) = self.link.as_mut() {
                             for m in &outgoing {
                                 let _ = link.write(m).await;
