@@ -55,6 +55,7 @@ async fn an_ipv6_source_is_matched_against_ipv6_networks() {
     let dir = tempfile::tempdir().unwrap();
     let start = |allowed: &'static [&'static str]| {
         let mut config = RelayConfig::new("[::1]:0".parse().unwrap(), dir.path().to_path_buf());
+        config.db_key = Some(db_key());
         config.allowed_networks = allowed.iter().map(|n| n.parse().unwrap()).collect();
         Relay::start(config)
     };
@@ -109,6 +110,7 @@ async fn an_operator_certificate_is_presented_and_pinned_by_its_fingerprint() {
         key: dir.path().join("nowhere.der"),
     };
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), data);
+    config.db_key = Some(db_key());
     config.certificate = Some(missing);
     let e = Relay::start(config).await.unwrap_err().to_string();
     assert!(e.contains("nowhere.der"), "{e}");
@@ -224,7 +226,7 @@ async fn a_rekey_from_the_command_line_reaches_every_member_within_the_recheck_i
     let call = CallRef([9; 16]);
     open_call(&mut alice, call).await;
     add(&mut alice, call, 0, &mut [&mut bob]).await;
-    let mut admin = viska_relay::admin::Admin::open(dir.path(), "test").unwrap();
+    let mut admin = viska_relay::admin::Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.rekey_call(&call).unwrap();
     for d in [&mut alice, &mut bob] {
         assert_eq!(d.recv().await, RelayMessage::Rekey { call, epoch: 1 });

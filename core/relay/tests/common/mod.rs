@@ -271,6 +271,12 @@ impl Device {
     }
 }
 
+/// The database key of every data directory of this test process (random per run).
+pub(crate) fn db_key() -> viska_relay::DbKey {
+    static KEY: std::sync::OnceLock<viska_relay::DbKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(viska_relay::DbKey::generate).clone()
+}
+
 pub(crate) async fn start(dir: &std::path::Path) -> RelayHandle {
     start_with(dir, |_| {}).await
 }
@@ -280,6 +286,7 @@ pub(crate) async fn start_with(
     tweak: impl FnOnce(&mut RelayConfig),
 ) -> RelayHandle {
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
+    config.db_key = Some(db_key());
     tweak(&mut config);
     Relay::start(config).await.unwrap()
 }
