@@ -840,7 +840,8 @@ fn stage_restore(
     let conn = storage::open_file(
         &snapshot,
         Some(&snapshot_key),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        // Default flags: the export's ATTACH creates its file with the connection's flags.
+        rusqlite::OpenFlags::default(),
     )?;
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if check != "ok" {

@@ -382,7 +382,8 @@ pub fn encrypt_database(dir: &Path, key: &DbKey) -> Result<(), RelayError> {
         }
         Kind::Encrypted(_) => return Err(RelayError::DatabaseEncrypted(path)),
     }
-    let src = open_file(&path, None, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // Default flags: the export's ATTACH creates its file with the connection's flags.
+    let src = open_file(&path, None, OpenFlags::default())?;
     replace_with_export(dir, src, key)
 }
 
@@ -392,7 +393,7 @@ pub fn encrypt_database(dir: &Path, key: &DbKey) -> Result<(), RelayError> {
 pub fn rekey_database(dir: &Path, old: &DbKey, new: &DbKey) -> Result<(), RelayError> {
     let _lock = DirLock::exclusive(dir)?;
     let path = dir.join(DB_FILE);
-    let src = open_file(&path, Some(old), OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let src = open_file(&path, Some(old), OpenFlags::default())?;
     replace_with_export(dir, src, new)
 }
 
