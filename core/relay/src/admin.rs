@@ -19,9 +19,9 @@ use zeroize::Zeroizing;
 
 use crate::accounts::{self, Role, normalize_name};
 use crate::audit::{self, AuditEvent, AuditProblem, AuditReport, Checkpointer, hex};
-use crate::totp::TotpSecret;
 use crate::backup::{self, BackupError};
 use crate::storage::{self, DbKey, DirLock};
+use crate::totp::TotpSecret;
 use crate::{CallRef, DeviceKey, RelayError, cert, db};
 
 /// Issuer shown by authenticator apps for the relay's accounts.
@@ -569,7 +569,9 @@ impl Admin {
             return Err(AdminError::NotEmpty(dest.to_path_buf()));
         }
         let snapshot_key = DbKey::generate();
-        let snapshot = self.dir.join(format!("{}.backup-{}", db::DB_FILE, random_hex()));
+        let snapshot = self
+            .dir
+            .join(format!("{}.backup-{}", db::DB_FILE, random_hex()));
         let result = self.write_backup(dest, passphrase, &snapshot, &snapshot_key);
         let _ = fs::remove_file(&snapshot);
         let rows = match result {
@@ -830,7 +832,12 @@ fn stage_restore(
         }
     }
     opener.finish()?;
-    for file in [db::DB_FILE, cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
+    for file in [
+        db::DB_FILE,
+        cert::CERT_FILE,
+        cert::KEY_FILE,
+        audit::AUDIT_KEY_FILE,
+    ] {
         if !seen.contains(file) {
             return Err(AdminError::BadBackup(format!("no {file} in it")));
         }

@@ -229,8 +229,8 @@ impl<W: Write> Sealer<W> {
             prefix,
             chunk_size: CHUNK_SIZE,
         };
-        let key = derive_key(passphrase, &salt, params)
-            .map_err(|e| BackupError::Kdf(e.to_string()))?;
+        let key =
+            derive_key(passphrase, &salt, params).map_err(|e| BackupError::Kdf(e.to_string()))?;
         let encoded = header.encode();
         out.write_all(&encoded).map_err(io)?;
         Ok(Self {
@@ -411,7 +411,9 @@ impl<R: Read> Opener<R> {
     /// the input holds nothing more.
     pub fn finish(mut self) -> Result<(), BackupError> {
         if !self.at_end()? {
-            return Err(BackupError::Archive("data after the end of the archive".into()));
+            return Err(BackupError::Archive(
+                "data after the end of the archive".into(),
+            ));
         }
         let mut probe = [0u8; 1];
         if fill(&mut self.input, &mut probe)? != 0 {
@@ -494,7 +496,9 @@ pub fn next_entry(src: &mut impl Source) -> Result<Option<(String, u64)>, Backup
     src.read_exact(&mut len)?;
     if len[0] == ARCHIVE_END {
         if !src.at_end()? {
-            return Err(BackupError::Archive("data after the end of the archive".into()));
+            return Err(BackupError::Archive(
+                "data after the end of the archive".into(),
+            ));
         }
         return Ok(None);
     }
@@ -518,7 +522,8 @@ pub fn fuzz_parse(bytes: &[u8]) {
     if let Ok(mut opener) = Opener::with_key(bytes, [0x42; 32]) {
         let mut piece = [0u8; 1000];
         while let Ok(false) = opener.at_end() {
-            if opener.read_exact(&mut piece[..1]).is_err() || opener.read_exact(&mut piece).is_err() {
+            if opener.read_exact(&mut piece[..1]).is_err() || opener.read_exact(&mut piece).is_err()
+            {
                 break;
             }
         }
@@ -592,10 +597,16 @@ mod tests {
         // A flipped bit in a chunk, in the header (bound as associated data).
         let mut t = b.clone();
         t[HEADER_LEN + size + TAG_LEN + 3] ^= 1;
-        assert_eq!(open(&t, PASS), Err(BackupError::Authentication { chunk: 1 }));
+        assert_eq!(
+            open(&t, PASS),
+            Err(BackupError::Authentication { chunk: 1 })
+        );
         let mut t = b.clone();
         t[40] ^= 1; // the nonce prefix
-        assert_eq!(open(&t, PASS), Err(BackupError::Authentication { chunk: 0 }));
+        assert_eq!(
+            open(&t, PASS),
+            Err(BackupError::Authentication { chunk: 0 })
+        );
         // Cut at a chunk boundary (the last full chunk was not sealed as final), or inside.
         let full = size + TAG_LEN;
         for cut in [HEADER_LEN + 2 * full, HEADER_LEN + full + 100, b.len() - 1] {
@@ -607,14 +618,20 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        assert_eq!(open(&b[..HEADER_LEN + 2 * full], PASS), Err(BackupError::Truncated));
+        assert_eq!(
+            open(&b[..HEADER_LEN + 2 * full], PASS),
+            Err(BackupError::Truncated)
+        );
         // Chunks 1 and 2 swapped.
         let mut r = b[..HEADER_LEN + full].to_vec();
         r.extend_from_slice(&b[HEADER_LEN + 2 * full..HEADER_LEN + 3 * full]);
         r.extend_from_slice(&b[HEADER_LEN + full..HEADER_LEN + 2 * full]);
         r.extend_from_slice(&b[HEADER_LEN + 3 * full..]);
         assert_eq!(r.len(), b.len());
-        assert_eq!(open(&r, PASS), Err(BackupError::Authentication { chunk: 1 }));
+        assert_eq!(
+            open(&r, PASS),
+            Err(BackupError::Authentication { chunk: 1 })
+        );
         // Appended bytes.
         let mut a = b.clone();
         a.push(0);
@@ -624,7 +641,10 @@ mod tests {
     #[test]
     fn headers_out_of_bounds_are_refused_before_any_key_derivation() {
         let b = seal(b"x");
-        assert_eq!(Header::parse(&b[..HEADER_LEN - 1]), Err(BackupError::NotABackup));
+        assert_eq!(
+            Header::parse(&b[..HEADER_LEN - 1]),
+            Err(BackupError::NotABackup)
+        );
         let mut v = b.clone();
         v[8] = 2;
         assert_eq!(Header::parse(&v), Err(BackupError::Version(2)));

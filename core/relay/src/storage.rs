@@ -195,9 +195,14 @@ fn not_a_database(e: &rusqlite::Error) -> bool {
 /// key is [`RelayError::WrongDatabaseKey`], and nothing has been written.
 fn apply_key(conn: &Connection, key: &DbKey, salt: &[u8; SALT_LEN]) -> Result<(), RelayError> {
     conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-    let statement = Zeroizing::new(format!("PRAGMA key = \"{}\";", key.pragma_value(salt).as_str()));
+    let statement = Zeroizing::new(format!(
+        "PRAGMA key = \"{}\";",
+        key.pragma_value(salt).as_str()
+    ));
     conn.execute_batch(&statement)?;
-    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
         Ok(_) => Ok(()),
         Err(e) if not_a_database(&e) => Err(RelayError::WrongDatabaseKey),
         Err(e) => Err(e.into()),

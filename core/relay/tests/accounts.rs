@@ -782,8 +782,7 @@ async fn a_hash_made_with_weaker_parameters_is_renewed_at_the_next_login() {
         .set_password("alice", "another Long passphrase 77")
         .unwrap();
     let stored = |dir: &Path| -> String {
-        rusqlite::Connection::open(dir.join(viska_relay::DB_FILE))
-            .unwrap()
+        open_db(dir)
             .query_row("SELECT hash FROM users WHERE name = 'alice'", [], |r| {
                 r.get(0)
             })

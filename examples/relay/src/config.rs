@@ -158,7 +158,10 @@ bind = "127.0.0.1:9464"
         )
         .unwrap();
         assert_eq!(c.bind, Some("[::]:4433".parse().unwrap()));
-        assert_eq!(c.db_key_file, Some(PathBuf::from("/etc/viska-relay/db-key")));
+        assert_eq!(
+            c.db_key_file,
+            Some(PathBuf::from("/etc/viska-relay/db-key"))
+        );
         assert_eq!(c.accounts, Some(AccountsSetting::Required));
         assert_eq!(c.log_format, Some(LogFormat::Json));
         assert_eq!(c.network.allowed.len(), 3);

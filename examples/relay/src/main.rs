@@ -290,7 +290,9 @@ fn database_key(args: &Args, file: &FileConfig) -> Result<Option<DbKey>, String>
             hex.into_string()
                 .map_err(|_| format!("{} is not 64 hex digits", storage::KEY_ENV))?,
         );
-        return DbKey::from_hex(&hex, storage::KEY_ENV).map(Some).map_err(err);
+        return DbKey::from_hex(&hex, storage::KEY_ENV)
+            .map(Some)
+            .map_err(err);
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join(storage::KEY_CREDENTIAL);
@@ -386,7 +388,8 @@ fn hex(bytes: &[u8]) -> String {
 fn administer(dir: &Path, key: Option<&DbKey>, command: Command) -> Result<ExitCode, String> {
     let err = |e: AdminError| e.to_string();
     if let Command::Db(db) = &command {
-        let key = key.ok_or("the db commands need a database key (no --insecure-unencrypted-db)")?;
+        let key =
+            key.ok_or("the db commands need a database key (no --insecure-unencrypted-db)")?;
         match db {
             DbCommand::Encrypt => {
                 storage::encrypt_database(dir, key).map_err(|e| e.to_string())?;

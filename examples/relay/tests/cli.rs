@@ -541,7 +541,10 @@ fn a_damaged_backup_is_not_restored() {
 
     let mut header = good.clone();
     header[12] ^= 0x01; // Argon2 memory: another key
-    assert_eq!(restore_into_fresh(&write("header", &header), PASSPHRASE).0, Some(2));
+    assert_eq!(
+        restore_into_fresh(&write("header", &header), PASSPHRASE).0,
+        Some(2)
+    );
 
     for (name, cut) in [
         ("cut-at-chunk", HEADER + 2 * CHUNK),
@@ -550,7 +553,10 @@ fn a_damaged_backup_is_not_restored() {
     ] {
         let (code, err) = restore_into_fresh(&write(name, &good[..cut]), PASSPHRASE);
         assert_eq!(code, Some(2), "{name}");
-        assert!(err.contains("truncated") || err.contains("does not authenticate"), "{name}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("does not authenticate"),
+            "{name}: {err}"
+        );
     }
 
     let mut reordered = good[..HEADER + CHUNK].to_vec();
@@ -563,9 +569,16 @@ fn a_damaged_backup_is_not_restored() {
 
     let mut longer = good.clone();
     longer.extend_from_slice(&good[HEADER..HEADER + CHUNK]);
-    assert_eq!(restore_into_fresh(&write("longer", &longer), PASSPHRASE).0, Some(2));
+    assert_eq!(
+        restore_into_fresh(&write("longer", &longer), PASSPHRASE).0,
+        Some(2)
+    );
 
-    assert_eq!(restore_into_fresh(&path, PASSPHRASE).0, Some(0), "the good one restores");
+    assert_eq!(
+        restore_into_fresh(&path, PASSPHRASE).0,
+        Some(0),
+        "the good one restores"
+    );
 }
 
 #[test]
@@ -603,10 +616,16 @@ fn a_weak_backup_passphrase_is_refused_and_nothing_is_written() {
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(format!("{PASSPHRASE}\n").as_bytes()).unwrap();
+    input
+        .write_all(format!("{PASSPHRASE}\n").as_bytes())
+        .unwrap();
     drop(input);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(restore_into_fresh(&path, PASSPHRASE).0, Some(0));
 }
 

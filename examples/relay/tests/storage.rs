@@ -224,7 +224,11 @@ fn a_plaintext_database_is_refused_with_a_key_until_it_is_encrypted_once() {
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let plain = |args: &[&str], stdin: Option<&str>| {
-        let mut all = vec![os("--data-dir"), d.as_os_str(), os("--insecure-unencrypted-db")];
+        let mut all = vec![
+            os("--data-dir"),
+            d.as_os_str(),
+            os("--insecure-unencrypted-db"),
+        ];
         all.extend(args.iter().map(|a| os(a)));
         run(&all, &[], stdin)
     };
@@ -238,7 +242,11 @@ fn a_plaintext_database_is_refused_with_a_key_until_it_is_encrypted_once() {
     );
     ok(out);
     ok(plain(&["user", "totp-enroll", "alice"], None));
-    assert!(std::fs::read(d.join("relay.sqlite3")).unwrap().starts_with(b"SQLite format 3"));
+    assert!(
+        std::fs::read(d.join("relay.sqlite3"))
+            .unwrap()
+            .starts_with(b"SQLite format 3")
+    );
 
     refused(with_key(d, &key, &["user", "list"], None), "db encrypt");
     let out = ok(with_key(d, &key, &["db", "encrypt"], None));
@@ -247,14 +255,17 @@ fn a_plaintext_database_is_refused_with_a_key_until_it_is_encrypted_once() {
     assert!(!raw.starts_with(b"SQLite format 3") && !contains(&raw, b"alice"));
     assert!(!d.join("relay.sqlite3-wal").exists());
     let listed = ok(with_key(d, &key, &["user", "list"], None));
-    assert!(listed.contains("alice") && listed.contains("yes"), "{listed}");
-    let verified = ok(with_key(d, &key, &["audit", "verify"], None));
-    assert!(verified.starts_with("audit log intact: 2 rows"), "{verified}");
-    refused(plain(&["user", "list"], None), "is encrypted");
-    refused(
-        with_key(d, &key, &["db", "encrypt"], None),
-        "is encrypted",
+    assert!(
+        listed.contains("alice") && listed.contains("yes"),
+        "{listed}"
     );
+    let verified = ok(with_key(d, &key, &["audit", "verify"], None));
+    assert!(
+        verified.starts_with("audit log intact: 2 rows"),
+        "{verified}"
+    );
+    refused(plain(&["user", "list"], None), "is encrypted");
+    refused(with_key(d, &key, &["db", "encrypt"], None), "is encrypted");
 }
 
 /// Starts the relay on `dir` with `key`; its child and the `listening on` line read.
@@ -275,7 +286,10 @@ fn start_relay(dir: &Path, key: &Path, extra: &[&str]) -> (std::process::Child, 
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the relay stopped: {lines:?}");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the relay stopped: {lines:?}"
+        );
         lines.push(line.trim_end().to_string());
         if line.starts_with("listening on ") {
             break;
@@ -293,7 +307,12 @@ fn stop(mut child: std::process::Child) -> String {
     child.kill().unwrap();
     let _ = child.wait();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     err
 }
 
@@ -322,7 +341,12 @@ fn rekeying_moves_to_the_new_key_and_the_old_one_no_longer_opens() {
         with_key(d, &new, &["db", "rekey", "--new-key-file", new_arg], None),
         "database key does not match",
     );
-    ok(with_key(d, &old, &["db", "rekey", "--new-key-file", new_arg], None));
+    ok(with_key(
+        d,
+        &old,
+        &["db", "rekey", "--new-key-file", new_arg],
+        None,
+    ));
     refused(
         with_key(d, &old, &["user", "list"], None),
         "database key does not match",
@@ -330,7 +354,10 @@ fn rekeying_moves_to_the_new_key_and_the_old_one_no_longer_opens() {
     let listed = ok(with_key(d, &new, &["user", "list"], None));
     assert!(listed.contains("alice"), "{listed}");
     let verified = ok(with_key(d, &new, &["audit", "verify"], None));
-    assert!(verified.starts_with("audit log intact: 1 rows"), "{verified}");
+    assert!(
+        verified.starts_with("audit log intact: 1 rows"),
+        "{verified}"
+    );
     // The relay starts with the new key only.
     let (relay, lines) = start_relay(d, &new, &[]);
     assert!(lines.iter().any(|l| l.starts_with("fingerprint ")));
@@ -374,21 +401,35 @@ fn no_secret_reaches_the_logs_the_metrics_the_audit_export_or_the_raw_files() {
     let export = record(with_key(d, &key, &["audit", "export"], None));
     let verified = record(with_key(d, &key, &["audit", "verify"], None));
     let (hash, totp): (String, Vec<u8>) = keyed(d, &key)
-        .query_row("SELECT hash, totp_secret FROM users WHERE name = 'alice'", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT hash, totp_secret FROM users WHERE name = 'alice'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert!(hash.starts_with("$argon2id$"), "the real hash: {hash}");
     assert!(totp.len() >= 20);
     let (relay, lines) = start_relay(d, &key, &["--metrics-bind", "127.0.0.1:0"]);
-    let url = lines.last().unwrap().strip_prefix("metrics on http://").unwrap();
+    let url = lines
+        .last()
+        .unwrap()
+        .strip_prefix("metrics on http://")
+        .unwrap();
     let mut stream = std::net::TcpStream::connect(url.strip_suffix("/metrics").unwrap()).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut metrics = String::new();
     stream.read_to_string(&mut metrics).unwrap();
-    assert!(metrics.contains("\nviska_relay_database_encrypted 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nviska_relay_database_encrypted 1\n"),
+        "{metrics}"
+    );
     let logs = stop(relay);
-    assert!(logs.contains("relay listening"), "trace logs were taken: {logs}");
+    assert!(
+        logs.contains("relay listening"),
+        "trace logs were taken: {logs}"
+    );
 
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![
         ("command stderr".into(), outputs),
