@@ -123,9 +123,7 @@ impl DbKey {
     /// The key as 64 lowercase hex digits (to write a key file).
     pub fn to_hex(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(64));
-        for b in self.0.iter() {
-            s.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut s, &self.0[..]);
         s
     }
 
@@ -134,12 +132,19 @@ impl DbKey {
     fn pragma_value(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<String> {
         let mut v = Zeroizing::new(String::with_capacity(3 + 96));
         v.push_str("x'");
-        v.push_str(&self.to_hex());
-        for b in salt {
-            v.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut v, &self.0[..]);
+        push_hex(&mut v, salt);
         v.push('\'');
         v
+    }
+}
+
+/// Appends `bytes` as lowercase hex digits, in place (no temporary copy of a key is left).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
