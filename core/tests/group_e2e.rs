@@ -83,6 +83,12 @@ struct Setup {
 
 static DIRS: Mutex<u32> = Mutex::new(0);
 
+/// The relays' database key (random per test process).
+fn db_key() -> viska_relay::DbKey {
+    static KEY: std::sync::OnceLock<viska_relay::DbKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(viska_relay::DbKey::generate).clone()
+}
+
 fn relay() -> Setup {
     relay_holding(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "".into()).hold_time)
 }
@@ -97,6 +103,7 @@ impl Setup {
         // The port is free once the old endpoint's tasks have ended.
         for _ in 0..200 {
             let mut config = RelayConfig::new(addr, self.dir.clone());
+            config.db_key = Some(db_key());
             config.hold_time = self.hold_time;
             match self.runtime.block_on(Relay::start(config)) {
                 Ok(relay) => {
@@ -149,6 +156,7 @@ fn relay_with(
     let _ = std::fs::remove_dir_all(&dir);
     prepare(&dir);
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    config.db_key = Some(db_key());
     tweak(&mut config);
     let hold_time = config.hold_time;
     let relay = runtime.block_on(Relay::start(config)).unwrap();
@@ -793,7 +801,7 @@ fn phones_log_in_to_a_relay_that_requires_accounts_and_a_revoked_one_is_taken_ou
             c.recheck_interval = Duration::from_millis(50);
         },
         |dir| {
-            let mut admin = viska_relay::admin::Admin::open(dir, "test").unwrap();
+            let mut admin = viska_relay::admin::Admin::open(dir, Some(&db_key()), "test").unwrap();
             for name in ["alice", "bob"] {
                 admin
                     .add_user(name, PASSWORD, viska_relay::Role::Agent)
@@ -841,7 +849,7 @@ fn phones_log_in_to_a_relay_that_requires_accounts_and_a_revoked_one_is_taken_ou
     // The operator revokes Bob's device while the call runs: the relay cuts it off at once,
     // and Alice's phone commits its removal (new keys without Bob).
     let epoch = one(&alice).epoch.unwrap();
-    viska_relay::admin::Admin::open(&setup.dir, "test")
+    viska_relay::admin::Admin::open(&setup.dir, Some(&db_key()), "test")
         .unwrap()
         .revoke_device(&bob.identity().to_bytes())
         .unwrap();
@@ -872,7 +880,7 @@ fn an_emergency_rekey_from_the_command_line_moves_the_call_to_new_keys_and_audio
     let code = one(&alice).verification_code;
 
     // The operator finds the call and rekeys it while the relay runs.
-    let mut admin = viska_relay::admin::Admin::open(&setup.dir, "test").unwrap();
+    let mut admin = viska_relay::admin::Admin::open(&setup.dir, Some(&db_key()), "test").unwrap();
     let calls = admin.calls().unwrap();
     assert_eq!(calls.len(), 1);
     assert_eq!((calls[0].call, calls[0].epoch), (call, epoch));

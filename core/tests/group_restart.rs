@@ -320,12 +320,10 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
         .enable_all()
         .build()
         .unwrap();
-    let relay = runtime
-        .block_on(Relay::start(RelayConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            dir.path().join("relay"),
-        )))
-        .unwrap();
+    let mut relay_config =
+        RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    relay_config.db_key = Some(viska_relay::DbKey::generate());
+    let relay = runtime.block_on(Relay::start(relay_config)).unwrap();
     let (addr, fingerprint) = (relay.local_addr(), relay.fingerprint());
     let alice = GroupPhone::connect(config(
         addr,

@@ -14,12 +14,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 SPEECH = os.path.join(ROOT, "examples", "phone", "assets", "speech.wav")
 
 
+def db_key_file(binary, tmp_path):
+    """A new database key for the test's relay (owner-only, outside its data directory)."""
+    path = str(tmp_path / "relay-db-key")
+    subprocess.run([binary, "db", "generate-key", path], check=True, capture_output=True)
+    return path
+
+
 @pytest.fixture
 def relay(tmp_path):
     binary = os.environ.get("VISKA_RELAY")
     if not binary:
         pytest.fail("VISKA_RELAY must name the viska-relay binary (scripts/test-bindings sets it)")
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay")],
+    key = db_key_file(binary, tmp_path)
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay"),
+                             "--db-key-file", key],
                             stdout=subprocess.PIPE, text=True)
     fingerprint = address = None
     for line in proc.stdout:
@@ -119,14 +128,18 @@ def test_a_relay_with_accounts_admits_a_device_after_its_login(tmp_path):
     if not binary:
         pytest.fail("VISKA_RELAY must name the viska-relay binary (scripts/test-bindings sets it)")
     data = str(tmp_path / "relay")
+    key = db_key_file(binary, tmp_path)
     password = "harbour lantern 4471 quietly"
-    subprocess.run([binary, "--data-dir", data, "user", "add", "agent7", "--role", "agent"],
+    subprocess.run([binary, "--data-dir", data, "--db-key-file", key, "user", "add", "agent7",
+                    "--role", "agent"],
                    input=password + "\n", text=True, check=True, capture_output=True)
-    enrolled = subprocess.run([binary, "--data-dir", data, "user", "totp-enroll", "agent7"],
+    enrolled = subprocess.run([binary, "--data-dir", data, "--db-key-file", key, "user",
+                               "totp-enroll", "agent7"],
                               text=True, check=True, capture_output=True).stdout
     secret = next(line.split()[1] for line in enrolled.splitlines() if line.startswith("secret "))
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1:0", "--data-dir", data,
-                             "--require-accounts"], stdout=subprocess.PIPE, text=True)
+                             "--db-key-file", key, "--require-accounts"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         fingerprint = address = None
         for line in proc.stdout:

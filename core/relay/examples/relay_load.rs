@@ -143,6 +143,7 @@ async fn serve(bare: bool) -> Res<()> {
     } else {
         let dir = tempfile::tempdir()?;
         let mut config = RelayConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf());
+        config.db_key = Some(viska_relay::DbKey::generate());
         // Every simulated device comes from the one loopback address: the per-source bound on
         // unauthenticated connections would refuse them.
         config.max_unauthenticated_per_source = config.max_unauthenticated;

@@ -19,6 +19,8 @@ use zeroize::Zeroizing;
 
 use crate::accounts::{self, Role, normalize_name};
 use crate::audit::{self, AuditEvent, AuditProblem, AuditReport, Checkpointer, hex};
+use crate::backup::{self, BackupError};
+use crate::storage::{self, DbKey, DirLock};
 use crate::totp::TotpSecret;
 use crate::{CallRef, DeviceKey, RelayError, cert, db};
 
@@ -62,6 +64,10 @@ pub enum AdminError {
     /// The backup is incomplete or unreadable.
     #[error("bad backup: {0}")]
     BadBackup(String),
+    /// The backup was refused by its format: a wrong passphrase, or a truncated, reordered or
+    /// changed backup.
+    #[error("backup refused: {0}")]
+    Backup(#[from] BackupError),
     /// The database or a file failed.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -171,6 +177,8 @@ pub struct Admin {
     checkpoints: Checkpointer,
     actor: String,
     params: HashParams,
+    backup_params: HashParams,
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for Admin {
@@ -185,12 +193,18 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Opens (or creates) the data directory `dir`, with the relay's certificate and audit key
     /// (generated if missing); changes are recorded as done by `cli:<operator>`.
-    pub fn open(dir: &Path, operator: &str) -> Result<Self, AdminError> {
+    ///
+    /// The database is opened with `key` (none: a plaintext database, which the command line
+    /// allows only with `--insecure-unencrypted-db`); a wrong key is
+    /// [`RelayError::WrongDatabaseKey`] and leaves the file as it was.
+    pub fn open(dir: &Path, key: Option<&DbKey>, operator: &str) -> Result<Self, AdminError> {
         fs::create_dir_all(dir)?;
+        let lock = DirLock::shared(dir)?;
+        // The key first: a wrong one fails before anything is generated.
+        let conn = db::open_connection(dir, key)?;
         // The certificate exists from the first command on: its fingerprint is fixed before
         // the relay first starts, and a backup always carries it.
         cert::load_or_generate(dir)?;
-        let conn = db::open_connection(dir)?;
         let checkpoints = Checkpointer::open(dir)?;
         Ok(Self {
             conn,
@@ -198,7 +212,15 @@ impl Admin {
             checkpoints,
             actor: format!("cli:{operator}"),
             params: HashParams::LOGIN,
+            backup_params: HashParams::KEY,
+            _lock: lock,
         })
+    }
+
+    /// Derives backup keys with `params` instead of [`HashParams::KEY`] (tests).
+    #[doc(hidden)]
+    pub fn set_backup_params(&mut self, params: HashParams) {
+        self.backup_params = params;
     }
 
     /// Hashes new passwords with `params` instead of [`HashParams::LOGIN`] (tests).
@@ -533,32 +555,55 @@ impl Admin {
         Ok(audit::record(&mut self.conn, &self.checkpoints, event)?)
     }
 
-    /// Backs the data directory up into the new directory `dest` (created, owner-only): the
-    /// database through SQLite's online backup API (consistent while the relay runs), then
-    /// the certificate and its key (so devices' pins still hold after a restore), the audit
-    /// key and the checkpoints of the rows backed up. The backup holds secrets (password
-    /// hashes, TOTP secrets, private keys): keep it as safe as the data directory.
-    pub fn backup(&mut self, dest: &Path) -> Result<BackupReport, AdminError> {
-        if dest.exists() && fs::read_dir(dest)?.next().is_some() {
+    /// Writes an encrypted backup of the data directory to the new file `dest` (owner-only):
+    /// a consistent snapshot of the database (taken with `sqlcipher_export` in one read
+    /// transaction, safe while the relay runs, under a random key of its own), the
+    /// certificate and its key (so devices' pins still hold after a restore), the audit key
+    /// and the checkpoints of the rows backed up, all sealed under `passphrase`
+    /// ([`crate::backup`], `docs/relay-storage.md`). The passphrase must pass
+    /// [`viska_passwords::check_password`]. Nothing of it is written in the clear: the
+    /// snapshot is a SQLCipher file in the data directory until it is sealed, then removed.
+    pub fn backup(&mut self, dest: &Path, passphrase: &str) -> Result<BackupReport, AdminError> {
+        viska_passwords::check_password(passphrase, &[])?;
+        if dest.exists() {
             return Err(AdminError::NotEmpty(dest.to_path_buf()));
         }
-        create_private_dir(dest)?;
-        let target = dest.join(db::DB_FILE);
-        {
-            let mut out = Connection::open(&target)?;
-            copy_database(&self.conn, &mut out)?;
-        }
-        restrict(&target)?;
-        let out = Connection::open(&target)?;
-        let rows: u64 =
-            out.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))?;
-        drop(out);
-        for file in [cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
-            let from = self.dir.join(file);
-            if from.exists() {
-                copy_private(&from, &dest.join(file))?;
+        let snapshot_key = DbKey::generate();
+        let snapshot = self
+            .dir
+            .join(format!("{}.backup-{}", db::DB_FILE, random_hex()));
+        let result = self.write_backup(dest, passphrase, &snapshot, &snapshot_key);
+        let _ = fs::remove_file(&snapshot);
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = fs::remove_file(dest);
+                return Err(e);
             }
-        }
+        };
+        let event = self
+            .event("backup", &dest.display().to_string())
+            .with(serde_json::json!({ "audit_rows": rows }));
+        self.record(&event)?;
+        Ok(BackupReport { audit_rows: rows })
+    }
+
+    fn write_backup(
+        &self,
+        dest: &Path,
+        passphrase: &str,
+        snapshot: &Path,
+        snapshot_key: &DbKey,
+    ) -> Result<u64, AdminError> {
+        storage::export_to(&self.conn, snapshot, Some(snapshot_key))?;
+        let rows: u64 = {
+            let out = storage::open_file(
+                snapshot,
+                Some(snapshot_key),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            out.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))?
+        };
         // Checkpoints of rows after the snapshot would read as a truncation: leave them out.
         let checkpoints = match fs::read_to_string(self.dir.join(audit::CHECKPOINT_FILE)) {
             Ok(t) => t,
@@ -575,13 +620,72 @@ impl Admin {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        write_private(&dest.join(audit::CHECKPOINT_FILE), kept.as_bytes())?;
-        let event = self
-            .event("backup", &dest.display().to_string())
-            .with(serde_json::json!({ "audit_rows": rows }));
-        self.record(&event)?;
-        Ok(BackupReport { audit_rows: rows })
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(dest)?;
+        let mut salt = [0u8; backup::SALT_LEN];
+        let mut prefix = [0u8; backup::PREFIX_LEN];
+        rand::RngExt::fill(&mut rand::rng(), &mut salt[..]);
+        rand::RngExt::fill(&mut rand::rng(), &mut prefix[..]);
+        let mut sealer = backup::Sealer::new(
+            std::io::BufWriter::new(file),
+            passphrase.as_bytes(),
+            self.backup_params,
+            salt,
+            prefix,
+        )?;
+        put_entry(&mut sealer, ENTRY_DB_KEY, snapshot_key.as_bytes())?;
+        {
+            let mut db_file = fs::File::open(snapshot)?;
+            let len = db_file.metadata()?.len();
+            sealer.write_all(&backup::entry_head(db::DB_FILE, len)?)?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let take = left.min(buf.len() as u64) as usize;
+                std::io::Read::read_exact(&mut db_file, &mut buf[..take])?;
+                sealer.write_all(&buf[..take])?;
+                left -= take as u64;
+            }
+        }
+        for file in [cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
+            let from = self.dir.join(file);
+            if from.exists() {
+                let bytes = Zeroizing::new(fs::read(&from)?);
+                put_entry(&mut sealer, file, &bytes)?;
+            }
+        }
+        put_entry(&mut sealer, audit::CHECKPOINT_FILE, kept.as_bytes())?;
+        sealer.write_all(&[backup::ARCHIVE_END])?;
+        let out = sealer.finish()?;
+        out.into_inner()
+            .map_err(|e| AdminError::from(e.into_error()))?
+            .sync_all()?;
+        Ok(rows)
     }
+}
+
+/// The archive entry holding the snapshot's own SQLCipher key.
+const ENTRY_DB_KEY: &str = "db-key";
+/// Largest entry other than the database (certificate, keys, checkpoints) a restore reads.
+const MAX_SMALL_ENTRY: u64 = 16 << 20;
+
+fn put_entry<W: Write>(
+    sealer: &mut backup::Sealer<W>,
+    name: &str,
+    data: &[u8],
+) -> Result<(), AdminError> {
+    sealer.write_all(&backup::entry_head(name, data.len() as u64)?)?;
+    sealer.write_all(data)?;
+    Ok(())
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    rand::RngExt::fill(&mut rand::rng(), &mut b[..]);
+    hex(&b)
 }
 
 /// What a backup holds.
@@ -592,24 +696,6 @@ pub struct BackupReport {
     pub audit_rows: u64,
 }
 
-/// Copies `src` into `dst` with SQLite's online backup API, all pages in one step: a step
-/// reads one consistent snapshot, and the relay writing meanwhile cannot make it start over
-/// (as it would between steps of a copy made a few pages at a time). A busy or locked source
-/// is tried again, a bounded number of times.
-fn copy_database(src: &Connection, dst: &mut Connection) -> Result<(), AdminError> {
-    use rusqlite::backup::{Backup, StepResult};
-    let backup = Backup::new(src, dst)?;
-    for _ in 0..200 {
-        match backup.step(-1)? {
-            StepResult::Done => return Ok(()),
-            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
-        }
-    }
-    Err(AdminError::BadBackup(
-        "the database stayed busy for 10 s".into(),
-    ))
-}
-
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -618,16 +704,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-fn restrict(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let _ = path;
-    Ok(())
-}
-
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;
@@ -635,62 +714,51 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
-    let bytes = Zeroizing::new(fs::read(from)?);
-    write_private(to, &bytes)
-}
-
-/// Restores the backup in `backup` into the data directory `dir`, which must hold no relay
-/// database yet (a fresh directory). Checks the database's integrity and the audit log
-/// before anything is written to `dir`.
-pub fn restore(backup: &Path, dir: &Path) -> Result<AuditReport, AdminError> {
-    let db_file = backup.join(db::DB_FILE);
-    if !db_file.is_file() {
-        return Err(AdminError::BadBackup(format!("no {} in it", db::DB_FILE)));
-    }
-    for file in [cert::CERT_FILE, cert::KEY_FILE, audit::AUDIT_KEY_FILE] {
-        if !backup.join(file).is_file() {
-            return Err(AdminError::BadBackup(format!("no {file} in it")));
-        }
-    }
+/// Restores the encrypted backup `backup` (sealed under `passphrase`) into the data directory
+/// `dir`, which must hold no relay database yet (a fresh directory), whose database is then
+/// keyed with `key` (none: plaintext, `--insecure-unencrypted-db`). Everything is decrypted,
+/// authenticated and checked (the database's integrity, the audit log's chain and
+/// checkpoints) in a staging directory beside `dir` first: a wrong passphrase, a truncated,
+/// reordered or changed backup is refused ([`AdminError::Backup`]) and `dir` is left as it
+/// was.
+pub fn restore(
+    backup: &Path,
+    passphrase: &str,
+    dir: &Path,
+    key: Option<&DbKey>,
+) -> Result<AuditReport, AdminError> {
     if dir.join(db::DB_FILE).exists() {
         return Err(AdminError::NotEmpty(dir.to_path_buf()));
     }
-    {
-        let conn =
-            Connection::open_with_flags(&db_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        if check != "ok" {
-            return Err(AdminError::BadBackup(format!("integrity check: {check}")));
-        }
-        let key = audit::load_or_generate_key(backup)?;
-        match audit::verify(&conn, &backup.join(audit::CHECKPOINT_FILE), &key.public())? {
-            Ok(_) => {}
-            Err(problem) => {
-                return Err(AdminError::BadBackup(format!("audit log: {problem}")));
+    let name = dir
+        .file_name()
+        .ok_or_else(|| AdminError::BadBackup(format!("{} names no directory", dir.display())))?;
+    let staging = dir.with_file_name(format!(
+        ".{}.restoring-{}",
+        name.to_string_lossy(),
+        random_hex()
+    ));
+    create_private_dir(&staging)?;
+    let staged = stage_restore(backup, passphrase, &staging, key);
+    let moved = staged.and_then(|()| {
+        create_private_dir(dir)?;
+        for file in [
+            cert::CERT_FILE,
+            cert::KEY_FILE,
+            audit::AUDIT_KEY_FILE,
+            audit::CHECKPOINT_FILE,
+            db::DB_FILE,
+        ] {
+            let from = staging.join(file);
+            if from.exists() {
+                fs::rename(&from, dir.join(file))?;
             }
         }
-    }
-    create_private_dir(dir)?;
-    for file in [
-        cert::CERT_FILE,
-        cert::KEY_FILE,
-        audit::AUDIT_KEY_FILE,
-        audit::CHECKPOINT_FILE,
-    ] {
-        let from = backup.join(file);
-        if from.exists() {
-            copy_private(&from, &dir.join(file))?;
-        }
-    }
-    {
-        let src =
-            Connection::open_with_flags(&db_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut out = Connection::open(dir.join(db::DB_FILE))?;
-        copy_database(&src, &mut out)?;
-    }
-    restrict(&dir.join(db::DB_FILE))?;
-    let mut admin = Admin::open(dir, "restore")?;
+        Ok(())
+    });
+    let _ = fs::remove_dir_all(&staging);
+    moved?;
+    let mut admin = Admin::open(dir, key, "restore")?;
     let event = admin
         .event("restore", &backup.display().to_string())
         .with(serde_json::json!({}));
@@ -699,4 +767,108 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<AuditReport, AdminError> {
         Ok(report) => Ok(report),
         Err(problem) => Err(AdminError::BadBackup(format!("audit log: {problem}"))),
     }
+}
+
+/// Decrypts `backup` into `staging` and checks it; the database ends up there as
+/// `relay.sqlite3` keyed with `key`.
+fn stage_restore(
+    backup: &Path,
+    passphrase: &str,
+    staging: &Path,
+    key: Option<&DbKey>,
+) -> Result<(), AdminError> {
+    use backup::Source;
+    let file = fs::File::open(backup)?;
+    let mut opener = backup::Opener::new(std::io::BufReader::new(file), passphrase.as_bytes())?;
+    let snapshot = staging.join("snapshot.sqlite3");
+    let mut snapshot_key = None;
+    let mut seen = std::collections::HashSet::new();
+    while let Some((name, len)) = backup::next_entry(&mut opener)? {
+        if !seen.insert(name.clone()) {
+            return Err(AdminError::BadBackup(format!("{name} twice in it")));
+        }
+        if name == db::DB_FILE {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut out = std::io::BufWriter::new(options.open(&snapshot)?);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let take = left.min(buf.len() as u64) as usize;
+                opener.read_exact(&mut buf[..take])?;
+                out.write_all(&buf[..take])?;
+                left -= take as u64;
+            }
+            out.into_inner()
+                .map_err(|e| AdminError::from(e.into_error()))?
+                .sync_all()?;
+            continue;
+        }
+        let known = [
+            ENTRY_DB_KEY,
+            cert::CERT_FILE,
+            cert::KEY_FILE,
+            audit::AUDIT_KEY_FILE,
+            audit::CHECKPOINT_FILE,
+        ];
+        if !known.contains(&name.as_str()) {
+            return Err(AdminError::BadBackup(format!("unknown entry {name:?}")));
+        }
+        if len > MAX_SMALL_ENTRY {
+            return Err(AdminError::BadBackup(format!("{name} of {len} bytes")));
+        }
+        let mut data = Zeroizing::new(vec![0u8; len as usize]);
+        opener.read_exact(&mut data)?;
+        if name == ENTRY_DB_KEY {
+            let bytes: [u8; 32] = data
+                .as_slice()
+                .try_into()
+                .map_err(|_| AdminError::BadBackup("a snapshot key not 32 bytes".into()))?;
+            snapshot_key = Some(DbKey::from_bytes(bytes));
+        } else {
+            write_private(&staging.join(&name), &data)?;
+        }
+    }
+    opener.finish()?;
+    for file in [
+        db::DB_FILE,
+        cert::CERT_FILE,
+        cert::KEY_FILE,
+        audit::AUDIT_KEY_FILE,
+    ] {
+        if !seen.contains(file) {
+            return Err(AdminError::BadBackup(format!("no {file} in it")));
+        }
+    }
+    let snapshot_key =
+        snapshot_key.ok_or_else(|| AdminError::BadBackup(format!("no {ENTRY_DB_KEY} in it")))?;
+    let conn = storage::open_file(
+        &snapshot,
+        Some(&snapshot_key),
+        // Default flags: the export's ATTACH creates its file with the connection's flags.
+        rusqlite::OpenFlags::default(),
+    )?;
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(AdminError::BadBackup(format!("integrity check: {check}")));
+    }
+    let audit_key = audit::load_or_generate_key(staging)?;
+    if let Err(problem) = audit::verify(
+        &conn,
+        &staging.join(audit::CHECKPOINT_FILE),
+        &audit_key.public(),
+    )? {
+        return Err(AdminError::BadBackup(format!("audit log: {problem}")));
+    }
+    storage::export_to(&conn, &staging.join(db::DB_FILE), key)?;
+    drop(conn);
+    fs::remove_file(&snapshot)?;
+    #[cfg(unix)]
+    fs::set_permissions(
+        staging.join(db::DB_FILE),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    Ok(())
 }

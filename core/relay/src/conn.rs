@@ -41,6 +41,8 @@ pub(crate) struct Running {
     rechecks: tokio::task::JoinHandle<()>,
     metrics: Option<tokio::task::JoinHandle<()>>,
     db_thread: std::thread::JoinHandle<()>,
+    /// The shared lock on the data directory, held while the relay runs.
+    _lock: crate::storage::DirLock,
 }
 
 impl Running {
@@ -96,20 +98,32 @@ fn server_config(
 pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let dir = config.data_dir.clone();
     let certificate = config.certificate.clone();
-    let (identity, database, calls, checkpoints, (last_recheck, last_rekey)) =
+    let key = config.db_key.clone();
+    if key.is_none() {
+        if !config.insecure_unencrypted_db {
+            return Err(RelayError::NoDatabaseKey);
+        }
+        tracing::warn!(
+            "INSECURE: the database is not encrypted at rest (--insecure-unencrypted-db): \
+             password hashes and TOTP secrets are readable by whoever reads the data directory"
+        );
+    }
+    let (lock, identity, database, calls, checkpoints, (last_recheck, last_rekey)) =
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
+            let lock = crate::storage::DirLock::shared(&dir)?;
+            // The database first: a wrong key fails before anything is generated.
+            let (database, calls) = db::open(&dir, key.as_ref())?;
             let identity = match &certificate {
                 Some(files) => cert::load_files(&files.cert, &files.key)?,
                 None => cert::load_or_generate(&dir)?,
             };
-            let (database, calls) = db::open(&dir)?;
             let checkpoints = Checkpointer::open(&dir)?;
             let last = (
                 accounts::last_recheck(&database)?,
                 accounts::last_rekey(&database)?,
             );
-            Ok::<_, RelayError>((identity, database, calls, checkpoints, last))
+            Ok::<_, RelayError>((lock, identity, database, calls, checkpoints, last))
         })
         .await
         .map_err(|e| RelayError::Task(e.to_string()))??;
@@ -163,6 +177,7 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
             rechecks,
             metrics,
             db_thread,
+            _lock: lock,
         },
     })
 }

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use crate::accounts::{self, DeviceStatus, Registered, Role, UserRecord};
 use crate::audit::{self, AuditEvent, Checkpointer};
+use crate::storage::{self, DbKey};
 use crate::{CallRef, DeviceKey, RelayError};
 
 /// File of the database in the data directory.
@@ -145,9 +146,13 @@ pub(crate) enum Op {
     },
 }
 
-/// Opens the database, creates the schema, and loads the active calls.
-pub(crate) fn open(dir: &Path) -> Result<(Connection, HashMap<CallRef, StoredCall>), RelayError> {
-    let conn = open_connection(dir)?;
+/// Opens the database (with `key`; none: plaintext), creates the schema, and loads the
+/// active calls.
+pub(crate) fn open(
+    dir: &Path,
+    key: Option<&DbKey>,
+) -> Result<(Connection, HashMap<CallRef, StoredCall>), RelayError> {
+    let conn = open_connection(dir, key)?;
     let calls = load_calls(&conn)?;
     Ok((conn, calls))
 }
@@ -155,9 +160,11 @@ pub(crate) fn open(dir: &Path) -> Result<(Connection, HashMap<CallRef, StoredCal
 /// How long a writer waits for another (the relay and the command line share the file).
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens (or creates) the database in `dir` in WAL mode with the whole schema.
-pub(crate) fn open_connection(dir: &Path) -> Result<Connection, RelayError> {
-    let conn = Connection::open(dir.join(DB_FILE))?;
+/// Opens (or creates) the database in `dir` in WAL mode with the whole schema: a SQLCipher
+/// database keyed with `key`, or with none a plaintext one (the key is checked before
+/// anything is written: [`storage::open_file`]).
+pub(crate) fn open_connection(dir: &Path, key: Option<&DbKey>) -> Result<Connection, RelayError> {
+    let conn = storage::open_file(&dir.join(DB_FILE), key, OpenFlags::default())?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {

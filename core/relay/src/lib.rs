@@ -41,6 +41,7 @@
 mod accounts;
 pub mod admin;
 mod audit;
+pub mod backup;
 mod cert;
 mod conn;
 mod db;
@@ -49,12 +50,14 @@ pub mod net;
 mod places;
 mod replay;
 mod state;
+pub mod storage;
 mod throttle;
 pub mod totp;
 
 pub use accounts::{DeviceStatus, MAX_NAME, Role, UnknownRole, normalize_name};
 pub use audit::{AUDIT_KEY_FILE, AuditEvent, AuditProblem, AuditReport, AuditRow, CHECKPOINT_FILE};
 pub use net::{IpNetwork, IpNetworkError};
+pub use storage::{DbKey, DbKeyError};
 pub use throttle::ThrottlePolicy;
 
 /// File of the relay's database in its data directory.
@@ -94,6 +97,26 @@ pub enum RelayError {
     /// A background task failed to run.
     #[error("task: {0}")]
     Task(String),
+    /// Neither a database key ([`RelayConfig::db_key`]) nor
+    /// [`RelayConfig::insecure_unencrypted_db`] was given.
+    #[error(
+        "no database key: give --db-key-file, VISKA_RELAY_DB_KEY or the systemd credential viska-relay-db-key (or --insecure-unencrypted-db)"
+    )]
+    NoDatabaseKey,
+    /// The database key does not open the database (nothing was written to it).
+    #[error("database key does not match the database")]
+    WrongDatabaseKey,
+    /// A key was given but the database is plaintext: encrypt it once first.
+    #[error(
+        "the database {0} is not encrypted: run `viska-relay --data-dir DIR db encrypt` with the key options once (relay stopped)"
+    )]
+    DatabaseNotEncrypted(PathBuf),
+    /// The database is encrypted and no key was given.
+    #[error("the database {0} is encrypted: give its key")]
+    DatabaseEncrypted(PathBuf),
+    /// The data directory is in use in a way that excludes this operation.
+    #[error("data directory busy: {0}")]
+    DataDirBusy(String),
 }
 
 /// Decides whether an authenticated identity may use the relay, before (and besides) the
@@ -177,6 +200,13 @@ pub struct RelayConfig {
     /// Where to serve the counters in the Prometheus text format (`GET /metrics`, plain HTTP);
     /// none: not served.
     pub metrics_bind: Option<SocketAddr>,
+    /// The key of the database (SQLCipher), kept outside the data directory. Without one the
+    /// relay refuses to start ([`RelayError::NoDatabaseKey`]) unless
+    /// [`RelayConfig::insecure_unencrypted_db`] is set.
+    pub db_key: Option<DbKey>,
+    /// Runs on a plaintext database when no key is given (warned about at start, and
+    /// `viska_relay_database_encrypted 0` in the metrics). For tests and migrations only.
+    pub insecure_unencrypted_db: bool,
 }
 
 /// A certificate and its private key, each a DER file (the certificate as X.509 DER, the key
@@ -212,6 +242,8 @@ impl fmt::Debug for RelayConfig {
             .field("allowed_networks", &self.allowed_networks)
             .field("certificate", &self.certificate)
             .field("metrics_bind", &self.metrics_bind)
+            .field("db_key", &self.db_key)
+            .field("insecure_unencrypted_db", &self.insecure_unencrypted_db)
             .finish_non_exhaustive()
     }
 }
@@ -222,7 +254,8 @@ impl RelayConfig {
     /// 64 KiB datagram send buffer, 30 s idle timeout, every identity admitted (open mode),
     /// revocations noticed within 1 s, lock-outs [`ThrottlePolicy::ACCOUNT`] and
     /// [`ThrottlePolicy::SOURCE`], 3 login attempts per connection, devices from every
-    /// network, the self-signed certificate of the data directory, no metrics endpoint.
+    /// network, the self-signed certificate of the data directory, no metrics endpoint, and no
+    /// database key (set [`RelayConfig::db_key`]: without it the relay does not start).
     pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             bind,
@@ -243,6 +276,8 @@ impl RelayConfig {
             allowed_networks: Vec::new(),
             certificate: None,
             metrics_bind: None,
+            db_key: None,
+            insecure_unencrypted_db: false,
         }
     }
 }
@@ -329,6 +364,9 @@ pub struct RelayStats {
     pub calls: u64,
     /// Members of active calls (connected or within their hold time), now.
     pub members: u64,
+    /// 1 if the database is encrypted at rest ([`RelayConfig::db_key`]), 0 if the relay runs
+    /// on a plaintext one ([`RelayConfig::insecure_unencrypted_db`]).
+    pub database_encrypted: u64,
 }
 
 impl RelayStats {
@@ -414,6 +452,7 @@ impl Counters {
             rekeys: g(&self.rekeys),
             calls: calls as u64,
             members: members as u64,
+            database_encrypted: 0,
         }
     }
 }
@@ -462,9 +501,11 @@ impl RelayHandle {
     }
 
     pub(crate) fn stats_of(shared: &state::Shared) -> RelayStats {
-        shared
+        let mut stats = shared
             .stats
-            .snapshot(shared.places.held(), shared.call_counts())
+            .snapshot(shared.places.held(), shared.call_counts());
+        stats.database_encrypted = u64::from(shared.config.db_key.is_some());
+        stats
     }
 
     /// Where the metrics endpoint listens ([`RelayConfig::metrics_bind`], with the port the

@@ -31,7 +31,7 @@ enum Kind {
 }
 
 /// Every metric: its name (after `viska_relay_`), kind, help text and value.
-fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 32] {
+fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 33] {
     use Kind::{Counter, Gauge};
     [
         (
@@ -94,6 +94,12 @@ fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 32] {
             Gauge,
             "Members of active calls, connected or within their hold time.",
             s.members,
+        ),
+        (
+            "database_encrypted",
+            Gauge,
+            "1 if the database is encrypted at rest (SQLCipher), 0 if it runs unencrypted (--insecure-unencrypted-db).",
+            s.database_encrypted,
         ),
         (
             "datagrams_forwarded_total",
@@ -328,7 +334,7 @@ mod tests {
                 names.push(rest.split(' ').next().unwrap().to_string());
             }
         }
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 33);
         for name in &names {
             assert!(name.starts_with("viska_relay_"), "{name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
@@ -341,6 +347,7 @@ mod tests {
             assert_eq!(samples, 1, "{name}");
         }
         assert!(text.contains("viska_relay_logins_total 7\n"));
+        assert!(text.contains("viska_relay_database_encrypted 0\n"));
         assert!(text.contains("viska_relay_held_queue_limit 256\n"));
         assert!(text.contains("# TYPE viska_relay_devices_online gauge\n"));
         assert!(text.contains("# TYPE viska_relay_connections_total counter\n"));

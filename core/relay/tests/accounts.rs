@@ -19,6 +19,7 @@ use viska_relay::{AccountsMode, Role, ThrottlePolicy};
 use zeroize::Zeroizing;
 
 const PASSWORD: &str = "vN4#qT9!mZ2@rL7x";
+const BACKUP_PASSPHRASE: &str = "quartz lantern 71 drifting over harbours";
 
 /// The accounts of a test and the TOTP steps their logins used (each step serves once).
 struct Accounts {
@@ -36,7 +37,7 @@ fn unix_now() -> u64 {
 impl Accounts {
     /// alice and bob (agents), sam and sue (supervisors), root (admin), each with TOTP.
     fn create(dir: &Path) -> Self {
-        let mut admin = Admin::open(dir, "test").unwrap();
+        let mut admin = Admin::open(dir, Some(&db_key()), "test").unwrap();
         let mut secrets = HashMap::new();
         for (name, role) in [
             ("alice", Role::Agent),
@@ -193,7 +194,7 @@ async fn expect_welcome(d: &mut Device, call: CallRef) {
 }
 
 fn audit_kinds(dir: &Path) -> Vec<String> {
-    let admin = Admin::open(dir, "test").unwrap();
+    let admin = Admin::open(dir, Some(&db_key()), "test").unwrap();
     let mut out = Vec::new();
     admin.audit_export(&mut out).unwrap();
     String::from_utf8(out)
@@ -218,7 +219,7 @@ async fn a_device_logs_in_once_and_then_connects_with_its_key_alone() {
     let mut again = reconnect(&relay, id).await;
     again.sync().await;
     assert_eq!(relay.stats().logins, 1);
-    let admin = Admin::open(dir.path(), "test").unwrap();
+    let admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     let devices = admin.devices(Some("alice")).unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].key, key);
@@ -272,7 +273,7 @@ async fn a_version_1_device_that_is_not_registered_gets_a_typed_refusal() {
 async fn every_kind_of_failed_login_gets_the_same_answer_and_costs_a_verification() {
     let dir = tempfile::tempdir().unwrap();
     let mut accounts = Accounts::create(dir.path());
-    Admin::open(dir.path(), "test")
+    Admin::open(dir.path(), Some(&db_key()), "test")
         .unwrap()
         .set_disabled("bob", true)
         .unwrap();
@@ -409,7 +410,7 @@ async fn a_revoked_device_is_disconnected_taken_out_of_its_calls_and_refused() {
     expect_welcome(&mut bob, call).await;
 
     // The command line revokes bob's device while the relay runs.
-    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.revoke_device(&bob.key()).unwrap();
     assert_eq!(closed_with(&bob.link.conn).await, 6);
     assert_eq!(
@@ -456,7 +457,7 @@ async fn a_disabled_account_is_disconnected_until_it_is_enabled_again() {
     let relay = start_accounts(dir.path(), |_| {}).await;
     let alice = login(&relay, &mut accounts, "alice").await;
     let id = same_identity(&alice);
-    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.set_disabled("alice", true).unwrap();
     assert_eq!(closed_with(&alice.link.conn).await, 6);
     let mut link = auth_v2("127.0.0.1", &relay, &id).await;
@@ -530,7 +531,7 @@ async fn the_role_matrix_is_enforced_on_every_commit() {
     assert_eq!(bob.recv().await, RelayMessage::Removed { call });
 
     // Roles change at once when the command line changes them: alice becomes an admin.
-    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     let rechecked = relay.stats().rechecked;
     admin.set_role("alice", Role::Admin).unwrap();
     until(&relay, "alice's role checked again", |s| {
@@ -602,18 +603,20 @@ async fn a_backup_taken_while_the_relay_runs_restores_and_logs_in() {
     let alice_id = same_identity(&alice);
     let backups = tempfile::tempdir().unwrap();
     let backup = backups.path().join("b");
-    let report = Admin::open(dir.path(), "test")
-        .unwrap()
-        .backup(&backup)
-        .unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
+    admin.set_backup_params(viska_passwords::HashParams::TEST);
+    let report = admin.backup(&backup, BACKUP_PASSPHRASE).unwrap();
+    drop(admin);
     assert!(report.audit_rows >= 9, "{report:?}");
     drop(alice);
     relay.shutdown().await;
 
+    // Restored under a key of its own.
+    let new_key = viska_relay::DbKey::generate();
     let fresh = tempfile::tempdir().unwrap();
     let restored = fresh.path().join("relay");
-    viska_relay::admin::restore(&backup, &restored).unwrap();
-    let relay = start_accounts(&restored, |_| {}).await;
+    viska_relay::admin::restore(&backup, BACKUP_PASSPHRASE, &restored, Some(&new_key)).unwrap();
+    let relay = start_accounts(&restored, |c| c.db_key = Some(new_key.clone())).await;
     assert_eq!(relay.fingerprint(), fingerprint, "devices' pins still hold");
     // The registered device comes back with its key alone; bob logs in.
     let mut alice = reconnect(&relay, alice_id).await;
@@ -621,7 +624,7 @@ async fn a_backup_taken_while_the_relay_runs_restores_and_logs_in() {
     let mut bob = login(&relay, &mut accounts, "bob").await;
     bob.sync().await;
     relay.shutdown().await;
-    let admin = Admin::open(&restored, "test").unwrap();
+    let admin = Admin::open(&restored, Some(&new_key), "test").unwrap();
     assert!(admin.audit_verify().unwrap().is_ok());
     assert_eq!(admin.devices(None).unwrap().len(), 2);
 }
@@ -638,7 +641,7 @@ async fn the_audit_log_of_a_running_relay_verifies_and_holds_no_secret() {
     alice.send(RelayMessage::Leave { call }).await;
     alice.sync().await;
     relay.shutdown().await;
-    let admin = Admin::open(dir.path(), "test").unwrap();
+    let admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     let report = admin.audit_verify().unwrap().unwrap();
     let mut out = Vec::new();
     admin.audit_export(&mut out).unwrap();
@@ -684,7 +687,7 @@ async fn a_device_revoked_while_offline_is_taken_out_of_its_calls_at_once() {
     let bob_id = same_identity(&bob);
     bob.link.conn.close(0u32.into(), b"away");
     until(&relay, "bob offline", |s| s.devices_online == 1).await;
-    Admin::open(dir.path(), "test")
+    Admin::open(dir.path(), Some(&db_key()), "test")
         .unwrap()
         .revoke_device(&bob_key)
         .unwrap();
@@ -748,7 +751,7 @@ async fn the_other_refused_removals_and_additions_of_the_matrix() {
         forbidden(call)
     );
     // Not even an admin adds a device of a disabled account, or a revoked one.
-    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.set_disabled("bob", true).unwrap();
     assert_eq!(
         commit(&mut root, call, 1, vec![bob_key], vec![]).await,
@@ -773,14 +776,13 @@ async fn the_other_refused_removals_and_additions_of_the_matrix() {
 async fn a_hash_made_with_weaker_parameters_is_renewed_at_the_next_login() {
     let dir = tempfile::tempdir().unwrap();
     let mut accounts = Accounts::create(dir.path());
-    let mut admin = Admin::open(dir.path(), "test").unwrap();
+    let mut admin = Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.set_hash_params(viska_passwords::HashParams::TEST);
     admin
         .set_password("alice", "another Long passphrase 77")
         .unwrap();
     let stored = |dir: &Path| -> String {
-        rusqlite::Connection::open(dir.join(viska_relay::DB_FILE))
-            .unwrap()
+        open_db(dir)
             .query_row("SELECT hash FROM users WHERE name = 'alice'", [], |r| {
                 r.get(0)
             })

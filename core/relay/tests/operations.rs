@@ -11,7 +11,7 @@ mod common;
 use common::*;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use viska_relay::{CertificateFiles, IpNetwork};
+use viska_relay::{CertificateFiles, IpNetwork, RelayError};
 
 #[tokio::test]
 async fn a_connection_from_outside_the_allowed_networks_is_refused_before_tls() {
@@ -55,6 +55,7 @@ async fn an_ipv6_source_is_matched_against_ipv6_networks() {
     let dir = tempfile::tempdir().unwrap();
     let start = |allowed: &'static [&'static str]| {
         let mut config = RelayConfig::new("[::1]:0".parse().unwrap(), dir.path().to_path_buf());
+        config.db_key = Some(db_key());
         config.allowed_networks = allowed.iter().map(|n| n.parse().unwrap()).collect();
         Relay::start(config)
     };
@@ -109,6 +110,7 @@ async fn an_operator_certificate_is_presented_and_pinned_by_its_fingerprint() {
         key: dir.path().join("nowhere.der"),
     };
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), data);
+    config.db_key = Some(db_key());
     config.certificate = Some(missing);
     let e = Relay::start(config).await.unwrap_err().to_string();
     assert!(e.contains("nowhere.der"), "{e}");
@@ -224,7 +226,7 @@ async fn a_rekey_from_the_command_line_reaches_every_member_within_the_recheck_i
     let call = CallRef([9; 16]);
     open_call(&mut alice, call).await;
     add(&mut alice, call, 0, &mut [&mut bob]).await;
-    let mut admin = viska_relay::admin::Admin::open(dir.path(), "test").unwrap();
+    let mut admin = viska_relay::admin::Admin::open(dir.path(), Some(&db_key()), "test").unwrap();
     admin.rekey_call(&call).unwrap();
     for d in [&mut alice, &mut bob] {
         assert_eq!(d.recv().await, RelayMessage::Rekey { call, epoch: 1 });
@@ -246,4 +248,91 @@ async fn a_rekey_from_the_command_line_reaches_every_member_within_the_recheck_i
     })
     .await;
     relay.shutdown().await;
+}
+
+/// Every file of a directory: its name and bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn the_relay_needs_its_database_key_and_a_wrong_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    assert_eq!(relay.stats().database_encrypted, 1);
+    relay.shutdown().await;
+    let raw = std::fs::read(dir.path().join(viska_relay::DB_FILE)).unwrap();
+    assert!(!raw.starts_with(b"SQLite format 3"), "encrypted at rest");
+
+    let before = snapshot(dir.path());
+    let config = || RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    let e = Relay::start(config()).await.unwrap_err();
+    assert!(matches!(e, RelayError::NoDatabaseKey), "{e}");
+    let mut wrong = config();
+    wrong.db_key = Some(viska_relay::DbKey::generate());
+    let e = Relay::start(wrong).await.unwrap_err();
+    assert!(matches!(e, RelayError::WrongDatabaseKey), "{e}");
+    assert_eq!(e.to_string(), "database key does not match the database");
+    let mut insecure = config();
+    insecure.insecure_unencrypted_db = true;
+    let e = Relay::start(insecure).await.unwrap_err();
+    assert!(matches!(e, RelayError::DatabaseEncrypted(_)), "{e}");
+    assert!(snapshot(dir.path()) == before, "no file changed");
+
+    // A plaintext relay (tests only) says so in its counters, and a key does not open it.
+    let plain = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), plain.path().to_path_buf());
+    config.insecure_unencrypted_db = true;
+    let relay = Relay::start(config.clone()).await.unwrap();
+    assert_eq!(relay.stats().database_encrypted, 0);
+    relay.shutdown().await;
+    config.db_key = Some(db_key());
+    let e = Relay::start(config).await.unwrap_err();
+    assert!(matches!(e, RelayError::DatabaseNotEncrypted(_)), "{e}");
+    assert!(e.to_string().contains("db encrypt"), "{e}");
+}
+
+#[test]
+fn encrypting_once_then_rekeying_keeps_every_row_and_the_old_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = viska_relay::admin::Admin::open(dir.path(), None, "test").unwrap();
+    admin.revoke_device(&[7; 32]).unwrap();
+    drop(admin);
+    let first = db_key();
+    viska_relay::storage::encrypt_database(dir.path(), &first).unwrap();
+    assert!(matches!(
+        viska_relay::storage::encrypt_database(dir.path(), &first),
+        Err(RelayError::DatabaseEncrypted(_))
+    ));
+    let second = viska_relay::DbKey::generate();
+    // Not while someone holds the directory.
+    let holder = viska_relay::admin::Admin::open(dir.path(), Some(&first), "test").unwrap();
+    assert!(matches!(
+        viska_relay::storage::rekey_database(dir.path(), &first, &second),
+        Err(RelayError::DataDirBusy(_))
+    ));
+    drop(holder);
+    assert!(matches!(
+        viska_relay::storage::rekey_database(dir.path(), &second, &second),
+        Err(RelayError::WrongDatabaseKey)
+    ));
+    viska_relay::storage::rekey_database(dir.path(), &first, &second).unwrap();
+    assert!(matches!(
+        viska_relay::admin::Admin::open(dir.path(), Some(&first), "test"),
+        Err(viska_relay::admin::AdminError::Relay(
+            RelayError::WrongDatabaseKey
+        ))
+    ));
+    let admin = viska_relay::admin::Admin::open(dir.path(), Some(&second), "test").unwrap();
+    assert_eq!(admin.devices(None).unwrap().len(), 1);
+    let report = admin.audit_verify().unwrap().unwrap();
+    assert_eq!(report.rows, 1);
 }

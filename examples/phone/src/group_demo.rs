@@ -115,10 +115,10 @@ pub(crate) fn run(n: usize, seconds: f64, input: &Path) -> Result<(), BoxError> 
         .build()?;
     let dir = std::env::temp_dir().join(format!("viska-demo-relay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let relay = runtime.block_on(Relay::start(RelayConfig::new(
-        "127.0.0.1:0".parse()?,
-        dir.clone(),
-    )))?;
+    let mut relay_config = RelayConfig::new("127.0.0.1:0".parse()?, dir.clone());
+    // A key for this run's throwaway data directory (a real relay reads one from a file).
+    relay_config.db_key = Some(viska_relay::DbKey::generate());
+    let relay = runtime.block_on(Relay::start(relay_config))?;
     eprintln!(
         "relay: listening on {}, fingerprint {}",
         relay.local_addr(),

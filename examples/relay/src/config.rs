@@ -15,6 +15,8 @@ use viska_relay::IpNetwork;
 pub(crate) struct FileConfig {
     /// The data directory.
     pub(crate) data_dir: Option<PathBuf>,
+    /// The database key's file (64 hex digits, owner-only), outside the data directory.
+    pub(crate) db_key_file: Option<PathBuf>,
     /// UDP address to listen on.
     pub(crate) bind: Option<SocketAddr>,
     /// `open` or `required`.
@@ -128,6 +130,7 @@ mod tests {
         let c = parse_str(
             r#"
 data_dir = "/var/lib/viska-relay"
+db_key_file = "/etc/viska-relay/db-key"
 bind = "[::]:4433"
 accounts = "required"
 log_format = "json"
@@ -155,6 +158,10 @@ bind = "127.0.0.1:9464"
         )
         .unwrap();
         assert_eq!(c.bind, Some("[::]:4433".parse().unwrap()));
+        assert_eq!(
+            c.db_key_file,
+            Some(PathBuf::from("/etc/viska-relay/db-key"))
+        );
         assert_eq!(c.accounts, Some(AccountsSetting::Required));
         assert_eq!(c.log_format, Some(LogFormat::Json));
         assert_eq!(c.network.allowed.len(), 3);

@@ -6,15 +6,27 @@
 //!     [--auth-secs 5] [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
 //!     [--require-accounts] [--recheck-ms 1000] [--allow CIDR]... [--metrics-bind ADDR]
 //!     [--tls-cert FILE --tls-key FILE] [--log-format text|json]
+//!     [--db-key-file FILE | --insecure-unencrypted-db]
 //! viska-relay --data-dir DIR user add NAME --role agent|supervisor|admin
 //! viska-relay --data-dir DIR user list | passwd NAME | disable NAME | enable NAME
 //!     | role NAME ROLE | totp-enroll NAME
 //! viska-relay --data-dir DIR device list [--user NAME] | revoke KEY
 //! viska-relay --data-dir DIR call list | rekey ID
 //! viska-relay --data-dir DIR audit verify [--key HEX] [--checkpoints FILE] | export
-//! viska-relay --data-dir DIR backup PATH
-//! viska-relay --data-dir DIR restore PATH
+//! viska-relay --data-dir DIR backup FILE
+//! viska-relay --data-dir DIR restore FILE
+//! viska-relay --data-dir DIR db encrypt | rekey --new-key-file FILE
+//! viska-relay db generate-key FILE
 //! ```
+//!
+//! The database is encrypted (SQLCipher) with a 32-byte key kept outside the data directory:
+//! `--db-key-file FILE` (64 hex digits, readable by its owner only), else the environment
+//! variable `VISKA_RELAY_DB_KEY`, else the systemd credential `viska-relay-db-key`
+//! (`$CREDENTIALS_DIRECTORY/viska-relay-db-key`), else `db_key_file` in `--config`. Every
+//! command takes the same options; without a key nothing starts unless
+//! `--insecure-unencrypted-db` is given. Backups are encrypted under a passphrase
+//! (`VISKA_RELAY_BACKUP_PASSPHRASE`, else standard input when it is not a terminal, else
+//! prompted for).
 //!
 //! Running, it prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once
 //! it is up (and `metrics on http://<addr>/metrics` when metrics are served). Logs go to
@@ -31,7 +43,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use viska_relay::admin::{self, Admin, AdminError};
-use viska_relay::{AccountsMode, CertificateFiles, IpNetwork, Relay, RelayConfig, Role};
+use viska_relay::storage;
+use viska_relay::{AccountsMode, CertificateFiles, DbKey, IpNetwork, Relay, RelayConfig, Role};
 use zeroize::Zeroizing;
 
 use crate::config::{AccountsSetting, FileConfig, LogFormat};
@@ -88,6 +101,15 @@ struct Args {
     /// Log lines as text or as JSON objects [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The database key: a file of 64 hex digits, readable by its owner only, outside the
+    /// data directory [else VISKA_RELAY_DB_KEY, else the systemd credential
+    /// viska-relay-db-key, else db_key_file in --config].
+    #[arg(long, value_name = "FILE", global = true)]
+    db_key_file: Option<PathBuf>,
+    /// Without a key, use a plaintext database (password hashes and TOTP secrets readable
+    /// from the data directory): for tests only.
+    #[arg(long, global = true)]
+    insecure_unencrypted_db: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -106,14 +128,39 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Backs the data directory up into the new directory PATH (safe while the relay runs).
+    /// Writes an encrypted backup of the data directory to the new file PATH (safe while
+    /// the relay runs); the passphrase comes from VISKA_RELAY_BACKUP_PASSPHRASE, stdin or a
+    /// prompt.
     Backup {
-        /// Where (a directory that does not exist or is empty).
+        /// Where (a file that does not exist).
         path: PathBuf,
     },
-    /// Restores the backup in PATH into the data directory, which must be fresh.
+    /// Restores the backup PATH into the data directory, which must be fresh; its database
+    /// is keyed with the key options.
     Restore {
-        /// The backup directory.
+        /// The backup file.
+        path: PathBuf,
+    },
+    /// The database's encryption: migrate a plaintext one, rotate the key, make a key.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Encrypts a plaintext database with the key of the key options, once (relay stopped).
+    Encrypt,
+    /// Re-keys the database from the key of the key options to the one in --new-key-file
+    /// (relay stopped); the old key no longer opens it.
+    Rekey {
+        /// The new key (64 hex digits, readable by its owner only).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
+    /// Writes a new random key (64 hex digits) to the new file PATH, readable by its owner
+    /// only.
+    GenerateKey {
+        /// Where (a file that does not exist).
         path: PathBuf,
     },
 }
@@ -210,6 +257,77 @@ fn operator() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// A backup passphrase: `VISKA_RELAY_BACKUP_PASSPHRASE`, else [`read_password`] (prompted
+/// twice for a new backup, once for a restore).
+fn read_passphrase(confirm: bool) -> Result<Zeroizing<String>, String> {
+    if let Some(p) = std::env::var_os(PASSPHRASE_ENV) {
+        return p
+            .into_string()
+            .map(Zeroizing::new)
+            .map_err(|_| format!("{PASSPHRASE_ENV} is not UTF-8"));
+    }
+    if !confirm && std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("backup passphrase: ")
+            .map(Zeroizing::new)
+            .map_err(|e| format!("prompt: {e}"));
+    }
+    read_password("backup passphrase")
+}
+
+/// The environment variable a backup passphrase may come from.
+const PASSPHRASE_ENV: &str = "VISKA_RELAY_BACKUP_PASSPHRASE";
+
+/// The database key from the first of: `--db-key-file`, `VISKA_RELAY_DB_KEY`, the systemd
+/// credential, `db_key_file` of the configuration. None anywhere: an error, unless
+/// `--insecure-unencrypted-db` (then `None`, warned about).
+fn database_key(args: &Args, file: &FileConfig) -> Result<Option<DbKey>, String> {
+    let err = |e: viska_relay::DbKeyError| e.to_string();
+    if let Some(path) = &args.db_key_file {
+        return DbKey::from_file(path).map(Some).map_err(err);
+    }
+    if let Some(hex) = std::env::var_os(storage::KEY_ENV) {
+        let hex = Zeroizing::new(
+            hex.into_string()
+                .map_err(|_| format!("{} is not 64 hex digits", storage::KEY_ENV))?,
+        );
+        return DbKey::from_hex(&hex, storage::KEY_ENV)
+            .map(Some)
+            .map_err(err);
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join(storage::KEY_CREDENTIAL);
+        if path.exists() {
+            return DbKey::from_file(&path).map(Some).map_err(err);
+        }
+    }
+    if let Some(path) = &file.db_key_file {
+        return DbKey::from_file(path).map(Some).map_err(err);
+    }
+    if args.insecure_unencrypted_db {
+        eprintln!(
+            "viska-relay: WARNING: no database key, --insecure-unencrypted-db: the database is \
+             NOT encrypted at rest"
+        );
+        return Ok(None);
+    }
+    Err(viska_relay::RelayError::NoDatabaseKey.to_string())
+}
+
+/// Writes a new random key to the new file `path` (owner-only).
+fn generate_key(path: &Path) -> Result<(), String> {
+    let key = DbKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    out.write_all(format!("{}\n", key.to_hex().as_str()).as_bytes())
+        .and_then(|()| out.sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 /// A password from stdin (one line) or, on a terminal, prompted twice without echo.
 fn read_password(what: &str) -> Result<Zeroizing<String>, String> {
     let stdin = std::io::stdin();
@@ -266,11 +384,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Runs an administrative command; the exit code.
-fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
+/// Runs an administrative command on the database keyed with `key`; the exit code.
+fn administer(dir: &Path, key: Option<&DbKey>, command: Command) -> Result<ExitCode, String> {
     let err = |e: AdminError| e.to_string();
+    if let Command::Db(db) = &command {
+        let key =
+            key.ok_or("the db commands need a database key (no --insecure-unencrypted-db)")?;
+        match db {
+            DbCommand::Encrypt => {
+                storage::encrypt_database(dir, key).map_err(|e| e.to_string())?;
+                println!("encrypted the database of {}", dir.display());
+            }
+            DbCommand::Rekey { new_key_file } => {
+                let new = DbKey::from_file(new_key_file).map_err(|e| e.to_string())?;
+                storage::rekey_database(dir, key, &new).map_err(|e| e.to_string())?;
+                println!(
+                    "re-keyed the database of {}: start the relay with {} from now on",
+                    dir.display(),
+                    new_key_file.display()
+                );
+            }
+            DbCommand::GenerateKey { path } => generate_key(path)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Restore { path } = &command {
-        let report = admin::restore(path, dir).map_err(err)?;
+        let passphrase = read_passphrase(false)?;
+        let report = admin::restore(path, &passphrase, dir, key).map_err(err)?;
         println!(
             "restored {} into {} ({} audit rows, chain intact)",
             path.display(),
@@ -279,7 +419,7 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut admin = Admin::open(dir, &operator()).map_err(err)?;
+    let mut admin = Admin::open(dir, key, &operator()).map_err(err)?;
     match command {
         Command::User(UserCommand::Add { name, role }) => {
             let password = read_password("password")?;
@@ -388,14 +528,15 @@ fn administer(dir: &Path, command: Command) -> Result<ExitCode, String> {
             out.flush().map_err(|e| e.to_string())?;
         }
         Command::Backup { path } => {
-            let report = admin.backup(&path).map_err(err)?;
+            let passphrase = read_passphrase(true)?;
+            let report = admin.backup(&path, &passphrase).map_err(err)?;
             println!(
-                "backed up into {} ({} audit rows)",
+                "backed up into {} ({} audit rows, encrypted)",
                 path.display(),
                 report.audit_rows
             );
         }
-        Command::Restore { .. } => {}
+        Command::Restore { .. } | Command::Db(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -477,13 +618,32 @@ async fn main() -> ExitCode {
         None => FileConfig::default(),
     };
     init_logs(args.log_format.or(file.log_format).unwrap_or_default());
+    if let Some(Command::Db(DbCommand::GenerateKey { path })) = &args.command {
+        return match generate_key(path) {
+            Ok(()) => {
+                println!("wrote a new database key to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("viska-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let key = match database_key(&args, &file) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("viska-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let Some(data_dir) = args.data_dir.clone().or_else(|| file.data_dir.clone()) else {
         eprintln!("viska-relay: no data directory: give --data-dir or data_dir in --config");
         return ExitCode::from(2);
     };
     let mut args = args;
     if let Some(command) = args.command.take() {
-        return match administer(&data_dir, command) {
+        return match administer(&data_dir, key.as_ref(), command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("viska-relay: {e}");
@@ -491,7 +651,9 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let config = relay_config(&args, file, data_dir);
+    let mut config = relay_config(&args, file, data_dir);
+    config.insecure_unencrypted_db = key.is_none() && args.insecure_unencrypted_db;
+    config.db_key = key;
     if !config.allowed_networks.is_empty() {
         let list: Vec<String> = config
             .allowed_networks

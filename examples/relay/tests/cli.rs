@@ -1,6 +1,8 @@
 //! The administrative command line against real data directories: accounts (password from
 //! stdin, the policy), TOTP enrollment, `audit verify` on an intact log and on every kind of
-//! damage, `audit export`, backup and restore.
+//! damage, `audit export`, encrypted backup and restore. Every data directory's database is
+//! encrypted with this process's test key (given as `VISKA_RELAY_DB_KEY`); the tests that
+//! damage it open it with that key. `tests/storage.rs` covers the key options themselves.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -12,12 +14,28 @@ use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
 const PASSWORD: &str = "vN4#qT9!mZ2@rL7x";
+const PASSPHRASE: &str = "quartz lantern 71 drifting over harbours";
+
+/// This process's database key, 64 hex digits (random per run).
+fn key_hex() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        Sha256::digest(seed.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
 
 fn relay(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
         .arg("--data-dir")
         .arg(dir)
         .args(args)
+        .env("VISKA_RELAY_DB_KEY", key_hex())
+        .env("VISKA_RELAY_BACKUP_PASSPHRASE", PASSPHRASE)
+        .env_remove("CREDENTIALS_DIRECTORY")
         .env("USER", "tester")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
@@ -66,8 +84,18 @@ fn populated() -> tempfile::TempDir {
     dir
 }
 
+/// The data directory's database, opened with the test key (SQLCipher's raw key with the
+/// file's own salt, its first 16 bytes).
 fn db(dir: &Path) -> Connection {
-    Connection::open(dir.join("relay.sqlite3")).unwrap()
+    let path = dir.join("relay.sqlite3");
+    let salt: String = std::fs::read(&path).unwrap()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}{salt}'\";", key_hex()))
+        .unwrap();
+    conn
 }
 
 /// `audit verify`: exit code and output.
@@ -410,6 +438,15 @@ fn a_backup_restores_into_a_fresh_directory_only() {
     let path = backup.path().join("b1");
     let out = ok(dir.path(), &["backup", path.to_str().unwrap()], None);
     assert!(out.contains("7 audit rows"), "{out}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"VSKRLBAK\x01"), "the versioned magic");
+    for clear in [&b"SQLite format 3"[..], b"alice", b"argon2id", b"audit-key"] {
+        assert!(
+            !bytes.windows(clear.len()).any(|w| w == clear),
+            "{} in the backup",
+            String::from_utf8_lossy(clear)
+        );
+    }
     // The backup itself is a row of the live log.
     assert!(verify(dir.path()).1.starts_with("audit log intact: 8 rows"));
     let again = relay(dir.path(), &["backup", path.to_str().unwrap()], None);
@@ -441,21 +478,169 @@ fn a_backup_restores_into_a_fresh_directory_only() {
     assert!(String::from_utf8_lossy(&twice.stderr).contains("is not empty"));
 }
 
+/// Restores `backup` into a new directory with `passphrase`: the exit code and stderr; the
+/// target must be left as it was on failure (not even created).
+fn restore_into_fresh(backup: &Path, passphrase: &str) -> (Option<i32>, String) {
+    let fresh = tempfile::tempdir().unwrap();
+    let target = fresh.path().join("relay");
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--data-dir")
+        .arg(&target)
+        .arg("restore")
+        .arg(backup)
+        .env("VISKA_RELAY_DB_KEY", key_hex())
+        .env("VISKA_RELAY_BACKUP_PASSPHRASE", passphrase)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        assert!(!target.exists(), "a refused restore left {target:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(fresh.path()).unwrap().count(),
+            0,
+            "nothing staged is left behind"
+        );
+    }
+    (out.status.code(), err)
+}
+
 #[test]
 fn a_damaged_backup_is_not_restored() {
     let dir = populated();
     let backup = tempfile::tempdir().unwrap();
     let path = backup.path().join("b");
+    // A database big enough for several chunks of 64 KiB.
+    let blob = vec![0x5a_u8; 300 * 1024];
+    db(dir.path())
+        .execute(
+            "INSERT INTO key_packages (identity, package) VALUES (?1, ?2)",
+            params![&[1_u8; 32][..], blob],
+        )
+        .unwrap();
     ok(dir.path(), &["backup", path.to_str().unwrap()], None);
-    Connection::open(path.join("relay.sqlite3"))
-        .unwrap()
+    let good = std::fs::read(&path).unwrap();
+    const HEADER: usize = 57;
+    const CHUNK: usize = 64 * 1024 + 16;
+    assert!(good.len() > HEADER + 4 * CHUNK, "{}", good.len());
+    let write = |name: &str, bytes: &[u8]| {
+        let p = backup.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+
+    let (code, err) = restore_into_fresh(&path, "a different passphrase 9 of them");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("wrong passphrase"), "{err}");
+
+    let mut tampered = good.clone();
+    tampered[HEADER + CHUNK + 100] ^= 0x01;
+    let (code, err) = restore_into_fresh(&write("tampered", &tampered), PASSPHRASE);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("chunk 1"), "{err}");
+
+    let mut header = good.clone();
+    header[12] ^= 0x01; // Argon2 memory: another key
+    assert_eq!(
+        restore_into_fresh(&write("header", &header), PASSPHRASE).0,
+        Some(2)
+    );
+
+    for (name, cut) in [
+        ("cut-at-chunk", HEADER + 2 * CHUNK),
+        ("cut-mid-chunk", HEADER + 2 * CHUNK + 500),
+        ("cut-last-byte", good.len() - 1),
+    ] {
+        let (code, err) = restore_into_fresh(&write(name, &good[..cut]), PASSPHRASE);
+        assert_eq!(code, Some(2), "{name}");
+        assert!(
+            err.contains("truncated") || err.contains("does not authenticate"),
+            "{name}: {err}"
+        );
+    }
+
+    let mut reordered = good[..HEADER + CHUNK].to_vec();
+    reordered.extend_from_slice(&good[HEADER + 2 * CHUNK..HEADER + 3 * CHUNK]);
+    reordered.extend_from_slice(&good[HEADER + CHUNK..HEADER + 2 * CHUNK]);
+    reordered.extend_from_slice(&good[HEADER + 3 * CHUNK..]);
+    let (code, err) = restore_into_fresh(&write("reordered", &reordered), PASSPHRASE);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("chunk 1"), "{err}");
+
+    let mut longer = good.clone();
+    longer.extend_from_slice(&good[HEADER..HEADER + CHUNK]);
+    assert_eq!(
+        restore_into_fresh(&write("longer", &longer), PASSPHRASE).0,
+        Some(2)
+    );
+
+    assert_eq!(
+        restore_into_fresh(&path, PASSPHRASE).0,
+        Some(0),
+        "the good one restores"
+    );
+}
+
+#[test]
+fn a_weak_backup_passphrase_is_refused_and_nothing_is_written() {
+    let dir = populated();
+    let backup = tempfile::tempdir().unwrap();
+    let path = backup.path().join("b");
+    let out = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("backup")
+        .arg(&path)
+        .env("VISKA_RELAY_DB_KEY", key_hex())
+        .env("VISKA_RELAY_BACKUP_PASSPHRASE", "password1234")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!path.exists());
+    // Without the variable, from stdin (not a terminal): one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("backup")
+        .arg(&path)
+        .env("VISKA_RELAY_DB_KEY", key_hex())
+        .env_remove("VISKA_RELAY_BACKUP_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{PASSPHRASE}\n").as_bytes())
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(restore_into_fresh(&path, PASSPHRASE).0, Some(0));
+}
+
+#[test]
+fn a_backup_whose_audit_log_was_damaged_before_it_was_taken_is_not_restored() {
+    let dir = populated();
+    db(dir.path())
         .execute("UPDATE audit SET actor = 'x' WHERE seq = 1", [])
         .unwrap();
-    let fresh = tempfile::tempdir().unwrap();
-    let out = relay(fresh.path(), &["restore", path.to_str().unwrap()], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("row 1"));
-    assert!(!fresh.path().join("relay.sqlite3").exists());
+    let backup = tempfile::tempdir().unwrap();
+    let path = backup.path().join("b");
+    ok(dir.path(), &["backup", path.to_str().unwrap()], None);
+    let (code, err) = restore_into_fresh(&path, PASSPHRASE);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("row 1"), "{err}");
 }
 
 #[test]
@@ -615,6 +800,7 @@ fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() 
     let mut child = Command::new(env!("CARGO_BIN_EXE_viska-relay"))
         .arg("--config")
         .arg(&file)
+        .env("VISKA_RELAY_DB_KEY", key_hex())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -642,6 +828,10 @@ fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() 
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("\nviska_relay_up 1\n"), "{response}");
+    assert!(
+        response.contains("\nviska_relay_database_encrypted 1\n"),
+        "{response}"
+    );
     assert!(
         response.contains("\nviska_relay_connections_total 0\n"),
         "{response}"

@@ -271,6 +271,28 @@ impl Device {
     }
 }
 
+/// The database key of every data directory of this test process (random per run).
+pub(crate) fn db_key() -> viska_relay::DbKey {
+    static KEY: std::sync::OnceLock<viska_relay::DbKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(viska_relay::DbKey::generate).clone()
+}
+
+/// The data directory's database opened directly, as SQLCipher with [`db_key`] (the raw key
+/// and the file's own salt, its first 16 bytes).
+#[allow(dead_code)]
+pub(crate) fn open_db(dir: &std::path::Path) -> rusqlite::Connection {
+    let path = dir.join(viska_relay::DB_FILE);
+    let salt: String = std::fs::read(&path).unwrap()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let key = db_key().to_hex();
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}{salt}'\";", key.as_str()))
+        .unwrap();
+    conn
+}
+
 pub(crate) async fn start(dir: &std::path::Path) -> RelayHandle {
     start_with(dir, |_| {}).await
 }
@@ -280,6 +302,7 @@ pub(crate) async fn start_with(
     tweak: impl FnOnce(&mut RelayConfig),
 ) -> RelayHandle {
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
+    config.db_key = Some(db_key());
     tweak(&mut config);
     Relay::start(config).await.unwrap()
 }
