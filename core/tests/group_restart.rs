@@ -322,7 +322,8 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
         .unwrap();
     let mut relay_config =
         RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
-    relay_config.db_key = Some(viska_relay::DbKey::generate());
+    let db_key = viska_relay::DbKey::generate();
+    relay_config.db_key = Some(db_key.clone());
     let relay = runtime.block_on(Relay::start(relay_config)).unwrap();
     let (addr, fingerprint) = (relay.local_addr(), relay.fingerprint());
     let alice = GroupPhone::connect(config(
@@ -447,7 +448,7 @@ fn a_phone_killed_mid_call_comes_back_from_its_store_without_reusing_a_counter()
     let mut carol = carol;
     carol.kill();
     let epoch_down = alice.snapshot(call).unwrap().epoch.unwrap();
-    viska_relay::admin::Admin::open(&dir.path().join("relay"), "test")
+    viska_relay::admin::Admin::open(&dir.path().join("relay"), Some(&db_key), "test")
         .unwrap()
         .rekey_call(&call)
         .unwrap();
