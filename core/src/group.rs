@@ -51,6 +51,13 @@ use crate::transport::runtime::PromptRuntime;
 /// One-use key packages a device keeps published on the relay.
 const KEY_PACKAGES: usize = 8;
 
+/// A device being added that has no key package on the relay yet (its phone is starting, its
+/// packages are on their way) is asked for again this many times, after 200 ms doubling.
+const FETCH_RETRIES: u32 = 5;
+
+/// The wait before the first fetch retry.
+const FETCH_RETRY_FIRST: Duration = Duration::from_millis(200);
+
 /// How often the calls' snapshots follow their media counters (roster and membership changes
 /// are published at once).
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
@@ -777,6 +784,10 @@ struct Device {
     creating: HashMap<CallRef, (Member, std::sync::mpsc::Sender<Result<(), GroupPhoneError>>)>,
     /// Key-package fetches: request id -> the call and device to add.
     fetching: HashMap<u32, (CallRef, DeviceKey)>,
+    /// Fetches answered with no package, to be asked again at the instant.
+    refetch: Vec<(Instant, CallRef, DeviceKey)>,
+    /// How often each of those was asked already.
+    fetch_tries: HashMap<(CallRef, DeviceKey), u32>,
     next_request: u32,
     shared: Arc<Shared>,
     events: std::sync::mpsc::Sender<Dispatch>,
@@ -1035,6 +1046,8 @@ impl Device {
             routes: HashMap::new(),
             creating: HashMap::new(),
             fetching: HashMap::new(),
+            refetch: Vec::new(),
+            fetch_tries: HashMap::new(),
             next_request: 1,
             shared,
             events,
@@ -1237,6 +1250,9 @@ impl Device {
                 .flatten()
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if let Some(at) = self.refetch.iter().map(|r| r.0).min() {
+                deadline = deadline.min(at);
+            }
             if self.link.is_none() && self.attempt.is_none() {
                 if let Some(at) = self.next_attempt {
                     deadline = deadline.min(at);
@@ -1323,6 +1339,7 @@ impl Device {
                         changed = true;
                         self.rejoin(call, &mut outgoing);
                     }
+                    self.refetch_due(now, &mut outgoing);
                     self.maybe_attempt(now);
                 }
             }
@@ -1710,6 +1727,24 @@ impl Device {
         }
     }
 
+    /// Fetches whose retry is due are asked again.
+    fn refetch_due(&mut self, now: Instant, out: &mut Vec<RelayMessage>) {
+        let (due, later) = std::mem::take(&mut self.refetch)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.refetch = later;
+        for (_, call, identity) in due {
+            if !self.calls.contains_key(&call) {
+                self.fetch_tries.remove(&(call, identity));
+                continue;
+            }
+            let request = self.next_request;
+            self.next_request = self.next_request.wrapping_add(1);
+            self.fetching.insert(request, (call, identity));
+            out.push(RelayMessage::FetchKeyPackage { request, identity });
+        }
+    }
+
     /// Where the relay says `call` stands, after the messages it held for this device
     /// (protocol-relay.md §4.7): a commit of ours written on an earlier connection whose
     /// verdict never came is settled by it, and a member behind the call's epoch (it lost a
@@ -1812,6 +1847,19 @@ impl Device {
                 let Some((call, identity)) = self.fetching.remove(&request) else {
                     return;
                 };
+                // None yet: a device whose phone just started may not have published its
+                // packages when they are asked for. Asked again, with back-off.
+                if package.is_none() && self.calls.contains_key(&call) {
+                    let tries = self.fetch_tries.entry((call, identity)).or_insert(0);
+                    if *tries < FETCH_RETRIES {
+                        let wait = FETCH_RETRY_FIRST * 2u32.pow(*tries);
+                        *tries += 1;
+                        tracing::debug!(tries = *tries, "no key package yet; asking again");
+                        self.refetch.push((now + wait, call, identity));
+                        return;
+                    }
+                }
+                self.fetch_tries.remove(&(call, identity));
                 let Some(ctx) = self.calls.get_mut(&call) else {
                     return;
                 };

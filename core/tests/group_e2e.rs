@@ -738,6 +738,25 @@ fn a_commit_whose_verdict_is_lost_with_the_connection_is_settled_on_reconnecting
 }
 
 #[test]
+fn a_device_added_before_its_phone_is_on_the_relay_is_added_once_it_is() {
+    let setup = relay();
+    let (alice, _) = phone(&setup, 91, 400.0, Vec::new());
+    let call = alice.create_call().unwrap();
+    assert!(settled(&alice, call, 1));
+    // Dave's phone is not connected: the relay has no key package of his yet.
+    alice.add(call, public(92)).unwrap();
+    eventually("the relay answered without a package", || {
+        setup.relay.as_ref().unwrap().stats().key_packages_missing >= 1
+    });
+    // His phone comes up; Alice asks again and adds him.
+    let (dave, _) = phone(&setup, 92, 600.0, Vec::new());
+    assert!(dave.wait_for(WAIT, |calls| calls.contains_key(&call)));
+    accept(&dave, call);
+    assert!(settled(&alice, call, 2) && settled(&dave, call, 2));
+    assert!(hears_again(&dave, call, 1, 30), "{:?}", one(&dave));
+}
+
+#[test]
 fn a_member_back_after_the_hold_time_is_added_back() {
     let setup = relay_holding(Duration::from_millis(300));
     let (alice, _) = phone(&setup, 61, 400.0, Vec::new());

@@ -313,6 +313,9 @@ pub struct RelayStats {
     pub commits_accepted: u64,
     /// Commits refused (stale epoch, or another commit for the epoch won).
     pub commits_refused: u64,
+    /// Key-package fetches answered with none: the device has published none (not yet, or
+    /// all its one-use packages went and it has no last-resort one).
+    pub key_packages_missing: u64,
     /// QUIC connections accepted.
     pub connections: u64,
     /// Connections that authenticated.
@@ -391,6 +394,7 @@ pub(crate) struct Counters {
     pub(crate) counter_too_old: AtomicU64,
     pub(crate) counter_too_many_keys: AtomicU64,
     pub(crate) accepted: AtomicU64,
+    pub(crate) key_packages_missing: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) authenticated: AtomicU64,
@@ -431,6 +435,7 @@ impl Counters {
             dropped_counter_too_many_keys: g(&self.counter_too_many_keys),
             commits_accepted: g(&self.accepted),
             commits_refused: g(&self.refused),
+            key_packages_missing: g(&self.key_packages_missing),
             connections: g(&self.connections),
             authenticated: g(&self.authenticated),
             auth_failures: g(&self.auth_failures),

@@ -31,7 +31,7 @@ enum Kind {
 }
 
 /// Every metric: its name (after `viska_relay_`), kind, help text and value.
-fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 33] {
+fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 34] {
     use Kind::{Counter, Gauge};
     [
         (
@@ -148,6 +148,12 @@ fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 33] {
             Counter,
             "Commits refused (stale epoch, or storage failed).",
             s.commits_refused,
+        ),
+        (
+            "key_packages_missing_total",
+            Counter,
+            "Key-package fetches answered with none (the device has published none).",
+            s.key_packages_missing,
         ),
         (
             "bad_frames_total",
@@ -334,7 +340,7 @@ mod tests {
                 names.push(rest.split(' ').next().unwrap().to_string());
             }
         }
-        assert_eq!(names.len(), 33);
+        assert_eq!(names.len(), 34);
         for name in &names {
             assert!(name.starts_with("viska_relay_"), "{name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");

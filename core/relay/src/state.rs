@@ -561,6 +561,9 @@ impl Shared {
                         None
                     }
                 };
+                if package.is_none() {
+                    bump(&self.stats.key_packages_missing);
+                }
                 self.reply(
                     &me,
                     RelayMessage::KeyPackage {
