@@ -131,6 +131,29 @@ impl KeyStore {
         Ok(Arc::new(Self { store: store? }))
     }
 
+    /// Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+    /// page is rewritten under it, and from then on only it opens the file. The passphrase
+    /// must be at least 12 characters, not a common password, and hard to guess
+    /// (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+    /// opens with the old key or the new one (`docs/store.md` §1.1).
+    pub fn change_key(&self, new_passphrase: String) -> Result<(), ViskaError> {
+        Ok(self
+            .store
+            .change_key(StoreKey::passphrase(new_passphrase))?)
+    }
+
+    /// Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+    /// Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+    /// wiped.
+    pub fn change_key_with_key(&self, mut new_key: Vec<u8>) -> Result<(), ViskaError> {
+        let raw: Result<[u8; 32], _> = new_key.as_slice().try_into();
+        new_key.zeroize();
+        let mut raw = raw.map_err(|_| ViskaError::invalid("a store key is 32 bytes"))?;
+        let changed = self.store.change_key(StoreKey::raw(raw));
+        raw.zeroize();
+        Ok(changed?)
+    }
+
     /// The device's identity: made on first use, the same ever after.
     pub fn identity(&self) -> Result<Arc<Identity>, ViskaError> {
         Ok(Arc::new(Identity {

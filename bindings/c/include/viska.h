@@ -307,6 +307,16 @@ enum ViskaErrorCode
      */
     VISKA_ERROR_CODE_STORE = 15,
     /**
+     * The relay admits registered devices only, and no login was given
+     * (`viska_phone_config_set_relay_login`).
+     */
+    VISKA_ERROR_CODE_LOGIN_REQUIRED = 16,
+    /**
+     * The relay refused the login (it does not say which part was wrong);
+     * `viska_error_retry_after_secs` says when to try again.
+     */
+    VISKA_ERROR_CODE_LOGIN_FAILED = 17,
+    /**
      * A bug: a panic inside the library was caught, or an error this version does not name.
      */
     VISKA_ERROR_CODE_INTERNAL = 255,
@@ -1256,8 +1266,9 @@ struct ViskaError *viska_phone_config_set_dtx(struct ViskaPhoneConfig *config,
  * The device's key store (shared, not consumed: the handle stays the caller's). Calls take
  * their trust from its contacts (trust on first use, verification, changed keys) and are
  * recorded in its history; [`viska_phone_config_add_verified_peer`] is then not consulted.
- * The identity given to [`viska_phone_config_new`] should be the store's
- * (`viska_store_identity`).
+ * A group phone (`viska_group_phone_connect`) records in it the group calls it is in, and
+ * after a restart asks to be put back into them. The identity given to
+ * [`viska_phone_config_new`] should be the store's (`viska_store_identity`).
  *
  * # Safety
  *
@@ -1265,6 +1276,23 @@ struct ViskaError *viska_phone_config_set_dtx(struct ViskaPhoneConfig *config,
  */
 struct ViskaError *viska_phone_config_set_store(struct ViskaPhoneConfig *config,
                                                 const struct ViskaStore *store);
+
+/**
+ * For a group phone (`viska_group_phone_connect`) on a relay that admits registered devices
+ * only: the account to log in as when this device is not registered yet (the login
+ * registers it; later connections need only the device's key). `code` is the current
+ * 6-digit code of the account's authenticator (TOTP). The strings are copied; the copy of
+ * the password is wiped once the next connect with this configuration used it (or when the
+ * configuration is freed or given another login), so set it again for another connect.
+ *
+ * # Safety
+ *
+ * `config` is a live configuration; `account`, `password` and `code` NUL-terminated strings.
+ */
+struct ViskaError *viska_phone_config_set_relay_login(struct ViskaPhoneConfig *config,
+                                                      const char *account,
+                                                      const char *password,
+                                                      const char *code);
 
 /**
  * Frees a configuration (phones made from it keep running). NULL is fine.
@@ -1295,6 +1323,16 @@ ViskaErrorCode viska_error_code(const struct ViskaError *error);
 const char *viska_error_message(const struct ViskaError *error);
 
 /**
+ * For a `VISKA_ERROR_CODE_LOGIN_FAILED` error, the seconds the relay keeps the account
+ * locked (0: try again at once); 0 for any other error and for NULL.
+ *
+ * # Safety
+ *
+ * `error` is NULL or a live error returned by this library.
+ */
+uint32_t viska_error_retry_after_secs(const struct ViskaError *error);
+
+/**
  * Frees an error. NULL is fine.
  *
  * # Safety
@@ -1315,9 +1353,15 @@ void viska_string_free(char *string);
 /**
  * Connects to the relay at `relay_addr` (`"ip:port"`) whose certificate fingerprint is
  * `relay_fingerprint_hex` (64 hex digits, as the relay prints it), as the identity of
- * `config`, with its audio and verified peers (its other settings are for direct calls);
- * authenticates and publishes key packages, and returns once the relay accepted the device
- * (blocking the calling thread that long) into `*out`.
+ * `config`, with its audio, verified peers, key store (`viska_phone_config_set_store`: the
+ * group calls joined are recorded there, and after a restart the phone asks to be put back
+ * into them) and relay login (`viska_phone_config_set_relay_login`, taken out of `config`
+ * and wiped once used); its other settings are for direct calls. Authenticates and
+ * publishes key packages, and returns once the relay accepted the device (blocking the
+ * calling thread that long) into `*out`. A relay that admits registered devices only
+ * refuses an unregistered device without a login (`VISKA_ERROR_CODE_LOGIN_REQUIRED`) and a
+ * wrong password or code (`VISKA_ERROR_CODE_LOGIN_FAILED`; `viska_error_retry_after_secs`
+ * says how long the account is locked).
  *
  * # Safety
  *
@@ -1670,6 +1714,33 @@ struct ViskaError *viska_store_open_with_key(const char *path,
                                              struct ViskaStore **out);
 
 /**
+ * Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+ * page is rewritten under it, and from then on only it opens the file (the old one fails
+ * with `VISKA_ERROR_CODE_WRONG_KEY`). The passphrase must be at least 12 characters, not a
+ * common password and hard to guess (`VISKA_ERROR_CODE_WEAK_PASSPHRASE`, nothing changed).
+ * If the process dies during the change, the file opens with the old key or the new one
+ * (`docs/store.md` §1.1). Phones using the store go on with the new key.
+ *
+ * # Safety
+ *
+ * `store` is a live store; `new_passphrase` a NUL-terminated string.
+ */
+struct ViskaError *viska_store_change_key(const struct ViskaStore *store,
+                                          const char *new_passphrase);
+
+/**
+ * Changes the store's key to the 32-byte key at `new_key` (`len` = 32), one the platform
+ * keeps: as [`viska_store_change_key`], with no derivation.
+ *
+ * # Safety
+ *
+ * `store` is a live store; `new_key` points to `len` readable bytes.
+ */
+struct ViskaError *viska_store_change_key_with_key(const struct ViskaStore *store,
+                                                   const uint8_t *new_key,
+                                                   size_t len);
+
+/**
  * The device's identity, made on first use and the same ever after, into `*out` (free it
  * with `viska_identity_free`).
  *
@@ -1708,6 +1779,19 @@ struct ViskaError *viska_store_add_contact(const struct ViskaStore *store,
                                            const uint8_t *public_key,
                                            size_t len,
                                            bool verified);
+
+/**
+ * The setting `key`'s value into `*out` (the caller's: `viska_string_free`), NULL when the
+ * store has no such setting. Keys starting with `viska.` are the library's
+ * (`docs/store.md` §2).
+ *
+ * # Safety
+ *
+ * `store` is a live store; `key` a NUL-terminated string; `out` a valid pointer.
+ */
+struct ViskaError *viska_store_setting(const struct ViskaStore *store,
+                                       const char *key,
+                                       char **out);
 
 /**
  * An encrypted backup of the identity, contacts and settings into `*out` and `*out_len`

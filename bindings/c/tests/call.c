@@ -15,83 +15,11 @@
  * Conditions are awaited by polling with a generous timeout; nothing asserts on timing.
  */
 #define _GNU_SOURCE /* pthread_getname_np */
-#include <errno.h>
+#include "harness.h"
+
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#include "viska.h"
-
-/* How long any condition may take to hold. */
-#define WAIT_MS 60000
-
-static void fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
-/* Fails on an error, with its code and message. */
-static void check(ViskaError *err, const char *what) {
-    if (err != NULL) {
-        fprintf(stderr, "FAIL: %s: error %u: %s\n", what, (unsigned)viska_error_code(err),
-                viska_error_message(err));
-        viska_error_free(err);
-        exit(1);
-    }
-}
-
-/* Expects an error with one of two codes; frees it. */
-static void expect_error(ViskaError *err, ViskaErrorCode a, ViskaErrorCode b, const char *what) {
-    if (err == NULL) {
-        fail("%s: succeeded, expected an error", what);
-    }
-    ViskaErrorCode code = viska_error_code(err);
-    const char *message = viska_error_message(err);
-    if (code != a && code != b) {
-        fail("%s: error %u (%s), expected %u or %u", what, (unsigned)code, message, (unsigned)a,
-             (unsigned)b);
-    }
-    if (message == NULL || message[0] == '\0') {
-        fail("%s: error without a message", what);
-    }
-    printf("  %s refused as expected: [%u] %s\n", what, (unsigned)code, message);
-    viska_error_free(err);
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Polls `cond` every 10 ms until it holds; fails after WAIT_MS. */
-#define WAIT_FOR(cond, what)                                                                   \
-    do {                                                                                       \
-        long long t0_ = now_ms();                                                              \
-        while (!(cond)) {                                                                      \
-            if (now_ms() - t0_ > WAIT_MS) {                                                    \
-                fail("timed out waiting for %s", what);                                        \
-            }                                                                                  \
-            sleep_ms(10);                                                                      \
-        }                                                                                      \
-        printf("  ok: %s\n", what);                                                            \
-    } while (0)
 
 /* ---- WAV files (16-bit PCM) ---- */
 

@@ -2,76 +2,20 @@
  * The key store through the C API alone: a real SQLCipher file opened with a passphrase, a
  * wrong passphrase refused, two phones whose identities and trust come from their stores
  * placing real calls over loopback QUIC (trust on first use, then verified after
- * viska_call_mark_verified), and an encrypted backup restored into a fresh store, a tampered
- * one refused.
+ * viska_call_mark_verified), an encrypted backup restored into a fresh store, a tampered
+ * one refused, and the store's key changed while a phone uses it (passphrase to platform key
+ * and back; the old key refused afterwards, a weak passphrase refused before anything
+ * changes).
  *
  * Usage: store <scratch directory>. Exits non-zero with a message on failure.
  */
-#include <errno.h>
+#include "harness.h"
+
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#include "viska.h"
-
-#define WAIT_MS 60000
 #define PASS "amber walrus sings 1931 softly"
-
-static void fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
-static void check(ViskaError *err, const char *what) {
-    if (err != NULL) {
-        fail("%s: error %u: %s", what, (unsigned)viska_error_code(err), viska_error_message(err));
-    }
-}
-
-static void expect(ViskaError *err, ViskaErrorCode code, const char *what) {
-    if (err == NULL) {
-        fail("%s: succeeded, expected error %u", what, (unsigned)code);
-    }
-    if (viska_error_code(err) != code) {
-        fail("%s: error %u (%s), expected %u", what, (unsigned)viska_error_code(err),
-             viska_error_message(err), (unsigned)code);
-    }
-    printf("  ok: %s refused: %s\n", what, viska_error_message(err));
-    viska_error_free(err);
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-#define WAIT_FOR(cond, what)                                                                   \
-    do {                                                                                       \
-        long long t0_ = now_ms();                                                              \
-        while (!(cond)) {                                                                      \
-            if (now_ms() - t0_ > WAIT_MS) {                                                    \
-                fail("timed out waiting for %s", what);                                        \
-            }                                                                                  \
-            sleep_ms(10);                                                                      \
-        }                                                                                      \
-        printf("  ok: %s\n", what);                                                            \
-    } while (0)
+#define NEW_PASS "copper lantern 4410 hums low"
 
 /* The callee answers every call and keeps the last one. */
 typedef struct Callee {
@@ -239,6 +183,45 @@ int main(int argc, char **argv) {
     printf("  ok: the backup restores the same identity and trust\n");
     viska_identity_free(a);
     viska_identity_free(b);
+
+    /* Changing the key while alice's phone uses the store. */
+    expect(viska_store_change_key(alice_store, "password1234"), VISKA_ERROR_CODE_WEAK_PASSPHRASE,
+           "a weak new passphrase");
+    expect(viska_store_change_key_with_key(alice_store, key, 31),
+           VISKA_ERROR_CODE_INVALID_ARGUMENT, "a 31-byte new key");
+    uint8_t key2[32];
+    for (int i = 0; i < 32; i++) {
+        key2[i] = (uint8_t)(i * 11 + 5);
+    }
+    check(viska_store_change_key_with_key(alice_store, key2, 32),
+          "viska_store_change_key_with_key");
+    printf("  ok: alice's store is under a platform key now\n");
+    /* The phone goes on with the store under its new key: the third call is verified. */
+    call = call_bob(alice, addr, &bob_seen, 3);
+    if (call_trust(call) != VISKA_TRUST_VERIFIED) {
+        fail("the call after the key change is not verified");
+    }
+    hang_up(call, &bob_seen);
+    check(viska_store_change_key(alice_store, NEW_PASS), "viska_store_change_key");
+    viska_phone_free(alice);
+    alice = NULL;
+    viska_store_free(alice_store);
+    alice_store = NULL;
+    expect(viska_store_open(alice_path, PASS, &wrong), VISKA_ERROR_CODE_WRONG_KEY,
+           "the first passphrase after the changes");
+    expect(viska_store_open_with_key(alice_path, key2, 32, &wrong), VISKA_ERROR_CODE_WRONG_KEY,
+           "the platform key after the change back to a passphrase");
+    check(viska_store_open(alice_path, NEW_PASS, &alice_store), "open with the new passphrase");
+    if (contact_trust(alice_store, "bob") != VISKA_TRUST_VERIFIED) {
+        fail("bob's verification was lost in the key changes");
+    }
+    check(viska_store_identity(alice_store, &a), "identity");
+    check(viska_identity_public_key(a, kb), "public key");
+    viska_identity_free(a);
+    if (memcmp(ka, kb, sizeof ka) != 0) {
+        fail("the identity changed with the key");
+    }
+    printf("  ok: the new passphrase opens the same identity and trust; the old keys do not\n");
 
     pthread_mutex_lock(&bob_seen.lock);
     viska_call_free(bob_seen.last);

@@ -156,7 +156,8 @@ fun aRealCall(speech: String, dir: File) {
 }
 
 /** The key store: a wrong passphrase refused, trust on first use then verified in a second
- * call, and a backup restored into a fresh store, a tampered one refused. */
+ * call, a backup restored into a fresh store, a tampered one refused, and the key changed
+ * (a weak passphrase refused, the old key refused afterwards, everything kept). */
 fun keyStore(dir: File) {
     val pass = "amber walrus sings 1931 softly"
     val aliceStore = KeyStore.open(File(dir, "alice.db").path, pass)
@@ -210,7 +211,38 @@ fun keyStore(dir: File) {
     expect(fresh.identity().public().fingerprint == aliceStore.identity().public().fingerprint, "the restored identity is the same")
     val summary = { store: KeyStore -> store.contacts().map { Triple(it.handle, it.pinned.fingerprint, it.trust) } }
     expect(summary(fresh) == summary(aliceStore) && summary(fresh).single().third == Trust.VERIFIED, "the restored contacts are the same: ${summary(fresh)}")
-    listOf(aliceStore, bobStore, fresh).forEach { it.close() }
+
+    var weak = false
+    try {
+        aliceStore.changeKey("password1234")
+    } catch (e: ViskaException.WeakPassphrase) {
+        weak = true
+    }
+    expect(weak, "a weak new passphrase throws ViskaException.WeakPassphrase")
+    val platformKey = ByteArray(32) { (it * 3 + 1).toByte() }
+    aliceStore.changeKeyWithKey(platformKey)
+    expect(summary(aliceStore) == summary(fresh), "the store in hand reads on after the key change")
+    val newPass = "copper lantern 4410 hums low"
+    aliceStore.changeKey(newPass)
+    val aliceFingerprint = aliceStore.identity().public().fingerprint
+    val before = summary(aliceStore)
+    aliceStore.close()
+    val alicePath = File(dir, "alice.db").path
+    for ((what, open) in listOf<Pair<String, () -> KeyStore>>(
+        "the first passphrase" to { KeyStore.open(alicePath, pass) },
+        "the platform key" to { KeyStore.openWithKey(alicePath, platformKey) },
+    )) {
+        var refused = false
+        try {
+            open().close()
+        } catch (e: ViskaException.WrongKey) {
+            refused = true
+        }
+        expect(refused, "$what is refused after the key changes")
+    }
+    val reopened = KeyStore.open(alicePath, newPass)
+    expect(reopened.identity().public().fingerprint == aliceFingerprint && summary(reopened) == before, "the new passphrase opens the same identity and contacts")
+    listOf(reopened, bobStore, fresh).forEach { it.close() }
 }
 
 fun main() {

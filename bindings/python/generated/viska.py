@@ -618,6 +618,10 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_keystore_call_history() != 43664:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_change_key() != 40833:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_viska_ffi_checksum_method_keystore_change_key_with_key() != 27441:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_keystore_contact() != 35875:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_viska_ffi_checksum_method_keystore_contacts() != 54138:
@@ -844,6 +848,12 @@ _UniffiLib.uniffi_viska_ffi_checksum_method_keystore_add_contact.restype = ctype
 _UniffiLib.uniffi_viska_ffi_checksum_method_keystore_call_history.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_keystore_call_history.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_change_key.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_change_key.restype = ctypes.c_uint16
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_change_key_with_key.argtypes = (
+)
+_UniffiLib.uniffi_viska_ffi_checksum_method_keystore_change_key_with_key.restype = ctypes.c_uint16
 _UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contact.argtypes = (
 )
 _UniffiLib.uniffi_viska_ffi_checksum_method_keystore_contact.restype = ctypes.c_uint16
@@ -1197,6 +1207,18 @@ _UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key.restype = None
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key_with_key.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key_with_key.restype = None
 _UniffiLib.uniffi_viska_ffi_fn_method_keystore_contact.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -4433,6 +4455,22 @@ class KeyStoreProtocol(typing.Protocol):
         The latest `limit` calls, newest first.
 """
         raise NotImplementedError
+    def change_key(self, new_passphrase: str) -> None:
+        """
+        Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+        page is rewritten under it, and from then on only it opens the file. The passphrase
+        must be at least 12 characters, not a common password, and hard to guess
+        (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+        opens with the old key or the new one (`docs/store.md` §1.1).
+"""
+        raise NotImplementedError
+    def change_key_with_key(self, new_key: bytes) -> None:
+        """
+        Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+        Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+        wiped.
+"""
+        raise NotImplementedError
     def contact(self, handle: str) -> typing.Optional[ContactInfo]:
         """
         The contact with `handle`.
@@ -4596,6 +4634,48 @@ class KeyStore(KeyStoreProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_viska_ffi_fn_method_keystore_call_history,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def change_key(self, new_passphrase: str) -> None:
+        """
+        Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+        page is rewritten under it, and from then on only it opens the file. The passphrase
+        must be at least 12 characters, not a common password, and hard to guess
+        (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+        opens with the old key or the new one (`docs/store.md` §1.1).
+"""
+        
+        _UniffiFfiConverterString.check_lower(new_passphrase)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(new_passphrase),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def change_key_with_key(self, new_key: bytes) -> None:
+        """
+        Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+        Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+        wiped.
+"""
+        
+        _UniffiFfiConverterBytes.check_lower(new_key)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterBytes.lower(new_key),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeViskaError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key_with_key,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)

@@ -125,3 +125,45 @@ def test_the_store_keeps_identity_and_trust_and_refuses_a_wrong_key(tmp_path):
 
     for phone in (alice, bob2):
         assert phone.shutdown(5000)
+
+
+def test_changing_the_key_refuses_the_old_one_and_keeps_everything(tmp_path):
+    path = str(tmp_path / "k.db")
+    first = os.urandom(32)
+    store = viska.KeyStore.open_with_key(path, first)
+    identity = store.identity().public()
+    store.set_setting("display-name", "Agent Smith 7731")
+    store.add_contact("dave", viska.Identity.generate().public().public_key, True)
+
+    # A weak passphrase and a key of the wrong length change nothing.
+    with pytest.raises(viska.ViskaError.WeakPassphrase):
+        store.change_key("password1234")
+    with pytest.raises(viska.ViskaError.InvalidArgument):
+        store.change_key_with_key(b"short")
+    assert store.setting("display-name") == "Agent Smith 7731"
+
+    # Platform key -> passphrase: the store in hand goes on; the old key is refused.
+    store.change_key(PASS)
+    store.set_setting("after", "1")
+    del store  # one connection to the file at a time
+    with pytest.raises(viska.ViskaError.WrongKey):
+        viska.KeyStore.open_with_key(path, first)
+    again = viska.KeyStore.open(path, PASS)
+    assert again.identity().public() == identity
+    assert again.setting("display-name") == "Agent Smith 7731"
+    assert again.setting("after") == "1"
+    assert again.contact("dave").verified
+
+    # Passphrase -> another platform key.
+    second = os.urandom(32)
+    again.change_key_with_key(second)
+    contacts = again.contacts()
+    del again
+    with pytest.raises(viska.ViskaError.WrongKey):
+        viska.KeyStore.open(path, PASS)
+    reopened = viska.KeyStore.open_with_key(path, second)
+    assert reopened.identity().public() == identity
+    assert reopened.contacts() == contacts
+    with open(path, "rb") as f:
+        data = f.read()
+    assert b"Agent Smith 7731" not in data and b"SQLite format 3" not in data

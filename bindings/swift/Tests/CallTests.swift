@@ -188,7 +188,8 @@ final class CallTests: XCTestCase {
     }
 
     /// The key store: a wrong passphrase refused, trust on first use then verified in a
-    /// second call, and a backup restored into a fresh store, a tampered one refused.
+    /// second call, a backup restored into a fresh store, a tampered one refused, and the key
+    /// changed (a weak passphrase refused, the old keys refused afterwards, everything kept).
     func testKeyStore() throws {
         let dir = FileManager.default.temporaryDirectory
             .appendingPathComponent("viska-sw-store-\(getpid())")
@@ -256,6 +257,26 @@ final class CallTests: XCTestCase {
         try fresh.importBackup(backup: backup, passphrase: pass)
         XCTAssertEqual(try fresh.identity().public(), try aliceStore.identity().public())
         XCTAssertEqual(try fresh.contacts(), try aliceStore.contacts())
+
+        XCTAssertThrowsError(try aliceStore.changeKey(newPassphrase: "password1234")) { error in
+            guard case .WeakPassphrase = error as? ViskaError else {
+                return XCTFail("expected WeakPassphrase, got \(error)")
+            }
+        }
+        let platformKey = Data((0..<32).map { UInt8($0 * 3 + 1) })
+        try aliceStore.changeKeyWithKey(newKey: platformKey)
+        XCTAssertEqual(try aliceStore.contacts(), try fresh.contacts(), "the store in hand reads on")
+        let newPass = "copper lantern 4410 hums low"
+        try aliceStore.changeKey(newPassphrase: newPass)
+        XCTAssertThrowsError(try KeyStore.open(path: alicePath, passphrase: pass)) { error in
+            XCTAssertEqual(error as? ViskaError, .WrongKey)
+        }
+        XCTAssertThrowsError(try KeyStore.openWithKey(path: alicePath, key: platformKey)) { error in
+            XCTAssertEqual(error as? ViskaError, .WrongKey)
+        }
+        let reopened = try KeyStore.open(path: alicePath, passphrase: newPass)
+        XCTAssertEqual(try reopened.identity().public(), try fresh.identity().public())
+        XCTAssertEqual(try reopened.contacts(), try fresh.contacts())
     }
 
     func testMinimalExample() throws {

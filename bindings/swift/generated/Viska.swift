@@ -2185,6 +2185,22 @@ public protocol KeyStoreProtocol: AnyObject, Sendable {
     func callHistory(limit: UInt32) throws  -> [CallHistoryEntry]
     
     /**
+     * Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+     * page is rewritten under it, and from then on only it opens the file. The passphrase
+     * must be at least 12 characters, not a common password, and hard to guess
+     * (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+     * opens with the old key or the new one (`docs/store.md` §1.1).
+     */
+    func changeKey(newPassphrase: String) throws 
+    
+    /**
+     * Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+     * Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+     * wiped.
+     */
+    func changeKeyWithKey(newKey: Data) throws 
+    
+    /**
      * The contact with `handle`.
      */
     func contact(handle: String) throws  -> ContactInfo?
@@ -2346,6 +2362,36 @@ open func callHistory(limit: UInt32)throws  -> [CallHistoryEntry]  {
         FfiConverterUInt32.lower(limit),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+     * page is rewritten under it, and from then on only it opens the file. The passphrase
+     * must be at least 12 characters, not a common password, and hard to guess
+     * (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+     * opens with the old key or the new one (`docs/store.md` §1.1).
+     */
+open func changeKey(newPassphrase: String)throws   {try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_change_key(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(newPassphrase),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+     * Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+     * wiped.
+     */
+open func changeKeyWithKey(newKey: Data)throws   {try rustCallWithError(FfiConverterTypeViskaError_lift) {
+        uniffiCallStatus in
+    uniffi_viska_ffi_fn_method_keystore_change_key_with_key(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(newKey),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -7593,6 +7639,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_viska_ffi_checksum_method_keystore_call_history() != 43664) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_change_key() != 40833) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_viska_ffi_checksum_method_keystore_change_key_with_key() != 27441) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_viska_ffi_checksum_method_keystore_contact() != 35875) {

@@ -707,6 +707,16 @@ void uniffi_viska_ffi_fn_method_keystore_add_contact(uint64_t ptr, RustBuffer ha
 RustBuffer uniffi_viska_ffi_fn_method_keystore_call_history(uint64_t ptr, uint32_t limit, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CHANGE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CHANGE_KEY
+void uniffi_viska_ffi_fn_method_keystore_change_key(uint64_t ptr, RustBuffer new_passphrase, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CHANGE_KEY_WITH_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CHANGE_KEY_WITH_KEY
+void uniffi_viska_ffi_fn_method_keystore_change_key_with_key(uint64_t ptr, RustBuffer new_key, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACT
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_FN_METHOD_KEYSTORE_CONTACT
 RustBuffer uniffi_viska_ffi_fn_method_keystore_contact(uint64_t ptr, RustBuffer handle, RustCallStatus *_Nonnull out_status
@@ -1379,6 +1389,18 @@ uint16_t uniffi_viska_ffi_checksum_method_keystore_add_contact(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CALL_HISTORY
 #define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CALL_HISTORY
 uint16_t uniffi_viska_ffi_checksum_method_keystore_call_history(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CHANGE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CHANGE_KEY
+uint16_t uniffi_viska_ffi_checksum_method_keystore_change_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CHANGE_KEY_WITH_KEY
+#define UNIFFI_FFIDEF_UNIFFI_VISKA_FFI_CHECKSUM_METHOD_KEYSTORE_CHANGE_KEY_WITH_KEY
+uint16_t uniffi_viska_ffi_checksum_method_keystore_change_key_with_key(void
     
 );
 #endif

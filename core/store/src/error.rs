@@ -17,8 +17,9 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
-    /// The backup passphrase is too weak (see `viska_passwords::check_password`).
-    #[error("backup passphrase refused: {0}")]
+    /// A backup passphrase, or a new passphrase for the store, is too weak (see
+    /// `viska_passwords::check_password`).
+    #[error("passphrase refused: {0}")]
     WeakPassphrase(#[from] WeakPassword),
     /// The backup is not a Viska backup, was cut short, was changed, or the passphrase is wrong.
     /// Which one is not said: a changed backup and a wrong passphrase look alike.
@@ -46,6 +47,15 @@ pub enum StoreError {
     /// The operating system could not provide randomness.
     #[error("operating system randomness unavailable")]
     Randomness,
+    /// The key change did not happen (the database could not be rewritten: a full disk,
+    /// another process holding it); the old key still opens the store. Also for a store in
+    /// memory ([`crate::Store::in_memory`]), which has no key.
+    #[error("the store's key was not changed; the old key still opens it")]
+    KeyNotChanged,
+    /// Another connection to the database (another process) kept an operation that needs
+    /// the database alone from completing.
+    #[error("the store is in use by another connection")]
+    Busy,
     /// The database file could not be read or written.
     #[error("store file: {0}")]
     Io(#[from] std::io::Error),

@@ -45,6 +45,15 @@ impl StoreKey {
         ))
     }
 
+    /// Whether this key may protect a store: a passphrase must pass the password policy
+    /// (`viska_passwords::check_password`); a raw key always may.
+    pub(crate) fn check_strength(&self) -> Result<(), StoreError> {
+        match &self.0 {
+            KeySource::Passphrase(p, _) => Ok(viska_passwords::check_password(p, &[])?),
+            KeySource::Raw(_) => Ok(()),
+        }
+    }
+
     /// The `PRAGMA key` value for a database with `salt`: `x'<key hex><salt hex>'`, SQLCipher's
     /// raw key with an explicit salt.
     pub(crate) fn pragma_value(

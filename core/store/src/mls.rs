@@ -98,7 +98,12 @@ impl Store {
         let mut conn = Connection::open_in_memory()?;
         conn.execute_batch("PRAGMA foreign_keys = ON;")?;
         crate::store::migrate(&mut conn)?;
-        Ok(Self::from_connection(conn, ":memory:".into()))
+        Ok(Self::from_connection(
+            conn,
+            crate::store::IN_MEMORY.into(),
+            [0; crate::key::SALT_LEN],
+            zeroize::Zeroizing::new(String::new()),
+        ))
     }
 
     /// Runs one MLS operation with a provider whose storage is this database, in one

@@ -59,9 +59,17 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// The path of a store in memory ([`Store::in_memory`]).
+pub(crate) const IN_MEMORY: &str = ":memory:";
+
 pub(crate) struct Inner {
     pub(crate) conn: Mutex<Connection>,
     path: PathBuf,
+    /// SQLCipher's salt, the file's first 16 bytes: the same for the file's whole life.
+    salt: [u8; SALT_LEN],
+    /// The `PRAGMA key` value the connection was opened with, kept to reopen the database
+    /// when a key change did not complete. Locked after `conn`, only by [`Store::change_key`].
+    key: Mutex<Zeroizing<String>>,
 }
 
 impl fmt::Debug for Store {
@@ -125,38 +133,102 @@ impl Store {
                 salt
             }
         };
-        let conn = Connection::open(path)?;
-        // A wrong key is a typed error for the application, not lines on stderr.
-        conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
         let pragma = key.pragma_value(&salt)?;
-        let statement = Zeroizing::new(format!("PRAGMA key = \"{}\";", pragma.as_str()));
-        conn.execute_batch(&statement)?;
-        drop(statement);
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            Ok(_) => {}
-            Err(e) if is_not_a_database(&e) => return Err(StoreError::WrongKey),
-            Err(e) => return Err(e.into()),
-        }
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(mode, "the store could not switch to WAL mode");
-        }
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-        )?;
-        let mut conn = conn;
+        let mut conn = connect(path, &pragma)?;
         migrate(&mut conn)?;
-        Ok(Self::from_connection(conn, path.to_owned()))
+        Ok(Self::from_connection(conn, path.to_owned(), salt, pragma))
     }
 
-    pub(crate) fn from_connection(conn: Connection, path: PathBuf) -> Self {
+    /// A store on `conn`, opened with the `PRAGMA key` value `key` over `salt` (empty for a
+    /// store in memory, which has no key to change).
+    pub(crate) fn from_connection(
+        conn: Connection,
+        path: PathBuf,
+        salt: [u8; SALT_LEN],
+        key: Zeroizing<String>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 path,
+                salt,
+                key: Mutex::new(key),
             }),
+        }
+    }
+
+    /// Changes the database key to `new`: a passphrase for a passphrase, a platform key for a
+    /// passphrase, or the reverse. Every page of the database is rewritten under the new key
+    /// in one SQLCipher transaction; once this returns, only `new` opens the file (the old key
+    /// is refused with [`StoreError::WrongKey`]) and this store, and its clones, go on with
+    /// the new key. The salt, the file's first 16 bytes, stays; a passphrase is derived afresh
+    /// with Argon2id over it.
+    ///
+    /// If the process dies during the change, the file opens with the old key (the
+    /// transaction had not committed) or with the new one, never with neither
+    /// (`docs/store.md` §1.1).
+    ///
+    /// # Errors
+    /// [`StoreError::WeakPassphrase`] for a new passphrase the password policy refuses
+    /// (`viska_passwords::check_password`), before anything is changed;
+    /// [`StoreError::KeyNotChanged`] when the database could not be rewritten (a full disk,
+    /// another process holding it), the old key still opening it; [`StoreError::Kdf`],
+    /// SQLite and IO errors.
+    pub fn change_key(&self, new: StoreKey) -> Result<(), StoreError> {
+        if self.inner.path.as_os_str() == IN_MEMORY {
+            // Never written anywhere: no key to change.
+            return Err(StoreError::KeyNotChanged);
+        }
+        new.check_strength()?;
+        let pragma = new.pragma_value(&self.inner.salt)?;
+        drop(new);
+        let mut conn = self.conn();
+        let mut current = self
+            .inner
+            .key
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The WAL starts empty, so that after the rekey it holds only pages under the new key.
+        checkpoint(&conn)?;
+        let statement = Zeroizing::new(format!("PRAGMA rekey = \"{}\";", pragma.as_str()));
+        let rekeyed = conn.execute_batch(&statement);
+        drop(statement);
+        // SQLCipher's rekey reports no failure of its own, and after a failed one the
+        // connection would write under the new key what it reads under the old: whatever
+        // happened, the connection is replaced by one that proved it reads every page.
+        let outcome = rekeyed
+            .map_err(StoreError::from)
+            .and_then(|()| checkpoint(&conn))
+            .and_then(|()| connect(&self.inner.path, &pragma))
+            .and_then(integrity_checked);
+        match outcome {
+            Ok(fresh) => {
+                *conn = fresh;
+                *current = pragma;
+                Ok(())
+            }
+            Err(error) => {
+                // Still under the old key (nothing committed), or the new one opens after all.
+                let (fresh, key) = match connect(&self.inner.path, &current) {
+                    Ok(fresh) => (fresh, None),
+                    Err(StoreError::WrongKey) => {
+                        (connect(&self.inner.path, &pragma)?, Some(pragma))
+                    }
+                    Err(e) => return Err(e),
+                };
+                *conn = fresh;
+                match key {
+                    Some(key) => {
+                        tracing::warn!(%error, "the key change committed but its check failed");
+                        *current = key;
+                        Err(error)
+                    }
+                    None => {
+                        tracing::warn!(%error, "the store's key was not changed");
+                        Err(StoreError::KeyNotChanged)
+                    }
+                }
+            }
         }
     }
 
@@ -258,7 +330,65 @@ impl Store {
     }
 }
 
+<<<<<<< HEAD
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+=======
+/// A connection to the database at `path` under the `PRAGMA key` value `pragma`, proven to
+/// decrypt it, in WAL mode with `synchronous = FULL`.
+fn connect(path: &Path, pragma: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // A wrong key is a typed error for the application, not lines on stderr.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+    let statement = Zeroizing::new(format!("PRAGMA key = \"{pragma}\";"));
+    conn.execute_batch(&statement)?;
+    drop(statement);
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => {}
+        Err(e) if is_not_a_database(&e) => return Err(StoreError::WrongKey),
+        Err(e) => return Err(e.into()),
+    }
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "the store could not switch to WAL mode");
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+/// Copies the WAL into the database file and empties it; an error when another connection
+/// keeps it from completing.
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(StoreError::Busy);
+    }
+    Ok(())
+}
+
+/// `conn` once SQLCipher checked every page's HMAC under its key.
+fn integrity_checked(conn: Connection) -> Result<Connection, StoreError> {
+    let problems = {
+        let mut stmt = conn.prepare("PRAGMA cipher_integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    if problems.is_empty() {
+        Ok(conn)
+    } else {
+        tracing::warn!(
+            count = problems.len(),
+            "pages failed SQLCipher's integrity check"
+        );
+        Err(StoreError::Corrupt { what: "page" })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+>>>>>>> store-keys
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {

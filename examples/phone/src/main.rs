@@ -84,6 +84,11 @@ enum Cmd {
         #[command(flatten)]
         media: MediaArgs,
     },
+    /// Manage the key store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCmd,
+    },
     /// Two phones in this process place an encrypted call over loopback QUIC.
     Demo(demo::DemoArgs),
     /// List sound devices.
@@ -122,6 +127,57 @@ impl SuiteArg {
     }
 }
 
+/// What `viska-phone store` does.
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Change the key store's passphrase: the current one from VISKA_STORE_PASSPHRASE or
+    /// asked for, the new one from VISKA_STORE_NEW_PASSPHRASE or asked for twice. The new one
+    /// must be at least 12 characters, not a common password, and hard to guess. Every page
+    /// of the store is rewritten under the new key; if this is interrupted, the store opens
+    /// with the old passphrase or the new one.
+    Passwd {
+        /// The key store (it must exist).
+        #[arg(long)]
+        store: PathBuf,
+    },
+}
+
+/// A secret from the environment variable `var`, or asked for on the terminal without echo.
+fn secret_from(var: &str, prompt: &str) -> Result<zeroize::Zeroizing<String>, BoxError> {
+    match std::env::var(var) {
+        Ok(p) => Ok(zeroize::Zeroizing::new(p)),
+        Err(_) => Ok(zeroize::Zeroizing::new(rpassword::prompt_password(prompt)?)),
+    }
+}
+
+/// `viska-phone store passwd`.
+fn store_passwd(path: &std::path::Path) -> Result<(), BoxError> {
+    if !path.is_file() {
+        return Err(format!("no key store at {}", path.display()).into());
+    }
+    let old = secret_from(
+        "VISKA_STORE_PASSPHRASE",
+        &format!("passphrase of {}: ", path.display()),
+    )?;
+    let store = viska::store::Store::open(path, viska::store::StoreKey::passphrase(old.as_str()))?;
+    drop(old);
+    let new = match std::env::var("VISKA_STORE_NEW_PASSPHRASE") {
+        Ok(p) => zeroize::Zeroizing::new(p),
+        Err(_) => {
+            let first = zeroize::Zeroizing::new(rpassword::prompt_password("new passphrase: ")?);
+            let again =
+                zeroize::Zeroizing::new(rpassword::prompt_password("new passphrase again: ")?);
+            if *first != *again {
+                return Err("the two new passphrases differ; nothing changed".into());
+            }
+            first
+        }
+    };
+    store.change_key(viska::store::StoreKey::passphrase(new.as_str()))?;
+    eprintln!("the passphrase of {} is changed", path.display());
+    Ok(())
+}
+
 /// The device's key store.
 #[derive(Args, Debug, Clone)]
 struct StoreArgs {
@@ -138,13 +194,10 @@ impl StoreArgs {
         let Some(path) = &self.store else {
             return Ok(None);
         };
-        let passphrase = match std::env::var("VISKA_STORE_PASSPHRASE") {
-            Ok(p) => zeroize::Zeroizing::new(p),
-            Err(_) => zeroize::Zeroizing::new(rpassword::prompt_password(format!(
-                "passphrase of {}: ",
-                path.display()
-            ))?),
-        };
+        let passphrase = secret_from(
+            "VISKA_STORE_PASSPHRASE",
+            &format!("passphrase of {}: ", path.display()),
+        )?;
         let store = viska::store::Store::open(
             path,
             viska::store::StoreKey::passphrase(passphrase.as_str()),
@@ -209,6 +262,9 @@ fn main() {
         } => store
             .open()
             .and_then(|store| call(addr, contact.as_deref(), store, media)),
+        Cmd::Store {
+            command: StoreCmd::Passwd { store },
+        } => store_passwd(&store),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Group {
             relay,

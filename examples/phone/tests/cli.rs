@@ -596,3 +596,52 @@ fn the_key_store_keeps_identity_and_trust_across_runs() {
     listener.type_line("quit");
     assert!(listener.wait_exit(Duration::from_secs(5)).success());
 }
+
+/// `store passwd`: the passphrase changes when the current one is right and the new one is
+/// strong; the old one is then refused and the new one opens the same identity. A weak new
+/// passphrase, a wrong current one and a missing store change nothing.
+#[test]
+fn store_passwd_changes_the_passphrase() {
+    use viska::store::{Store, StoreError, StoreKey};
+    let dir = Scratch::new("passwd");
+    let path = dir.file("phone.db");
+    let store = path.to_str().expect("utf-8 path");
+    const OLD: &str = "ochre falcon 5512 drifts";
+    const NEW: &str = "basalt meadow 0419 hums";
+    let id = Store::open(&path, StoreKey::passphrase(OLD))
+        .and_then(|s| s.identity())
+        .expect("a store")
+        .public();
+    let passwd = |old: &str, new: &str, store: &str| {
+        let mut run = CliPhone::spawn_with(
+            &["store", "passwd", "--store", store],
+            false,
+            &[
+                ("VISKA_STORE_PASSPHRASE", old),
+                ("VISKA_STORE_NEW_PASSPHRASE", new),
+            ],
+        );
+        let status = run.wait_exit(PATIENCE);
+        (status.success(), run.output())
+    };
+    let (ok, output) = passwd(OLD, "password1234", store);
+    assert!(!ok && output.contains("passphrase refused"), "{output}");
+    let (ok, output) = passwd("not the passphrase", NEW, store);
+    assert!(!ok && output.contains("wrong key"), "{output}");
+    let missing = dir.file("missing.db");
+    let (ok, output) = passwd(OLD, NEW, missing.to_str().expect("utf-8 path"));
+    assert!(!ok && output.contains("no key store"), "{output}");
+    assert!(!missing.exists(), "no store made");
+    let still = Store::open(&path, StoreKey::passphrase(OLD)).expect("the old passphrase still");
+    assert_eq!(still.identity().expect("identity").public(), id);
+    drop(still);
+
+    let (ok, output) = passwd(OLD, NEW, store);
+    assert!(ok && output.contains("is changed"), "{output}");
+    assert!(matches!(
+        Store::open(&path, StoreKey::passphrase(OLD)),
+        Err(StoreError::WrongKey)
+    ));
+    let reopened = Store::open(&path, StoreKey::passphrase(NEW)).expect("the new passphrase");
+    assert_eq!(reopened.identity().expect("identity").public(), id);
+}

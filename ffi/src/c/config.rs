@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use viska::group::RelayLogin;
 use viska::identity::{IdentityKeyPair, PublicIdentity};
 #[cfg(feature = "device")]
 use viska::phone::DeviceAudio;
@@ -34,6 +35,17 @@ pub struct ViskaPhoneConfig {
     realtime: Option<bool>,
     dtx: Option<bool>,
     store: Option<viska::store::Store>,
+    /// For a group phone: taken (and so wiped) by the next connect.
+    relay_login: Mutex<Option<RelayLogin>>,
+}
+
+/// What a group phone takes from a configuration.
+pub(crate) struct GroupParts {
+    pub(crate) identity: IdentityKeyPair,
+    pub(crate) audio: Arc<dyn AudioFactory>,
+    pub(crate) verified_peers: Vec<PublicIdentity>,
+    pub(crate) store: Option<viska::store::Store>,
+    pub(crate) login: Option<RelayLogin>,
 }
 
 impl ViskaPhoneConfig {
@@ -70,15 +82,25 @@ impl ViskaPhoneConfig {
         b
     }
 
-    /// The parts of the settings a group phone uses: identity, audio, verified peers.
-    pub(crate) fn group_parts(
-        &self,
-    ) -> (IdentityKeyPair, Arc<dyn AudioFactory>, Vec<PublicIdentity>) {
+    /// The parts of the settings a group phone uses: identity, audio, verified peers, the key
+    /// store, and the relay login, which this takes out of the configuration.
+    pub(crate) fn group_parts(&self) -> GroupParts {
         let audio = self
             .audio
             .clone()
             .unwrap_or_else(|| Arc::new(NullAudio) as Arc<dyn AudioFactory>);
-        (self.identity.clone(), audio, self.verified_peers.clone())
+        let login = self
+            .relay_login
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        GroupParts {
+            identity: self.identity.clone(),
+            audio,
+            verified_peers: self.verified_peers.clone(),
+            store: self.store.clone(),
+            login,
+        }
     }
 }
 
@@ -124,6 +146,7 @@ pub unsafe extern "C" fn viska_phone_config_new(
             realtime: None,
             dtx: None,
             store: None,
+            relay_login: Mutex::new(None),
         };
         // SAFETY: non-NULL and writable per the caller.
         unsafe { write(out, Box::into_raw(Box::new(config))) };
@@ -422,8 +445,9 @@ pub unsafe extern "C" fn viska_phone_config_set_dtx(
 /// The device's key store (shared, not consumed: the handle stays the caller's). Calls take
 /// their trust from its contacts (trust on first use, verification, changed keys) and are
 /// recorded in its history; [`viska_phone_config_add_verified_peer`] is then not consulted.
-/// The identity given to [`viska_phone_config_new`] should be the store's
-/// (`viska_store_identity`).
+/// A group phone (`viska_group_phone_connect`) records in it the group calls it is in, and
+/// after a restart asks to be put back into them. The identity given to
+/// [`viska_phone_config_new`] should be the store's (`viska_store_identity`).
 ///
 /// # Safety
 ///
@@ -439,6 +463,45 @@ pub unsafe extern "C" fn viska_phone_config_set_store(
         // SAFETY: NULL or live per the caller.
         let store = unsafe { borrow(store, "store") }?;
         config.store = Some(store.store.clone());
+        Ok(())
+    })
+}
+
+/// For a group phone (`viska_group_phone_connect`) on a relay that admits registered devices
+/// only: the account to log in as when this device is not registered yet (the login
+/// registers it; later connections need only the device's key). `code` is the current
+/// 6-digit code of the account's authenticator (TOTP). The strings are copied; the copy of
+/// the password is wiped once the next connect with this configuration used it (or when the
+/// configuration is freed or given another login), so set it again for another connect.
+///
+/// # Safety
+///
+/// `config` is a live configuration; `account`, `password` and `code` NUL-terminated strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_phone_config_set_relay_login(
+    config: *mut ViskaPhoneConfig,
+    account: *const c_char,
+    password: *const c_char,
+    code: *const c_char,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: live and unshared per the caller.
+        let config = unsafe { config_mut(config) }?;
+        // SAFETY: NUL-terminated per the caller.
+        let account = unsafe { str_arg(account, "account") }?;
+        // SAFETY: NUL-terminated per the caller.
+        let password = unsafe { str_arg(password, "password") }?;
+        // SAFETY: NUL-terminated per the caller.
+        let code = unsafe { str_arg(code, "code") }?;
+        let login = RelayLogin {
+            account: account.to_owned(),
+            password: zeroize::Zeroizing::new(password.to_owned()),
+            code: code.to_owned(),
+        };
+        *config
+            .relay_login
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(login);
         Ok(())
     })
 }

@@ -48,6 +48,12 @@ pub enum ViskaErrorCode {
     BadBackup = 14,
     /// The key store failed (its file, its database).
     Store = 15,
+    /// The relay admits registered devices only, and no login was given
+    /// (`viska_phone_config_set_relay_login`).
+    LoginRequired = 16,
+    /// The relay refused the login (it does not say which part was wrong);
+    /// `viska_error_retry_after_secs` says when to try again.
+    LoginFailed = 17,
     /// A bug: a panic inside the library was caught, or an error this version does not name.
     Internal = 255,
 }
@@ -58,6 +64,7 @@ pub enum ViskaErrorCode {
 pub struct ViskaError {
     code: ViskaErrorCode,
     message: CString,
+    retry_after_secs: u32,
 }
 
 impl ViskaError {
@@ -65,6 +72,7 @@ impl ViskaError {
         Self {
             code,
             message: crate::c::util::c_string(message.to_string()),
+            retry_after_secs: 0,
         }
     }
 
@@ -98,14 +106,19 @@ impl ViskaError {
 impl From<viska::group::GroupPhoneError> for ViskaError {
     fn from(e: viska::group::GroupPhoneError) -> Self {
         use viska::group::GroupPhoneError as E;
-        let code = match &e {
-            E::Transport(_) => ViskaErrorCode::Transport,
-            E::Closed => ViskaErrorCode::Closed,
-            E::NoSuchCall => ViskaErrorCode::InvalidArgument,
-            E::Timeout => ViskaErrorCode::Transport,
-            _ => ViskaErrorCode::Group,
+        let (code, retry_after_secs) = match &e {
+            E::Transport(_) => (ViskaErrorCode::Transport, 0),
+            E::Closed => (ViskaErrorCode::Closed, 0),
+            E::NoSuchCall => (ViskaErrorCode::InvalidArgument, 0),
+            E::Timeout => (ViskaErrorCode::Transport, 0),
+            E::LoginRequired => (ViskaErrorCode::LoginRequired, 0),
+            E::LoginFailed { retry_after_secs } => (ViskaErrorCode::LoginFailed, *retry_after_secs),
+            _ => (ViskaErrorCode::Group, 0),
         };
-        Self::new(code, e)
+        Self {
+            retry_after_secs,
+            ..Self::new(code, e)
+        }
     }
 }
 
@@ -181,6 +194,19 @@ pub unsafe extern "C" fn viska_error_message(error: *const ViskaError) -> *const
     // SAFETY: the caller passes NULL or a live error.
     let error = unsafe { error.as_ref() };
     error.map_or(std::ptr::null(), |e| e.message.as_ptr())
+}
+
+/// For a `VISKA_ERROR_CODE_LOGIN_FAILED` error, the seconds the relay keeps the account
+/// locked (0: try again at once); 0 for any other error and for NULL.
+///
+/// # Safety
+///
+/// `error` is NULL or a live error returned by this library.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_error_retry_after_secs(error: *const ViskaError) -> u32 {
+    // SAFETY: the caller passes NULL or a live error.
+    let error = unsafe { error.as_ref() };
+    error.map_or(0, |e| e.retry_after_secs)
 }
 
 /// Frees an error. NULL is fine.

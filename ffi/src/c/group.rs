@@ -229,9 +229,15 @@ unsafe fn call_arg(call: *const c_char) -> Result<CallRef> {
 
 /// Connects to the relay at `relay_addr` (`"ip:port"`) whose certificate fingerprint is
 /// `relay_fingerprint_hex` (64 hex digits, as the relay prints it), as the identity of
-/// `config`, with its audio and verified peers (its other settings are for direct calls);
-/// authenticates and publishes key packages, and returns once the relay accepted the device
-/// (blocking the calling thread that long) into `*out`.
+/// `config`, with its audio, verified peers, key store (`viska_phone_config_set_store`: the
+/// group calls joined are recorded there, and after a restart the phone asks to be put back
+/// into them) and relay login (`viska_phone_config_set_relay_login`, taken out of `config`
+/// and wiped once used); its other settings are for direct calls. Authenticates and
+/// publishes key packages, and returns once the relay accepted the device (blocking the
+/// calling thread that long) into `*out`. A relay that admits registered devices only
+/// refuses an unregistered device without a login (`VISKA_ERROR_CODE_LOGIN_REQUIRED`) and a
+/// wrong password or code (`VISKA_ERROR_CODE_LOGIN_FAILED`; `viska_error_retry_after_secs`
+/// says how long the account is locked).
 ///
 /// # Safety
 ///
@@ -259,16 +265,21 @@ pub unsafe extern "C" fn viska_group_phone_connect(
         // SAFETY: NULL or a valid struct per the caller.
         let callbacks = unsafe { callbacks.as_ref() }.copied().unwrap_or_default();
         let out = out_arg(out, "out")?;
-        let (identity, audio, verified_peers) = config.group_parts();
-        let phone = GroupPhone::connect(GroupPhoneConfig {
+        let parts = config.group_parts();
+        let group_config = GroupPhoneConfig {
             relay,
             relay_fingerprint,
-            identity,
-            audio,
+            identity: parts.identity,
+            audio: parts.audio,
             session: viska::session::GroupSessionConfig::default(),
             group: viska::group::GroupConfig::default(),
-            verified_peers,
-        })?;
+            verified_peers: parts.verified_peers,
+        };
+        let phone = match (parts.store, parts.login) {
+            (Some(store), login) => GroupPhone::connect_with_store(group_config, store, login)?,
+            (None, Some(login)) => GroupPhone::connect_with_login(group_config, login)?,
+            (None, None) => GroupPhone::connect(group_config)?,
+        };
         phone.set_listener(Arc::new(GroupSink(callbacks)));
         // SAFETY: `out` is valid per the caller (checked non-NULL above).
         unsafe { write(out, Box::into_raw(Box::new(ViskaGroupPhone { phone }))) };

@@ -9,7 +9,7 @@ use zeroize::Zeroize;
 use super::call::ViskaTrust;
 use super::error::ViskaError;
 use super::identity::{ViskaIdentity, public_key_arg};
-use super::util::{Result, borrow, bytes_arg, out_arg, run, str_arg, write};
+use super::util::{Result, borrow, bytes_arg, into_c_string, out_arg, run, str_arg, write};
 
 /// An open key store. Free it with [`viska_store_free`]; a phone configured with it keeps its
 /// own reference.
@@ -71,6 +71,58 @@ pub unsafe extern "C" fn viska_store_open_with_key(
         let store = store?;
         // SAFETY: non-NULL and writable per the caller.
         unsafe { write(out, Box::into_raw(Box::new(ViskaStore { store }))) };
+        Ok(())
+    })
+}
+
+/// Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+/// page is rewritten under it, and from then on only it opens the file (the old one fails
+/// with `VISKA_ERROR_CODE_WRONG_KEY`). The passphrase must be at least 12 characters, not a
+/// common password and hard to guess (`VISKA_ERROR_CODE_WEAK_PASSPHRASE`, nothing changed).
+/// If the process dies during the change, the file opens with the old key or the new one
+/// (`docs/store.md` §1.1). Phones using the store go on with the new key.
+///
+/// # Safety
+///
+/// `store` is a live store; `new_passphrase` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_store_change_key(
+    store: *const ViskaStore,
+    new_passphrase: *const c_char,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: NULL or live per the caller.
+        let store = unsafe { store_ref(store) }?;
+        // SAFETY: NUL-terminated per the caller.
+        let passphrase = unsafe { str_arg(new_passphrase, "new_passphrase") }?;
+        store.store.change_key(StoreKey::passphrase(passphrase))?;
+        Ok(())
+    })
+}
+
+/// Changes the store's key to the 32-byte key at `new_key` (`len` = 32), one the platform
+/// keeps: as [`viska_store_change_key`], with no derivation.
+///
+/// # Safety
+///
+/// `store` is a live store; `new_key` points to `len` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_store_change_key_with_key(
+    store: *const ViskaStore,
+    new_key: *const u8,
+    len: usize,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: NULL or live per the caller.
+        let store = unsafe { store_ref(store) }?;
+        // SAFETY: `len` readable bytes per the caller.
+        let bytes = unsafe { bytes_arg(new_key, len, "new_key") }?;
+        let mut raw: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| ViskaError::invalid("a store key is 32 bytes"))?;
+        let changed = store.store.change_key(StoreKey::raw(raw));
+        raw.zeroize();
+        changed?;
         Ok(())
     })
 }
@@ -160,6 +212,35 @@ pub unsafe extern "C" fn viska_store_add_contact(
         // SAFETY: `len` readable bytes per the caller.
         let key = unsafe { public_key_arg(public_key, len) }?;
         store.store.add_contact(handle, &key, verified)?;
+        Ok(())
+    })
+}
+
+/// The setting `key`'s value into `*out` (the caller's: `viska_string_free`), NULL when the
+/// store has no such setting. Keys starting with `viska.` are the library's
+/// (`docs/store.md` §2).
+///
+/// # Safety
+///
+/// `store` is a live store; `key` a NUL-terminated string; `out` a valid pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn viska_store_setting(
+    store: *const ViskaStore,
+    key: *const c_char,
+    out: *mut *mut c_char,
+) -> *mut ViskaError {
+    run(|| {
+        // SAFETY: NULL or live per the caller.
+        let store = unsafe { store_ref(store) }?;
+        // SAFETY: NUL-terminated per the caller.
+        let key = unsafe { str_arg(key, "key") }?;
+        let out = out_arg(out, "out")?;
+        let value = store
+            .store
+            .setting(key)?
+            .map_or(std::ptr::null_mut(), into_c_string);
+        // SAFETY: non-NULL and writable per the caller.
+        unsafe { write(out, value) };
         Ok(())
     })
 }

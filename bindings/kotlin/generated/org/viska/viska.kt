@@ -861,6 +861,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_viska_ffi_checksum_method_keystore_call_history(
     ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_change_key(
+    ): Int
+    external fun uniffi_viska_ffi_checksum_method_keystore_change_key_with_key(
+    ): Int
     external fun uniffi_viska_ffi_checksum_method_keystore_contact(
     ): Int
     external fun uniffi_viska_ffi_checksum_method_keystore_contacts(
@@ -1080,6 +1084,10 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_viska_ffi_fn_method_keystore_call_history(`ptr`: Long,`limit`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_viska_ffi_fn_method_keystore_change_key(`ptr`: Long,`newPassphrase`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_viska_ffi_fn_method_keystore_change_key_with_key(`ptr`: Long,`newKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_viska_ffi_fn_method_keystore_contact(`ptr`: Long,`handle`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_viska_ffi_fn_method_keystore_contacts(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1399,6 +1407,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_viska_ffi_checksum_method_keystore_call_history() and 0xFFFF) != 43664) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_change_key() and 0xFFFF) != 40833) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_viska_ffi_checksum_method_keystore_change_key_with_key() and 0xFFFF) != 27441) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_viska_ffi_checksum_method_keystore_contact() and 0xFFFF) != 35875) {
@@ -4330,6 +4344,22 @@ public interface KeyStoreInterface {
     fun `callHistory`(`limit`: kotlin.UInt): List<CallHistoryEntry>
     
     /**
+     * Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+     * page is rewritten under it, and from then on only it opens the file. The passphrase
+     * must be at least 12 characters, not a common password, and hard to guess
+     * (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+     * opens with the old key or the new one (`docs/store.md` §1.1).
+     */
+    fun `changeKey`(`newPassphrase`: kotlin.String)
+    
+    /**
+     * Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+     * Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+     * wiped.
+     */
+    fun `changeKeyWithKey`(`newKey`: kotlin.ByteArray)
+    
+    /**
      * The contact with `handle`.
      */
     fun `contact`(`handle`: kotlin.String): ContactInfo?
@@ -4521,6 +4551,46 @@ open class KeyStore: Disposable, AutoCloseable, KeyStoreInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Changes the store's key to one derived from `new_passphrase` (Argon2id, 64 MiB): every
+     * page is rewritten under it, and from then on only it opens the file. The passphrase
+     * must be at least 12 characters, not a common password, and hard to guess
+     * (`WeakPassphrase`, nothing changed). If the process dies during the change, the file
+     * opens with the old key or the new one (`docs/store.md` §1.1).
+     */
+    @Throws(ViskaException::class)override fun `changeKey`(`newPassphrase`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key(
+        it,
+        
+        FfiConverterString.lower(`newPassphrase`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Changes the store's key to the 32-byte key `new_key` the platform keeps (iOS Keychain,
+     * Android Keystore): as [`KeyStore::change_key`], with no derivation. The bytes given are
+     * wiped.
+     */
+    @Throws(ViskaException::class)override fun `changeKeyWithKey`(`newKey`: kotlin.ByteArray)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ViskaException) { _status ->
+    UniffiLib.uniffi_viska_ffi_fn_method_keystore_change_key_with_key(
+        it,
+        
+        FfiConverterByteArray.lower(`newKey`),_status)
+}
+    }
+    
     
 
     
