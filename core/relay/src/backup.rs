@@ -17,9 +17,6 @@
 //!
 //! This module depends on nothing but the AEAD, the password crate and `zeroize` (no SQLite),
 //! so the fuzz target builds it alone. Randomness (salt, nonce prefix) comes from the caller.
-// The fuzz target builds this file alone and uses only the parsers.
-#![cfg_attr(fuzzing, allow(dead_code))]
-
 use std::fmt;
 use std::io::{Read, Write};
 
@@ -541,7 +538,7 @@ pub fn fuzz_parse(bytes: &[u8]) {
     }
 }
 
-#[cfg(all(test, not(fuzzing)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
