@@ -97,6 +97,9 @@ pub struct GroupCallInfo {
     pub group_failures: u64,
     /// Times this device lost step with the group and was added back.
     pub rejoins: u64,
+    /// Times this device took the call up from its key store after a restart, in the same
+    /// group, without being added back.
+    pub resumes: u64,
     /// Whether the call was taken (created here, or accepted); until then nothing is sent or
     /// played.
     pub accepted: bool,
@@ -131,6 +134,7 @@ impl From<&GroupCallSnapshot> for GroupCallInfo {
             unverified: u32::try_from(s.unverified).unwrap_or(u32::MAX),
             group_failures: s.group_failures,
             rejoins: s.rejoins,
+            resumes: s.resumes,
             accepted: s.accepted,
             ended: s.ended,
         }

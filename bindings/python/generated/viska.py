@@ -3350,7 +3350,7 @@ class GroupCallInfo:
     """
     What a group call looks like from this device.
 """
-    def __init__(self, *, call:str, epoch:typing.Optional[int], sending_epoch:typing.Optional[int], verification_code:typing.Optional[str], participants:typing.List[GroupParticipant], unverified:int, group_failures:int, rejoins:int, accepted:bool, ended:bool):
+    def __init__(self, *, call:str, epoch:typing.Optional[int], sending_epoch:typing.Optional[int], verification_code:typing.Optional[str], participants:typing.List[GroupParticipant], unverified:int, group_failures:int, rejoins:int, resumes:int, accepted:bool, ended:bool):
         self.call = call
         self.epoch = epoch
         self.sending_epoch = sending_epoch
@@ -3359,6 +3359,7 @@ class GroupCallInfo:
         self.unverified = unverified
         self.group_failures = group_failures
         self.rejoins = rejoins
+        self.resumes = resumes
         self.accepted = accepted
         self.ended = ended
         
@@ -3366,7 +3367,7 @@ class GroupCallInfo:
 
     
     def __str__(self):
-        return "GroupCallInfo(call={}, epoch={}, sending_epoch={}, verification_code={}, participants={}, unverified={}, group_failures={}, rejoins={}, accepted={}, ended={})".format(self.call, self.epoch, self.sending_epoch, self.verification_code, self.participants, self.unverified, self.group_failures, self.rejoins, self.accepted, self.ended)
+        return "GroupCallInfo(call={}, epoch={}, sending_epoch={}, verification_code={}, participants={}, unverified={}, group_failures={}, rejoins={}, resumes={}, accepted={}, ended={})".format(self.call, self.epoch, self.sending_epoch, self.verification_code, self.participants, self.unverified, self.group_failures, self.rejoins, self.resumes, self.accepted, self.ended)
     def __eq__(self, other):
         if self.call != other.call:
             return False
@@ -3383,6 +3384,8 @@ class GroupCallInfo:
         if self.group_failures != other.group_failures:
             return False
         if self.rejoins != other.rejoins:
+            return False
+        if self.resumes != other.resumes:
             return False
         if self.accepted != other.accepted:
             return False
@@ -3402,6 +3405,7 @@ class _UniffiFfiConverterTypeGroupCallInfo(_UniffiConverterRustBuffer):
             unverified=_UniffiFfiConverterUInt32.read(buf),
             group_failures=_UniffiFfiConverterUInt64.read(buf),
             rejoins=_UniffiFfiConverterUInt64.read(buf),
+            resumes=_UniffiFfiConverterUInt64.read(buf),
             accepted=_UniffiFfiConverterBoolean.read(buf),
             ended=_UniffiFfiConverterBoolean.read(buf),
         )
@@ -3416,6 +3420,7 @@ class _UniffiFfiConverterTypeGroupCallInfo(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.check_lower(value.unverified)
         _UniffiFfiConverterUInt64.check_lower(value.group_failures)
         _UniffiFfiConverterUInt64.check_lower(value.rejoins)
+        _UniffiFfiConverterUInt64.check_lower(value.resumes)
         _UniffiFfiConverterBoolean.check_lower(value.accepted)
         _UniffiFfiConverterBoolean.check_lower(value.ended)
 
@@ -3429,6 +3434,7 @@ class _UniffiFfiConverterTypeGroupCallInfo(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.write(value.unverified, buf)
         _UniffiFfiConverterUInt64.write(value.group_failures, buf)
         _UniffiFfiConverterUInt64.write(value.rejoins, buf)
+        _UniffiFfiConverterUInt64.write(value.resumes, buf)
         _UniffiFfiConverterBoolean.write(value.accepted, buf)
         _UniffiFfiConverterBoolean.write(value.ended, buf)
 

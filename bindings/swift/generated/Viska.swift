@@ -3973,6 +3973,11 @@ public struct GroupCallInfo: Equatable, Hashable {
      */
     public var rejoins: UInt64
     /**
+     * Times this device took the call up from its key store after a restart, in the same
+     * group, without being added back.
+     */
+    public var resumes: UInt64
+    /**
      * Whether the call was taken (created here, or accepted); until then nothing is sent or
      * played.
      */
@@ -4010,6 +4015,10 @@ public struct GroupCallInfo: Equatable, Hashable {
          * Times this device lost step with the group and was added back.
          */rejoins: UInt64, 
         /**
+         * Times this device took the call up from its key store after a restart, in the same
+         * group, without being added back.
+         */resumes: UInt64, 
+        /**
          * Whether the call was taken (created here, or accepted); until then nothing is sent or
          * played.
          */accepted: Bool, 
@@ -4024,6 +4033,7 @@ public struct GroupCallInfo: Equatable, Hashable {
         self.unverified = unverified
         self.groupFailures = groupFailures
         self.rejoins = rejoins
+        self.resumes = resumes
         self.accepted = accepted
         self.ended = ended
     }
@@ -4052,6 +4062,7 @@ public struct FfiConverterTypeGroupCallInfo: FfiConverterRustBuffer {
                 unverified: FfiConverterUInt32.read(from: &buf), 
                 groupFailures: FfiConverterUInt64.read(from: &buf), 
                 rejoins: FfiConverterUInt64.read(from: &buf), 
+                resumes: FfiConverterUInt64.read(from: &buf), 
                 accepted: FfiConverterBool.read(from: &buf), 
                 ended: FfiConverterBool.read(from: &buf)
         )
@@ -4066,6 +4077,7 @@ public struct FfiConverterTypeGroupCallInfo: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.unverified, into: &buf)
         FfiConverterUInt64.write(value.groupFailures, into: &buf)
         FfiConverterUInt64.write(value.rejoins, into: &buf)
+        FfiConverterUInt64.write(value.resumes, into: &buf)
         FfiConverterBool.write(value.accepted, into: &buf)
         FfiConverterBool.write(value.ended, into: &buf)
     }

@@ -330,9 +330,6 @@ impl Store {
     }
 }
 
-<<<<<<< HEAD
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-=======
 /// A connection to the database at `path` under the `PRAGMA key` value `pragma`, proven to
 /// decrypt it, in WAL mode with `synchronous = FULL`.
 fn connect(path: &Path, pragma: &str) -> Result<Connection, StoreError> {
@@ -387,8 +384,7 @@ fn integrity_checked(conn: Connection) -> Result<Connection, StoreError> {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
->>>>>>> store-keys
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {

@@ -6376,6 +6376,12 @@ data class GroupCallInfo (
     var `rejoins`: kotlin.ULong
     , 
     /**
+     * Times this device took the call up from its key store after a restart, in the same
+     * group, without being added back.
+     */
+    var `resumes`: kotlin.ULong
+    , 
+    /**
      * Whether the call was taken (created here, or accepted); until then nothing is sent or
      * played.
      */
@@ -6409,6 +6415,7 @@ public object FfiConverterTypeGroupCallInfo: FfiConverterRustBuffer<GroupCallInf
             FfiConverterUInt.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
         )
@@ -6423,6 +6430,7 @@ public object FfiConverterTypeGroupCallInfo: FfiConverterRustBuffer<GroupCallInf
             FfiConverterUInt.allocationSize(value.`unverified`) +
             FfiConverterULong.allocationSize(value.`groupFailures`) +
             FfiConverterULong.allocationSize(value.`rejoins`) +
+            FfiConverterULong.allocationSize(value.`resumes`) +
             FfiConverterBoolean.allocationSize(value.`accepted`) +
             FfiConverterBoolean.allocationSize(value.`ended`)
     )
@@ -6436,6 +6444,7 @@ public object FfiConverterTypeGroupCallInfo: FfiConverterRustBuffer<GroupCallInf
             FfiConverterUInt.write(value.`unverified`, buf)
             FfiConverterULong.write(value.`groupFailures`, buf)
             FfiConverterULong.write(value.`rejoins`, buf)
+            FfiConverterULong.write(value.`resumes`, buf)
             FfiConverterBoolean.write(value.`accepted`, buf)
             FfiConverterBoolean.write(value.`ended`, buf)
     }
