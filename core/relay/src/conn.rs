@@ -33,11 +33,14 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A running relay's parts.
 pub(crate) struct Running {
     pub(crate) local_addr: SocketAddr,
+    /// Every address listened on, `local_addr` first.
+    pub(crate) local_addrs: Vec<SocketAddr>,
     pub(crate) fingerprint: [u8; 32],
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    accept: tokio::task::JoinHandle<()>,
+    /// One endpoint per address listened on.
+    endpoints: Vec<quinn::Endpoint>,
+    accepts: Vec<tokio::task::JoinHandle<()>>,
     rechecks: tokio::task::JoinHandle<()>,
     metrics: Option<tokio::task::JoinHandle<()>>,
     db_thread: std::thread::JoinHandle<()>,
@@ -48,14 +51,23 @@ pub(crate) struct Running {
 impl Running {
     pub(crate) async fn shutdown(self) {
         let _ = self.shared.shutdown.send(true);
-        self.accept.abort();
+        for accept in &self.accepts {
+            accept.abort();
+        }
         self.rechecks.abort();
         if let Some(m) = &self.metrics {
             m.abort();
         }
-        self.endpoint
-            .close(close::SHUTDOWN.into(), b"relay shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for endpoint in &self.endpoints {
+            endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");
+        }
+        // All are closed already: waiting for each in turn waits for the slowest.
+        let idle = async {
+            for endpoint in &self.endpoints {
+                endpoint.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
         self.shared.close_database();
         let thread = self.db_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -137,18 +149,28 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
         .await
         .map_err(|e| RelayError::Task(e.to_string()))?;
     }
-    let socket = bind_socket(config.bind)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config(&identity, &config)?),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    let local_addr = endpoint.local_addr()?;
+    // Every address is bound before anything runs: one that cannot be fails the start.
+    let server = server_config(&identity, &config)?;
+    let mut endpoints = Vec::with_capacity(1 + config.also_bind.len());
+    let mut local_addrs = Vec::with_capacity(endpoints.capacity());
+    for addr in std::iter::once(config.bind).chain(config.also_bind.iter().copied()) {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server.clone()),
+            bind_socket(addr)?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        local_addrs.push(endpoint.local_addr()?);
+        endpoints.push(endpoint);
+    }
+    let local_addr = local_addrs[0];
     let (db_tx, db_thread) = spawn_database(database, checkpoints)?;
     let loaded = calls.len();
     let shared = Shared::new(config, db_tx, calls);
-    let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+    let accepts = endpoints
+        .iter()
+        .map(|endpoint| tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared))))
+        .collect();
     let rechecks = tokio::spawn(recheck_loop(Arc::clone(&shared), last_recheck, last_rekey));
     let (metrics, metrics_addr) = match shared.config.metrics_bind {
         Some(addr) => {
@@ -165,15 +187,18 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
         }
         None => (None, None),
     };
-    tracing::info!(%local_addr, calls = loaded, "relay listening");
+    for addr in &local_addrs {
+        tracing::info!(local_addr = %addr, calls = loaded, "relay listening");
+    }
     Ok(RelayHandle {
         inner: Running {
             local_addr,
+            local_addrs,
             fingerprint,
             metrics_addr,
             shared,
-            endpoint,
-            accept,
+            endpoints,
+            accepts,
             rechecks,
             metrics,
             db_thread,

@@ -155,6 +155,10 @@ pub enum AccountsMode {
 pub struct RelayConfig {
     /// UDP address to listen on.
     pub bind: SocketAddr,
+    /// More UDP addresses to listen on, served by the same relay as `bind` (another
+    /// interface, or IPv4 beside an IPv6-only address): a device may connect to any of them
+    /// and is in the same calls. Empty by default.
+    pub also_bind: Vec<SocketAddr>,
     /// Where the certificate, its key and the database live (created if missing).
     pub data_dir: PathBuf,
     /// How long a device whose connection closed stays a member of its calls (with its
@@ -259,6 +263,7 @@ impl RelayConfig {
     pub fn new(bind: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             bind,
+            also_bind: Vec::new(),
             data_dir,
             hold_time: Duration::from_secs(30),
             max_held: 256,
@@ -492,6 +497,12 @@ impl RelayHandle {
     /// The UDP address the relay listens on (with the port the system chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// Every UDP address the relay listens on: [`RelayHandle::local_addr`] first, then those of
+    /// [`RelayConfig::also_bind`] in order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.inner.local_addrs
     }
 
     /// SHA-256 of the relay's certificate (DER): what devices pin. Stable across restarts on

@@ -329,6 +329,47 @@ async fn a_welcome_is_held_until_the_device_connects_and_ready_from_all_brings_s
 }
 
 #[tokio::test]
+async fn devices_on_different_addresses_of_one_relay_are_in_the_same_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| {
+        c.also_bind = vec!["127.0.0.2:0".parse().unwrap()];
+    })
+    .await;
+    let addrs = relay.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(addrs[0], relay.local_addr());
+    assert_eq!(addrs[1].ip().to_string(), "127.0.0.2");
+    // Alice at the first address, Bob at the second.
+    let mut alice = Device::login_at("127.0.0.1", addrs[0], &relay, identity()).await;
+    let mut bob = Device::login_at("127.0.0.2", addrs[1], &relay, identity()).await;
+    let call = CallRef([21; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+    // Media crosses from one address's endpoint to the other's, both ways.
+    let frame = media(route, 1, 0, b"alice, on the first address");
+    alice.send_datagram(&frame);
+    assert_eq!(&bob.datagram().await[..], &frame[..]);
+    let frame = media(route, 1 << 3 | 1, 0, b"bob, on the second");
+    bob.send_datagram(&frame);
+    assert_eq!(&alice.datagram().await[..], &frame[..]);
+    until(&relay, "both forwarded", |s| s.datagrams_forwarded == 2).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_relay_that_cannot_bind_every_address_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path()).await;
+    let taken = first.local_addr();
+    let other = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), other.path().to_path_buf());
+    config.db_key = Some(db_key());
+    config.also_bind = vec![taken];
+    assert!(Relay::start(config).await.is_err(), "the second address is taken");
+    first.shutdown().await;
+}
+
+#[tokio::test]
 async fn datagrams_reach_the_other_members_and_nobody_else() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(dir.path()).await;

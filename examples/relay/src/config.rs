@@ -17,8 +17,10 @@ pub(crate) struct FileConfig {
     pub(crate) data_dir: Option<PathBuf>,
     /// The database key's file (64 hex digits, owner-only), outside the data directory.
     pub(crate) db_key_file: Option<PathBuf>,
-    /// UDP address to listen on.
-    pub(crate) bind: Option<SocketAddr>,
+    /// UDP addresses to listen on: one (`bind = "[::]:4433"`) or a list
+    /// (`bind = ["0.0.0.0:4433", "[::]:4433"]`), the first printed as the relay's address.
+    #[serde(default, deserialize_with = "binds")]
+    pub(crate) bind: Option<Vec<SocketAddr>>,
     /// `open` or `required`.
     pub(crate) accounts: Option<AccountsSetting>,
     /// `text` or `json`.
@@ -104,6 +106,24 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNetwork>, D::Error>
         .collect()
 }
 
+/// `bind`: one address or a non-empty list of them.
+fn binds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SocketAddr),
+        Many(Vec<SocketAddr>),
+    }
+    let addrs = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(list) => list,
+    };
+    if addrs.is_empty() {
+        return Err(serde::de::Error::custom("`bind` needs at least one address"));
+    }
+    Ok(Some(addrs))
+}
+
 /// Parses the text of a configuration file; the error names the file, the key and its line.
 pub(crate) fn parse(text: &str, origin: &Path) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| format!("{}: {e}", origin.display()))
@@ -157,7 +177,7 @@ bind = "127.0.0.1:9464"
 "#,
         )
         .unwrap();
-        assert_eq!(c.bind, Some("[::]:4433".parse().unwrap()));
+        assert_eq!(c.bind, Some(vec!["[::]:4433".parse().unwrap()]));
         assert_eq!(
             c.db_key_file,
             Some(PathBuf::from("/etc/viska-relay/db-key"))
@@ -171,6 +191,22 @@ bind = "127.0.0.1:9464"
         assert_eq!(c.tls.unwrap().key, PathBuf::from("/etc/viska/key.der"));
         assert_eq!(c.metrics.bind, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(parse_str("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn bind_takes_one_address_or_a_list() {
+        let c = parse_str("bind = [\"0.0.0.0:4433\", \"[::1]:4434\"]\n").unwrap();
+        assert_eq!(
+            c.bind,
+            Some(vec![
+                "0.0.0.0:4433".parse().unwrap(),
+                "[::1]:4434".parse().unwrap()
+            ])
+        );
+        let e = parse_str("bind = []\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("at least one"), "{e}");
+        let e = parse_str("bind = [\"0.0.0.0:4433\", \"nowhere\"]\n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! or administers its data directory.
 //!
 //! ```text
-//! viska-relay [--config FILE] --bind 0.0.0.0:4433 --data-dir /var/lib/viska-relay [--hold-secs 30]
+//! viska-relay [--config FILE] --bind 0.0.0.0:4433 [--bind [::]:4433]... --data-dir /var/lib/viska-relay [--hold-secs 30]
 //!     [--auth-secs 5] [--max-unauthenticated 512] [--max-unauthenticated-per-source 16]
 //!     [--require-accounts] [--recheck-ms 1000] [--allow CIDR]... [--metrics-bind ADDR]
 //!     [--tls-cert FILE --tls-key FILE] [--log-format text|json]
@@ -29,7 +29,7 @@
 //! prompted for).
 //!
 //! Running, it prints `fingerprint <64 hex>` (what devices pin) and `listening on <addr>` once
-//! it is up (and `metrics on http://<addr>/metrics` when metrics are served). Logs go to
+//! it is up, then `also listening on <addr>` for each further `--bind` (and `metrics on http://<addr>/metrics` when metrics are served). Logs go to
 //! stderr, as text or JSON lines (`--log-format`); `RUST_LOG` filters them (default `info`). Passwords are read
 //! from standard input when it is not a terminal (one line), and prompted for without echo
 //! otherwise. Every administrative change is recorded in the audit log.
@@ -58,9 +58,10 @@ struct Args {
     /// A TOML configuration file; the flags below override its values.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// UDP address to listen on [default: 0.0.0.0:4433].
+    /// UDP address to listen on [default: 0.0.0.0:4433]; given more than once, the relay
+    /// listens on each (the first is the one printed as `listening on`).
     #[arg(long)]
-    bind: Option<SocketAddr>,
+    bind: Vec<SocketAddr>,
     /// Directory of the certificate, its key, the database and the audit checkpoints (created
     /// if missing); required here or in the configuration file.
     #[arg(long)]
@@ -543,12 +544,14 @@ fn administer(dir: &Path, key: Option<&DbKey>, command: Command) -> Result<ExitC
 
 /// The relay's configuration: a flag, else the file's value, else the default.
 fn relay_config(args: &Args, file: FileConfig, data_dir: PathBuf) -> RelayConfig {
-    let bind = args
-        .bind
-        .or(file.bind)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433)));
+    let binds = match (args.bind.is_empty(), file.bind.clone()) {
+        (false, _) => args.bind.clone(),
+        (true, Some(binds)) => binds,
+        (true, None) => vec![SocketAddr::from(([0, 0, 0, 0], 4433))],
+    };
     let limits = &file.limits;
-    let mut config = RelayConfig::new(bind, data_dir);
+    let mut config = RelayConfig::new(binds[0], data_dir);
+    config.also_bind = binds[1..].to_vec();
     config.hold_time = Duration::from_secs(args.hold_secs.or(limits.hold_secs).unwrap_or(30));
     config.auth_timeout = Duration::from_secs(args.auth_secs.or(limits.auth_secs).unwrap_or(5));
     config.max_unauthenticated = args
@@ -671,6 +674,9 @@ async fn main() -> ExitCode {
     };
     println!("fingerprint {}", hex(&relay.fingerprint()));
     println!("listening on {}", relay.local_addr());
+    for addr in &relay.local_addrs()[1..] {
+        println!("also listening on {addr}");
+    }
     if let Some(addr) = relay.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }

@@ -790,7 +790,7 @@ fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() 
     std::fs::write(
         &file,
         format!(
-            "data_dir = {:?}\nbind = \"127.0.0.1:0\"\nlog_format = \"json\"\n\
+            "data_dir = {:?}\nbind = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nlog_format = \"json\"\n\
              [network]\nallowed = [\"127.0.0.0/8\", \"::1/128\"]\n\
              [metrics]\nbind = \"127.0.0.1:0\"\n",
             dir.path().join("data")
@@ -808,7 +808,7 @@ fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() 
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut lines = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         lines.push(line.trim_end().to_string());
@@ -818,7 +818,12 @@ fn the_relay_runs_from_a_configuration_file_with_json_logs_and_serves_metrics() 
         "{lines:?}"
     );
     assert!(lines[1].starts_with("listening on 127.0.0.1:"), "{lines:?}");
-    let url = lines[2].strip_prefix("metrics on http://").unwrap();
+    // The second address of the list.
+    assert!(
+        lines[2].starts_with("also listening on 127.0.0.2:"),
+        "{lines:?}"
+    );
+    let url = lines[3].strip_prefix("metrics on http://").unwrap();
     let addr = url.strip_suffix("/metrics").unwrap();
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream

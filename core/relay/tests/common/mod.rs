@@ -211,7 +211,17 @@ impl Device {
     }
 
     pub(crate) async fn login_from(local: &str, relay: &RelayHandle, id: IdentityKeyPair) -> Self {
-        let mut link = connect_from(local, relay.local_addr(), relay.fingerprint())
+        Self::login_at(local, relay.local_addr(), relay, id).await
+    }
+
+    /// Logs in at the relay's address `addr` (one of [`RelayHandle::local_addrs`]).
+    pub(crate) async fn login_at(
+        local: &str,
+        addr: SocketAddr,
+        relay: &RelayHandle,
+        id: IdentityKeyPair,
+    ) -> Self {
+        let mut link = connect_from(local, addr, relay.fingerprint())
             .await
             .unwrap();
         let signature = id.sign(&auth_transcript(&link.exporter(), &link.nonce));
