@@ -881,7 +881,13 @@ fn failed_handshakes_are_security_events_with_the_source_and_rate_limited() {
     use viska::proto::Message;
     use viska::transport::{LocalCertificate, QuicEndpoint, TransportConfig};
 
-    let callee = callee(config("sec-callee").max_handshakes_per_source(16), true);
+    // Twelve handshakes from one source at once: more than the default burst.
+    let callee = callee(
+        config("sec-callee")
+            .max_handshakes_per_source(16)
+            .handshake_rate(16, 16),
+        true,
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use tokio::sync::Notify;
+use viska_admission::{Place, SourceFull, source_key};
 use viska_e2ee::identity::PublicIdentity;
 use viska_passwords::HashParams;
 use viska_proto::relay::{
@@ -18,7 +19,6 @@ use zeroize::Zeroizing;
 use crate::accounts::{self, DeviceStatus, Registered, normalize_name};
 use crate::audit::{AuditEvent, Checkpointer, hex};
 use crate::db::Op;
-use crate::places::{Place, SourceFull, source_of};
 use crate::state::{Account, Shared, close, device_actor, short, spawn_database};
 use crate::{
     AccountsMode, DeviceKey, IpNetwork, RelayConfig, RelayError, RelayHandle, bump, cert, db,
@@ -221,6 +221,21 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         if !IpNetwork::allows(&shared.config.allowed_networks, remote.ip()) {
             bump(&shared.stats.refused_network);
             limited_log(&shared, remote, "refused: not from an allowed network");
+            incoming.refuse();
+            continue;
+        }
+        let rate = shared
+            .handshake_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(std::time::Instant::now(), remote.ip());
+        if rate.is_err() {
+            bump(&shared.stats.refused_rate_limited);
+            limited_log(
+                &shared,
+                remote,
+                "refused: its source starts connections too fast",
+            );
             incoming.refuse();
             continue;
         }
@@ -695,7 +710,7 @@ async fn login(
 ) -> Result<Account, u32> {
     let name = normalize_name(&account);
     let name_key = name.clone().unwrap_or_else(|| account.to_lowercase());
-    let source = source_of(remote);
+    let source = source_key(remote);
     let now = std::time::Instant::now();
     let locked = {
         let t = shared.throttles.lock().unwrap_or_else(|e| e.into_inner());

@@ -45,9 +45,9 @@ pub mod backup;
 mod cert;
 mod conn;
 mod db;
+mod log_limit;
 mod metrics;
 pub mod net;
-mod places;
 mod replay;
 mod state;
 pub mod storage;
@@ -59,6 +59,8 @@ pub use audit::{AUDIT_KEY_FILE, AuditEvent, AuditProblem, AuditReport, AuditRow,
 pub use net::{IpNetwork, IpNetworkError};
 pub use storage::{DbKey, DbKeyError};
 pub use throttle::ThrottlePolicy;
+/// The per-source handshake rate limit's settings ([`RelayConfig::handshake_rate`]).
+pub use viska_admission::RateConfig;
 
 /// File of the relay's database in its data directory.
 pub const DB_FILE: &str = db::DB_FILE;
@@ -173,9 +175,16 @@ pub struct RelayConfig {
     /// Most connections that have not authenticated yet, from all sources together. When all
     /// are taken, a newcomer takes back the oldest place of the source holding the most.
     pub max_unauthenticated: usize,
-    /// Most connections that have not authenticated yet from one source (an IPv4 address or
-    /// an IPv6 /64); a newcomer from a source holding that many is refused.
+    /// Most connections that have not authenticated yet from one source: an IPv4 address
+    /// (an IPv4-mapped IPv6 address counts as IPv4) or an IPv6 /64, with twice as many for
+    /// its /56 and three times for its /48 (one site cannot pose as 65,536 sources). A
+    /// newcomer from a source (at any of those levels) holding that many is refused.
     pub max_unauthenticated_per_source: usize,
+    /// How fast one source may start new connections (after QUIC's address validation,
+    /// before TLS): a token bucket per IPv4 address or IPv6 /64 (twice for its /56, three
+    /// times for its /48), with a bounded number of sources tracked. A connection beyond it
+    /// is refused before TLS and counted in [`RelayStats::refused_rate_limited`].
+    pub handshake_rate: RateConfig,
     /// Bytes of outgoing datagrams quinn may queue per connection; a forwarded datagram that
     /// does not fit is dropped (and counted), never queued behind.
     pub datagram_send_buffer: usize,
@@ -236,6 +245,7 @@ impl fmt::Debug for RelayConfig {
                 "max_unauthenticated_per_source",
                 &self.max_unauthenticated_per_source,
             )
+            .field("handshake_rate", &self.handshake_rate)
             .field("datagram_send_buffer", &self.datagram_send_buffer)
             .field("idle_timeout", &self.idle_timeout)
             .field("accounts", &self.accounts)
@@ -270,6 +280,12 @@ impl RelayConfig {
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 512,
             max_unauthenticated_per_source: 16,
+            // More than a phone's: after a restart, a whole office behind one NAT reconnects.
+            handshake_rate: RateConfig {
+                burst: 32,
+                per_second: 8,
+                ..RateConfig::default()
+            },
             datagram_send_buffer: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             admission: Arc::new(AllowAll),
@@ -334,6 +350,9 @@ pub struct RelayStats {
     /// Connections refused before their handshake: their source already held
     /// [`RelayConfig::max_unauthenticated_per_source`] connections not authenticated yet.
     pub refused_source_full: u64,
+    /// Connections refused before their handshake: their source started new connections
+    /// faster than [`RelayConfig::handshake_rate`] allows.
+    pub refused_rate_limited: u64,
     /// Connections refused before their handshake: their address is in none of
     /// [`RelayConfig::allowed_networks`].
     pub refused_network: u64,
@@ -407,6 +426,7 @@ pub(crate) struct Counters {
     pub(crate) auth_timeouts: AtomicU64,
     pub(crate) refused_source_full: AtomicU64,
     pub(crate) taken_back: AtomicU64,
+    pub(crate) refused_rate_limited: AtomicU64,
     pub(crate) online: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) logins: AtomicU64,
@@ -447,6 +467,7 @@ impl Counters {
             auth_timeouts: g(&self.auth_timeouts),
             refused_source_full: g(&self.refused_source_full),
             unauthenticated_taken_back: g(&self.taken_back),
+            refused_rate_limited: g(&self.refused_rate_limited),
             unauthenticated: unauthenticated as u64,
             devices_online: g(&self.online),
             bad_frames: g(&self.bad_frames),

@@ -31,7 +31,7 @@ enum Kind {
 }
 
 /// Every metric: its name (after `viska_relay_`), kind, help text and value.
-fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 34] {
+fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 35] {
     use Kind::{Counter, Gauge};
     [
         (
@@ -63,6 +63,12 @@ fn metrics(s: &RelayStats) -> [(&'static str, Kind, &'static str, u64); 34] {
             Counter,
             "Connections refused before TLS: their source held its share of unauthenticated connections.",
             s.refused_source_full,
+        ),
+        (
+            "refused_rate_limited_total",
+            Counter,
+            "Connections refused before TLS: their source started new ones too fast.",
+            s.refused_rate_limited,
         ),
         (
             "refused_network_total",
@@ -340,7 +346,7 @@ mod tests {
                 names.push(rest.split(' ').next().unwrap().to_string());
             }
         }
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 35);
         for name in &names {
             assert!(name.starts_with("viska_relay_"), "{name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");

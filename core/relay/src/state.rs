@@ -61,9 +61,11 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     pub(crate) config: RelayConfig,
     /// Connections not authenticated yet.
-    pub(crate) places: Arc<crate::places::Places>,
+    pub(crate) places: Arc<viska_admission::Places>,
+    /// How fast each source may start new connections.
+    pub(crate) handshake_rate: Mutex<viska_admission::RateLimiter>,
     /// Rate limit of the log lines about them.
-    pub(crate) places_log: crate::places::LogLimit,
+    pub(crate) places_log: crate::log_limit::LogLimit,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Login failures.
     pub(crate) throttles: Mutex<Throttles>,
@@ -203,11 +205,12 @@ impl Shared {
             state: Mutex::new(state),
             routes: RwLock::new(HashMap::new()),
             stats: Counters::default(),
-            places: crate::places::Places::new(
+            places: viska_admission::Places::new(
                 config.max_unauthenticated,
                 config.max_unauthenticated_per_source,
             ),
-            places_log: crate::places::LogLimit::default(),
+            handshake_rate: Mutex::new(viska_admission::RateLimiter::new(config.handshake_rate)),
+            places_log: crate::log_limit::LogLimit::default(),
             throttles: Mutex::new(Throttles {
                 account: Throttle::new(config.account_throttle, 100_000),
                 source: Throttle::new(config.source_throttle, 100_000),

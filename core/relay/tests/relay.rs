@@ -861,3 +861,36 @@ async fn a_repeated_or_too_old_sframe_counter_is_dropped_and_counted_and_reorder
     assert_eq!(s.dropped_counter_too_many_keys, 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_source_starting_connections_too_fast_is_refused_past_its_burst_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| {
+        c.handshake_rate.burst = 2;
+        c.handshake_rate.per_second = 1;
+        c.auth_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let (addr, fp) = (relay.local_addr(), relay.fingerprint());
+    // The burst: every one gets through (the bucket starts full).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_from("127.0.0.2", addr, fp).await.unwrap());
+    }
+    // Past it, attempts are refused before TLS; one may get through per second refilled.
+    let mut refused = 0;
+    for _ in 0..6 {
+        match connect_from("127.0.0.2", addr, fp).await {
+            Ok(link) => held.push(link),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(refused >= 1, "nothing refused past the burst");
+    let stats = relay.stats();
+    assert_eq!(stats.refused_rate_limited, refused, "{stats:?}");
+    assert_eq!(stats.refused_source_full, 0, "{stats:?}");
+    // Another source has its own bucket: a device logs in beside them.
+    let _alice = Device::login_from("127.0.0.1", &relay, identity()).await;
+    assert_eq!(relay.stats().refused_rate_limited, refused);
+    relay.shutdown().await;
+}

@@ -91,7 +91,7 @@ impl Admission {
         peer: PublicIdentity,
         trust: Trust,
     ) -> Decision {
-        let source = super::places::source_key(source);
+        let source = viska_admission::source_key(source);
         let verified = trust == Trust::Verified;
         let mut entries = self.live();
         let ringing_unverified = |e: &&Entry| {

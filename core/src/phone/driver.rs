@@ -20,13 +20,13 @@ use viska_session::{
 use super::admission::Decision;
 use super::audio::{AudioEnds, AudioJob, open_ends};
 use super::events::Item;
-use super::places::Place;
 use super::{
     AudioDirection, AudioEvent, CallHandle, CallShared, CallUpdate, CallerInfo, DriverCommand,
     MissedCall, PhoneError, PhoneEvent, PhoneInner, SHUTDOWN_GRACE, lock,
 };
 use crate::transport::runtime::move_timer;
 use crate::transport::{PeerConnection, QuicEndpoint};
+use viska_admission::Place;
 
 /// Signaling bytes that may wait for a peer that does not read its stream before the call is
 /// ended: sixteen of the largest frames, beyond the 64 KiB the stream's flow control already
@@ -106,10 +106,13 @@ pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
         if inner.is_closing() {
             continue; // dropping the attempt refuses it
         }
-        // A place among the connections whose caller is not known yet (see `places`).
-        let Ok(place) = inner.places.take(from.ip()) else {
-            tracing::debug!(%from, "its source holds its share of places; refused");
-            continue;
+        // A place among the connections whose caller is not known yet (see `handshakes`).
+        let place = match inner.handshakes.admit(Instant::now(), from.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                tracing::debug!(%from, ?why, "refused before TLS");
+                continue;
+            }
         };
         // Each handshake runs in its own task: a peer that stalls mid-handshake delays nobody.
         let inner = Arc::clone(&inner);
@@ -137,7 +140,7 @@ pub(super) async fn accept_loop(inner: Arc<PhoneInner>, ep: QuicEndpoint) {
                     inner.security_event(from, SecurityEvent::TransportHandshakeFailed);
                 }
                 Err(_) => {
-                    inner.places.tls_timed_out();
+                    inner.handshakes.tls_timed_out();
                     inner.security_event(from, SecurityEvent::TransportHandshakeTimedOut);
                 }
             }

@@ -15,9 +15,9 @@ mod admission;
 mod audio;
 mod driver;
 mod events;
+mod handshakes;
 mod history;
 mod metrics;
-mod places;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -46,10 +46,10 @@ pub use self::audio::{
     AppAudio, AppAudioConfig, AppCapture, AppPlayback, AudioDevice, AudioFactory, DiscardSink,
     FileAudio, NullAudio, SilenceSource,
 };
+pub use handshakes::RefusedConnections;
 pub use metrics::{
     LatencyProbe, LatencySummary, current_thread_cpu_time, thread_cpu_time, thread_wakeups,
 };
-pub use places::RefusedConnections;
 
 /// A setting [`PhoneConfigBuilder::build`] refused.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +145,7 @@ pub struct PhoneConfig {
     max_calls: usize,
     max_handshakes: usize,
     max_handshakes_per_source: usize,
+    handshake_rate: viska_admission::RateConfig,
     max_ringing_per_source: usize,
     tls_deadline: Duration,
     verified_peers: Vec<PublicIdentity>,
@@ -194,6 +195,7 @@ impl PhoneConfig {
                 max_calls: 4,
                 max_handshakes: 16,
                 max_handshakes_per_source: 4,
+                handshake_rate: viska_admission::RateConfig::default(),
                 max_ringing_per_source: 2,
                 tls_deadline: Duration::from_secs(3),
                 verified_peers: Vec::new(),
@@ -309,6 +311,16 @@ impl PhoneConfigBuilder {
         self
     }
 
+    /// How fast one source may start new incoming handshakes: `burst` at once, then
+    /// `per_second`, for an IPv4 address or an IPv6 /64 (twice for its /56, three times for
+    /// its /48). A connection beyond it is refused before TLS (counted in
+    /// [`RefusedConnections::rate_limited`]). Default a burst of 8 and 4 a second.
+    pub fn handshake_rate(mut self, burst: u32, per_second: u32) -> Self {
+        self.config.handshake_rate.burst = burst;
+        self.config.handshake_rate.per_second = per_second;
+        self
+    }
+
     /// Ringing calls at once from one source by callers that are not verified. Default 2.
     pub fn max_ringing_per_source(mut self, n: usize) -> Self {
         self.config.max_ringing_per_source = n;
@@ -380,6 +392,11 @@ impl PhoneConfigBuilder {
             (c.max_handshakes, "max_handshakes"),
             (c.max_handshakes_per_source, "max_handshakes_per_source"),
             (c.max_ringing_per_source, "max_ringing_per_source"),
+            (c.handshake_rate.burst as usize, "handshake_rate burst"),
+            (
+                c.handshake_rate.per_second as usize,
+                "handshake_rate per_second",
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));
@@ -1063,8 +1080,8 @@ struct PhoneInner {
     cert: Arc<LocalCertificate>,
     events: Arc<EventQueue>,
     admission: admission::Admission,
-    /// Places for incoming connections whose caller is not authenticated yet.
-    places: Arc<places::Places>,
+    /// Places and rate for incoming connections whose caller is not authenticated yet.
+    handshakes: handshakes::Handshakes,
     /// Identities the user has verified: the configured ones and those marked since.
     verified: Mutex<Vec<PublicIdentity>>,
     /// Rate limit of phone-wide security events, per source address.
@@ -1160,7 +1177,7 @@ impl SecurityLimiter {
 
     /// Whether an event from `source` goes out now, with how many were suppressed before it.
     fn admit(&mut self, source: SocketAddr, now: std::time::Instant) -> Option<u64> {
-        let key = places::source_key(source.ip());
+        let key = viska_admission::source_key(source.ip());
         if !self.sources.contains_key(&key) && self.sources.len() >= Self::SOURCES {
             // Idle sources are forgotten, at most once a second (not on every event).
             let due = self
@@ -1275,7 +1292,11 @@ impl Phone {
             store_writer,
             cert,
             admission: admission::Admission::new(config.max_calls, config.max_ringing_per_source),
-            places: places::Places::new(config.max_handshakes, config.max_handshakes_per_source),
+            handshakes: handshakes::Handshakes::new(
+                config.max_handshakes,
+                config.max_handshakes_per_source,
+                config.handshake_rate,
+            ),
             verified: Mutex::new(config.verified_peers.clone()),
             security: Mutex::new(SecurityLimiter::default()),
             closing: AtomicBool::new(false),
@@ -1457,7 +1478,7 @@ impl Phone {
 
     /// Incoming connections refused or cut off before their caller was authenticated.
     pub fn refused_connections(&self) -> RefusedConnections {
-        self.inner.places.refused()
+        self.inner.handshakes.refused()
     }
 
     /// Phone-wide security events so far, reported or suppressed by the rate limit.

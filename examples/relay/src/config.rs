@@ -59,6 +59,10 @@ pub(crate) struct LimitsSection {
     pub(crate) idle_secs: Option<u64>,
     pub(crate) max_held: Option<usize>,
     pub(crate) max_login_attempts: Option<u32>,
+    /// New connections one source may start at once (`RelayConfig::handshake_rate`).
+    pub(crate) handshake_burst: Option<u32>,
+    /// New connections a second one source may start once its burst is spent.
+    pub(crate) handshakes_per_second: Option<u32>,
 }
 
 /// `[tls]`: both paths, or the section left out.
@@ -167,6 +171,8 @@ recheck_ms = 500
 idle_secs = 15
 max_held = 128
 max_login_attempts = 2
+handshake_burst = 64
+handshakes_per_second = 16
 
 [tls]
 cert = "/etc/viska/cert.der"
@@ -188,6 +194,10 @@ bind = "127.0.0.1:9464"
         assert_eq!(c.network.allowed[1].to_string(), "2001:db8::/32");
         assert_eq!(c.limits.hold_secs, Some(20));
         assert_eq!(c.limits.max_login_attempts, Some(2));
+        assert_eq!(
+            (c.limits.handshake_burst, c.limits.handshakes_per_second),
+            (Some(64), Some(16))
+        );
         assert_eq!(c.tls.unwrap().key, PathBuf::from("/etc/viska/key.der"));
         assert_eq!(c.metrics.bind, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(parse_str("").unwrap(), FileConfig::default());

@@ -573,6 +573,12 @@ fn relay_config(args: &Args, file: FileConfig, data_dir: PathBuf) -> RelayConfig
     if let Some(attempts) = limits.max_login_attempts {
         config.max_login_attempts = attempts.max(1);
     }
+    if let Some(burst) = limits.handshake_burst {
+        config.handshake_rate.burst = burst.max(1);
+    }
+    if let Some(rate) = limits.handshakes_per_second {
+        config.handshake_rate.per_second = rate.max(1);
+    }
     if args.require_accounts || file.accounts == Some(AccountsSetting::Required) {
         config.accounts = AccountsMode::Required;
     }
