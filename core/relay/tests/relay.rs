@@ -365,7 +365,10 @@ async fn a_relay_that_cannot_bind_every_address_does_not_start() {
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), other.path().to_path_buf());
     config.db_key = Some(db_key());
     config.also_bind = vec![taken];
-    assert!(Relay::start(config).await.is_err(), "the second address is taken");
+    assert!(
+        Relay::start(config).await.is_err(),
+        "the second address is taken"
+    );
     first.shutdown().await;
 }
 

@@ -123,7 +123,9 @@ fn binds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SocketAddr>>, D::
         OneOrMany::Many(list) => list,
     };
     if addrs.is_empty() {
-        return Err(serde::de::Error::custom("`bind` needs at least one address"));
+        return Err(serde::de::Error::custom(
+            "`bind` needs at least one address",
+        ));
     }
     Ok(Some(addrs))
 }
