@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS commits (
     message BLOB NOT NULL,
     PRIMARY KEY (call, epoch)
 );
+CREATE TABLE IF NOT EXISTS gone (
+    call BLOB NOT NULL,
+    identity BLOB NOT NULL,
+    PRIMARY KEY (call, identity)
+);
 ";
 
 /// A call as stored.
@@ -58,6 +63,8 @@ pub(crate) struct StoredCall {
     pub(crate) members: Vec<(DeviceKey, u64)>,
     /// SHA-256 of the commit that moved the call into `epoch`.
     pub(crate) last_commit: Option<[u8; 32]>,
+    /// Former members taken out when their hold time ran out, not yet back.
+    pub(crate) gone: Vec<DeviceKey>,
 }
 
 /// An accepted commit to store, and the membership change it makes.
@@ -100,6 +107,16 @@ pub(crate) enum Op {
     },
     EndCall {
         call: CallRef,
+    },
+    /// `identity` was taken out of `call` when its hold time ran out: it may ask back.
+    Gone {
+        call: CallRef,
+        identity: DeviceKey,
+    },
+    /// `identity` is back in `call`, or asked to be: no longer gone from it.
+    Back {
+        call: CallRef,
+        identity: DeviceKey,
     },
     /// What the relay knows of a device key.
     DeviceStatus {
@@ -211,6 +228,7 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
                 epoch,
                 members: Vec::new(),
                 last_commit: None,
+                gone: Vec::new(),
             },
         );
     }
@@ -233,6 +251,17 @@ fn load_calls(conn: &Connection) -> Result<HashMap<CallRef, StoredCall>, RelayEr
     }
     // A call without members has ended; it should not be there, but is harmless to drop.
     calls.retain(|_, c| !c.members.is_empty());
+    let mut stmt = conn.prepare("SELECT call, identity FROM gone")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    for row in rows {
+        let (call, identity) = row?;
+        // One of a call that has ended is of no use any more.
+        if let Some(c) = calls.get_mut(&call_ref(call)?) {
+            c.gone.push(device_key(identity)?);
+        }
+    }
     // The commit that moved each call into its epoch, for `CallStatus`.
     let mut stmt = conn.prepare("SELECT message FROM commits WHERE call = ?1 AND epoch = ?2")?;
     for (call, c) in calls.iter_mut() {
@@ -283,6 +312,24 @@ pub(crate) fn run(mut conn: Connection, checkpoints: Checkpointer, ops: mpsc::Re
                 "removing a member",
             ),
             Op::EndCall { call } => log(end_call(&mut conn, &call), "ending a call"),
+            Op::Gone { call, identity } => log(
+                conn.execute(
+                    "INSERT OR IGNORE INTO gone (call, identity) VALUES (?1, ?2)",
+                    params![&call.0[..], &identity[..]],
+                )
+                .map(drop)
+                .map_err(RelayError::from),
+                "recording a member gone",
+            ),
+            Op::Back { call, identity } => log(
+                conn.execute(
+                    "DELETE FROM gone WHERE call = ?1 AND identity = ?2",
+                    params![&call.0[..], &identity[..]],
+                )
+                .map(drop)
+                .map_err(RelayError::from),
+                "recording a member back",
+            ),
             Op::DeviceStatus { key, reply } => {
                 let _ = reply.send(accounts::device_status(&conn, &key));
             }
@@ -409,6 +456,7 @@ fn create_call(
     // Leftovers of an earlier call with the same id (ended while a write failed) go first.
     tx.execute("DELETE FROM commits WHERE call = ?1", [&call.0[..]])?;
     tx.execute("DELETE FROM members WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM gone WHERE call = ?1", [&call.0[..]])?;
     tx.execute("DELETE FROM calls WHERE call = ?1", [&call.0[..]])?;
     tx.execute(
         "INSERT INTO calls (call, route, epoch) VALUES (?1, ?2, 0)",
@@ -455,6 +503,10 @@ fn commit(conn: &mut Connection, record: &CommitRecord) -> Result<(), RelayError
             "INSERT OR REPLACE INTO members (call, identity, join_epoch) VALUES (?1, ?2, ?3)",
             params![call, &a[..], next],
         )?;
+        tx.execute(
+            "DELETE FROM gone WHERE call = ?1 AND identity = ?2",
+            params![call, &a[..]],
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -487,6 +539,7 @@ fn end_call(conn: &mut Connection, call: &CallRef) -> Result<(), RelayError> {
     let tx = conn.transaction()?;
     tx.execute("DELETE FROM commits WHERE call = ?1", [&call.0[..]])?;
     tx.execute("DELETE FROM members WHERE call = ?1", [&call.0[..]])?;
+    tx.execute("DELETE FROM gone WHERE call = ?1", [&call.0[..]])?;
     tx.execute("DELETE FROM calls WHERE call = ?1", [&call.0[..]])?;
     tx.commit()?;
     Ok(())

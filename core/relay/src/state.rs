@@ -117,8 +117,9 @@ struct Call {
     last_commit: Option<[u8; 32]>,
     /// Distinguishes this call from an earlier one with the same id.
     incarnation: u64,
-    /// Former members gone past the hold time (not left): one that comes back may ask to be
-    /// added back (`Rejoin`). In memory only.
+    /// Former members gone past the hold time or with a full queue (not left): one that comes
+    /// back may ask to be added back (`Rejoin`). Stored (table `gone`), so it outlives a
+    /// relay restart.
     gone: HashSet<DeviceKey>,
 }
 
@@ -197,7 +198,7 @@ impl Shared {
                     pending: false,
                     last_commit: c.last_commit,
                     incarnation: state.next_id,
-                    gone: HashSet::new(),
+                    gone: c.gone.into_iter().collect(),
                 },
             );
         }
@@ -288,6 +289,24 @@ impl Shared {
         let calls: Vec<CallRef> = device.calls.iter().copied().collect();
         for c in &calls {
             st.rebuild(self, c);
+        }
+        // Calls it was taken out of while away: it hears so (again, if the message held for
+        // it was lost with a relay restart) and may ask to be added back.
+        let out_of: Vec<CallRef> = st
+            .calls
+            .iter()
+            .filter(|(_, call)| call.gone.contains(&identity))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in out_of {
+            let held = st.devices.get(&identity).is_some_and(|d| {
+                d.queue
+                    .iter()
+                    .any(|m| matches!(m, RelayMessage::Removed { call } if *call == c))
+            });
+            if !held {
+                st.push(self, &identity, RelayMessage::Removed { call: c });
+            }
         }
         // After the held messages: where each of its calls stands, so that a device that
         // lost a message with its previous connection (a commit, or its own commit's verdict)
@@ -783,6 +802,7 @@ impl State {
             };
             for c in calls {
                 self.depart(shared, &c, &id, true, "queue overflow");
+                self.mark_gone(&c, &id);
                 if let Some(d) = self.devices.get_mut(&id) {
                     d.queue.push_back(RelayMessage::Removed { call: c });
                 }
@@ -1205,6 +1225,10 @@ impl State {
             if !came_back {
                 return self.error(shared, &me, RelayErrorCode::NotMember, call_ref);
             }
+            self.db(Op::Back {
+                call: call_ref,
+                identity: me,
+            });
             tracing::info!(call = %short(&call_ref.0), device = %short(&me), "came back; asks to be added back");
             let members: Vec<DeviceKey> = self
                 .calls
@@ -1252,10 +1276,21 @@ impl State {
             .unwrap_or_default();
         for c in calls {
             self.depart(shared, &c, identity, true, "hold time over");
-            if let Some(call) = self.calls.get_mut(&c) {
-                call.gone.insert(*identity);
-            }
+            self.mark_gone(&c, identity);
             self.push(shared, identity, RelayMessage::Removed { call: c });
+        }
+    }
+
+    /// Records that `identity`, just taken out of `call_ref` (not by leaving), may ask back.
+    /// Nothing when that ended the call.
+    fn mark_gone(&mut self, call_ref: &CallRef, identity: &DeviceKey) {
+        if let Some(call) = self.calls.get_mut(call_ref)
+            && call.gone.insert(*identity)
+        {
+            self.db(Op::Gone {
+                call: *call_ref,
+                identity: *identity,
+            });
         }
     }
 

@@ -814,6 +814,66 @@ async fn a_device_back_after_the_hold_time_may_ask_to_be_added_back_and_a_leaver
 }
 
 #[tokio::test]
+async fn a_device_gone_before_a_relay_restart_hears_it_after_and_may_ask_to_be_added_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(100)).await;
+    let (alice_id, bob_id, carol_id) = (identity(), identity(), identity());
+    let mut alice = Device::login(&relay, alice_id.clone()).await;
+    let mut bob = Device::login(&relay, bob_id.clone()).await;
+    let mut carol = Device::login(&relay, carol_id.clone()).await;
+    let call = CallRef([16; 16]);
+    open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob, &mut carol]).await;
+    let bob_key = bob.key();
+    bob.link.conn.close(0u32.into(), b"network gone");
+    drop(bob);
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::MemberGone {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    // The relay restarts: the `Removed` it held for Bob is lost with its memory.
+    drop(alice);
+    drop(carol);
+    relay.shutdown().await;
+    let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_secs(30)).await;
+    let mut alice = Device::login(&relay, alice_id).await;
+    let mut carol = Device::login(&relay, carol_id).await;
+    for d in [&mut alice, &mut carol] {
+        assert!(matches!(
+            d.recv().await,
+            RelayMessage::CallStatus { call: c, epoch: 1, .. } if c == call
+        ));
+    }
+    // Bob comes back after it: he still hears he is out, once, and may ask back, once.
+    let mut bob = Device::login(&relay, bob_id).await;
+    assert_eq!(bob.recv().await, RelayMessage::Removed { call });
+    bob.send(RelayMessage::Rejoin { call }).await;
+    for d in [&mut alice, &mut carol] {
+        assert_eq!(
+            d.recv().await,
+            RelayMessage::Readd {
+                call,
+                identity: bob_key
+            }
+        );
+    }
+    bob.send(RelayMessage::Rejoin { call }).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Error {
+            code: RelayErrorCode::NotMember,
+            call: Some(call)
+        }
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_repeated_or_too_old_sframe_counter_is_dropped_and_counted_and_reordering_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(dir.path()).await;
