@@ -723,6 +723,36 @@ struct Resume {
     refused: Option<(u64, Instant)>,
 }
 
+/// Commits an update of our own leaf in `ctx`'s group (a new epoch whose keys nobody used
+/// yet): queues the commit in `out` and marks the call committing. `what` names the reason
+/// in the log when openmls refuses. Returns whether a commit went out.
+fn commit_update(
+    call: CallRef,
+    ctx: &mut CallCtx,
+    out: &mut Vec<RelayMessage>,
+    what: &'static str,
+) -> bool {
+    match ctx.member.update() {
+        Ok(commit) => {
+            ctx.committing = true;
+            ctx.in_flight = None;
+            out.push(RelayMessage::Commit {
+                call,
+                epoch: commit.epoch.0,
+                commit: commit.commit,
+                welcome: None,
+                added: Vec::new(),
+                removed: Vec::new(),
+            });
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, what, "update not committed");
+            false
+        }
+    }
+}
+
 /// One call on this device.
 struct CallCtx {
     member: Member,
@@ -1623,24 +1653,9 @@ impl Device {
                     .resume
                     .and_then(|r| r.refused)
                     .is_some_and(|(at, _)| Some(at) == epoch);
-                if !waiting {
-                    // Its own update moves the group to an epoch with keys it never used.
-                    match ctx.member.update() {
-                        Ok(commit) => {
-                            ctx.committing = true;
-                            ctx.in_flight = None;
-                            ctx.resume = Some(Resume::default());
-                            out.push(RelayMessage::Commit {
-                                call,
-                                epoch: commit.epoch.0,
-                                commit: commit.commit,
-                                welcome: None,
-                                added: Vec::new(),
-                                removed: Vec::new(),
-                            });
-                        }
-                        Err(e) => tracing::warn!(error = %e, "resumed call's update not made"),
-                    }
+                // Its own update moves the group to an epoch with keys it never used.
+                if !waiting && commit_update(call, ctx, out, "resumed call's update") {
+                    ctx.resume = Some(Resume::default());
                 }
                 return;
             }
@@ -1811,21 +1826,8 @@ impl Device {
         if ctx.committing || ctx.member.epoch().map(|e| e.0) != Some(epoch) {
             return;
         }
-        match ctx.member.update() {
-            Ok(commit) => {
-                ctx.committing = true;
-                ctx.in_flight = None;
-                tracing::info!(epoch, "emergency rekey: committing an update");
-                out.push(RelayMessage::Commit {
-                    call,
-                    epoch: commit.epoch.0,
-                    commit: commit.commit,
-                    welcome: None,
-                    added: Vec::new(),
-                    removed: Vec::new(),
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "rekey not committed"),
+        if commit_update(call, ctx, out, "emergency rekey") {
+            tracing::info!(epoch, "emergency rekey: committing an update");
         }
     }
 

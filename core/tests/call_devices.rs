@@ -8,7 +8,9 @@
 #[path = "../media/tests/fixtures/alsa_home.rs"]
 mod alsa_home;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -33,41 +35,59 @@ fn tone(freq: f64, len: usize) -> Vec<i16> {
         .collect()
 }
 
-/// What a speaker PCM's raw file has played so far. The `null` PCM under it is not paced, so
-/// the file grows by hundreds of megabytes of silence a minute: read only what is new.
+/// A speaker: the FIFO its `type file` PCM writes to, read by a thread at the pace of a real
+/// 48 kHz mono device. The `null` PCM under the file plugin is not paced, so a plain file
+/// would grow by hundreds of megabytes a minute and the output stream would spin a core;
+/// reading the FIFO at real time blocks the stream's writes as a sound card's clock would.
 struct Speaker {
-    path: PathBuf,
-    read: u64,
-    audible: usize,
+    audible: Arc<AtomicUsize>,
 }
 
 impl Speaker {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            read: 0,
-            audible: 0,
-        }
+    /// Starts reading `path` (a FIFO): every time a stream opens it, until it closes it.
+    fn start(path: PathBuf) -> Self {
+        let audible = Arc::new(AtomicUsize::new(0));
+        let count = audible.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1920];
+            // Each open of the PCM (cpal opens a device more than once) is one writer.
+            while let Ok(mut fifo) = std::fs::File::open(&path) {
+                let begun = Instant::now();
+                let mut bytes = 0u64;
+                let mut odd: Option<u8> = None;
+                loop {
+                    let n = match fifo.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    bytes += n as u64;
+                    let mut data = buf[..n].to_vec();
+                    if let Some(b) = odd.take() {
+                        data.insert(0, b);
+                    }
+                    if data.len() % 2 == 1 {
+                        odd = data.pop();
+                    }
+                    let loud = data
+                        .chunks_exact(2)
+                        .filter(|b| i16::from_le_bytes([b[0], b[1]]) != 0)
+                        .count();
+                    count.fetch_add(loud, Ordering::Relaxed);
+                    // 48 000 samples of 2 bytes a second: wait while ahead of that clock.
+                    let due = begun + Duration::from_micros(bytes * 1_000_000 / 96_000);
+                    let now = Instant::now();
+                    if due > now + Duration::from_millis(20) {
+                        std::thread::sleep(due - now);
+                    }
+                }
+            }
+        });
+        Self { audible }
     }
 
-    /// Samples that were not silence, counting what was written since the last look.
-    fn audible_samples(&mut self) -> usize {
-        use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return self.audible;
-        };
-        if file.seek(SeekFrom::Start(self.read)).is_err() {
-            return self.audible;
-        }
-        let mut bytes = Vec::new();
-        let _ = file.read_to_end(&mut bytes);
-        let whole = bytes.len() / 2 * 2;
-        self.read += whole as u64;
-        self.audible += bytes[..whole]
-            .chunks_exact(2)
-            .filter(|b| i16::from_le_bytes([b[0], b[1]]) != 0)
-            .count();
-        self.audible
+    /// Samples that were not silence so far.
+    fn audible_samples(&self) -> usize {
+        self.audible.load(Ordering::Relaxed)
     }
 }
 
@@ -84,6 +104,13 @@ fn callee_switches_its_speaker_mid_call() {
             .flat_map(|s| s.to_le_bytes())
             .collect();
         std::fs::write(dir.join("to_capture.raw"), mic).expect("capture file");
+        // The speakers' files are FIFOs the child reads at a device's pace.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join("played.raw"))
+            .arg(dir.join("played2.raw"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo failed");
     });
 }
 
@@ -110,6 +137,9 @@ impl CallListener for AudioEvents {
 }
 
 fn child(dir: &Path) {
+    // Read before any stream opens them: opening a FIFO to write waits for its reader.
+    let first = Speaker::start(dir.join("played.raw"));
+    let second = Speaker::start(dir.join("played2.raw"));
     // The caller talks from a WAV file; the callee uses sound devices.
     let talk = dir.join("talk.wav");
     {
@@ -153,9 +183,7 @@ fn child(dir: &Path) {
         CallState::Active { .. }
     ));
 
-    let first = Mutex::new(Speaker::new(dir.join("played.raw")));
-    let second = Mutex::new(Speaker::new(dir.join("played2.raw")));
-    let audible = |speaker: &Mutex<Speaker>| speaker.lock().expect("lock").audible_samples();
+    let audible = |speaker: &Speaker| speaker.audible_samples();
     let wait_for = |what: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !what() && Instant::now() < deadline {
