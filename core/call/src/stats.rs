@@ -18,7 +18,8 @@
 //! For a call ([`CallStats::estimate_mos`]), `Ppl` is the loss the listener hears
 //! ([`CallStats::heard_loss_percent`]): frames played as concealment, plus an eighth of the
 //! frames rebuilt from in-band FEC (a rebuilt frame is a lower-rate copy, not the frame
-//! itself), in percent of the frames due; pauses do not count. `BurstR` stays 1: the loss
+//! itself), plus every frame rebuilt from DRED (measured to be heard no better than
+//! concealment), in percent of the frames due; pauses do not count. `BurstR` stays 1: the loss
 //! pattern is not measured; bursts show through the concealed share instead (the FEC of the
 //! next packet repairs an isolated loss, only the last frame of a burst). `Ie` is taken at the
 //! encoder's target bitrate ([`CallStats::bitrate_bps`]), not at what silence or hold send.
@@ -71,6 +72,8 @@ pub struct CallStats {
     pub concealed_frames: u64,
     /// Frames recovered from in-band forward error correction.
     pub fec_recovered: u64,
+    /// Frames rebuilt from deep redundancy (Opus DRED), when the stream carries it.
+    pub dred_recovered: u64,
 }
 
 impl CallStats {
@@ -92,14 +95,17 @@ impl CallStats {
         percent(self.concealed_frames, self.frames_due())
     }
 
-    /// The loss the listener hears, in percent of the frames due: the concealed frames plus
-    /// an eighth of those rebuilt from FEC (see the module documentation); 0 with no traffic.
+    /// The loss the listener hears, in percent of the frames due: the concealed frames, an
+    /// eighth of those rebuilt from FEC, and all of those rebuilt from DRED (see the module
+    /// documentation); 0 with no traffic.
     pub fn heard_loss_percent(&self) -> f64 {
         let whole = self.frames_due();
         if whole == 0 {
             return 0.0;
         }
-        let heard = self.concealed_frames as f64 + self.fec_recovered as f64 * FEC_HEARD_SHARE;
+        let heard = self.concealed_frames as f64
+            + self.fec_recovered as f64 * FEC_HEARD_SHARE
+            + self.dred_recovered as f64 * DRED_HEARD_SHARE;
         (100.0 * heard / whole as f64).min(100.0)
     }
 
@@ -120,6 +126,11 @@ impl CallStats {
 /// How much a frame rebuilt from in-band FEC counts as heard loss, next to a concealed one
 /// (fitted; see the module documentation).
 const FEC_HEARD_SHARE: f64 = 0.125;
+/// How much of a DRED-rebuilt frame the listener hears as lost: all of it. In real calls with
+/// DRED on (100 and 200 ms, 7 seeds of 20 % random and 10 % bursty loss, docs/performance.md)
+/// PESQ-WB did not rise while the concealed frames fell by as many as DRED rebuilt, so counting
+/// them as repaired put the estimate up to 1.1 above what was heard.
+const DRED_HEARD_SHARE: f64 = 1.0;
 
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -269,6 +280,13 @@ mod tests {
         assert_eq!(CallStats::default().concealed_percent(), 0.0);
         // The MOS hears the concealed 7 % and an eighth of the 3 % FEC rebuilt, not all 10 %.
         assert!((stats.heard_loss_percent() - 7.375).abs() < 1e-9);
+        // A frame DRED rebuilt is heard like a concealed one.
+        let dred = CallStats {
+            concealed_frames: 50,
+            dred_recovered: 20,
+            ..stats.clone()
+        };
+        assert!((dred.heard_loss_percent() - 7.375).abs() < 1e-9);
         assert_eq!(CallStats::default().heard_loss_percent(), 0.0);
         let opus = CodecImpairment::opus(32_000);
         let mos = stats.estimate_mos(50.0);

@@ -824,6 +824,7 @@ impl Session {
         stats.decrypt_failures += counters.decrypt_failures;
         stats.concealed_frames = counters.playout.concealed;
         stats.fec_recovered = counters.playout.fec_recovered;
+        stats.dred_recovered = counters.playout.dred_recovered;
         stats.send_bitrate_bps = self.send_rate;
         stats
     }
