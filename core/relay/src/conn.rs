@@ -120,12 +120,12 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
              password hashes and TOTP secrets are readable by whoever reads the data directory"
         );
     }
-    let (lock, identity, database, calls, checkpoints, (last_recheck, last_rekey)) =
+    let (lock, identity, database, stored, checkpoints, (last_recheck, last_rekey)) =
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             let lock = crate::storage::DirLock::shared(&dir)?;
             // The database first: a wrong key fails before anything is generated.
-            let (database, calls) = db::open(&dir, key.as_ref())?;
+            let (database, stored) = db::open(&dir, key.as_ref())?;
             let identity = match &certificate {
                 Some(files) => cert::load_files(&files.cert, &files.key)?,
                 None => cert::load_or_generate(&dir)?,
@@ -135,7 +135,7 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
                 accounts::last_recheck(&database)?,
                 accounts::last_rekey(&database)?,
             );
-            Ok::<_, RelayError>((lock, identity, database, calls, checkpoints, last))
+            Ok::<_, RelayError>((lock, identity, database, stored, checkpoints, last))
         })
         .await
         .map_err(|e| RelayError::Task(e.to_string()))??;
@@ -165,8 +165,8 @@ pub(crate) async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError
     }
     let local_addr = local_addrs[0];
     let (db_tx, db_thread) = spawn_database(database, checkpoints)?;
-    let loaded = calls.len();
-    let shared = Shared::new(config, db_tx, calls);
+    let loaded = stored.calls.len();
+    let shared = Shared::new(config, db_tx, stored);
     let accepts = endpoints
         .iter()
         .map(|endpoint| tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared))))

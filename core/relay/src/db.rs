@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS commits (
     message BLOB NOT NULL,
     PRIMARY KEY (call, epoch)
 );
+CREATE TABLE IF NOT EXISTS held (
+    identity BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    PRIMARY KEY (identity, seq)
+);
 CREATE TABLE IF NOT EXISTS gone (
     call BLOB NOT NULL,
     identity BLOB NOT NULL,
@@ -108,6 +114,12 @@ pub(crate) enum Op {
     EndCall {
         call: CallRef,
     },
+    /// The control messages held for `identity` while it is not connected, in order (each
+    /// as its frame, length prefix included), replacing what was stored; none: it connected.
+    Held {
+        identity: DeviceKey,
+        messages: Vec<Vec<u8>>,
+    },
     /// `identity` was taken out of `call` when its hold time ran out: it may ask back.
     Gone {
         call: CallRef,
@@ -163,15 +175,22 @@ pub(crate) enum Op {
     },
 }
 
+/// What a starting relay takes over from the database.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    /// The active calls.
+    pub(crate) calls: HashMap<CallRef, StoredCall>,
+    /// The control messages held for devices that were not connected.
+    pub(crate) held: HashMap<DeviceKey, Vec<viska_proto::relay::RelayMessage>>,
+}
+
 /// Opens the database (with `key`; none: plaintext), creates the schema, and loads the
-/// active calls.
-pub(crate) fn open(
-    dir: &Path,
-    key: Option<&DbKey>,
-) -> Result<(Connection, HashMap<CallRef, StoredCall>), RelayError> {
+/// active calls and the held messages.
+pub(crate) fn open(dir: &Path, key: Option<&DbKey>) -> Result<(Connection, Stored), RelayError> {
     let conn = open_connection(dir, key)?;
     let calls = load_calls(&conn)?;
-    Ok((conn, calls))
+    let held = load_held(&conn)?;
+    Ok((conn, Stored { calls, held }))
 }
 
 /// How long a writer waits for another (the relay and the command line share the file).
@@ -312,6 +331,12 @@ pub(crate) fn run(mut conn: Connection, checkpoints: Checkpointer, ops: mpsc::Re
                 "removing a member",
             ),
             Op::EndCall { call } => log(end_call(&mut conn, &call), "ending a call"),
+            Op::Held { identity, messages } => {
+                log(
+                    hold(&mut conn, &identity, &messages),
+                    "storing held messages",
+                );
+            }
             Op::Gone { call, identity } => log(
                 conn.execute(
                     "INSERT OR IGNORE INTO gone (call, identity) VALUES (?1, ?2)",
@@ -533,6 +558,45 @@ fn rehash(
     tx.commit()?;
     checkpoints.write(seq, &hash)?;
     Ok(())
+}
+
+fn hold(
+    conn: &mut Connection,
+    identity: &DeviceKey,
+    messages: &[Vec<u8>],
+) -> Result<(), RelayError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM held WHERE identity = ?1", [&identity[..]])?;
+    for (seq, message) in messages.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO held (identity, seq, message) VALUES (?1, ?2, ?3)",
+            params![&identity[..], seq as i64, message],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The control messages held for devices that were not connected when the relay stopped,
+/// each identity's in order. A message that no longer decodes is left out (and logged): the
+/// device learns of what it missed from `CallStatus` (protocol-relay.md §4.7).
+fn load_held(
+    conn: &Connection,
+) -> Result<HashMap<DeviceKey, Vec<viska_proto::relay::RelayMessage>>, RelayError> {
+    let mut held: HashMap<DeviceKey, Vec<_>> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT identity, message FROM held ORDER BY identity, seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    for row in rows {
+        let (identity, frame) = row?;
+        let identity = device_key(identity)?;
+        match frame.get(4..).map(viska_proto::relay::RelayMessage::decode) {
+            Some(Ok(message)) => held.entry(identity).or_default().push(message),
+            _ => tracing::warn!("a held message that does not decode was dropped"),
+        }
+    }
+    Ok(held)
 }
 
 fn end_call(conn: &mut Connection, call: &CallRef) -> Result<(), RelayError> {

@@ -16,7 +16,7 @@ use viska_sframe::SframeHeader;
 
 use crate::accounts::{DeviceStatus, Role};
 use crate::audit::{AuditEvent, Checkpointer, hex};
-use crate::db::{self, CommitRecord, Op, StoredCall};
+use crate::db::{self, CommitRecord, Op, Stored};
 use crate::replay::{CallCounters, Reuse};
 use crate::throttle::Throttle;
 use crate::{AccountsMode, CallRef, Counters, DeviceKey, RelayConfig, RelayError, bump};
@@ -166,11 +166,7 @@ enum Begin {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        config: RelayConfig,
-        db: mpsc::Sender<Op>,
-        stored: HashMap<CallRef, StoredCall>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(config: RelayConfig, db: mpsc::Sender<Op>, stored: Stored) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         let mut state = State {
             calls: HashMap::new(),
@@ -181,7 +177,12 @@ impl Shared {
             db: Some(db),
             next_id: 0,
         };
-        for (call_ref, c) in stored {
+        for (identity, messages) in stored.held {
+            let device = state.devices.entry(identity).or_default();
+            let skip = messages.len().saturating_sub(config.max_held);
+            device.queue.extend(messages.into_iter().skip(skip));
+        }
+        for (call_ref, c) in stored.calls {
             state.next_id += 1;
             state.routes_used.insert(c.route, call_ref);
             for (m, _) in &c.members {
@@ -277,6 +278,7 @@ impl Shared {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(device = %short(&identity), "connection replaced");
         }
+        let had_held = device.conn.is_none() && !device.queue.is_empty();
         device.conn = Some(Live { id, conn, wake });
         device.generation = id;
         device.account = account;
@@ -287,6 +289,13 @@ impl Shared {
             live.wake.notify_one();
         }
         let calls: Vec<CallRef> = device.calls.iter().copied().collect();
+        if had_held {
+            // Being delivered now: no longer held.
+            st.db(Op::Held {
+                identity,
+                messages: Vec::new(),
+            });
+        }
         for c in &calls {
             st.rebuild(self, c);
         }
@@ -344,6 +353,7 @@ impl Shared {
             .online
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let calls: Vec<CallRef> = device.calls.iter().copied().collect();
+        st.store_held(&identity);
         if !calls.is_empty() {
             arm_hold(self, identity, generation);
         }
@@ -783,9 +793,29 @@ impl State {
             }
         }
         device.queue.push_back(message);
-        if let Some(live) = &device.conn {
-            live.wake.notify_one();
+        match &device.conn {
+            Some(live) => live.wake.notify_one(),
+            None => self.store_held(to),
         }
+    }
+
+    /// Stores the queue of `identity`, not connected, so that it outlives a relay restart
+    /// (what only its current connection needs, `AuthOk` and `CallStatus`, is left out).
+    /// Nothing for a connected device: its queue is being written to its stream.
+    fn store_held(&self, identity: &DeviceKey) {
+        let Some(device) = self.devices.get(identity).filter(|d| d.conn.is_none()) else {
+            return;
+        };
+        let messages = device
+            .queue
+            .iter()
+            .filter(|m| !matches!(m, RelayMessage::AuthOk | RelayMessage::CallStatus { .. }))
+            .filter_map(|m| m.encode().ok())
+            .collect();
+        self.db(Op::Held {
+            identity: *identity,
+            messages,
+        });
     }
 
     /// Devices whose queue overflowed are gone from their calls (they lost messages): their
@@ -807,6 +837,7 @@ impl State {
                     d.queue.push_back(RelayMessage::Removed { call: c });
                 }
             }
+            self.store_held(&id);
             if let Some(live) = self.devices.get(&id).and_then(|d| d.conn.as_ref()) {
                 live.conn
                     .close(close::TOO_SLOW.into(), b"control messages not taken");
@@ -833,6 +864,7 @@ impl State {
         if let Some(d) = self.devices.get_mut(key) {
             d.queue.clear();
         }
+        self.store_held(key);
         self.db(Op::Audit {
             event: AuditEvent::new("device_disconnect", actor, hex(key), "")
                 .with(serde_json::json!({ "reason": reason })),

@@ -814,6 +814,76 @@ async fn a_device_back_after_the_hold_time_may_ask_to_be_added_back_and_a_leaver
 }
 
 #[tokio::test]
+async fn messages_held_for_devices_away_outlive_a_relay_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let (alice_id, bob_id, carol_id) = (identity(), identity(), identity());
+    let mut alice = Device::login(&relay, alice_id.clone()).await;
+    let mut bob = Device::login(&relay, bob_id.clone()).await;
+    let call = CallRef([17; 16]);
+    let route = open_call(&mut alice, call).await;
+    add(&mut alice, call, 0, &mut [&mut bob]).await;
+    // Bob's connection drops; Alice then adds Carol, who has not connected yet: the commit is
+    // held for Bob, the Welcome for Carol.
+    bob.link.conn.close(0u32.into(), b"network gone");
+    drop(bob);
+    until(&relay, "Bob offline", |s| s.devices_online == 1).await;
+    let carol_key = carol_id.public().to_bytes();
+    alice
+        .send(RelayMessage::Commit {
+            call,
+            epoch: 1,
+            commit: b"add carol".to_vec(),
+            welcome: Some(b"welcome carol".to_vec()),
+            added: vec![carol_key],
+            removed: vec![],
+        })
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayMessage::CommitResult { accepted: true, .. }
+    ));
+    drop(alice);
+    relay.shutdown().await;
+
+    let relay = start(dir.path()).await;
+    let status = RelayMessage::CallStatus {
+        call,
+        epoch: 2,
+        last_commit: Some(sha2::Sha256::digest(b"add carol").into()),
+    };
+    let mut carol = Device::login(&relay, carol_id).await;
+    assert_eq!(
+        carol.recv().await,
+        RelayMessage::Welcome {
+            call,
+            route,
+            epoch: 2,
+            welcome: b"welcome carol".to_vec()
+        }
+    );
+    assert_eq!(carol.recv().await, status);
+    let mut bob = Device::login(&relay, bob_id.clone()).await;
+    assert_eq!(
+        bob.recv().await,
+        RelayMessage::Handshake {
+            call,
+            epoch: 1,
+            message: b"add carol".to_vec()
+        }
+    );
+    assert_eq!(bob.recv().await, status);
+    // Delivered once: Bob's next connection gets only where the call stands.
+    bob.link.conn.close(0u32.into(), b"again");
+    drop(bob);
+    until(&relay, "Bob offline", |s| s.devices_online == 1).await;
+    let mut bob = Device::login(&relay, bob_id).await;
+    assert_eq!(bob.recv().await, status);
+    bob.sync().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_device_gone_before_a_relay_restart_hears_it_after_and_may_ask_to_be_added_back() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start_with(dir.path(), |c| c.hold_time = Duration::from_millis(100)).await;
