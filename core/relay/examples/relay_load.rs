@@ -147,6 +147,9 @@ async fn serve(bare: bool) -> Res<()> {
         // Every simulated device comes from the one loopback address: the per-source bound on
         // unauthenticated connections would refuse them.
         config.max_unauthenticated_per_source = config.max_unauthenticated;
+        // Nor may the per-source handshake rate: hundreds of devices connect from it at once.
+        config.handshake_rate.burst = 100_000;
+        config.handshake_rate.per_second = 100_000;
         let relay = Relay::start(config).await?;
         println!(
             "ready {} {}",
