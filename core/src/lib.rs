@@ -32,7 +32,7 @@ pub use phone::{
     CallHandle, CallListener, CallSnapshot, CallUpdate, Phone, PhoneConfig, PhoneConfigBuilder,
     PhoneError, PhoneEvent, PhoneListener,
 };
-pub use transport::{ConnectionIds, TransportConfig, TransportError, WireCounters};
+pub use transport::{AckFrequency, ConnectionIds, TransportConfig, TransportError, WireCounters};
 pub use viska_e2ee::identity;
 pub use viska_session as session;
 pub use viska_store as store;

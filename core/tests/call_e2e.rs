@@ -948,6 +948,47 @@ fn wire_bps(call: &CallHandle, span: Duration) -> f64 {
     bytes as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
 }
 
+/// A silent callee acknowledging a talker over a path with 40 ms of one-way delay each way:
+/// asked (the QUIC ACK frequency extension) to acknowledge only every 10th packet, it sends
+/// under 8 kbit/s at the IP level, every packet counted; with the default (every second
+/// packet) it sends well over 10 kbit/s of ACK-only packets.
+#[test]
+fn a_silent_peer_asked_for_fewer_acks_sends_under_8_kbits() {
+    let dir = temp_dir("ack-frequency");
+    let delay = ImpairmentConfig {
+        delay: Duration::from_millis(40),
+        ..ImpairmentConfig::default()
+    };
+    let mut rates = Vec::new();
+    for ack_frequency in [
+        Some(viska::AckFrequency {
+            packets: 10,
+            max_delay: Duration::from_millis(100),
+        }),
+        None,
+    ] {
+        let transport = viska::TransportConfig {
+            ack_frequency,
+            ..viska::TransportConfig::default()
+        };
+        let pair = connect(&dir, |callee, caller| {
+            (
+                callee
+                    .impairment(delay.clone())
+                    .transport(transport.clone()),
+                caller.impairment(delay.clone()).transport(transport),
+            )
+        });
+        let_media_flow(&pair.call, 5);
+        std::thread::sleep(Duration::from_millis(1500));
+        let callee = wire_bps(&pair.answered, Duration::from_secs(3));
+        hang_up(&pair);
+        rates.push(callee);
+    }
+    assert!(rates[0] < 8_000.0, "fewer ACKs: {rates:?} bit/s");
+    assert!(rates[1] > 10_000.0, "default ACKs: {rates:?} bit/s");
+}
+
 /// Both ends silent (the caller plays digital zero, the callee has no input): with DTX, the
 /// default, each connection sends well under 8 kbit/s at the IP level, every layer and packet
 /// counted, and the callee plays comfort noise without counting loss or concealment. With

@@ -132,6 +132,22 @@ pub struct TransportConfig {
     /// secrets expose the QUIC layer only (signaling frames, and media still SFrame-encrypted
     /// end to end), but must never be enabled on a phone in use.
     pub tls_key_log: bool,
+    /// How often this endpoint asks its peer to acknowledge (the QUIC ACK frequency extension,
+    /// draft-ietf-quic-ack-frequency, as quinn implements it; a peer without the extension
+    /// ignores it). `None`: the peer's own default (an ACK for every second packet, or after
+    /// 25 ms). A talker sends 50 datagrams a second: acknowledged every second one, a silent
+    /// peer sends 25 ACK-only packets a second, about 12 kbit/s.
+    pub ack_frequency: Option<AckFrequency>,
+}
+
+/// What a QUIC endpoint asks its peer: acknowledge after this many ack-eliciting packets, or
+/// after `max_delay` (quinn caps that at the greater of the path's RTT and 25 ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckFrequency {
+    /// Ack-eliciting packets the peer may receive before it must acknowledge (at least 1).
+    pub packets: u32,
+    /// Longest the peer may hold an acknowledgment back.
+    pub max_delay: Duration,
 }
 
 impl Default for TransportConfig {
@@ -144,6 +160,7 @@ impl Default for TransportConfig {
             connection_ids: ConnectionIds::default(),
             ecn: false,
             tls_key_log: false,
+            ack_frequency: None,
         }
     }
 }
@@ -167,6 +184,13 @@ impl TransportConfig {
         t.max_concurrent_uni_streams(0u32.into());
         t.stream_receive_window((64u32 * 1024).into());
         t.receive_window((128u32 * 1024).into());
+        if let Some(ack) = self.ack_frequency {
+            let mut config = quinn::AckFrequencyConfig::default();
+            config
+                .ack_eliciting_threshold(ack.packets.saturating_sub(1).into())
+                .max_ack_delay(Some(ack.max_delay));
+            t.ack_frequency_config(Some(config));
+        }
         Ok(t)
     }
 }

@@ -87,6 +87,14 @@ pub(crate) struct DemoArgs {
     /// Use ECN on the QUIC connection (marks and ACK_ECN counts; off by default).
     #[arg(long)]
     ecn: bool,
+    /// Ask the peer to acknowledge only every N ack-eliciting packets (the QUIC ACK
+    /// frequency extension; default: the peer's own, every second packet).
+    #[arg(long)]
+    ack_every: Option<u32>,
+    /// With `--ack-every`: the longest the peer may hold an acknowledgment back, in
+    /// milliseconds (quinn caps it at the greater of the RTT and 25 ms).
+    #[arg(long, default_value_t = 100)]
+    ack_delay_ms: u64,
     /// Debugging: write the QUIC connection's TLS secrets to the file named by
     /// `SSLKEYLOGFILE`, so that a packet capture of the call can be decrypted.
     #[arg(long)]
@@ -369,6 +377,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), BoxError> {
         },
         ecn: args.ecn,
         tls_key_log: args.tls_key_log,
+        ack_frequency: args.ack_every.map(|packets| viska::AckFrequency {
+            packets: packets.max(1),
+            max_delay: std::time::Duration::from_millis(args.ack_delay_ms),
+        }),
         ..viska::TransportConfig::default()
     };
     let opus = viska::media::codec::OpusConfig {
