@@ -793,11 +793,13 @@ impl DeviceCapture {
         let event = DeviceEvent::Switched {
             name: endpoint.name.clone(),
         };
-        self.install(endpoint, event);
+        self.install(endpoint, event, false);
         Ok(())
     }
 
-    fn install(&mut self, endpoint: CaptureEndpoint, event: DeviceEvent) {
+    /// Swaps `endpoint` in. The old stream is closed here (a switch: already off the media
+    /// thread) or, when `elsewhere`, on a thread of its own (a recovery, on the media thread).
+    fn install(&mut self, endpoint: CaptureEndpoint, event: DeviceEvent, elsewhere: bool) {
         let needed =
             endpoint.converter.max_input_len() + usize::from(endpoint.converter.channels());
         if self.device_samples.len() < needed {
@@ -806,7 +808,9 @@ impl DeviceCapture {
         self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), event);
-        drop_elsewhere(old);
+        if elsewhere {
+            drop_elsewhere(old);
+        }
     }
 
     /// Watches the stream (see [`crate::recovery`]): starts reopening a lost one, swaps a
@@ -827,7 +831,7 @@ impl DeviceCapture {
                 let event = DeviceEvent::Recovered {
                     name: endpoint.name.clone(),
                 };
-                self.install(endpoint, event);
+                self.install(endpoint, event, true);
             }
         }
     }
@@ -1025,17 +1029,21 @@ impl DevicePlayback {
         let event = DeviceEvent::Switched {
             name: endpoint.name.clone(),
         };
-        self.install(endpoint, event);
+        self.install(endpoint, event, false);
         Ok(())
     }
 
-    fn install(&mut self, endpoint: PlaybackEndpoint, event: DeviceEvent) {
+    /// Swaps `endpoint` in. The old stream is closed here (a switch: already off the media
+    /// thread) or, when `elsewhere`, on a thread of its own (a recovery, on the media thread).
+    fn install(&mut self, endpoint: PlaybackEndpoint, event: DeviceEvent, elsewhere: bool) {
         let needed =
             endpoint.converter.max_output_len() + usize::from(endpoint.converter.channels());
         self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
         self.events.retire(old.stats(), event);
-        drop_elsewhere(old);
+        if elsewhere {
+            drop_elsewhere(old);
+        }
     }
 
     /// Watches the stream (see [`crate::recovery`]): starts reopening a lost one, swaps a
@@ -1056,7 +1064,7 @@ impl DevicePlayback {
                 let event = DeviceEvent::Recovered {
                     name: endpoint.name.clone(),
                 };
-                self.install(endpoint, event);
+                self.install(endpoint, event, true);
             }
         }
     }

@@ -124,7 +124,9 @@ impl StreamWatch {
                     errors_since
                 };
                 let stalled = erring
-                    && errors_since.is_some_and(|t| now.saturating_duration_since(t) >= self.policy.stall_after);
+                    && errors_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= self.policy.stall_after
+                    });
                 if counters.gone || stalled {
                     self.losses += 1;
                     self.state = State::Reopening { failures: 0 };
@@ -223,7 +225,10 @@ mod tests {
         assert_eq!(watch.observe(t0, counters(0, 700)), Verdict::Carry);
         // The server takes 1.5 s to pull the first audio; no more errors meanwhile.
         for i in 1..75u32 {
-            assert_eq!(watch.observe(t0 + MS * (20 * i), counters(0, 700)), Verdict::Carry);
+            assert_eq!(
+                watch.observe(t0 + MS * (20 * i), counters(0, 700)),
+                Verdict::Carry
+            );
         }
         assert!(watch.is_healthy());
     }
@@ -234,14 +239,29 @@ mod tests {
         let mut watch = StreamWatch::new(RecoveryPolicy::default());
         assert_eq!(watch.observe(t0, counters(100, 0)), Verdict::Carry);
         // The server is killed: errors without end, no callback.
-        assert_eq!(watch.observe(t0 + MS * 20, counters(100, 5_000)), Verdict::Carry);
-        assert_eq!(watch.observe(t0 + MS * 40, counters(100, 10_000)), Verdict::Carry);
-        assert_eq!(watch.observe(t0 + MS * 60, counters(100, 15_000)), Verdict::Carry);
-        assert_eq!(watch.observe(t0 + MS * 80, counters(100, 20_000)), Verdict::Reopen);
+        assert_eq!(
+            watch.observe(t0 + MS * 20, counters(100, 5_000)),
+            Verdict::Carry
+        );
+        assert_eq!(
+            watch.observe(t0 + MS * 40, counters(100, 10_000)),
+            Verdict::Carry
+        );
+        assert_eq!(
+            watch.observe(t0 + MS * 60, counters(100, 15_000)),
+            Verdict::Carry
+        );
+        assert_eq!(
+            watch.observe(t0 + MS * 80, counters(100, 20_000)),
+            Verdict::Reopen
+        );
         assert!(!watch.is_healthy());
         assert_eq!(watch.losses(), 1);
         // Reopening under way: nothing more to do.
-        assert_eq!(watch.observe(t0 + MS * 100, counters(100, 25_000)), Verdict::Carry);
+        assert_eq!(
+            watch.observe(t0 + MS * 100, counters(100, 25_000)),
+            Verdict::Carry
+        );
         watch.reopened();
         assert!(watch.is_healthy());
         assert_eq!(watch.observe(t0 + MS * 120, counters(3, 0)), Verdict::Carry);
