@@ -33,9 +33,17 @@ pub enum AudioIoError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeviceEvent {
-    /// The device stopped working (unplugged, server gone). Capture now yields silence and
-    /// playback discards, until a switch opens another device.
+    /// The device stopped working (unplugged, server gone) and could not be reopened, nor the
+    /// default device opened, after a few tries (see [`crate::recovery`]). Capture now yields
+    /// silence and playback discards; reopening goes on in the background and, when it
+    /// succeeds, [`DeviceEvent::Recovered`] follows. A switch opens another device at once.
     Lost,
+    /// The device's stream was lost and has been opened again, or the default device was
+    /// opened in its place; frames flow again.
+    Recovered {
+        /// Name of the device now in use.
+        name: String,
+    },
     /// A switch to another device completed; frames now flow to or from it.
     Switched {
         /// Name of the device now in use.

@@ -7,10 +7,15 @@
 //! [`DeviceCapture::read_frame`](AudioSource::read_frame) or
 //! [`DevicePlayback::write_frame`](AudioSink::write_frame).
 //!
-//! A lost device does not end the call: cpal's error callback raises an atomic flag, the
-//! capture then yields silence and the playback discards frames, [`DeviceCapture::poll_event`]
-//! reports [`DeviceEvent::Lost`] once, and [`DeviceCapture::switch_device`] swaps a new stream
-//! in behind the same object.
+//! A lost device does not end the call. cpal's callbacks only count (data callbacks, xruns,
+//! other errors) and flag a device the host says is gone; [`crate::recovery`] decides from
+//! those counters when the stream is lost (an xrun or a burst of errors while audio flows is
+//! not), and the stream is then reopened on a helper thread (the same device by name, else the
+//! default one) and swapped in: [`DeviceCapture::poll_event`] reports
+//! [`DeviceEvent::Recovered`]. Meanwhile capture yields silence and playback discards frames;
+//! only when reopening keeps failing is [`DeviceEvent::Lost`] reported (reopening goes on).
+//! [`DeviceCapture::switch_device`] swaps another device in behind the same object.
+//! The watch runs whenever a frame is read or written and at each `poll_event`.
 //!
 //! Everything takes the cpal host explicitly (`*_on` functions), so tests and applications can
 //! use cpal's custom host; the plain functions use the platform's host.
@@ -18,12 +23,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
 
 use crate::audio::{AudioIoError, AudioSink, AudioSource, SAMPLE_RATE, SourceStatus};
 use crate::drift::{DriftTracker, stretch_frames};
+use crate::recovery::{RecoveryPolicy, StreamCounters, StreamWatch, Verdict};
 use crate::resample::{CaptureConverter, PlaybackConverter, ResampleError};
 use crate::ring::{RingError, RingMonitor, SampleReader, SampleWriter, sample_ring};
 
@@ -114,8 +122,12 @@ pub struct DeviceStats {
     pub underruns: u64,
     /// Device callbacks (capture) or frames (playback) that found the ring full.
     pub overruns: u64,
-    /// Device streams that were lost.
+    /// Device streams that were lost (and reopened, or being reopened).
     pub device_lost: u64,
+    /// Device errors that were neither xruns nor a loss (a transient poll or I/O error).
+    pub device_errors: u64,
+    /// Lost streams that were reopened.
+    pub device_recoveries: u64,
     /// Under- or overruns the device itself reported.
     pub device_xruns: u64,
     /// Times the capture dropped its oldest queued audio because more than
@@ -133,6 +145,8 @@ impl DeviceStats {
             underruns: self.underruns + other.underruns,
             overruns: self.overruns + other.overruns,
             device_lost: self.device_lost + other.device_lost,
+            device_errors: self.device_errors + other.device_errors,
+            device_recoveries: self.device_recoveries + other.device_recoveries,
             device_xruns: self.device_xruns + other.device_xruns,
             backlog_trims: self.backlog_trims + other.backlog_trims,
             drift_corrections: self.drift_corrections + other.drift_corrections,
@@ -355,20 +369,36 @@ fn choose_config(
     Ok((config, format))
 }
 
-/// Flags the device callbacks raise for the media thread.
+/// Counters and the flag the device callbacks raise for the media thread.
 #[derive(Debug, Default)]
 struct StreamFlags {
-    lost: AtomicBool,
+    gone: AtomicBool,
+    callbacks: AtomicU64,
+    errors: AtomicU64,
     xruns: AtomicU64,
 }
 
 impl StreamFlags {
-    fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+    fn counters(&self) -> StreamCounters {
+        StreamCounters {
+            callbacks: self.callbacks.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            gone: self.gone.load(Ordering::Acquire),
+        }
+    }
+
+    fn callback_ran(&self) {
+        self.callbacks.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// cpal's error callback: atomics only (it runs on the audio thread).
+///
+/// Only a device the host says is gone ends the stream: cpal's ALSA stream thread returns
+/// after `DeviceNotAvailable` (POLLHUP, a disconnected PCM). Every other error is counted:
+/// its thread carries on, and whether the stream still moves audio is for
+/// [`StreamWatch`] to judge (the ALSA `pulse` plugin reports `snd_pcm_avail_delay` I/O
+/// errors as a stream starts, then plays normally).
 fn error_callback(flags: Arc<StreamFlags>) -> impl FnMut(cpal::Error) + Send + 'static {
     move |error: cpal::Error| match error.kind() {
         cpal::ErrorKind::Xrun => {
@@ -376,7 +406,12 @@ fn error_callback(flags: Arc<StreamFlags>) -> impl FnMut(cpal::Error) + Send + '
         }
         // The host rerouted the stream itself, or only refused a priority boost: audio flows.
         cpal::ErrorKind::DeviceChanged | cpal::ErrorKind::RealtimeDenied => {}
-        _ => flags.lost.store(true, Ordering::Release),
+        cpal::ErrorKind::DeviceNotAvailable
+        | cpal::ErrorKind::StreamInvalidated
+        | cpal::ErrorKind::HostUnavailable => flags.gone.store(true, Ordering::Release),
+        _ => {
+            flags.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -460,7 +495,9 @@ impl<R, C> Endpoint<R, C> {
         DeviceStats {
             underruns: ring.underruns,
             overruns: ring.overruns,
-            device_lost: u64::from(self.flags.is_lost()),
+            device_lost: 0,
+            device_errors: self.flags.errors.load(Ordering::Relaxed),
+            device_recoveries: 0,
             device_xruns: self.flags.xruns.load(Ordering::Relaxed),
             backlog_trims: 0,
             drift_corrections: 0,
@@ -471,26 +508,139 @@ impl<R, C> Endpoint<R, C> {
 /// Event bookkeeping shared by capture and playback.
 #[derive(Debug, Default)]
 struct EventState {
-    lost_reported: bool,
-    switched_to: Option<String>,
+    queued: std::collections::VecDeque<DeviceEvent>,
     retired: DeviceStats,
 }
 
 impl EventState {
-    fn poll(&mut self, flags: &StreamFlags) -> Option<DeviceEvent> {
-        if flags.is_lost() && !self.lost_reported {
-            self.lost_reported = true;
-            return Some(DeviceEvent::Lost);
-        }
-        self.switched_to
-            .take()
-            .map(|name| DeviceEvent::Switched { name })
+    fn poll(&mut self) -> Option<DeviceEvent> {
+        self.queued.pop_front()
     }
 
-    fn retire(&mut self, old: DeviceStats, new_name: &str) {
+    fn retire(&mut self, old: DeviceStats, event: DeviceEvent) {
         self.retired = self.retired.add(old);
-        self.lost_reported = false;
-        self.switched_to = Some(new_name.to_owned());
+        self.queued.push_back(event);
+    }
+}
+
+/// How a stream is opened: by capture or playback.
+type OpenFn<E> = fn(&cpal::Host, &DeviceSelector, usize) -> Result<E, DeviceError>;
+
+/// The driver of [`StreamWatch`] for one capture or playback: reopens a lost stream on a
+/// helper thread and hands the new one back to the media thread, which never waits for it.
+struct Reopener<E> {
+    watch: StreamWatch,
+    /// The device to reopen: the one in use, by name.
+    selector: DeviceSelector,
+    pending: Option<mpsc::Receiver<Result<E, DeviceError>>>,
+    recoveries: u64,
+}
+
+/// What the media thread must do after [`Reopener::tend`].
+enum Tended<E> {
+    Nothing,
+    /// Swap this new stream in.
+    Swap(E),
+    /// Report the device as lost.
+    Lost,
+}
+
+impl<E: Send + 'static> Reopener<E> {
+    fn new(name: &str) -> Self {
+        Self {
+            watch: StreamWatch::new(RecoveryPolicy::default()),
+            selector: DeviceSelector::Name(name.to_owned()),
+            pending: None,
+            recoveries: 0,
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.watch.is_healthy()
+    }
+
+    /// A new stream on `name` is in use (a switch): watch it, forget any reopening.
+    fn switched(&mut self, name: &str) {
+        // The helper thread's stream, if it still comes, is dropped there.
+        self.pending = None;
+        self.watch.reset();
+        self.selector = DeviceSelector::Name(name.to_owned());
+    }
+
+    fn tend(
+        &mut self,
+        now: Instant,
+        flags: &StreamFlags,
+        host: &Arc<cpal::Host>,
+        frame_samples: usize,
+        open: OpenFn<E>,
+    ) -> Tended<E> {
+        if let Some(pending) = &self.pending {
+            let outcome = match pending.try_recv() {
+                Ok(outcome) => outcome,
+                Err(mpsc::TryRecvError::Empty) => return Tended::Nothing,
+                Err(mpsc::TryRecvError::Disconnected) => Err(DeviceError::Stream {
+                    name: String::from("reopening"),
+                    reason: String::from("the helper thread ended"),
+                }),
+            };
+            self.pending = None;
+            return match outcome {
+                Ok(endpoint) => {
+                    self.watch.reopened();
+                    self.recoveries += 1;
+                    Tended::Swap(endpoint)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reopening a lost sound device failed");
+                    match self.watch.reopen_failed(now) {
+                        Verdict::ReportLost => Tended::Lost,
+                        _ => Tended::Nothing,
+                    }
+                }
+            };
+        }
+        if self.watch.observe(now, flags.counters()) != Verdict::Reopen {
+            return Tended::Nothing;
+        }
+        let (tx, rx) = mpsc::channel();
+        let host = Arc::clone(host);
+        let selector = self.selector.clone();
+        let spawned = std::thread::Builder::new()
+            .name("viska-reopen".into())
+            .spawn(move || {
+                let opened = open(&host, &selector, frame_samples).or_else(|e| {
+                    if selector == DeviceSelector::Default {
+                        Err(e)
+                    } else {
+                        open(&host, &DeviceSelector::Default, frame_samples)
+                    }
+                });
+                let _ = tx.send(opened);
+            });
+        match spawned {
+            Ok(_) => {
+                self.pending = Some(rx);
+                Tended::Nothing
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to reopen a lost sound device");
+                match self.watch.reopen_failed(now) {
+                    Verdict::ReportLost => Tended::Lost,
+                    _ => Tended::Nothing,
+                }
+            }
+        }
+    }
+}
+
+/// Drops a replaced stream off the media thread (closing a stream joins its thread).
+fn drop_elsewhere<T: Send + 'static>(old: T) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("viska-close".into())
+        .spawn(move || drop(old))
+    {
+        tracing::warn!(error = %e, "no thread to close a sound device; leaking it");
     }
 }
 
@@ -555,6 +705,7 @@ pub struct DeviceCapture {
     device_samples: Vec<f32>,
     drift: DriftFollower,
     events: EventState,
+    reopener: Reopener<CaptureEndpoint>,
 }
 
 impl std::fmt::Debug for DeviceCapture {
@@ -582,7 +733,13 @@ fn open_capture(
         .build_input_stream_raw(
             config,
             format,
-            move |data: &cpal::Data, _: &cpal::InputCallbackInfo| push_input(&mut writer, data),
+            {
+                let flags = Arc::clone(&flags);
+                move |data: &cpal::Data, _: &cpal::InputCallbackInfo| {
+                    flags.callback_ran();
+                    push_input(&mut writer, data)
+                }
+            },
             error_callback(Arc::clone(&flags)),
             None,
         )
@@ -612,6 +769,7 @@ impl DeviceCapture {
         frame_samples: usize,
     ) -> Result<Self, DeviceError> {
         let endpoint = open_capture(&host, &selector, frame_samples)?;
+        let endpoint_name = endpoint.name.clone();
         let max = endpoint.converter.max_input_len();
         let channels = usize::from(endpoint.converter.channels());
         let drift = DriftFollower::new(endpoint.converter.device_rate(), max + channels);
@@ -623,6 +781,7 @@ impl DeviceCapture {
             device_samples: vec![0.0; max + channels],
             drift,
             events: EventState::default(),
+            reopener: Reopener::new(&endpoint_name),
         })
     }
 
@@ -630,6 +789,17 @@ impl DeviceCapture {
     /// On error the current device stays in use.
     pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
         let endpoint = open_capture(&self.host, &selector, self.frame_samples)?;
+        self.reopener.switched(&endpoint.name);
+        let event = DeviceEvent::Switched {
+            name: endpoint.name.clone(),
+        };
+        self.install(endpoint, event, false);
+        Ok(())
+    }
+
+    /// Swaps `endpoint` in. The old stream is closed here (a switch: already off the media
+    /// thread) or, when `elsewhere`, on a thread of its own (a recovery, on the media thread).
+    fn install(&mut self, endpoint: CaptureEndpoint, event: DeviceEvent, elsewhere: bool) {
         let needed =
             endpoint.converter.max_input_len() + usize::from(endpoint.converter.channels());
         if self.device_samples.len() < needed {
@@ -637,18 +807,47 @@ impl DeviceCapture {
         }
         self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
-        self.events.retire(old.stats(), &self.endpoint.name);
-        Ok(())
+        self.events.retire(old.stats(), event);
+        if elsewhere {
+            drop_elsewhere(old);
+        }
     }
 
-    /// The next device event not yet reported, if any.
+    /// Watches the stream (see [`crate::recovery`]): starts reopening a lost one, swaps a
+    /// reopened one in. Never waits.
+    fn tend(&mut self) {
+        let tended = self.reopener.tend(
+            Instant::now(),
+            &self.endpoint.flags,
+            &self.host,
+            self.frame_samples,
+            open_capture,
+        );
+        match tended {
+            Tended::Nothing => {}
+            Tended::Lost => self.events.queued.push_back(DeviceEvent::Lost),
+            Tended::Swap(endpoint) => {
+                tracing::info!(device = %endpoint.name, "lost capture device reopened");
+                let event = DeviceEvent::Recovered {
+                    name: endpoint.name.clone(),
+                };
+                self.install(endpoint, event, true);
+            }
+        }
+    }
+
+    /// The next device event not yet reported, if any. Also watches the stream, as reading a
+    /// frame does: call it regularly (every frame) to have a lost device reopened.
     pub fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.events.poll(&self.endpoint.flags)
+        self.tend();
+        self.events.poll()
     }
 
     /// Counters since opening, over every device used.
     pub fn stats(&self) -> DeviceStats {
         let mut stats = self.events.retired.add(self.endpoint.stats());
+        stats.device_lost = self.reopener.watch.losses();
+        stats.device_recoveries = self.reopener.recoveries;
         stats.backlog_trims = self.backlog_trims;
         stats.drift_corrections = self.drift.corrections();
         stats
@@ -676,8 +875,9 @@ impl AudioSource for DeviceCapture {
                 got: out.len(),
             });
         }
+        self.tend();
         let endpoint = &mut self.endpoint;
-        if endpoint.flags.is_lost() {
+        if !self.reopener.is_healthy() {
             out.fill(0);
             return Ok(SourceStatus::Silence);
         }
@@ -743,6 +943,7 @@ pub struct DevicePlayback {
     endpoint: PlaybackEndpoint,
     events: EventState,
     drift: DriftFollower,
+    reopener: Reopener<PlaybackEndpoint>,
 }
 
 impl std::fmt::Debug for DevicePlayback {
@@ -770,8 +971,12 @@ fn open_playback(
         .build_output_stream_raw(
             config,
             format,
-            move |data: &mut cpal::Data, _: &cpal::OutputCallbackInfo| {
-                pop_output(&mut reader, data)
+            {
+                let flags = Arc::clone(&flags);
+                move |data: &mut cpal::Data, _: &cpal::OutputCallbackInfo| {
+                    flags.callback_ran();
+                    pop_output(&mut reader, data)
+                }
             },
             error_callback(Arc::clone(&flags)),
             None,
@@ -802,6 +1007,7 @@ impl DevicePlayback {
         frame_samples: usize,
     ) -> Result<Self, DeviceError> {
         let endpoint = open_playback(&host, &selector, frame_samples)?;
+        let reopener = Reopener::new(&endpoint.name);
         let max = endpoint.converter.max_output_len();
         let channels = usize::from(endpoint.converter.channels());
         let drift = DriftFollower::new(endpoint.converter.device_rate(), max + channels);
@@ -811,6 +1017,7 @@ impl DevicePlayback {
             endpoint,
             events: EventState::default(),
             drift,
+            reopener,
         })
     }
 
@@ -818,22 +1025,62 @@ impl DevicePlayback {
     /// On error the current device stays in use.
     pub fn switch_device(&mut self, selector: DeviceSelector) -> Result<(), DeviceError> {
         let endpoint = open_playback(&self.host, &selector, self.frame_samples)?;
+        self.reopener.switched(&endpoint.name);
+        let event = DeviceEvent::Switched {
+            name: endpoint.name.clone(),
+        };
+        self.install(endpoint, event, false);
+        Ok(())
+    }
+
+    /// Swaps `endpoint` in. The old stream is closed here (a switch: already off the media
+    /// thread) or, when `elsewhere`, on a thread of its own (a recovery, on the media thread).
+    fn install(&mut self, endpoint: PlaybackEndpoint, event: DeviceEvent, elsewhere: bool) {
         let needed =
             endpoint.converter.max_output_len() + usize::from(endpoint.converter.channels());
         self.drift.reset(endpoint.converter.device_rate(), needed);
         let old = std::mem::replace(&mut self.endpoint, endpoint);
-        self.events.retire(old.stats(), &self.endpoint.name);
-        Ok(())
+        self.events.retire(old.stats(), event);
+        if elsewhere {
+            drop_elsewhere(old);
+        }
     }
 
-    /// The next device event not yet reported, if any.
+    /// Watches the stream (see [`crate::recovery`]): starts reopening a lost one, swaps a
+    /// reopened one in. Never waits.
+    fn tend(&mut self) {
+        let tended = self.reopener.tend(
+            Instant::now(),
+            &self.endpoint.flags,
+            &self.host,
+            self.frame_samples,
+            open_playback,
+        );
+        match tended {
+            Tended::Nothing => {}
+            Tended::Lost => self.events.queued.push_back(DeviceEvent::Lost),
+            Tended::Swap(endpoint) => {
+                tracing::info!(device = %endpoint.name, "lost playback device reopened");
+                let event = DeviceEvent::Recovered {
+                    name: endpoint.name.clone(),
+                };
+                self.install(endpoint, event, true);
+            }
+        }
+    }
+
+    /// The next device event not yet reported, if any. Also watches the stream, as writing
+    /// a frame does: call it regularly (every frame) to have a lost device reopened.
     pub fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.events.poll(&self.endpoint.flags)
+        self.tend();
+        self.events.poll()
     }
 
     /// Counters since opening, over every device used.
     pub fn stats(&self) -> DeviceStats {
         let mut stats = self.events.retired.add(self.endpoint.stats());
+        stats.device_lost = self.reopener.watch.losses();
+        stats.device_recoveries = self.reopener.recoveries;
         stats.drift_corrections = self.drift.corrections();
         stats
     }
@@ -868,8 +1115,9 @@ impl AudioSink for DevicePlayback {
                 got: pcm.len(),
             });
         }
+        self.tend();
         let endpoint = &mut self.endpoint;
-        if endpoint.flags.is_lost() {
+        if !self.reopener.is_healthy() {
             return Ok(());
         }
         let channels = usize::from(endpoint.converter.channels()).max(1);

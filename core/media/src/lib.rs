@@ -15,6 +15,7 @@ pub mod jitter;
 pub mod ogg;
 mod opus_ext;
 pub mod playout;
+pub mod recovery;
 pub mod resample;
 pub mod ring;
 pub mod stretch;

@@ -4,6 +4,7 @@
 #![cfg(feature = "device")]
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ struct Callbacks {
     output: Option<OutputCallback>,
     error: Option<ErrorCallback>,
     playing: bool,
+    /// Which stream these callbacks belong to (a reopened stream may be built before the old
+    /// one is dropped).
+    stream: u64,
 }
 
 #[derive(Clone)]
@@ -45,6 +49,9 @@ struct FakeDevice {
     input: bool,
     output: bool,
     callbacks: Arc<Mutex<Callbacks>>,
+    /// Whether the device is plugged in: an absent one refuses to open.
+    present: Arc<AtomicBool>,
+    streams: Arc<AtomicU64>,
 }
 
 impl FakeDevice {
@@ -57,7 +64,18 @@ impl FakeDevice {
             input,
             output,
             callbacks: Arc::new(Mutex::new(Callbacks::default())),
+            present: Arc::new(AtomicBool::new(true)),
+            streams: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn set_present(&self, present: bool) {
+        self.present.store(present, Ordering::SeqCst);
+    }
+
+    /// Streams opened on this device so far.
+    fn streams_opened(&self) -> u64 {
+        self.streams.load(Ordering::SeqCst)
     }
 
     fn has_stream(&self) -> bool {
@@ -165,6 +183,7 @@ impl fmt::Display for FakeDevice {
 
 struct FakeStream {
     callbacks: Arc<Mutex<Callbacks>>,
+    id: u64,
 }
 
 impl StreamTrait for FakeStream {
@@ -187,7 +206,9 @@ impl StreamTrait for FakeStream {
 impl Drop for FakeStream {
     fn drop(&mut self) {
         let mut callbacks = self.callbacks.lock().expect("callbacks");
-        *callbacks = Callbacks::default();
+        if callbacks.stream == self.id {
+            *callbacks = Callbacks::default();
+        }
     }
 }
 
@@ -241,11 +262,17 @@ impl DeviceTrait for FakeDevice {
         {
             return Err(Error::new(ErrorKind::UnsupportedConfig));
         }
+        if !self.present.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::DeviceNotAvailable));
+        }
+        let id = self.streams.fetch_add(1, Ordering::SeqCst) + 1;
         let mut callbacks = self.callbacks.lock().expect("callbacks");
         callbacks.input = Some(Box::new(data_callback));
         callbacks.error = Some(Box::new(error_callback));
+        callbacks.stream = id;
         Ok(FakeStream {
             callbacks: Arc::clone(&self.callbacks),
+            id,
         })
     }
     fn build_output_stream_raw<D, E>(
@@ -267,11 +294,17 @@ impl DeviceTrait for FakeDevice {
         {
             return Err(Error::new(ErrorKind::UnsupportedConfig));
         }
+        if !self.present.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::DeviceNotAvailable));
+        }
+        let id = self.streams.fetch_add(1, Ordering::SeqCst) + 1;
         let mut callbacks = self.callbacks.lock().expect("callbacks");
         callbacks.output = Some(Box::new(data_callback));
         callbacks.error = Some(Box::new(error_callback));
+        callbacks.stream = id;
         Ok(FakeStream {
             callbacks: Arc::clone(&self.callbacks),
+            id,
         })
     }
 }
@@ -571,49 +604,128 @@ fn starved_and_flooded_rings_count_underruns_and_overruns() {
     ));
 }
 
+/// The first event `poll` reports, polling every 2 ms (reopening runs on a helper thread);
+/// patience, not a time bound: gives up after 20 s.
+fn next_event(mut poll: impl FnMut() -> Option<DeviceEvent>) -> DeviceEvent {
+    for _ in 0..10_000 {
+        if let Some(event) = poll() {
+            return event;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("no device event");
+}
+
 #[test]
-fn a_lost_device_yields_silence_and_one_event_and_the_call_goes_on() {
+fn xruns_and_transient_errors_are_counted_not_losses() {
     let rig = rig();
     let mut capture = DeviceCapture::open_on(Arc::clone(&rig.host), DeviceSelector::Default, FRAME)
         .expect("capture");
-    let mut playback =
-        DevicePlayback::open_on(Arc::clone(&rig.host), DeviceSelector::Default, FRAME)
-            .expect("playback");
     for block in 0..10 {
         let mut buffer = tone(44_100, 1_000.0, 0.5, block * 441, 441, 2);
         rig.mic.deliver_f32(&mut buffer);
     }
-    // Xruns and reroutes are not losses.
+    // What the ALSA pulse plugin reports as a stream starts, and a reroute.
     rig.mic.fail(ErrorKind::Xrun);
     rig.mic.fail(ErrorKind::DeviceChanged);
+    for _ in 0..700 {
+        rig.mic.fail(ErrorKind::BackendError);
+    }
     assert_eq!(capture.poll_event(), None);
-    assert_eq!(capture.stats().device_xruns, 1);
+    let stats = capture.stats();
+    assert_eq!(stats.device_xruns, 1);
+    assert_eq!(stats.device_errors, 700);
+    assert_eq!(stats.device_lost, 0);
     let mut frame = vec![0i16; FRAME];
     assert_eq!(
         capture.read_frame(&mut frame).expect("read"),
         SourceStatus::Audio
     );
+    assert_eq!(rig.mic.streams_opened(), 1, "never reopened");
+}
 
+#[test]
+fn a_lost_device_is_reopened_and_the_audio_goes_on() {
+    let rig = rig();
+    let mut capture = DeviceCapture::open_on(Arc::clone(&rig.host), DeviceSelector::Default, FRAME)
+        .expect("capture");
     rig.mic.fail(ErrorKind::DeviceNotAvailable);
-    assert_eq!(capture.poll_event(), Some(DeviceEvent::Lost));
-    assert_eq!(capture.poll_event(), None, "reported once");
-    // Audio is still queued, but a lost device yields silence.
+    let mut frame = vec![0i16; FRAME];
+    // Lost: silence until the new stream is in.
     assert_eq!(
         capture.read_frame(&mut frame).expect("read"),
         SourceStatus::Silence
     );
-    assert!(frame.iter().all(|&s| s == 0));
-    assert_eq!(capture.stats().device_lost, 1);
+    assert_eq!(
+        next_event(|| capture.poll_event()),
+        DeviceEvent::Recovered {
+            name: "Built-in Microphone".into()
+        }
+    );
+    assert_eq!(capture.poll_event(), None, "reported once");
+    assert_eq!(rig.mic.streams_opened(), 2);
+    for block in 0..10 {
+        let mut buffer = tone(44_100, 1_000.0, 0.5, block * 441, 441, 2);
+        assert!(rig.mic.deliver_f32(&mut buffer), "the new stream is open");
+    }
+    assert_eq!(
+        capture.read_frame(&mut frame).expect("read"),
+        SourceStatus::Audio
+    );
+    assert!(frame.iter().any(|&s| s != 0));
+    let stats = capture.stats();
+    assert_eq!((stats.device_lost, stats.device_recoveries), (1, 1));
 
-    rig.speaker.fail(ErrorKind::StreamInvalidated);
-    assert_eq!(playback.poll_event(), Some(DeviceEvent::Lost));
+    // A device that is not there falls back to the default one.
+    let mut playback = DevicePlayback::open_on(
+        Arc::clone(&rig.host),
+        DeviceSelector::Name("Headset".into()),
+        FRAME,
+    )
+    .expect("playback");
+    rig.headset.set_present(false);
+    rig.headset.fail(ErrorKind::StreamInvalidated);
+    assert_eq!(
+        next_event(|| playback.poll_event()),
+        DeviceEvent::Recovered {
+            name: "Built-in Speaker".into()
+        }
+    );
+    playback.write_frame(&[9_000i16; FRAME]).expect("write");
+    let out = rig.speaker.pull_f32(882).expect("stream open");
+    assert!(out.iter().any(|&s| s > 0.1), "plays on the default speaker");
+}
+
+#[test]
+fn a_device_that_cannot_be_reopened_is_reported_lost_then_recovered_when_it_returns() {
+    let rig = rig();
+    let mut playback =
+        DevicePlayback::open_on(Arc::clone(&rig.host), DeviceSelector::Default, FRAME)
+            .expect("playback");
+    rig.speaker.set_present(false);
+    rig.speaker.fail(ErrorKind::DeviceNotAvailable);
     playback
         .write_frame(&[9_000i16; FRAME])
         .expect("discarded, not an error");
     assert_eq!(playback.queued_samples(), 0);
-    let out = rig.speaker.pull_f32(882).expect("stream open");
-    assert!(out.iter().all(|&s| s == 0.0));
+    assert_eq!(next_event(|| playback.poll_event()), DeviceEvent::Lost);
     assert_eq!(playback.stats().device_lost, 1);
+    assert_eq!(
+        rig.speaker.streams_opened(),
+        1,
+        "every reopening was refused"
+    );
+    rig.speaker.set_present(true);
+    assert_eq!(
+        next_event(|| playback.poll_event()),
+        DeviceEvent::Recovered {
+            name: "Built-in Speaker".into()
+        }
+    );
+    playback.write_frame(&[9_000i16; FRAME]).expect("write");
+    let out = rig.speaker.pull_f32(882).expect("stream open");
+    assert!(out.iter().any(|&s| s > 0.1));
+    assert_eq!(playback.stats().device_recoveries, 1);
 }
 
 #[test]
@@ -626,8 +738,10 @@ fn switching_devices_mid_call_keeps_the_object_and_its_counters() {
         capture.read_frame(&mut frame).expect("read"),
         SourceStatus::Silence
     );
+    // Lost, and not to be reopened: the switch replaces it.
+    rig.mic.set_present(false);
     rig.mic.fail(ErrorKind::DeviceNotAvailable);
-    assert_eq!(capture.poll_event(), Some(DeviceEvent::Lost));
+    assert_eq!(capture.poll_event(), None, "reopening under way");
 
     // A failed switch leaves the old device in place.
     assert!(matches!(

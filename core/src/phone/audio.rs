@@ -595,6 +595,7 @@ fn from_device(direction: AudioDirection, event: DeviceEvent) -> Option<AudioEve
     match event {
         DeviceEvent::Lost => Some(AudioEvent::DeviceLost { direction }),
         DeviceEvent::Switched { name } => Some(AudioEvent::DeviceSwitched { direction, name }),
+        DeviceEvent::Recovered { name } => Some(AudioEvent::DeviceRecovered { direction, name }),
         _ => None,
     }
 }

@@ -467,12 +467,25 @@ pub enum AudioDirection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AudioEvent {
-    /// The device stopped working (unplugged, sound server gone). The call goes on: silence
-    /// is sent (input) or what is heard is discarded (output) until another device is chosen
-    /// with [`CallHandle::switch_input_device`] / [`CallHandle::switch_output_device`].
+    /// The device stopped working (unplugged, sound server gone) and neither it nor the
+    /// default device could be opened again after a few tries. The call goes on: silence is
+    /// sent (input) or what is heard is discarded (output); reopening goes on in the
+    /// background ([`AudioEvent::DeviceRecovered`] when it succeeds), and another device can
+    /// be chosen with [`CallHandle::switch_input_device`] /
+    /// [`CallHandle::switch_output_device`]. An xrun or a transient device error is not a
+    /// loss.
     DeviceLost {
         /// Which device.
         direction: AudioDirection,
+    },
+    /// The device's stream was lost (its stream failed for good, or errors kept coming with
+    /// no audio) and it was opened again, or the default device in its place, by the
+    /// library itself: audio flows again. Typically within 200 ms of the loss.
+    DeviceRecovered {
+        /// Which device.
+        direction: AudioDirection,
+        /// The device now in use.
+        name: String,
     },
     /// A device switch completed; audio now flows through `name`.
     DeviceSwitched {
