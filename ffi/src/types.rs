@@ -309,11 +309,20 @@ impl From<CoreDirection> for AudioDirection {
 /// What happened to a call's sound devices.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum AudioNotice {
-    /// The device stopped working; the call goes on (silence sent, or nothing played) until
-    /// another device is chosen.
+    /// The device stopped working and could not be opened again; the call goes on (silence
+    /// sent, or nothing played), reopening goes on in the background (`DeviceRecovered`), and
+    /// another device can be chosen.
     DeviceLost {
         /// Which device.
         direction: AudioDirection,
+    },
+    /// The device's stream was lost and the library opened it again (or the default device in
+    /// its place): audio flows again.
+    DeviceRecovered {
+        /// Which device.
+        direction: AudioDirection,
+        /// The device now in use.
+        name: String,
     },
     /// A device switch completed.
     DeviceSwitched {
@@ -341,6 +350,10 @@ impl AudioNotice {
         Some(match e {
             AudioEvent::DeviceLost { direction } => Self::DeviceLost {
                 direction: direction.into(),
+            },
+            AudioEvent::DeviceRecovered { direction, name } => Self::DeviceRecovered {
+                direction: direction.into(),
+                name,
             },
             AudioEvent::DeviceSwitched { direction, name } => Self::DeviceSwitched {
                 direction: direction.into(),

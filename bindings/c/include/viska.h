@@ -387,6 +387,11 @@ enum ViskaAudioEventKind
      */
     VISKA_AUDIO_EVENT_KIND_START_FAILED = 4,
     /**
+     * The device's stream was lost and was opened again (or the default device in its
+     * place): audio flows again (the detail is the device's name).
+     */
+    VISKA_AUDIO_EVENT_KIND_DEVICE_RECOVERED = 5,
+    /**
      * A kind this version does not name.
      */
     VISKA_AUDIO_EVENT_KIND_OTHER = 255,

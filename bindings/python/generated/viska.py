@@ -5345,8 +5345,9 @@ class AudioNotice:
     @dataclass
     class DEVICE_LOST:
         """
-        The device stopped working; the call goes on (silence sent, or nothing played) until
-        another device is chosen.
+        The device stopped working and could not be opened again; the call goes on (silence
+        sent, or nothing played), reopening goes on in the background (`DeviceRecovered`), and
+        another device can be chosen.
 """
         
         def __init__(self, direction:AudioDirection):
@@ -5370,6 +5371,45 @@ class AudioNotice:
             if not other.is_DEVICE_LOST():
                 return False
             if self.direction != other.direction:
+                return False
+            return True
+
+    @dataclass
+    class DEVICE_RECOVERED:
+        """
+        The device's stream was lost and the library opened it again (or the default device in
+        its place): audio flows again.
+"""
+        
+        def __init__(self, direction:AudioDirection, name:str):
+            self.direction = direction
+            
+            """
+        Which device.
+"""
+        
+            self.name = name
+            
+            """
+        The device now in use.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "AudioNotice.DEVICE_RECOVERED(direction={}, name={})".format(self.direction, self.name)
+        def __eq__(self, other):
+            if not isinstance(other, AudioNotice):
+                return NotImplemented
+            if not other.is_DEVICE_RECOVERED():
+                return False
+            if self.direction != other.direction:
+                return False
+            if self.name != other.name:
                 return False
             return True
 
@@ -5487,6 +5527,10 @@ class AudioNotice:
         return isinstance(self, AudioNotice.DEVICE_LOST)
     def is_device_lost(self) -> bool:
         return isinstance(self, AudioNotice.DEVICE_LOST)
+    def is_DEVICE_RECOVERED(self) -> bool:
+        return isinstance(self, AudioNotice.DEVICE_RECOVERED)
+    def is_device_recovered(self) -> bool:
+        return isinstance(self, AudioNotice.DEVICE_RECOVERED)
     def is_DEVICE_SWITCHED(self) -> bool:
         return isinstance(self, AudioNotice.DEVICE_SWITCHED)
     def is_device_switched(self) -> bool:
@@ -5505,6 +5549,7 @@ class AudioNotice:
 # enum class, so that method calls and instance checks etc will work intuitively.
 # We might be able to do this a little more neatly with a metaclass, but this'll do.
 AudioNotice.DEVICE_LOST = type("AudioNotice.DEVICE_LOST", (AudioNotice.DEVICE_LOST, AudioNotice,), {})  # type: ignore
+AudioNotice.DEVICE_RECOVERED = type("AudioNotice.DEVICE_RECOVERED", (AudioNotice.DEVICE_RECOVERED, AudioNotice,), {})  # type: ignore
 AudioNotice.DEVICE_SWITCHED = type("AudioNotice.DEVICE_SWITCHED", (AudioNotice.DEVICE_SWITCHED, AudioNotice,), {})  # type: ignore
 AudioNotice.SWITCH_FAILED = type("AudioNotice.SWITCH_FAILED", (AudioNotice.SWITCH_FAILED, AudioNotice,), {})  # type: ignore
 AudioNotice.START_FAILED = type("AudioNotice.START_FAILED", (AudioNotice.START_FAILED, AudioNotice,), {})  # type: ignore
@@ -5521,16 +5566,21 @@ class _UniffiFfiConverterTypeAudioNotice(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterTypeAudioDirection.read(buf),
             )
         if variant == 2:
-            return AudioNotice.DEVICE_SWITCHED(
+            return AudioNotice.DEVICE_RECOVERED(
                 _UniffiFfiConverterTypeAudioDirection.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 3:
-            return AudioNotice.SWITCH_FAILED(
+            return AudioNotice.DEVICE_SWITCHED(
                 _UniffiFfiConverterTypeAudioDirection.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 4:
+            return AudioNotice.SWITCH_FAILED(
+                _UniffiFfiConverterTypeAudioDirection.read(buf),
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 5:
             return AudioNotice.START_FAILED(
                 _UniffiFfiConverterString.read(buf),
             )
@@ -5540,6 +5590,10 @@ class _UniffiFfiConverterTypeAudioNotice(_UniffiConverterRustBuffer):
     def check_lower(value):
         if value.is_DEVICE_LOST():
             _UniffiFfiConverterTypeAudioDirection.check_lower(value.direction)
+            return
+        if value.is_DEVICE_RECOVERED():
+            _UniffiFfiConverterTypeAudioDirection.check_lower(value.direction)
+            _UniffiFfiConverterString.check_lower(value.name)
             return
         if value.is_DEVICE_SWITCHED():
             _UniffiFfiConverterTypeAudioDirection.check_lower(value.direction)
@@ -5559,16 +5613,20 @@ class _UniffiFfiConverterTypeAudioNotice(_UniffiConverterRustBuffer):
         if value.is_DEVICE_LOST():
             buf.write_i32(1)
             _UniffiFfiConverterTypeAudioDirection.write(value.direction, buf)
-        if value.is_DEVICE_SWITCHED():
+        if value.is_DEVICE_RECOVERED():
             buf.write_i32(2)
             _UniffiFfiConverterTypeAudioDirection.write(value.direction, buf)
             _UniffiFfiConverterString.write(value.name, buf)
-        if value.is_SWITCH_FAILED():
+        if value.is_DEVICE_SWITCHED():
             buf.write_i32(3)
+            _UniffiFfiConverterTypeAudioDirection.write(value.direction, buf)
+            _UniffiFfiConverterString.write(value.name, buf)
+        if value.is_SWITCH_FAILED():
+            buf.write_i32(4)
             _UniffiFfiConverterTypeAudioDirection.write(value.direction, buf)
             _UniffiFfiConverterString.write(value.detail, buf)
         if value.is_START_FAILED():
-            buf.write_i32(4)
+            buf.write_i32(5)
             _UniffiFfiConverterString.write(value.detail, buf)
 
 

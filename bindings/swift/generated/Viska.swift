@@ -4816,13 +4816,26 @@ public func FfiConverterTypeAudioDirection_lower(_ value: AudioDirection) -> Rus
 public enum AudioNotice: Equatable, Hashable {
     
     /**
-     * The device stopped working; the call goes on (silence sent, or nothing played) until
-     * another device is chosen.
+     * The device stopped working and could not be opened again; the call goes on (silence
+     * sent, or nothing played), reopening goes on in the background (`DeviceRecovered`), and
+     * another device can be chosen.
      */
     case deviceLost(
         /**
          * Which device.
          */direction: AudioDirection
+    )
+    /**
+     * The device's stream was lost and the library opened it again (or the default device in
+     * its place): audio flows again.
+     */
+    case deviceRecovered(
+        /**
+         * Which device.
+         */direction: AudioDirection, 
+        /**
+         * The device now in use.
+         */name: String
     )
     /**
      * A device switch completed.
@@ -4878,13 +4891,16 @@ public struct FfiConverterTypeAudioNotice: FfiConverterRustBuffer {
         case 1: return .deviceLost(direction: try FfiConverterTypeAudioDirection.read(from: &buf)
         )
         
-        case 2: return .deviceSwitched(direction: try FfiConverterTypeAudioDirection.read(from: &buf), name: try FfiConverterString.read(from: &buf)
+        case 2: return .deviceRecovered(direction: try FfiConverterTypeAudioDirection.read(from: &buf), name: try FfiConverterString.read(from: &buf)
         )
         
-        case 3: return .switchFailed(direction: try FfiConverterTypeAudioDirection.read(from: &buf), detail: try FfiConverterString.read(from: &buf)
+        case 3: return .deviceSwitched(direction: try FfiConverterTypeAudioDirection.read(from: &buf), name: try FfiConverterString.read(from: &buf)
         )
         
-        case 4: return .startFailed(detail: try FfiConverterString.read(from: &buf)
+        case 4: return .switchFailed(direction: try FfiConverterTypeAudioDirection.read(from: &buf), detail: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .startFailed(detail: try FfiConverterString.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -4900,20 +4916,26 @@ public struct FfiConverterTypeAudioNotice: FfiConverterRustBuffer {
             FfiConverterTypeAudioDirection.write(direction, into: &buf)
             
         
-        case let .deviceSwitched(direction,name):
+        case let .deviceRecovered(direction,name):
             writeInt(&buf, Int32(2))
             FfiConverterTypeAudioDirection.write(direction, into: &buf)
             FfiConverterString.write(name, into: &buf)
             
         
-        case let .switchFailed(direction,detail):
+        case let .deviceSwitched(direction,name):
             writeInt(&buf, Int32(3))
+            FfiConverterTypeAudioDirection.write(direction, into: &buf)
+            FfiConverterString.write(name, into: &buf)
+            
+        
+        case let .switchFailed(direction,detail):
+            writeInt(&buf, Int32(4))
             FfiConverterTypeAudioDirection.write(direction, into: &buf)
             FfiConverterString.write(detail, into: &buf)
             
         
         case let .startFailed(detail):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(5))
             FfiConverterString.write(detail, into: &buf)
             
         }

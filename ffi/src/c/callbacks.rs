@@ -90,6 +90,9 @@ pub enum ViskaAudioEventKind {
     SwitchFailed = 3,
     /// The call's audio could not start; the call is ended (the detail says why).
     StartFailed = 4,
+    /// The device's stream was lost and was opened again (or the default device in its
+    /// place): audio flows again (the detail is the device's name).
+    DeviceRecovered = 5,
     /// A kind this version does not name.
     Other = 255,
 }
@@ -443,6 +446,9 @@ impl CallListener for CallSink {
                         ),
                         AudioEvent::DeviceSwitched { direction, name } => {
                             (ViskaAudioEventKind::DeviceSwitched, direction.into(), name)
+                        }
+                        AudioEvent::DeviceRecovered { direction, name } => {
+                            (ViskaAudioEventKind::DeviceRecovered, direction.into(), name)
                         }
                         AudioEvent::SwitchFailed { direction, error } => {
                             (ViskaAudioEventKind::SwitchFailed, direction.into(), error)

@@ -6985,14 +6985,35 @@ public object FfiConverterTypeAudioDirection: FfiConverterRustBuffer<AudioDirect
 sealed class AudioNotice {
     
     /**
-     * The device stopped working; the call goes on (silence sent, or nothing played) until
-     * another device is chosen.
+     * The device stopped working and could not be opened again; the call goes on (silence
+     * sent, or nothing played), reopening goes on in the background (`DeviceRecovered`), and
+     * another device can be chosen.
      */
     data class DeviceLost(
         /**
          * Which device.
          */
         val `direction`: org.viska.AudioDirection) : AudioNotice()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The device's stream was lost and the library opened it again (or the default device in
+     * its place): audio flows again.
+     */
+    data class DeviceRecovered(
+        /**
+         * Which device.
+         */
+        val `direction`: org.viska.AudioDirection, 
+        /**
+         * The device now in use.
+         */
+        val `name`: kotlin.String) : AudioNotice()
         
     {
         
@@ -7072,15 +7093,19 @@ public object FfiConverterTypeAudioNotice : FfiConverterRustBuffer<AudioNotice>{
             1 -> AudioNotice.DeviceLost(
                 FfiConverterTypeAudioDirection.read(buf),
                 )
-            2 -> AudioNotice.DeviceSwitched(
+            2 -> AudioNotice.DeviceRecovered(
                 FfiConverterTypeAudioDirection.read(buf),
                 FfiConverterString.read(buf),
                 )
-            3 -> AudioNotice.SwitchFailed(
+            3 -> AudioNotice.DeviceSwitched(
                 FfiConverterTypeAudioDirection.read(buf),
                 FfiConverterString.read(buf),
                 )
-            4 -> AudioNotice.StartFailed(
+            4 -> AudioNotice.SwitchFailed(
+                FfiConverterTypeAudioDirection.read(buf),
+                FfiConverterString.read(buf),
+                )
+            5 -> AudioNotice.StartFailed(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -7093,6 +7118,14 @@ public object FfiConverterTypeAudioNotice : FfiConverterRustBuffer<AudioNotice>{
             (
                 4UL
                 + FfiConverterTypeAudioDirection.allocationSize(value.`direction`)
+            )
+        }
+        is AudioNotice.DeviceRecovered -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeAudioDirection.allocationSize(value.`direction`)
+                + FfiConverterString.allocationSize(value.`name`)
             )
         }
         is AudioNotice.DeviceSwitched -> {
@@ -7127,20 +7160,26 @@ public object FfiConverterTypeAudioNotice : FfiConverterRustBuffer<AudioNotice>{
                 FfiConverterTypeAudioDirection.write(value.`direction`, buf)
                 Unit
             }
-            is AudioNotice.DeviceSwitched -> {
+            is AudioNotice.DeviceRecovered -> {
                 buf.putInt(2)
                 FfiConverterTypeAudioDirection.write(value.`direction`, buf)
                 FfiConverterString.write(value.`name`, buf)
                 Unit
             }
-            is AudioNotice.SwitchFailed -> {
+            is AudioNotice.DeviceSwitched -> {
                 buf.putInt(3)
+                FfiConverterTypeAudioDirection.write(value.`direction`, buf)
+                FfiConverterString.write(value.`name`, buf)
+                Unit
+            }
+            is AudioNotice.SwitchFailed -> {
+                buf.putInt(4)
                 FfiConverterTypeAudioDirection.write(value.`direction`, buf)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is AudioNotice.StartFailed -> {
-                buf.putInt(4)
+                buf.putInt(5)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
